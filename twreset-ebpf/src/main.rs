@@ -1,0 +1,16 @@
+//! twreset kernel side: modules and the panic handler only (aya-template layout).
+#![no_std]
+#![no_main]
+
+mod maps;
+mod programs;
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

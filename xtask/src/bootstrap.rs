@@ -1,0 +1,141 @@
+//! Fresh-machine set-up: pinned toolchains, rust-src, bpf-linker built against the nightly's own
+//! libLLVM, and Debian packages. Idempotent: a second run only checks.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context, Result, bail};
+
+/// What the build steps need to know once the machine is ready.
+pub struct Tools {
+    pub root: PathBuf,
+    pub stable: String,
+    pub nightly: String,
+    /// Directory holding `bpf-linker`, put first on PATH for the eBPF build.
+    pub linker_bin: PathBuf,
+}
+
+/// Debian packages the tests and the tool's runtime checks use: `ip`/`ss` (iproute2), `tmux` (the
+/// `top` screen test), `setpriv` (util-linux, the unprivileged-user test), `bpftrace` (bench peer).
+const DEB_PACKAGES: &[(&str, &str)] = &[
+    ("iproute2", "ss"),
+    ("tmux", "tmux"),
+    ("util-linux", "setpriv"),
+    ("bpftrace", "bpftrace"),
+];
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_owned()
+}
+
+fn pinned_channel(file: &Path) -> Result<String> {
+    let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let doc: toml::Table = text.parse().with_context(|| format!("parsing {}", file.display()))?;
+    doc.get("toolchain")
+        .and_then(|t| t.get("channel"))
+        .and_then(|c| c.as_str())
+        .map(str::to_owned)
+        .with_context(|| format!("{}: no toolchain.channel", file.display()))
+}
+
+pub fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("spawning {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+fn output(cmd: &mut Command) -> Result<String> {
+    let out = cmd.output().with_context(|| format!("spawning {cmd:?}"))?;
+    if !out.status.success() {
+        bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+fn toolchain_installed(name: &str) -> bool {
+    Command::new("rustup")
+        .args(["run", name, "rustc", "--version"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+fn ensure_toolchain(name: &str, components: &[&str]) -> Result<()> {
+    if toolchain_installed(name) {
+        let have = output(Command::new("rustup").args(["component", "list", "--installed", "--toolchain", name]))?;
+        if components.iter().all(|c| have.lines().any(|l| l.starts_with(c))) {
+            return Ok(());
+        }
+    }
+    eprintln!("xtask: installing toolchain {name} with {components:?}");
+    let mut cmd = Command::new("rustup");
+    cmd.args(["toolchain", "install", name, "--profile", "minimal"]);
+    for c in components {
+        cmd.args(["--component", c]);
+    }
+    run(&mut cmd)
+}
+
+/// Build bpf-linker against the pinned nightly's own libLLVM (no matching LLVM exists in Debian).
+fn ensure_bpf_linker(root: &Path, nightly: &str) -> Result<PathBuf> {
+    let tools = root.join(".tools").join(format!("bpf-linker-{nightly}"));
+    let bin = tools.join("bin");
+    let linker = bin.join("bpf-linker");
+    if linker.exists()
+        && Command::new(&linker).arg("--version").output().map(|o| o.status.success()).unwrap_or(false)
+    {
+        return Ok(bin);
+    }
+    let sysroot = PathBuf::from(output(Command::new("rustup").args(["run", nightly, "rustc", "--print", "sysroot"]))?);
+    let libdir = sysroot.join("lib");
+    let llvm = std::fs::read_dir(&libdir)
+        .with_context(|| format!("listing {}", libdir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("libLLVM.so.")))
+        .with_context(|| format!("no libLLVM.so.* in {}", libdir.display()))?;
+    let prefix = tools.join("llvm-prefix");
+    let plib = prefix.join("lib");
+    std::fs::create_dir_all(&plib)?;
+    for name in ["libLLVM.so".to_owned(), llvm.file_name().unwrap().to_string_lossy().into_owned()] {
+        let link = plib.join(name);
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&llvm, &link).with_context(|| format!("linking {}", link.display()))?;
+    }
+    eprintln!("xtask: building bpf-linker against {} (about a minute, once)", llvm.display());
+    let stable = pinned_channel(&root.join("twreset/rust-toolchain.toml"))?;
+    run(Command::new("rustup")
+        .args(["run", &stable, "cargo", "install", "--locked", "bpf-linker", "--version", "0.13.0", "--root"])
+        .arg(&tools)
+        .env("LLVM_PREFIX", &prefix)
+        .env("RUSTFLAGS", format!("-C link-args=-Wl,-rpath,{}", libdir.display())))?;
+    Ok(bin)
+}
+
+fn ensure_debian_packages() -> Result<()> {
+    let missing: Vec<&str> = DEB_PACKAGES
+        .iter()
+        .filter(|(_, bin)| Command::new("sh").args(["-c", &format!("command -v {bin}")]).output().map(|o| !o.status.success()).unwrap_or(true))
+        .map(|(pkg, _)| *pkg)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("xtask: installing Debian packages {missing:?}");
+    run(Command::new("apt-get").args(["update", "-qq"]))?;
+    run(Command::new("apt-get").args(["install", "-y", "-qq", "--no-install-recommends"]).args(&missing).env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+pub fn all() -> Result<Tools> {
+    let root = workspace_root();
+    let stable = pinned_channel(&root.join("twreset/rust-toolchain.toml"))?;
+    let nightly = pinned_channel(&root.join("twreset-ebpf/rust-toolchain.toml"))?;
+    ensure_toolchain(&stable, &["clippy", "rustfmt"])?;
+    ensure_toolchain(&nightly, &["rust-src"])?;
+    let linker_bin = ensure_bpf_linker(&root, &nightly)?;
+    ensure_debian_packages()?;
+    Ok(Tools { root, stable, nightly, linker_bin })
+}

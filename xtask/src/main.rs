@@ -1,0 +1,59 @@
+//! Project automation: bootstrap a fresh machine, build the eBPF object and the binary, run, test, bench.
+//!
+//! Builds on the machine's default stable (1.95); installs and invokes the pinned toolchains itself.
+
+mod bootstrap;
+mod build;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "twreset build, run and test automation")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install pinned toolchains, rust-src, bpf-linker and the Debian packages the tests need.
+    Bootstrap,
+    /// Build the eBPF object only.
+    BuildEbpf,
+    /// Build the self-contained release binary target/release/twreset (eBPF embedded).
+    Build,
+    /// Build, then run target/release/twreset with the given arguments.
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Build, then run the whole test suite (unit + integration, real kernel).
+    Test {
+        /// Extra arguments passed to the test binaries (e.g. a test name filter).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Lints: rustfmt check and clippy with warnings denied, userspace and eBPF.
+    Lint,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let res = match cli.cmd {
+        Cmd::Bootstrap => bootstrap::all().map(|_| ()),
+        Cmd::BuildEbpf => bootstrap::all().and_then(|t| build::ebpf(&t).map(|_| ())),
+        Cmd::Build => bootstrap::all().and_then(|t| build::release(&t).map(|_| ())),
+        Cmd::Run { args } => bootstrap::all().and_then(|t| build::run_tool(&t, &args)),
+        Cmd::Test { args } => bootstrap::all().and_then(|t| build::test(&t, &args)),
+        Cmd::Lint => bootstrap::all().and_then(|t| build::lint(&t)),
+    };
+    match res {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
