@@ -1,1 +1,66 @@
-fn main(){}
+//! Entry point: parse, dispatch, map errors to exit codes (2 usage, 1 runtime, 0 on a closed pipe).
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use twreset::{
+    cli::{Cli, Command, UsageError},
+    cmd,
+};
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe))
+}
+
+async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Trace(args) => {
+            let cfg = cmd::trace::TraceConfig::try_from(args)?;
+            let s = cmd::trace::run(cfg, shutdown_signal()).await?;
+            eprintln!(
+                "twreset: {} events seen, {} lost (ring buffer full: {}, recursion misses: {}){}",
+                s.events,
+                s.loss.lost(),
+                s.loss.ringbuf_full,
+                s.loss.recursion_misses,
+                if s.decode_errors > 0 { format!(", {} undecodable", s.decode_errors) } else { String::new() }
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_env("TWRESET_LOG"))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("twreset: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(dispatch(cli)) {
+        Ok(code) => code,
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
+        Err(e) if e.downcast_ref::<UsageError>().is_some() => {
+            eprintln!("twreset: {e:#}");
+            ExitCode::from(2)
+        }
+        Err(e) => {
+            eprintln!("twreset: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,2 @@
+//! One module per subcommand: its clap args, validated config and runner.
+pub mod trace;

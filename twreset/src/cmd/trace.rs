@@ -1,0 +1,155 @@
+//! `twreset trace`: stream filtered TCP state transitions until Ctrl-C / SIGTERM or a closed pipe.
+
+use std::{
+    future::Future,
+    io::{self, Write},
+    time::Duration,
+};
+
+use anyhow::{Context, Result};
+use clap::Args;
+use ipnet::IpNet;
+use tokio::io::unix::AsyncFd;
+
+use crate::{
+    cli::{NetnsArgs, NetnsScope, UsageError, parse_peer, parse_port, parse_state},
+    decode,
+    kernel::netns,
+    output::{self, NsNames, WallClock},
+    probe::{Filters, Loss, Probe},
+    state::TcpState,
+};
+
+#[derive(Args, Debug)]
+pub struct TraceArgs {
+    /// Remote address or prefix to keep (IP or CIDR); repeatable.
+    #[arg(long = "peer", value_name = "IP|CIDR", value_parser = parse_peer)]
+    pub peers: Vec<IpNet>,
+    /// Local or remote port to keep; repeatable.
+    #[arg(long = "port", value_name = "N", value_parser = parse_port)]
+    pub ports: Vec<u16>,
+    /// Keep transitions from or to this state (TIME_WAIT: the active close into TIME_WAIT); repeatable.
+    #[arg(long = "state", value_name = "STATE", value_parser = parse_state)]
+    pub states: Vec<TcpState>,
+    #[command(flatten)]
+    pub netns: NetnsArgs,
+    /// NDJSON output, one object per transition.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Validated trace session.
+#[derive(Debug)]
+pub struct TraceConfig {
+    pub scope: NetnsScope,
+    pub peers: Vec<IpNet>,
+    pub ports: Vec<u16>,
+    pub states: Vec<TcpState>,
+    pub json: bool,
+}
+
+impl TryFrom<TraceArgs> for TraceConfig {
+    type Error = UsageError;
+    fn try_from(a: TraceArgs) -> Result<Self, UsageError> {
+        Ok(Self { scope: NetnsScope::try_from(&a.netns)?, peers: a.peers, ports: a.ports, states: a.states, json: a.json })
+    }
+}
+
+/// What a finished session saw.
+#[derive(Debug, Default)]
+pub struct Summary {
+    pub events: u64,
+    pub decode_errors: u64,
+    pub loss: Loss,
+}
+
+fn filters(cfg: &TraceConfig) -> Result<Filters> {
+    let netns = match &cfg.scope {
+        NetnsScope::All => None,
+        NetnsScope::Current => Some(vec![netns::current_cookie()?]),
+        NetnsScope::Paths(list) => Some(list.iter().map(|n| n.cookie()).collect::<Result<_, _>>()?),
+    };
+    Ok(Filters { netns, peers: cfg.peers.clone(), ports: cfg.ports.clone(), states: cfg.states.clone() })
+}
+
+fn scope_label(cfg: &TraceConfig) -> String {
+    match &cfg.scope {
+        NetnsScope::All => "all network namespaces".into(),
+        NetnsScope::Current => "the current network namespace".into(),
+        NetnsScope::Paths(l) => l.iter().map(|n| n.path.display().to_string()).collect::<Vec<_>>().join(", "),
+    }
+}
+
+fn report_loss(prev: &mut u64, loss: &Loss) {
+    if loss.lost() > *prev {
+        eprintln!(
+            "twreset: warning: {} events lost so far (ring buffer full: {}, recursion misses: {})",
+            loss.lost(),
+            loss.ringbuf_full,
+            loss.recursion_misses
+        );
+        *prev = loss.lost();
+    }
+}
+
+/// Run the session until `shutdown` resolves or stdout is closed.
+pub async fn run(cfg: TraceConfig, shutdown: impl Future<Output = ()>) -> Result<Summary> {
+    let mut probe = Probe::load()?;
+    probe.set_filters(&filters(&cfg)?)?;
+    let ring = probe.take_events()?;
+    // SAFETY: the RingBuf owns its map fd for as long as the AsyncFd holds it.
+    let mut ring = unsafe { AsyncFd::register(ring) }
+        .map_err(|e| e.into_parts().1)
+        .context("registering the ring buffer with tokio")?;
+    probe.attach_state()?;
+
+    let names = NsNames(netns::named().into_iter().map(|(n, c)| (c, n)).collect());
+    let clock = WallClock::now();
+    let stdout = io::stdout();
+    let mut out = io::BufWriter::with_capacity(1 << 16, stdout.lock());
+    if !cfg.json {
+        writeln!(out, "{}", output::human_header())?;
+        out.flush()?;
+    }
+    eprintln!("twreset: tracing TCP state transitions in {} (Ctrl-C to stop)", scope_label(&cfg));
+
+    let mut summary = Summary::default();
+    let mut reported = 0;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tokio::pin!(shutdown);
+    let result: Result<()> = loop {
+        tokio::select! {
+            _ = &mut shutdown => break Ok(()),
+            _ = tick.tick() => report_loss(&mut reported, &probe.loss()?),
+            guard = ring.readable_mut() => {
+                let mut guard = guard.context("waiting on the ring buffer")?;
+                let ring = guard.get_inner_mut();
+                let mut wrote = Ok(());
+                while let Some(item) = ring.next() {
+                    match decode::parse_event(&item).and_then(|e| decode::transition(&e)) {
+                        Ok(t) => {
+                            summary.events += 1;
+                            wrote = if cfg.json {
+                                writeln!(out, "{}", output::json(&t))
+                            } else {
+                                writeln!(out, "{}", output::human_line(&t, &names, &clock))
+                            };
+                            if wrote.is_err() { break; }
+                        }
+                        Err(e) => {
+                            summary.decode_errors += 1;
+                            tracing::warn!("undecodable event: {e}");
+                        }
+                    }
+                }
+                guard.clear_ready();
+                if let Err(e) = wrote.and_then(|_| out.flush()) {
+                    break Err(e.into());
+                }
+            }
+        }
+    };
+    summary.loss = probe.loss()?;
+    drop(probe); // detaches the program before the summary is printed
+    result.map(|_| summary)
+}

@@ -1,0 +1,5 @@
+//! Facts read from the running kernel: BTF offsets, tracefs, namespaces, privileges.
+pub mod btf;
+pub mod caps;
+pub mod netns;
+pub mod tracefs;

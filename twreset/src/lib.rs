@@ -1,0 +1,9 @@
+//! twreset: live TIME_WAIT tables and targeted TCP socket kills. Data flows one way:
+//! `probe` (kernel) -> `decode` -> tables -> policy -> kill -> `output`.
+pub mod cli;
+pub mod cmd;
+pub mod decode;
+pub mod kernel;
+pub mod output;
+pub mod probe;
+pub mod state;

@@ -1,0 +1,141 @@
+//! Pure formatting of transitions: aligned human lines and NDJSON objects.
+
+use std::{collections::HashMap, net::IpAddr};
+
+use serde_json::{Value, json};
+
+use crate::decode::Transition;
+
+/// Labels namespace cookies with `ip netns` names where known.
+#[derive(Clone, Debug, Default)]
+pub struct NsNames(pub HashMap<u64, String>);
+
+impl NsNames {
+    pub fn label(&self, cookie: u64) -> String {
+        match self.0.get(&cookie) {
+            Some(name) => name.clone(),
+            None => cookie.to_string(),
+        }
+    }
+}
+
+/// Maps `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) to wall-clock time.
+#[derive(Clone, Copy, Debug)]
+pub struct WallClock {
+    /// realtime_ns - monotonic_ns, sampled once.
+    pub offset_ns: i128,
+}
+
+impl WallClock {
+    pub fn now() -> Self {
+        let rt = nix::time::clock_gettime(nix::time::ClockId::CLOCK_REALTIME).expect("CLOCK_REALTIME");
+        let mono = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).expect("CLOCK_MONOTONIC");
+        let ns = |t: nix::sys::time::TimeSpec| t.tv_sec() as i128 * 1_000_000_000 + t.tv_nsec() as i128;
+        Self { offset_ns: ns(rt) - ns(mono) }
+    }
+
+    /// `HH:MM:SS.uuuuuu` (UTC) of a monotonic timestamp.
+    pub fn format(&self, mono_ns: u64) -> String {
+        let ns = (mono_ns as i128 + self.offset_ns).max(0) as u128;
+        let secs = ns / 1_000_000_000;
+        let day = secs % 86_400;
+        format!("{:02}:{:02}:{:02}.{:06}", day / 3600, day / 60 % 60, day % 60, ns % 1_000_000_000 / 1000)
+    }
+}
+
+fn endpoint(ip: IpAddr, port: u16) -> String {
+    match ip {
+        IpAddr::V4(v4) => format!("{v4}:{port}"),
+        IpAddr::V6(v6) => format!("[{v6}]:{port}"),
+    }
+}
+
+/// Column header matching [`human_line`].
+pub fn human_header() -> String {
+    format!("{:<15} {:<12} {:>27} {:>27}  {}", "TIME(UTC)", "NETNS", "LOCAL", "REMOTE", "TRANSITION")
+}
+
+/// One aligned line per transition; an active close is marked `(TIME_WAIT)`.
+pub fn human_line(t: &Transition, ns: &NsNames, clock: &WallClock) -> String {
+    let mark = if t.into_time_wait() { "  (TIME_WAIT)" } else { "" };
+    format!(
+        "{:<15} {:<12} {:>27} {:>27}  {} -> {}{}",
+        clock.format(t.ts_ns),
+        ns.label(t.netns_cookie),
+        endpoint(t.laddr, t.lport),
+        endpoint(t.raddr, t.rport),
+        t.old,
+        t.new,
+        mark
+    )
+}
+
+/// The NDJSON object of one transition (schema documented in README.md).
+pub fn json(t: &Transition) -> Value {
+    json!({
+        "ts_ns": t.ts_ns,
+        "netns_cookie": t.netns_cookie,
+        "family": t.family.name(),
+        "laddr": t.laddr.to_string(),
+        "lport": t.lport,
+        "raddr": t.raddr.to_string(),
+        "rport": t.rport,
+        "old": t.old.name(),
+        "new": t.new.name(),
+        "time_wait": t.into_time_wait(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{decode::Family, state::TcpState};
+
+    fn t() -> Transition {
+        Transition {
+            ts_ns: 1_500_000_000,
+            netns_cookie: 4096,
+            skaddr: 1,
+            family: Family::Inet6,
+            laddr: "fd00::1".parse().unwrap(),
+            lport: 1234,
+            raddr: "fd00::2".parse().unwrap(),
+            rport: 80,
+            old: TcpState::FinWait2,
+            new: TcpState::Close,
+        }
+    }
+
+    #[test]
+    fn json_schema() {
+        let v = json(&t());
+        let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+        let mut want = vec![
+            "ts_ns", "netns_cookie", "family", "laddr", "lport", "raddr", "rport", "old", "new", "time_wait",
+        ];
+        want.sort();
+        let mut got = keys.clone();
+        got.sort();
+        assert_eq!(got, want);
+        assert_eq!(v["family"], "inet6");
+        assert_eq!(v["old"], "FIN_WAIT2");
+        assert_eq!(v["new"], "CLOSE");
+        assert_eq!(v["time_wait"], true);
+        assert_eq!(v["rport"], 80);
+    }
+
+    #[test]
+    fn human_marks_time_wait_and_labels_ns() {
+        let mut names = NsNames::default();
+        names.0.insert(4096, "blue".into());
+        let clock = WallClock { offset_ns: 3_600_000_000_000 };
+        let line = human_line(&t(), &names, &clock);
+        assert!(line.starts_with("01:00:01.500000 blue"), "{line}");
+        assert!(line.contains("[fd00::1]:1234"));
+        assert!(line.ends_with("FIN_WAIT2 -> CLOSE  (TIME_WAIT)"), "{line}");
+        let mut other = t();
+        other.old = TcpState::LastAck;
+        assert!(human_line(&other, &NsNames::default(), &clock).contains(" 4096 "));
+        assert!(!human_line(&other, &names, &clock).contains("TIME_WAIT"));
+    }
+}

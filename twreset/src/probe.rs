@@ -1,0 +1,233 @@
+//! Owner of the loaded eBPF object: load with kernel offsets, set filters, attach, read loss counters.
+
+use std::os::fd::{AsFd, AsRawFd};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, RingBuf, lpm_trie::Key},
+    programs::{ProgramError, TracePoint},
+};
+use ipnet::IpNet;
+use twreset_common::{FilterConfig, PeerKey, filter, globals, stat, tcp_state};
+
+use crate::{
+    decode::mapped,
+    kernel::{btf::{BtfError, KernelBtf, StateOffsets}, caps, tracefs},
+    state::TcpState,
+};
+
+/// The eBPF object built by `cargo xtask`, embedded so the binary is self-contained.
+static EBPF_OBJ: &[u8] = aya::include_bytes_aligned!(env!("TWRESET_EBPF_OBJ"));
+
+const STATE_PROGRAM: &str = "inet_sock_set_state";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error(transparent)]
+    Caps(#[from] caps::CapsError),
+    #[error(transparent)]
+    Tracefs(#[from] tracefs::TracefsError),
+    #[error(transparent)]
+    Btf(#[from] BtfError),
+    #[error("loading the eBPF object into the kernel failed")]
+    Load(#[source] aya::EbpfError),
+    #[error("eBPF program {name} missing from the object")]
+    NoProgram { name: &'static str },
+    #[error("eBPF map {name} missing from the object")]
+    NoMap { name: &'static str },
+    #[error("eBPF program {name}: {action} failed")]
+    Program {
+        name: &'static str,
+        action: &'static str,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("eBPF map {name}: update failed")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("reading program info of {name} failed")]
+    Info {
+        name: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// What the kernel-side filter keeps. Empty lists mean "no filter on that field".
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Filters {
+    /// `None`: every namespace.
+    pub netns: Option<Vec<u64>>,
+    pub peers: Vec<IpNet>,
+    pub ports: Vec<u16>,
+    pub states: Vec<TcpState>,
+}
+
+/// Events the kernel side could not deliver, and why.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Loss {
+    pub ringbuf_full: u64,
+    pub recursion_misses: u64,
+    pub read_errors: u64,
+    pub sent: u64,
+}
+
+impl Loss {
+    /// Events that never reached userspace.
+    pub fn lost(&self) -> u64 {
+        self.ringbuf_full + self.recursion_misses
+    }
+}
+
+pub struct Probe {
+    ebpf: Ebpf,
+    attached: Vec<&'static str>,
+}
+
+impl Probe {
+    /// Check privileges, mount tracefs if needed, read offsets from BTF, load (not attach).
+    pub fn load() -> Result<Self, ProbeError> {
+        caps::require_bpf()?;
+        tracefs::ensure_mounted()?;
+        let btf = KernelBtf::load()?;
+        let off = StateOffsets::read(&btf)?;
+        let ebpf = EbpfLoader::new()
+            .override_global(globals::OFF_SKC_NET, &off.skc_net, true)
+            .override_global(globals::OFF_NET_COOKIE, &off.net_cookie, true)
+            .load(EBPF_OBJ)
+            .map_err(ProbeError::Load)?;
+        Ok(Self { ebpf, attached: Vec::new() })
+    }
+
+    /// Replace the kernel-side filter; safe while attached (the config word is written last).
+    pub fn set_filters(&mut self, f: &Filters) -> Result<(), ProbeError> {
+        let map_err = |name| move |source| ProbeError::Map { name, source };
+        {
+            let mut m: HashMap<_, u64, u8> =
+                HashMap::try_from(self.map_mut("NETNS_FILTER")?).map_err(map_err("NETNS_FILTER"))?;
+            let old: Vec<u64> = m.keys().filter_map(Result::ok).collect();
+            for k in old {
+                m.remove(&k).map_err(map_err("NETNS_FILTER"))?;
+            }
+            for c in f.netns.iter().flatten() {
+                m.insert(c, &1, 0).map_err(map_err("NETNS_FILTER"))?;
+            }
+        }
+        {
+            let mut m: HashMap<_, u16, u8> =
+                HashMap::try_from(self.map_mut("PORT_FILTER")?).map_err(map_err("PORT_FILTER"))?;
+            let old: Vec<u16> = m.keys().filter_map(Result::ok).collect();
+            for k in old {
+                m.remove(&k).map_err(map_err("PORT_FILTER"))?;
+            }
+            for p in &f.ports {
+                m.insert(p, &1, 0).map_err(map_err("PORT_FILTER"))?;
+            }
+        }
+        {
+            let mut m: LpmTrie<_, PeerKey, u8> =
+                LpmTrie::try_from(self.map_mut("PEER_FILTER")?).map_err(map_err("PEER_FILTER"))?;
+            let old: Vec<Key<PeerKey>> = m.keys().filter_map(Result::ok).collect();
+            for k in old {
+                m.remove(&k).map_err(map_err("PEER_FILTER"))?;
+            }
+            for net in &f.peers {
+                let extra = if net.addr().is_ipv4() { 96 } else { 0 };
+                let key = Key::new(u32::from(net.prefix_len()) + extra, mapped(net.network()));
+                m.insert(&key, &1, 0).map_err(map_err("PEER_FILTER"))?;
+            }
+        }
+        let mut cfg = FilterConfig::default();
+        if f.netns.is_some() {
+            cfg.flags |= filter::NETNS;
+        }
+        if !f.peers.is_empty() {
+            cfg.flags |= filter::PEER;
+        }
+        if !f.ports.is_empty() {
+            cfg.flags |= filter::PORT;
+        }
+        if !f.states.is_empty() {
+            cfg.flags |= filter::STATE;
+            cfg.state_mask = f.states.iter().fold(0, |m, s| m | 1 << s.number());
+        }
+        debug_assert!(tcp_state::MAX < 32);
+        let mut c: Array<_, FilterConfig> = Array::try_from(self.map_mut("CONFIG")?).map_err(map_err("CONFIG"))?;
+        c.set(0, &cfg, 0).map_err(map_err("CONFIG"))
+    }
+
+    /// Attach the `sock:inet_sock_set_state` program. Detached when the probe is dropped.
+    pub fn attach_state(&mut self) -> Result<(), ProbeError> {
+        let prog: &mut TracePoint = self
+            .ebpf
+            .program_mut(STATE_PROGRAM)
+            .ok_or(ProbeError::NoProgram { name: STATE_PROGRAM })?
+            .try_into()
+            .map_err(|source| ProbeError::Program { name: STATE_PROGRAM, action: "type check", source })?;
+        prog.load().map_err(|source| ProbeError::Program { name: STATE_PROGRAM, action: "load", source })?;
+        prog.attach("sock", "inet_sock_set_state")
+            .map_err(|source| ProbeError::Program { name: STATE_PROGRAM, action: "attach", source })?;
+        self.attached.push(STATE_PROGRAM);
+        Ok(())
+    }
+
+    /// The event ring buffer; call once.
+    pub fn take_events(&mut self) -> Result<RingBuf<MapData>, ProbeError> {
+        let map = self.ebpf.take_map("EVENTS").ok_or(ProbeError::NoMap { name: "EVENTS" })?;
+        RingBuf::try_from(map).map_err(|source| ProbeError::Map { name: "EVENTS", source })
+    }
+
+    /// Kernel-side loss: ring-buffer reserve failures and read errors (per-CPU counters, summed)
+    /// plus each attached program's `recursion_misses` from the kernel's program info.
+    pub fn loss(&self) -> Result<Loss, ProbeError> {
+        let map = self.ebpf.map("STATS").ok_or(ProbeError::NoMap { name: "STATS" })?;
+        let stats: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(map).map_err(|source| ProbeError::Map { name: "STATS", source })?;
+        let sum = |i: u32| -> u64 { stats.get(&i, 0).map(|v| v.iter().sum()).unwrap_or(0) };
+        let mut loss = Loss {
+            ringbuf_full: sum(stat::RINGBUF_FULL),
+            read_errors: sum(stat::READ_ERROR),
+            sent: sum(stat::SENT),
+            recursion_misses: 0,
+        };
+        for name in &self.attached {
+            let prog = self.ebpf.program(name).ok_or(ProbeError::NoProgram { name })?;
+            let fd = prog.fd().map_err(|source| ProbeError::Program { name, action: "fd", source })?;
+            loss.recursion_misses +=
+                recursion_misses(fd.as_fd().as_raw_fd()).map_err(|source| ProbeError::Info { name, source })?;
+        }
+        Ok(loss)
+    }
+
+    fn map_mut(&mut self, name: &'static str) -> Result<&mut aya::maps::Map, ProbeError> {
+        self.ebpf.map_mut(name).ok_or(ProbeError::NoMap { name })
+    }
+}
+
+/// `bpf_prog_info.recursion_misses` via `BPF_OBJ_GET_INFO_BY_FD` (aya's ProgramInfo omits it).
+fn recursion_misses(prog_fd: i32) -> Result<u64, std::io::Error> {
+    #[repr(C)]
+    struct InfoAttr {
+        bpf_fd: u32,
+        info_len: u32,
+        info: u64,
+    }
+    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+    let mut info: aya_obj::generated::bpf_prog_info = unsafe { std::mem::zeroed() };
+    let mut attr = InfoAttr {
+        bpf_fd: prog_fd as u32,
+        info_len: size_of_val(&info) as u32,
+        info: (&raw mut info) as u64,
+    };
+    // SAFETY: attr points at a zeroed, correctly sized bpf_prog_info that outlives the call.
+    let rc = unsafe {
+        libc::syscall(libc::SYS_bpf, BPF_OBJ_GET_INFO_BY_FD, &raw mut attr, size_of::<InfoAttr>() as u32)
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(info.recursion_misses)
+}
