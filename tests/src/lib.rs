@@ -1,1 +1,299 @@
-//! Test harness for twreset integration tests.
+//! Harness for integration tests: the real binary, real network namespaces (deleted on drop, even
+//! on panic), real sockets inside them, and the kernel's own view through `ss`.
+//!
+//! Tests panic with a clear message. A test that needs root or BPF fails under `CI=true` and only
+//! skips (loudly) on a developer machine without privileges.
+
+use std::{
+    io::{BufRead, BufReader, Read},
+    net::{SocketAddr, TcpListener, TcpStream},
+    os::fd::AsFd,
+    path::PathBuf,
+    process::{Child, Command, Output, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use nix::sched::{CloneFlags, setns};
+
+/// The release binary built by `cargo xtask test` (`TWRESET_BIN`), else `target/release/twreset`.
+pub fn bin() -> PathBuf {
+    let p = std::env::var_os("TWRESET_BIN").map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/twreset")
+    });
+    assert!(p.exists(), "twreset binary {} missing: run the tests with `cargo xtask test`", p.display());
+    p
+}
+
+pub fn on_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// True when the test may run (root). Without root: fails on CI, skips loudly elsewhere.
+pub fn privileged(test: &str) -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    assert!(!on_ci(), "{test}: needs root (BPF, network namespaces) and CI=true forbids skipping");
+    eprintln!("SKIPPED {test}: needs root");
+    false
+}
+
+fn run_ok(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// A named network namespace (`ip netns add`), with `lo` up; deleted on drop.
+pub struct NetNs {
+    pub name: String,
+}
+
+impl NetNs {
+    pub fn new(tag: &str) -> Self {
+        let name = format!("twr-{tag}-{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed));
+        run_ok(Command::new("ip").args(["netns", "add", &name]));
+        let ns = Self { name };
+        ns.ip(&["link", "set", "lo", "up"]);
+        // Loopback tests would otherwise recycle TIME_WAIT sockets (default tcp_tw_reuse=2).
+        ns.sysctl("net.ipv4.tcp_tw_reuse", "0");
+        ns
+    }
+
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from("/run/netns").join(&self.name)
+    }
+
+    /// `ip netns exec NAME cmd...`, asserting success.
+    pub fn exec(&self, cmd: &[&str]) -> String {
+        let out = run_ok(Command::new("ip").args(["netns", "exec", &self.name]).args(cmd));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn ip(&self, args: &[&str]) {
+        run_ok(Command::new("ip").args(["-n", &self.name]).args(args));
+    }
+
+    pub fn sysctl(&self, key: &str, value: &str) {
+        self.exec(&["sysctl", "-q", "-w", &format!("{key}={value}")]);
+    }
+
+    pub fn read_sysctl(&self, key: &str) -> String {
+        self.exec(&["sysctl", "-n", key]).trim().to_owned()
+    }
+
+    /// Add an address to `lo` (IPv6 with `nodad`, usable at once).
+    pub fn add_lo_addr(&self, cidr: &str) {
+        if cidr.contains(':') {
+            self.ip(&["-6", "addr", "add", cidr, "dev", "lo", "nodad"]);
+        } else {
+            self.ip(&["addr", "add", cidr, "dev", "lo"]);
+        }
+    }
+
+    /// Run `f` on a thread inside this namespace; sockets it creates live here.
+    pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        let file = std::fs::File::open(self.path()).expect("open netns");
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                setns(file.as_fd(), CloneFlags::CLONE_NEWNET).expect("setns");
+                f()
+            })
+            .join()
+            .expect("thread in netns panicked")
+        })
+    }
+
+    /// `ss -Htan <filter...>` inside the namespace, parsed.
+    pub fn ss(&self, filter: &[&str]) -> Vec<SsSocket> {
+        let mut args = vec!["ss", "-Htan"];
+        args.extend_from_slice(filter);
+        self.exec(&args).lines().filter_map(SsSocket::parse).collect()
+    }
+
+    /// Count of TIME_WAIT sockets (`ss state time-wait`), the kernel's own view.
+    pub fn time_wait(&self) -> Vec<SsSocket> {
+        self.ss(&["state", "time-wait"])
+    }
+
+    /// A `/proc/net/netstat` TcpExt counter of this namespace (e.g. `TCPTimeWaitOverflow`).
+    pub fn tcp_ext(&self, counter: &str) -> u64 {
+        let text = self.exec(&["cat", "/proc/net/netstat"]);
+        let mut lines = text.lines().filter(|l| l.starts_with("TcpExt:"));
+        let (names, values) = (lines.next().expect("TcpExt header"), lines.next().expect("TcpExt values"));
+        let i = names.split_whitespace().position(|n| n == counter).unwrap_or_else(|| panic!("no {counter}"));
+        values.split_whitespace().nth(i).unwrap().parse().unwrap()
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+    }
+}
+
+/// One line of `ss -Htan`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SsSocket {
+    pub state: String,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+}
+
+impl SsSocket {
+    pub fn parse(line: &str) -> Option<Self> {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let (state, local, remote) = match f.len() {
+            n if n >= 5 => (f[0], f[3], f[4]),
+            _ => return None,
+        };
+        let fix = |s: &str| -> Option<SocketAddr> {
+            // ss prints IPv4-mapped and bracketed v6; strip scope ids.
+            let s = s.replace("%lo", "");
+            s.parse().ok()
+        };
+        Some(Self { state: state.to_owned(), local: fix(local)?, remote: fix(remote)? })
+    }
+}
+
+/// Who closes first: the side that closes first ends in TIME_WAIT.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Closer {
+    Client,
+    Server,
+}
+
+/// Inside the current thread's namespace: `n` connections from `client_ip` to `server`, closed by
+/// `closer`, fully finished (the closer's socket is in TIME_WAIT on return).
+/// Returns (client address, server address) of each connection.
+pub fn connections(server: SocketAddr, client_ip: Option<std::net::IpAddr>, n: usize, closer: Closer) -> Vec<(SocketAddr, SocketAddr)> {
+    let listener = TcpListener::bind(server).unwrap_or_else(|e| panic!("bind {server}: {e}"));
+    let server = listener.local_addr().unwrap();
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let c = match client_ip {
+            Some(ip) => {
+                let sock = socket2::Socket::new(socket2::Domain::for_address(server), socket2::Type::STREAM, None).unwrap();
+                sock.bind(&SocketAddr::new(ip, 0).into()).unwrap();
+                sock.connect(&server.into()).unwrap_or_else(|e| panic!("connect {server}: {e}"));
+                TcpStream::from(sock)
+            }
+            None => TcpStream::connect(server).unwrap_or_else(|e| panic!("connect {server}: {e}")),
+        };
+        let (a, _) = listener.accept().unwrap();
+        let pair = (c.local_addr().unwrap(), server);
+        let (first, mut second) = match closer {
+            Closer::Client => (c, a.try_clone().unwrap()),
+            Closer::Server => (a.try_clone().unwrap(), c),
+        };
+        first.shutdown(std::net::Shutdown::Write).unwrap();
+        // Wait for the FIN before closing the other side, so the first closer ends in TIME_WAIT.
+        let mut buf = [0u8; 1];
+        assert_eq!(second.read(&mut buf).unwrap(), 0);
+        drop(second);
+        drop(first);
+        drop(a);
+        out.push(pair);
+    }
+    drop(listener);
+    out
+}
+
+/// A running `twreset` command (e.g. `trace`), stopped with SIGINT.
+pub struct Running {
+    child: Child,
+    stderr_lines: mpsc::Receiver<String>,
+    stderr_seen: Vec<String>,
+}
+
+impl Running {
+    /// Start `twreset args...` and wait until it prints a stderr line containing `ready`.
+    pub fn start(args: &[&str], ready: &str) -> Self {
+        let mut child = Command::new(bin())
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn twreset");
+        let (tx, rx) = mpsc::channel();
+        let err = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut r = Self { child, stderr_lines: rx, stderr_seen: Vec::new() };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match r.stderr_lines.recv_timeout(left) {
+                Ok(line) => {
+                    let done = line.contains(ready);
+                    r.stderr_seen.push(line);
+                    if done {
+                        return r;
+                    }
+                }
+                Err(_) => {
+                    let _ = r.child.kill();
+                    panic!("twreset {args:?} never printed {ready:?}; stderr: {:?}", r.stderr_seen);
+                }
+            }
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Send SIGINT and collect (exit code, stdout, stderr).
+    pub fn stop(mut self) -> (Option<i32>, String, String) {
+        self.signal(nix::sys::signal::Signal::SIGINT)
+    }
+
+    pub fn signal(&mut self, sig: nix::sys::signal::Signal) -> (Option<i32>, String, String) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), sig).expect("signal twreset");
+        let mut stdout = String::new();
+        self.child.stdout.take().unwrap().read_to_string(&mut stdout).unwrap();
+        let status = self.child.wait().unwrap();
+        let mut stderr = self.stderr_seen.join("\n");
+        while let Ok(l) = self.stderr_lines.recv_timeout(Duration::from_secs(5)) {
+            stderr.push('\n');
+            stderr.push_str(&l);
+        }
+        (status.code(), stdout, stderr)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Run `twreset args...` to completion: (exit code, stdout, stderr).
+pub fn twreset(args: &[&str]) -> (Option<i32>, String, String) {
+    let out = Command::new(bin()).args(args).stdin(Stdio::null()).output().expect("spawn twreset");
+    (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// Parse NDJSON, panicking with the offending line.
+pub fn ndjson(text: &str) -> Vec<serde_json::Value> {
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad NDJSON line {l:?}: {e}")))
+        .collect()
+}

@@ -83,6 +83,7 @@ pub fn json(t: &Transition) -> Value {
         "old": t.old.name(),
         "new": t.new.name(),
         "time_wait": t.into_time_wait(),
+        "sk": format!("{:#x}", t.skaddr),
     })
 }
 
@@ -111,7 +112,7 @@ mod tests {
         let v = json(&t());
         let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
         let mut want = vec![
-            "ts_ns", "netns_cookie", "family", "laddr", "lport", "raddr", "rport", "old", "new", "time_wait",
+            "ts_ns", "netns_cookie", "family", "laddr", "lport", "raddr", "rport", "old", "new", "time_wait", "sk",
         ];
         want.sort();
         let mut got = keys.clone();

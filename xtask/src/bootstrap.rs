@@ -56,6 +56,15 @@ fn output(cmd: &mut Command) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
+/// Built tools live in cargo's home (shared by every clone and work tree), not in the checkout.
+fn tools_dir() -> PathBuf {
+    let home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .unwrap_or_else(|| PathBuf::from("/root/.cargo"));
+    home.join("twreset-tools")
+}
+
 fn toolchain_installed(name: &str) -> bool {
     Command::new("rustup")
         .args(["run", name, "rustc", "--version"])
@@ -82,7 +91,7 @@ fn ensure_toolchain(name: &str, components: &[&str]) -> Result<()> {
 
 /// Build bpf-linker against the pinned nightly's own libLLVM (no matching LLVM exists in Debian).
 fn ensure_bpf_linker(root: &Path, nightly: &str) -> Result<PathBuf> {
-    let tools = root.join(".tools").join(format!("bpf-linker-{nightly}"));
+    let tools = tools_dir().join(format!("bpf-linker-{nightly}"));
     let bin = tools.join("bin");
     let linker = bin.join("bpf-linker");
     if linker.exists()
