@@ -6,4 +6,5 @@ pub mod decode;
 pub mod kernel;
 pub mod output;
 pub mod probe;
+pub mod sock;
 pub mod state;
