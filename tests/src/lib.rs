@@ -73,6 +73,21 @@ impl NetNs {
         PathBuf::from("/run/netns").join(&self.name)
     }
 
+    /// `SO_NETNS_COOKIE` of this namespace (what twreset reports as `netns_cookie`).
+    pub fn cookie(&self) -> u64 {
+        self.run(|| {
+            let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None).unwrap();
+            let mut cookie: u64 = 0;
+            let mut len = size_of::<u64>() as libc::socklen_t;
+            // SAFETY: getsockopt into a u64 of the right size.
+            let rc = unsafe {
+                libc::getsockopt(std::os::fd::AsRawFd::as_raw_fd(&s), libc::SOL_SOCKET, 71, (&raw mut cookie).cast(), &mut len)
+            };
+            assert_eq!(rc, 0, "SO_NETNS_COOKIE");
+            cookie
+        })
+    }
+
     /// `ip netns exec NAME cmd...`, asserting success.
     pub fn exec(&self, cmd: &[&str]) -> String {
         let out = run_ok(Command::new("ip").args(["netns", "exec", &self.name]).args(cmd));
@@ -192,16 +207,15 @@ pub fn connections(server: SocketAddr, client_ip: Option<std::net::IpAddr>, n: u
         let (a, _) = listener.accept().unwrap();
         let pair = (c.local_addr().unwrap(), server);
         let (first, mut second) = match closer {
-            Closer::Client => (c, a.try_clone().unwrap()),
-            Closer::Server => (a.try_clone().unwrap(), c),
+            Closer::Client => (c, a),
+            Closer::Server => (a, c),
         };
         first.shutdown(std::net::Shutdown::Write).unwrap();
-        // Wait for the FIN before closing the other side, so the first closer ends in TIME_WAIT.
+        // Wait for the FIN, then close the other side: the first closer ends in TIME_WAIT.
         let mut buf = [0u8; 1];
         assert_eq!(second.read(&mut buf).unwrap(), 0);
         drop(second);
         drop(first);
-        drop(a);
         out.push(pair);
     }
     drop(listener);

@@ -50,18 +50,29 @@ fn endpoint(ip: IpAddr, port: u16) -> String {
     }
 }
 
+/// Keep a column at most `max` characters wide, marking the cut with `~`.
+fn truncate(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        s.to_owned()
+    } else {
+        let mut t: String = s.chars().take(max - 1).collect();
+        t.push('~');
+        t
+    }
+}
+
 /// Column header matching [`human_line`].
 pub fn human_header() -> String {
-    format!("{:<15} {:<12} {:>27} {:>27}  {}", "TIME(UTC)", "NETNS", "LOCAL", "REMOTE", "TRANSITION")
+    format!("{:<15} {:<24} {:>30} {:>30}  {}", "TIME(UTC)", "NETNS", "LOCAL", "REMOTE", "TRANSITION")
 }
 
 /// One aligned line per transition; an active close is marked `(TIME_WAIT)`.
 pub fn human_line(t: &Transition, ns: &NsNames, clock: &WallClock) -> String {
     let mark = if t.into_time_wait() { "  (TIME_WAIT)" } else { "" };
     format!(
-        "{:<15} {:<12} {:>27} {:>27}  {} -> {}{}",
+        "{:<15} {:<24} {:>30} {:>30}  {} -> {}{}",
         clock.format(t.ts_ns),
-        ns.label(t.netns_cookie),
+        truncate(&ns.label(t.netns_cookie), 24),
         endpoint(t.laddr, t.lport),
         endpoint(t.raddr, t.rport),
         t.old,
