@@ -19,7 +19,7 @@ fn field(format: &str, name: &str) -> (usize, usize) {
         let line = line.trim();
         let Some(decl) = line.strip_prefix("field:") else { continue };
         let decl_name = decl.split(';').next().unwrap();
-        let ident = decl_name.rsplit(|c: char| c == ' ' || c == '*').next().unwrap();
+        let ident = decl_name.rsplit([' ', '*']).next().unwrap();
         let ident = ident.split('[').next().unwrap();
         if ident != name {
             continue;

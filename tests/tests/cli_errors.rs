@@ -32,11 +32,7 @@ fn missing_btf_is_a_runtime_error() {
     if !privileged("missing_btf") {
         return;
     }
-    let out = Command::new(bin())
-        .args(["trace"])
-        .env("TWRESET_BTF", "/nonexistent/vmlinux")
-        .output()
-        .unwrap();
+    let out = Command::new(bin()).args(["trace"]).env("TWRESET_BTF", "/nonexistent/vmlinux").output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("kernel BTF not found") && err.contains("CONFIG_DEBUG_INFO_BTF"), "{err}");

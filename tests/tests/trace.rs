@@ -35,8 +35,19 @@ fn check_schema(v: &Value) {
     assert!(v["lport"].as_u64().unwrap() <= 65535);
     assert!(v["rport"].as_u64().unwrap() <= 65535);
     const STATES: [&str; 13] = [
-        "ESTABLISHED", "SYN_SENT", "SYN_RECV", "FIN_WAIT1", "FIN_WAIT2", "TIME_WAIT", "CLOSE", "CLOSE_WAIT",
-        "LAST_ACK", "LISTEN", "CLOSING", "NEW_SYN_RECV", "BOUND_INACTIVE",
+        "ESTABLISHED",
+        "SYN_SENT",
+        "SYN_RECV",
+        "FIN_WAIT1",
+        "FIN_WAIT2",
+        "TIME_WAIT",
+        "CLOSE",
+        "CLOSE_WAIT",
+        "LAST_ACK",
+        "LISTEN",
+        "CLOSING",
+        "NEW_SYN_RECV",
+        "BOUND_INACTIVE",
     ];
     assert!(STATES.contains(&v["old"].as_str().unwrap()), "{v}");
     assert!(STATES.contains(&v["new"].as_str().unwrap()), "{v}");
@@ -70,18 +81,14 @@ fn transitions(life: &[&Value]) -> Vec<String> {
     life.iter().map(|e| format!("{}>{}", e["old"].as_str().unwrap(), e["new"].as_str().unwrap())).collect()
 }
 
-const ACTIVE: [&str; 5] = [
-    "CLOSE>SYN_SENT", "SYN_SENT>ESTABLISHED", "ESTABLISHED>FIN_WAIT1", "FIN_WAIT1>FIN_WAIT2", "FIN_WAIT2>CLOSE",
-];
-const PASSIVE_CLIENT: [&str; 5] = [
-    "CLOSE>SYN_SENT", "SYN_SENT>ESTABLISHED", "ESTABLISHED>CLOSE_WAIT", "CLOSE_WAIT>LAST_ACK", "LAST_ACK>CLOSE",
-];
-const ACTIVE_SERVER: [&str; 5] = [
-    "LISTEN>SYN_RECV", "SYN_RECV>ESTABLISHED", "ESTABLISHED>FIN_WAIT1", "FIN_WAIT1>FIN_WAIT2", "FIN_WAIT2>CLOSE",
-];
-const PASSIVE_SERVER: [&str; 5] = [
-    "LISTEN>SYN_RECV", "SYN_RECV>ESTABLISHED", "ESTABLISHED>CLOSE_WAIT", "CLOSE_WAIT>LAST_ACK", "LAST_ACK>CLOSE",
-];
+const ACTIVE: [&str; 5] =
+    ["CLOSE>SYN_SENT", "SYN_SENT>ESTABLISHED", "ESTABLISHED>FIN_WAIT1", "FIN_WAIT1>FIN_WAIT2", "FIN_WAIT2>CLOSE"];
+const PASSIVE_CLIENT: [&str; 5] =
+    ["CLOSE>SYN_SENT", "SYN_SENT>ESTABLISHED", "ESTABLISHED>CLOSE_WAIT", "CLOSE_WAIT>LAST_ACK", "LAST_ACK>CLOSE"];
+const ACTIVE_SERVER: [&str; 5] =
+    ["LISTEN>SYN_RECV", "SYN_RECV>ESTABLISHED", "ESTABLISHED>FIN_WAIT1", "FIN_WAIT1>FIN_WAIT2", "FIN_WAIT2>CLOSE"];
+const PASSIVE_SERVER: [&str; 5] =
+    ["LISTEN>SYN_RECV", "SYN_RECV>ESTABLISHED", "ESTABLISHED>CLOSE_WAIT", "CLOSE_WAIT>LAST_ACK", "LAST_ACK>CLOSE"];
 
 /// Churn connections in `ns` until `stop` is set.
 fn churn(ns: &NetNs, stop: &AtomicBool) {

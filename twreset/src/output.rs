@@ -189,7 +189,17 @@ mod tests {
         let v = json(&t());
         let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
         let mut want = vec![
-            "ts_ns", "netns_cookie", "family", "laddr", "lport", "raddr", "rport", "old", "new", "time_wait", "sk",
+            "ts_ns",
+            "netns_cookie",
+            "family",
+            "laddr",
+            "lport",
+            "raddr",
+            "rport",
+            "old",
+            "new",
+            "time_wait",
+            "sk",
         ];
         want.sort();
         let mut got = keys.clone();

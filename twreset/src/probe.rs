@@ -106,14 +106,13 @@ impl Probe {
         tracefs::ensure_mounted()?;
         let btf = KernelBtf::load()?;
         let mut off = kernel_offsets(&btf)?;
-        let (kallsyms, timewait_unavailable) = match Kallsyms::load().and_then(|k| timewait_symbols(&k, &mut off).map(|_| k)) {
-            Ok(k) => (Some(k), None),
-            Err(e) => (None, Some(e)),
-        };
-        let ebpf = EbpfLoader::new()
-            .override_global(OFFSETS_GLOBAL, &off, true)
-            .load(EBPF_OBJ)
-            .map_err(ProbeError::Load)?;
+        let (kallsyms, timewait_unavailable) =
+            match Kallsyms::load().and_then(|k| timewait_symbols(&k, &mut off).map(|_| k)) {
+                Ok(k) => (Some(k), None),
+                Err(e) => (None, Some(e)),
+            };
+        let ebpf =
+            EbpfLoader::new().override_global(OFFSETS_GLOBAL, &off, true).load(EBPF_OBJ).map_err(ProbeError::Load)?;
         Ok(Self { ebpf, attached: Vec::new(), timewait_unavailable, kallsyms })
     }
 
@@ -186,7 +185,7 @@ impl Probe {
             cfg.flags |= filter::STATE;
             cfg.state_mask = f.states.iter().fold(0, |m, s| m | 1 << s.number());
         }
-        debug_assert!(tcp_state::MAX < 32);
+        const { assert!(tcp_state::MAX < 32) };
         let mut c: Array<_, FilterConfig> = Array::try_from(self.map_mut("CONFIG")?).map_err(map_err("CONFIG"))?;
         c.set(0, &cfg, 0).map_err(map_err("CONFIG"))
     }
@@ -252,15 +251,11 @@ fn recursion_misses(prog_fd: i32) -> Result<u64, std::io::Error> {
     }
     const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
     let mut info: aya_obj::generated::bpf_prog_info = unsafe { std::mem::zeroed() };
-    let mut attr = InfoAttr {
-        bpf_fd: prog_fd as u32,
-        info_len: size_of_val(&info) as u32,
-        info: (&raw mut info) as u64,
-    };
+    let mut attr =
+        InfoAttr { bpf_fd: prog_fd as u32, info_len: size_of_val(&info) as u32, info: (&raw mut info) as u64 };
     // SAFETY: attr points at a zeroed, correctly sized bpf_prog_info that outlives the call.
-    let rc = unsafe {
-        libc::syscall(libc::SYS_bpf, BPF_OBJ_GET_INFO_BY_FD, &raw mut attr, size_of::<InfoAttr>() as u32)
-    };
+    let rc =
+        unsafe { libc::syscall(libc::SYS_bpf, BPF_OBJ_GET_INFO_BY_FD, &raw mut attr, size_of::<InfoAttr>() as u32) };
     if rc != 0 {
         return Err(std::io::Error::last_os_error());
     }

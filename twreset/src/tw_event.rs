@@ -20,10 +20,18 @@ pub enum TwCause {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TwEventKind {
-    Created { substate: TcpState, timeout_ms: u32 },
-    Rearmed { substate: TcpState, timeout_ms: u32 },
+    Created {
+        substate: TcpState,
+        timeout_ms: u32,
+    },
+    Rearmed {
+        substate: TcpState,
+        timeout_ms: u32,
+    },
     Expired,
-    Killed { cause: TwCause },
+    Killed {
+        cause: TwCause,
+    },
     /// A close found tcp_max_tw_buckets full: no TIME_WAIT socket was created.
     Overflow,
 }

@@ -3,15 +3,9 @@
 //! Field offsets are pinned in `twreset_common::tp_state` and checked against the running
 //! kernel's tracefs format file by a test.
 
-use aya_ebpf::{
-    helpers::bpf_ktime_get_ns,
-    macros::tracepoint,
-    maps::lpm_trie::Key,
-    programs::TracePointContext,
-};
+use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::tracepoint, maps::lpm_trie::Key, programs::TracePointContext};
 use twreset_common::{
-    AF_INET, AF_INET6, Event, FilterConfig, IPPROTO_TCP, LastTw, filter, kind, stat, state_aux, tcp_state,
-    tp_state,
+    AF_INET, AF_INET6, Event, FilterConfig, IPPROTO_TCP, LastTw, filter, kind, stat, state_aux, tcp_state, tp_state,
 };
 
 use crate::{
@@ -54,8 +48,8 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<u32, u32> {
     let newstate: i32 = read(ctx, tp_state::NEWSTATE)?;
     let (oldstate, newstate) = (oldstate as u32, newstate as u32);
     if cfg.flags & filter::STATE != 0 {
-        let into_tw = newstate == tcp_state::CLOSE
-            && (oldstate == tcp_state::FIN_WAIT2 || oldstate == tcp_state::CLOSING);
+        let into_tw =
+            newstate == tcp_state::CLOSE && (oldstate == tcp_state::FIN_WAIT2 || oldstate == tcp_state::CLOSING);
         let hit = state_bit(cfg.state_mask, oldstate)
             || state_bit(cfg.state_mask, newstate)
             || (into_tw && state_bit(cfg.state_mask, tcp_state::TIME_WAIT));
@@ -154,7 +148,10 @@ fn active_close(
     let Some(slot) = LAST_TW.get_ptr_mut(0) else { return 0 };
     // SAFETY: per-CPU slot; this program and the timer program on this CPU never run concurrently.
     let last: &mut LastTw = unsafe { &mut *slot };
-    if last.netns_cookie == cookie && last.sport == sport && last.dport == dport && last.saddr == *saddr
+    if last.netns_cookie == cookie
+        && last.sport == sport
+        && last.dport == dport
+        && last.saddr == *saddr
         && last.daddr == *daddr
     {
         *last = LastTw::default();

@@ -6,10 +6,10 @@
 //! on the kernels we must support, so this is the exact path (KERNEL.md).
 
 use aya_ebpf::{
+    EbpfContext,
     helpers::{bpf_get_stack, bpf_ktime_get_ns},
     macros::tracepoint,
     programs::TracePointContext,
-    EbpfContext,
 };
 use twreset_common::{AF_INET, AF_INET6, Event, KernelOffsets, LastTw, filter, kind, stat, tp_timer};
 
@@ -125,7 +125,14 @@ fn try_timer_start(ctx: &TracePointContext) -> Result<u32, u32> {
     if let Some(slot) = LAST_TW.get_ptr_mut(0) {
         // SAFETY: per-CPU slot, see programs::state::active_close.
         unsafe {
-            *slot = LastTw { netns_cookie: t.cookie, saddr: t.saddr, daddr: t.daddr, sport: t.sport, dport: t.dport, _pad: 0 };
+            *slot = LastTw {
+                netns_cookie: t.cookie,
+                saddr: t.saddr,
+                daddr: t.daddr,
+                sport: t.sport,
+                dport: t.dport,
+                _pad: 0,
+            };
         }
     }
     if wanted(t.cookie) {
@@ -174,9 +181,7 @@ fn try_timer_cancel(ctx: &TracePointContext) -> Result<u32, u32> {
     }
     let mut frames = [0u64; FRAMES];
     // SAFETY: the buffer is FRAMES u64s long, as passed.
-    let n = unsafe {
-        bpf_get_stack(ctx.as_ptr(), frames.as_mut_ptr().cast(), (FRAMES * 8) as u32, 0)
-    };
+    let n = unsafe { bpf_get_stack(ctx.as_ptr(), frames.as_mut_ptr().cast(), (FRAMES * 8) as u32, 0) };
     if n <= 0 {
         count(stat::READ_ERROR);
         return Ok(0);

@@ -57,7 +57,14 @@ pub struct TraceConfig {
 impl TryFrom<TraceArgs> for TraceConfig {
     type Error = UsageError;
     fn try_from(a: TraceArgs) -> Result<Self, UsageError> {
-        Ok(Self { scope: NetnsScope::try_from(&a.netns)?, peers: a.peers, ports: a.ports, states: a.states, json: a.json, timewait: a.timewait })
+        Ok(Self {
+            scope: NetnsScope::try_from(&a.netns)?,
+            peers: a.peers,
+            ports: a.ports,
+            states: a.states,
+            json: a.json,
+            timewait: a.timewait,
+        })
     }
 }
 

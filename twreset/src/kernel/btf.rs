@@ -71,12 +71,11 @@ impl KernelBtf {
             if name == member {
                 return Some(bits / 8);
             }
-            if name.is_empty() {
-                if let Ok(Type::Struct(inner) | Type::Union(inner)) = self.resolved(m) {
-                    if let Some(off) = self.find(&inner, member, bits) {
-                        return Some(off);
-                    }
-                }
+            if name.is_empty()
+                && let Ok(Type::Struct(inner) | Type::Union(inner)) = self.resolved(m)
+                && let Some(off) = self.find(&inner, member, bits)
+            {
+                return Some(off);
             }
         }
         None
@@ -140,10 +139,7 @@ mod tests {
         let off = kernel_offsets(&btf).unwrap();
         // The 6.18 values KERNEL.md measured; other kernels may differ, so only on 6.18.
         if std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().starts_with("6.18") {
-            assert_eq!(
-                (off.skc_daddr, off.skc_rcv_saddr, off.skc_dport, off.skc_num, off.skc_net),
-                (0, 4, 12, 14, 48)
-            );
+            assert_eq!((off.skc_daddr, off.skc_rcv_saddr, off.skc_dport, off.skc_num, off.skc_net), (0, 4, 12, 14, 48));
             assert_eq!((off.tw_substate, off.tw_timer, off.net_cookie), (140, 160, 4160));
         }
         assert_eq!(off.timer_function, 24);
