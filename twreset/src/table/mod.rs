@@ -126,10 +126,12 @@ impl Table {
         &self.counters
     }
 
-    /// Bytes the table's own allocations use per tracked socket (the map's buckets and control
-    /// bytes at its current capacity; interners and kill counts are per namespace/destination).
+    /// Bytes of the socket map's allocation: a power-of-two bucket count (at most 7/8 full) of
+    /// one entry plus one control byte each. Interners and kill counts are per namespace or
+    /// destination, not per socket.
     pub fn approx_bytes(&self) -> usize {
-        self.map.capacity() * (size_of::<(Key, Slot)>() + 1)
+        let buckets = (self.map.capacity() * 8 / 7).next_power_of_two();
+        buckets * (size_of::<(Key, Slot)>() + 1)
     }
 
     /// Record the probe's cumulative lost-event count. True when it grew: the table may now be
