@@ -3,14 +3,15 @@
 //!
 //! The inputs are parameters so `tw` and `top` run the same way from the kernel or from a test.
 
-use std::{error::Error as StdError, time::Duration};
+use std::{collections::HashMap, error::Error as StdError, path::Path, time::Duration};
 
 use tokio::sync::mpsc;
 
 use crate::{
     cli::NetnsScope,
+    kernel::netns::{self, Netns, NetnsError},
     sock::DiagSocket,
-    table::{By, Connected, Drift, PortRanges, Snapshot, Sort, Table, ViewConfig},
+    table::{By, Connected, Drift, PortRange, PortRanges, Snapshot, Sort, Table, ViewConfig, pressure::PressureError},
     tw_event::TwEvent,
 };
 
@@ -37,6 +38,64 @@ pub enum LiveError {
         #[source]
         source: Box<dyn StdError + Send + Sync>,
     },
+    #[error("cannot read {PORT_RANGE}")]
+    PortRangeRead {
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("bad {PORT_RANGE}")]
+    PortRange {
+        #[source]
+        source: PressureError,
+    },
+    #[error("reading the ephemeral port range of a namespace")]
+    Netns {
+        #[source]
+        source: NetnsError,
+    },
+}
+
+/// The sysctl that sizes the ephemeral port space; /proc/sys/net shows the reading thread's namespace.
+pub const PORT_RANGE: &str = "/proc/sys/net/ipv4/ip_local_port_range";
+
+fn read_port_range() -> Result<PortRange, LiveError> {
+    let text = std::fs::read_to_string(PORT_RANGE).map_err(|source| LiveError::PortRangeRead { source })?;
+    PortRange::parse(&text).map_err(|source| LiveError::PortRange { source })
+}
+
+fn range_in(ns: &Netns) -> Result<(u64, PortRange), LiveError> {
+    let cookie = ns.cookie().map_err(|source| LiveError::Netns { source })?;
+    let range = ns.run(read_port_range).map_err(|source| LiveError::Netns { source })??;
+    Ok((cookie, range))
+}
+
+/// `ip_local_port_range` of every namespace in scope (for `--all-netns`: the named ones; others
+/// get the current namespace's range).
+pub fn port_ranges(scope: &NetnsScope) -> Result<PortRanges, LiveError> {
+    let default = read_port_range()?;
+    let mut per_ns = HashMap::new();
+    match scope {
+        NetnsScope::Current => {
+            per_ns.insert(netns::current_cookie().map_err(|source| LiveError::Netns { source })?, default);
+        }
+        NetnsScope::Paths(list) => {
+            for ns in list {
+                let (cookie, range) = range_in(ns)?;
+                per_ns.insert(cookie, range);
+            }
+        }
+        NetnsScope::All => {
+            for (name, _) in netns::named() {
+                // A namespace deleted meanwhile simply keeps the default.
+                if let Ok(ns) = Netns::open(&Path::new(netns::NAMED_DIR).join(name))
+                    && let Ok((cookie, range)) = range_in(&ns)
+                {
+                    per_ns.insert(cookie, range);
+                }
+            }
+        }
+    }
+    Ok(PortRanges { default, per_ns })
 }
 
 /// The kernel feed. The TIME_WAIT lifecycle probe plugs in here; until then every command that
@@ -268,6 +327,18 @@ mod tests {
         let e = Live::start(feed, ViewConfig::default(), Duration::ZERO).await.err().unwrap();
         assert!(matches!(e, LiveError::Dump { .. }));
         assert_eq!(e.source().unwrap().to_string(), "netlink says no");
+    }
+
+    #[test]
+    fn port_ranges_of_the_current_namespace() {
+        let want = PortRange::parse(&std::fs::read_to_string(PORT_RANGE).unwrap()).unwrap();
+        let r = port_ranges(&NetnsScope::Current).unwrap();
+        assert_eq!(r.default, want);
+        assert_eq!(r.of(netns::current_cookie().unwrap()), want);
+        let me = Netns::open(Path::new("/proc/self/ns/net")).unwrap();
+        let r = port_ranges(&NetnsScope::Paths(vec![me])).unwrap();
+        assert_eq!(r.per_ns.len(), 1);
+        assert_eq!(r.of(netns::current_cookie().unwrap()), want);
     }
 
     #[test]

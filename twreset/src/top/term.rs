@@ -23,8 +23,15 @@ use ratatui::{
 };
 use tokio::sync::mpsc;
 
-/// Put the terminal back; harmless when it was never changed, so it can run twice.
+/// Whether the screen is ours: restoring twice would be harmful (leaving the alternate screen
+/// again restores the cursor saved on entry, and later output then overwrites the top lines).
+static ENTERED: AtomicBool = AtomicBool::new(false);
+
+/// Put the terminal back, once: from the panic hook, from `Term`'s drop, or both.
 pub fn restore() -> io::Result<()> {
+    if !ENTERED.swap(false, Ordering::SeqCst) {
+        return Ok(());
+    }
     let raw = disable_raw_mode();
     execute!(stdout(), LeaveAlternateScreen, Show)?;
     raw
@@ -51,6 +58,7 @@ pub struct Term {
 impl Term {
     pub fn enter() -> io::Result<Self> {
         install_panic_hook();
+        ENTERED.store(true, Ordering::SeqCst);
         let entered = (|| {
             enable_raw_mode()?;
             execute!(stdout(), EnterAlternateScreen)?;

@@ -19,6 +19,16 @@ use crate::{
 pub const WARN: f64 = 0.80;
 pub const CRIT: f64 = 0.95;
 
+/// A right-aligned cell: numbers line up by their last digit.
+fn num(s: impl Into<String>) -> Cell<'static> {
+    Cell::from(Line::from(s.into()).right_aligned())
+}
+
+fn heading(names: &[&'static str]) -> Row<'static> {
+    let cells = names.iter().enumerate().map(|(i, n)| if i == 0 { Cell::from(*n) } else { num(*n) });
+    Row::new(cells).style(Style::new().add_modifier(Modifier::BOLD))
+}
+
 pub fn pressure_style(ratio: f64) -> Style {
     match ratio {
         r if r >= CRIT => Style::new().fg(Color::Red).add_modifier(Modifier::BOLD),
@@ -80,17 +90,16 @@ fn draw_sparkline(f: &mut Frame, s: &Screen, area: Rect) {
 fn pressure_cells(p: &Pressure) -> [Cell<'static>; 4] {
     let style = pressure_style(p.ratio);
     [
-        Cell::from(format!("{:.1}%", p.ratio * 100.0)).style(style),
-        Cell::from(format!("{:.1}", p.rate_per_s)),
-        Cell::from(p.exhaustion_s.map_or("never".into(), |e| age(Some(e)))).style(style),
-        Cell::from(format!("{}", p.holding)),
+        num(format!("{:.1}%", p.ratio * 100.0)).style(style),
+        num(format!("{:.1}", p.rate_per_s)),
+        num(p.exhaustion_s.map_or("never".into(), |e| age(Some(e)))).style(style),
+        num(p.holding.to_string()),
     ]
 }
 
 fn draw_rows(f: &mut Frame, s: &Screen, area: Rect) {
     let by = s.rows.by;
     let title = format!(" by {} · sort {} · {} rows ", by.name(), s.state.sort.name(), s.rows.rows.len());
-    let bold = Style::new().add_modifier(Modifier::BOLD);
     let (header, widths): (Vec<&str>, Vec<Constraint>) = if by == By::Dest {
         (
             vec![group_heading(by), "COUNT", "OLDEST", "KILLS", "PRESS", "RATE/s", "EXHAUST"],
@@ -124,9 +133,9 @@ fn draw_rows(f: &mut Frame, s: &Screen, area: Rect) {
                 let [press, rate, exhaust, _] = pressure_cells(&p);
                 Row::new(vec![
                     label,
-                    Cell::from(r.count.to_string()),
-                    Cell::from(age(r.oldest_s)),
-                    Cell::from(r.kills_total().to_string()),
+                    num(r.count.to_string()),
+                    num(age(r.oldest_s)),
+                    num(r.kills_total().to_string()),
                     press,
                     rate,
                     exhaust,
@@ -134,15 +143,15 @@ fn draw_rows(f: &mut Frame, s: &Screen, area: Rect) {
             }
             _ => Row::new(vec![
                 label,
-                Cell::from(r.count.to_string()),
-                Cell::from(r.fin_wait2.to_string()),
-                Cell::from(age(r.oldest_s)),
-                Cell::from(age(r.newest_s)),
-                Cell::from(r.kills_total().to_string()),
+                num(r.count.to_string()),
+                num(r.fin_wait2.to_string()),
+                num(age(r.oldest_s)),
+                num(age(r.newest_s)),
+                num(r.kills_total().to_string()),
             ]),
         }
     });
-    let table = Table::new(rows, widths).header(Row::new(header).style(bold)).block(Block::bordered().title(title));
+    let table = Table::new(rows, widths).header(heading(&header)).block(Block::bordered().title(title));
     f.render_widget(table, area);
 }
 
@@ -159,7 +168,7 @@ fn draw_pressure(f: &mut Frame, s: &Screen, area: Rect) {
         Some(Row::new(vec![
             Cell::from(group_label(&r.group, s.names)).style(style),
             holding,
-            Cell::from(p.range.to_string()),
+            num(p.range.to_string()),
             press,
             rate,
             exhaust,
@@ -173,8 +182,7 @@ fn draw_pressure(f: &mut Frame, s: &Screen, area: Rect) {
         Constraint::Length(6),
         Constraint::Length(7),
     ];
-    let header = Row::new(["DESTINATION", "HOLD", "PORTS", "PRESS", "RATE/s", "EXHAUST"])
-        .style(Style::new().add_modifier(Modifier::BOLD));
+    let header = heading(&["DESTINATION", "HOLD", "PORTS", "PRESS", "RATE/s", "EXHAUST"]);
     f.render_widget(Table::new(rows, widths).header(header).block(block), area);
 }
 
