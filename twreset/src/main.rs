@@ -43,6 +43,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Top(args) => {
             let cfg = cmd::top::TopConfig::try_from(args)?;
+            cmd::top::ensure_terminal()?;
             let feed = twreset::live::kernel_feed("top", &cfg.scope)?;
             cmd::top::run(&cfg, feed, &cmd::tw::ns_names(), shutdown_signal()).await?;
             Ok(ExitCode::SUCCESS)

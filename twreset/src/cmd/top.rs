@@ -81,6 +81,11 @@ pub enum TopError {
     Terminal(#[source] io::Error),
 }
 
+/// `top` draws on stdout: fail before loading anything when it is not a terminal.
+pub fn ensure_terminal() -> Result<(), TopError> {
+    if io::stdout().is_terminal() { Ok(()) } else { Err(TopError::NotATerminal) }
+}
+
 fn snapshots(live: &Live, state: &TopState) -> (Snapshot, Snapshot) {
     (live.snapshot(state.by, state.sort), live.snapshot(By::Dest, Sort::Pressure))
 }
@@ -92,9 +97,7 @@ pub async fn run(
     names: &NsNames,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), TopError> {
-    if !io::stdout().is_terminal() {
-        return Err(TopError::NotATerminal);
-    }
+    ensure_terminal()?;
     // Seed before taking the screen, so a failure prints like any other error.
     let mut live = Live::start(feed, cfg.view, SETTLE).await.map_err(TopError::Live)?;
     let mut state = TopState::new(cfg.by, cfg.interval);

@@ -144,7 +144,7 @@ pub fn render_human(snap: &Snapshot, names: &NsNames) -> String {
     let w = labels.iter().map(String::len).chain([head.len()]).max().unwrap_or(0);
     let _ = write!(out, "{head:<w$} {:>7} {:>6} {:>8} {:>8} {:>6}", "COUNT", "FW2", "OLDEST", "NEWEST", "KILLS");
     if snap.by == By::Dest {
-        let _ = write!(out, " {:>6} {:>8} {:>8} {:>8}", "CONN", "PORTS", "RATE/s", "EXHAUST");
+        let _ = write!(out, " {:>6} {:>9} {:>8} {:>8}", "CONN", "PRESSURE", "RATE/s", "EXHAUST");
     }
     out.push('\n');
     for (r, label) in snap.rows.iter().zip(&labels) {
@@ -159,7 +159,7 @@ pub fn render_human(snap: &Snapshot, names: &NsNames) -> String {
         );
         if let Some(p) = r.pressure {
             let exhaust = p.exhaustion_s.map_or("never".into(), |s| age(Some(s)));
-            let _ = write!(out, " {:>6} {:>7.1}% {:>8.1} {:>8}", p.connected, p.ratio * 100.0, p.rate_per_s, exhaust);
+            let _ = write!(out, " {:>6} {:>8.1}% {:>8.1} {:>8}", p.connected, p.ratio * 100.0, p.rate_per_s, exhaust);
         }
         out.push('\n');
     }
