@@ -3,12 +3,15 @@
 //! binary run again), so neither the test harness nor an earlier table's freed pages blur the
 //! figure. Run with `--nocapture` to see it.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    time::Instant,
+};
 
 use twreset::{
     sock::SockKey,
     state::TcpState,
-    table::Table,
+    table::{By, Connected, PortRanges, Sort, Table, ViewConfig},
     tw_event::{TwEvent, TwEventKind},
 };
 
@@ -51,12 +54,29 @@ fn per_socket(v6: bool) -> f64 {
         kind: TwEventKind::Created { substate: TcpState::TimeWait, timeout_ms: 60_000 },
     });
     let before = rss_bytes();
+    let started = Instant::now();
     for i in 1..=N {
         let kind = TwEventKind::Created { substate: TcpState::TimeWait, timeout_ms: 60_000 };
         table.apply(&TwEvent { ts_ns: u64::from(i), key: key(i, v6), kind });
     }
+    let inserting = started.elapsed();
     let after = rss_bytes();
     assert_eq!(table.len(), N as usize + 1, "keys must be distinct");
+    // Timings are printed for the record, never asserted (machines differ).
+    let (connected, ranges) = (Connected::default(), PortRanges::default());
+    let timed = |by| {
+        let t = Instant::now();
+        let rows =
+            table.snapshot(u64::from(N), by, Sort::Count, &ViewConfig::default(), &connected, &ranges).rows.len();
+        (t.elapsed(), rows)
+    };
+    let (peer, peer_rows) = timed(By::Peer);
+    let (dest, dest_rows) = timed(By::Dest);
+    println!(
+        "table speed: {:.0} ns per created event; snapshot of {} sockets: by peer {peer:.1?} ({peer_rows} rows), by dest {dest:.1?} ({dest_rows} rows)",
+        inserting.as_nanos() as f64 / f64::from(N),
+        table.len()
+    );
     let measured = (after - before) as f64 / f64::from(N);
     println!(
         "table memory, {}: {measured:.1} bytes per tracked socket by RSS ({} -> {} KiB for {N}); map alone {:.1} bytes",
@@ -88,7 +108,7 @@ fn run_child(family: &str) -> f64 {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "child failed: {stdout}{}", String::from_utf8_lossy(&out.stderr));
     // libtest prints its "test ... " prefix on the same line.
-    for line in stdout.lines().filter_map(|l| l.find("table memory").map(|i| &l[i..])) {
+    for line in stdout.lines().filter_map(|l| l.find("table ").map(|i| &l[i..])) {
         println!("{line}");
     }
     stdout

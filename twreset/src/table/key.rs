@@ -40,6 +40,10 @@ impl<T: Hash + Eq + Copy> Interner<T> {
         self.ids.get(v).copied()
     }
 
+    pub fn len(&self) -> usize {
+        self.vals.len()
+    }
+
     pub fn value(&self, id: u32) -> T {
         self.vals[id as usize]
     }
@@ -111,6 +115,11 @@ impl Keys {
             lport: k.lport,
             rport: k.rport,
         })
+    }
+
+    /// Namespaces interned so far; their ids are `0..ns_count()`.
+    pub fn ns_count(&self) -> u32 {
+        self.ns.len() as u32
     }
 
     pub fn netns(&self, id: u32) -> u64 {

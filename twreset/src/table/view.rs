@@ -1,13 +1,17 @@
 //! Views of the table: rows per peer, prefix, remote port, local address or destination, each
 //! with count, oldest/newest age and early kills by cause; destinations add port pressure.
 
-use std::{collections::HashMap, fmt, net::IpAddr};
+use std::{
+    collections::{HashMap, HashSet},
+    fmt,
+    net::IpAddr,
+};
 
 use ipnet::IpNet;
 
 use super::{
     Counters, Table,
-    key::{DestKey, Key},
+    key::{DestKey, unpack},
     pressure::{Connected, Dest, PortRanges, Pressure},
 };
 
@@ -173,7 +177,7 @@ pub struct Snapshot {
     pub totals: Totals,
 }
 
-#[derive(Default)]
+#[derive(Clone, Copy, Default)]
 struct Acc {
     count: u64,
     fin_wait2: u64,
@@ -183,37 +187,66 @@ struct Acc {
     kills: [u64; 6],
 }
 
+/// A group in the table's own form: cheap to derive and hash for every tracked socket; turned
+/// into a [`Group`] once per row.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+enum Compact {
+    /// Remote address (masked to the prefix for `By::Prefix`), packed as in the table.
+    Remote {
+        v4: bool,
+        raddr: [u8; 16],
+    },
+    Port(u16),
+    Local(u32),
+    Dest(DestKey),
+}
+
+/// Keep the first `bits` bits of a packed address.
+fn mask(mut raddr: [u8; 16], bits: u32) -> [u8; 16] {
+    for (i, b) in raddr.iter_mut().enumerate() {
+        let keep = bits.saturating_sub(i as u32 * 8).min(8);
+        *b &= if keep == 0 { 0 } else { 0xffu8 << (8 - keep) };
+    }
+    raddr
+}
+
 impl Table {
-    fn dest_of(&self, ns: u32, laddr: u32, raddr: [u8; 16], rport: u16) -> Dest {
-        Dest { netns: self.keys.netns(ns), laddr: self.keys.local(laddr), raddr: self.keys.remote(laddr, raddr), rport }
-    }
-
-    fn group_of_dest(&self, by: By, d: &DestKey, cfg: &ViewConfig) -> Group {
-        let remote = || self.keys.remote(d.laddr, d.raddr);
+    fn compact(&self, by: By, d: &DestKey, cfg: &ViewConfig) -> Compact {
+        let v4 = self.keys.local(d.laddr).is_ipv4();
         match by {
-            By::Peer => Group::Peer(remote()),
-            By::Prefix => {
-                let ip = remote();
-                let len = if ip.is_ipv4() { cfg.prefix_v4.min(32) } else { cfg.prefix_v6.min(128) };
-                Group::Prefix(IpNet::new(ip, len).expect("length clamped").trunc())
-            }
-            By::Port => Group::Port(d.rport),
-            By::Local => Group::Local(self.keys.local(d.laddr)),
-            By::Dest => Group::Dest(self.dest_of(d.ns, d.laddr, d.raddr, d.rport)),
+            By::Peer => Compact::Remote { v4, raddr: d.raddr },
+            // IPv4 is packed IPv4-mapped: its prefix starts after the 96-bit ::ffff:0:0/96.
+            By::Prefix if v4 => Compact::Remote { v4, raddr: mask(d.raddr, 96 + u32::from(cfg.prefix_v4.min(32))) },
+            By::Prefix => Compact::Remote { v4, raddr: mask(d.raddr, u32::from(cfg.prefix_v6.min(128))) },
+            By::Port => Compact::Port(d.rport),
+            By::Local => Compact::Local(d.laddr),
+            By::Dest => Compact::Dest(*d),
         }
     }
 
-    /// The group of a tracked socket; `None` when a destination view leaves it out (its local
-    /// port is not ephemeral: server-side TIME_WAIT holds no port `connect()` could want).
-    fn group_of(&self, by: By, k: &Key, cfg: &ViewConfig, ranges: &PortRanges) -> Option<Group> {
-        if by == By::Dest && !ranges.of(self.keys.netns(k.ns)).contains(k.lport) {
-            return None;
+    fn expand(&self, by: By, c: Compact, cfg: &ViewConfig) -> Group {
+        match c {
+            Compact::Remote { v4, raddr } if by == By::Prefix => {
+                let len = if v4 { cfg.prefix_v4.min(32) } else { cfg.prefix_v6.min(128) };
+                Group::Prefix(IpNet::new(unpack(raddr, v4), len).expect("length clamped").trunc())
+            }
+            Compact::Remote { v4, raddr } => Group::Peer(unpack(raddr, v4)),
+            Compact::Port(p) => Group::Port(p),
+            Compact::Local(id) => Group::Local(self.keys.local(id)),
+            Compact::Dest(d) => Group::Dest(Dest {
+                netns: self.keys.netns(d.ns),
+                laddr: self.keys.local(d.laddr),
+                raddr: self.keys.remote(d.laddr, d.raddr),
+                rport: d.rport,
+            }),
         }
-        Some(self.group_of_dest(by, &k.dest(), cfg))
     }
 
     /// Rows grouped `by`, sorted. `connected` and `ranges` (from the latest dump and sysctls)
     /// feed the destination view's pressure; other views ignore them.
+    ///
+    /// The destination view leaves out sockets whose local port is not ephemeral: server-side
+    /// TIME_WAIT holds no port `connect()` could want.
     pub fn snapshot(
         &self,
         now_ns: u64,
@@ -223,39 +256,45 @@ impl Table {
         connected: &Connected,
         ranges: &PortRanges,
     ) -> Snapshot {
-        let mut acc: HashMap<Group, Acc> = HashMap::new();
+        let fresh = || Acc { first_ns: u64::MAX, ..Acc::default() };
+        // Ranges by interned namespace id: one lookup per namespace, not per socket.
+        let ns_ranges: Vec<_> = (0..self.keys.ns_count()).map(|id| ranges.of(self.keys.netns(id))).collect();
+        let mut acc: HashMap<Compact, Acc> = HashMap::new();
         let mut fin_wait2 = 0;
         let window_start = now_ns.saturating_sub(cfg.rate_window_ns);
         for (k, s) in &self.map {
             fin_wait2 += u64::from(s.fin_wait2);
-            let Some(g) = self.group_of(by, k, cfg, ranges) else { continue };
-            let a = acc.entry(g).or_insert_with(|| Acc { first_ns: u64::MAX, ..Acc::default() });
+            if by == By::Dest && !ns_ranges[k.ns as usize].contains(k.lport) {
+                continue;
+            }
+            let a = acc.entry(self.compact(by, &k.dest(), cfg)).or_insert_with(fresh);
             a.count += 1;
             a.fin_wait2 += u64::from(s.fin_wait2);
             a.first_ns = a.first_ns.min(s.created_ns);
             a.last_ns = a.last_ns.max(s.created_ns);
             a.recent += u64::from(s.created_ns > window_start && s.created_ns <= now_ns);
         }
-        if by == By::Dest {
-            for d in connected.0.keys() {
-                acc.entry(Group::Dest(*d)).or_insert_with(|| Acc { first_ns: u64::MAX, ..Acc::default() });
-            }
-        }
         for (d, kills) in &self.kills {
-            let g = self.group_of_dest(by, d, cfg);
+            let c = self.compact(by, d, cfg);
             // A destination row needs a port holder; kills alone do not make one.
-            let a = match (by, acc.get_mut(&g)) {
+            let a = match (by, acc.get_mut(&c)) {
                 (_, Some(a)) => a,
                 (By::Dest, None) => continue,
-                (_, None) => acc.entry(g).or_insert_with(|| Acc { first_ns: u64::MAX, ..Acc::default() }),
+                (_, None) => acc.entry(c).or_insert_with(fresh),
             };
             for (total, n) in a.kills.iter_mut().zip(kills.by_cause) {
                 *total += u64::from(n);
             }
         }
+        let mut groups: Vec<(Group, Acc)> = acc.into_iter().map(|(c, a)| (self.expand(by, c, cfg), a)).collect();
+        if by == By::Dest {
+            let seen: HashSet<Dest> =
+                groups.iter().filter_map(|(g, _)| if let Group::Dest(d) = g { Some(*d) } else { None }).collect();
+            groups.extend(connected.0.keys().filter(|d| !seen.contains(d)).map(|d| (Group::Dest(*d), fresh())));
+        }
         let age = |ns: u64| now_ns.saturating_sub(ns) as f64 / 1e9;
         let window_s = cfg.rate_window_ns.max(1) as f64 / 1e9;
-        let mut rows: Vec<Row> = acc
+        let mut rows: Vec<Row> = groups
             .into_iter()
             .map(|(group, a)| {
                 let pressure = match group {
@@ -301,4 +340,21 @@ pub fn sort_rows(rows: &mut [Row], sort: Sort) {
         };
         primary.then_with(|| a.group.cmp(&b.group))
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::mask;
+
+    #[test]
+    fn masks_bits() {
+        let all = [0xff; 16];
+        assert_eq!(mask(all, 128), all);
+        assert_eq!(mask(all, 0), [0; 16]);
+        let m = mask(all, 100);
+        assert_eq!(&m[..12], &[0xff; 12]);
+        assert_eq!(m[12], 0xf0);
+        assert_eq!(&m[13..], &[0; 3]);
+        assert_eq!(mask(all, 7)[0], 0xfe);
+    }
 }

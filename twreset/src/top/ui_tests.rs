@@ -158,3 +158,22 @@ fn empty_table_still_draws() {
     assert!(lines[0].starts_with("tw 0"));
     assert!(lines.iter().any(|l| l.contains("no outgoing connections")));
 }
+
+#[test]
+fn tiny_and_huge_terminals_do_not_panic() {
+    let t = fed();
+    let state = TopState::new(By::Dest, Duration::from_secs(1));
+    let rows = t.snapshot(
+        30 * S,
+        By::Dest,
+        Sort::Count,
+        &ViewConfig::default(),
+        &Connected::default(),
+        &PortRanges::default(),
+    );
+    let names = NsNames::default();
+    for (w, h) in [(1, 1), (20, 5), (40, 10), (80, 24), (300, 100)] {
+        let mut term = Terminal::new(TestBackend::new(w, h)).unwrap();
+        term.draw(|f| ui::draw(f, &Screen { state: &state, rows: &rows, dests: &rows, names: &names })).unwrap();
+    }
+}
