@@ -20,7 +20,8 @@ pub type DumpFn = Box<dyn FnMut() -> Result<Vec<DiagSocket>, Box<dyn StdError + 
 /// The probe's cumulative count of events that never reached userspace.
 pub type LostFn = Box<dyn FnMut() -> u64 + Send>;
 
-/// What `tw` and `top` read from the kernel.
+/// What `tw` and `top` read from the kernel. The event source must be attached before the feed
+/// is handed over: the first dump comes after, so no socket falls between the seed and the events.
 pub struct Feed {
     pub events: mpsc::Receiver<TwEvent>,
     pub dump: DumpFn,
@@ -210,7 +211,13 @@ impl Live {
         let now = monotonic_ns();
         self.pump();
         self.table.begin_reconcile(now);
-        let sockets = self.dump()?;
+        let sockets = match self.dump() {
+            Ok(s) => s,
+            Err(e) => {
+                self.table.abort_reconcile();
+                return Err(e);
+            }
+        };
         // Events older than the dump may still be in flight: let them land first.
         self.drain_for(self.settle).await;
         let drift = if forced { self.table.resync(now, &sockets) } else { self.table.reconcile(now, &sockets) };

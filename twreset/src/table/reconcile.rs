@@ -61,6 +61,11 @@ impl Table {
         self.watch = Some(Watch { since_ns: now_ns, touched: Default::default() });
     }
 
+    /// Forget a started reconcile (its dump failed).
+    pub fn abort_reconcile(&mut self) {
+        self.watch = None;
+    }
+
     /// Compare with a dump started at `now_ns`, fix the table to match it, count the drift.
     pub fn reconcile(&mut self, now_ns: u64, dump: &[DiagSocket]) -> Drift {
         let touched = self.watch.take().map(|w| w.touched).unwrap_or_default();

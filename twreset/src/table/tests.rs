@@ -265,3 +265,13 @@ fn namespaces_are_separate_sockets() {
     assert_eq!(snap(&t, 2, By::Peer).rows[0].count, 2, "peer rows add up across namespaces");
     assert_eq!(snap(&t, 2, By::Dest).rows.len(), 2, "destinations are per namespace");
 }
+
+#[test]
+fn aborted_reconcile_stops_watching() {
+    let mut t = Table::new();
+    t.begin_reconcile(10 * S);
+    t.apply(&created(11, client(0, "10.0.0.2")));
+    t.abort_reconcile();
+    // Without the watch, the next reconcile judges the entry on its own: created after the dump.
+    assert_eq!(t.reconcile(12 * S, &[]), Drift { missing: 0, extra: 1 });
+}
