@@ -39,7 +39,7 @@ fn top_without_a_terminal_says_so() {
 /// Per-peer TIME_WAIT counts as `ss` shows them.
 fn ss_per_peer(ns: &NetNs) -> BTreeMap<String, u64> {
     let mut m = BTreeMap::new();
-    for s in time_wait(&ns) {
+    for s in time_wait(ns) {
         *m.entry(s.remote.ip().to_string()).or_insert(0) += 1;
     }
     m
