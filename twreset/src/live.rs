@@ -323,6 +323,59 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn reconcile_lets_in_flight_events_land() {
+        // The kernel at the dump: 0 (its creation event still in flight) and 1 (which expires
+        // right after the dump saw it). A naive compare would call both drift.
+        let lost = Arc::new(AtomicU64::new(0));
+        let (tx, rx) = mpsc::channel(16);
+        let mut dumps = vec![vec![], vec![tw(0), tw(1)]].into_iter();
+        let sender = tx.clone();
+        let feed = Feed {
+            events: rx,
+            dump: Box::new(move || {
+                let d = dumps.next().unwrap_or_default();
+                if d.len() == 2 {
+                    // Events the ring buffer delivers while the dump runs.
+                    let old = TwEvent { ts_ns: 1, ..created(0) };
+                    let gone = TwEvent { ts_ns: monotonic_ns(), key: key(1), kind: TwEventKind::Expired };
+                    sender.try_send(old).unwrap();
+                    sender.try_send(gone).unwrap();
+                }
+                Ok(d)
+            }),
+            lost: Box::new(move || lost.load(Ordering::Relaxed)),
+            ranges: PortRanges::default(),
+        };
+        let mut live = Live::start(feed, ViewConfig::default(), Duration::from_millis(20)).await.unwrap();
+        tx.send(created(1)).await.unwrap();
+        live.pump();
+        assert_eq!(live.table.len(), 1);
+        assert_eq!(live.reconcile(false).await.unwrap(), Drift::default());
+        assert_eq!(live.table.len(), 1, "0 stays (created before the dump), 1 is gone (expired after it)");
+        assert_eq!(live.table.counters().drift, 0);
+        assert_eq!(live.table.counters().reconciles, 1);
+    }
+
+    #[tokio::test]
+    async fn a_failed_dump_leaves_the_table_alone() {
+        let (_tx, rx) = mpsc::channel(1);
+        let mut calls = 0;
+        let feed = Feed {
+            events: rx,
+            dump: Box::new(move || {
+                calls += 1;
+                if calls == 1 { Ok(vec![tw(0)]) } else { Err("gone".into()) }
+            }),
+            lost: Box::new(|| 0),
+            ranges: PortRanges::default(),
+        };
+        let mut live = Live::start(feed, ViewConfig::default(), Duration::ZERO).await.unwrap();
+        assert!(matches!(live.reconcile(false).await, Err(LiveError::Dump { .. })));
+        assert_eq!(live.table.len(), 1);
+        assert_eq!(live.table.counters().reconciles, 0);
+    }
+
+    #[tokio::test]
     async fn dump_errors_surface() {
         let (_tx, rx) = mpsc::channel(1);
         let feed = Feed {

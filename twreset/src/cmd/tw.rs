@@ -19,6 +19,9 @@ pub struct TwArgs {
     /// Group rows by remote IP, remote prefix, remote port, local IP or destination.
     #[arg(long, value_enum, default_value_t = By::Peer)]
     pub by: By,
+    /// Row order (largest first).
+    #[arg(long, value_enum, default_value_t = Sort::Count)]
+    pub sort: Sort,
     #[command(flatten)]
     pub netns: NetnsArgs,
     /// One JSON document (schema in the README).
@@ -57,6 +60,7 @@ pub fn ns_names() -> NsNames {
 pub struct TwConfig {
     pub scope: NetnsScope,
     pub by: By,
+    pub sort: Sort,
     pub json: bool,
     pub view: ViewConfig,
     pub settle: Duration,
@@ -68,6 +72,7 @@ impl TryFrom<TwArgs> for TwConfig {
         Ok(Self {
             scope: NetnsScope::try_from(&a.netns)?,
             by: a.by,
+            sort: a.sort,
             json: a.json,
             view: ViewConfig { prefix_v4: a.prefix_v4, prefix_v6: a.prefix_v6, ..ViewConfig::default() },
             settle: a.settle,
@@ -87,7 +92,7 @@ pub enum TwError {
 pub async fn run(cfg: &TwConfig, feed: Feed, names: &NsNames, out: &mut dyn Write) -> Result<Snapshot, TwError> {
     let mut live = Live::start(feed, cfg.view, cfg.settle).await.map_err(TwError::Live)?;
     live.tick().await.map_err(TwError::Live)?;
-    let snap = live.snapshot(cfg.by, Sort::Count);
+    let snap = live.snapshot(cfg.by, cfg.sort);
     let text = if cfg.json { format!("{}\n", render::render_json(&snap)) } else { render::render_human(&snap, names) };
     out.write_all(text.as_bytes()).and_then(|_| out.flush()).map_err(TwError::Write)?;
     Ok(snap)
@@ -123,6 +128,7 @@ mod tests {
             (a.by, a.json, a.prefix_v4, a.prefix_v6, a.settle),
             (By::Peer, false, 24, 64, Duration::from_millis(200))
         );
+        assert_eq!(parse(&["--sort", "pressure"]).unwrap().sort, Sort::Pressure);
         let a = parse(&["--by", "dest", "--json", "--prefix-v4", "16", "--prefix-v6", "48", "--settle", "2s"]).unwrap();
         assert_eq!(
             (a.by, a.json, a.prefix_v4, a.prefix_v6, a.settle),
@@ -140,6 +146,7 @@ mod tests {
             &["--prefix-v4", "33"],
             &["--prefix-v6", "129"],
             &["--settle", "fast"],
+            &["--sort", "size"],
             &["--netns", "a", "--all-netns"],
         ] {
             let e = parse(bad).err().unwrap_or_else(|| panic!("{bad:?} accepted"));
@@ -208,6 +215,7 @@ mod tests {
         let cfg = TwConfig {
             scope: NetnsScope::Current,
             by: By::Peer,
+            sort: Sort::Count,
             json: true,
             view: ViewConfig::default(),
             settle: Duration::from_millis(5),

@@ -56,7 +56,7 @@ impl By {
 }
 
 /// Row order; ties are broken by the group key so output is stable.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum Sort {
     /// Most tw sockets first.
     #[default]
