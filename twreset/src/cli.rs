@@ -18,6 +18,10 @@ pub struct Cli {
 pub enum Command {
     /// Stream TCP state transitions live (Ctrl-C to stop).
     Trace(cmd::trace::TraceArgs),
+    /// Print the live TIME_WAIT table once, per peer, prefix, port, local address or destination.
+    Tw(cmd::tw::TwArgs),
+    /// Live full-screen view of the TIME_WAIT table (g grouping, s sort, +/- interval, q quit).
+    Top(cmd::top::TopArgs),
 }
 
 /// A usage error found after clap's parsing (exit status 2).

@@ -1,2 +1,4 @@
 //! One module per subcommand: its clap args, validated config and runner.
+pub mod top;
 pub mod trace;
+pub mod tw;
