@@ -158,18 +158,8 @@ impl Table {
                 let k = self.keys.intern(&ev.key);
                 self.touch(ts, k);
                 let expires = ts.saturating_add(u64::from(timeout_ms) * NS_PER_MS);
-                // The kernel reports every timer start alike; a start for a socket we already
-                // track is its re-arm (FIN_WAIT2 -> TIME_WAIT, or an ACK restarting the 60 s).
-                match self.map.get_mut(&k) {
-                    Some(slot) => {
-                        slot.rearm(expires, substate);
-                        self.counters.rearmed += 1;
-                    }
-                    None => {
-                        self.map.insert(k, Slot::new(ts, expires, substate));
-                        self.counters.created += 1;
-                    }
-                }
+                self.map.insert(k, Slot::new(ts, expires, substate));
+                self.counters.created += 1;
             }
             TwEventKind::Rearmed { substate, timeout_ms } => {
                 let k = self.keys.intern(&ev.key);
