@@ -3,6 +3,7 @@
 pub mod cli;
 pub mod cmd;
 pub mod decode;
+pub mod diag;
 pub mod kernel;
 pub mod output;
 pub mod probe;
