@@ -18,6 +18,8 @@ pub struct Cli {
 pub enum Command {
     /// Stream TCP state transitions live (Ctrl-C to stop).
     Trace(cmd::trace::TraceArgs),
+    /// Kill selected TCP sockets (TIME_WAIT by default) by peer, prefix, port or connection.
+    Kill(cmd::kill::KillArgs),
 }
 
 /// A usage error found after clap's parsing (exit status 2).

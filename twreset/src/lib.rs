@@ -5,6 +5,7 @@ pub mod cmd;
 pub mod decode;
 pub mod diag;
 pub mod kernel;
+pub mod kill;
 pub mod output;
 pub mod probe;
 pub mod sock;

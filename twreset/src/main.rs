@@ -35,6 +35,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        Command::Kill(args) => {
+            let ok = cmd::kill::run(cmd::kill::KillConfig::try_from(args)?)?;
+            Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
     }
 }
 
