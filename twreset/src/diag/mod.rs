@@ -246,29 +246,35 @@ impl Diag {
         Ok(out)
     }
 
-    /// Destroy exactly these sockets, [`BATCH`] requests per send, one ack each. `progress` gets
-    /// the number of sockets handled so far after every batch. Results are in input order.
+    /// Destroy exactly these sockets, [`BATCH`] requests per send. Results are in input order;
+    /// `progress` gets the number of sockets handled so far after every batch.
+    ///
+    /// Only the last request of a batch asks for an ack: the kernel answers the others only when
+    /// they fail, and it handles a netlink send synchronously, in order, so once the last ack is
+    /// read every failure of the batch has been read too and silence means "killed". This is
+    /// about twice as fast as one ack per request (KERNEL.md) with the same per-socket results.
     pub fn destroy(&mut self, tuples: &[Tuple], mut progress: impl FnMut(usize)) -> Result<Vec<Outcome>, DiagError> {
         let mut out = Vec::with_capacity(tuples.len());
         let mut req = Vec::with_capacity(BATCH * size_of::<Request>());
         for chunk in tuples.chunks(BATCH) {
             let base = self.next_seq(chunk.len() as u32);
+            let last = chunk.len() - 1;
             req.clear();
             for (i, t) in chunk.iter().enumerate() {
-                req.extend_from_slice(wire::destroy_request(t, base.wrapping_add(i as u32)).as_bytes());
+                req.extend_from_slice(wire::destroy_request(t, base.wrapping_add(i as u32), i == last).as_bytes());
             }
-            self.send(&req)?;
             let first = out.len();
-            out.resize(first + chunk.len(), None);
-            let mut pending = chunk.len();
-            while pending > 0 {
+            out.resize(first + chunk.len(), Outcome::Killed);
+            self.send(&req)?;
+            let mut finished = false;
+            while !finished {
                 let n = self.recv()?;
                 wire::walk(&self.buf[..n], |m| {
                     if let Msg::Error { seq, errno } = m {
                         let i = seq.wrapping_sub(base) as usize;
-                        if i < chunk.len() && out[first + i].is_none() {
-                            out[first + i] = Some(Outcome::from_errno(errno));
-                            pending -= 1;
+                        if i < chunk.len() {
+                            out[first + i] = Outcome::from_errno(errno);
+                            finished |= i == last;
                         }
                     }
                 })
@@ -276,7 +282,7 @@ impl Diag {
             }
             progress(out.len());
         }
-        Ok(out.into_iter().map(|o| o.expect("every request acked")).collect())
+        Ok(out)
     }
 }
 

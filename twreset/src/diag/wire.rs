@@ -139,10 +139,11 @@ fn addr_bytes(ip: IpAddr) -> [u8; 16] {
     out
 }
 
-pub fn destroy_request(t: &Tuple, seq: u32) -> Request {
+/// A SOCK_DESTROY request. Without `ack` the kernel answers only on failure.
+pub fn destroy_request(t: &Tuple, seq: u32, ack: bool) -> Request {
     let family = if t.laddr.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 } as u8;
     Request {
-        hdr: NlMsgHdr { len: size_of::<Request>() as u32, kind: SOCK_DESTROY, flags: NLM_F_REQUEST | NLM_F_ACK, seq, pid: 0 },
+        hdr: NlMsgHdr { len: size_of::<Request>() as u32, kind: SOCK_DESTROY, flags: NLM_F_REQUEST | if ack { NLM_F_ACK } else { 0 }, seq, pid: 0 },
         req: ReqV2 {
             family,
             protocol: IPPROTO_TCP,
@@ -247,11 +248,13 @@ mod tests {
             ifindex: 3,
             cookie: 0x1_0000_0002,
         };
-        let r = destroy_request(&t, 7);
+        let r = destroy_request(&t, 7, true);
         let b = r.as_bytes();
         assert_eq!(b.len(), 72);
         assert_eq!(&b[0..4], &72u32.to_ne_bytes());
         assert_eq!(&b[4..6], &SOCK_DESTROY.to_ne_bytes());
+        assert_eq!(&b[6..8], &(NLM_F_REQUEST | NLM_F_ACK).to_ne_bytes());
+        assert_eq!(destroy_request(&t, 7, false).hdr.flags, NLM_F_REQUEST);
         assert_eq!(b[16], libc::AF_INET as u8);
         assert_eq!(b[17], 6);
         assert_eq!(&b[24..26], &40000u16.to_be_bytes());

@@ -92,8 +92,12 @@ fn try_run_here(opts: &Options, run: &mut NsRun) -> Result<(), NsError> {
     run.cookie = netns::current_cookie()?;
     // One netlink socket per namespace, created here, used for dump, probe and destroy.
     let mut diag = Diag::open()?;
+    let t0 = std::time::Instant::now();
     let snapshot = diag.dump(&opts.selector.states.dump_states())?;
+    let dumped = snapshot.len();
+    let t1 = std::time::Instant::now();
     run.planned = plan::plan(snapshot, &opts.selector, opts.limit);
+    tracing::debug!(dumped, selected = run.planned.len(), dump = ?(t1 - t0), plan = ?t1.elapsed(), "snapshot");
     if run.planned.is_empty() {
         return Ok(());
     }
@@ -108,12 +112,14 @@ fn try_run_here(opts: &Options, run: &mut NsRun) -> Result<(), NsError> {
         return Ok(());
     }
     let bar = progress_bar(opts, run.planned.len());
+    let t2 = std::time::Instant::now();
     let mut tick = |done: usize| bar.set_position(done as u64);
     let result = match opts.method {
         Method::Destroy => DestroyKiller { diag: &mut diag }.kill(&run.planned, &mut tick),
         Method::Rst => RstKiller.kill(&run.planned, &mut tick),
     };
     bar.finish_and_clear();
+    tracing::debug!(preflight = ?(t2 - t1), kill = ?t2.elapsed(), "kill");
     run.outcomes = Some(result?);
     Ok(())
 }

@@ -57,7 +57,7 @@ pub fn parse_endpoint(s: &str, allow_bare_port: bool) -> Result<Endpoint, String
             },
         };
     }
-    if let Some(p) = s.strip_prefix(':') {
+    if let Some(p) = s.strip_prefix(':').filter(|p| !p.contains(':')) {
         return if allow_bare_port {
             Ok(Endpoint { net: None, port: port(p)? })
         } else {
@@ -279,4 +279,4 @@ pub fn age(s: &DiagSocket) -> Option<Duration> {
 
 #[cfg(test)]
 #[path = "select_tests.rs"]
-mod tests;
+pub(crate) mod tests;

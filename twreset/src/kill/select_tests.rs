@@ -32,6 +32,8 @@ fn endpoint_forms() {
     assert_eq!(ep("[fd00::]"), Endpoint { net: Some("fd00::/128".parse().unwrap()), port: None });
     assert_eq!(ep("fd00::/64"), Endpoint { net: Some("fd00::/64".parse().unwrap()), port: None });
     assert_eq!(ep(":8080"), Endpoint { net: None, port: Some(8080) });
+    assert_eq!(ep("::/0"), Endpoint { net: Some("::/0".parse().unwrap()), port: None });
+    assert_eq!(ep("::1"), Endpoint { net: Some("::1/128".parse().unwrap()), port: None });
     assert_eq!(ep("[fd00::1]:8080").to_string(), "[fd00::1]:8080");
     assert_eq!(ep("10.0.0.0/8:80").to_string(), "10.0.0.0/8:80");
     assert_eq!(ep(":80").to_string(), ":80");
