@@ -89,6 +89,8 @@ pub enum Outcome {
     /// ENOENT (closed meanwhile) or ESTALE (its tuple now belongs to a newer socket, left alone).
     Gone,
     Failed { errno: i32 },
+    /// `kill --method rst`: the RST was sent, yet the socket is still there afterwards.
+    Survived,
 }
 
 impl Outcome {
@@ -312,5 +314,6 @@ pub fn probe_destroy(diag: &mut Diag) -> Result<i32, DiagError> {
         Outcome::Killed => 0,
         Outcome::Gone => libc::ENOENT,
         Outcome::Failed { errno } => errno,
+        Outcome::Survived => libc::EIO,
     })
 }

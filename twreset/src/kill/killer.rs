@@ -13,10 +13,24 @@ pub enum KillError {
         #[source]
         source: DiagError,
     },
-    #[error(
-        "--method rst is not implemented yet: it needs each socket's rcv_nxt read from the kernel (BPF iter/tcp), which this build does not have; use the default method (SOCK_DESTROY)"
-    )]
-    RstNotImplemented,
+    #[error("--method rst needs kernel BTF for socket field offsets")]
+    Btf {
+        #[source]
+        source: crate::kernel::btf::BtfError,
+    },
+    #[error("--method rst: loading the eBPF object failed (needs root or CAP_BPF + CAP_PERFMON)")]
+    BpfLoad {
+        #[source]
+        source: aya::EbpfError,
+    },
+    #[error("--method rst: eBPF program iter_tcp missing from the object")]
+    NoProgram,
+    #[error("--method rst: the iter/tcp sequence reader failed at {what}")]
+    Iter {
+        what: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 }
 
 /// Kills exact sockets of one namespace; `progress` gets the count handled so far.
@@ -42,17 +56,14 @@ impl Killer for DestroyKiller<'_> {
     }
 }
 
-/// RST with the kernel's exact expected sequence number. Not built yet: it refuses rather than
-/// guess sequence numbers (a guessed RST is silently ignored, the very failure we exist to fix).
-pub struct RstKiller;
-
-impl Killer for RstKiller {
-    fn method(&self) -> Method {
-        Method::Rst
-    }
-
-    fn kill(&mut self, _targets: &[Entry], _progress: &mut dyn FnMut(usize)) -> Result<Vec<Outcome>, KillError> {
-        Err(KillError::RstNotImplemented)
+/// Why a socket could not be killed (None when it was killed or already gone).
+pub fn failure(o: Outcome) -> Option<String> {
+    match o {
+        Outcome::Killed | Outcome::Gone => None,
+        Outcome::Failed { errno } => Some(reason(errno)),
+        Outcome::Survived => Some(
+            "the socket survived the RST (its sequence number moved on meanwhile, or net.ipv4.tcp_rfc1337=1)".into(),
+        ),
     }
 }
 

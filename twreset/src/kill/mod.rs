@@ -5,7 +5,9 @@ pub mod audit;
 pub mod killer;
 pub mod plan;
 pub mod preflight;
+pub mod packet;
 pub mod report;
+pub mod rst;
 pub mod select;
 pub mod targets;
 
@@ -15,7 +17,8 @@ use crate::{
     diag::{Diag, DiagError, Entry, Outcome},
     kernel::netns::{self, NetnsError},
     kill::{
-        killer::{DestroyKiller, KillError, Killer, RstKiller},
+        killer::{DestroyKiller, KillError, Killer},
+        rst::RstKiller,
         preflight::PreflightError,
         select::Selector,
     },

@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 
 use crate::{
     diag::{Entry, Outcome},
-    kill::{killer::reason, select::age},
+    kill::{killer::failure, select::age},
 };
 
 /// Counts over every namespace of a run.
@@ -17,8 +17,8 @@ pub struct Totals {
     pub killed: usize,
     pub gone: usize,
     pub failed: usize,
-    /// Failed sockets per errno.
-    pub failures: BTreeMap<i32, usize>,
+    /// Failed sockets per reason.
+    pub failures: BTreeMap<String, usize>,
     /// Namespaces where nothing could be attempted (preflight or kill error).
     pub ns_errors: usize,
 }
@@ -29,9 +29,9 @@ impl Totals {
             match o {
                 Outcome::Killed => self.killed += 1,
                 Outcome::Gone => self.gone += 1,
-                Outcome::Failed { errno } => {
+                Outcome::Failed { .. } | Outcome::Survived => {
                     self.failed += 1;
-                    *self.failures.entry(*errno).or_default() += 1;
+                    *self.failures.entry(failure(*o).unwrap_or_default()).or_default() += 1;
                 }
             }
         }
@@ -54,7 +54,7 @@ pub fn socket_json(netns: &str, e: &Entry, outcome: Option<Outcome>) -> Value {
         None => ("would_kill", None),
         Some(Outcome::Killed) => ("killed", None),
         Some(Outcome::Gone) => ("gone", None),
-        Some(Outcome::Failed { errno }) => ("failed", Some(reason(errno))),
+        Some(o @ (Outcome::Failed { .. } | Outcome::Survived)) => ("failed", failure(o)),
     };
     let mut v = json!({
         "type": "socket",
@@ -75,7 +75,6 @@ pub fn socket_json(netns: &str, e: &Entry, outcome: Option<Outcome>) -> Value {
 }
 
 pub fn summary_json(t: &Totals, dry_run: bool) -> Value {
-    let failures: BTreeMap<String, usize> = t.failures.iter().map(|(e, n)| (reason(*e), *n)).collect();
     json!({
         "type": "summary",
         "dry_run": dry_run,
@@ -83,7 +82,7 @@ pub fn summary_json(t: &Totals, dry_run: bool) -> Value {
         "killed": t.killed,
         "gone": t.gone,
         "failed": t.failed,
-        "failures": failures,
+        "failures": t.failures,
         "namespace_errors": t.ns_errors,
     })
 }
@@ -111,8 +110,8 @@ pub fn summary_line(t: &Totals, dry_run: bool) -> String {
         return format!("dry run: {} sockets would be killed; nothing was touched", t.selected);
     }
     let mut s = format!("selected {}, killed {}, already gone {}, failed {}", t.selected, t.killed, t.gone, t.failed);
-    for (errno, n) in &t.failures {
-        s.push_str(&format!("\n  {n} failed: {}", reason(*errno)));
+    for (why, n) in &t.failures {
+        s.push_str(&format!("\n  {n} failed: {why}"));
     }
     s
 }
