@@ -78,7 +78,14 @@ impl Entry {
     /// reuses the tuple after the dump is never hit (the kernel answers ESTALE instead).
     pub fn tuple(&self) -> Tuple {
         let k = &self.sock.key;
-        Tuple { laddr: k.laddr, lport: k.lport, raddr: k.raddr, rport: k.rport, ifindex: self.ifindex, cookie: self.sock.cookie }
+        Tuple {
+            laddr: k.laddr,
+            lport: k.lport,
+            raddr: k.raddr,
+            rport: k.rport,
+            ifindex: self.ifindex,
+            cookie: self.sock.cookie,
+        }
     }
 }
 
@@ -88,7 +95,9 @@ pub enum Outcome {
     Killed,
     /// ENOENT (closed meanwhile) or ESTALE (its tuple now belongs to a newer socket, left alone).
     Gone,
-    Failed { errno: i32 },
+    Failed {
+        errno: i32,
+    },
     /// `kill --method rst`: the RST was sent, yet the socket is still there afterwards.
     Survived,
 }
@@ -113,26 +122,49 @@ pub struct Diag {
 fn setsockopt(fd: &OwnedFd, level: i32, opt: i32, val: libc::c_int) -> io::Result<()> {
     // SAFETY: int option on a valid fd.
     let rc = unsafe {
-        libc::setsockopt(fd.as_raw_fd(), level, opt, (&raw const val).cast(), size_of::<libc::c_int>() as u32)
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            level,
+            opt,
+            (&raw const val).cast(),
+            size_of::<libc::c_int>() as u32,
+        )
     };
-    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 impl Diag {
     pub fn open() -> Result<Self, DiagError> {
         // SAFETY: plain socket(2); the fd is owned immediately.
-        let raw = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, wire::NETLINK_SOCK_DIAG) };
+        let raw = unsafe {
+            libc::socket(
+                libc::AF_NETLINK,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                wire::NETLINK_SOCK_DIAG,
+            )
+        };
         if raw < 0 {
-            return Err(DiagError::Open { source: io::Error::last_os_error() });
+            return Err(DiagError::Open {
+                source: io::Error::last_os_error(),
+            });
         }
         // SAFETY: raw is a fresh fd we own.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        setsockopt(&fd, wire::SOL_NETLINK, wire::NETLINK_CAP_ACK, 1).map_err(|source| DiagError::Open { source })?;
+        setsockopt(&fd, wire::SOL_NETLINK, wire::NETLINK_CAP_ACK, 1)
+            .map_err(|source| DiagError::Open { source })?;
         // FORCE needs CAP_NET_ADMIN, which a kill has anyway; plain SO_RCVBUF is capped by rmem_max.
         if setsockopt(&fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, RCVBUF).is_err() {
             let _ = setsockopt(&fd, libc::SOL_SOCKET, libc::SO_RCVBUF, RCVBUF);
         }
-        Ok(Self { fd, seq: 1, buf: vec![0; RECV_LEN] })
+        Ok(Self {
+            fd,
+            seq: 1,
+            buf: vec![0; RECV_LEN],
+        })
     }
 
     fn send(&self, bytes: &[u8]) -> Result<(), DiagError> {
@@ -165,10 +197,21 @@ impl Diag {
     fn recv(&mut self) -> Result<usize, DiagError> {
         loop {
             // SAFETY: buf is valid for its length; MSG_TRUNC makes the return value the real size.
-            let n = unsafe { libc::recv(self.fd.as_raw_fd(), self.buf.as_mut_ptr().cast(), self.buf.len(), libc::MSG_TRUNC) };
+            let n = unsafe {
+                libc::recv(
+                    self.fd.as_raw_fd(),
+                    self.buf.as_mut_ptr().cast(),
+                    self.buf.len(),
+                    libc::MSG_TRUNC,
+                )
+            };
             if n >= 0 {
                 let n = n as usize;
-                return if n > self.buf.len() { Err(DiagError::Truncated) } else { Ok(n) };
+                return if n > self.buf.len() {
+                    Err(DiagError::Truncated)
+                } else {
+                    Ok(n)
+                };
             }
             let e = io::Error::last_os_error();
             if e.kind() != io::ErrorKind::Interrupted {
@@ -184,7 +227,11 @@ impl Diag {
     }
 
     /// Dump both families, calling `f` for every raw record. `mask` is the kernel state bitmask.
-    pub fn dump_raw(&mut self, mask: u32, mut f: impl FnMut(&wire::DiagMsg) -> Result<(), DiagError>) -> Result<(), DiagError> {
+    pub fn dump_raw(
+        &mut self,
+        mask: u32,
+        mut f: impl FnMut(&wire::DiagMsg) -> Result<(), DiagError>,
+    ) -> Result<(), DiagError> {
         for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
             let seq = self.next_seq(1);
             self.send(wire::dump_request(family, mask, seq).as_bytes())?;
@@ -200,7 +247,9 @@ impl Diag {
                         Msg::Diag(d) => failure = f(&d),
                         Msg::Done { errno: 0, .. } => done = true,
                         Msg::Done { errno, .. } | Msg::Error { errno, .. } => {
-                            failure = Err(DiagError::Dump { source: io::Error::from_raw_os_error(errno) })
+                            failure = Err(DiagError::Dump {
+                                source: io::Error::from_raw_os_error(errno),
+                            })
                         }
                         Msg::Other { .. } => {}
                     }
@@ -223,7 +272,8 @@ impl Diag {
         let mask = wire::state_mask(states.iter().map(|s| s.number()));
         let mut out = Vec::new();
         self.dump_raw(mask, |m| {
-            let state = TcpState::try_from(u32::from(m.state)).map_err(|source| DiagError::State { source })?;
+            let state = TcpState::try_from(u32::from(m.state))
+                .map_err(|source| DiagError::State { source })?;
             let (laddr, raddr) = wire::addrs(m);
             out.push(Entry {
                 sock: DiagSocket {
@@ -255,7 +305,11 @@ impl Diag {
     /// they fail, and it handles a netlink send synchronously, in order, so once the last ack is
     /// read every failure of the batch has been read too and silence means "killed". This is
     /// about twice as fast as one ack per request (KERNEL.md) with the same per-socket results.
-    pub fn destroy(&mut self, tuples: &[Tuple], mut progress: impl FnMut(usize)) -> Result<Vec<Outcome>, DiagError> {
+    pub fn destroy(
+        &mut self,
+        tuples: &[Tuple],
+        mut progress: impl FnMut(usize),
+    ) -> Result<Vec<Outcome>, DiagError> {
         let mut out = Vec::with_capacity(tuples.len());
         let mut req = Vec::with_capacity(BATCH * size_of::<Request>());
         for chunk in tuples.chunks(BATCH) {
@@ -263,7 +317,9 @@ impl Diag {
             let last = chunk.len() - 1;
             req.clear();
             for (i, t) in chunk.iter().enumerate() {
-                req.extend_from_slice(wire::destroy_request(t, base.wrapping_add(i as u32), i == last).as_bytes());
+                req.extend_from_slice(
+                    wire::destroy_request(t, base.wrapping_add(i as u32), i == last).as_bytes(),
+                );
             }
             let first = out.len();
             out.resize(first + chunk.len(), Outcome::Killed);
@@ -290,7 +346,11 @@ impl Diag {
 
 /// Dump the TCP sockets of the calling thread's namespace (see [`Diag::dump`]).
 pub fn dump(states: &[TcpState]) -> Result<Vec<DiagSocket>, DiagError> {
-    Ok(Diag::open()?.dump(states)?.into_iter().map(|e| e.sock).collect())
+    Ok(Diag::open()?
+        .dump(states)?
+        .into_iter()
+        .map(|e| e.sock)
+        .collect())
 }
 
 /// Destroy these exact sockets in the calling thread's namespace (see [`Diag::destroy`]).

@@ -37,7 +37,11 @@ pub enum KillError {
 pub trait Killer {
     fn method(&self) -> Method;
     /// One outcome per target, in order.
-    fn kill(&mut self, targets: &[Entry], progress: &mut dyn FnMut(usize)) -> Result<Vec<Outcome>, KillError>;
+    fn kill(
+        &mut self,
+        targets: &[Entry],
+        progress: &mut dyn FnMut(usize),
+    ) -> Result<Vec<Outcome>, KillError>;
 }
 
 /// Batched netlink SOCK_DESTROY by exact tuple and socket cookie.
@@ -50,9 +54,15 @@ impl Killer for DestroyKiller<'_> {
         Method::Destroy
     }
 
-    fn kill(&mut self, targets: &[Entry], progress: &mut dyn FnMut(usize)) -> Result<Vec<Outcome>, KillError> {
+    fn kill(
+        &mut self,
+        targets: &[Entry],
+        progress: &mut dyn FnMut(usize),
+    ) -> Result<Vec<Outcome>, KillError> {
         let tuples: Vec<_> = targets.iter().map(Entry::tuple).collect();
-        self.diag.destroy(&tuples, progress).map_err(|source| KillError::Destroy { source })
+        self.diag
+            .destroy(&tuples, progress)
+            .map_err(|source| KillError::Destroy { source })
     }
 }
 
@@ -71,9 +81,13 @@ pub fn failure(o: Outcome) -> Option<String> {
 pub fn reason(errno: i32) -> String {
     let base = std::io::Error::from_raw_os_error(errno).to_string();
     match errno {
-        libc::EPERM | libc::EACCES => format!("{base}: needs CAP_NET_ADMIN in the socket's namespace"),
+        libc::EPERM | libc::EACCES => {
+            format!("{base}: needs CAP_NET_ADMIN in the socket's namespace")
+        }
         libc::EOPNOTSUPP => {
-            format!("{base}: the kernel cannot destroy this socket (CONFIG_INET_DIAG_DESTROY off, or TIME_WAIT before Linux 6.0)")
+            format!(
+                "{base}: the kernel cannot destroy this socket (CONFIG_INET_DIAG_DESTROY off, or TIME_WAIT before Linux 6.0)"
+            )
         }
         _ => base,
     }

@@ -3,9 +3,9 @@
 
 pub mod audit;
 pub mod killer;
+pub mod packet;
 pub mod plan;
 pub mod preflight;
-pub mod packet;
 pub mod report;
 pub mod rst;
 pub mod select;
@@ -18,8 +18,8 @@ use crate::{
     kernel::netns::{self, NetnsError},
     kill::{
         killer::{DestroyKiller, KillError, Killer},
-        rst::RstKiller,
         preflight::PreflightError,
+        rst::RstKiller,
         select::Selector,
     },
 };
@@ -132,7 +132,9 @@ fn progress_bar(opts: &Options, len: usize) -> ProgressBar {
         return ProgressBar::hidden();
     }
     let bar = ProgressBar::with_draw_target(Some(len as u64), ProgressDrawTarget::stderr());
-    if let Ok(style) = ProgressStyle::with_template("killing {bar:40} {pos}/{len} sockets ({per_sec})") {
+    if let Ok(style) =
+        ProgressStyle::with_template("killing {bar:40} {pos}/{len} sockets ({per_sec})")
+    {
         bar.set_style(style);
     }
     bar

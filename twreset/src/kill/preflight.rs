@@ -21,7 +21,9 @@ pub struct Facts {
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PreflightError {
-    #[error("permission denied: killing sockets needs CAP_NET_ADMIN in the target namespace; run twreset as root (sudo)")]
+    #[error(
+        "permission denied: killing sockets needs CAP_NET_ADMIN in the target namespace; run twreset as root (sudo)"
+    )]
     NoNetAdmin,
     #[error(
         "this kernel cannot destroy TCP sockets over netlink (SOCK_DESTROY answered EOPNOTSUPP: CONFIG_INET_DIAG_DESTROY is off); use --method rst"
@@ -59,11 +61,15 @@ pub fn check(method: Method, facts: &Facts, timewait: bool) -> Result<(), Prefli
                 Some(libc::EOPNOTSUPP) => return Err(PreflightError::DestroyUnsupported),
                 Some(libc::EPERM) => return Err(PreflightError::NoNetAdmin),
                 Some(e) => {
-                    return Err(PreflightError::DestroyProbe { reason: std::io::Error::from_raw_os_error(e).to_string() });
+                    return Err(PreflightError::DestroyProbe {
+                        reason: std::io::Error::from_raw_os_error(e).to_string(),
+                    });
                 }
             }
             if timewait && version(&facts.release).is_none_or(|v| v < (6, 0)) {
-                return Err(PreflightError::OldKernel { release: facts.release.clone() });
+                return Err(PreflightError::OldKernel {
+                    release: facts.release.clone(),
+                });
             }
         }
         Method::Rst => match facts.rfc1337 {
@@ -77,7 +83,9 @@ pub fn check(method: Method, facts: &Facts, timewait: bool) -> Result<(), Prefli
 }
 
 fn read_trimmed(path: &str) -> Option<String> {
-    std::fs::read_to_string(path).ok().map(|s| s.trim().to_owned())
+    std::fs::read_to_string(path)
+        .ok()
+        .map(|s| s.trim().to_owned())
 }
 
 /// Gather the facts; call on a thread inside the target namespace (`/proc/sys/net` and the
@@ -86,7 +94,9 @@ pub fn gather(method: Method, diag: &mut Diag) -> Facts {
     let destroy_probe = match method {
         // The probe itself is a SOCK_DESTROY; a failure to even send it shows as its errno.
         Method::Destroy => Some(diag::probe_destroy(diag).unwrap_or_else(|e| match e {
-            diag::DiagError::Send { source } | diag::DiagError::Recv { source } => source.raw_os_error().unwrap_or(libc::EIO),
+            diag::DiagError::Send { source } | diag::DiagError::Recv { source } => {
+                source.raw_os_error().unwrap_or(libc::EIO)
+            }
             _ => libc::EIO,
         })),
         Method::Rst => None,
@@ -104,7 +114,12 @@ mod tests {
     use super::*;
 
     fn ok_facts() -> Facts {
-        Facts { release: "6.18.44-fc".into(), net_admin: true, destroy_probe: Some(libc::ENOENT), rfc1337: Some(0) }
+        Facts {
+            release: "6.18.44-fc".into(),
+            net_admin: true,
+            destroy_probe: Some(libc::ENOENT),
+            rfc1337: Some(0),
+        }
     }
 
     #[test]
@@ -118,27 +133,71 @@ mod tests {
     #[test]
     fn destroy_decisions() {
         assert_eq!(check(Method::Destroy, &ok_facts(), true), Ok(()));
-        let f = Facts { net_admin: false, ..ok_facts() };
-        assert_eq!(check(Method::Destroy, &f, false), Err(PreflightError::NoNetAdmin));
-        let f = Facts { destroy_probe: Some(libc::EOPNOTSUPP), ..ok_facts() };
+        let f = Facts {
+            net_admin: false,
+            ..ok_facts()
+        };
+        assert_eq!(
+            check(Method::Destroy, &f, false),
+            Err(PreflightError::NoNetAdmin)
+        );
+        let f = Facts {
+            destroy_probe: Some(libc::EOPNOTSUPP),
+            ..ok_facts()
+        };
         let e = check(Method::Destroy, &f, false).unwrap_err();
         assert!(e.to_string().contains("--method rst"), "{e}");
-        let f = Facts { destroy_probe: Some(libc::EPERM), ..ok_facts() };
-        assert_eq!(check(Method::Destroy, &f, false), Err(PreflightError::NoNetAdmin));
-        let f = Facts { destroy_probe: Some(libc::EIO), ..ok_facts() };
-        assert!(matches!(check(Method::Destroy, &f, false), Err(PreflightError::DestroyProbe { .. })));
-        let old = Facts { release: "5.15.0".into(), ..ok_facts() };
-        assert!(matches!(check(Method::Destroy, &old, true), Err(PreflightError::OldKernel { .. })));
-        assert_eq!(check(Method::Destroy, &old, false), Ok(()), "established sockets die on old kernels too");
+        let f = Facts {
+            destroy_probe: Some(libc::EPERM),
+            ..ok_facts()
+        };
+        assert_eq!(
+            check(Method::Destroy, &f, false),
+            Err(PreflightError::NoNetAdmin)
+        );
+        let f = Facts {
+            destroy_probe: Some(libc::EIO),
+            ..ok_facts()
+        };
+        assert!(matches!(
+            check(Method::Destroy, &f, false),
+            Err(PreflightError::DestroyProbe { .. })
+        ));
+        let old = Facts {
+            release: "5.15.0".into(),
+            ..ok_facts()
+        };
+        assert!(matches!(
+            check(Method::Destroy, &old, true),
+            Err(PreflightError::OldKernel { .. })
+        ));
+        assert_eq!(
+            check(Method::Destroy, &old, false),
+            Ok(()),
+            "established sockets die on old kernels too"
+        );
     }
 
     #[test]
     fn rst_decisions() {
         assert_eq!(check(Method::Rst, &ok_facts(), true), Ok(()));
-        let f = Facts { rfc1337: Some(1), ..ok_facts() };
+        let f = Facts {
+            rfc1337: Some(1),
+            ..ok_facts()
+        };
         assert_eq!(check(Method::Rst, &f, true), Err(PreflightError::Rfc1337));
-        assert_eq!(check(Method::Rst, &f, false), Ok(()), "rfc1337 only protects TIME_WAIT");
-        let f = Facts { rfc1337: None, ..ok_facts() };
-        assert_eq!(check(Method::Rst, &f, true), Err(PreflightError::Rfc1337Unknown));
+        assert_eq!(
+            check(Method::Rst, &f, false),
+            Ok(()),
+            "rfc1337 only protects TIME_WAIT"
+        );
+        let f = Facts {
+            rfc1337: None,
+            ..ok_facts()
+        };
+        assert_eq!(
+            check(Method::Rst, &f, true),
+            Err(PreflightError::Rfc1337Unknown)
+        );
     }
 }

@@ -24,8 +24,17 @@ fn label_of(path: &Path) -> String {
 
 pub fn resolve(scope: NetnsScope) -> Vec<Target> {
     match scope {
-        NetnsScope::Current => vec![Target { label: "current".into(), netns: None }],
-        NetnsScope::Paths(list) => list.into_iter().map(|n| Target { label: label_of(&n.path), netns: Some(n) }).collect(),
+        NetnsScope::Current => vec![Target {
+            label: "current".into(),
+            netns: None,
+        }],
+        NetnsScope::Paths(list) => list
+            .into_iter()
+            .map(|n| Target {
+                label: label_of(&n.path),
+                netns: Some(n),
+            })
+            .collect(),
         NetnsScope::All => all(),
     }
 }
@@ -36,12 +45,17 @@ pub fn all() -> Vec<Target> {
     let mut seen = HashSet::new();
     let mut out = Vec::new();
     let mut add = |path: &Path, label: String| {
-        let Ok(meta) = std::fs::metadata(path) else { return };
+        let Ok(meta) = std::fs::metadata(path) else {
+            return;
+        };
         if !seen.insert((meta.dev(), meta.ino())) {
             return;
         }
         if let Ok(ns) = Netns::open(path) {
-            out.push(Target { label, netns: Some(ns) });
+            out.push(Target {
+                label,
+                netns: Some(ns),
+            });
         }
     };
     if let Ok(dir) = std::fs::read_dir(NAMED_DIR) {
@@ -52,10 +66,16 @@ pub fn all() -> Vec<Target> {
         }
     }
     if let Ok(dir) = std::fs::read_dir("/proc") {
-        let mut pids: Vec<u32> = dir.filter_map(Result::ok).filter_map(|e| e.file_name().to_str()?.parse().ok()).collect();
+        let mut pids: Vec<u32> = dir
+            .filter_map(Result::ok)
+            .filter_map(|e| e.file_name().to_str()?.parse().ok())
+            .collect();
         pids.sort_unstable();
         for pid in pids {
-            add(&Path::new("/proc").join(pid.to_string()).join("ns/net"), format!("pid:{pid}"));
+            add(
+                &Path::new("/proc").join(pid.to_string()).join("ns/net"),
+                format!("pid:{pid}"),
+            );
         }
     }
     out
