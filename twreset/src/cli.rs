@@ -22,6 +22,8 @@ pub enum Command {
     Tw(cmd::tw::TwArgs),
     /// Live full-screen view of the TIME_WAIT table (g grouping, s sort, +/- interval, q quit).
     Top(cmd::top::TopArgs),
+    /// Kill selected TCP sockets (TIME_WAIT by default) by peer, prefix, port or connection.
+    Kill(cmd::kill::KillArgs),
 }
 
 /// A usage error found after clap's parsing (exit status 2).

@@ -3,8 +3,10 @@
 pub mod cli;
 pub mod cmd;
 pub mod decode;
+pub mod diag;
 pub mod kernel;
 pub mod live;
+pub mod kill;
 pub mod output;
 pub mod probe;
 pub mod sock;

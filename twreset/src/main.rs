@@ -48,6 +48,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             cmd::top::run(&cfg, feed, &cmd::tw::ns_names(), shutdown_signal()).await?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Kill(args) => {
+            let ok = cmd::kill::run(cmd::kill::KillConfig::try_from(args)?)?;
+            Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
     }
 }
 
