@@ -324,3 +324,28 @@ pub fn ndjson(text: &str) -> Vec<serde_json::Value> {
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad NDJSON line {l:?}: {e}")))
         .collect()
 }
+
+/// Distinct BPF program ids process `pid` holds (program and link fds both name them).
+pub fn programs_of(pid: u32) -> Vec<u32> {
+    let mut ids = Vec::new();
+    if let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) {
+        for e in dir.filter_map(Result::ok) {
+            let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+            ids.extend(
+                text.lines().filter_map(|l| l.strip_prefix("prog_id:")).filter_map(|v| v.trim().parse::<u32>().ok()),
+            );
+        }
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
+/// Wait until process `pid` holds `n` BPF programs (attached), panicking after 30 s.
+pub fn wait_for_programs(pid: u32, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while programs_of(pid).len() < n {
+        assert!(Instant::now() < deadline, "process {pid} never attached {n} programs");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -34,16 +34,10 @@ fn ip(s: &str) -> Option<IpAddr> {
 
 /// `n` established connections to `server`; both ends are returned and stay open.
 fn established(server: SocketAddr, client: &str, n: usize) -> Vec<(TcpStream, TcpStream)> {
-    let l =
-        TcpListener::bind(server).unwrap_or_else(|e| panic!("listen {server}: {e}; {}", ss_here()));
+    let l = TcpListener::bind(server).unwrap_or_else(|e| panic!("listen {server}: {e}; {}", ss_here()));
     (0..n)
         .map(|_| {
-            let s = socket2::Socket::new(
-                socket2::Domain::for_address(server),
-                socket2::Type::STREAM,
-                None,
-            )
-            .unwrap();
+            let s = socket2::Socket::new(socket2::Domain::for_address(server), socket2::Type::STREAM, None).unwrap();
             s.bind(&sa(client, 0).into()).unwrap();
             s.connect(&server.into()).unwrap();
             (TcpStream::from(s), l.accept().unwrap().0)
@@ -53,36 +47,19 @@ fn established(server: SocketAddr, client: &str, n: usize) -> Vec<(TcpStream, Tc
 
 /// `ss -tan` of the calling thread's namespace, for failure messages.
 fn ss_here() -> String {
-    let out = std::process::Command::new("ss")
-        .args(["-tanp"])
-        .output()
-        .unwrap();
+    let out = std::process::Command::new("ss").args(["-tanp"]).output().unwrap();
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Client-closed connections from explicit client ports (no ephemeral-port search, so tens of
 /// thousands are quick): every client socket ends in TIME_WAIT. Returns the client addresses.
-fn fast_time_wait(
-    server: SocketAddr,
-    clients: &[&str],
-    n: usize,
-    first_port: u16,
-) -> Vec<SocketAddr> {
+fn fast_time_wait(server: SocketAddr, clients: &[&str], n: usize, first_port: u16) -> Vec<SocketAddr> {
     let l = TcpListener::bind(server).unwrap();
     (0..n)
         .map(|i| {
-            let local = sa(
-                clients[i % clients.len()],
-                first_port + (i / clients.len()) as u16,
-            );
-            let s = socket2::Socket::new(
-                socket2::Domain::for_address(server),
-                socket2::Type::STREAM,
-                None,
-            )
-            .unwrap();
-            s.bind(&local.into())
-                .unwrap_or_else(|e| panic!("bind {local}: {e}"));
+            let local = sa(clients[i % clients.len()], first_port + (i / clients.len()) as u16);
+            let s = socket2::Socket::new(socket2::Domain::for_address(server), socket2::Type::STREAM, None).unwrap();
+            s.bind(&local.into()).unwrap_or_else(|e| panic!("bind {local}: {e}"));
             s.connect(&server.into()).unwrap();
             let (mut a, _) = l.accept().unwrap();
             // The client closes first and the server waits for its FIN, so the client (and only
@@ -126,11 +103,7 @@ fn populate(ns: &NetNs) -> Vec<(TcpStream, TcpStream)> {
 fn wait_v6_local(ns: &NetNs, addrs: &[&str]) {
     for _ in 0..500 {
         let routes = ns.exec(&["ip", "-6", "route", "show", "table", "local"]);
-        if addrs.iter().all(|a| {
-            routes
-                .lines()
-                .any(|l| l.split_whitespace().nth(1) == Some(a))
-        }) {
+        if addrs.iter().all(|a| routes.lines().any(|l| l.split_whitespace().nth(1) == Some(a))) {
             return;
         }
         std::thread::sleep(Duration::from_millis(10));
@@ -150,12 +123,7 @@ fn world(tag: &str) -> World {
     let mut held = populate(&a);
     held.extend(populate(&b));
     let audit = std::env::temp_dir().join(format!("twreset-audit-{}.log", a.name));
-    World {
-        a,
-        b,
-        _held: held,
-        audit,
-    }
+    World { a, b, _held: held, audit }
 }
 
 impl Drop for World {
@@ -179,13 +147,7 @@ fn in_net(addr: &SocketAddr, cidr: &str) -> bool {
 
 fn kill_in(w: &World, args: &[&str]) -> (Option<i32>, String, String) {
     let path = w.a.path();
-    let mut full = vec![
-        "kill",
-        "--netns",
-        path.to_str().unwrap(),
-        "--audit-log",
-        w.audit.to_str().unwrap(),
-    ];
+    let mut full = vec!["kill", "--netns", path.to_str().unwrap(), "--audit-log", w.audit.to_str().unwrap()];
     full.extend_from_slice(args);
     twreset(&full)
 }
@@ -207,15 +169,8 @@ fn check_kill(w: &World, args: &[&str], selected: impl Fn(&SsSocket) -> bool) ->
     assert_eq!(summary["failed"], 0);
     let after_a = snapshot(&w.a);
     let want: Set = before_a.difference(&expect).cloned().collect();
-    assert_eq!(
-        after_a, want,
-        "kill {args:?}: namespace A must lose exactly {expect:#?}"
-    );
-    assert_eq!(
-        snapshot(&w.b),
-        before_b,
-        "the second namespace must be untouched"
-    );
+    assert_eq!(after_a, want, "kill {args:?}: namespace A must lose exactly {expect:#?}");
+    assert_eq!(snapshot(&w.b), before_b, "the second namespace must be untouched");
     expect
 }
 
@@ -225,9 +180,7 @@ fn kill_by_ips_cutter_form() {
         return;
     }
     let w = world("kip");
-    let killed = check_kill(&w, &[S1, S2], |s| {
-        tw(s) && [sa(S1, 0).ip(), sa(S2, 0).ip()].contains(&s.remote.ip())
-    });
+    let killed = check_kill(&w, &[S1, S2], |s| tw(s) && [sa(S1, 0).ip(), sa(S2, 0).ip()].contains(&s.remote.ip()));
     assert_eq!(killed.len(), 4 + 3 + 3 + 2);
     // The audit log got one line for the batch.
     let audit = std::fs::read_to_string(&w.audit).unwrap();
@@ -244,9 +197,7 @@ fn kill_by_cidr() {
         return;
     }
     let w = world("kcidr");
-    check_kill(&w, &["10.77.0.64/26"], |s| {
-        tw(s) && in_net(&s.remote, "10.77.0.64/26")
-    });
+    check_kill(&w, &["10.77.0.64/26"], |s| tw(s) && in_net(&s.remote, "10.77.0.64/26"));
 }
 
 #[test]
@@ -255,9 +206,7 @@ fn kill_by_ip_port() {
         return;
     }
     let w = world("kipp");
-    check_kill(&w, &[&format!("{S1}:443")], |s| {
-        tw(s) && s.remote == sa(S1, 443)
-    });
+    check_kill(&w, &[&format!("{S1}:443")], |s| tw(s) && s.remote == sa(S1, 443));
 }
 
 #[test]
@@ -267,10 +216,7 @@ fn kill_by_port() {
     }
     let w = world("kport");
     let k = check_kill(&w, &["--port", "443"], |s| tw(s) && s.remote.port() == 443);
-    assert!(
-        k.iter().any(|s| s.remote.is_ipv6()) && k.iter().any(|s| s.remote.is_ipv4()),
-        "both families"
-    );
+    assert!(k.iter().any(|s| s.remote.is_ipv6()) && k.iter().any(|s| s.remote.is_ipv4()), "both families");
 }
 
 #[test]
@@ -279,12 +225,8 @@ fn kill_by_local() {
         return;
     }
     let w = world("klocal");
-    check_kill(&w, &["--local", &format!("{S1}:8080")], |s| {
-        tw(s) && s.local == sa(S1, 8080)
-    });
-    check_kill(&w, &["--local", C2], |s| {
-        tw(s) && s.local.ip() == sa(C2, 0).ip()
-    });
+    check_kill(&w, &["--local", &format!("{S1}:8080")], |s| tw(s) && s.local == sa(S1, 8080));
+    check_kill(&w, &["--local", C2], |s| tw(s) && s.local.ip() == sa(C2, 0).ip());
 }
 
 #[test]
@@ -293,12 +235,8 @@ fn kill_ipv6() {
         return;
     }
     let w = world("kv6");
-    check_kill(&w, &[&format!("[{S6}]:443")], |s| {
-        tw(s) && s.remote == sa(S6, 443)
-    });
-    check_kill(&w, &["fd77::/64"], |s| {
-        tw(s) && in_net(&s.remote, "fd77::/64")
-    });
+    check_kill(&w, &[&format!("[{S6}]:443")], |s| tw(s) && s.remote == sa(S6, 443));
+    check_kill(&w, &["fd77::/64"], |s| tw(s) && in_net(&s.remote, "fd77::/64"));
 }
 
 #[test]
@@ -308,11 +246,7 @@ fn kill_all_keeps_established_and_other_namespace() {
     }
     let w = world("kall");
     check_kill(&w, &["--all"], tw);
-    assert_eq!(
-        snapshot(&w.a).iter().filter(|s| s.state == "ESTAB").count(),
-        8,
-        "established connections survive"
-    );
+    assert_eq!(snapshot(&w.a).iter().filter(|s| s.state == "ESTAB").count(), 8, "established connections survive");
 }
 
 #[test]
@@ -325,9 +259,7 @@ fn older_than_and_limit_pick_the_oldest() {
     std::thread::sleep(Duration::from_millis(2500));
     w.a.run(|| connections(sa(S2, 9999), ip(C), 3, Closer::Client));
     let fresh = |s: &SsSocket| s.remote == sa(S2, 9999);
-    check_kill(&w, &["--older-than", "1500ms", S2], |s| {
-        tw(s) && s.remote.ip() == sa(S2, 0).ip() && !fresh(s)
-    });
+    check_kill(&w, &["--older-than", "1500ms", S2], |s| tw(s) && s.remote.ip() == sa(S2, 0).ip() && !fresh(s));
     // --limit takes the oldest first: of 2 old (C2 -> S1:80) and 3 young ones, the old ones go.
     std::thread::sleep(Duration::from_millis(1500));
     w.a.run(|| connections(sa(S1, 9998), ip(C2), 3, Closer::Client));
@@ -364,13 +296,9 @@ fn established_survive_default_and_die_with_state_established() {
     assert_eq!(gone, want);
     assert!(snapshot(&w.a).is_subset(&before));
     for (_client, server) in &mut pairs {
-        server
-            .set_read_timeout(Some(Duration::from_secs(5)))
-            .unwrap();
+        server.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         let mut buf = [0u8; 8];
-        let e = server
-            .read(&mut buf)
-            .expect_err("peer must see a reset, not data or EOF");
+        let e = server.read(&mut buf).expect_err("peer must see a reset, not data or EOF");
         assert_eq!(e.kind(), ErrorKind::ConnectionReset, "{e}");
     }
 }
@@ -390,32 +318,20 @@ fn dry_run_lists_exactly_what_a_real_run_kills() {
             .iter()
             .filter(|v| v["type"] == "socket")
             .inspect(|v| assert_eq!(v["result"], result))
-            .map(|v| {
-                (
-                    v["local"].as_str().unwrap().to_owned(),
-                    v["remote"].as_str().unwrap().to_owned(),
-                )
-            })
+            .map(|v| (v["local"].as_str().unwrap().to_owned(), v["remote"].as_str().unwrap().to_owned()))
             .collect()
     };
     let listed = pick(&out, "would_kill");
     assert_eq!(listed.len(), 4 + 3 + 2);
     // The human form lists them too.
     let (_, human, _) = kill_in(&w, &["--dry-run", S1]);
-    assert_eq!(
-        human.lines().filter(|l| l.contains("TIME_WAIT")).count(),
-        listed.len(),
-        "{human}"
-    );
+    assert_eq!(human.lines().filter(|l| l.contains("TIME_WAIT")).count(), listed.len(), "{human}");
     assert!(!w.audit.exists(), "dry runs are not audited");
     let (code, out, err) = kill_in(&w, &["--json", S1]);
     assert_eq!(code, Some(0), "{err}");
     assert_eq!(pick(&out, "killed"), listed);
     let gone: Set = before.difference(&snapshot(&w.a)).cloned().collect();
-    let gone: BTreeSet<_> = gone
-        .iter()
-        .map(|s| (s.local.to_string(), s.remote.to_string()))
-        .collect();
+    let gone: BTreeSet<_> = gone.iter().map(|s| (s.local.to_string(), s.remote.to_string())).collect();
     assert_eq!(gone, listed);
 }
 
@@ -435,10 +351,7 @@ fn bad_selectors_exit_2_and_touch_nothing() {
         (vec![], "no selector"),
         (vec!["--state", "established"], "no selector"),
         (vec!["--all", S1], "--all cannot be combined"),
-        (
-            vec!["--state", "established", "--older-than", "5s", S1],
-            "TIME_WAIT sockets only",
-        ),
+        (vec!["--state", "established", "--older-than", "5s", S1], "TIME_WAIT sockets only"),
         (vec!["--older-than", "5 parsecs", S1], "not a duration"),
     ] {
         let (code, _, err) = kill_in(&w, &args);
@@ -467,32 +380,19 @@ fn churn_to_other_peers_during_a_large_kill() {
     let doomed = ns.run(|| fast_time_wait(target, &clients, 20_000, 20_000));
     // (`ss` with a state filter drops the state column, so filter the full listing.)
     let listing = ns.ss(&[]);
-    let n = listing
-        .iter()
-        .filter(|s| tw(s) && s.remote == target)
-        .count();
-    let states: std::collections::BTreeMap<&str, usize> =
-        listing.iter().fold(Default::default(), |mut m, s| {
-            *m.entry(s.state.as_str()).or_default() += 1;
-            m
-        });
-    assert_eq!(
-        n,
-        20_000,
-        "states {states:?}, tw overflow {}",
-        ns.tcp_ext("TCPTimeWaitOverflow")
-    );
+    let n = listing.iter().filter(|s| tw(s) && s.remote == target).count();
+    let states: std::collections::BTreeMap<&str, usize> = listing.iter().fold(Default::default(), |mut m, s| {
+        *m.entry(s.state.as_str()).or_default() += 1;
+        m
+    });
+    assert_eq!(n, 20_000, "states {states:?}, tw overflow {}", ns.tcp_ext("TCPTimeWaitOverflow"));
     let held = ns.run(|| established(target, clients[0], 3));
     let stop = Arc::new(AtomicBool::new(false));
     let churn = {
         let (stop, path) = (stop.clone(), ns.path());
         std::thread::spawn(move || {
             let f = std::fs::File::open(path).unwrap();
-            nix::sched::setns(
-                std::os::fd::AsFd::as_fd(&f),
-                nix::sched::CloneFlags::CLONE_NEWNET,
-            )
-            .unwrap();
+            nix::sched::setns(std::os::fd::AsFd::as_fd(&f), nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
             let l = TcpListener::bind(other).unwrap();
             let mut made = Vec::new();
             let mut live = Vec::new();
@@ -514,48 +414,21 @@ fn churn_to_other_peers_during_a_large_kill() {
         })
     };
     std::thread::sleep(Duration::from_millis(100));
-    let (code, out, err) = twreset(&[
-        "kill",
-        "--netns",
-        ns.path().to_str().unwrap(),
-        "--audit-log",
-        "/dev/null",
-        "--json",
-        "10.78.1.1",
-    ]);
+    let (code, out, err) =
+        twreset(&["kill", "--netns", ns.path().to_str().unwrap(), "--audit-log", "/dev/null", "--json", "10.78.1.1"]);
     std::thread::sleep(Duration::from_millis(100));
     stop.store(true, Ordering::Relaxed);
     let (made, live) = churn.join().unwrap();
     assert_eq!(code, Some(0), "{err}");
     let summary = ndjson(&out).pop().unwrap();
     assert_eq!(summary["killed"], 20_000, "{summary}");
-    assert!(
-        made.len() > 10,
-        "churn ran during the kill ({} connections)",
-        made.len()
-    );
+    assert!(made.len() > 10, "churn ran during the kill ({} connections)", made.len());
     let after: Vec<SsSocket> = ns.ss(&[]);
-    assert!(
-        !after.iter().any(|s| tw(s) && doomed.contains(&s.local)),
-        "every selected socket died"
-    );
-    let to_other: BTreeSet<SocketAddr> = after
-        .iter()
-        .filter(|s| s.remote == other)
-        .map(|s| s.local)
-        .collect();
+    assert!(!after.iter().any(|s| tw(s) && doomed.contains(&s.local)), "every selected socket died");
+    let to_other: BTreeSet<SocketAddr> = after.iter().filter(|s| s.remote == other).map(|s| s.local).collect();
     let missing: Vec<_> = made.iter().filter(|a| !to_other.contains(a)).collect();
-    assert!(
-        missing.is_empty(),
-        "churn sockets outside the selector died: {missing:?}"
-    );
-    assert_eq!(
-        after
-            .iter()
-            .filter(|s| s.state == "ESTAB" && s.remote == target)
-            .count(),
-        3
-    );
+    assert!(missing.is_empty(), "churn sockets outside the selector died: {missing:?}");
+    assert_eq!(after.iter().filter(|s| s.state == "ESTAB" && s.remote == target).count(), 3);
     drop((held, live));
 }
 
@@ -593,17 +466,8 @@ fn all_netns_covers_every_namespace() {
         .filter(|v| v["type"] == "socket")
         .map(|v| v["netns"].as_str().unwrap().to_owned())
         .collect();
-    assert!(
-        names.contains(&a.name) && names.contains(&b.name),
-        "{names:?}"
-    );
-    let (code, _, err) = twreset(&[
-        "kill",
-        "--all-netns",
-        "--audit-log",
-        "/dev/null",
-        "10.79.0.2:80",
-    ]);
+    assert!(names.contains(&a.name) && names.contains(&b.name), "{names:?}");
+    let (code, _, err) = twreset(&["kill", "--all-netns", "--audit-log", "/dev/null", "10.79.0.2:80"]);
     assert_eq!(code, Some(0), "{err}");
     for ns in [&a, &b] {
         assert!(!ns.ss(&[]).iter().any(tw), "{}: TIME_WAIT left", ns.name);
@@ -616,10 +480,7 @@ fn tcp_in_segs(ns: &NetNs) -> u64 {
     let text = ns.exec(&["cat", "/proc/net/snmp"]);
     let mut lines = text.lines().filter(|l| l.starts_with("Tcp:"));
     let (names, values) = (lines.next().unwrap(), lines.next().unwrap());
-    let i = names
-        .split_whitespace()
-        .position(|n| n == "InSegs")
-        .unwrap();
+    let i = names.split_whitespace().position(|n| n == "InSegs").unwrap();
     values.split_whitespace().nth(i).unwrap().parse().unwrap()
 }
 
@@ -630,17 +491,9 @@ fn rst_kills_time_wait_with_exact_sequence() {
     }
     let w = world("krst");
     let segs = tcp_in_segs(&w.a);
-    let killed = check_kill(&w, &["--method", "rst", &format!("{S1}:80")], |s| {
-        tw(s) && s.remote == sa(S1, 80)
-    });
-    assert_eq!(
-        tcp_in_segs(&w.a) - segs,
-        killed.len() as u64,
-        "one RST segment per socket, no SOCK_DESTROY"
-    );
-    let v6 = check_kill(&w, &["--method", "rst", "fd77::/64"], |s| {
-        tw(s) && in_net(&s.remote, "fd77::/64")
-    });
+    let killed = check_kill(&w, &["--method", "rst", &format!("{S1}:80")], |s| tw(s) && s.remote == sa(S1, 80));
+    assert_eq!(tcp_in_segs(&w.a) - segs, killed.len() as u64, "one RST segment per socket, no SOCK_DESTROY");
+    let v6 = check_kill(&w, &["--method", "rst", "fd77::/64"], |s| tw(s) && in_net(&s.remote, "fd77::/64"));
     assert_eq!(v6.len(), 5);
     let audit = ndjson(&std::fs::read_to_string(&w.audit).unwrap());
     assert!(audit.iter().all(|l| l["method"] == "rst"));
@@ -666,33 +519,16 @@ fn rst_resets_both_ends_of_established() {
         p
     });
     let before = snapshot(&w.a);
-    let (code, out, err) = kill_in(
-        &w,
-        &[
-            "--method",
-            "rst",
-            "--state",
-            "established",
-            "--port",
-            "7001",
-            "--json",
-        ],
-    );
+    let (code, out, err) = kill_in(&w, &["--method", "rst", "--state", "established", "--port", "7001", "--json"]);
     assert_eq!(code, Some(0), "{err}");
     assert_eq!(ndjson(&out).pop().unwrap()["killed"], 2, "{out}");
     let gone: Set = before.difference(&snapshot(&w.a)).cloned().collect();
-    let want: Set = before
-        .iter()
-        .filter(|s| s.remote.port() == 7001 || s.local.port() == 7001)
-        .cloned()
-        .collect();
+    let want: Set = before.iter().filter(|s| s.remote.port() == 7001 || s.local.port() == 7001).cloned().collect();
     assert_eq!((gone.len(), &gone), (4, &want));
     for (client, server) in &mut pairs {
         for s in [client, server] {
             s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-            let e = s
-                .read(&mut [0u8; 8])
-                .expect_err("both ends must see a reset");
+            let e = s.read(&mut [0u8; 8]).expect_err("both ends must see a reset");
             assert_eq!(e.kind(), ErrorKind::ConnectionReset, "{e}");
         }
     }

@@ -16,7 +16,9 @@ fn programs_of(pid: i32) -> Vec<u32> {
     let mut ids = Vec::new();
     for e in std::fs::read_dir(format!("/proc/{pid}/fdinfo")).unwrap().filter_map(Result::ok) {
         let text = std::fs::read_to_string(e.path()).unwrap_or_default();
-        ids.extend(text.lines().filter_map(|l| l.strip_prefix("prog_id:")).filter_map(|v| v.trim().parse::<u32>().ok()));
+        ids.extend(
+            text.lines().filter_map(|l| l.strip_prefix("prog_id:")).filter_map(|v| v.trim().parse::<u32>().ok()),
+        );
     }
     // The program fd and its link fd both name it.
     ids.sort_unstable();

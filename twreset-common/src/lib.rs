@@ -164,7 +164,8 @@ pub struct KernelOffsets {
     pub timer_function: u32,
     /// `struct sock.sk_err`.
     pub sk_err: u32,
-    pub _pad: u32,
+    /// `struct timer_list.expires` (raw tracepoints get the timer, not the record).
+    pub timer_expires: u32,
 }
 const _: () = assert!(size_of::<KernelOffsets>() == 96);
 
@@ -185,7 +186,9 @@ pub struct LastTw {
 }
 const _: () = assert!(size_of::<LastTw>() == 48);
 
-/// Field offsets of the `timer:*` tracepoints (checked against tracefs by a test).
+/// Field offsets of the `timer:*` tracepoint records, for tools that read the classic tracepoints
+/// (the TIME_WAIT programs attach as raw tracepoints and read `struct timer_list` instead).
+/// Checked against tracefs by a test.
 pub mod tp_timer {
     pub const START_TIMER: usize = 8;
     pub const START_FUNCTION: usize = 16;

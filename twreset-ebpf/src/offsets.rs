@@ -24,7 +24,7 @@ static OFFSETS: KernelOffsets = KernelOffsets {
     tw_timer: 160,
     timer_function: 24,
     sk_err: 0,
-    _pad: 0,
+    timer_expires: 16,
 };
 
 /// The loader-set offsets (volatile: the compiler must not fold the defaults in).

@@ -18,11 +18,11 @@ use tokio::sync::mpsc;
 
 use crate::{
     cli::NetnsScope,
+    diag,
     kernel::netns::{self, Netns, NetnsError},
     sock::DiagSocket,
     table::{By, Connected, Drift, PortRange, PortRanges, Snapshot, Sort, Table, ViewConfig, pressure::PressureError},
     tw_event::TwEvent,
-    diag,
     twfeed::{FeedError, TwFeed},
 };
 
@@ -122,7 +122,10 @@ pub fn kernel_feed(_command: &'static str, scope: &NetnsScope) -> Result<Feed, L
         NetnsScope::All => None,
         NetnsScope::Current => Some(vec![netns::current_cookie().map_err(|source| LiveError::Netns { source })?]),
         NetnsScope::Paths(list) => Some(
-            list.iter().map(|n| n.cookie()).collect::<Result<Vec<_>, _>>().map_err(|source| LiveError::Netns { source })?,
+            list.iter()
+                .map(|n| n.cookie())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|source| LiveError::Netns { source })?,
         ),
     };
     let mut source = TwFeed::start(cookies).map_err(|source| LiveError::Kernel { source })?;
@@ -224,14 +227,15 @@ impl Live {
             settle,
             closed: false,
         };
+        // Loss before the seed is covered by the seed itself; loss after it must force a resync,
+        // so the baseline is read before the dump.
+        let lost = (live.lost)();
+        live.table.set_lost(lost);
         let now = monotonic_ns();
         let sockets = live.dump()?;
         live.table.seed(now, &sockets);
         live.connected = Connected::from_dump(&sockets, &live.ranges);
         live.drain_for(settle).await;
-        // Loss before the seed is covered by the seed itself.
-        let lost = (live.lost)();
-        live.table.set_lost(lost);
         Ok(live)
     }
 

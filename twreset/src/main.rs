@@ -26,11 +26,16 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let cfg = cmd::trace::TraceConfig::try_from(args)?;
             let s = cmd::trace::run(cfg, shutdown_signal()).await?;
             eprintln!(
-                "twreset: {} events seen, {} lost (ring buffer full: {}, recursion misses: {}){}",
+                "twreset: {} events seen, {} lost (ring buffer full: {}, recursion misses: {}){}{}",
                 s.events,
                 s.loss.lost(),
                 s.loss.ringbuf_full,
                 s.loss.recursion_misses,
+                if s.loss.read_errors > 0 {
+                    format!(", {} kernel read errors", s.loss.read_errors)
+                } else {
+                    String::new()
+                },
                 if s.decode_errors > 0 { format!(", {} undecodable", s.decode_errors) } else { String::new() }
             );
             Ok(ExitCode::SUCCESS)

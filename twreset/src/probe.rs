@@ -5,7 +5,7 @@ use std::os::fd::{AsFd, AsRawFd};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, RingBuf, lpm_trie::Key},
-    programs::{ProgramError, TracePoint},
+    programs::{ProgramError, RawTracePoint, TracePoint},
 };
 use ipnet::IpNet;
 use twreset_common::{FilterConfig, KernelOffsets, OFFSETS_GLOBAL, PeerKey, filter, stat, tcp_state};
@@ -25,7 +25,7 @@ use crate::{
 static EBPF_OBJ: &[u8] = aya::include_bytes_aligned!(env!("TWRESET_EBPF_OBJ"));
 
 const STATE_PROGRAM: &str = "inet_sock_set_state";
-/// The TIME_WAIT lifecycle programs and their `timer:*` tracepoints.
+/// The TIME_WAIT lifecycle programs, attached as raw tracepoints of the same names.
 const TIMER_PROGRAMS: [&str; 3] = ["timer_start", "timer_expire_entry", "timer_cancel"];
 
 #[derive(Debug, thiserror::Error)]
@@ -121,14 +121,22 @@ impl Probe {
         self.kallsyms.as_ref()
     }
 
-    /// Attach the TIME_WAIT lifecycle programs (`timer:timer_start`, `timer_expire_entry`,
-    /// `timer_cancel`, filtered in BPF on `tw_timer_handler`).
+    /// Attach the TIME_WAIT lifecycle programs (raw tracepoints `timer_start`,
+    /// `timer_expire_entry`, `timer_cancel`, filtered in BPF on `tw_timer_handler`).
     pub fn attach_timewait(&mut self) -> Result<(), ProbeError> {
         if let Some(e) = self.timewait_unavailable.take() {
             return Err(ProbeError::NoTimewait(e));
         }
         for name in TIMER_PROGRAMS {
-            self.attach_tracepoint(name, "timer", name)?;
+            let prog: &mut RawTracePoint = self
+                .ebpf
+                .program_mut(name)
+                .ok_or(ProbeError::NoProgram { name })?
+                .try_into()
+                .map_err(|source| ProbeError::Program { name, action: "type check", source })?;
+            prog.load().map_err(|source| ProbeError::Program { name, action: "load", source })?;
+            prog.attach(name).map_err(|source| ProbeError::Program { name, action: "attach", source })?;
+            self.attached.push(name);
         }
         Ok(())
     }

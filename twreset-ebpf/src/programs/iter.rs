@@ -83,11 +83,7 @@ fn try_iter_tcp(ctx: *mut c_void) -> Result<(), ()> {
     if state == tcp_state::LISTEN || state == tcp_state::NEW_SYN_RECV {
         return Ok(());
     }
-    let mut rec = SeqRecord {
-        family,
-        state: state as u16,
-        ..SeqRecord::default()
-    };
+    let mut rec = SeqRecord { family, state: state as u16, ..SeqRecord::default() };
     if family == AF_INET {
         let s: [u8; 4] = read(sk, off.rcv_saddr)?;
         let d: [u8; 4] = read(sk, off.daddr)?;
@@ -101,11 +97,8 @@ fn try_iter_tcp(ctx: *mut c_void) -> Result<(), ()> {
     }
     rec.sport = read(sk, off.num)?;
     rec.dport = u16::from_be(read(sk, off.dport)?);
-    let (rcv, snd) = if state == tcp_state::TIME_WAIT {
-        (off.tw_rcv_nxt, off.tw_snd_nxt)
-    } else {
-        (off.rcv_nxt, off.snd_nxt)
-    };
+    let (rcv, snd) =
+        if state == tcp_state::TIME_WAIT { (off.tw_rcv_nxt, off.tw_snd_nxt) } else { (off.rcv_nxt, off.snd_nxt) };
     rec.rcv_nxt = read(sk, rcv)?;
     rec.snd_nxt = read(sk, snd)?;
     // SAFETY: meta->seq is the iterator's seq_file; rec lives on the stack for the call.

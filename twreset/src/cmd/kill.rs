@@ -99,29 +99,22 @@ pub enum KillCmdError {
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 fn run_target(t: &Target, opts: &Options) -> NsRun {
     match &t.netns {
         None => kill::run_here(opts),
-        Some(ns) => ns.run(|| kill::run_here(opts)).unwrap_or_else(|e| NsRun {
-            error: Some(e.into()),
-            ..Default::default()
-        }),
+        Some(ns) => {
+            ns.run(|| kill::run_here(opts)).unwrap_or_else(|e| NsRun { error: Some(e.into()), ..Default::default() })
+        }
     }
 }
 
 /// Run the kill; Ok(true) when every selected socket is dead or already gone.
 pub fn run(cfg: KillConfig) -> Result<bool, KillCmdError> {
     // Opened before anything dies: a kill that cannot be recorded does not happen.
-    let mut audit = if cfg.opts.dry_run {
-        None
-    } else {
-        Some(AuditLog::open(&cfg.audit_log)?)
-    };
+    let mut audit = if cfg.opts.dry_run { None } else { Some(AuditLog::open(&cfg.audit_log)?) };
     let targets = targets::resolve(cfg.scope);
     let stdout = io::stdout();
     let mut out = io::BufWriter::new(stdout.lock());
@@ -131,10 +124,7 @@ pub fn run(cfg: KillConfig) -> Result<bool, KillCmdError> {
         let run = run_target(t, &cfg.opts);
         totals.selected += run.planned.len();
         if let Some(w) = &run.warning {
-            eprintln!(
-                "twreset: warning: netns {}: a real kill would fail: {w}",
-                t.label
-            );
+            eprintln!("twreset: warning: netns {}: a real kill would fail: {w}", t.label);
         }
         if let Some(e) = &run.error {
             totals.ns_errors += 1;

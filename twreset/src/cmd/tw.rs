@@ -91,7 +91,11 @@ pub enum TwError {
 /// Seed the table from `feed`, follow its events for `settle`, then print one snapshot to `out`.
 pub async fn run(cfg: &TwConfig, feed: Feed, names: &NsNames, out: &mut dyn Write) -> Result<Snapshot, TwError> {
     let mut live = Live::start(feed, cfg.view, cfg.settle).await.map_err(TwError::Live)?;
-    live.tick().await.map_err(TwError::Live)?;
+    // A resync if events were lost, else a reconcile: either way the printed table was just
+    // compared with the kernel's own dump, and `drift` says how far the events had left it.
+    if live.tick().await.map_err(TwError::Live)?.is_none() {
+        live.reconcile(false).await.map_err(TwError::Live)?;
+    }
     let snap = live.snapshot(cfg.by, cfg.sort);
     let text = if cfg.json { format!("{}\n", render::render_json(&snap)) } else { render::render_human(&snap, names) };
     out.write_all(text.as_bytes()).and_then(|_| out.flush()).map_err(TwError::Write)?;

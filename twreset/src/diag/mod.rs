@@ -122,49 +122,27 @@ pub struct Diag {
 fn setsockopt(fd: &OwnedFd, level: i32, opt: i32, val: libc::c_int) -> io::Result<()> {
     // SAFETY: int option on a valid fd.
     let rc = unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            level,
-            opt,
-            (&raw const val).cast(),
-            size_of::<libc::c_int>() as u32,
-        )
+        libc::setsockopt(fd.as_raw_fd(), level, opt, (&raw const val).cast(), size_of::<libc::c_int>() as u32)
     };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
 }
 
 impl Diag {
     pub fn open() -> Result<Self, DiagError> {
         // SAFETY: plain socket(2); the fd is owned immediately.
-        let raw = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                wire::NETLINK_SOCK_DIAG,
-            )
-        };
+        let raw =
+            unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, wire::NETLINK_SOCK_DIAG) };
         if raw < 0 {
-            return Err(DiagError::Open {
-                source: io::Error::last_os_error(),
-            });
+            return Err(DiagError::Open { source: io::Error::last_os_error() });
         }
         // SAFETY: raw is a fresh fd we own.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        setsockopt(&fd, wire::SOL_NETLINK, wire::NETLINK_CAP_ACK, 1)
-            .map_err(|source| DiagError::Open { source })?;
+        setsockopt(&fd, wire::SOL_NETLINK, wire::NETLINK_CAP_ACK, 1).map_err(|source| DiagError::Open { source })?;
         // FORCE needs CAP_NET_ADMIN, which a kill has anyway; plain SO_RCVBUF is capped by rmem_max.
         if setsockopt(&fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, RCVBUF).is_err() {
             let _ = setsockopt(&fd, libc::SOL_SOCKET, libc::SO_RCVBUF, RCVBUF);
         }
-        Ok(Self {
-            fd,
-            seq: 1,
-            buf: vec![0; RECV_LEN],
-        })
+        Ok(Self { fd, seq: 1, buf: vec![0; RECV_LEN] })
     }
 
     fn send(&self, bytes: &[u8]) -> Result<(), DiagError> {
@@ -198,20 +176,11 @@ impl Diag {
         loop {
             // SAFETY: buf is valid for its length; MSG_TRUNC makes the return value the real size.
             let n = unsafe {
-                libc::recv(
-                    self.fd.as_raw_fd(),
-                    self.buf.as_mut_ptr().cast(),
-                    self.buf.len(),
-                    libc::MSG_TRUNC,
-                )
+                libc::recv(self.fd.as_raw_fd(), self.buf.as_mut_ptr().cast(), self.buf.len(), libc::MSG_TRUNC)
             };
             if n >= 0 {
                 let n = n as usize;
-                return if n > self.buf.len() {
-                    Err(DiagError::Truncated)
-                } else {
-                    Ok(n)
-                };
+                return if n > self.buf.len() { Err(DiagError::Truncated) } else { Ok(n) };
             }
             let e = io::Error::last_os_error();
             if e.kind() != io::ErrorKind::Interrupted {
@@ -247,9 +216,7 @@ impl Diag {
                         Msg::Diag(d) => failure = f(&d),
                         Msg::Done { errno: 0, .. } => done = true,
                         Msg::Done { errno, .. } | Msg::Error { errno, .. } => {
-                            failure = Err(DiagError::Dump {
-                                source: io::Error::from_raw_os_error(errno),
-                            })
+                            failure = Err(DiagError::Dump { source: io::Error::from_raw_os_error(errno) })
                         }
                         Msg::Other { .. } => {}
                     }
@@ -272,8 +239,7 @@ impl Diag {
         let mask = wire::state_mask(states.iter().map(|s| s.number()));
         let mut out = Vec::new();
         self.dump_raw(mask, |m| {
-            let state = TcpState::try_from(u32::from(m.state))
-                .map_err(|source| DiagError::State { source })?;
+            let state = TcpState::try_from(u32::from(m.state)).map_err(|source| DiagError::State { source })?;
             let (laddr, raddr) = wire::addrs(m);
             out.push(Entry {
                 sock: DiagSocket {
@@ -305,11 +271,7 @@ impl Diag {
     /// they fail, and it handles a netlink send synchronously, in order, so once the last ack is
     /// read every failure of the batch has been read too and silence means "killed". This is
     /// about twice as fast as one ack per request (KERNEL.md) with the same per-socket results.
-    pub fn destroy(
-        &mut self,
-        tuples: &[Tuple],
-        mut progress: impl FnMut(usize),
-    ) -> Result<Vec<Outcome>, DiagError> {
+    pub fn destroy(&mut self, tuples: &[Tuple], mut progress: impl FnMut(usize)) -> Result<Vec<Outcome>, DiagError> {
         let mut out = Vec::with_capacity(tuples.len());
         let mut req = Vec::with_capacity(BATCH * size_of::<Request>());
         for chunk in tuples.chunks(BATCH) {
@@ -317,9 +279,7 @@ impl Diag {
             let last = chunk.len() - 1;
             req.clear();
             for (i, t) in chunk.iter().enumerate() {
-                req.extend_from_slice(
-                    wire::destroy_request(t, base.wrapping_add(i as u32), i == last).as_bytes(),
-                );
+                req.extend_from_slice(wire::destroy_request(t, base.wrapping_add(i as u32), i == last).as_bytes());
             }
             let first = out.len();
             out.resize(first + chunk.len(), Outcome::Killed);
@@ -346,11 +306,7 @@ impl Diag {
 
 /// Dump the TCP sockets of the calling thread's namespace (see [`Diag::dump`]).
 pub fn dump(states: &[TcpState]) -> Result<Vec<DiagSocket>, DiagError> {
-    Ok(Diag::open()?
-        .dump(states)?
-        .into_iter()
-        .map(|e| e.sock)
-        .collect())
+    Ok(Diag::open()?.dump(states)?.into_iter().map(|e| e.sock).collect())
 }
 
 /// Destroy these exact sockets in the calling thread's namespace (see [`Diag::destroy`]).

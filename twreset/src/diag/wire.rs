@@ -115,12 +115,7 @@ pub fn dump_request(family: u8, states: u32, seq: u32) -> Request {
             seq,
             pid: 0,
         },
-        req: ReqV2 {
-            family,
-            protocol: IPPROTO_TCP,
-            states,
-            ..Default::default()
-        },
+        req: ReqV2 { family, protocol: IPPROTO_TCP, states, ..Default::default() },
     }
 }
 
@@ -146,11 +141,7 @@ fn addr_bytes(ip: IpAddr) -> [u8; 16] {
 
 /// A SOCK_DESTROY request. Without `ack` the kernel answers only on failure.
 pub fn destroy_request(t: &Tuple, seq: u32, ack: bool) -> Request {
-    let family = if t.laddr.is_ipv4() {
-        libc::AF_INET
-    } else {
-        libc::AF_INET6
-    } as u8;
+    let family = if t.laddr.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 } as u8;
     Request {
         hdr: NlMsgHdr {
             len: size_of::<Request>() as u32,
@@ -232,10 +223,7 @@ fn read<T: Copy + Default>(b: &[u8]) -> Option<T> {
 pub fn walk<'a>(buf: &'a [u8], mut f: impl FnMut(Msg<'a>)) -> Result<(), Malformed> {
     let mut off = 0;
     while off + size_of::<NlMsgHdr>() <= buf.len() {
-        let bad = Malformed {
-            offset: off,
-            len: buf.len(),
-        };
+        let bad = Malformed { offset: off, len: buf.len() };
         let hdr: NlMsgHdr = read(&buf[off..]).ok_or(bad.clone())?;
         let len = hdr.len as usize;
         if len < size_of::<NlMsgHdr>() || off + len > buf.len() {
@@ -243,16 +231,10 @@ pub fn walk<'a>(buf: &'a [u8], mut f: impl FnMut(Msg<'a>)) -> Result<(), Malform
         }
         let payload = &buf[off + size_of::<NlMsgHdr>()..off + len];
         f(match hdr.kind {
-            NLMSG_DONE => Msg::Done {
-                seq: hdr.seq,
-                errno: read::<i32>(payload).map_or(0, |e| -e),
-            },
+            NLMSG_DONE => Msg::Done { seq: hdr.seq, errno: read::<i32>(payload).map_or(0, |e| -e) },
             NLMSG_ERROR => {
                 let e: NlMsgErr = read(payload).ok_or(bad)?;
-                Msg::Error {
-                    seq: e.msg.seq,
-                    errno: -e.error,
-                }
+                Msg::Error { seq: e.msg.seq, errno: -e.error }
             }
             SOCK_DIAG_BY_FAMILY => Msg::Diag(read(payload).ok_or(bad)?),
             kind => Msg::Other { kind, payload },
@@ -308,42 +290,17 @@ mod tests {
     #[test]
     fn walks_diag_ack_and_done() {
         let mut buf = Vec::new();
-        let mut m = DiagMsg {
-            family: libc::AF_INET6 as u8,
-            state: 6,
-            timer: 3,
-            expires: 500,
-            ..Default::default()
-        };
+        let mut m = DiagMsg { family: libc::AF_INET6 as u8, state: 6, timer: 3, expires: 500, ..Default::default() };
         m.id.src = "::ffff:10.0.0.1".parse::<Ipv6Addr>().unwrap().octets();
         m.id.dst = "fd00::2".parse::<Ipv6Addr>().unwrap().octets();
-        let hdr = NlMsgHdr {
-            len: 16 + 72 + 8,
-            kind: SOCK_DIAG_BY_FAMILY,
-            ..Default::default()
-        };
+        let hdr = NlMsgHdr { len: 16 + 72 + 8, kind: SOCK_DIAG_BY_FAMILY, ..Default::default() };
         buf.extend(bytes(&hdr));
         buf.extend(bytes(&m));
         buf.extend([0u8; 8]); // attributes we skip
-        let err = NlMsgErr {
-            error: -2,
-            msg: NlMsgHdr {
-                seq: 9,
-                ..Default::default()
-            },
-        };
-        buf.extend(bytes(&NlMsgHdr {
-            len: 36,
-            kind: NLMSG_ERROR,
-            ..Default::default()
-        }));
+        let err = NlMsgErr { error: -2, msg: NlMsgHdr { seq: 9, ..Default::default() } };
+        buf.extend(bytes(&NlMsgHdr { len: 36, kind: NLMSG_ERROR, ..Default::default() }));
         buf.extend(bytes(&err));
-        buf.extend(bytes(&NlMsgHdr {
-            len: 20,
-            kind: NLMSG_DONE,
-            seq: 4,
-            ..Default::default()
-        }));
+        buf.extend(bytes(&NlMsgHdr { len: 20, kind: NLMSG_DONE, seq: 4, ..Default::default() }));
         buf.extend([0u8; 4]);
         let mut seen = Vec::new();
         walk(&buf, |msg| seen.push(format!("{msg:?}"))).unwrap();
@@ -356,30 +313,16 @@ mod tests {
         })
         .unwrap();
         let d = got.unwrap();
-        assert_eq!(
-            addrs(&d),
-            ("10.0.0.1".parse().unwrap(), "fd00::2".parse().unwrap())
-        );
+        assert_eq!(addrs(&d), ("10.0.0.1".parse().unwrap(), "fd00::2".parse().unwrap()));
         assert!(seen[1].contains("errno: 2") && seen[1].contains("seq: 9"));
     }
 
     #[test]
     fn rejects_truncated() {
-        let hdr = NlMsgHdr {
-            len: 100,
-            kind: SOCK_DIAG_BY_FAMILY,
-            ..Default::default()
-        };
+        let hdr = NlMsgHdr { len: 100, kind: SOCK_DIAG_BY_FAMILY, ..Default::default() };
         let buf = bytes(&hdr);
         assert!(walk(&buf, |_| {}).is_err());
-        let hdr = NlMsgHdr {
-            len: 16,
-            kind: SOCK_DIAG_BY_FAMILY,
-            ..Default::default()
-        };
-        assert!(
-            walk(&bytes(&hdr), |_| {}).is_err(),
-            "diag message without body"
-        );
+        let hdr = NlMsgHdr { len: 16, kind: SOCK_DIAG_BY_FAMILY, ..Default::default() };
+        assert!(walk(&bytes(&hdr), |_| {}).is_err(), "diag message without body");
     }
 }

@@ -112,6 +112,7 @@ pub fn kernel_offsets(btf: &KernelBtf) -> Result<KernelOffsets, BtfError> {
         tw_timer: btf.offset("inet_timewait_sock", "tw_timer")?,
         timer_function: btf.offset("timer_list", "function")?,
         sk_err: btf.offset("sock", "sk_err")?,
+        timer_expires: btf.offset("timer_list", "expires")?,
         ..KernelOffsets::default()
     })
 }
@@ -142,7 +143,7 @@ mod tests {
             assert_eq!((off.skc_daddr, off.skc_rcv_saddr, off.skc_dport, off.skc_num, off.skc_net), (0, 4, 12, 14, 48));
             assert_eq!((off.tw_substate, off.tw_timer, off.net_cookie), (140, 160, 4160));
         }
-        assert_eq!(off.timer_function, 24);
+        assert_eq!((off.timer_expires, off.timer_function), (16, 24));
         // Member inside an anonymous union of sock_common.
         assert!(btf.offset("sock_common", "skc_tw_rcv_nxt").is_ok());
         assert!(matches!(btf.offset("sock_common", "no_such_member"), Err(BtfError::NoMember { .. })));

@@ -42,17 +42,8 @@ pub struct Actor {
 impl Actor {
     pub fn current() -> Self {
         let uid = nix::unistd::getuid();
-        let user = nix::unistd::User::from_uid(uid)
-            .ok()
-            .flatten()
-            .map(|u| u.name)
-            .unwrap_or_else(|| uid.to_string());
-        Self {
-            uid: uid.as_raw(),
-            user,
-            pid: std::process::id(),
-            argv: std::env::args().collect(),
-        }
+        let user = nix::unistd::User::from_uid(uid).ok().flatten().map(|u| u.name).unwrap_or_else(|| uid.to_string());
+        Self { uid: uid.as_raw(), user, pid: std::process::id(), argv: std::env::args().collect() }
     }
 }
 
@@ -84,13 +75,7 @@ pub fn rfc3339(ms: u64) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        ms % 1000
-    )
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z", rem / 3600, rem % 3600 / 60, rem % 60, ms % 1000)
 }
 
 /// The JSON object of one audit line.
@@ -120,24 +105,12 @@ pub struct AuditLog {
 
 impl AuditLog {
     pub fn open(path: &Path) -> Result<Self, AuditError> {
-        let err = |source| AuditError::Open {
-            path: path.to_owned(),
-            source,
-        };
+        let err = |source| AuditError::Open { path: path.to_owned(), source };
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(err)?;
         }
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o640)
-            .open(path)
-            .map_err(err)?;
-        Ok(Self {
-            path: path.to_owned(),
-            file,
-            actor: Actor::current(),
-        })
+        let file = OpenOptions::new().create(true).append(true).mode(0o640).open(path).map_err(err)?;
+        Ok(Self { path: path.to_owned(), file, actor: Actor::current() })
     }
 
     /// Append one line (a single `write` on an O_APPEND file, so concurrent runs do not interleave).
@@ -145,12 +118,7 @@ impl AuditLog {
         let mut text = line(&self.actor, r).to_string();
         syslog(&text);
         text.push('\n');
-        self.file
-            .write_all(text.as_bytes())
-            .map_err(|source| AuditError::Write {
-                path: self.path.clone(),
-                source,
-            })
+        self.file.write_all(text.as_bytes()).map_err(|source| AuditError::Write { path: self.path.clone(), source })
     }
 }
 
@@ -195,10 +163,7 @@ mod tests {
         log.write(&r).unwrap();
         log.write(&r).unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
-        let lines: Vec<Value> = text
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
+        let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
         assert_eq!(lines.len(), 2);
         assert_eq!(lines[0]["killed"], 2);
         assert_eq!(lines[0]["netns"], "ns1");

@@ -37,11 +37,7 @@ pub enum KillError {
 pub trait Killer {
     fn method(&self) -> Method;
     /// One outcome per target, in order.
-    fn kill(
-        &mut self,
-        targets: &[Entry],
-        progress: &mut dyn FnMut(usize),
-    ) -> Result<Vec<Outcome>, KillError>;
+    fn kill(&mut self, targets: &[Entry], progress: &mut dyn FnMut(usize)) -> Result<Vec<Outcome>, KillError>;
 }
 
 /// Batched netlink SOCK_DESTROY by exact tuple and socket cookie.
@@ -54,15 +50,9 @@ impl Killer for DestroyKiller<'_> {
         Method::Destroy
     }
 
-    fn kill(
-        &mut self,
-        targets: &[Entry],
-        progress: &mut dyn FnMut(usize),
-    ) -> Result<Vec<Outcome>, KillError> {
+    fn kill(&mut self, targets: &[Entry], progress: &mut dyn FnMut(usize)) -> Result<Vec<Outcome>, KillError> {
         let tuples: Vec<_> = targets.iter().map(Entry::tuple).collect();
-        self.diag
-            .destroy(&tuples, progress)
-            .map_err(|source| KillError::Destroy { source })
+        self.diag.destroy(&tuples, progress).map_err(|source| KillError::Destroy { source })
     }
 }
 

@@ -132,9 +132,7 @@ fn progress_bar(opts: &Options, len: usize) -> ProgressBar {
         return ProgressBar::hidden();
     }
     let bar = ProgressBar::with_draw_target(Some(len as u64), ProgressDrawTarget::stderr());
-    if let Ok(style) =
-        ProgressStyle::with_template("killing {bar:40} {pos}/{len} sockets ({per_sec})")
-    {
+    if let Ok(style) = ProgressStyle::with_template("killing {bar:40} {pos}/{len} sockets ({per_sec})") {
         bar.set_style(style);
     }
     bar

@@ -85,25 +85,14 @@ mod tests {
     #[test]
     fn rfc1071_example() {
         // RFC 1071 section 3 example bytes: sum 0xddf2, checksum its complement.
-        assert_eq!(
-            checksum(&[&[0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7]]),
-            !0xddf2
-        );
+        assert_eq!(checksum(&[&[0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7]]), !0xddf2);
         // Split across parts at an odd boundary gives the same result.
-        assert_eq!(
-            checksum(&[&[0x00, 0x01, 0xf2], &[0x03, 0xf4, 0xf5, 0xf6, 0xf7]]),
-            !0xddf2
-        );
+        assert_eq!(checksum(&[&[0x00, 0x01, 0xf2], &[0x03, 0xf4, 0xf5, 0xf6, 0xf7]]), !0xddf2);
     }
 
     #[test]
     fn v4_rst_verifies() {
-        let p = rst(
-            "10.0.0.2:80".parse().unwrap(),
-            "10.0.0.1:40000".parse().unwrap(),
-            0xdead_beef,
-        )
-        .unwrap();
+        let p = rst("10.0.0.2:80".parse().unwrap(), "10.0.0.1:40000".parse().unwrap(), 0xdead_beef).unwrap();
         assert_eq!(p.len(), 40);
         assert_eq!(checksum(&[&p[..20]]), 0, "IP header checksum");
         let pseudo = [&p[12..20], &[0, 6, 0, 20][..], &p[20..]];
@@ -116,23 +105,11 @@ mod tests {
 
     #[test]
     fn v6_rst_verifies() {
-        let p = rst(
-            "[fd00::2]:80".parse().unwrap(),
-            "[fd00::1]:40000".parse().unwrap(),
-            7,
-        )
-        .unwrap();
+        let p = rst("[fd00::2]:80".parse().unwrap(), "[fd00::1]:40000".parse().unwrap(), 7).unwrap();
         assert_eq!(p.len(), 60);
         assert_eq!(p[0] >> 4, 6);
         let pseudo = [&p[8..40], &[0, 0, 0, 20, 0, 0, 0, 6][..], &p[40..]];
         assert_eq!(checksum(&pseudo), 0, "TCP checksum");
-        assert!(
-            rst(
-                "[fd00::2]:80".parse().unwrap(),
-                "10.0.0.1:1".parse().unwrap(),
-                7
-            )
-            .is_none()
-        );
+        assert!(rst("[fd00::2]:80".parse().unwrap(), "10.0.0.1:1".parse().unwrap(), 7).is_none());
     }
 }

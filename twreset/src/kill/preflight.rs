@@ -67,9 +67,7 @@ pub fn check(method: Method, facts: &Facts, timewait: bool) -> Result<(), Prefli
                 }
             }
             if timewait && version(&facts.release).is_none_or(|v| v < (6, 0)) {
-                return Err(PreflightError::OldKernel {
-                    release: facts.release.clone(),
-                });
+                return Err(PreflightError::OldKernel { release: facts.release.clone() });
             }
         }
         Method::Rst => match facts.rfc1337 {
@@ -83,9 +81,7 @@ pub fn check(method: Method, facts: &Facts, timewait: bool) -> Result<(), Prefli
 }
 
 fn read_trimmed(path: &str) -> Option<String> {
-    std::fs::read_to_string(path)
-        .ok()
-        .map(|s| s.trim().to_owned())
+    std::fs::read_to_string(path).ok().map(|s| s.trim().to_owned())
 }
 
 /// Gather the facts; call on a thread inside the target namespace (`/proc/sys/net` and the
@@ -114,12 +110,7 @@ mod tests {
     use super::*;
 
     fn ok_facts() -> Facts {
-        Facts {
-            release: "6.18.44-fc".into(),
-            net_admin: true,
-            destroy_probe: Some(libc::ENOENT),
-            rfc1337: Some(0),
-        }
+        Facts { release: "6.18.44-fc".into(), net_admin: true, destroy_probe: Some(libc::ENOENT), rfc1337: Some(0) }
     }
 
     #[test]
@@ -133,71 +124,27 @@ mod tests {
     #[test]
     fn destroy_decisions() {
         assert_eq!(check(Method::Destroy, &ok_facts(), true), Ok(()));
-        let f = Facts {
-            net_admin: false,
-            ..ok_facts()
-        };
-        assert_eq!(
-            check(Method::Destroy, &f, false),
-            Err(PreflightError::NoNetAdmin)
-        );
-        let f = Facts {
-            destroy_probe: Some(libc::EOPNOTSUPP),
-            ..ok_facts()
-        };
+        let f = Facts { net_admin: false, ..ok_facts() };
+        assert_eq!(check(Method::Destroy, &f, false), Err(PreflightError::NoNetAdmin));
+        let f = Facts { destroy_probe: Some(libc::EOPNOTSUPP), ..ok_facts() };
         let e = check(Method::Destroy, &f, false).unwrap_err();
         assert!(e.to_string().contains("--method rst"), "{e}");
-        let f = Facts {
-            destroy_probe: Some(libc::EPERM),
-            ..ok_facts()
-        };
-        assert_eq!(
-            check(Method::Destroy, &f, false),
-            Err(PreflightError::NoNetAdmin)
-        );
-        let f = Facts {
-            destroy_probe: Some(libc::EIO),
-            ..ok_facts()
-        };
-        assert!(matches!(
-            check(Method::Destroy, &f, false),
-            Err(PreflightError::DestroyProbe { .. })
-        ));
-        let old = Facts {
-            release: "5.15.0".into(),
-            ..ok_facts()
-        };
-        assert!(matches!(
-            check(Method::Destroy, &old, true),
-            Err(PreflightError::OldKernel { .. })
-        ));
-        assert_eq!(
-            check(Method::Destroy, &old, false),
-            Ok(()),
-            "established sockets die on old kernels too"
-        );
+        let f = Facts { destroy_probe: Some(libc::EPERM), ..ok_facts() };
+        assert_eq!(check(Method::Destroy, &f, false), Err(PreflightError::NoNetAdmin));
+        let f = Facts { destroy_probe: Some(libc::EIO), ..ok_facts() };
+        assert!(matches!(check(Method::Destroy, &f, false), Err(PreflightError::DestroyProbe { .. })));
+        let old = Facts { release: "5.15.0".into(), ..ok_facts() };
+        assert!(matches!(check(Method::Destroy, &old, true), Err(PreflightError::OldKernel { .. })));
+        assert_eq!(check(Method::Destroy, &old, false), Ok(()), "established sockets die on old kernels too");
     }
 
     #[test]
     fn rst_decisions() {
         assert_eq!(check(Method::Rst, &ok_facts(), true), Ok(()));
-        let f = Facts {
-            rfc1337: Some(1),
-            ..ok_facts()
-        };
+        let f = Facts { rfc1337: Some(1), ..ok_facts() };
         assert_eq!(check(Method::Rst, &f, true), Err(PreflightError::Rfc1337));
-        assert_eq!(
-            check(Method::Rst, &f, false),
-            Ok(()),
-            "rfc1337 only protects TIME_WAIT"
-        );
-        let f = Facts {
-            rfc1337: None,
-            ..ok_facts()
-        };
-        assert_eq!(
-            check(Method::Rst, &f, true),
-            Err(PreflightError::Rfc1337Unknown)
-        );
+        assert_eq!(check(Method::Rst, &f, false), Ok(()), "rfc1337 only protects TIME_WAIT");
+        let f = Facts { rfc1337: None, ..ok_facts() };
+        assert_eq!(check(Method::Rst, &f, true), Err(PreflightError::Rfc1337Unknown));
     }
 }

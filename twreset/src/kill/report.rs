@@ -31,10 +31,7 @@ impl Totals {
                 Outcome::Gone => self.gone += 1,
                 Outcome::Failed { .. } | Outcome::Survived => {
                     self.failed += 1;
-                    *self
-                        .failures
-                        .entry(failure(*o).unwrap_or_default())
-                        .or_default() += 1;
+                    *self.failures.entry(failure(*o).unwrap_or_default()).or_default() += 1;
                 }
             }
         }
@@ -91,10 +88,7 @@ pub fn summary_json(t: &Totals, dry_run: bool) -> Value {
 }
 
 pub fn table_header() -> String {
-    format!(
-        "{:<16} {:<11} {:<46} {:<46} {:>7}",
-        "NETNS", "STATE", "LOCAL", "REMOTE", "AGE"
-    )
+    format!("{:<16} {:<11} {:<46} {:<46} {:>7}", "NETNS", "STATE", "LOCAL", "REMOTE", "AGE")
 }
 
 pub fn table_line(netns: &str, e: &Entry) -> String {
@@ -117,15 +111,9 @@ pub fn table_line(netns: &str, e: &Entry) -> String {
 
 pub fn summary_line(t: &Totals, dry_run: bool) -> String {
     if dry_run {
-        return format!(
-            "dry run: {} sockets would be killed; nothing was touched",
-            t.selected
-        );
+        return format!("dry run: {} sockets would be killed; nothing was touched", t.selected);
     }
-    let mut s = format!(
-        "selected {}, killed {}, already gone {}, failed {}",
-        t.selected, t.killed, t.gone, t.failed
-    );
+    let mut s = format!("selected {}, killed {}, already gone {}, failed {}", t.selected, t.killed, t.gone, t.failed);
     for (why, n) in &t.failures {
         s.push_str(&format!("\n  {n} failed: {why}"));
     }
@@ -142,11 +130,7 @@ mod tests {
             sock: sock(
                 "[fd00::1]:4000",
                 "[fd00::2]:80",
-                if tw {
-                    TcpState::FinWait2
-                } else {
-                    TcpState::Established
-                },
+                if tw { TcpState::FinWait2 } else { TcpState::Established },
                 tw,
                 20_000,
             ),
@@ -156,23 +140,12 @@ mod tests {
 
     #[test]
     fn totals_and_exit() {
-        let mut t = Totals {
-            selected: 4,
-            ..Default::default()
-        };
-        t.add(&[
-            Outcome::Killed,
-            Outcome::Gone,
-            Outcome::Failed { errno: libc::EPERM },
-            Outcome::Killed,
-        ]);
+        let mut t = Totals { selected: 4, ..Default::default() };
+        t.add(&[Outcome::Killed, Outcome::Gone, Outcome::Failed { errno: libc::EPERM }, Outcome::Killed]);
         assert_eq!((t.killed, t.gone, t.failed), (2, 1, 1));
         assert!(!t.ok());
         let line = summary_line(&t, false);
-        assert!(
-            line.contains("killed 2, already gone 1, failed 1") && line.contains("CAP_NET_ADMIN"),
-            "{line}"
-        );
+        assert!(line.contains("killed 2, already gone 1, failed 1") && line.contains("CAP_NET_ADMIN"), "{line}");
         let j = summary_json(&t, false);
         assert_eq!(j["failed"], 1);
         assert_eq!(j["type"], "summary");
@@ -183,13 +156,7 @@ mod tests {
 
     #[test]
     fn socket_objects() {
-        let j = socket_json(
-            "ns",
-            &e(true),
-            Some(Outcome::Failed {
-                errno: libc::EOPNOTSUPP,
-            }),
-        );
+        let j = socket_json("ns", &e(true), Some(Outcome::Failed { errno: libc::EOPNOTSUPP }));
         assert_eq!(j["local"], "[fd00::1]:4000");
         assert_eq!(j["remote"], "[fd00::2]:80");
         assert_eq!(j["state"], "FIN_WAIT2");

@@ -77,15 +77,7 @@ pub fn parse_records(bytes: &[u8]) -> HashMap<Tuple4, (u32, u32)> {
         .map(|c| {
             // SAFETY: exact-size chunk of a plain repr(C) integer struct, read unaligned.
             let r: SeqRecord = unsafe { std::ptr::read_unaligned(c.as_ptr().cast()) };
-            (
-                (
-                    ip(r.family, r.saddr),
-                    r.sport,
-                    ip(r.family, r.daddr),
-                    r.dport,
-                ),
-                (r.rcv_nxt, r.snd_nxt),
-            )
+            ((ip(r.family, r.saddr), r.sport, ip(r.family, r.daddr), r.dport), (r.rcv_nxt, r.snd_nxt))
         })
         .collect()
 }
@@ -99,40 +91,17 @@ fn read_sequences() -> Result<HashMap<Tuple4, (u32, u32)>, KillError> {
         .override_global(OFFSETS_GLOBAL, &off, true)
         .load(EBPF_OBJ)
         .map_err(|source| KillError::BpfLoad { source })?;
-    let kbtf = aya::Btf::from_sys_fs().map_err(|source| KillError::Iter {
-        what: "kernel BTF",
-        source: source.into(),
-    })?;
-    let prog: &mut Iter = ebpf
-        .program_mut(PROGRAM)
-        .ok_or(KillError::NoProgram)?
-        .try_into()
-        .map_err(|source: aya::programs::ProgramError| KillError::Iter {
-            what: "program type",
-            source: source.into(),
-        })?;
-    prog.load("tcp", &kbtf).map_err(|source| KillError::Iter {
-        what: "load",
-        source: source.into(),
-    })?;
-    let link = prog.attach().map_err(|source| KillError::Iter {
-        what: "attach",
-        source: source.into(),
-    })?;
-    let link = prog.take_link(link).map_err(|source| KillError::Iter {
-        what: "link",
-        source: source.into(),
-    })?;
-    let mut file = link.into_file().map_err(|source| KillError::Iter {
-        what: "iterator",
-        source: source.into(),
-    })?;
+    let kbtf =
+        aya::Btf::from_sys_fs().map_err(|source| KillError::Iter { what: "kernel BTF", source: source.into() })?;
+    let prog: &mut Iter = ebpf.program_mut(PROGRAM).ok_or(KillError::NoProgram)?.try_into().map_err(
+        |source: aya::programs::ProgramError| KillError::Iter { what: "program type", source: source.into() },
+    )?;
+    prog.load("tcp", &kbtf).map_err(|source| KillError::Iter { what: "load", source: source.into() })?;
+    let link = prog.attach().map_err(|source| KillError::Iter { what: "attach", source: source.into() })?;
+    let link = prog.take_link(link).map_err(|source| KillError::Iter { what: "link", source: source.into() })?;
+    let mut file = link.into_file().map_err(|source| KillError::Iter { what: "iterator", source: source.into() })?;
     let mut bytes = Vec::new();
-    file.read_to_end(&mut bytes)
-        .map_err(|source| KillError::Iter {
-            what: "read",
-            source: source.into(),
-        })?;
+    file.read_to_end(&mut bytes).map_err(|source| KillError::Iter { what: "read", source: source.into() })?;
     Ok(parse_records(&bytes))
 }
 
@@ -144,20 +113,10 @@ struct RawSender {
 
 impl RawSender {
     fn fd(&mut self, v4: bool) -> io::Result<i32> {
-        let (slot, family) = if v4 {
-            (&mut self.v4, libc::AF_INET)
-        } else {
-            (&mut self.v6, libc::AF_INET6)
-        };
+        let (slot, family) = if v4 { (&mut self.v4, libc::AF_INET) } else { (&mut self.v6, libc::AF_INET6) };
         if slot.is_none() {
             // SAFETY: plain socket(2), owned at once.
-            let fd = unsafe {
-                libc::socket(
-                    family,
-                    libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                    libc::IPPROTO_RAW,
-                )
-            };
+            let fd = unsafe { libc::socket(family, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::IPPROTO_RAW) };
             if fd < 0 {
                 return Err(io::Error::last_os_error());
             }
@@ -168,8 +127,7 @@ impl RawSender {
     }
 
     fn send(&mut self, src: SocketAddr, dst: SocketAddr, seq: u32) -> io::Result<()> {
-        let pkt = packet::rst(src, dst, seq)
-            .ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
+        let pkt = packet::rst(src, dst, seq).ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
         let fd = self.fd(dst.is_ipv4())?;
         // SAFETY: zeroed sockaddr_storage is a valid "no address"; we fill the family's part.
         let mut to: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
@@ -194,21 +152,8 @@ impl RawSender {
             }
         };
         // SAFETY: valid buffer and address for the duration of the call.
-        let n = unsafe {
-            libc::sendto(
-                fd,
-                pkt.as_ptr().cast(),
-                pkt.len(),
-                0,
-                (&raw const to).cast(),
-                len as u32,
-            )
-        };
-        if n < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(())
-        }
+        let n = unsafe { libc::sendto(fd, pkt.as_ptr().cast(), pkt.len(), 0, (&raw const to).cast(), len as u32) };
+        if n < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
     }
 }
 
@@ -220,34 +165,21 @@ impl Killer for RstKiller {
         Method::Rst
     }
 
-    fn kill(
-        &mut self,
-        targets: &[Entry],
-        progress: &mut dyn FnMut(usize),
-    ) -> Result<Vec<Outcome>, KillError> {
+    fn kill(&mut self, targets: &[Entry], progress: &mut dyn FnMut(usize)) -> Result<Vec<Outcome>, KillError> {
         let seqs = read_sequences()?;
         let mut raw = RawSender { v4: None, v6: None };
         let mut out = Vec::with_capacity(targets.len());
         for (i, e) in targets.iter().enumerate() {
             let k = &e.sock.key;
-            let (local, remote) = (
-                SocketAddr::new(k.laddr, k.lport),
-                SocketAddr::new(k.raddr, k.rport),
-            );
+            let (local, remote) = (SocketAddr::new(k.laddr, k.lport), SocketAddr::new(k.raddr, k.rport));
             let outcome = match seqs.get(&tuple(k)) {
                 None => Outcome::Gone,
                 Some(&(rcv_nxt, snd_nxt)) => {
                     // The peer first: once the local socket is gone nothing would answer it.
-                    let peer = if e.sock.timewait {
-                        Ok(())
-                    } else {
-                        raw.send(local, remote, snd_nxt)
-                    };
+                    let peer = if e.sock.timewait { Ok(()) } else { raw.send(local, remote, snd_nxt) };
                     match peer.and_then(|_| raw.send(remote, local, rcv_nxt)) {
                         Ok(()) => Outcome::Killed, // confirmed below
-                        Err(err) => Outcome::Failed {
-                            errno: err.raw_os_error().unwrap_or(libc::EIO),
-                        },
+                        Err(err) => Outcome::Failed { errno: err.raw_os_error().unwrap_or(libc::EIO) },
                     }
                 }
             };
@@ -276,11 +208,7 @@ fn confirm(targets: &[Entry], out: &mut [Outcome]) -> Result<(), KillError> {
         let mut survivors = 0;
         for (e, o) in targets.iter().zip(out.iter_mut()) {
             if matches!(o, Outcome::Killed | Outcome::Survived) {
-                *o = if alive.contains(&tuple(&e.sock.key)) {
-                    Outcome::Survived
-                } else {
-                    Outcome::Killed
-                };
+                *o = if alive.contains(&tuple(&e.sock.key)) { Outcome::Survived } else { Outcome::Killed };
                 survivors += usize::from(*o == Outcome::Survived);
             }
         }
@@ -309,13 +237,8 @@ mod tests {
         };
         a.saddr[..4].copy_from_slice(&[10, 0, 0, 1]);
         a.daddr[..4].copy_from_slice(&[10, 0, 0, 2]);
-        let mut b = SeqRecord {
-            family: twreset_common::AF_INET6,
-            sport: 1,
-            dport: 2,
-            rcv_nxt: 5,
-            ..Default::default()
-        };
+        let mut b =
+            SeqRecord { family: twreset_common::AF_INET6, sport: 1, dport: 2, rcv_nxt: 5, ..Default::default() };
         b.saddr = "fd00::1".parse::<Ipv6Addr>().unwrap().octets();
         b.daddr = "::ffff:10.0.0.9".parse::<Ipv6Addr>().unwrap().octets();
         let mut bytes = Vec::new();
@@ -341,10 +264,7 @@ mod tests {
         }
         let off = offsets(&KernelBtf::from_path(&path).unwrap()).unwrap();
         // KERNEL.md, Linux 6.18: tw rcv_nxt 124, snd_nxt 132; dport 12, num 14.
-        assert_eq!(
-            (off.dport, off.num, off.tw_rcv_nxt, off.tw_snd_nxt),
-            (12, 14, 124, 132)
-        );
+        assert_eq!((off.dport, off.num, off.tw_rcv_nxt, off.tw_snd_nxt), (12, 14, 124, 132));
         assert!(off.rcv_nxt > 1000 && off.snd_nxt > 1000);
     }
 }

@@ -29,13 +29,8 @@ impl Endpoint {
 
 impl std::fmt::Display for Endpoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let net = self.net.map(|n| {
-            if n.prefix_len() == n.max_prefix_len() {
-                n.addr().to_string()
-            } else {
-                n.to_string()
-            }
-        });
+        let net =
+            self.net.map(|n| if n.prefix_len() == n.max_prefix_len() { n.addr().to_string() } else { n.to_string() });
         match (net, self.port) {
             (Some(n), Some(p)) if n.contains(':') => write!(f, "[{n}]:{p}"),
             (Some(n), Some(p)) => write!(f, "{n}:{p}"),
@@ -50,9 +45,7 @@ impl std::fmt::Display for Endpoint {
 pub fn parse_endpoint(s: &str, allow_bare_port: bool) -> Result<Endpoint, String> {
     let port = |p: &str| parse_port(p).map(Some);
     if let Some(rest) = s.strip_prefix('[') {
-        let (addr, tail) = rest
-            .split_once(']')
-            .ok_or_else(|| format!("{s:?}: missing ']'"))?;
+        let (addr, tail) = rest.split_once(']').ok_or_else(|| format!("{s:?}: missing ']'"))?;
         if !addr.contains(':') {
             return Err(format!("{s:?}: brackets are for IPv6 addresses"));
         }
@@ -60,44 +53,28 @@ pub fn parse_endpoint(s: &str, allow_bare_port: bool) -> Result<Endpoint, String
         return match tail {
             "" => Ok(Endpoint { net, port: None }),
             t => match t.strip_prefix(':') {
-                Some(p) => Ok(Endpoint {
-                    net,
-                    port: port(p)?,
-                }),
+                Some(p) => Ok(Endpoint { net, port: port(p)? }),
                 None => Err(format!("{s:?}: expected [IPv6]:PORT")),
             },
         };
     }
     if let Some(p) = s.strip_prefix(':').filter(|p| !p.contains(':')) {
         return if allow_bare_port {
-            Ok(Endpoint {
-                net: None,
-                port: port(p)?,
-            })
+            Ok(Endpoint { net: None, port: port(p)? })
         } else {
-            Err(format!(
-                "{s:?}: a peer needs an address (use --port {p} for any peer on that port)"
-            ))
+            Err(format!("{s:?}: a peer needs an address (use --port {p} for any peer on that port)"))
         };
     }
     if s.bytes().all(|b| b.is_ascii_digit()) && !s.is_empty() {
-        return Err(format!(
-            "{s:?} is not an IP address (for a port use --port {s} or IP:{s})"
-        ));
+        return Err(format!("{s:?} is not an IP address (for a port use --port {s} or IP:{s})"));
     }
     match s.matches(':').count() {
         // One colon: IPv4 (or IPv4 prefix) with a port; IPv6 always has at least two.
         1 => {
             let (addr, p) = s.split_once(':').expect("one colon");
-            Ok(Endpoint {
-                net: Some(parse_peer(addr)?),
-                port: port(p)?,
-            })
+            Ok(Endpoint { net: Some(parse_peer(addr)?), port: port(p)? })
         }
-        _ => Ok(Endpoint {
-            net: Some(parse_peer(s)?),
-            port: None,
-        }),
+        _ => Ok(Endpoint { net: Some(parse_peer(s)?), port: None }),
     }
 }
 
@@ -156,9 +133,7 @@ pub fn parse_state_word(s: &str) -> Result<StateWord, String> {
     if s.eq_ignore_ascii_case("any") || s.eq_ignore_ascii_case("all") {
         return Ok(StateWord::Any);
     }
-    s.parse::<TcpState>()
-        .map(StateWord::State)
-        .map_err(|e| format!("{e}, or any"))
+    s.parse::<TcpState>().map(StateWord::State).map_err(|e| format!("{e}, or any"))
 }
 
 impl States {
@@ -178,26 +153,16 @@ impl States {
             .collect();
         v.sort();
         v.dedup();
-        if v == [TcpState::TimeWait] {
-            Self::TimeWait
-        } else {
-            Self::List(v)
-        }
+        if v == [TcpState::TimeWait] { Self::TimeWait } else { Self::List(v) }
     }
 
     pub fn matches(&self, s: &DiagSocket) -> bool {
         match self {
             Self::TimeWait => s.timewait,
-            Self::List(l) => l.iter().any(|st| {
-                if *st == TcpState::TimeWait {
-                    s.timewait
-                } else {
-                    !s.timewait && s.state == *st
-                }
-            }),
-            Self::Any => {
-                s.timewait || !matches!(s.state, TcpState::Listen | TcpState::BoundInactive)
+            Self::List(l) => {
+                l.iter().any(|st| if *st == TcpState::TimeWait { s.timewait } else { !s.timewait && s.state == *st })
             }
+            Self::Any => s.timewait || !matches!(s.state, TcpState::Listen | TcpState::BoundInactive),
         }
     }
 
@@ -225,11 +190,9 @@ impl States {
     pub fn label(&self) -> String {
         match self {
             Self::TimeWait => "time-wait".into(),
-            Self::List(l) => l
-                .iter()
-                .map(|s| s.name().to_ascii_lowercase().replace('_', "-"))
-                .collect::<Vec<_>>()
-                .join(","),
+            Self::List(l) => {
+                l.iter().map(|s| s.name().to_ascii_lowercase().replace('_', "-")).collect::<Vec<_>>().join(",")
+            }
             Self::Any => "any".into(),
         }
     }
@@ -278,18 +241,9 @@ impl Selector {
             return Err(SelectorError::Empty);
         }
         if older_than.is_some() && !states.only_timewait() {
-            return Err(SelectorError::AgeNeedsTimeWait {
-                states: states.label(),
-            });
+            return Err(SelectorError::AgeNeedsTimeWait { states: states.label() });
         }
-        Ok(Self {
-            peers,
-            ports,
-            locals,
-            states,
-            older_than,
-            all,
-        })
+        Ok(Self { peers, ports, locals, states, older_than, all })
     }
 
     pub fn matches(&self, s: &DiagSocket) -> bool {
@@ -298,9 +252,7 @@ impl Selector {
             && (self.peers.is_empty() || self.peers.iter().any(|e| e.matches(k.raddr, k.rport)))
             && (self.ports.is_empty() || self.ports.contains(&k.rport))
             && (self.locals.is_empty() || self.locals.iter().any(|e| e.matches(k.laddr, k.lport)))
-            && self
-                .older_than
-                .is_none_or(|min| age(s).is_some_and(|a| a >= min))
+            && self.older_than.is_none_or(|min| age(s).is_some_and(|a| a >= min))
     }
 
     /// The selector in `ss`-like words, for the audit log and messages.
@@ -310,34 +262,13 @@ impl Selector {
             parts.push("all".into());
         }
         if !self.peers.is_empty() {
-            parts.push(format!(
-                "peer {}",
-                self.peers
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join("|")
-            ));
+            parts.push(format!("peer {}", self.peers.iter().map(ToString::to_string).collect::<Vec<_>>().join("|")));
         }
         if !self.ports.is_empty() {
-            parts.push(format!(
-                "dport {}",
-                self.ports
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join("|")
-            ));
+            parts.push(format!("dport {}", self.ports.iter().map(ToString::to_string).collect::<Vec<_>>().join("|")));
         }
         if !self.locals.is_empty() {
-            parts.push(format!(
-                "local {}",
-                self.locals
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join("|")
-            ));
+            parts.push(format!("local {}", self.locals.iter().map(ToString::to_string).collect::<Vec<_>>().join("|")));
         }
         if let Some(d) = self.older_than {
             parts.push(format!("older-than {}ms", d.as_millis()));
@@ -348,8 +279,7 @@ impl Selector {
 
 /// Age of a tw socket: time since its TIME_WAIT timer was (re)armed. None for full sockets.
 pub fn age(s: &DiagSocket) -> Option<Duration> {
-    s.timewait
-        .then(|| Duration::from_millis(u64::from(TIMEWAIT_LEN_MS.saturating_sub(s.expires_ms))))
+    s.timewait.then(|| Duration::from_millis(u64::from(TIMEWAIT_LEN_MS.saturating_sub(s.expires_ms))))
 }
 
 #[cfg(test)]

@@ -24,17 +24,10 @@ fn label_of(path: &Path) -> String {
 
 pub fn resolve(scope: NetnsScope) -> Vec<Target> {
     match scope {
-        NetnsScope::Current => vec![Target {
-            label: "current".into(),
-            netns: None,
-        }],
-        NetnsScope::Paths(list) => list
-            .into_iter()
-            .map(|n| Target {
-                label: label_of(&n.path),
-                netns: Some(n),
-            })
-            .collect(),
+        NetnsScope::Current => vec![Target { label: "current".into(), netns: None }],
+        NetnsScope::Paths(list) => {
+            list.into_iter().map(|n| Target { label: label_of(&n.path), netns: Some(n) }).collect()
+        }
         NetnsScope::All => all(),
     }
 }
@@ -52,10 +45,7 @@ pub fn all() -> Vec<Target> {
             return;
         }
         if let Ok(ns) = Netns::open(path) {
-            out.push(Target {
-                label,
-                netns: Some(ns),
-            });
+            out.push(Target { label, netns: Some(ns) });
         }
     };
     if let Ok(dir) = std::fs::read_dir(NAMED_DIR) {
@@ -66,16 +56,11 @@ pub fn all() -> Vec<Target> {
         }
     }
     if let Ok(dir) = std::fs::read_dir("/proc") {
-        let mut pids: Vec<u32> = dir
-            .filter_map(Result::ok)
-            .filter_map(|e| e.file_name().to_str()?.parse().ok())
-            .collect();
+        let mut pids: Vec<u32> =
+            dir.filter_map(Result::ok).filter_map(|e| e.file_name().to_str()?.parse().ok()).collect();
         pids.sort_unstable();
         for pid in pids {
-            add(
-                &Path::new("/proc").join(pid.to_string()).join("ns/net"),
-                format!("pid:{pid}"),
-            );
+            add(&Path::new("/proc").join(pid.to_string()).join("ns/net"), format!("pid:{pid}"));
         }
     }
     out

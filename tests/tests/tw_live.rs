@@ -1,0 +1,205 @@
+//! The live table of `twreset tw` while the kernel changes under it: churn then zero drift against
+//! `ss`, expiry, early removal by cause, overflow against TCPTimeWaitOverflow, namespace deletion.
+//! `tw --settle D` seeds, follows kernel events for D, then prints: actions happen during D.
+
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    process::{Child, Command, Stdio},
+    sync::atomic::{AtomicBool, Ordering},
+    time::Duration,
+};
+
+use serde_json::Value;
+use twreset_tests::{Closer, NetNs, bin, connections, privileged, wait_for_programs};
+
+/// Start `twreset tw --json --settle D` and return once its four programs are attached (the
+/// state tracepoint and the three timer tracepoints); the seed dump follows right after.
+fn spawn_tw(args: &[&str], settle: &str) -> Child {
+    let child = Command::new(bin())
+        .args(["tw", "--json", "--settle", settle])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn twreset tw");
+    wait_for_programs(child.id(), 4);
+    child
+}
+
+fn finish(child: Child) -> Value {
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("one JSON document: {e}: {err}"))
+}
+
+fn ns_args(ns: &NetNs) -> Vec<String> {
+    vec!["--netns".into(), ns.path().display().to_string()]
+}
+
+fn rows_by(v: &Value, key: &str) -> BTreeMap<String, Value> {
+    v["rows"].as_array().unwrap().iter().map(|r| (r[key].as_str().unwrap().to_owned(), r.clone())).collect()
+}
+
+/// TIME_WAIT + FIN_WAIT2-substate sockets per remote IP as `ss` shows them.
+fn ss_per_peer(ns: &NetNs) -> BTreeMap<String, u64> {
+    let mut m = BTreeMap::new();
+    for s in ns.ss(&["state", "time-wait"]).into_iter().chain(ns.ss(&["state", "fin-wait-2"])) {
+        *m.entry(s.remote.ip().to_string()).or_insert(0) += 1;
+    }
+    m
+}
+
+#[test]
+fn churn_while_running_then_table_equals_ss_with_zero_drift() {
+    if !privileged("tw_churn_zero_drift") {
+        return;
+    }
+    let ns = NetNs::new("twl-churn");
+    for a in ["10.81.0.1/32", "10.81.0.2/32", "10.81.0.3/32", "fd81::1/128", "fd81::2/128"] {
+        ns.add_lo_addr(a);
+    }
+    let stop = AtomicBool::new(false);
+    let sa = |s: &str| s.parse::<SocketAddr>().unwrap();
+    let v = std::thread::scope(|s| {
+        let churn = s.spawn(|| {
+            ns.run(|| {
+                let mut n = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    n += connections(sa("10.81.0.2:0"), Some("10.81.0.1".parse().unwrap()), 10, Closer::Client).len();
+                    n += connections(sa("10.81.0.3:0"), Some("10.81.0.1".parse().unwrap()), 10, Closer::Server).len();
+                    n += connections(sa("[fd81::2]:0"), Some("fd81::1".parse().unwrap()), 10, Closer::Client).len();
+                }
+                n
+            })
+        });
+        std::thread::sleep(Duration::from_millis(300)); // sockets exist before the start: seeding
+        let tw = spawn_tw(&ns_args(&ns).iter().map(String::as_str).collect::<Vec<_>>(), "4s");
+        std::thread::sleep(Duration::from_millis(2500));
+        stop.store(true, Ordering::Relaxed);
+        let made = churn.join().unwrap();
+        assert!(made > 100, "churn made only {made} connections");
+        finish(tw)
+    });
+    let want = ss_per_peer(&ns);
+    let got: BTreeMap<String, u64> =
+        rows_by(&v, "raddr").into_iter().map(|(k, r)| (k, r["count"].as_u64().unwrap())).collect();
+    assert_eq!(got, want, "live table vs ss");
+    assert_eq!(v["totals"]["count"].as_u64().unwrap(), want.values().sum::<u64>());
+    assert_eq!(v["totals"]["drift"], 0, "{}", v["totals"]);
+    assert_eq!(v["totals"]["lost"], 0, "{}", v["totals"]);
+    assert!(v["totals"]["created"].as_u64().unwrap() > 0, "events followed after the seed: {}", v["totals"]);
+}
+
+#[test]
+fn entries_leave_when_the_kernel_timer_fires() {
+    if !privileged("tw_expiry") {
+        return;
+    }
+    let ns = NetNs::new("twl-exp");
+    // Long enough to be seeded (start-up takes a moment), short enough to fire during --settle.
+    ns.sysctl("net.ipv4.tcp_fin_timeout", "5");
+    // Two orphaned FIN_WAIT2 sockets (tw substate FIN_WAIT2) whose peers never close.
+    let peers = ns.run(|| {
+        let l = std::net::TcpListener::bind("127.0.0.1:7301").unwrap();
+        (0..2)
+            .map(|_| {
+                let c = std::net::TcpStream::connect("127.0.0.1:7301").unwrap();
+                let (a, _) = l.accept().unwrap();
+                drop(c);
+                a
+            })
+            .collect::<Vec<_>>()
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(ns.ss(&["state", "fin-wait-2"]).len(), 2);
+    let v = finish(spawn_tw(&ns_args(&ns).iter().map(String::as_str).collect::<Vec<_>>(), "7s"));
+    drop(peers);
+    assert_eq!(v["totals"]["count"], 0, "{v}");
+    assert_eq!(v["totals"]["expired"], 2, "{}", v["totals"]);
+    assert!(ns.ss(&["state", "fin-wait-2"]).is_empty());
+}
+
+#[test]
+fn early_removals_are_recorded_by_cause() {
+    if !privileged("tw_causes_table") {
+        return;
+    }
+    let ns = NetNs::new("twl-kill");
+    let tw = spawn_tw(&ns_args(&ns).iter().map(String::as_str).collect::<Vec<_>>(), "4s");
+    ns.run(|| {
+        for port in [7310, 7311] {
+            let l = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+            let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+            s.bind(&"127.0.0.2:0".parse::<SocketAddr>().unwrap().into()).unwrap();
+            s.connect(&format!("127.0.0.1:{port}").parse::<SocketAddr>().unwrap().into()).unwrap();
+            let mut c = std::net::TcpStream::from(s);
+            let (a, _) = l.accept().unwrap();
+            c.shutdown(std::net::Shutdown::Write).unwrap();
+            let mut b = [0u8; 1];
+            let _ = std::io::Read::read(&mut { a }, &mut b);
+            drop(c);
+        }
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    ns.exec(&["ss", "-K", "state", "time-wait", "dport", "=", ":7310"]);
+    // tcp_tw_reuse: the only ephemeral port is held by a TIME_WAIT socket to :7312.
+    ns.sysctl("net.ipv4.tcp_tw_reuse", "1");
+    ns.sysctl("net.ipv4.ip_local_port_range", "47400 47400");
+    ns.run(|| {
+        connections("127.0.0.1:7312".parse().unwrap(), None, 1, Closer::Client);
+        std::thread::sleep(Duration::from_millis(1100));
+        let l = std::net::TcpListener::bind("127.0.0.1:7312").unwrap();
+        let _c = std::net::TcpStream::connect("127.0.0.1:7312").expect("connect reusing TIME_WAIT");
+        drop(l);
+    });
+    let v = finish(tw);
+    let k = &v["totals"]["killed"];
+    assert_eq!(k["sock_destroy"], 1, "{}", v["totals"]);
+    assert_eq!(k["reuse"], 1, "{}", v["totals"]);
+    assert_eq!(k["new_syn"], 0);
+    let rows = rows_by(&v, "raddr");
+    assert_eq!(rows["127.0.0.1"]["kills"]["sock_destroy"], 1, "{v}");
+    // Left: the TIME_WAIT to :7311 (never killed); the reused and the destroyed ones are gone.
+    assert_eq!(v["totals"]["count"].as_u64().unwrap(), ss_per_peer(&ns).values().sum::<u64>(), "{v}");
+}
+
+#[test]
+fn overflow_equals_time_wait_overflow_counter() {
+    if !privileged("tw_overflow_table") {
+        return;
+    }
+    let ns = NetNs::new("twl-ovf");
+    ns.sysctl("net.ipv4.tcp_max_tw_buckets", "4");
+    let before = ns.tcp_ext("TCPTimeWaitOverflow");
+    let tw = spawn_tw(&ns_args(&ns).iter().map(String::as_str).collect::<Vec<_>>(), "3s");
+    ns.run(|| connections("127.0.0.1:7320".parse().unwrap(), None, 10, Closer::Client));
+    let v = finish(tw);
+    let delta = ns.tcp_ext("TCPTimeWaitOverflow") - before;
+    assert_eq!(delta, 6);
+    assert_eq!(v["totals"]["overflow"].as_u64().unwrap(), delta, "{}", v["totals"]);
+    assert_eq!(v["totals"]["count"], 4);
+}
+
+#[test]
+fn namespace_deletion_is_recorded() {
+    if !privileged("tw_netns_gone_table") {
+        return;
+    }
+    let ns = NetNs::new("twl-gone");
+    ns.add_lo_addr("10.82.0.1/32");
+    ns.add_lo_addr("10.82.0.2/32");
+    ns.run(|| connections("10.82.0.2:7330".parse().unwrap(), Some("10.82.0.1".parse().unwrap()), 3, Closer::Client));
+    let tw = spawn_tw(&["--all-netns"], "4s");
+    drop(ns);
+    let v = finish(tw);
+    let rows = rows_by(&v, "raddr");
+    let row = rows.get("10.82.0.2");
+    // Gone from the table, and the kills recorded under the peer's row if it is still listed.
+    if let Some(r) = row {
+        assert_eq!(r["count"], 0, "{r}");
+        assert_eq!(r["kills"]["netns_gone"], 3, "{r}");
+    }
+    assert!(v["totals"]["killed"]["netns_gone"].as_u64().unwrap() >= 3, "{}", v["totals"]);
+}
