@@ -7,7 +7,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use twreset_tests::{Closer, NetNs, SsSocket, bin, connections, privileged};
+use twreset_tests::{Closer, NetNs, bin, connections, privileged};
 
 /// A detached tmux server of its own (`-L`), killed on drop.
 struct Tmux {
@@ -61,14 +61,7 @@ fn row<'a>(screen: &'a str, label: &str) -> Option<Vec<&'a str>> {
     Some(line.split(|c: char| c.is_whitespace() || c == '│').filter(|w| !w.is_empty()).collect())
 }
 
-/// TIME_WAIT sockets per `ss` (unfiltered: with a state filter `ss` drops the State column that
-/// `SsSocket::parse` expects, so `NetNs::time_wait` finds nothing).
-fn time_wait(ns: &NetNs) -> Vec<SsSocket> {
-    ns.ss(&[]).into_iter().filter(|s| s.state == "TIME-WAIT").collect()
-}
-
 #[test]
-#[ignore = "needs the kernel TIME_WAIT feed (live::kernel_feed) wired"]
 fn top_shows_peers_regroups_and_restores_the_terminal() {
     if !privileged("top_shows_peers_regroups_and_restores_the_terminal") {
         return;
@@ -81,7 +74,7 @@ fn top_shows_peers_regroups_and_restores_the_terminal() {
     let client = Some("10.79.0.1".parse().unwrap());
     ns.run(|| connections(sa("10.79.0.2:7101"), client, 6, Closer::Client));
     ns.run(|| connections(sa("10.79.0.3:7102"), client, 2, Closer::Client));
-    assert_eq!(time_wait(&ns).len(), 8);
+    assert_eq!(ns.time_wait().len(), 8);
 
     let cmd = format!(
         "{} top --netns {} --interval 250ms; echo TOP-EXITED $?; stty -a | grep -o -- '-\\?icanon '; sleep 60",
@@ -95,9 +88,15 @@ fn top_shows_peers_regroups_and_restores_the_terminal() {
     assert!(screen.lines().next().unwrap().starts_with("tw 8 "), "{screen}");
     assert!(screen.contains("by peer"), "{screen}");
 
+    // Live, not just seeded: new TIME_WAIT sockets show up while it runs.
+    ns.run(|| connections(sa("10.79.0.3:7103"), client, 3, Closer::Client));
+    let screen = tmux.wait_for("the new sockets", |s| row(s, "10.79.0.3").is_some_and(|r| r[1] == "5"));
+    assert!(screen.lines().next().unwrap().starts_with("tw 11 "), "{screen}");
+    assert_eq!(ns.time_wait().len(), 11);
+
     tmux.keys("g");
     let screen = tmux.wait_for("the prefix grouping", |s| s.contains("by prefix"));
-    assert_eq!(row(&screen, "10.79.0.0/24").map(|r| r[1]), Some("8"), "{screen}");
+    assert_eq!(row(&screen, "10.79.0.0/24").map(|r| r[1]), Some("11"), "{screen}");
 
     tmux.keys("q");
     let screen = tmux.wait_for("the shell again", |s| s.contains("TOP-EXITED"));

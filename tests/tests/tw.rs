@@ -2,13 +2,7 @@
 
 use std::{collections::BTreeMap, net::SocketAddr};
 
-use twreset_tests::{Closer, NetNs, SsSocket, connections, privileged, twreset};
-
-/// TIME_WAIT sockets per `ss` (unfiltered: with a state filter `ss` drops the State column that
-/// `SsSocket::parse` expects, so `NetNs::time_wait` finds nothing).
-fn time_wait(ns: &NetNs) -> Vec<SsSocket> {
-    ns.ss(&[]).into_iter().filter(|s| s.state == "TIME-WAIT").collect()
-}
+use twreset_tests::{Closer, NetNs, connections, privileged, twreset};
 
 #[test]
 fn tw_usage_errors_exit_2() {
@@ -39,14 +33,13 @@ fn top_without_a_terminal_says_so() {
 /// Per-peer TIME_WAIT counts as `ss` shows them.
 fn ss_per_peer(ns: &NetNs) -> BTreeMap<String, u64> {
     let mut m = BTreeMap::new();
-    for s in time_wait(ns) {
+    for s in ns.time_wait() {
         *m.entry(s.remote.ip().to_string()).or_insert(0) += 1;
     }
     m
 }
 
 #[test]
-#[ignore = "needs the kernel TIME_WAIT feed (live::kernel_feed) wired"]
 fn tw_json_equals_ss_per_peer() {
     if !privileged("tw_json_equals_ss_per_peer") {
         return;
