@@ -227,14 +227,14 @@ impl Live {
             settle,
             closed: false,
         };
-        // Loss before the seed is covered by the seed itself; loss after it must force a resync,
-        // so the baseline is read before the dump.
-        let lost = (live.lost)();
-        live.table.set_lost(lost);
+        // Losses up to the seed are covered by it; any later one must force a resync.
+        let lost_before_seed = (live.lost)();
         let now = monotonic_ns();
         let sockets = live.dump()?;
-        live.table.seed(now, &sockets);
+        let seeded = live.table.seed(now, &sockets);
         live.connected = Connected::from_dump(&sockets, &live.ranges);
+        tracing::info!(seeded, "seeded; following kernel events for {settle:?}");
+        live.table.set_lost(lost_before_seed);
         live.drain_for(settle).await;
         Ok(live)
     }
@@ -462,6 +462,22 @@ mod tests {
         assert!(matches!(live.reconcile(false).await, Err(LiveError::Dump { .. })));
         assert_eq!(live.table.len(), 1);
         assert_eq!(live.table.counters().reconciles, 0);
+    }
+
+    #[tokio::test]
+    async fn loss_during_the_settle_is_not_absorbed_by_the_seed() {
+        let lost = Arc::new(AtomicU64::new(3));
+        let (tx, feed) = feed(vec![vec![tw(0)], vec![tw(0)]], lost.clone());
+        let bump = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            lost.store(4, Ordering::Relaxed);
+            drop(tx);
+        });
+        let mut live = Live::start(feed, ViewConfig::default(), Duration::from_millis(50)).await.unwrap();
+        bump.await.unwrap();
+        assert_eq!(live.table.counters().lost, 3, "the seed covers losses before it");
+        assert!(live.tick().await.unwrap().is_some(), "a loss after the seed forces a resync");
+        assert_eq!((live.table.counters().lost, live.table.counters().resyncs), (4, 1));
     }
 
     #[tokio::test]
