@@ -77,6 +77,12 @@ pub fn socket_json(netns: &str, e: &Entry, outcome: Option<Outcome>) -> Value {
     v
 }
 
+/// A namespace-level problem (`kind` "error": nothing was attempted there; "warning": a dry run
+/// found that a real run would fail).
+pub fn problem_json(kind: &str, netns: &str, cookie: u64, message: &str) -> Value {
+    json!({ "type": kind, "netns": netns, "netns_cookie": cookie, "message": message })
+}
+
 pub fn summary_json(t: &Totals, dry_run: bool) -> Value {
     json!({
         "type": "summary",
