@@ -144,6 +144,8 @@ pub fn world(tag: &str) -> World {
     let (a, b) = (NetNs::new(tag), NetNs::new(&format!("{tag}b")));
     let mut held = populate(&a);
     held.extend(populate(&b));
+    settle(&a);
+    settle(&b);
     let audit = std::env::temp_dir().join(format!("twreset-audit-{}.log", a.name));
     World {
         a,
@@ -151,6 +153,21 @@ pub fn world(tag: &str) -> World {
         _held: held,
         audit,
     }
+}
+
+/// Wait until two listings agree: closing server sockets are freed in softirq, which lags under
+/// load, and a sock_diag dump can skip entries while sockets are being freed.
+pub fn settle(ns: &NetNs) {
+    let mut last = snapshot(ns);
+    for _ in 0..100 {
+        std::thread::sleep(Duration::from_millis(30));
+        let now = snapshot(ns);
+        if now == last {
+            return;
+        }
+        last = now;
+    }
+    panic!("{}: socket listing never settled", ns.name);
 }
 
 impl Drop for World {

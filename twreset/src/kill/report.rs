@@ -132,6 +132,9 @@ pub fn summary_line(t: &Totals, dry_run: bool) -> String {
         "selected {}, killed {}, already gone {}, failed {}",
         t.selected, t.killed, t.gone, t.failed
     );
+    if t.ns_errors > 0 {
+        s.push_str(&format!(", {} namespace(s) not attempted (reason above)", t.ns_errors));
+    }
     for (why, n) in &t.failures {
         s.push_str(&format!("\n  {n} failed: {why}"));
     }
