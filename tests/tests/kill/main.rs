@@ -456,3 +456,32 @@ fn preflight_refuses_without_cap_net_admin() {
     assert!(err.contains("CAP_NET_ADMIN"), "{err}");
     assert_eq!(snapshot(&w.a), before, "nothing was touched");
 }
+
+#[test]
+fn default_state_includes_fin_wait2_timewait_sockets() {
+    if !privileged("default_state_includes_fin_wait2_timewait_sockets") {
+        return;
+    }
+    let w = world("kfw2");
+    // The client closes, the server application never does: the orphaned client socket becomes a
+    // TIME_WAIT socket in substate FIN_WAIT2 (`ss`: FIN-WAIT-2), the server one sits in CLOSE_WAIT.
+    let _servers: Vec<TcpStream> = w.a.run(|| {
+        established(sa(S1, 7002), C, 2)
+            .into_iter()
+            .map(|(c, s)| {
+                drop(c);
+                s
+            })
+            .collect()
+    });
+    settle(&w.a);
+    let fw2 = |s: &SsSocket| s.state == "FIN-WAIT-2" && s.remote == sa(S1, 7002);
+    assert_eq!(snapshot(&w.a).iter().filter(|s| fw2(s)).count(), 2);
+    // `--state fin-wait-2` means full FIN_WAIT2 sockets: these are not.
+    let before = snapshot(&w.a);
+    let (code, out, err) = kill_in(&w, &["--state", "fin-wait-2", &format!("{S1}:7002")]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("selected 0"), "{out}");
+    assert_eq!(snapshot(&w.a), before);
+    check_kill(&w, &[&format!("{S1}:7002")], fw2);
+}
