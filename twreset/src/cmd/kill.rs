@@ -125,10 +125,18 @@ pub fn run(cfg: KillConfig) -> Result<bool, KillCmdError> {
         totals.selected += run.planned.len();
         if let Some(w) = &run.warning {
             eprintln!("twreset: warning: netns {}: a real kill would fail: {w}", t.label);
+            if cfg.json {
+                let msg = w.to_string();
+                writeln!(out, "{}", report::problem_json("warning", &t.label, run.cookie, &msg))?;
+            }
         }
         if let Some(e) = &run.error {
             totals.ns_errors += 1;
             eprintln!("twreset: netns {}: {}", t.label, chain(e));
+            if cfg.json {
+                let msg = chain(e);
+                writeln!(out, "{}", report::problem_json("error", &t.label, run.cookie, &msg))?;
+            }
         }
         if let Some(o) = &run.outcomes {
             totals.add(o);

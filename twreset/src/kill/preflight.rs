@@ -17,6 +17,8 @@ pub struct Facts {
     pub destroy_probe: Option<i32>,
     /// `net.ipv4.tcp_rfc1337` of the namespace.
     pub rfc1337: Option<u32>,
+    /// May load BPF programs (the RST method reads sequence numbers with one).
+    pub bpf: bool,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -41,6 +43,10 @@ pub enum PreflightError {
     Rfc1337,
     #[error("cannot read net.ipv4.tcp_rfc1337 of the namespace, which --method rst depends on")]
     Rfc1337Unknown,
+    #[error(
+        "--method rst reads sequence numbers with a BPF iterator, which needs root (or CAP_BPF and CAP_PERFMON); run twreset with sudo"
+    )]
+    NoBpf,
 }
 
 /// `major.minor` of a kernel release string such as `6.18.44-fc`.
@@ -70,6 +76,7 @@ pub fn check(method: Method, facts: &Facts, timewait: bool) -> Result<(), Prefli
                 return Err(PreflightError::OldKernel { release: facts.release.clone() });
             }
         }
+        Method::Rst if !facts.bpf => return Err(PreflightError::NoBpf),
         Method::Rst => match facts.rfc1337 {
             Some(0) => {}
             Some(_) if timewait => return Err(PreflightError::Rfc1337),
@@ -102,6 +109,7 @@ pub fn gather(method: Method, diag: &mut Diag) -> Facts {
         net_admin: caps::require_net_admin().is_ok(),
         destroy_probe,
         rfc1337: read_trimmed("/proc/sys/net/ipv4/tcp_rfc1337").and_then(|v| v.parse().ok()),
+        bpf: caps::require_bpf().is_ok(),
     }
 }
 
@@ -110,7 +118,13 @@ mod tests {
     use super::*;
 
     fn ok_facts() -> Facts {
-        Facts { release: "6.18.44-fc".into(), net_admin: true, destroy_probe: Some(libc::ENOENT), rfc1337: Some(0) }
+        Facts {
+            release: "6.18.44-fc".into(),
+            net_admin: true,
+            destroy_probe: Some(libc::ENOENT),
+            rfc1337: Some(0),
+            bpf: true,
+        }
     }
 
     #[test]
@@ -146,5 +160,7 @@ mod tests {
         assert_eq!(check(Method::Rst, &f, false), Ok(()), "rfc1337 only protects TIME_WAIT");
         let f = Facts { rfc1337: None, ..ok_facts() };
         assert_eq!(check(Method::Rst, &f, true), Err(PreflightError::Rfc1337Unknown));
+        let f = Facts { bpf: false, ..ok_facts() };
+        assert_eq!(check(Method::Rst, &f, false), Err(PreflightError::NoBpf));
     }
 }

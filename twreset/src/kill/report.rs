@@ -74,6 +74,12 @@ pub fn socket_json(netns: &str, e: &Entry, outcome: Option<Outcome>) -> Value {
     v
 }
 
+/// A namespace-level problem (`kind` "error": nothing was attempted there; "warning": a dry run
+/// found that a real run would fail).
+pub fn problem_json(kind: &str, netns: &str, cookie: u64, message: &str) -> Value {
+    json!({ "type": kind, "netns": netns, "netns_cookie": cookie, "message": message })
+}
+
 pub fn summary_json(t: &Totals, dry_run: bool) -> Value {
     json!({
         "type": "summary",
@@ -114,6 +120,9 @@ pub fn summary_line(t: &Totals, dry_run: bool) -> String {
         return format!("dry run: {} sockets would be killed; nothing was touched", t.selected);
     }
     let mut s = format!("selected {}, killed {}, already gone {}, failed {}", t.selected, t.killed, t.gone, t.failed);
+    if t.ns_errors > 0 {
+        s.push_str(&format!(", {} namespace(s) not attempted (reason above)", t.ns_errors));
+    }
     for (why, n) in &t.failures {
         s.push_str(&format!("\n  {n} failed: {why}"));
     }

@@ -166,7 +166,9 @@ impl Killer for RstKiller {
     }
 
     fn kill(&mut self, targets: &[Entry], progress: &mut dyn FnMut(usize)) -> Result<Vec<Outcome>, KillError> {
+        let t0 = std::time::Instant::now();
         let seqs = read_sequences()?;
+        let t1 = std::time::Instant::now();
         let mut raw = RawSender { v4: None, v6: None };
         let mut out = Vec::with_capacity(targets.len());
         for (i, e) in targets.iter().enumerate() {
@@ -189,7 +191,9 @@ impl Killer for RstKiller {
             }
         }
         progress(targets.len());
+        let t2 = std::time::Instant::now();
         confirm(targets, &mut out)?;
+        tracing::debug!(sockets = seqs.len(), iter = ?(t1 - t0), send = ?(t2 - t1), confirm = ?t2.elapsed(), "rst");
         Ok(out)
     }
 }
