@@ -18,6 +18,8 @@ pub struct Cli {
 pub enum Command {
     /// Stream TCP state transitions live (Ctrl-C to stop).
     Trace(cmd::trace::TraceArgs),
+    /// Explain what this host's sysctls, counters and kernel mean for TIME_WAIT (exit 1 on a critical finding).
+    Doctor(cmd::doctor::DoctorArgs),
 }
 
 /// A usage error found after clap's parsing (exit status 2).

@@ -3,6 +3,7 @@
 pub mod cli;
 pub mod cmd;
 pub mod decode;
+pub mod doctor;
 pub mod kernel;
 pub mod output;
 pub mod probe;

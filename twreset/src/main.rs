@@ -35,6 +35,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        Command::Doctor(args) => Ok(ExitCode::from(cmd::doctor::run(cmd::doctor::DoctorConfig::try_from(args)?)?)),
     }
 }
 

@@ -1,2 +1,3 @@
 //! One module per subcommand: its clap args, validated config and runner.
+pub mod doctor;
 pub mod trace;

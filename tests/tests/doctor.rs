@@ -1,0 +1,324 @@
+//! `twreset doctor` against real namespaces: sysctls set to good and bad values, real TIME_WAIT
+//! sockets near port exhaustion, a sysctl.d file setting tcp_tw_recycle, and capability probes
+//! checked against what the kernel really does. Every number is compared with `ss`, sysctl or
+//! /proc/net/netstat.
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::{Path, PathBuf},
+};
+
+use serde_json::Value;
+use twreset_tests::{Closer, NetNs, Running, connections, privileged, twreset};
+
+/// A temporary sysctl.d-like directory, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> Self {
+        let p = std::env::temp_dir().join(format!("twr-doctor-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        Self(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// `twreset doctor --json --netns NS` with an empty sysctl dir (the host's /etc stays out of it):
+/// (exit code, report).
+fn doctor(ns: &NetNs, sysctl_dir: &Path, extra: &[&str]) -> (Option<i32>, Value) {
+    let path = ns.path();
+    let mut args = vec!["doctor", "--json", "--netns", path.to_str().unwrap(), "--sysctl-dir", sysctl_dir.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let (code, out, err) = twreset(&args);
+    let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("doctor JSON: {e}\nstdout: {out}\nstderr: {err}"));
+    (code, v)
+}
+
+fn the_ns(v: &Value) -> &Value {
+    let list = v["namespaces"].as_array().unwrap();
+    assert_eq!(list.len(), 1, "{v:#}");
+    &list[0]
+}
+
+fn finding<'a>(ns: &'a Value, code: &str) -> &'a Value {
+    let hits: Vec<&Value> = ns["findings"].as_array().unwrap().iter().filter(|f| f["code"] == code).collect();
+    assert_eq!(hits.len(), 1, "expected one {code} finding in {:#}", ns["findings"]);
+    hits[0]
+}
+
+fn severity(ns: &Value, code: &str) -> String {
+    finding(ns, code)["severity"].as_str().unwrap().to_owned()
+}
+
+/// `ss -s` "timewait N" of the namespace.
+fn ss_s_timewait(ns: &NetNs) -> u64 {
+    let text = ns.exec(&["ss", "-s"]);
+    let at = text.find("timewait ").unwrap_or_else(|| panic!("no timewait in ss -s: {text}"));
+    text[at + 9..].split(|c: char| !c.is_ascii_digit()).next().unwrap().parse().unwrap()
+}
+
+/// `n` client-closed connections to `port` on 127.0.0.1: the client sockets end in TIME_WAIT.
+fn time_wait_to(ns: &NetNs, port: u16, n: usize) {
+    let server = SocketAddr::new(IpAddr::from([127, 0, 0, 1]), port);
+    ns.run(|| connections(server, None, n, Closer::Client));
+}
+
+#[test]
+fn good_sysctls_give_ok_findings_and_exit_0() {
+    if !privileged("good_sysctls_give_ok_findings_and_exit_0") {
+        return;
+    }
+    let ns = NetNs::new("doc-good");
+    for (k, v) in [
+        ("net.ipv4.ip_local_port_range", "32768 60999"),
+        ("net.ipv4.tcp_tw_reuse", "1"),
+        ("net.ipv4.tcp_timestamps", "1"),
+        ("net.ipv4.tcp_fin_timeout", "60"),
+        ("net.ipv4.tcp_rfc1337", "0"),
+        ("net.ipv4.tcp_max_tw_buckets", "262144"),
+    ] {
+        ns.sysctl(k, v);
+    }
+    let dir = TempDir::new("good");
+    let (code, v) = doctor(&ns, &dir.0, &[]);
+    let n = the_ns(&v);
+    assert_eq!(n["label"], ns.name.as_str());
+    // Settings are read inside the namespace: compare with sysctl(8) run there.
+    assert_eq!(n["settings"]["ip_local_port_range"], serde_json::json!([32768, 60999]));
+    assert_eq!(n["ports_per_destination"], 28232);
+    for key in ["tcp_tw_reuse", "tcp_timestamps", "tcp_fin_timeout", "tcp_rfc1337", "tcp_max_tw_buckets", "tcp_tw_reuse_delay"] {
+        let want: u64 = ns.read_sysctl(&format!("net.ipv4.{key}")).parse().unwrap();
+        assert_eq!(n["settings"][key], want, "{key}");
+    }
+    for f in n["findings"].as_array().unwrap() {
+        assert_eq!(f["severity"], "ok", "{f:#}");
+    }
+    assert!(finding(n, "tcp_tw_reuse")["message"].as_str().unwrap().contains("outgoing connect() only"));
+    assert!(finding(n, "tcp_fin_timeout")["message"].as_str().unwrap().contains("does not change TIME_WAIT"));
+    assert_eq!(n["rst_kill_possible"], true);
+    assert_eq!(v["exit_code"], 0);
+    assert_eq!(code, Some(0));
+}
+
+#[test]
+fn bad_sysctls_are_flagged_with_their_severity() {
+    if !privileged("bad_sysctls_are_flagged_with_their_severity") {
+        return;
+    }
+    let ns = NetNs::new("doc-bad");
+    for (k, v) in [
+        ("net.ipv4.ip_local_port_range", "40000 40999"),
+        ("net.ipv4.tcp_tw_reuse", "1"),
+        ("net.ipv4.tcp_timestamps", "0"),
+        ("net.ipv4.tcp_fin_timeout", "10"),
+        ("net.ipv4.tcp_rfc1337", "1"),
+        ("net.ipv4.tcp_max_tw_buckets", "10"),
+    ] {
+        ns.sysctl(k, v);
+    }
+    // 15 active closes with room for 10 TIME_WAIT sockets: 5 overflow (the kernel counts them).
+    time_wait_to(&ns, 8080, 15);
+    let dir = TempDir::new("bad");
+    let (code, v) = doctor(&ns, &dir.0, &[]);
+    let n = the_ns(&v);
+    assert_eq!(severity(n, "port_range"), "warning");
+    assert_eq!(severity(n, "tcp_tw_reuse"), "ok");
+    assert_eq!(severity(n, "tcp_timestamps"), "warning");
+    assert!(finding(n, "tcp_timestamps")["message"].as_str().unwrap().contains("no effect"));
+    assert_eq!(severity(n, "tcp_fin_timeout"), "info");
+    assert!(finding(n, "tcp_fin_timeout")["message"].as_str().unwrap().contains("does NOT shorten TIME_WAIT"));
+    // SOCK_DESTROY works on this kernel, so rfc1337 only rules out the RST fallback.
+    assert_eq!(severity(n, "tcp_rfc1337"), "info");
+    assert_eq!(n["rst_kill_possible"], false);
+    assert_eq!(severity(n, "tcp_max_tw_buckets"), "critical");
+    let overflow = ns.tcp_ext("TCPTimeWaitOverflow");
+    assert_eq!(overflow, 5);
+    assert_eq!(n["counters"]["tcp_time_wait_overflow"], overflow);
+    assert_eq!(severity(n, "tcp_time_wait_overflow"), "warning");
+    assert_eq!(n["counters"]["timewait_total"], 10);
+    assert_eq!(n["counters"]["time_wait"], ns.time_wait().len() as u64);
+    assert_eq!(v["worst"], "critical");
+    assert_eq!(v["exit_code"], 1);
+    assert_eq!(code, Some(1));
+
+    // Back to good values: the same namespace, same sockets, the bad findings are gone.
+    ns.sysctl("net.ipv4.tcp_timestamps", "1");
+    ns.sysctl("net.ipv4.tcp_rfc1337", "0");
+    ns.sysctl("net.ipv4.tcp_max_tw_buckets", "262144");
+    let (_, v) = doctor(&ns, &dir.0, &[]);
+    let n = the_ns(&v);
+    assert_eq!(severity(n, "tcp_timestamps"), "ok");
+    assert_eq!(severity(n, "tcp_rfc1337"), "ok");
+    assert_eq!(severity(n, "tcp_max_tw_buckets"), "ok");
+}
+
+#[test]
+fn near_port_exhaustion_names_the_destination_and_percentage() {
+    if !privileged("near_port_exhaustion_names_the_destination_and_percentage") {
+        return;
+    }
+    let ns = NetNs::new("doc-press");
+    ns.sysctl("net.ipv4.ip_local_port_range", "40000 40099");
+    assert_eq!(ns.read_sysctl("net.ipv4.tcp_tw_reuse"), "0");
+    time_wait_to(&ns, 8080, 95);
+    let tw = ns.time_wait();
+    assert_eq!(tw.len(), 95, "the kernel holds 95 TIME_WAIT sockets");
+    let dir = TempDir::new("press");
+    let (code, v) = doctor(&ns, &dir.0, &[]);
+    let n = the_ns(&v);
+
+    // Counts agree with ss: `ss -tan state time-wait` and `ss -s` timewait.
+    assert_eq!(n["counters"]["time_wait"], tw.len() as u64);
+    assert_eq!(n["counters"]["timewait_total"], ss_s_timewait(&ns));
+
+    let d = &n["destinations"][0];
+    assert_eq!(d["local"], "127.0.0.1");
+    assert_eq!(d["remote"], "127.0.0.1");
+    assert_eq!(d["remote_port"], 8080);
+    assert_eq!(d["sockets"], 95);
+    assert_eq!(d["time_wait"], 95);
+    assert_eq!(d["pressure_pct"], 95.0);
+    assert_eq!(d["reuse_applies"], false);
+    let f = finding(n, "port_pressure");
+    assert_eq!(f["severity"], "critical");
+    assert!(f["message"].as_str().unwrap().starts_with("port pressure 95% to 127.0.0.1:8080 from 127.0.0.1: 95 of 100"), "{f:#}");
+    let action = f["action"].as_str().unwrap();
+    assert!(action.contains("enable tcp_tw_reuse=1"), "{action}");
+    assert!(action.contains(&format!("`twreset kill --netns {} 127.0.0.1:8080`", ns.path().display())), "{action}");
+    assert_eq!(code, Some(1));
+
+    // tcp_tw_reuse=2 covers loopback: the TIME_WAIT ports are free for connect() again.
+    ns.sysctl("net.ipv4.tcp_tw_reuse", "2");
+    let (code, v) = doctor(&ns, &dir.0, &[]);
+    let n = the_ns(&v);
+    assert_eq!(n["destinations"][0]["reuse_applies"], true);
+    assert!(n["findings"].as_array().unwrap().iter().all(|f| f["code"] != "port_pressure"));
+    assert_eq!(code, Some(0));
+}
+
+#[test]
+fn tw_recycle_in_a_sysctl_file_is_reported() {
+    if !privileged("tw_recycle_in_a_sysctl_file_is_reported") {
+        return;
+    }
+    let ns = NetNs::new("doc-recycle");
+    let dir = TempDir::new("recycle");
+    let conf = dir.0.join("90-tuning.conf");
+    std::fs::write(&conf, "# folk advice\nnet.ipv4.tcp_tw_reuse = 1\nnet.ipv4.tcp_tw_recycle = 1\n").unwrap();
+    std::fs::write(dir.0.join("README"), "net.ipv4.tcp_tw_recycle = 1\n").unwrap(); // not *.conf: ignored
+    let (code, v) = doctor(&ns, &dir.0, &[]);
+    assert!(!Path::new("/proc/sys/net/ipv4/tcp_tw_recycle").exists(), "this kernel has no tcp_tw_recycle");
+    let lines = v["kernel"]["tcp_tw_recycle_config"].as_array().unwrap();
+    assert_eq!(lines.len(), 1, "{lines:#?}");
+    assert_eq!(lines[0]["path"], conf.to_str().unwrap());
+    assert_eq!(lines[0]["line"], 3);
+    assert_eq!(lines[0]["value"], "1");
+    let f = finding(&v["kernel"], "tcp_tw_recycle_config");
+    assert_eq!(f["severity"], "warning");
+    assert!(f["message"].as_str().unwrap().contains(&format!("{}:3", conf.display())));
+    assert!(f["message"].as_str().unwrap().contains("removed in Linux 4.12"));
+    let n = the_ns(&v);
+    assert_eq!(n["settings"]["tcp_tw_recycle"], Value::Null);
+    assert_eq!(severity(n, "tcp_tw_recycle"), "ok");
+    // A warning alone does not fail the run.
+    assert_eq!(code, Some(0));
+
+    // Without the file there is no such finding.
+    std::fs::remove_file(&conf).unwrap();
+    let (_, v) = doctor(&ns, &dir.0, &[]);
+    assert!(v["kernel"]["tcp_tw_recycle_config"].as_array().unwrap().is_empty());
+}
+
+#[test]
+fn capability_probes_match_what_the_kernel_does() {
+    if !privileged("capability_probes_match_what_the_kernel_does") {
+        return;
+    }
+    let ns = NetNs::new("doc-caps");
+    let dir = TempDir::new("caps");
+    let (_, v) = doctor(&ns, &dir.0, &[]);
+    let caps = &v["kernel"]["capabilities"];
+
+    assert_eq!(caps["btf"]["available"], Path::new("/sys/kernel/btf/vmlinux").exists());
+
+    // fentry: this kernel refuses the load (KERNEL.md), and doctor says so because loading failed.
+    let fentry = &caps["bpf_fentry"];
+    assert_eq!(fentry["available"], false, "{fentry:#}");
+    assert_eq!(fentry["errno"], "EPERM");
+    assert!(fentry["detail"].as_str().unwrap().contains("BPF_PROG_LOAD of an fentry program"));
+    assert_eq!(finding(&v["kernel"], "bpf_fentry")["severity"], "info");
+
+    // tracepoint: doctor says it loads, and twreset trace really attaches one.
+    assert_eq!(caps["bpf_tracepoint"]["available"], true, "{caps:#}");
+    let trace = Running::start(&["trace", "--netns", ns.path().to_str().unwrap()], "tracing TCP state transitions");
+    let (code, _, err) = trace.stop();
+    assert_eq!(code, Some(0), "{err}");
+    // The trace run mounts tracefs if needed; doctor must now see it.
+    let (_, v2) = doctor(&ns, &dir.0, &[]);
+    assert_eq!(v2["kernel"]["capabilities"]["tracefs"]["available"], true);
+
+    // SOCK_DESTROY: doctor says TIME_WAIT sockets can be destroyed; `ss -K` really does it.
+    let sd = &caps["sock_destroy_time_wait"];
+    assert_eq!(sd["available"], true, "{sd:#}");
+    time_wait_to(&ns, 8081, 3);
+    assert_eq!(ns.time_wait().len(), 3);
+    ns.exec(&["ss", "-K", "state", "time-wait", "dport", "= :8081"]);
+    assert_eq!(ns.time_wait().len(), 0, "SOCK_DESTROY killed the TIME_WAIT sockets");
+}
+
+#[test]
+fn human_output_has_sections_and_one_line_per_finding() {
+    if !privileged("human_output_has_sections_and_one_line_per_finding") {
+        return;
+    }
+    let ns = NetNs::new("doc-human");
+    let dir = TempDir::new("human");
+    let path = ns.path();
+    let (code, out, err) = twreset(&["doctor", "--netns", path.to_str().unwrap(), "--sysctl-dir", dir.0.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("== kernel "), "{out}");
+    assert!(out.contains(&format!("== namespace {} ({})", ns.name, path.display())), "{out}");
+    assert!(out.contains("settings: ip_local_port_range="));
+    assert!(out.lines().any(|l| l.starts_with("  [info    ] fentry unavailable")), "{out}");
+    assert!(out.lines().any(|l| l.starts_with("  [ok      ] tcp_tw_recycle does not exist")), "{out}");
+    let (_, v) = doctor(&ns, &dir.0, &[]);
+    let findings = v["kernel"]["findings"].as_array().unwrap().len() + the_ns(&v)["findings"].as_array().unwrap().len();
+    assert_eq!(out.lines().filter(|l| l.starts_with("  [")).count(), findings);
+}
+
+#[test]
+fn all_netns_covers_named_namespaces() {
+    if !privileged("all_netns_covers_named_namespaces") {
+        return;
+    }
+    let ns = NetNs::new("doc-all");
+    ns.sysctl("net.ipv4.ip_local_port_range", "41000 41999");
+    let dir = TempDir::new("all");
+    let (_, out, err) = twreset(&["doctor", "--all-netns", "--json", "--sysctl-dir", dir.0.to_str().unwrap()]);
+    let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {err}"));
+    let list = v["namespaces"].as_array().unwrap();
+    assert_eq!(list[0]["label"], "current");
+    let mine = list.iter().find(|n| n["label"] == ns.name.as_str()).unwrap_or_else(|| panic!("{} missing", ns.name));
+    assert_eq!(mine["settings"]["ip_local_port_range"], serde_json::json!([41000, 41999]));
+    let mut cookies: Vec<u64> = list.iter().map(|n| n["cookie"].as_u64().unwrap()).collect();
+    cookies.sort_unstable();
+    cookies.dedup();
+    assert_eq!(cookies.len(), list.len(), "each namespace reported once");
+}
+
+#[test]
+fn bad_netns_is_a_usage_error() {
+    if !privileged("bad_netns_is_a_usage_error") {
+        return;
+    }
+    let (code, out, err) = twreset(&["doctor", "--netns", "/etc/hostname"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(out.is_empty());
+    assert!(err.starts_with("twreset: ") && err.contains("not a network namespace"), "{err}");
+}
