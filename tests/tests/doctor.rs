@@ -142,7 +142,7 @@ fn bad_sysctls_are_flagged_with_their_severity() {
     assert_eq!(n["counters"]["tcp_time_wait_overflow"], overflow);
     assert_eq!(severity(n, "tcp_time_wait_overflow"), "warning");
     assert_eq!(n["counters"]["timewait_total"], 10);
-    assert_eq!(n["counters"]["time_wait"], ns.time_wait().len() as u64);
+    assert_eq!(n["counters"]["time_wait"], ns.ss_state("time-wait").len() as u64);
     assert_eq!(v["worst"], "critical");
     assert_eq!(v["exit_code"], 1);
     assert_eq!(code, Some(1));
@@ -167,7 +167,7 @@ fn near_port_exhaustion_names_the_destination_and_percentage() {
     ns.sysctl("net.ipv4.ip_local_port_range", "40000 40099");
     assert_eq!(ns.read_sysctl("net.ipv4.tcp_tw_reuse"), "0");
     time_wait_to(&ns, 8080, 95);
-    let tw = ns.time_wait();
+    let tw = ns.ss_state("time-wait");
     assert_eq!(tw.len(), 95, "the kernel holds 95 TIME_WAIT sockets");
     let dir = TempDir::new("press");
     let (code, v) = doctor(&ns, &dir.0, &[]);
@@ -267,9 +267,9 @@ fn capability_probes_match_what_the_kernel_does() {
     let sd = &caps["sock_destroy_time_wait"];
     assert_eq!(sd["available"], true, "{sd:#}");
     time_wait_to(&ns, 8081, 3);
-    assert_eq!(ns.time_wait().len(), 3);
-    ns.exec(&["ss", "-K", "state", "time-wait", "dport", "= :8081"]);
-    assert_eq!(ns.time_wait().len(), 0, "SOCK_DESTROY killed the TIME_WAIT sockets");
+    assert_eq!(ns.ss_state("time-wait").len(), 3);
+    ns.exec(&["ss", "-K", "state", "time-wait", "dport", "=", ":8081"]);
+    assert_eq!(ns.ss_state("time-wait").len(), 0, "SOCK_DESTROY killed the TIME_WAIT sockets");
 }
 
 #[test]
