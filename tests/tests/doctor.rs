@@ -33,10 +33,12 @@ impl Drop for TempDir {
 /// (exit code, report).
 fn doctor(ns: &NetNs, sysctl_dir: &Path, extra: &[&str]) -> (Option<i32>, Value) {
     let path = ns.path();
-    let mut args = vec!["doctor", "--json", "--netns", path.to_str().unwrap(), "--sysctl-dir", sysctl_dir.to_str().unwrap()];
+    let mut args =
+        vec!["doctor", "--json", "--netns", path.to_str().unwrap(), "--sysctl-dir", sysctl_dir.to_str().unwrap()];
     args.extend_from_slice(extra);
     let (code, out, err) = twreset(&args);
-    let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("doctor JSON: {e}\nstdout: {out}\nstderr: {err}"));
+    let v: Value =
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("doctor JSON: {e}\nstdout: {out}\nstderr: {err}"));
     (code, v)
 }
 
@@ -92,7 +94,9 @@ fn good_sysctls_give_ok_findings_and_exit_0() {
     // Settings are read inside the namespace: compare with sysctl(8) run there.
     assert_eq!(n["settings"]["ip_local_port_range"], serde_json::json!([32768, 60999]));
     assert_eq!(n["ports_per_destination"], 28232);
-    for key in ["tcp_tw_reuse", "tcp_timestamps", "tcp_fin_timeout", "tcp_rfc1337", "tcp_max_tw_buckets", "tcp_tw_reuse_delay"] {
+    for key in
+        ["tcp_tw_reuse", "tcp_timestamps", "tcp_fin_timeout", "tcp_rfc1337", "tcp_max_tw_buckets", "tcp_tw_reuse_delay"]
+    {
         let want: u64 = ns.read_sysctl(&format!("net.ipv4.{key}")).parse().unwrap();
         assert_eq!(n["settings"][key], want, "{key}");
     }
@@ -187,7 +191,10 @@ fn near_port_exhaustion_names_the_destination_and_percentage() {
     assert_eq!(d["reuse_applies"], false);
     let f = finding(n, "port_pressure");
     assert_eq!(f["severity"], "critical");
-    assert!(f["message"].as_str().unwrap().starts_with("port pressure 95% to 127.0.0.1:8080 from 127.0.0.1: 95 of 100"), "{f:#}");
+    assert!(
+        f["message"].as_str().unwrap().starts_with("port pressure 95% to 127.0.0.1:8080 from 127.0.0.1: 95 of 100"),
+        "{f:#}"
+    );
     let action = f["action"].as_str().unwrap();
     assert!(action.contains("enable tcp_tw_reuse=1"), "{action}");
     assert!(action.contains(&format!("`twreset kill --netns {} 127.0.0.1:8080`", ns.path().display())), "{action}");
@@ -280,7 +287,8 @@ fn human_output_has_sections_and_one_line_per_finding() {
     let ns = NetNs::new("doc-human");
     let dir = TempDir::new("human");
     let path = ns.path();
-    let (code, out, err) = twreset(&["doctor", "--netns", path.to_str().unwrap(), "--sysctl-dir", dir.0.to_str().unwrap()]);
+    let (code, out, err) =
+        twreset(&["doctor", "--netns", path.to_str().unwrap(), "--sysctl-dir", dir.0.to_str().unwrap()]);
     assert_eq!(code, Some(0), "{err}");
     assert!(out.contains("== kernel "), "{out}");
     assert!(out.contains(&format!("== namespace {} ({})", ns.name, path.display())), "{out}");

@@ -24,8 +24,14 @@ use crate::{
 };
 
 /// Where sysctl(8) and systemd-sysctl read settings from (sysctl.d(5)); directories hold `*.conf`.
-pub const DEFAULT_SYSCTL_PATHS: [&str; 6] =
-    ["/etc/sysctl.conf", "/etc/sysctl.d", "/run/sysctl.d", "/usr/local/lib/sysctl.d", "/usr/lib/sysctl.d", "/lib/sysctl.d"];
+pub const DEFAULT_SYSCTL_PATHS: [&str; 6] = [
+    "/etc/sysctl.conf",
+    "/etc/sysctl.d",
+    "/run/sysctl.d",
+    "/usr/local/lib/sysctl.d",
+    "/usr/lib/sysctl.d",
+    "/lib/sysctl.d",
+];
 const RECYCLE_KEY: &str = "net.ipv4.tcp_tw_recycle";
 
 #[derive(Args, Debug)]
@@ -110,7 +116,11 @@ fn sysctl<T>(name: &str, parse: impl FnOnce(&str) -> Result<T, ParseError>) -> R
 fn num<T: TryFrom<u64>>(name: &'static str) -> Result<Option<T>, DoctorError> {
     sysctl(name, |t| {
         let v = parse::number(name, t)?;
-        T::try_from(v).map_err(|_| ParseError::Format { what: name, expected: "a smaller number", text: t.trim().into() })
+        T::try_from(v).map_err(|_| ParseError::Format {
+            what: name,
+            expected: "a smaller number",
+            text: t.trim().into(),
+        })
     })
 }
 
@@ -180,9 +190,11 @@ fn all_namespaces() -> Vec<(String, Netns)> {
         candidates.extend(named.into_iter().map(|p| (label_of(&p), p)));
     }
     if let Ok(dir) = std::fs::read_dir("/proc") {
-        let mut pids: Vec<u32> = dir.filter_map(Result::ok).filter_map(|e| e.file_name().to_str()?.parse().ok()).collect();
+        let mut pids: Vec<u32> =
+            dir.filter_map(Result::ok).filter_map(|e| e.file_name().to_str()?.parse().ok()).collect();
         pids.sort_unstable();
-        candidates.extend(pids.into_iter().map(|pid| (format!("pid {pid}"), PathBuf::from(format!("/proc/{pid}/ns/net")))));
+        candidates
+            .extend(pids.into_iter().map(|pid| (format!("pid {pid}"), PathBuf::from(format!("/proc/{pid}/ns/net")))));
     }
     for (label, path) in candidates {
         // Processes come and go and named entries may be stale: skip what cannot be opened.
@@ -218,9 +230,11 @@ pub fn scan_sysctl_paths(paths: &[PathBuf]) -> Vec<ConfigLine> {
         .into_iter()
         .filter_map(|f| Some((std::fs::read_to_string(&f).ok()?, f)))
         .flat_map(|(text, path)| {
-            parse::sysctl_conf_sets(&text, RECYCLE_KEY)
-                .into_iter()
-                .map(move |(line, value)| ConfigLine { path: path.clone(), line, value })
+            parse::sysctl_conf_sets(&text, RECYCLE_KEY).into_iter().map(move |(line, value)| ConfigLine {
+                path: path.clone(),
+                line,
+                value,
+            })
         })
         .collect()
 }

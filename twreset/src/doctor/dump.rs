@@ -82,7 +82,14 @@ fn send(fd: &OwnedFd, msg: &[u8], what: &'static str) -> Result<(), DiagError> {
     let mut sa: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
     sa.nl_family = libc::AF_NETLINK as u16;
     let n = unsafe {
-        libc::sendto(fd.as_raw_fd(), msg.as_ptr().cast(), msg.len(), 0, (&raw const sa).cast(), size_of::<libc::sockaddr_nl>() as u32)
+        libc::sendto(
+            fd.as_raw_fd(),
+            msg.as_ptr().cast(),
+            msg.len(),
+            0,
+            (&raw const sa).cast(),
+            size_of::<libc::sockaddr_nl>() as u32,
+        )
     };
     if n < 0 { Err(DiagError::Io { what, source: io::Error::last_os_error() }) } else { Ok(()) }
 }
@@ -131,7 +138,9 @@ pub fn parse_msg(m: &[u8], netns_cookie: u64) -> Result<Option<DiagSocket>, Diag
         return Err(DiagError::Malformed { len: m.len() });
     }
     let (family, state, timer) = (m[0], m[1], m[2]);
-    let Ok(state) = TcpState::try_from(u32::from(state)) else { return Ok(None) };
+    let Ok(state) = TcpState::try_from(u32::from(state)) else {
+        return Ok(None);
+    };
     let id = &m[4..52];
     let key = SockKey {
         netns_cookie,
@@ -200,7 +209,11 @@ pub fn probe_sock_destroy() -> Result<i32, DiagError> {
     tuple[2..4].copy_from_slice(&9u16.to_be_bytes()); // dport 9 (discard), local port 0
     tuple[4..8].copy_from_slice(&[127, 0, 0, 1]);
     tuple[20..24].copy_from_slice(&[127, 0, 0, 1]);
-    send(&fd, &request(SOCK_DESTROY, NLM_F_REQUEST | NLM_F_ACK, libc::AF_INET as u8, u32::MAX, Some(tuple)), "destroy probe")?;
+    send(
+        &fd,
+        &request(SOCK_DESTROY, NLM_F_REQUEST | NLM_F_ACK, libc::AF_INET as u8, u32::MAX, Some(tuple)),
+        "destroy probe",
+    )?;
     let mut buf = vec![0u8; 8192];
     let data = recv(&fd, &mut buf, "destroy probe")?;
     if data.len() < NLMSG_HDR || u16_ne(data, 4) != NLMSG_ERROR {
@@ -244,7 +257,7 @@ mod tests {
     }
 
     impl SockKey {
-        fn to_string_pair(&self) -> (String, String) {
+        fn to_string_pair(self) -> (String, String) {
             (format!("{}:{}", self.laddr, self.lport), format!("{}:{}", self.raddr, self.rport))
         }
     }

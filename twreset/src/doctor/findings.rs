@@ -76,7 +76,9 @@ fn tw_reuse(s: &Settings) -> Finding {
             "tcp_tw_reuse",
             format!("tcp_tw_reuse=0: connect() never takes over a TIME_WAIT socket's port ({ONLY_OUT})"),
         )
-        .action("if this host opens many outgoing connections to the same destination: sysctl -w net.ipv4.tcp_tw_reuse=1"),
+        .action(
+            "if this host opens many outgoing connections to the same destination: sysctl -w net.ipv4.tcp_tw_reuse=1",
+        ),
         Some(1) => Finding::new(
             Severity::Ok,
             "tcp_tw_reuse",
@@ -97,7 +99,9 @@ fn tw_reuse_delay(s: &Settings) -> Finding {
         Some(ms) => Finding::new(
             Severity::Ok,
             "tcp_tw_reuse_delay",
-            format!("tcp_tw_reuse_delay={ms} ms: a TIME_WAIT port becomes reusable that long after the socket entered TIME_WAIT (when tcp_tw_reuse applies)"),
+            format!(
+                "tcp_tw_reuse_delay={ms} ms: a TIME_WAIT port becomes reusable that long after the socket entered TIME_WAIT (when tcp_tw_reuse applies)"
+            ),
         ),
         None => Finding::new(
             Severity::Ok,
@@ -150,11 +154,8 @@ fn max_tw_buckets(s: &Settings, c: &Counters) -> Option<Finding> {
 }
 
 fn fin_timeout(s: &Settings, c: &Counters) -> Finding {
-    let fw2 = if c.fin_wait2_timewait > 0 {
-        format!(" ({} such sockets now)", c.fin_wait2_timewait)
-    } else {
-        String::new()
-    };
+    let fw2 =
+        if c.fin_wait2_timewait > 0 { format!(" ({} such sockets now)", c.fin_wait2_timewait) } else { String::new() };
     match s.tcp_fin_timeout {
         Some(v) if v == DEFAULT_FIN_TIMEOUT => Finding::new(
             Severity::Ok,
@@ -223,7 +224,11 @@ fn overflow(c: &Counters) -> Option<Finding> {
         )
         .action("raise net.ipv4.tcp_max_tw_buckets")
     } else {
-        Finding::new(Severity::Ok, "tcp_time_wait_overflow", "TCPTimeWaitOverflow=0: the TIME_WAIT table never overflowed")
+        Finding::new(
+            Severity::Ok,
+            "tcp_time_wait_overflow",
+            "TCPTimeWaitOverflow=0: the TIME_WAIT table never overflowed",
+        )
     })
 }
 
@@ -232,7 +237,9 @@ fn recycled(c: &Counters) -> Option<Finding> {
     Some(Finding::new(
         if n > 0 { Info } else { Severity::Ok },
         "tw_recycled",
-        format!("TWRecycled={n}: connects that took over a TIME_WAIT port through tcp_tw_reuse (the counter keeps the old recycle name)"),
+        format!(
+            "TWRecycled={n}: connects that took over a TIME_WAIT port through tcp_tw_reuse (the counter keeps the old recycle name)"
+        ),
     ))
 }
 
@@ -305,7 +312,10 @@ pub fn kernel(caps: &Capabilities, recycle_lines: &[ConfigLine], kernel_has_recy
         Info,
         "bpf_fentry",
         format!("fentry programs load ({})", caps.bpf_fentry.detail),
-        format!("fentry unavailable: {}; twreset uses tracepoints instead, with the same precision", caps.bpf_fentry.detail),
+        format!(
+            "fentry unavailable: {}; twreset uses tracepoints instead, with the same precision",
+            caps.bpf_fentry.detail
+        ),
         "nothing to do",
     ));
     out.push(cap(

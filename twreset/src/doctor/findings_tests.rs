@@ -88,7 +88,11 @@ fn tw_reuse_modes_explain_outgoing_only() {
             assert!(r.message.contains("outgoing connect() only"), "{}", r.message);
         }
     }
-    assert!(find(&namespace(&Settings { tcp_tw_reuse: Some(0), ..good() }, &c, &[], &ctx()), "tcp_tw_reuse").action.is_some());
+    assert!(
+        find(&namespace(&Settings { tcp_tw_reuse: Some(0), ..good() }, &c, &[], &ctx()), "tcp_tw_reuse")
+            .action
+            .is_some()
+    );
     assert_eq!(sev(&Settings { tcp_tw_reuse: None, ..good() }, &c, "tcp_tw_reuse"), Info);
 }
 
@@ -167,11 +171,21 @@ fn tw_recycle_presence() {
 #[test]
 fn counters_findings() {
     let s = good();
-    let c = Counters { tcp_time_wait_overflow: Some(5), tw_recycled: Some(9), timewait_total: 7, time_wait: 6, fin_wait2_timewait: 1 };
+    let c = Counters {
+        tcp_time_wait_overflow: Some(5),
+        tw_recycled: Some(9),
+        timewait_total: 7,
+        time_wait: 6,
+        fin_wait2_timewait: 1,
+    };
     let f = namespace(&s, &c, &[], &ctx());
     assert_eq!(find(&f, "tcp_time_wait_overflow").severity, Warning);
     assert_eq!(find(&f, "tw_recycled").severity, Info);
-    assert!(find(&f, "time_wait").message.starts_with("7 TIME_WAIT sockets (6 in substate TIME_WAIT, 1 orphaned FIN_WAIT2)"));
+    assert!(
+        find(&f, "time_wait")
+            .message
+            .starts_with("7 TIME_WAIT sockets (6 in substate TIME_WAIT, 1 orphaned FIN_WAIT2)")
+    );
     let f = namespace(&s, &Counters::default(), &[], &ctx());
     assert!(f.iter().all(|x| x.code != "tcp_time_wait_overflow" && x.code != "tw_recycled"));
 }
@@ -209,10 +223,18 @@ fn port_pressure_message_and_action() {
     assert!(f.message.starts_with("port pressure 92% to 10.0.0.5:443 from 10.0.0.1: 92 of 100"), "{}", f.message);
     assert_eq!(
         f.action.as_deref(),
-        Some("widen ip_local_port_range, add source IPs, or enable tcp_tw_reuse=1 for outgoing connections; killing TIME_WAIT gives relief now: `twreset kill 10.0.0.5:443`")
+        Some(
+            "widen ip_local_port_range, add source IPs, or enable tcp_tw_reuse=1 for outgoing connections; killing TIME_WAIT gives relief now: `twreset kill 10.0.0.5:443`"
+        )
     );
     let in_ns = NsContext { sock_destroy: true, netns_arg: Some("/run/netns/x".into()) };
-    assert!(pressure_of(dest(92, 90, false), &in_ns).unwrap().action.unwrap().contains("`twreset kill --netns /run/netns/x 10.0.0.5:443`"));
+    assert!(
+        pressure_of(dest(92, 90, false), &in_ns)
+            .unwrap()
+            .action
+            .unwrap()
+            .contains("`twreset kill --netns /run/netns/x 10.0.0.5:443`")
+    );
     // No TIME_WAIT: killing would not help, so it is not suggested.
     assert!(!pressure_of(dest(92, 0, false), &ctx()).unwrap().action.unwrap().contains("twreset kill"));
 }
@@ -237,8 +259,16 @@ fn ipv6_destinations_are_bracketed() {
 }
 
 fn caps(all: bool) -> Capabilities {
-    let c = |ok: bool| if ok { Capability::yes("fine") } else { Capability::no(Some("EPERM"), "refused") };
-    Capabilities { btf: c(all), tracefs: c(all), bpf_tracepoint: c(all), bpf_fentry: c(all), sock_destroy_time_wait: c(all) }
+    let c = |ok: bool| {
+        if ok { Capability::yes("fine") } else { Capability::no(Some("EPERM"), "refused") }
+    };
+    Capabilities {
+        btf: c(all),
+        tracefs: c(all),
+        bpf_tracepoint: c(all),
+        bpf_fentry: c(all),
+        sock_destroy_time_wait: c(all),
+    }
 }
 
 #[test]
@@ -265,7 +295,13 @@ fn recycle_in_config_files() {
     assert!(r.action.as_ref().unwrap().contains("/etc/sysctl.d/90-tune.conf"));
     assert_eq!(find(&kernel(&caps(true), &[line("1")], true), "tcp_tw_recycle_config").severity, Critical);
     assert_eq!(find(&kernel(&caps(true), &[line("0")], true), "tcp_tw_recycle_config").severity, Info);
-    assert_eq!(kernel(&caps(true), &[line("1"), line("0")], false).iter().filter(|x| x.code == "tcp_tw_recycle_config").count(), 2);
+    assert_eq!(
+        kernel(&caps(true), &[line("1"), line("0")], false)
+            .iter()
+            .filter(|x| x.code == "tcp_tw_recycle_config")
+            .count(),
+        2
+    );
 }
 
 #[test]

@@ -93,7 +93,9 @@ impl Settings {
 
     /// True when `port` can be handed out by `connect()` as an ephemeral port.
     pub fn is_ephemeral(&self, port: u16) -> bool {
-        let Some((lo, hi)) = self.ip_local_port_range else { return false };
+        let Some((lo, hi)) = self.ip_local_port_range else {
+            return false;
+        };
         (lo..=hi).contains(&port) && !self.ip_local_reserved_ports.iter().any(|&(a, b)| (a..=b).contains(&port))
     }
 

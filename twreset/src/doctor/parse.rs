@@ -157,10 +157,7 @@ mod tests {
                  \n\
                  -net/ipv4/tcp_tw_recycle=0\n\
                  net.ipv4.tcp_tw_recycle_x = 1\n";
-        assert_eq!(
-            sysctl_conf_sets(t, "net.ipv4.tcp_tw_recycle"),
-            vec![(4, "1".to_owned()), (6, "0".to_owned())]
-        );
+        assert_eq!(sysctl_conf_sets(t, "net.ipv4.tcp_tw_recycle"), vec![(4, "1".to_owned()), (6, "0".to_owned())]);
         assert!(sysctl_conf_sets("", "net.ipv4.tcp_tw_recycle").is_empty());
     }
 

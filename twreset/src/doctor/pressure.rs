@@ -30,7 +30,9 @@ fn unspecified(ip: IpAddr) -> bool {
 /// The `top` destinations with the most sockets holding an ephemeral port, busiest first (ties
 /// broken by address so the order is stable).
 pub fn destinations(sockets: &[DiagSocket], settings: &Settings, top: usize) -> Vec<Destination> {
-    let Some(slots) = settings.ports_per_destination() else { return Vec::new() };
+    let Some(slots) = settings.ports_per_destination() else {
+        return Vec::new();
+    };
     let mut by: HashMap<(IpAddr, IpAddr, u16), (u64, u64)> = HashMap::new();
     for s in sockets {
         let k = &s.key;
@@ -96,7 +98,12 @@ mod tests {
     }
 
     fn settings(lo: u16, hi: u16, reuse: u32) -> Settings {
-        Settings { ip_local_port_range: Some((lo, hi)), tcp_tw_reuse: Some(reuse), tcp_timestamps: Some(1), ..Default::default() }
+        Settings {
+            ip_local_port_range: Some((lo, hi)),
+            tcp_tw_reuse: Some(reuse),
+            tcp_timestamps: Some(1),
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -122,7 +129,10 @@ mod tests {
         socks.push(sock("0.0.0.0", 8080, "0.0.0.0", 0, TcpState::Listen));
         let d = destinations(&socks, &s, 10);
         assert_eq!(d.len(), 2);
-        assert_eq!((d[0].remote, d[0].remote_port, d[0].sockets, d[0].time_wait), ("127.0.0.1".parse().unwrap(), 8080, 96, 95));
+        assert_eq!(
+            (d[0].remote, d[0].remote_port, d[0].sockets, d[0].time_wait),
+            ("127.0.0.1".parse().unwrap(), 8080, 96, 95)
+        );
         assert_eq!(d[0].pressure_pct, 96.0);
         assert!(!d[0].reuse_applies);
         assert_eq!(d[1].remote, IpAddr::V4(Ipv4Addr::new(10, 0, 0, 5)));

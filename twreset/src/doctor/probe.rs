@@ -51,7 +51,8 @@ struct ProgLoadAttr {
 const _: () = assert!(size_of::<ProgLoadAttr>() == 120);
 
 /// `r0 = 0; exit`: the smallest program every verifier accepts.
-const RETURN_ZERO: [u64; 2] = [u64::from_le_bytes([0xb7, 0, 0, 0, 0, 0, 0, 0]), u64::from_le_bytes([0x95, 0, 0, 0, 0, 0, 0, 0])];
+const RETURN_ZERO: [u64; 2] =
+    [u64::from_le_bytes([0xb7, 0, 0, 0, 0, 0, 0, 0]), u64::from_le_bytes([0x95, 0, 0, 0, 0, 0, 0, 0])];
 
 /// Load a trivial program; Ok(()) when the kernel accepted it (the fd is closed at once).
 fn prog_load(prog_type: u32, attach_type: u32, attach_btf_id: u32) -> io::Result<()> {
@@ -134,7 +135,9 @@ fn fentry_target(btf: &Btf) -> Option<(&'static str, u32)> {
 fn probe_fentry(path: &Path) -> Capability {
     let btf = match Btf::from_file(path) {
         Ok(b) => b,
-        Err(e) => return Capability::no(None, format!("fentry needs kernel BTF: cannot read {}: {e}", path.display())),
+        Err(e) => {
+            return Capability::no(None, format!("fentry needs kernel BTF: cannot read {}: {e}", path.display()));
+        }
     };
     let Some((name, id)) = fentry_target(&btf) else {
         return Capability::no(None, format!("none of {FENTRY_TARGETS:?} found in kernel BTF"));
@@ -163,7 +166,10 @@ fn probe_sock_destroy(release: &str) -> Capability {
             Some("EOPNOTSUPP"),
             "SOCK_DESTROY answered EOPNOTSUPP: kernel built without CONFIG_INET_DIAG_DESTROY",
         ),
-        e => Capability::no(Some(&errno_name(e)), format!("SOCK_DESTROY probe answered {}", io::Error::from_raw_os_error(e))),
+        e => Capability::no(
+            Some(&errno_name(e)),
+            format!("SOCK_DESTROY probe answered {}", io::Error::from_raw_os_error(e)),
+        ),
     }
 }
 

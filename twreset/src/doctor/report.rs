@@ -97,7 +97,13 @@ pub fn build(
     let worst = findings::worst(kfind.iter().chain(namespaces.iter().flat_map(|n| &n.findings)));
     Report {
         schema_version: SCHEMA_VERSION,
-        kernel: KernelReport { release, capabilities: caps, sysctl_paths, tcp_tw_recycle_config: recycle, findings: kfind },
+        kernel: KernelReport {
+            release,
+            capabilities: caps,
+            sysctl_paths,
+            tcp_tw_recycle_config: recycle,
+            findings: kfind,
+        },
         namespaces,
         worst,
         exit_code: findings::exit_code(worst),
