@@ -4,7 +4,7 @@
 //! /proc/net/netstat.
 
 use std::{
-    net::{IpAddr, SocketAddr},
+    net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream},
     path::{Path, PathBuf},
 };
 
@@ -329,4 +329,75 @@ fn bad_netns_is_a_usage_error() {
     assert_eq!(code, Some(2), "{err}");
     assert!(out.is_empty());
     assert!(err.starts_with("twreset: ") && err.contains("not a network namespace"), "{err}");
+}
+
+#[test]
+fn orphaned_fin_wait2_is_counted_apart_and_matches_ss() {
+    if !privileged("orphaned_fin_wait2_is_counted_apart_and_matches_ss") {
+        return;
+    }
+    let ns = NetNs::new("doc-fw2");
+    // The client half-closes, the server never answers with its FIN, the client closes: an
+    // orphan that tcp_close() hands to a TIME_WAIT socket in substate FIN_WAIT2.
+    let _server_side = ns.run(|| {
+        let l = TcpListener::bind("127.0.0.1:8090").unwrap();
+        let c = TcpStream::connect("127.0.0.1:8090").unwrap();
+        let (a, _) = l.accept().unwrap();
+        c.shutdown(Shutdown::Write).unwrap();
+        wait_for(|| ns_state_here("fin-wait-2") == 1);
+        drop(c);
+        a
+    });
+    time_wait_to(&ns, 8091, 4);
+    let fw2 = ns.ss_state("fin-wait-2").len() as u64;
+    let tw = ns.ss_state("time-wait").len() as u64;
+    assert_eq!((fw2, tw), (1, 4));
+    let dir = TempDir::new("fw2");
+    let (_, v) = doctor(&ns, &dir.0, &[]);
+    let c = &the_ns(&v)["counters"];
+    assert_eq!(c["fin_wait2_timewait"], fw2);
+    assert_eq!(c["time_wait"], tw);
+    assert_eq!(c["timewait_total"], fw2 + tw);
+    assert_eq!(c["timewait_total"], ss_s_timewait(&ns));
+    assert!(finding(the_ns(&v), "tcp_fin_timeout")["message"].as_str().unwrap().contains("1 such sockets now"));
+}
+
+/// Sockets in `state` in the calling thread's namespace, through sock_diag as `ss` sees them.
+fn ns_state_here(state: &str) -> usize {
+    let out = std::process::Command::new("ss").args(["-Htan", "state", state]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).lines().count()
+}
+
+fn wait_for(mut ok: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !ok() {
+        assert!(std::time::Instant::now() < deadline, "condition not reached within 5 s");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn ipv6_destination_pressure() {
+    if !privileged("ipv6_destination_pressure") {
+        return;
+    }
+    let ns = NetNs::new("doc-v6");
+    ns.sysctl("net.ipv4.ip_local_port_range", "40000 40009");
+    let server: SocketAddr = "[::1]:8443".parse().unwrap();
+    ns.run(|| connections(server, None, 5, Closer::Client));
+    assert_eq!(ns.ss_state("time-wait").len(), 5);
+    let dir = TempDir::new("v6");
+    let (code, v) = doctor(&ns, &dir.0, &[]);
+    let n = the_ns(&v);
+    let d = &n["destinations"][0];
+    assert_eq!(
+        (d["local"].as_str(), d["remote"].as_str(), d["remote_port"].as_u64()),
+        (Some("::1"), Some("::1"), Some(8443))
+    );
+    assert_eq!(d["pressure_pct"], 50.0);
+    let f = finding(n, "port_pressure");
+    assert_eq!(f["severity"], "info");
+    assert!(f["message"].as_str().unwrap().starts_with("port pressure 50% to [::1]:8443"), "{f:#}");
+    assert_eq!(n["counters"]["time_wait"], 5);
+    assert_eq!(code, Some(0));
 }
