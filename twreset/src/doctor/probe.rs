@@ -3,10 +3,9 @@
 
 use std::{io, path::Path};
 
-use btf_rs::{Btf, Type};
-
 use crate::{
     doctor::{
+        btf_func::{self, BtfFuncError},
         dump,
         model::{Capabilities, Capability},
         parse,
@@ -124,23 +123,24 @@ fn probe_tracepoint() -> Capability {
 }
 
 /// BTF id of the first kernel function of [`FENTRY_TARGETS`] present in `btf`.
-fn fentry_target(btf: &Btf) -> Option<(&'static str, u32)> {
-    FENTRY_TARGETS.iter().find_map(|name| {
-        let ids = btf.resolve_ids_by_name(name).ok()?;
-        let id = ids.into_iter().find(|id| matches!(btf.resolve_type_by_id(*id), Ok(Type::Func(_))))?;
-        Some((*name, id))
-    })
+fn fentry_target(btf: &[u8]) -> Result<Option<(&'static str, u32)>, BtfFuncError> {
+    for name in FENTRY_TARGETS {
+        if let Some(id) = btf_func::func_id(btf, name)? {
+            return Ok(Some((name, id)));
+        }
+    }
+    Ok(None)
 }
 
 fn probe_fentry(path: &Path) -> Capability {
-    let btf = match Btf::from_file(path) {
+    let btf = match std::fs::read(path) {
         Ok(b) => b,
-        Err(e) => {
-            return Capability::no(None, format!("fentry needs kernel BTF: cannot read {}: {e}", path.display()));
-        }
+        Err(e) => return Capability::no(None, format!("fentry needs kernel BTF: cannot read {}: {e}", path.display())),
     };
-    let Some((name, id)) = fentry_target(&btf) else {
-        return Capability::no(None, format!("none of {FENTRY_TARGETS:?} found in kernel BTF"));
+    let (name, id) = match fentry_target(&btf) {
+        Ok(Some(t)) => t,
+        Ok(None) => return Capability::no(None, format!("none of {FENTRY_TARGETS:?} found in kernel BTF")),
+        Err(e) => return Capability::no(None, format!("cannot walk kernel BTF {}: {e}", path.display())),
     };
     match prog_load(BPF_PROG_TYPE_TRACING, BPF_TRACE_FENTRY, id) {
         Ok(()) => Capability::yes(format!("BPF_PROG_LOAD of an fentry program on {name} succeeded")),
