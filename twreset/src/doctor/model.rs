@@ -99,13 +99,14 @@ impl Settings {
         (lo..=hi).contains(&port) && !self.ip_local_reserved_ports.iter().any(|&(a, b)| (a..=b).contains(&port))
     }
 
-    /// Whether `connect()` to `remote` may take over a TIME_WAIT socket's port: tcp_tw_reuse 1,
-    /// or 2 for loopback traffic, and timestamps on (the kernel refuses reuse without them).
-    pub fn reuse_applies(&self, remote: IpAddr) -> bool {
+    /// Whether `connect()` from `local` to `remote` may take over a TIME_WAIT socket's port:
+    /// tcp_tw_reuse 1, or 2 when either address is loopback (`tcp_twsk_unique`), and timestamps
+    /// on (the kernel refuses reuse for connections without them).
+    pub fn reuse_applies(&self, local: IpAddr, remote: IpAddr) -> bool {
         let ts = self.tcp_timestamps.is_some_and(|t| t != 0);
         ts && match self.tcp_tw_reuse {
             Some(1) => true,
-            Some(2) => remote.is_loopback(),
+            Some(2) => local.is_loopback() || remote.is_loopback(),
             _ => false,
         }
     }

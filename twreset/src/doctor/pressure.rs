@@ -56,7 +56,7 @@ pub fn destinations(sockets: &[DiagSocket], settings: &Settings, top: usize) -> 
             sockets,
             time_wait,
             pressure_pct: percent(sockets, u64::from(slots)),
-            reuse_applies: settings.reuse_applies(remote),
+            reuse_applies: settings.reuse_applies(local, remote),
         })
         .collect();
     out.sort_by(|a, b| {
@@ -157,13 +157,18 @@ mod tests {
     fn reuse_applies_per_mode() {
         let lo: IpAddr = "127.0.0.1".parse().unwrap();
         let far: IpAddr = "10.0.0.5".parse().unwrap();
-        assert!(!settings(1, 2, 0).reuse_applies(lo));
-        assert!(settings(1, 2, 1).reuse_applies(far));
-        assert!(settings(1, 2, 2).reuse_applies(lo) && !settings(1, 2, 2).reuse_applies(far));
-        assert!(settings(1, 2, 2).reuse_applies("::1".parse().unwrap()));
+        let near: IpAddr = "10.0.0.1".parse().unwrap();
+        assert!(!settings(1, 2, 0).reuse_applies(lo, lo));
+        assert!(settings(1, 2, 1).reuse_applies(near, far));
+        assert!(settings(1, 2, 2).reuse_applies(lo, lo));
+        assert!(settings(1, 2, 2).reuse_applies(lo, far), "a loopback source is enough");
+        assert!(settings(1, 2, 2).reuse_applies(near, lo), "a loopback destination is enough");
+        assert!(!settings(1, 2, 2).reuse_applies(near, far));
+        let v6: IpAddr = "::1".parse().unwrap();
+        assert!(settings(1, 2, 2).reuse_applies(v6, v6));
         let mut no_ts = settings(1, 2, 1);
         no_ts.tcp_timestamps = Some(0);
-        assert!(!no_ts.reuse_applies(far));
+        assert!(!no_ts.reuse_applies(near, far));
     }
 
     #[test]
