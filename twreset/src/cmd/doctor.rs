@@ -20,7 +20,7 @@ use crate::{
         report::{self, NsFacts},
     },
     kernel::netns::{self, Netns, NetnsError},
-    state::TcpState,
+    state::{self, TcpState},
 };
 
 /// Where sysctl(8) and systemd-sysctl read settings from (sysctl.d(5)); directories hold `*.conf`.
@@ -151,8 +151,8 @@ fn gather_here(label: String, path: Option<PathBuf>) -> Result<NsFacts, DoctorEr
     let settings = settings()?;
     let ext = proc_net("netstat", parse::tcp_ext)?;
     let timewait_total = proc_net("sockstat", parse::sockstat_tw)?;
-    // To be replaced by crate::diag::dump when the kill branch lands.
-    let sockets = dump::dump(&[]).map_err(|source| DoctorError::Dump { source })?;
+    // To be replaced by crate::diag::dump (and its DiagError above) when the kill branch lands.
+    let sockets = dump::dump(&state::ALL).map_err(|source| DoctorError::Dump { source })?;
     let tw = |st: TcpState| sockets.iter().filter(|s| s.timewait && s.state == st).count() as u64;
     let counters = Counters {
         time_wait: tw(TcpState::TimeWait),
