@@ -401,3 +401,33 @@ fn ipv6_destination_pressure() {
     assert_eq!(n["counters"]["time_wait"], 5);
     assert_eq!(code, Some(0));
 }
+
+#[test]
+fn repeated_netns_reports_each_in_order() {
+    if !privileged("repeated_netns_reports_each_in_order") {
+        return;
+    }
+    let (a, b) = (NetNs::new("doc-rep-a"), NetNs::new("doc-rep-b"));
+    a.sysctl("net.ipv4.ip_local_port_range", "42000 42999");
+    b.sysctl("net.ipv4.ip_local_port_range", "43000 43999");
+    let dir = TempDir::new("rep");
+    let (pa, pb) = (a.path(), b.path());
+    let (code, out, err) = twreset(&[
+        "doctor",
+        "--json",
+        "--netns",
+        pa.to_str().unwrap(),
+        "--netns",
+        pb.to_str().unwrap(),
+        "--sysctl-dir",
+        dir.0.to_str().unwrap(),
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    let list = v["namespaces"].as_array().unwrap();
+    assert_eq!(list.len(), 2);
+    assert_eq!((list[0]["label"].as_str(), list[1]["label"].as_str()), (Some(a.name.as_str()), Some(b.name.as_str())));
+    assert_eq!(list[0]["settings"]["ip_local_port_range"], serde_json::json!([42000, 42999]));
+    assert_eq!(list[1]["settings"]["ip_local_port_range"], serde_json::json!([43000, 43999]));
+    assert_ne!(list[0]["cookie"], list[1]["cookie"]);
+}

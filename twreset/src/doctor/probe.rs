@@ -149,10 +149,14 @@ fn probe_fentry(path: &Path) -> Capability {
 }
 
 fn probe_sock_destroy(release: &str) -> Capability {
-    let errno = match dump::probe_sock_destroy() {
-        Ok(e) => e,
-        Err(e) => return Capability::no(None, format!("SOCK_DESTROY probe failed: {e:#}")),
-    };
+    match dump::probe_sock_destroy() {
+        Ok(errno) => sock_destroy_verdict(errno, release),
+        Err(e) => Capability::no(None, format!("SOCK_DESTROY probe failed: {e:#}")),
+    }
+}
+
+/// What the kernel's answer to the SOCK_DESTROY probe means on kernel `release`.
+fn sock_destroy_verdict(errno: i32, release: &str) -> Capability {
     let too_old = parse::kernel_version(release).is_some_and(|v| v < (6, 0));
     match errno {
         libc::ENOENT if too_old => Capability::no(
@@ -199,6 +203,19 @@ mod tests {
         assert_eq!(errno_name(libc::EPERM), "EPERM");
         assert_eq!(errno_name(libc::EOPNOTSUPP), "EOPNOTSUPP");
         assert_eq!(errno_name(9999), "errno 9999");
+    }
+
+    #[test]
+    fn sock_destroy_verdicts() {
+        let yes = sock_destroy_verdict(libc::ENOENT, "6.18.44-fc-v445");
+        assert!(yes.available && yes.errno.is_none(), "{yes:?}");
+        let old = sock_destroy_verdict(libc::ENOENT, "5.15.0-91-generic");
+        assert!(!old.available && old.detail.contains("< 6.0"), "{old:?}");
+        let off = sock_destroy_verdict(libc::EOPNOTSUPP, "6.18.44");
+        assert_eq!((off.available, off.errno.as_deref()), (false, Some("EOPNOTSUPP")));
+        assert!(off.detail.contains("CONFIG_INET_DIAG_DESTROY"));
+        let perm = sock_destroy_verdict(libc::EPERM, "6.18.44");
+        assert_eq!((perm.available, perm.errno.as_deref()), (false, Some("EPERM")));
     }
 
     #[test]

@@ -189,3 +189,147 @@ pub fn human(r: &Report) -> String {
     let _ = writeln!(o, "\nworst: {}", r.worst.name());
     o
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        sock::{DiagSocket, SockKey},
+        state::TcpState,
+    };
+
+    fn caps() -> Capabilities {
+        let y = || Capability::yes("ok");
+        Capabilities {
+            btf: y(),
+            tracefs: y(),
+            bpf_tracepoint: y(),
+            bpf_fentry: Capability::no(Some("EPERM"), "BPF_PROG_LOAD failed"),
+            sock_destroy_time_wait: y(),
+        }
+    }
+
+    fn facts(tw: u16) -> NsFacts {
+        let sockets = (0..tw)
+            .map(|i| DiagSocket {
+                key: SockKey {
+                    netns_cookie: 9,
+                    laddr: "127.0.0.1".parse().unwrap(),
+                    lport: 40000 + i,
+                    raddr: "127.0.0.1".parse().unwrap(),
+                    rport: 8080,
+                },
+                state: TcpState::TimeWait,
+                timewait: true,
+                expires_ms: 0,
+                cookie: 0,
+                inode: 0,
+                uid: 0,
+            })
+            .collect();
+        NsFacts {
+            label: "web".into(),
+            path: Some("/run/netns/web".into()),
+            cookie: 9,
+            settings: Settings {
+                ip_local_port_range: Some((40000, 40099)),
+                tcp_tw_reuse: Some(0),
+                tcp_tw_reuse_delay: Some(1000),
+                tcp_max_tw_buckets: Some(262_144),
+                tcp_fin_timeout: Some(60),
+                tcp_timestamps: Some(1),
+                tcp_rfc1337: Some(0),
+                ..Default::default()
+            },
+            counters: Counters { time_wait: u64::from(tw), timewait_total: u64::from(tw), ..Default::default() },
+            sockets,
+        }
+    }
+
+    fn keys(v: &serde_json::Value) -> Vec<&str> {
+        let mut k: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+        k.sort_unstable();
+        k
+    }
+
+    #[test]
+    fn json_keys_are_stable() {
+        let r = build("6.18.44".into(), caps(), vec!["/etc/sysctl.d".into()], vec![], vec![facts(95)]);
+        let v: serde_json::Value = serde_json::from_str(&json(&r)).unwrap();
+        assert_eq!(keys(&v), ["exit_code", "kernel", "namespaces", "schema_version", "worst"]);
+        assert_eq!(
+            keys(&v["kernel"]),
+            ["capabilities", "findings", "release", "sysctl_paths", "tcp_tw_recycle_config"]
+        );
+        assert_eq!(
+            keys(&v["kernel"]["capabilities"]),
+            ["bpf_fentry", "bpf_tracepoint", "btf", "sock_destroy_time_wait", "tracefs"]
+        );
+        assert_eq!(keys(&v["kernel"]["capabilities"]["bpf_fentry"]), ["available", "detail", "errno"]);
+        let ns = &v["namespaces"][0];
+        assert_eq!(
+            keys(ns),
+            [
+                "cookie",
+                "counters",
+                "destinations",
+                "findings",
+                "label",
+                "path",
+                "ports_per_destination",
+                "rst_kill_possible",
+                "settings"
+            ]
+        );
+        assert_eq!(
+            keys(&ns["settings"]),
+            [
+                "ip_local_port_range",
+                "ip_local_reserved_ports",
+                "tcp_fin_timeout",
+                "tcp_max_tw_buckets",
+                "tcp_rfc1337",
+                "tcp_timestamps",
+                "tcp_tw_recycle",
+                "tcp_tw_reuse",
+                "tcp_tw_reuse_delay"
+            ]
+        );
+        assert_eq!(
+            keys(&ns["counters"]),
+            ["fin_wait2_timewait", "tcp_time_wait_overflow", "time_wait", "timewait_total", "tw_recycled"]
+        );
+        assert_eq!(
+            keys(&ns["destinations"][0]),
+            ["local", "pressure_pct", "remote", "remote_port", "reuse_applies", "sockets", "time_wait"]
+        );
+        assert_eq!(keys(&ns["findings"][0]), ["action", "code", "message", "severity"]);
+        assert_eq!(v["schema_version"], SCHEMA_VERSION);
+        assert_eq!(ns["settings"]["ip_local_port_range"], serde_json::json!([40000, 40099]));
+        assert_eq!(ns["settings"]["tcp_tw_recycle"], serde_json::Value::Null);
+    }
+
+    #[test]
+    fn worst_and_exit_code_span_kernel_and_namespaces() {
+        let calm = build("6.18".into(), caps(), vec![], vec![], vec![facts(10)]);
+        // A 100-port range is a warning by itself, and a warning never fails the run.
+        assert_eq!((calm.worst, calm.exit_code), (Severity::Warning, 0));
+        let hot = build("6.18".into(), caps(), vec![], vec![], vec![facts(10), facts(95)]);
+        assert_eq!((hot.worst, hot.exit_code), (Severity::Critical, 1));
+        assert_eq!(hot.namespaces[1].destinations[0].pressure_pct, 95.0);
+        let none = build("6.18".into(), caps(), vec![], vec![], vec![]);
+        assert_eq!(none.exit_code, 0);
+    }
+
+    #[test]
+    fn human_has_one_line_per_finding() {
+        let r = build("6.18.44".into(), caps(), vec![], vec![], vec![facts(95)]);
+        let text = human(&r);
+        let n = r.kernel.findings.len() + r.namespaces[0].findings.len();
+        assert_eq!(text.lines().filter(|l| l.starts_with("  [")).count(), n);
+        assert!(text.contains("== namespace web (/run/netns/web) =="));
+        assert!(text.contains("  127.0.0.1 -> 127.0.0.1:8080  95  95  95%"), "{text}");
+        assert!(text.contains("[critical] port pressure 95% to 127.0.0.1:8080"));
+        assert!(text.ends_with("worst: critical\n"));
+    }
+}
