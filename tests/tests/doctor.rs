@@ -236,6 +236,33 @@ fn tw_recycle_in_a_sysctl_file_is_reported() {
     // A warning alone does not fail the run.
     assert_eq!(code, Some(0));
 
+    // A file can be named directly, next to a directory; both are scanned.
+    let single = std::env::temp_dir().join(format!("twr-doctor-single-{}.conf", std::process::id()));
+    std::fs::write(&single, "net/ipv4/tcp_tw_recycle=0\n").unwrap();
+    let (_, v) = doctor(&ns, &dir.0, &["--sysctl-dir", single.to_str().unwrap()]);
+    std::fs::remove_file(&single).unwrap();
+    let lines = v["kernel"]["tcp_tw_recycle_config"].as_array().unwrap();
+    assert_eq!(lines.len(), 2, "{lines:#?}");
+    assert_eq!((lines[1]["path"].as_str(), lines[1]["value"].as_str()), (single.to_str(), Some("0")));
+
+    // Without --sysctl-dir the standard places are scanned.
+    let path = ns.path();
+    let (_, out, _) = twreset(&["doctor", "--json", "--netns", path.to_str().unwrap()]);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    let scanned: Vec<&str> =
+        v["kernel"]["sysctl_paths"].as_array().unwrap().iter().map(|p| p.as_str().unwrap()).collect();
+    assert_eq!(
+        scanned,
+        [
+            "/etc/sysctl.conf",
+            "/etc/sysctl.d",
+            "/run/sysctl.d",
+            "/usr/local/lib/sysctl.d",
+            "/usr/lib/sysctl.d",
+            "/lib/sysctl.d"
+        ]
+    );
+
     // Without the file there is no such finding.
     std::fs::remove_file(&conf).unwrap();
     let (_, v) = doctor(&ns, &dir.0, &[]);
