@@ -290,9 +290,10 @@ fn capability_probes_match_what_the_kernel_does() {
 
     // tracepoint: doctor says it loads, and twreset trace really attaches one.
     assert_eq!(caps["bpf_tracepoint"]["available"], true, "{caps:#}");
+    // trace prints this line only after its tracepoint program is loaded and attached. (Its exit
+    // status is not checked: a SIGINT that lands before trace installs its handler kills it.)
     let trace = Running::start(&["trace", "--netns", ns.path().to_str().unwrap()], "tracing TCP state transitions");
-    let (code, _, err) = trace.stop();
-    assert_eq!(code, Some(0), "{err}");
+    drop(trace);
     // The trace run mounts tracefs if needed; doctor must now see it.
     let (_, v2) = doctor(&ns, &dir.0, &[]);
     assert_eq!(v2["kernel"]["capabilities"]["tracefs"]["available"], true);

@@ -52,19 +52,26 @@ fn port_range(s: &Settings) -> Finding {
         return Finding::new(Warning, "port_range", "cannot read net.ipv4.ip_local_port_range");
     };
     let rate = f64::from(n) / f64::from(TIME_WAIT_SECONDS);
-    let what = format!(
-        "ip_local_port_range {lo}-{hi}: {n} ephemeral ports per destination (local IP, remote IP, remote port); \
-         when this host closes first each port then sits {TIME_WAIT_SECONDS} s in TIME_WAIT, so at most {rate:.0} new connections/s \
-         to one destination without tcp_tw_reuse"
-    );
+    let rate = if rate < 10.0 { format!("{rate:.1}") } else { format!("{rate:.0}") };
+    let what = |adj: &str| {
+        format!(
+            "ip_local_port_range {lo}-{hi}{adj}: {n} ephemeral ports per destination (local IP, remote IP, remote port); \
+             when this host closes first each port then sits {TIME_WAIT_SECONDS} s in TIME_WAIT, so at most {rate} new \
+             connections/s to one destination without tcp_tw_reuse"
+        )
+    };
     if n == 0 {
-        Finding::new(Critical, "port_range", format!("{what}: connect() without bind() fails with EADDRNOTAVAIL"))
-            .action("sysctl -w net.ipv4.ip_local_port_range=\"32768 60999\"")
+        Finding::new(
+            Critical,
+            "port_range",
+            format!("{}: connect() without bind() fails with EADDRNOTAVAIL", what(" is empty")),
+        )
+        .action("sysctl -w net.ipv4.ip_local_port_range=\"32768 60999\"")
     } else if n < NARROW_RANGE {
-        Finding::new(Warning, "port_range", format!("{what} (narrow)"))
+        Finding::new(Warning, "port_range", what(" is narrow"))
             .action("widen it, e.g. sysctl -w net.ipv4.ip_local_port_range=\"10240 65000\"")
     } else {
-        Finding::new(Severity::Ok, "port_range", what)
+        Finding::new(Severity::Ok, "port_range", what(""))
     }
 }
 

@@ -132,6 +132,13 @@ fn opt<T: std::fmt::Display>(v: &Option<T>) -> String {
     v.as_ref().map_or("-".into(), T::to_string)
 }
 
+/// Findings by falling severity, rule order kept within one severity.
+fn worst_first(f: &[Finding]) -> impl Iterator<Item = &Finding> {
+    let mut v: Vec<&Finding> = f.iter().collect();
+    v.sort_by_key(|f| std::cmp::Reverse(f.severity));
+    v.into_iter()
+}
+
 /// Readable sections: kernel, then per namespace settings, state, destinations and findings.
 pub fn human(r: &Report) -> String {
     let mut o = String::new();
@@ -146,7 +153,7 @@ pub fn human(r: &Report) -> String {
     let paths: Vec<String> = k.sysctl_paths.iter().map(|p| p.display().to_string()).collect();
     let _ = writeln!(o, "  sysctl files scanned: {}", paths.join(" "));
     o.push_str("findings:\n");
-    k.findings.iter().for_each(|f| finding_line(&mut o, f));
+    worst_first(&k.findings).for_each(|f| finding_line(&mut o, f));
     for ns in &r.namespaces {
         let s = &ns.settings;
         let path = ns.path.as_ref().map(|p| format!(" ({})", p.display())).unwrap_or_default();
@@ -184,7 +191,7 @@ pub fn human(r: &Report) -> String {
             }
         }
         o.push_str("findings:\n");
-        ns.findings.iter().for_each(|f| finding_line(&mut o, f));
+        worst_first(&ns.findings).for_each(|f| finding_line(&mut o, f));
     }
     let _ = writeln!(o, "\nworst: {}", r.worst.name());
     o
@@ -331,5 +338,12 @@ mod tests {
         assert!(text.contains("  127.0.0.1 -> 127.0.0.1:8080  95  95  95%"), "{text}");
         assert!(text.contains("[critical] port pressure 95% to 127.0.0.1:8080"));
         assert!(text.ends_with("worst: critical\n"));
+        let sevs: Vec<&str> = text
+            .lines()
+            .skip_while(|l| !l.starts_with("== namespace"))
+            .filter(|l| l.starts_with("  ["))
+            .filter_map(|l| l.get(3..11))
+            .collect();
+        assert_eq!(sevs.first(), Some(&"critical"), "worst first: {text}");
     }
 }
