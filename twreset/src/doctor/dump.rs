@@ -1,7 +1,9 @@
 //! Minimal NETLINK_SOCK_DIAG client: dump TCP sockets (what `ss` reads) and probe SOCK_DESTROY.
 //!
-//! TO BE REPLACED by `crate::diag::dump` when the `kill` branch lands: [`dump`] has the same
-//! signature shape, so the lead swaps one call in cmd/doctor.rs and deletes this file's dump half.
+//! TO BE REPLACED by `crate::diag` when the `kill` branch lands (same shapes, checked against
+//! that branch): `dump::dump` -> `crate::diag::dump`, `dump::probe_sock_destroy()` ->
+//! `crate::diag::Diag::open().and_then(|mut d| crate::diag::probe_destroy(&mut d))`,
+//! `dump::DiagError` -> `crate::diag::DiagError`; then delete this file.
 //! Acts in the calling thread's network namespace (the netlink socket lives where it is made).
 
 use std::{
