@@ -9,3 +9,5 @@ pub mod output;
 pub mod probe;
 pub mod sock;
 pub mod state;
+pub mod tw_event;
+pub mod twfeed;
