@@ -281,6 +281,16 @@ fn capability_probes_match_what_the_kernel_does() {
 
     assert_eq!(caps["btf"]["available"], Path::new("/sys/kernel/btf/vmlinux").exists());
 
+    // TIME_WAIT timer symbols: what /proc/kallsyms really shows (non-zero addresses as root).
+    let kallsyms = std::fs::read_to_string("/proc/kallsyms").unwrap();
+    let visible = ["tw_timer_handler", "inet_twsk_deschedule_put", "timer_shutdown_sync"].iter().all(|name| {
+        kallsyms.lines().any(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() >= 3 && f[2] == *name && f[0].chars().any(|c| c != '0')
+        })
+    });
+    assert_eq!(caps["timewait_timer"]["available"], visible, "{caps:#}");
+
     // fentry: this kernel refuses the load (KERNEL.md), and doctor says so because loading failed.
     let fentry = &caps["bpf_fentry"];
     assert_eq!(fentry["available"], false, "{fentry:#}");

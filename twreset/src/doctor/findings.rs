@@ -336,6 +336,17 @@ pub fn kernel(caps: &Capabilities, recycle_lines: &[ConfigLine], kernel_has_recy
         ),
         "use Linux >= 6.0 with CONFIG_INET_DIAG_DESTROY=y, or keep tcp_rfc1337=0",
     ));
+    out.push(cap(
+        caps.timewait_timer.available,
+        Warning,
+        "timewait_timer",
+        format!("TIME_WAIT timers can be followed exactly ({})", caps.timewait_timer.detail),
+        format!(
+            "TIME_WAIT creation, expiry and early removal cannot be followed exactly: {}",
+            caps.timewait_timer.detail
+        ),
+        "run as root (kernel.kptr_restrict hides kernel addresses from others)",
+    ));
     for l in recycle_lines {
         let at = format!("{}:{}", l.path.display(), l.line);
         out.push(if kernel_has_recycle && l.value != "0" {

@@ -268,6 +268,7 @@ fn caps(all: bool) -> Capabilities {
         bpf_tracepoint: c(all),
         bpf_fentry: c(all),
         sock_destroy_time_wait: c(all),
+        timewait_timer: c(all),
     }
 }
 
@@ -282,6 +283,7 @@ fn kernel_capabilities() {
     assert_eq!(find(&f, "bpf_fentry").severity, Info);
     assert!(find(&f, "bpf_fentry").message.contains("fentry unavailable: refused"));
     assert_eq!(find(&f, "sock_destroy").severity, Warning);
+    assert_eq!(find(&f, "timewait_timer").severity, Warning);
     assert_eq!(exit_code(worst(&f)), 0, "missing capabilities alone never fail the host");
 }
 

@@ -172,6 +172,9 @@ pub struct Capabilities {
     pub bpf_tracepoint: Capability,
     pub bpf_fentry: Capability,
     pub sock_destroy_time_wait: Capability,
+    /// The kernel symbols twreset's exact TIME_WAIT lifecycle tracking filters timer
+    /// tracepoints on are visible in /proc/kallsyms.
+    pub timewait_timer: Capability,
 }
 
 /// A sysctl configuration line that sets `net.ipv4.tcp_tw_recycle`.

@@ -10,7 +10,7 @@ use crate::{
         model::{Capabilities, Capability},
         parse,
     },
-    kernel::{btf, tracefs},
+    kernel::{btf, kallsyms::Kallsyms, tracefs},
 };
 
 const BPF_PROG_LOAD: libc::c_long = 5;
@@ -177,6 +177,17 @@ fn sock_destroy_verdict(errno: i32, release: &str) -> Capability {
     }
 }
 
+/// Functions the TIME_WAIT lifecycle programs need addresses of (see crate::probe).
+const TIMEWAIT_SYMBOLS: [&str; 3] = ["tw_timer_handler", "inet_twsk_deschedule_put", "timer_shutdown_sync"];
+
+fn probe_timewait_timer() -> Capability {
+    let found = Kallsyms::load().and_then(|k| TIMEWAIT_SYMBOLS.iter().try_for_each(|name| k.range(name).map(|_| ())));
+    match found {
+        Ok(()) => Capability::yes(format!("{} found in /proc/kallsyms", TIMEWAIT_SYMBOLS.join(", "))),
+        Err(e) => Capability::no(None, e.to_string()),
+    }
+}
+
 /// The kernel release (`uname -r`).
 pub fn kernel_release() -> String {
     std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_owned()).unwrap_or_default()
@@ -191,6 +202,7 @@ pub fn capabilities(release: &str) -> Capabilities {
         bpf_tracepoint: probe_tracepoint(),
         bpf_fentry: probe_fentry(&btf_path),
         sock_destroy_time_wait: probe_sock_destroy(release),
+        timewait_timer: probe_timewait_timer(),
     }
 }
 

@@ -150,6 +150,7 @@ pub fn human(r: &Report) -> String {
     cap_line(&mut o, "BPF tracepoint", &c.bpf_tracepoint);
     cap_line(&mut o, "BPF fentry", &c.bpf_fentry);
     cap_line(&mut o, "SOCK_DESTROY TIME_WAIT", &c.sock_destroy_time_wait);
+    cap_line(&mut o, "TIME_WAIT timer symbols", &c.timewait_timer);
     let paths: Vec<String> = k.sysctl_paths.iter().map(|p| p.display().to_string()).collect();
     let _ = writeln!(o, "  sysctl files scanned: {}", paths.join(" "));
     o.push_str("findings:\n");
@@ -213,6 +214,7 @@ mod tests {
             bpf_tracepoint: y(),
             bpf_fentry: Capability::no(Some("EPERM"), "BPF_PROG_LOAD failed"),
             sock_destroy_time_wait: y(),
+            timewait_timer: y(),
         }
     }
 
@@ -270,7 +272,7 @@ mod tests {
         );
         assert_eq!(
             keys(&v["kernel"]["capabilities"]),
-            ["bpf_fentry", "bpf_tracepoint", "btf", "sock_destroy_time_wait", "tracefs"]
+            ["bpf_fentry", "bpf_tracepoint", "btf", "sock_destroy_time_wait", "timewait_timer", "tracefs"]
         );
         assert_eq!(keys(&v["kernel"]["capabilities"]["bpf_fentry"]), ["available", "detail", "errno"]);
         let ns = &v["namespaces"][0];
