@@ -469,3 +469,32 @@ fn repeated_netns_reports_each_in_order() {
     assert_eq!(list[1]["settings"]["ip_local_port_range"], serde_json::json!([43000, 43999]));
     assert_ne!(list[0]["cookie"], list[1]["cookie"]);
 }
+
+#[test]
+fn unprivileged_run_blames_privilege_not_the_kernel() {
+    if !privileged("unprivileged_run_blames_privilege_not_the_kernel") {
+        return;
+    }
+    let dir = TempDir::new("unpriv");
+    let bin = twreset_tests::bin();
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"])
+        .arg(&bin)
+        .args(["doctor", "--json", "--sysctl-dir", dir.0.to_str().unwrap()])
+        .output()
+        .expect("setpriv");
+    let v: Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    let caps = &v["kernel"]["capabilities"];
+    // The kernel refuses BPF to an unprivileged user; doctor must not call that a kernel limit.
+    assert_eq!(caps["bpf_tracepoint"]["available"], false);
+    assert_eq!(caps["bpf_tracepoint"]["errno"], "EPERM");
+    assert!(caps["bpf_fentry"]["detail"].as_str().unwrap().contains("missing privilege"), "{caps:#}");
+    // tracefs is mounted (root-only), not missing.
+    assert_eq!(caps["tracefs"]["available"], true, "{caps:#}");
+    assert!(caps["sock_destroy_time_wait"]["detail"].as_str().unwrap().contains("CAP_NET_ADMIN"));
+    // The namespace facts (sysctls, counters, sock_diag dump) need no privilege.
+    assert_eq!(v["namespaces"][0]["label"], "current");
+    assert!(v["namespaces"][0]["counters"]["timewait_total"].is_u64());
+    assert!(v["namespaces"][0]["settings"]["ip_local_port_range"].is_array());
+}

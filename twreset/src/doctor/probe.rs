@@ -10,7 +10,7 @@ use crate::{
         model::{Capabilities, Capability},
         parse,
     },
-    kernel::{btf, kallsyms::Kallsyms, tracefs},
+    kernel::{btf, caps, kallsyms::Kallsyms, tracefs},
 };
 
 const BPF_PROG_LOAD: libc::c_long = 5;
@@ -107,11 +107,26 @@ fn probe_btf(path: &Path) -> Capability {
     }
 }
 
+/// Mount points of tracefs in a /proc/self/mountinfo text (field 5 is the mount point, the
+/// file system type follows the ` - ` separator).
+fn tracefs_mounts(mountinfo: &str) -> Vec<String> {
+    mountinfo
+        .lines()
+        .filter_map(|l| {
+            let (pre, post) = l.split_once(" - ")?;
+            (post.split_whitespace().next()? == "tracefs").then(|| pre.split_whitespace().nth(4).map(str::to_owned))?
+        })
+        .collect()
+}
+
 fn probe_tracefs() -> Capability {
-    if tracefs::mounted() {
-        Capability::yes("events found under /sys/kernel/tracing or /sys/kernel/debug/tracing")
-    } else {
-        Capability::no(None, "neither /sys/kernel/tracing/events nor /sys/kernel/debug/tracing/events exists")
+    // mountinfo rather than the events directory: /sys/kernel/tracing is root-only, and a
+    // non-root run must not report "not mounted" for "not readable".
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").map(|t| tracefs_mounts(&t)).unwrap_or_default();
+    match (mounts.is_empty(), tracefs::mounted()) {
+        (_, true) => Capability::yes("events found under /sys/kernel/tracing or /sys/kernel/debug/tracing"),
+        (false, false) => Capability::yes(format!("mounted at {} (not readable by this user)", mounts.join(", "))),
+        (true, false) => Capability::no(None, "no tracefs in /proc/self/mountinfo"),
     }
 }
 
@@ -196,12 +211,24 @@ pub fn kernel_release() -> String {
 /// Probe everything, in the calling thread's namespace.
 pub fn capabilities(release: &str) -> Capabilities {
     let btf_path = btf::vmlinux_path();
+    let bpf_tracepoint = probe_tracepoint();
+    let mut bpf_fentry = probe_fentry(&btf_path);
+    if !bpf_tracepoint.available && !bpf_fentry.available {
+        // EPERM for both says "no privilege", not "this kernel refuses trampolines".
+        bpf_fentry
+            .detail
+            .push_str("; inconclusive: even a tracepoint program is refused, so this is missing privilege");
+    }
+    let mut sock_destroy_time_wait = probe_sock_destroy(release);
+    if sock_destroy_time_wait.available && caps::require_net_admin().is_err() {
+        sock_destroy_time_wait.detail.push_str("; killing needs CAP_NET_ADMIN (run as root)");
+    }
     Capabilities {
         btf: probe_btf(&btf_path),
         tracefs: probe_tracefs(),
-        bpf_tracepoint: probe_tracepoint(),
-        bpf_fentry: probe_fentry(&btf_path),
-        sock_destroy_time_wait: probe_sock_destroy(release),
+        bpf_tracepoint,
+        bpf_fentry,
+        sock_destroy_time_wait,
         timewait_timer: probe_timewait_timer(),
     }
 }
@@ -228,6 +255,15 @@ mod tests {
         assert!(off.detail.contains("CONFIG_INET_DIAG_DESTROY"));
         let perm = sock_destroy_verdict(libc::EPERM, "6.18.44");
         assert_eq!((perm.available, perm.errno.as_deref()), (false, Some("EPERM")));
+    }
+
+    #[test]
+    fn tracefs_mount_points() {
+        let t = "22 27 0:20 / /proc rw,nosuid - proc proc rw\n\
+                 40 22 0:12 / /sys/kernel/tracing rw,nosuid,nodev,noexec,relatime shared:15 - tracefs tracefs rw\n\
+                 41 22 0:13 / /mnt/x rw - ext4 /dev/vda rw\n";
+        assert_eq!(tracefs_mounts(t), ["/sys/kernel/tracing"]);
+        assert!(tracefs_mounts("").is_empty());
     }
 
     #[test]
