@@ -10,7 +10,7 @@ use crate::doctor::{
         Capabilities, ConfigLine, Counters, DEFAULT_FIN_TIMEOUT, Destination, Finding, Settings, Severity,
         TIME_WAIT_SECONDS,
     },
-    pressure::percent,
+    pressure::{held, percent},
 };
 
 use Severity::{Critical, Info, Warning};
@@ -257,8 +257,7 @@ fn endpoint(ip: IpAddr, port: u16) -> String {
 fn port_pressure(d: &Destination, s: &Settings, ctx: &NsContext) -> Option<Finding> {
     let slots = u64::from(s.ports_per_destination()?);
     // With reuse in force the TIME_WAIT ports are free for the next connect().
-    let held = if d.reuse_applies { d.sockets - d.time_wait } else { d.sockets };
-    let effective = percent(held, slots);
+    let effective = percent(held(d), slots);
     let sev = match effective {
         p if p >= PRESSURE_CRITICAL => Critical,
         p if p >= PRESSURE_WARNING => Warning,

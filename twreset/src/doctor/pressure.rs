@@ -59,15 +59,23 @@ pub fn destinations(sockets: &[DiagSocket], settings: &Settings, top: usize) -> 
             reuse_applies: settings.reuse_applies(local, remote),
         })
         .collect();
+    // Closest to exhaustion first: ports connect() cannot take back, then all held ports.
     out.sort_by(|a, b| {
-        b.sockets
-            .cmp(&a.sockets)
+        held(b)
+            .cmp(&held(a))
+            .then(b.sockets.cmp(&a.sockets))
             .then(a.remote.cmp(&b.remote))
             .then(a.remote_port.cmp(&b.remote_port))
             .then(a.local.cmp(&b.local))
     });
     out.truncate(top);
     out
+}
+
+/// Ports of a destination that `connect()` cannot take back (TIME_WAIT ones can be when
+/// tcp_tw_reuse applies).
+pub fn held(d: &Destination) -> u64 {
+    if d.reuse_applies { d.sockets - d.time_wait } else { d.sockets }
 }
 
 /// `part / whole` in percent, one decimal; 100 when `whole` is 0 and `part` is not.
@@ -169,6 +177,19 @@ mod tests {
         let mut no_ts = settings(1, 2, 1);
         no_ts.tcp_timestamps = Some(0);
         assert!(!no_ts.reuse_applies(near, far));
+    }
+
+    #[test]
+    fn ranks_by_ports_that_reuse_cannot_free() {
+        // tcp_tw_reuse=2: the loopback destination's TIME_WAIT ports come back, the remote one's do not.
+        let s = settings(40000, 40099, 2);
+        let mut socks: Vec<_> =
+            (0..60).map(|i| sock("127.0.0.1", 40000 + i, "127.0.0.1", 8080, TcpState::TimeWait)).collect();
+        socks.extend((0..30).map(|i| sock("10.0.0.1", 40000 + i, "10.0.0.5", 443, TcpState::TimeWait)));
+        let d = destinations(&socks, &s, 10);
+        assert_eq!((d[0].remote_port, d[0].reuse_applies, held(&d[0])), (443, false, 30));
+        assert_eq!((d[1].remote_port, d[1].reuse_applies, held(&d[1])), (8080, true, 0));
+        assert_eq!(destinations(&socks, &s, 1)[0].remote_port, 443);
     }
 
     #[test]
