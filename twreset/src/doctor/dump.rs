@@ -52,7 +52,10 @@ pub enum DiagError {
     #[error("sock_diag dump: malformed message of {len} bytes")]
     Malformed { len: usize },
     #[error("cannot read the namespace cookie")]
-    Cookie(#[source] netns::NetnsError),
+    Cookie {
+        #[source]
+        source: netns::NetnsError,
+    },
 }
 
 /// `nlmsghdr` + `inet_diag_req_v2` for one family, all 4-tuple fields zero unless `tuple` is given.
@@ -167,6 +170,10 @@ fn dump_family(fd: &OwnedFd, family: u8, mask: u32, cookie: u64, out: &mut Vec<D
     let mut buf = vec![0u8; 1 << 16];
     loop {
         let data = recv(fd, &mut buf, "dump")?;
+        if data.is_empty() {
+            // Never sent by a live kernel socket; without this a dump would spin forever.
+            return Err(DiagError::Malformed { len: 0 });
+        }
         let mut off = 0;
         while off + NLMSG_HDR <= data.len() {
             let len = u32_ne(data, off) as usize;
@@ -194,7 +201,7 @@ fn dump_family(fd: &OwnedFd, family: u8, mask: u32, cookie: u64, out: &mut Vec<D
 /// thread's network namespace.
 pub fn dump(states: &[TcpState]) -> Result<Vec<DiagSocket>, DiagError> {
     let mask = if states.is_empty() { u32::MAX } else { states.iter().fold(0, |m, s| m | (1u32 << s.number())) };
-    let cookie = netns::current_cookie().map_err(DiagError::Cookie)?;
+    let cookie = netns::current_cookie().map_err(|source| DiagError::Cookie { source })?;
     let fd = open()?;
     let mut out = Vec::new();
     dump_family(&fd, libc::AF_INET as u8, mask, cookie, &mut out)?;
