@@ -11,12 +11,24 @@ use std::{
 use nix::sys::signal::Signal;
 use twreset_tests::{Closer, NetNs, Running, bin, connections, privileged};
 
-/// Our state program as the kernel names it (BPF_OBJ_NAME_LEN truncates to 15 characters).
-fn state_programs() -> usize {
-    aya::programs::loaded_programs()
-        .filter_map(Result::ok)
-        .filter(|p| p.name_as_str() == Some("inet_sock_set_s"))
-        .count()
+/// Ids of the BPF programs process `pid` holds (from /proc/PID/fdinfo).
+fn programs_of(pid: i32) -> Vec<u32> {
+    let mut ids = Vec::new();
+    for e in std::fs::read_dir(format!("/proc/{pid}/fdinfo")).unwrap().filter_map(Result::ok) {
+        let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+        ids.extend(
+            text.lines().filter_map(|l| l.strip_prefix("prog_id:")).filter_map(|v| v.trim().parse::<u32>().ok()),
+        );
+    }
+    // The program fd and its link fd both name it.
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
+/// Ids of every program loaded in the kernel.
+fn loaded() -> Vec<u32> {
+    aya::programs::loaded_programs().filter_map(Result::ok).map(|p| p.id()).collect()
 }
 
 #[test]
@@ -24,12 +36,12 @@ fn sigterm_and_sigint_exit_0_with_summary_and_detach() {
     if !privileged("sigterm") {
         return;
     }
-    let before = state_programs();
     let ns = NetNs::new("life");
     let path = ns.path();
     for sig in [Signal::SIGTERM, Signal::SIGINT] {
         let mut t = Running::start(&["trace", "--json", "--netns", path.to_str().unwrap()], "Ctrl-C to stop");
-        assert_eq!(state_programs(), before + 1, "program loaded while tracing");
+        let ours = programs_of(t.pid());
+        assert_eq!(ours.len(), 1, "one program (the state tracepoint) while tracing");
         ns.run(|| connections("127.0.0.1:0".parse().unwrap(), None, 2, Closer::Client));
         std::thread::sleep(Duration::from_millis(200));
         let (code, out, err) = t.signal(sig);
@@ -37,7 +49,8 @@ fn sigterm_and_sigint_exit_0_with_summary_and_detach() {
         assert_eq!(out.lines().count(), 2 * 10 + 2, "{out}");
         let summary = err.lines().last().unwrap();
         assert!(summary.starts_with("twreset: 22 events seen, 0 lost"), "{sig}: {summary}");
-        assert_eq!(state_programs(), before, "{sig}: program left in the kernel");
+        let left: Vec<u32> = loaded().into_iter().filter(|id| ours.contains(id)).collect();
+        assert!(left.is_empty(), "{sig}: programs {left:?} left in the kernel");
     }
 }
 

@@ -199,7 +199,7 @@ fn early_removal_causes_sock_destroy_new_syn_and_reuse() {
     let mut want: Vec<(String, (SocketAddr, SocketAddr))> =
         killed.iter().map(|(c, s)| ("sock_destroy".to_owned(), (*c, *s))).collect();
     want.push(("new_syn".into(), syn_tuple));
-    want.push(("tw_reuse".into(), reuse));
+    want.push(("reuse".into(), reuse));
     let mut got = k.clone();
     got.sort();
     want.sort();

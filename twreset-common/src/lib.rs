@@ -3,6 +3,8 @@
 
 use core::mem::size_of;
 
+pub mod iter;
+
 /// Kinds of [`Event`]. Integers on the wire, converted with `TryFrom` in userspace.
 pub mod kind {
     /// A TCP socket changed state (`sock:inet_sock_set_state`). `aux`: [`super::state_aux`] flags.

@@ -103,14 +103,7 @@ pub fn json(t: &Transition) -> Value {
 
 /// Stable snake_case name of a cause (JSON and human output).
 pub fn cause_name(c: TwCause) -> &'static str {
-    match c {
-        TwCause::SockDestroy => "sock_destroy",
-        TwCause::PeerRst => "peer_rst",
-        TwCause::NewSyn => "new_syn",
-        TwCause::Reuse => "tw_reuse",
-        TwCause::NetnsGone => "netns_gone",
-        TwCause::Other => "other",
-    }
+    c.name()
 }
 
 fn tw_fields(ev: &TwEvent) -> (&'static str, Value) {

@@ -12,8 +12,8 @@ use clap::Args;
 
 use crate::{
     cli::{NetnsArgs, NetnsScope, UsageError},
+    diag::{self, DiagError},
     doctor::{
-        dump::{self, DiagError},
         model::{ConfigLine, Counters, Settings},
         parse::{self, ParseError},
         probe,
@@ -151,8 +151,7 @@ fn gather_here(label: String, path: Option<PathBuf>) -> Result<NsFacts, DoctorEr
     let settings = settings()?;
     let ext = proc_net("netstat", parse::tcp_ext)?;
     let timewait_total = proc_net("sockstat", parse::sockstat_tw)?;
-    // To be replaced by crate::diag::dump (and its DiagError above) when the kill branch lands.
-    let sockets = dump::dump(&state::ALL).map_err(|source| DoctorError::Dump { source })?;
+    let sockets = diag::dump(&state::ALL).map_err(|source| DoctorError::Dump { source })?;
     let tw = |st: TcpState| sockets.iter().filter(|s| s.timewait && s.state == st).count() as u64;
     let counters = Counters {
         time_wait: tw(TcpState::TimeWait),

@@ -1,3 +1,6 @@
 //! One module per subcommand: its clap args, validated config and runner.
 pub mod doctor;
+pub mod kill;
+pub mod top;
 pub mod trace;
+pub mod tw;

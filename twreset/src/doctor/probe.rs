@@ -4,9 +4,9 @@
 use std::{io, path::Path};
 
 use crate::{
+    diag,
     doctor::{
         btf_func::{self, BtfFuncError},
-        dump,
         model::{Capabilities, Capability},
         parse,
     },
@@ -164,7 +164,7 @@ fn probe_fentry(path: &Path) -> Capability {
 }
 
 fn probe_sock_destroy(release: &str) -> Capability {
-    match dump::probe_sock_destroy() {
+    match diag::Diag::open().and_then(|mut d| diag::probe_destroy(&mut d)) {
         Ok(errno) => sock_destroy_verdict(errno, release),
         Err(e) => Capability::no(None, format!("SOCK_DESTROY probe failed: {e:#}")),
     }
