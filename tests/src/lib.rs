@@ -141,6 +141,15 @@ impl NetNs {
         self.ss(&["state", "time-wait"])
     }
 
+    /// Sockets in one state (`ss -Htan state STATE`). With a single-state filter `ss` drops the
+    /// State column, which [`SsSocket::parse`] expects; this parses the four remaining columns.
+    pub fn ss_state(&self, state: &str) -> Vec<SsSocket> {
+        self.exec(&["ss", "-Htan", "state", state])
+            .lines()
+            .filter_map(|l| SsSocket::parse(&format!("{state} {l}")))
+            .collect()
+    }
+
     /// A `/proc/net/netstat` TcpExt counter of this namespace (e.g. `TCPTimeWaitOverflow`).
     pub fn tcp_ext(&self, counter: &str) -> u64 {
         let text = self.exec(&["cat", "/proc/net/netstat"]);

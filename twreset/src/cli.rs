@@ -24,6 +24,8 @@ pub enum Command {
     Top(cmd::top::TopArgs),
     /// Kill selected TCP sockets (TIME_WAIT by default) by peer, prefix, port or connection.
     Kill(cmd::kill::KillArgs),
+    /// Explain what this host's sysctls, counters and kernel mean for TIME_WAIT (exit 1 on a critical finding).
+    Doctor(cmd::doctor::DoctorArgs),
 }
 
 /// A usage error found after clap's parsing (exit status 2).

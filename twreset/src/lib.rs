@@ -4,6 +4,7 @@ pub mod cli;
 pub mod cmd;
 pub mod decode;
 pub mod diag;
+pub mod doctor;
 pub mod kernel;
 pub mod kill;
 pub mod live;

@@ -57,6 +57,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let ok = cmd::kill::run(cmd::kill::KillConfig::try_from(args)?)?;
             Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
+        Command::Doctor(args) => Ok(ExitCode::from(cmd::doctor::run(cmd::doctor::DoctorConfig::try_from(args)?)?)),
     }
 }
 
