@@ -8,12 +8,19 @@ use twreset::{
     cmd,
 };
 
-async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
+/// SIGINT or SIGTERM. The handlers are installed when this is called, not when the future is
+/// first polled, so a signal that arrives while the program is still loading ends the session
+/// cleanly instead of killing the process.
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+    })
 }
 
 fn is_broken_pipe(e: &anyhow::Error) -> bool {
@@ -24,7 +31,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Trace(args) => {
             let cfg = cmd::trace::TraceConfig::try_from(args)?;
-            let s = cmd::trace::run(cfg, shutdown_signal()).await?;
+            let s = cmd::trace::run(cfg, shutdown_signal()?).await?;
             eprintln!(
                 "twreset: {} events seen, {} lost (ring buffer full: {}, recursion misses: {}){}{}",
                 s.events,
@@ -49,8 +56,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Top(args) => {
             let cfg = cmd::top::TopConfig::try_from(args)?;
             cmd::top::ensure_terminal()?;
+            let shutdown = shutdown_signal()?;
             let feed = twreset::live::kernel_feed("top", &cfg.scope)?;
-            cmd::top::run(&cfg, feed, &cmd::tw::ns_names(), shutdown_signal()).await?;
+            cmd::top::run(&cfg, feed, &cmd::tw::ns_names(), shutdown).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Kill(args) => {
