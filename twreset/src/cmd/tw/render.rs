@@ -78,7 +78,7 @@ fn totals_json(t: &Totals) -> Value {
     })
 }
 
-/// The `twreset tw --json` document (schema in docs/tw.md).
+/// The `twreset tw --json` document (schema in README.md).
 pub fn render_json(snap: &Snapshot) -> Value {
     json!({
         "by": snap.by.name(),
