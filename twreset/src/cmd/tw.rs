@@ -203,9 +203,16 @@ mod tests {
                 uid: 0,
             },
         ];
+        // The kernel as the final reconcile sees it: the seed plus the socket the event created.
+        let mut later = dump.clone();
+        later.push(DiagSocket { key: key(2, "10.0.0.2"), ..dump[0].clone() });
+        let mut calls = 0;
         let feed = Feed {
             events: rx,
-            dump: Box::new(move || Ok(dump.clone())),
+            dump: Box::new(move || {
+                calls += 1;
+                Ok(if calls == 1 { dump.clone() } else { later.clone() })
+            }),
             lost: Box::new(|| 0),
             ranges: PortRanges::default(),
         };
@@ -232,5 +239,6 @@ mod tests {
         assert_eq!(v["rows"][0]["count"], 2);
         assert_eq!(v["totals"]["count"], 2);
         assert_eq!(v["totals"]["drift"], 0);
+        assert_eq!(v["totals"]["reconciles"], 1, "tw compares its table with a final dump");
     }
 }
