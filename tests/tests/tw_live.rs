@@ -134,7 +134,7 @@ fn early_removals_are_recorded_by_cause() {
             let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
             s.bind(&"127.0.0.2:0".parse::<SocketAddr>().unwrap().into()).unwrap();
             s.connect(&format!("127.0.0.1:{port}").parse::<SocketAddr>().unwrap().into()).unwrap();
-            let mut c = std::net::TcpStream::from(s);
+            let c = std::net::TcpStream::from(s);
             let (a, _) = l.accept().unwrap();
             c.shutdown(std::net::Shutdown::Write).unwrap();
             let mut b = [0u8; 1];

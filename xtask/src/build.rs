@@ -61,9 +61,13 @@ pub fn run_tool(t: &Tools, args: &[String]) -> Result<()> {
     std::process::exit(status.code().unwrap_or(1));
 }
 
-/// Unit tests, then integration tests against the real binary and the real kernel.
+/// Lints (rustfmt, clippy with warnings denied), unit tests, then integration tests against the
+/// real binary and the real kernel.
 pub fn test(t: &Tools, extra: &[String]) -> Result<()> {
     let bin = release(t)?;
+    if extra.is_empty() {
+        lint(t).context("lints failed")?;
+    }
     let obj = target_dir(&t.root).join("bpfel-unknown-none/release/twreset");
     let mut cmd = cargo(&t.stable);
     cmd.current_dir(&t.root)
