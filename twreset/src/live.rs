@@ -153,6 +153,7 @@ pub fn kernel_feed(_command: &'static str, scope: &NetnsScope) -> Result<Feed, L
             if let Ok(l) = source.loss() {
                 lost_w.store(l.lost(), Ordering::Relaxed);
             }
+            source.flush_logs();
         }
     });
     let paths: Option<Vec<std::path::PathBuf>> = match scope {

@@ -97,6 +97,8 @@ pub struct Probe {
     /// Why the TIME_WAIT programs cannot work here, if they cannot.
     timewait_unavailable: Option<KallsymsError>,
     kallsyms: Option<Kallsyms>,
+    /// Kernel-side log records (aya-log), forwarded to `tracing` by [`Probe::flush_logs`].
+    logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
 }
 
 impl Probe {
@@ -111,9 +113,23 @@ impl Probe {
                 Ok(k) => (Some(k), None),
                 Err(e) => (None, Some(e)),
             };
-        let ebpf =
+        let mut ebpf =
             EbpfLoader::new().override_global(OFFSETS_GLOBAL, &off, true).load(EBPF_OBJ).map_err(ProbeError::Load)?;
-        Ok(Self { ebpf, attached: Vec::new(), timewait_unavailable, kallsyms })
+        let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                tracing::debug!("kernel-side logging unavailable: {e}");
+                None
+            }
+        };
+        Ok(Self { ebpf, attached: Vec::new(), timewait_unavailable, kallsyms, logger })
+    }
+
+    /// Forward pending kernel-side log records to `tracing` (stderr, `TWRESET_LOG`).
+    pub fn flush_logs(&mut self) {
+        if let Some(l) = &mut self.logger {
+            l.flush();
+        }
     }
 
     /// Kernel symbols, available when TIME_WAIT tracking is.

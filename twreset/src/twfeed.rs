@@ -132,6 +132,11 @@ impl TwFeed {
         Ok(())
     }
 
+    /// Forward kernel-side log records (see [`Probe::flush_logs`]).
+    pub fn flush_logs(&mut self) {
+        self.probe.flush_logs();
+    }
+
     pub fn loss(&self) -> Result<Loss, FeedError> {
         Ok(self.probe.loss()?)
     }

@@ -125,7 +125,15 @@ fn try_timer_start(ctx: &RawTracePointContext) -> Result<u32, u32> {
     let expires: u64 = read(timer, o.timer_expires).inspect_err(|_| count(stat::READ_ERROR))?;
     // SAFETY: helper without preconditions.
     let now = unsafe { bpf_jiffies64() };
-    let t = read_tw(&o, timer).inspect_err(|_| count(stat::READ_ERROR))?;
+    let t = match read_tw(&o, timer) {
+        Ok(t) => t,
+        Err(e) => {
+            // Rare and worth a line: the struct offsets from BTF do not fit this socket.
+            count(stat::READ_ERROR);
+            aya_log_ebpf::warn!(ctx, "cannot read the TIME_WAIT socket behind timer {:x}", timer);
+            return Err(e);
+        }
+    };
     if let Some(slot) = LAST_TW.get_ptr_mut(0) {
         // SAFETY: per-CPU slot, see programs::state::active_close.
         unsafe {

@@ -137,7 +137,10 @@ pub async fn run(cfg: TraceConfig, shutdown: impl Future<Output = ()>) -> Result
     let result: Result<()> = loop {
         tokio::select! {
             _ = &mut shutdown => break Ok(()),
-            _ = tick.tick() => report_loss(&mut reported, &probe.loss()?),
+            _ = tick.tick() => {
+                probe.flush_logs();
+                report_loss(&mut reported, &probe.loss()?);
+            }
             guard = ring.readable_mut() => {
                 let mut guard = guard.context("waiting on the ring buffer")?;
                 let ring = guard.get_inner_mut();
