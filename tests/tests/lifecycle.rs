@@ -9,22 +9,7 @@ use std::{
 };
 
 use nix::sys::signal::Signal;
-use twreset_tests::{Closer, NetNs, Running, bin, connections, privileged};
-
-/// Ids of the BPF programs process `pid` holds (from /proc/PID/fdinfo).
-fn programs_of(pid: i32) -> Vec<u32> {
-    let mut ids = Vec::new();
-    for e in std::fs::read_dir(format!("/proc/{pid}/fdinfo")).unwrap().filter_map(Result::ok) {
-        let text = std::fs::read_to_string(e.path()).unwrap_or_default();
-        ids.extend(
-            text.lines().filter_map(|l| l.strip_prefix("prog_id:")).filter_map(|v| v.trim().parse::<u32>().ok()),
-        );
-    }
-    // The program fd and its link fd both name it.
-    ids.sort_unstable();
-    ids.dedup();
-    ids
-}
+use twreset_tests::{Closer, NetNs, Running, bin, connections, privileged, programs_of};
 
 /// Ids of every program loaded in the kernel.
 fn loaded() -> Vec<u32> {
@@ -40,7 +25,7 @@ fn sigterm_and_sigint_exit_0_with_summary_and_detach() {
     let path = ns.path();
     for sig in [Signal::SIGTERM, Signal::SIGINT] {
         let mut t = Running::start(&["trace", "--json", "--netns", path.to_str().unwrap()], "Ctrl-C to stop");
-        let ours = programs_of(t.pid());
+        let ours = programs_of(t.pid() as u32);
         assert_eq!(ours.len(), 1, "one program (the state tracepoint) while tracing");
         ns.run(|| connections("127.0.0.1:0".parse().unwrap(), None, 2, Closer::Client));
         std::thread::sleep(Duration::from_millis(200));

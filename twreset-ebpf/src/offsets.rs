@@ -47,3 +47,13 @@ pub fn netns_cookie(o: &KernelOffsets, sk: u64) -> Result<u64, u32> {
     let net: u64 = read(sk, o.skc_net)?;
     read(net, o.net_cookie)
 }
+
+/// IPv4 addresses in the IPv4-mapped IPv6 form every event uses (`::ffff:a.b.c.d`).
+#[inline(always)]
+pub fn mapped4(v4: [u8; 4]) -> [u8; 16] {
+    let mut a = [0u8; 16];
+    a[10] = 0xff;
+    a[11] = 0xff;
+    a[12..16].copy_from_slice(&v4);
+    a
+}

@@ -10,7 +10,7 @@ use twreset_common::{
 
 use crate::{
     maps::{CONFIG, EVENTS, LAST_TW, NETNS_FILTER, PEER_FILTER, PORT_FILTER, count},
-    offsets::{netns_cookie, offsets, read as kread},
+    offsets::{mapped4, netns_cookie, offsets, read as kread},
 };
 
 #[tracepoint]
@@ -67,23 +67,13 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<u32, u32> {
         }
     }
     let family: u16 = read(ctx, tp_state::FAMILY)?;
-    let mut saddr = [0u8; 16];
-    let mut daddr = [0u8; 16];
-    if family == AF_INET {
-        let s: [u8; 4] = read(ctx, tp_state::SADDR)?;
-        let d: [u8; 4] = read(ctx, tp_state::DADDR)?;
-        saddr[10] = 0xff;
-        saddr[11] = 0xff;
-        daddr[10] = 0xff;
-        daddr[11] = 0xff;
-        saddr[12..16].copy_from_slice(&s);
-        daddr[12..16].copy_from_slice(&d);
+    let (saddr, daddr): ([u8; 16], [u8; 16]) = if family == AF_INET {
+        (mapped4(read(ctx, tp_state::SADDR)?), mapped4(read(ctx, tp_state::DADDR)?))
     } else if family == AF_INET6 {
-        saddr = read(ctx, tp_state::SADDR_V6)?;
-        daddr = read(ctx, tp_state::DADDR_V6)?;
+        (read(ctx, tp_state::SADDR_V6)?, read(ctx, tp_state::DADDR_V6)?)
     } else {
         return Ok(0);
-    }
+    };
     if cfg.flags & filter::PEER != 0 && PEER_FILTER.get(&Key::new(128, daddr)).is_none() {
         return Ok(0);
     }

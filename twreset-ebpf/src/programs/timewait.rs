@@ -18,7 +18,7 @@ use twreset_common::{AF_INET, AF_INET6, Event, KernelOffsets, LastTw, filter, ki
 
 use crate::{
     maps::{CONFIG, EVENTS, LAST_TW, NETNS_FILTER, count},
-    offsets::{netns_cookie, offsets, read},
+    offsets::{mapped4, netns_cookie, offsets, read},
 };
 
 /// Stack frames examined at `timer_cancel` (detach_if_pending, timer_shutdown_sync,
@@ -42,23 +42,13 @@ struct Tw {
 fn read_tw(o: &KernelOffsets, timer: u64) -> Result<Tw, u32> {
     let tw = timer - o.tw_timer as u64;
     let family: u16 = read(tw, o.skc_family)?;
-    let mut saddr = [0u8; 16];
-    let mut daddr = [0u8; 16];
-    if family == AF_INET {
-        let s: [u8; 4] = read(tw, o.skc_rcv_saddr)?;
-        let d: [u8; 4] = read(tw, o.skc_daddr)?;
-        saddr[10] = 0xff;
-        saddr[11] = 0xff;
-        daddr[10] = 0xff;
-        daddr[11] = 0xff;
-        saddr[12..16].copy_from_slice(&s);
-        daddr[12..16].copy_from_slice(&d);
+    let (saddr, daddr): ([u8; 16], [u8; 16]) = if family == AF_INET {
+        (mapped4(read(tw, o.skc_rcv_saddr)?), mapped4(read(tw, o.skc_daddr)?))
     } else if family == AF_INET6 {
-        saddr = read(tw, o.skc_v6_rcv_saddr)?;
-        daddr = read(tw, o.skc_v6_daddr)?;
+        (read(tw, o.skc_v6_rcv_saddr)?, read(tw, o.skc_v6_daddr)?)
     } else {
         return Err(0);
-    }
+    };
     let dport_be: u16 = read(tw, o.skc_dport)?;
     let sport: u16 = read(tw, o.skc_num)?;
     let substate: u8 = read(tw, o.tw_substate)?;
