@@ -127,7 +127,11 @@ pub fn run(t: &Tools, quick: bool) -> Result<()> {
     sys::install_signal_handlers();
     ns::remove_stale();
     let plan = Plan::new(quick);
-    let twreset = build::release(t)?;
+    // TWRESET_BENCH_BIN measures a binary built elsewhere (e.g. a merge candidate) as it is.
+    let twreset = match std::env::var_os("TWRESET_BENCH_BIN") {
+        Some(p) => PathBuf::from(p),
+        None => build::release(t)?,
+    };
     let churn_bin = churn::build(&t.root)?;
     let caps = Caps::detect(&twreset);
     let load_start = loadavg();

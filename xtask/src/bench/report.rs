@@ -36,6 +36,16 @@ fn num(v: Option<f64>, digits: usize) -> String {
     v.map_or_else(|| "n/a".into(), |v| format!("{v:.digits$}"))
 }
 
+/// A ratio with its suffix, or just `n/a`.
+fn times(v: Option<f64>, digits: usize, suffix: &str) -> String {
+    v.map_or_else(|| "n/a".into(), |v| format!("{v:.digits$}x{suffix}"))
+}
+
+/// The short form of why a side could not run (the full reason is in the JSON).
+fn short(reason: &str) -> String {
+    if reason.starts_with("n/a (not built)") { "n/a (not built)".into() } else { reason.chars().take(60).collect() }
+}
+
 fn mib(kib: Option<f64>) -> Option<f64> {
     kib.map(|k| k / 1024.0)
 }
@@ -50,16 +60,21 @@ fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
 fn at_least(v: Option<f64>, target: f64, unit: &str) -> String {
     match v {
         None => "n/a".into(),
-        Some(v) if v >= target => format!("met ({v:.2}{unit} >= {target}{unit})"),
-        Some(v) => format!("missed by {:.2}{unit}", target - v),
+        Some(v) if v >= target => format!("met ({}{unit} >= {target}{unit})", trim(v)),
+        Some(v) => format!("missed by {}{unit}", trim(target - v)),
     }
+}
+
+/// Whole numbers without decimals (lost events), others with two.
+fn trim(v: f64) -> String {
+    if v.fract() == 0.0 { format!("{v:.0}") } else { format!("{v:.2}") }
 }
 
 fn at_most(v: Option<f64>, target: f64, unit: &str) -> String {
     match v {
         None => "n/a".into(),
-        Some(v) if v <= target => format!("met ({v:.2}{unit} <= {target}{unit})"),
-        Some(v) => format!("missed by {:.2}{unit}", v - target),
+        Some(v) if v <= target => format!("met ({}{unit} <= {target}{unit})", trim(v)),
+        Some(v) => format!("missed by {}{unit}", trim(v - target)),
     }
 }
 
@@ -104,8 +119,8 @@ impl Report<'_> {
             .iter()
             .map(|o| {
                 if let Some(na) = &o.na {
-                    let mut r = vec![o.kind.label().to_owned(), na.clone()];
-                    r.resize(10, String::new());
+                    let mut r = vec![o.kind.label().to_owned(), short(na)];
+                    r.resize(11, String::new());
                     return r;
                 }
                 vec![
@@ -114,7 +129,8 @@ impl Report<'_> {
                     num(self.pct_of_base(o.kind), 1),
                     num(o.med(|r| Some(r.expected as f64)), 0),
                     num(o.med(|r| r.seen.map(|s| s as f64)), 0),
-                    num(o.lost(), 0),
+                    num(o.med(|r| r.lost.map(|l| l as f64)), 0),
+                    num(o.med(|r| r.seen.map(|s| r.expected.saturating_sub(s) as f64)), 0),
                     num(o.med(|r| r.per_million(r.cpu_s)), 3),
                     num(o.med(|r| r.per_million(r.bpf_s)), 3),
                     num(o.cpu_per_m(), 3),
@@ -123,7 +139,7 @@ impl Report<'_> {
             })
             .collect();
         markdown(
-            &["variant", "conn/s", "% of none", "transitions", "seen", "lost", "tracer CPU s/M", "BPF s/M", "total s/M", "peak RSS MiB"],
+            &["variant", "conn/s", "% of none", "transitions", "seen", "lost (own count)", "missing", "tracer CPU s/M", "BPF s/M", "total s/M", "peak RSS MiB"],
             &rows,
         )
     }
@@ -144,7 +160,7 @@ impl Report<'_> {
                         k.exit.map_or("signal".into(), |c| c.to_string()),
                     ],
                     Err(e) => {
-                        let mut v = vec![o.n.to_string(), tool.into(), e.clone()];
+                        let mut v = vec![o.n.to_string(), tool.into(), short(e)];
                         v.resize(8, String::new());
                         v
                     }
@@ -165,7 +181,7 @@ impl Report<'_> {
             figure: "trace: conn/s, % of no tracer".into(),
             twreset: num(tw_pct, 1),
             peer: format!("{} (bpftrace print)", num(bp_pct, 1)),
-            ratio: num(ratio(tw_pct, bp_pct), 2) + "x",
+            ratio: times(ratio(tw_pct, bp_pct), 2, ""),
             target: ">= 90%".into(),
             verdict: at_least(tw_pct, 90.0, "%"),
         });
@@ -181,7 +197,7 @@ impl Report<'_> {
             figure: "trace: CPU s per M events (tracer + BPF)".into(),
             twreset: num(tr.cpu_per_m(), 3),
             peer: format!("{} (bpftrace print)", num(bp.cpu_per_m(), 3)),
-            ratio: num(ratio(tr.cpu_per_m(), bp.cpu_per_m()), 2) + "x",
+            ratio: times(ratio(tr.cpu_per_m(), bp.cpu_per_m()), 2, ""),
             target: "-".into(),
             verdict: "-".into(),
         });
@@ -189,16 +205,16 @@ impl Report<'_> {
             figure: "trace: tracer peak RSS MiB".into(),
             twreset: num(mib(tr.hwm_kib()), 1),
             peer: format!("{} (bpftrace print)", num(mib(bp.hwm_kib()), 1)),
-            ratio: num(ratio(tr.hwm_kib(), bp.hwm_kib()), 2) + "x",
+            ratio: times(ratio(tr.hwm_kib(), bp.hwm_kib()), 2, ""),
             target: "-".into(),
             verdict: "-".into(),
         });
         let (tb_cpu, bc_cpu) = (tb.cpu_per_m(), bc.cpu_per_m());
         rows.push(Row {
             figure: "table: CPU s per M events (tracer + BPF)".into(),
-            twreset: tb.na.clone().unwrap_or_else(|| num(tb_cpu, 3)),
+            twreset: tb.na.as_deref().map_or_else(|| num(tb_cpu, 3), short),
             peer: format!("{} (bpftrace count)", num(bc_cpu, 3)),
-            ratio: num(ratio(tb_cpu, bc_cpu), 2) + "x",
+            ratio: times(ratio(tb_cpu, bc_cpu), 2, ""),
             target: "< bpftrace count".into(),
             verdict: match (tb_cpu, bc_cpu) {
                 (Some(a), Some(b)) if a < b => format!("met ({:.0}% below)", (1.0 - a / b) * 100.0),
@@ -208,7 +224,7 @@ impl Report<'_> {
         });
         rows.push(Row {
             figure: "table: events lost".into(),
-            twreset: tb.na.clone().unwrap_or_else(|| num(tb.lost(), 0)),
+            twreset: tb.na.as_deref().map_or_else(|| num(tb.lost(), 0), short),
             peer: format!("{} (bpftrace count)", num(bc.lost(), 0)),
             ratio: "-".into(),
             target: "0".into(),
@@ -219,12 +235,12 @@ impl Report<'_> {
             let side = |r: &Result<Kill, String>, f: &dyn Fn(&Kill) -> f64| r.as_ref().ok().map(f);
             let (tw_s, ss_s) = (side(&o.twreset, &|k| k.wall_s), side(&o.ss, &|k| k.wall_s));
             let faster = ratio(ss_s, tw_s);
-            let na = o.twreset.as_ref().err().cloned();
+            let na = o.twreset.as_ref().err().map(|e| short(e));
             rows.push(Row {
                 figure: format!("kill {}k: wall s", o.n / 1000),
                 twreset: na.clone().unwrap_or_else(|| num(tw_s, 3)),
                 peer: format!("{} (ss -K)", num(ss_s, 3)),
-                ratio: format!("{}x faster", num(faster, 2)),
+                ratio: times(faster, 2, " faster"),
                 target: if big { ">= 5x faster".into() } else { "-".into() },
                 verdict: if big { at_least(faster, 5.0, "x") } else { "-".into() },
             });
@@ -234,13 +250,13 @@ impl Report<'_> {
                 figure: format!("kill {}k: peak RSS MiB", o.n / 1000),
                 twreset: na.clone().unwrap_or_else(|| num(rss(&o.twreset), 1)),
                 peer: format!("{} (ss -K)", num(rss(&o.ss), 1)),
-                ratio: format!("{}x", num(frac, 3)),
+                ratio: times(frac, 3, ""),
                 target: if big { "<= 0.2x".into() } else { "-".into() },
                 verdict: if big { at_most(frac, 0.2, "x") } else { "-".into() },
             });
             let clean = |r: &Result<Kill, String>| match r {
                 Ok(k) => format!("{} left, {}/{} kept", k.left, k.bystanders_after, k.bystanders_before),
-                Err(e) => e.clone(),
+                Err(e) => short(e),
             };
             rows.push(Row {
                 figure: format!("kill {}k: left behind / bystanders", o.n / 1000),
@@ -259,7 +275,7 @@ impl Report<'_> {
         let note = if t.n == 200_000 { String::new() } else { format!(" (at {}k; target is for 200k)", t.n / 1000) };
         rows.push(Row {
             figure: "table: RSS bytes per tracked socket".into(),
-            twreset: t.na.clone().unwrap_or_else(|| num(t.bytes_per_socket(), 1)),
+            twreset: t.na.as_deref().map_or_else(|| num(t.bytes_per_socket(), 1), short),
             peer: "-".into(),
             ratio: "-".into(),
             target: "<= 100".into(),
@@ -267,7 +283,7 @@ impl Report<'_> {
         });
         rows.push(Row {
             figure: format!("table: seed {}k sockets, s{note}", t.n / 1000),
-            twreset: t.na.clone().unwrap_or_else(|| num(t.seed_s(), 3)),
+            twreset: t.na.as_deref().map_or_else(|| num(t.seed_s(), 3), short),
             peer: "-".into(),
             ratio: "-".into(),
             target: "< 0.5 s".into(),

@@ -1,8 +1,13 @@
 //! A long-running tracer process under measurement: started, awaited until it says it is ready,
 //! sampled (CPU, BPF run time, peak RSS) around a churn window, stopped with SIGINT like Ctrl-C.
+//!
+//! Its stdout goes to a file in /dev/shm, not to a pipe: as cheap for the tracer as `> /dev/null`
+//! (no reader competing for the 2 CPUs, no back-pressure), yet its lines can be counted afterwards.
 
 use std::{
+    fs::File,
     io::{BufRead, BufReader, Read},
+    path::PathBuf,
     process::{Child, Command, Stdio},
     sync::mpsc,
     thread::{self, JoinHandle},
@@ -44,12 +49,35 @@ pub struct Output {
 pub struct Tracer {
     child: Child,
     pub pid: u32,
-    out: Option<JoinHandle<Output>>,
+    kind: Lines,
+    out_path: PathBuf,
     err: Option<JoinHandle<Output>>,
 }
 
+/// Scratch file for a tracer's stdout: RAM-backed when /dev/shm exists.
+fn out_path() -> PathBuf {
+    let dir = if std::path::Path::new("/dev/shm").is_dir() { PathBuf::from("/dev/shm") } else { std::env::temp_dir() };
+    dir.join(format!("twbench-{}-tracer.out", std::process::id()))
+}
+
+fn count_lines(path: &std::path::Path, kind: Lines) -> Output {
+    match File::open(path) {
+        Ok(f) => read_lines(f, kind, None, None),
+        Err(_) => Output::default(),
+    }
+}
+
+fn file_contains(path: &std::path::Path, marker: &str) -> bool {
+    let mut head = String::new();
+    File::open(path).and_then(|f| f.take(1 << 16).read_to_string(&mut head)).is_ok() && head.contains(marker)
+}
+
 fn reader(r: impl Read + Send + 'static, kind: Lines, ready: Option<&'static str>, tx: mpsc::Sender<()>) -> JoinHandle<Output> {
-    thread::spawn(move || {
+    thread::spawn(move || read_lines(r, kind, ready, Some(tx)))
+}
+
+fn read_lines(r: impl Read, kind: Lines, ready: Option<&str>, tx: Option<mpsc::Sender<()>>) -> Output {
+    {
         let mut o = Output::default();
         let mut r = BufReader::with_capacity(1 << 16, r);
         let mut line = Vec::new();
@@ -59,7 +87,9 @@ fn reader(r: impl Read + Send + 'static, kind: Lines, ready: Option<&'static str
                 o.event_lines += 1;
             } else {
                 if ready.is_some_and(|m| l.contains(m)) {
-                    let _ = tx.send(());
+                    if let Some(tx) = &tx {
+                        let _ = tx.send(());
+                    }
                 }
                 if o.other.len() < 10_000 {
                     o.other.push(l.trim_end().to_owned());
@@ -68,24 +98,25 @@ fn reader(r: impl Read + Send + 'static, kind: Lines, ready: Option<&'static str
             line.clear();
         }
         o
-    })
+    }
 }
 
 impl Tracer {
     /// Spawn and wait until `ready` shows up on stdout or stderr (or, without a marker, until the
     /// process has stayed up for a few seconds).
     pub fn start(cmd: &mut Command, kind: Lines, ready: Option<&'static str>) -> Result<Self> {
-        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let out_path = out_path();
+        let file = File::create(&out_path).with_context(|| format!("creating {}", out_path.display()))?;
+        cmd.stdin(Stdio::null()).stdout(file).stderr(Stdio::piped());
         let mut child = cmd.spawn().with_context(|| format!("spawning {cmd:?}"))?;
         let (tx, rx) = mpsc::channel();
-        let out = reader(child.stdout.take().expect("piped"), kind, ready, tx.clone());
         let err = reader(child.stderr.take().expect("piped"), Lines::Keep, ready, tx);
         let pid = child.id();
-        let mut t = Self { child, pid, out: Some(out), err: Some(err) };
+        let mut t = Self { child, pid, kind, out_path, err: Some(err) };
         let deadline = Instant::now() + Duration::from_secs(if ready.is_some() { 90 } else { 5 });
         loop {
             sys::check_interrupted()?;
-            if ready.is_some() && rx.try_recv().is_ok() {
+            if ready.is_some_and(|m| rx.try_recv().is_ok() || file_contains(&t.out_path, m)) {
                 break;
             }
             if let Some(status) = t.child.try_wait()? {
@@ -103,9 +134,11 @@ impl Tracer {
         Ok(t)
     }
 
+    /// After exit: stdout's lines counted from the file (then removed), stderr's kept.
     fn finish_readers(&mut self) -> (Output, Output) {
-        let out = self.out.take().map(|h| h.join().unwrap_or_default()).unwrap_or_default();
         let err = self.err.take().map(|h| h.join().unwrap_or_default()).unwrap_or_default();
+        let out = count_lines(&self.out_path, self.kind);
+        let _ = std::fs::remove_file(&self.out_path);
         (out, err)
     }
 
@@ -128,10 +161,11 @@ impl Tracer {
 impl Drop for Tracer {
     /// On an error path: never leave a tracer attached behind the bench.
     fn drop(&mut self) {
-        if self.out.is_some() && matches!(self.child.try_wait(), Ok(None)) {
+        if self.err.is_some() && matches!(self.child.try_wait(), Ok(None)) {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
+        let _ = std::fs::remove_file(&self.out_path);
     }
 }
 
