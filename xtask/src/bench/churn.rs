@@ -12,8 +12,16 @@ use crate::build::target_dir;
 /// xtask), so it needs none of the pinned toolchains.
 pub fn build(root: &std::path::Path) -> Result<PathBuf> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    crate::bootstrap::run(Command::new(cargo).current_dir(root).args(["build", "--quiet", "--release", "-p", "xtask", "--bin", "churn"]))
-        .context("building the churn generator")?;
+    crate::bootstrap::run(Command::new(cargo).current_dir(root).args([
+        "build",
+        "--quiet",
+        "--release",
+        "-p",
+        "xtask",
+        "--bin",
+        "churn",
+    ]))
+    .context("building the churn generator")?;
     Ok(target_dir(root).join("release/churn"))
 }
 
@@ -39,9 +47,16 @@ impl Churned {
 }
 
 fn parse(line: &str) -> Result<Churned> {
-    let v: Value = serde_json::from_str(line.trim()).with_context(|| format!("churn printed {line:?}"))?;
-    let u = |k: &str| v[k].as_u64().with_context(|| format!("churn output lacks {k}"));
-    let f = |k: &str| v[k].as_f64().with_context(|| format!("churn output lacks {k}"));
+    let v: Value =
+        serde_json::from_str(line.trim()).with_context(|| format!("churn printed {line:?}"))?;
+    let u = |k: &str| {
+        v[k].as_u64()
+            .with_context(|| format!("churn output lacks {k}"))
+    };
+    let f = |k: &str| {
+        v[k].as_f64()
+            .with_context(|| format!("churn output lacks {k}"))
+    };
     Ok(Churned {
         connections: u("connections")?,
         client_close: u("client_close")?,

@@ -63,7 +63,24 @@ pub fn bystanders(n: u64) -> u64 {
 /// 16 sources x 8 server ports keep each (source, destination, port) far from its 64k ports.
 fn make(churn_bin: &Path, ns: &Ns, dst: &str, n: u64) -> Result<()> {
     let count = n.to_string();
-    churn::run(churn_bin, ns, &["--threads", "4", "--mode", "client", "--count", &count, "--dst", dst, "--src", "127.0.1.1:16", "--ports", "900:8"])?;
+    churn::run(
+        churn_bin,
+        ns,
+        &[
+            "--threads",
+            "4",
+            "--mode",
+            "client",
+            "--count",
+            &count,
+            "--dst",
+            dst,
+            "--src",
+            "127.0.1.1:16",
+            "--ports",
+            "900:8",
+        ],
+    )?;
     Ok(())
 }
 
@@ -71,7 +88,12 @@ fn one(tool: Tool, n: u64, churn_bin: &Path, twreset: &Path, caps: &Caps) -> Res
     let ns = Ns::new("kill")?;
     make(churn_bin, &ns, PEER, n)?;
     make(churn_bin, &ns, BYSTANDER, bystanders(n))?;
-    let mut k = Kill { n, before: ns.time_wait_to(PEER)?, bystanders_before: ns.time_wait_to(BYSTANDER)?, ..Kill::default() };
+    let mut k = Kill {
+        n,
+        before: ns.time_wait_to(PEER)?,
+        bystanders_before: ns.time_wait_to(BYSTANDER)?,
+        ..Kill::default()
+    };
     let mut cmd = match tool {
         Tool::Ss => ns.cmd(&["ss", "-K", "state", "time-wait", "dst", PEER]),
         Tool::Twreset => {
@@ -126,5 +148,9 @@ pub fn json(outs: &[Outcome]) -> Value {
         Ok(k) => k.json(),
         Err(e) => json!({ "na": e }),
     };
-    Value::Array(outs.iter().map(|o| json!({ "n": o.n, "ss": side(&o.ss), "twreset": side(&o.twreset) })).collect())
+    Value::Array(
+        outs.iter()
+            .map(|o| json!({ "n": o.n, "ss": side(&o.ss), "twreset": side(&o.twreset) }))
+            .collect(),
+    )
 }

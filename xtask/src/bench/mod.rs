@@ -35,11 +35,27 @@ impl Plan {
     pub fn new(quick: bool) -> Self {
         // 4 client threads saturate both CPUs of the reference machine (2 and 8 threads were
         // slower); 10 s at ~15k conn/s leaves ~150k TIME_WAIT sockets per run, purged with its netns.
-        let trace = if quick { trace::Cfg { runs: 1, seconds: 3.0, threads: 4 } } else { trace::Cfg { runs: 3, seconds: 10.0, threads: 4 } };
+        let trace = if quick {
+            trace::Cfg {
+                runs: 1,
+                seconds: 3.0,
+                threads: 4,
+            }
+        } else {
+            trace::Cfg {
+                runs: 3,
+                seconds: 10.0,
+                threads: 4,
+            }
+        };
         Self {
             quick,
             trace,
-            kill_sizes: if quick { vec![10_000] } else { vec![10_000, 50_000, 200_000] },
+            kill_sizes: if quick {
+                vec![10_000]
+            } else {
+                vec![10_000, 50_000, 200_000]
+            },
             table_n: if quick { 10_000 } else { 200_000 },
         }
     }
@@ -55,7 +71,9 @@ pub struct Caps {
 
 fn help(bin: &Path, args: &[&str]) -> Option<String> {
     let out = Command::new(bin).args(args).arg("--help").output().ok()?;
-    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// Subcommand names from clap's `Commands:` section.
@@ -85,20 +103,46 @@ impl Caps {
         } else if has("agent") {
             Some(vec!["agent".into(), "--netns".into(), NETNS_HOLE.into()])
         } else if tw && help(bin, &["tw"]).is_some_and(|h| h.contains("--watch")) {
-            Some(vec!["tw".into(), "--watch".into(), "--json".into(), "--netns".into(), NETNS_HOLE.into()])
+            Some(vec![
+                "tw".into(),
+                "--watch".into(),
+                "--json".into(),
+                "--netns".into(),
+                NETNS_HOLE.into(),
+            ])
         } else {
             None
         };
-        Self { kill, kill_yes, tw, agent }
+        Self {
+            kill,
+            kill_yes,
+            tw,
+            agent,
+        }
     }
 
     /// Arguments of the table-keeping mode for one namespace, if the binary has one.
     pub fn table_agent(&self, netns: &Path) -> Option<Vec<OsString>> {
-        self.agent.as_ref().map(|a| a.iter().map(|s| if s == NETNS_HOLE { netns.as_os_str().to_owned() } else { s.into() }).collect())
+        self.agent.as_ref().map(|a| {
+            a.iter()
+                .map(|s| {
+                    if s == NETNS_HOLE {
+                        netns.as_os_str().to_owned()
+                    } else {
+                        s.into()
+                    }
+                })
+                .collect()
+        })
     }
 
     pub fn kill_args(&self, peer: &str, netns: &Path) -> Vec<OsString> {
-        let mut a: Vec<OsString> = vec!["kill".into(), peer.into(), "--netns".into(), netns.as_os_str().to_owned()];
+        let mut a: Vec<OsString> = vec![
+            "kill".into(),
+            peer.into(),
+            "--netns".into(),
+            netns.as_os_str().to_owned(),
+        ];
         if self.kill_yes {
             a.push("--yes".into());
         }
@@ -116,11 +160,20 @@ pub fn median(mut v: Vec<f64>) -> Option<f64> {
     }
     v.sort_by(f64::total_cmp);
     let m = v.len() / 2;
-    Some(if v.len() % 2 == 1 { v[m] } else { (v[m - 1] + v[m]) / 2.0 })
+    Some(if v.len() % 2 == 1 {
+        v[m]
+    } else {
+        (v[m - 1] + v[m]) / 2.0
+    })
 }
 
 fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg").unwrap_or_default().split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 pub fn run(t: &Tools, quick: bool) -> Result<()> {
@@ -140,21 +193,32 @@ pub fn run(t: &Tools, quick: bool) -> Result<()> {
         eprintln!("bench: cannot enable kernel.bpf_stats_enabled; in-kernel BPF time will be n/a");
     }
 
-    eprintln!("bench: measuring transitions per connection (bpftrace count, 2000 connections per close side)");
+    eprintln!(
+        "bench: measuring transitions per connection (bpftrace count, 2000 connections per close side)"
+    );
     let per = trace::calibrate(&churn_bin)?;
     let traces = trace::bench(&plan.trace, per, &churn_bin, &twreset, &caps)?;
     let kills = kill::bench(&plan.kill_sizes, &churn_bin, &twreset, &caps)?;
     let tbl = table::bench(plan.table_n, &churn_bin, &twreset, &caps)?;
     drop(stats);
 
-    let r = report::Report { plan: &plan, per, traces: &traces, kills: &kills, table: &tbl, load_start, load_end: loadavg() };
+    let r = report::Report {
+        plan: &plan,
+        per,
+        traces: &traces,
+        kills: &kills,
+        table: &tbl,
+        load_start,
+        load_end: loadavg(),
+    };
     print!("{}", r.text());
     let dir = build::target_dir(&t.root).join("bench");
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let path: PathBuf = dir.join("latest.json");
     let mut doc = r.json();
     doc["twreset_capabilities"] = caps.json();
-    std::fs::write(&path, serde_json::to_string_pretty(&doc)? + "\n").with_context(|| format!("writing {}", path.display()))?;
+    std::fs::write(&path, serde_json::to_string_pretty(&doc)? + "\n")
+        .with_context(|| format!("writing {}", path.display()))?;
     eprintln!("bench: figures written to {}", path.display());
     Ok(())
 }

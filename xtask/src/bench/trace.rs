@@ -28,7 +28,13 @@ pub enum Kind {
     TwresetTable,
 }
 
-pub const KINDS: [Kind; 5] = [Kind::NoTracer, Kind::BpftracePrint, Kind::BpftraceCount, Kind::TwresetTrace, Kind::TwresetTable];
+pub const KINDS: [Kind; 5] = [
+    Kind::NoTracer,
+    Kind::BpftracePrint,
+    Kind::BpftraceCount,
+    Kind::TwresetTrace,
+    Kind::TwresetTable,
+];
 
 impl Kind {
     pub fn label(self) -> &'static str {
@@ -58,7 +64,9 @@ pub struct PerConn {
 impl PerConn {
     /// Transitions a churn run caused: per connection, plus CLOSE->LISTEN->CLOSE per listener.
     pub fn expected(&self, c: &Churned) -> u64 {
-        (c.client_close as f64 * self.client_close + c.server_close as f64 * self.server_close).round() as u64 + 2 * c.listeners
+        (c.client_close as f64 * self.client_close + c.server_close as f64 * self.server_close)
+            .round() as u64
+            + 2 * c.listeners
     }
 }
 
@@ -73,6 +81,8 @@ pub struct Run {
     pub bpf_s: Option<f64>,
     pub bpf_progs: u32,
     pub hwm_kib: Option<u64>,
+    /// The tracer's own closing words about loss (twreset's summary, bpftrace's `Lost` lines).
+    pub loss_note: Option<String>,
 }
 
 impl Run {
@@ -87,6 +97,7 @@ impl Run {
         json!({
             "churn": self.churn.json(), "expected_transitions": self.expected, "seen": self.seen, "lost_reported": self.lost,
             "tracer_cpu_s": self.cpu_s, "bpf_run_s": self.bpf_s, "bpf_progs": self.bpf_progs, "peak_rss_kib": self.hwm_kib,
+            "loss_note": self.loss_note,
         })
     }
 }
@@ -135,16 +146,26 @@ impl Outcome {
 
 fn bpftrace(script: &str, ns: &Ns) -> Result<Command> {
     let mut c = Command::new("bpftrace");
-    c.arg("-e").arg(script.replace("NSINUM", &ns.inum()?.to_string()));
+    c.arg("-e")
+        .arg(script.replace("NSINUM", &ns.inum()?.to_string()));
     Ok(c)
 }
 
 /// The tracer command for a variant, with how its stdout is read and what marks it ready.
-fn command(kind: Kind, ns: &Ns, caps: &Caps, twreset: &Path) -> Result<Option<(Command, Lines, Option<&'static str>)>> {
+fn command(
+    kind: Kind,
+    ns: &Ns,
+    caps: &Caps,
+    twreset: &Path,
+) -> Result<Option<(Command, Lines, Option<&'static str>)>> {
     let path = ns.path();
     Ok(match kind {
         Kind::NoTracer => None,
-        Kind::BpftracePrint => Some((bpftrace(TCPSTATES_BT, ns)?, Lines::Tcpstates, Some("Tracing TCP"))),
+        Kind::BpftracePrint => Some((
+            bpftrace(TCPSTATES_BT, ns)?,
+            Lines::Tcpstates,
+            Some("Tracing TCP"),
+        )),
         Kind::BpftraceCount => Some((bpftrace(TCPCOUNT_BT, ns)?, Lines::Keep, Some("Tracing TCP"))),
         Kind::TwresetTrace => {
             let mut c = Command::new(twreset);
@@ -152,7 +173,9 @@ fn command(kind: Kind, ns: &Ns, caps: &Caps, twreset: &Path) -> Result<Option<(C
             Some((c, Lines::Json, Some("tracing TCP")))
         }
         Kind::TwresetTable => {
-            let args = caps.table_agent(&path).context("no table-keeping mode in this twreset")?;
+            let args = caps
+                .table_agent(&path)
+                .context("no table-keeping mode in this twreset")?;
             let mut c = Command::new(twreset);
             c.args(args);
             Some((c, Lines::Keep, None))
@@ -164,7 +187,14 @@ fn command(kind: Kind, ns: &Ns, caps: &Caps, twreset: &Path) -> Result<Option<(C
 fn bpftrace_lost(lines: &[String]) -> u64 {
     lines
         .iter()
-        .filter_map(|l| l.split("Lost ").nth(1)?.split_whitespace().next()?.parse::<u64>().ok())
+        .filter_map(|l| {
+            l.split("Lost ")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
         .sum()
 }
 
@@ -179,10 +209,22 @@ pub fn twreset_summary(lines: &[String]) -> Option<(u64, u64)> {
 
 /// Sum of the `@[state]: N` lines bpftrace prints for its count map at exit.
 fn map_sum(lines: &[String]) -> u64 {
-    lines.iter().filter(|l| l.starts_with("@[")).filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok()).sum()
+    lines
+        .iter()
+        .filter(|l| l.starts_with("@["))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
 }
 
 fn interpret(kind: Kind, out: &Output, err: &Output, run: &mut Run) {
+    let notes: Vec<&str> = out
+        .other
+        .iter()
+        .chain(&err.other)
+        .map(String::as_str)
+        .filter(|l| l.contains("Lost ") || l.contains(" events seen, "))
+        .collect();
+    run.loss_note = (!notes.is_empty()).then(|| notes.join(" / "));
     match kind {
         Kind::NoTracer => {}
         Kind::BpftracePrint => {
@@ -207,7 +249,14 @@ fn interpret(kind: Kind, out: &Output, err: &Output, run: &mut Run) {
 
 /// One run: fresh namespace, tracer attached and ready, churn for the configured time, a second
 /// for the tracer to drain, then samples and SIGINT.
-fn one(kind: Kind, cfg: &Cfg, per: PerConn, churn_bin: &Path, twreset: &Path, caps: &Caps) -> Result<Run> {
+fn one(
+    kind: Kind,
+    cfg: &Cfg,
+    per: PerConn,
+    churn_bin: &Path,
+    twreset: &Path,
+    caps: &Caps,
+) -> Result<Run> {
     let ns = Ns::new("trace")?;
     let tracer = match command(kind, &ns, caps, twreset)? {
         Some((mut cmd, lines, ready)) => Some(Tracer::start(&mut cmd, lines, ready)?),
@@ -218,14 +267,19 @@ fn one(kind: Kind, cfg: &Cfg, per: PerConn, churn_bin: &Path, twreset: &Path, ca
     let threads = cfg.threads.to_string();
     let secs = cfg.seconds.to_string();
     let c = churn::run(churn_bin, &ns, &["--threads", &threads, "--seconds", &secs])?;
-    let mut run = Run { expected: per.expected(&c), churn: c, ..Run::default() };
+    let mut run = Run {
+        expected: per.expected(&c),
+        churn: c,
+        ..Run::default()
+    };
     if let (Some(t), Some(b)) = (tracer, before) {
         thread::sleep(Duration::from_secs(1));
         let after = tracer::sample(t.pid)?;
         run.hwm_kib = sys::vm_hwm_kib(t.pid).ok();
         run.cpu_s = Some(after.cpu_s - b.cpu_s);
         run.bpf_progs = after.bpf_progs;
-        run.bpf_s = (after.bpf_progs > 0).then(|| after.bpf_ns.saturating_sub(b.bpf_ns) as f64 / 1e9);
+        run.bpf_s =
+            (after.bpf_progs > 0).then(|| after.bpf_ns.saturating_sub(b.bpf_ns) as f64 / 1e9);
         let (out, err) = t.stop()?;
         interpret(kind, &out, &err, &mut run);
     }
@@ -239,30 +293,68 @@ pub fn calibrate(churn_bin: &Path) -> Result<PerConn> {
     let mut per = [0.0; 2];
     for (i, mode) in ["client", "server"].into_iter().enumerate() {
         let ns = Ns::new("calib")?;
-        let t = Tracer::start(&mut bpftrace(TCPCOUNT_BT, &ns)?, Lines::Keep, Some("Tracing TCP"))?;
-        let c = churn::run(churn_bin, &ns, &["--threads", "2", "--count", "2000", "--mode", mode])?;
+        let t = Tracer::start(
+            &mut bpftrace(TCPCOUNT_BT, &ns)?,
+            Lines::Keep,
+            Some("Tracing TCP"),
+        )?;
+        let c = churn::run(
+            churn_bin,
+            &ns,
+            &["--threads", "2", "--count", "2000", "--mode", mode],
+        )?;
         thread::sleep(Duration::from_millis(500));
         let (out, _) = t.stop()?;
         let events = map_sum(&out.other);
         per[i] = events.saturating_sub(2 * c.listeners) as f64 / c.connections.max(1) as f64;
-        eprintln!("bench: {mode}-close: {events} transitions for {} connections and {} listeners", c.connections, c.listeners);
+        eprintln!(
+            "bench: {mode}-close: {events} transitions for {} connections and {} listeners",
+            c.connections, c.listeners
+        );
     }
     // Each close side walks a fixed path through the state machine, so the true figure is a whole
     // number; the counter itself can come out a hair low (a BPF program skipped on recursion when
     // the tracepoint fires from softirq on top of itself), which rounding removes.
-    let whole = |v: f64| if (v - v.round()).abs() < 0.01 { v.round() } else { v };
-    Ok(PerConn { client_close: whole(per[0]), server_close: whole(per[1]) })
+    let whole = |v: f64| {
+        if (v - v.round()).abs() < 0.01 {
+            v.round()
+        } else {
+            v
+        }
+    };
+    Ok(PerConn {
+        client_close: whole(per[0]),
+        server_close: whole(per[1]),
+    })
 }
 
 /// Every variant, `cfg.runs` times, interleaved so slow drift of the machine hits all alike.
-pub fn bench(cfg: &Cfg, per: PerConn, churn_bin: &Path, twreset: &Path, caps: &Caps) -> Result<Vec<Outcome>> {
-    let mut outs: Vec<Outcome> = KINDS.iter().map(|&kind| Outcome { kind, na: None, runs: Vec::new() }).collect();
+pub fn bench(
+    cfg: &Cfg,
+    per: PerConn,
+    churn_bin: &Path,
+    twreset: &Path,
+    caps: &Caps,
+) -> Result<Vec<Outcome>> {
+    let mut outs: Vec<Outcome> = KINDS
+        .iter()
+        .map(|&kind| Outcome {
+            kind,
+            na: None,
+            runs: Vec::new(),
+        })
+        .collect();
     if caps.table_agent(Path::new("/")).is_none() {
         outs[4].na = Some("n/a (not built): this twreset has no table-keeping mode".into());
     }
     for r in 0..cfg.runs {
         for o in outs.iter_mut().filter(|o| o.na.is_none()) {
-            eprintln!("bench: trace run {}/{}: {}", r + 1, cfg.runs, o.kind.label());
+            eprintln!(
+                "bench: trace run {}/{}: {}",
+                r + 1,
+                cfg.runs,
+                o.kind.label()
+            );
             match one(o.kind, cfg, per, churn_bin, twreset, caps) {
                 Ok(run) => o.runs.push(run),
                 Err(e) => {
