@@ -79,3 +79,18 @@ pub fn run(bin: &std::path::Path, ns: &Ns, args: &[&str]) -> Result<Churned> {
     }
     parse(m.stdout.lines().last().unwrap_or(""))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn churn_line() {
+        let c = parse(r#"{"connections":10,"client_close":4,"server_close":6,"listeners":8,"errors":0,"seconds":1.5,"conn_per_s":6.7,"threads":4}"#).unwrap();
+        assert_eq!(
+            (c.connections, c.client_close, c.server_close, c.listeners),
+            (10, 4, 6, 8)
+        );
+        assert!(parse("garbage").is_err());
+    }
+}

@@ -140,7 +140,14 @@ impl Report<'_> {
                     num(self.pct_of_base(o.kind), 1),
                     num(o.med(|r| Some(r.expected as f64)), 0),
                     num(o.med(|r| r.seen.map(|s| s as f64)), 0),
-                    num(o.med(|r| r.lost.map(|l| l as f64)), 0),
+                    {
+                        let own = num(o.med(|r| r.lost.map(|l| l as f64)), 0);
+                        if o.kind == Kind::BpftracePrint {
+                            format!("{own} records")
+                        } else {
+                            own
+                        }
+                    },
                     num(
                         o.med(|r| r.seen.map(|s| r.expected.saturating_sub(s) as f64)),
                         0,

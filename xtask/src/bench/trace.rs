@@ -122,9 +122,18 @@ impl Outcome {
     /// Events not delivered: what the tool says it lost, or what is missing from what it showed,
     /// whichever is larger (median over runs).
     pub fn lost(&self) -> Option<f64> {
+        // bpftrace's `Lost N events` counts perf records, and tcpstates emits two per transition
+        // (time() and printf()): only the independent count is in transitions there.
+        let own = |r: &Run| {
+            if self.kind == Kind::BpftracePrint {
+                None
+            } else {
+                r.lost
+            }
+        };
         self.med(|r| {
             let missing = r.seen.map(|s| r.expected.saturating_sub(s));
-            match (r.lost, missing) {
+            match (own(r), missing) {
                 (None, None) => None,
                 (a, b) => Some(a.unwrap_or(0).max(b.unwrap_or(0)) as f64),
             }
@@ -366,4 +375,73 @@ pub fn bench(
         }
     }
     Ok(outs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn twreset_exit_summary() {
+        let l = lines(&[
+            "twreset: tracing TCP state transitions in /run/netns/x (Ctrl-C to stop)",
+            "twreset: 324289 events seen, 7 lost (ring buffer full: 7, recursion misses: 0)",
+        ]);
+        assert_eq!(twreset_summary(&l), Some((324289, 7)));
+        assert_eq!(twreset_summary(&lines(&["nothing"])), None);
+    }
+
+    #[test]
+    fn bpftrace_output() {
+        let l = lines(&[
+            "Attaching 3 probes...",
+            "Lost 12 events",
+            "@[7]: 100",
+            "@[1]: 23",
+            "Lost 3 events",
+        ]);
+        assert_eq!(bpftrace_lost(&l), 15);
+        assert_eq!(map_sum(&l), 123);
+    }
+
+    #[test]
+    fn expected_transitions() {
+        let per = PerConn {
+            client_close: 10.0,
+            server_close: 10.0,
+        };
+        let c = Churned {
+            client_close: 3,
+            server_close: 4,
+            listeners: 8,
+            ..Churned::default()
+        };
+        assert_eq!(per.expected(&c), 70 + 16);
+    }
+
+    #[test]
+    fn lost_is_the_larger_of_reported_and_missing() {
+        let run = |seen, lost| Run {
+            expected: 100,
+            seen: Some(seen),
+            lost: Some(lost),
+            ..Run::default()
+        };
+        let o = Outcome {
+            kind: Kind::TwresetTrace,
+            na: None,
+            runs: vec![run(95, 2)],
+        };
+        assert_eq!(o.lost(), Some(5.0));
+        let o = Outcome {
+            kind: Kind::TwresetTrace,
+            na: None,
+            runs: vec![run(100, 3)],
+        };
+        assert_eq!(o.lost(), Some(3.0));
+    }
 }

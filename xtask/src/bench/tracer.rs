@@ -219,3 +219,18 @@ pub fn sample(pid: u32) -> Result<Sample> {
         bpf_progs,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_lines() {
+        let text = "Attaching 3 probes...\nTracing TCP state changes.\nTIME SKADDR ... OLDSTATE    -> NEWSTATE    MS\n\
+                    11:33:08 ffff 1 churn 127.0.0.1 900 127.0.1.1 5000 SYN_SENT    -> ESTABLISHED 0\n";
+        let o = read_lines(text.as_bytes(), Lines::Tcpstates, None, None);
+        assert_eq!((o.event_lines, o.other.len()), (1, 3));
+        let o = read_lines("{\"a\":1}\n{\"a\":2}\n".as_bytes(), Lines::Json, None, None);
+        assert_eq!(o.event_lines, 2);
+    }
+}
