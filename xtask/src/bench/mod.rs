@@ -66,6 +66,7 @@ pub struct Caps {
     pub kill: bool,
     kill_yes: bool,
     pub tw: bool,
+    pub trace_timewait: bool,
     agent: Option<Vec<String>>,
 }
 
@@ -113,10 +114,12 @@ impl Caps {
         } else {
             None
         };
+        let trace_timewait = help(bin, &["trace"]).is_some_and(|h| h.contains("--timewait"));
         Self {
             kill,
             kill_yes,
             tw,
+            trace_timewait,
             agent,
         }
     }
@@ -150,7 +153,7 @@ impl Caps {
     }
 
     fn json(&self) -> serde_json::Value {
-        serde_json::json!({ "kill": self.kill, "tw": self.tw, "agent": self.agent })
+        serde_json::json!({ "kill": self.kill, "tw": self.tw, "trace_timewait": self.trace_timewait, "agent": self.agent })
     }
 }
 
@@ -193,13 +196,40 @@ pub fn run(t: &Tools, quick: bool) -> Result<()> {
         eprintln!("bench: cannot enable kernel.bpf_stats_enabled; in-kernel BPF time will be n/a");
     }
 
-    eprintln!(
-        "bench: measuring transitions per connection (bpftrace count, 2000 connections per close side)"
-    );
-    let per = trace::calibrate(&churn_bin)?;
-    let traces = trace::bench(&plan.trace, per, &churn_bin, &twreset, &caps)?;
-    let kills = kill::bench(&plan.kill_sizes, &churn_bin, &twreset, &caps)?;
-    let tbl = table::bench(plan.table_n, &churn_bin, &twreset, &caps)?;
+    // TWRESET_BENCH_ONLY=kill,table (any of trace, kill, table) runs only those sections.
+    let only = std::env::var("TWRESET_BENCH_ONLY").ok();
+    let want = |s: &str| {
+        only.as_deref()
+            .is_none_or(|o| o.split(',').any(|x| x.trim() == s))
+    };
+    let (per, traces) = if want("trace") {
+        eprintln!(
+            "bench: measuring transitions per connection (bpftrace count, 2000 connections per close side)"
+        );
+        let per = trace::calibrate(&churn_bin)?;
+        (
+            per,
+            trace::bench(&plan.trace, per, &churn_bin, &twreset, &caps)?,
+        )
+    } else {
+        (
+            trace::PerConn {
+                client_close: 0.0,
+                server_close: 0.0,
+            },
+            trace::skipped(),
+        )
+    };
+    let kills = if want("kill") {
+        kill::bench(&plan.kill_sizes, &churn_bin, &twreset, &caps)?
+    } else {
+        Vec::new()
+    };
+    let tbl = if want("table") {
+        table::bench(plan.table_n, &churn_bin, &twreset, &caps)?
+    } else {
+        table::skipped(plan.table_n)
+    };
     drop(stats);
 
     let r = report::Report {

@@ -257,6 +257,18 @@ impl Report<'_> {
             target: "-".into(),
             verdict: "-".into(),
         });
+        // Until the agent exists: the kernel side of table keeping is the state tracepoint plus
+        // the TIME_WAIT lifecycle hooks, which `trace --timewait` loads; its BPF time is that cost.
+        let lc = self.variant(Kind::TwresetLifecycle);
+        let lc_bpf = lc.med(|r| r.per_million(r.bpf_s));
+        rows.push(Row {
+            figure: "lifecycle hooks (trace --timewait): BPF s per M events".into(),
+            twreset: lc.na.as_deref().map_or_else(|| num(lc_bpf, 3), short),
+            peer: format!("{} (bpftrace count, total)", num(bc.cpu_per_m(), 3)),
+            ratio: times(ratio(lc_bpf, bc.cpu_per_m()), 2, ""),
+            target: "- (kernel share of the table target)".into(),
+            verdict: "-".into(),
+        });
         let (tb_cpu, bc_cpu) = (tb.cpu_per_m(), bc.cpu_per_m());
         rows.push(Row {
             figure: "table: CPU s per M events (tracer + BPF)".into(),

@@ -110,6 +110,16 @@ fn snapshot(ns: &Ns, twreset: &Path) -> Result<Snapshot> {
     })
 }
 
+/// The outcome of a bench run without the table section.
+pub fn skipped(n: u64) -> Outcome {
+    Outcome {
+        n,
+        na: Some("skipped".into()),
+        empty: Snapshot::default(),
+        full: Snapshot::default(),
+    }
+}
+
 pub fn bench(n: u64, churn_bin: &Path, twreset: &Path, caps: &Caps) -> Result<Outcome> {
     let mut o = Outcome {
         n,

@@ -25,14 +25,16 @@ pub enum Kind {
     BpftracePrint,
     BpftraceCount,
     TwresetTrace,
+    TwresetLifecycle,
     TwresetTable,
 }
 
-pub const KINDS: [Kind; 5] = [
+pub const KINDS: [Kind; 6] = [
     Kind::NoTracer,
     Kind::BpftracePrint,
     Kind::BpftraceCount,
     Kind::TwresetTrace,
+    Kind::TwresetLifecycle,
     Kind::TwresetTable,
 ];
 
@@ -43,6 +45,7 @@ impl Kind {
             Kind::BpftracePrint => "bpftrace tcpstates (print)",
             Kind::BpftraceCount => "bpftrace count (in-kernel)",
             Kind::TwresetTrace => "twreset trace --json",
+            Kind::TwresetLifecycle => "twreset trace --timewait --json",
             Kind::TwresetTable => "twreset table (agent)",
         }
     }
@@ -83,6 +86,8 @@ pub struct Run {
     pub hwm_kib: Option<u64>,
     /// The tracer's own closing words about loss (twreset's summary, bpftrace's `Lost` lines).
     pub loss_note: Option<String>,
+    /// TIME_WAIT lifecycle events printed (`trace --timewait`), beside the transitions.
+    pub tw_events: Option<u64>,
 }
 
 impl Run {
@@ -98,6 +103,7 @@ impl Run {
             "churn": self.churn.json(), "expected_transitions": self.expected, "seen": self.seen, "lost_reported": self.lost,
             "tracer_cpu_s": self.cpu_s, "bpf_run_s": self.bpf_s, "bpf_progs": self.bpf_progs, "peak_rss_kib": self.hwm_kib,
             "loss_note": self.loss_note,
+            "tw_lifecycle_events": self.tw_events,
         })
     }
 }
@@ -181,6 +187,12 @@ fn command(
             c.args(["trace", "--json", "--netns"]).arg(&path);
             Some((c, Lines::Json, Some("tracing TCP")))
         }
+        Kind::TwresetLifecycle => {
+            let mut c = Command::new(twreset);
+            c.args(["trace", "--timewait", "--json", "--netns"])
+                .arg(&path);
+            Some((c, Lines::Json, Some("tracing TCP")))
+        }
         Kind::TwresetTable => {
             let args = caps
                 .table_agent(&path)
@@ -244,9 +256,12 @@ fn interpret(kind: Kind, out: &Output, err: &Output, run: &mut Run) {
             run.seen = Some(map_sum(&out.other));
             run.lost = Some(bpftrace_lost(&out.other) + bpftrace_lost(&err.other));
         }
-        Kind::TwresetTrace | Kind::TwresetTable => {
-            if kind == Kind::TwresetTrace {
+        Kind::TwresetTrace | Kind::TwresetLifecycle | Kind::TwresetTable => {
+            if kind != Kind::TwresetTable {
                 run.seen = Some(out.event_lines);
+            }
+            if kind == Kind::TwresetLifecycle {
+                run.tw_events = Some(out.tw_lines);
             }
             if let Some((seen, lost)) = twreset_summary(&err.other) {
                 run.seen = Some(run.seen.map_or(seen, |s| s.min(seen)));
@@ -337,6 +352,18 @@ pub fn calibrate(churn_bin: &Path) -> Result<PerConn> {
     })
 }
 
+/// Outcomes of a bench run without the tracing section.
+pub fn skipped() -> Vec<Outcome> {
+    KINDS
+        .iter()
+        .map(|&kind| Outcome {
+            kind,
+            na: Some("skipped".into()),
+            runs: Vec::new(),
+        })
+        .collect()
+}
+
 /// Every variant, `cfg.runs` times, interleaved so slow drift of the machine hits all alike.
 pub fn bench(
     cfg: &Cfg,
@@ -353,8 +380,13 @@ pub fn bench(
             runs: Vec::new(),
         })
         .collect();
-    if caps.table_agent(Path::new("/")).is_none() {
-        outs[4].na = Some("n/a (not built): this twreset has no table-keeping mode".into());
+    for o in &mut outs {
+        if o.kind == Kind::TwresetTable && caps.table_agent(Path::new("/")).is_none() {
+            o.na = Some("n/a (not built): this twreset has no table-keeping mode".into());
+        }
+        if o.kind == Kind::TwresetLifecycle && !caps.trace_timewait {
+            o.na = Some("n/a (not built): this twreset has no `trace --timewait`".into());
+        }
     }
     for r in 0..cfg.runs {
         for o in outs.iter_mut().filter(|o| o.na.is_none()) {

@@ -43,6 +43,8 @@ impl Lines {
 #[derive(Default)]
 pub struct Output {
     pub event_lines: u64,
+    /// twreset NDJSON lines about TIME_WAIT sockets themselves (`trace --timewait`).
+    pub tw_lines: u64,
     pub other: Vec<String>,
 }
 
@@ -100,7 +102,9 @@ fn read_lines(
         let mut line = Vec::new();
         while matches!(r.read_until(b'\n', &mut line), Ok(n) if n > 0) {
             let l = String::from_utf8_lossy(&line);
-            if kind.is_event(&l) {
+            if matches!(kind, Lines::Json) && l.contains("\"event\":\"tw_") {
+                o.tw_lines += 1;
+            } else if kind.is_event(&l) {
                 o.event_lines += 1;
             } else {
                 if let (Some(m), Some(tx)) = (ready, &tx)
@@ -230,7 +234,12 @@ mod tests {
                     11:33:08 ffff 1 churn 127.0.0.1 900 127.0.1.1 5000 SYN_SENT    -> ESTABLISHED 0\n";
         let o = read_lines(text.as_bytes(), Lines::Tcpstates, None, None);
         assert_eq!((o.event_lines, o.other.len()), (1, 3));
-        let o = read_lines("{\"a\":1}\n{\"a\":2}\n".as_bytes(), Lines::Json, None, None);
-        assert_eq!(o.event_lines, 2);
+        let o = read_lines(
+            "{\"a\":1}\n{\"a\":2}\n{\"event\":\"tw_start\"}\n".as_bytes(),
+            Lines::Json,
+            None,
+            None,
+        );
+        assert_eq!((o.event_lines, o.tw_lines), (2, 1));
     }
 }
