@@ -131,7 +131,7 @@ impl Report<'_> {
             .map(|o| {
                 if let Some(na) = &o.na {
                     let mut r = vec![o.kind.label().to_owned(), short(na)];
-                    r.resize(11, String::new());
+                    r.resize(12, String::new());
                     return r;
                 }
                 vec![
@@ -156,6 +156,11 @@ impl Report<'_> {
                     num(o.med(|r| r.per_million(r.bpf_s)), 3),
                     num(o.cpu_per_m(), 3),
                     num(mib(o.hwm_kib()), 1),
+                    o.runs
+                        .iter()
+                        .map(|r| format!("{:.0}", r.churn.conn_per_s))
+                        .collect::<Vec<_>>()
+                        .join(" "),
                 ]
             })
             .collect();
@@ -172,6 +177,7 @@ impl Report<'_> {
                 "BPF s/M",
                 "total s/M",
                 "peak RSS MiB",
+                "conn/s of each run",
             ],
             &rows,
         )
