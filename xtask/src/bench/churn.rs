@@ -35,13 +35,15 @@ pub struct Churned {
     pub errors: u64,
     pub seconds: f64,
     pub conn_per_s: f64,
+    /// CPU time the churn process used (its own and the loopback softirq work done in it).
+    pub cpu_s: f64,
 }
 
 impl Churned {
     pub fn json(&self) -> Value {
         serde_json::json!({
             "connections": self.connections, "client_close": self.client_close, "server_close": self.server_close,
-            "listeners": self.listeners, "connect_errors": self.errors, "seconds": self.seconds, "conn_per_s": self.conn_per_s,
+            "listeners": self.listeners, "connect_errors": self.errors, "seconds": self.seconds, "conn_per_s": self.conn_per_s, "cpu_s": self.cpu_s,
         })
     }
 }
@@ -65,6 +67,7 @@ fn parse(line: &str) -> Result<Churned> {
         errors: u("errors")?,
         seconds: f("seconds")?,
         conn_per_s: f("conn_per_s")?,
+        cpu_s: 0.0,
     })
 }
 
@@ -77,7 +80,9 @@ pub fn run(bin: &std::path::Path, ns: &Ns, args: &[&str]) -> Result<Churned> {
     if !m.status.success() {
         bail!("churn {args:?} failed ({}): {}", m.status, m.stderr.trim());
     }
-    parse(m.stdout.lines().last().unwrap_or(""))
+    let mut c = parse(m.stdout.lines().last().unwrap_or(""))?;
+    c.cpu_s = m.cpu_s;
+    Ok(c)
 }
 
 #[cfg(test)]

@@ -125,13 +125,14 @@ impl Report<'_> {
     }
 
     fn trace_details(&self) -> String {
+        let ncpu = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
         let rows: Vec<Vec<String>> = self
             .traces
             .iter()
             .map(|o| {
                 if let Some(na) = &o.na {
                     let mut r = vec![o.kind.label().to_owned(), short(na)];
-                    r.resize(12, String::new());
+                    r.resize(13, String::new());
                     return r;
                 }
                 vec![
@@ -161,6 +162,13 @@ impl Report<'_> {
                         .map(|r| format!("{:.0}", r.churn.conn_per_s))
                         .collect::<Vec<_>>()
                         .join(" "),
+                    num(
+                        o.med(|r| {
+                            r.others_cpu_s
+                                .map(|s| 100.0 * s / r.churn.seconds.max(0.001) / ncpu)
+                        }),
+                        0,
+                    ),
                 ]
             })
             .collect();
@@ -178,6 +186,7 @@ impl Report<'_> {
                 "total s/M",
                 "peak RSS MiB",
                 "conn/s of each run",
+                "others' CPU %",
             ],
             &rows,
         )

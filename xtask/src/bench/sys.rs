@@ -60,6 +60,40 @@ pub fn cpu_seconds(pid: u32) -> Result<f64> {
     Ok((ticks + sticks) as f64 / hz)
 }
 
+/// Busy CPU time of the whole host so far (all CPUs: user, nice, system, irq, softirq, steal).
+pub fn host_busy_s() -> f64 {
+    let stat = fs::read_to_string("/proc/stat").unwrap_or_default();
+    let busy: u64 = stat
+        .lines()
+        .find(|l| l.starts_with("cpu "))
+        .map(|l| {
+            l.split_whitespace()
+                .skip(1)
+                .enumerate()
+                .filter(|(i, _)| matches!(i, 0 | 1 | 2 | 5 | 6 | 7))
+                .filter_map(|(_, v)| v.parse::<u64>().ok())
+                .sum()
+        })
+        .unwrap_or(0);
+    // SAFETY: sysconf has no preconditions.
+    busy as f64 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64
+}
+
+/// CPU time of the ksoftirqd threads: loopback receive work deferred out of the churn process.
+pub fn ksoftirqd_s() -> f64 {
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return 0.0;
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.starts_with("ksoftirqd"))
+        })
+        .filter_map(|pid| cpu_seconds(pid).ok())
+        .sum()
+}
+
 /// Peak resident set (VmHWM) in KiB.
 pub fn vm_hwm_kib(pid: u32) -> Result<u64> {
     let status = fs::read_to_string(format!("/proc/{pid}/status"))
@@ -121,6 +155,8 @@ pub struct Measured {
     pub status: ExitStatus,
     pub wall: Duration,
     pub maxrss_kib: u64,
+    /// User + system CPU time of the child (ru_utime + ru_stime).
+    pub cpu_s: f64,
     pub stdout: String,
     pub stderr: String,
 }
@@ -165,6 +201,10 @@ pub fn run_measured(cmd: &mut Command, keep_stdout: bool) -> Result<Measured> {
         status: ExitStatus::from_raw(status),
         wall,
         maxrss_kib: ru.ru_maxrss.max(0) as u64,
+        cpu_s: [ru.ru_utime, ru.ru_stime]
+            .iter()
+            .map(|t| t.tv_sec as f64 + t.tv_usec as f64 / 1e6)
+            .sum(),
         stdout: out
             .map(|h| h.join().unwrap_or_default())
             .unwrap_or_default(),

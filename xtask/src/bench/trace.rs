@@ -88,6 +88,9 @@ pub struct Run {
     pub loss_note: Option<String>,
     /// TIME_WAIT lifecycle events printed (`trace --timewait`), beside the transitions.
     pub tw_events: Option<u64>,
+    /// Host CPU time during the churn not used by the churn or the tracer: the other tenants'
+    /// share (an estimate; BPF time in softirq may land here too).
+    pub others_cpu_s: Option<f64>,
 }
 
 impl Run {
@@ -104,6 +107,7 @@ impl Run {
             "tracer_cpu_s": self.cpu_s, "bpf_run_s": self.bpf_s, "bpf_progs": self.bpf_progs, "peak_rss_kib": self.hwm_kib,
             "loss_note": self.loss_note,
             "tw_lifecycle_events": self.tw_events,
+            "others_cpu_s": self.others_cpu_s,
         })
     }
 }
@@ -290,8 +294,16 @@ fn one(
     let before = tracer.as_ref().map(|t| tracer::sample(t.pid)).transpose()?;
     let threads = cfg.threads.to_string();
     let secs = cfg.seconds.to_string();
+    let (busy0, soft0) = (sys::host_busy_s(), sys::ksoftirqd_s());
     let c = churn::run(churn_bin, &ns, &["--threads", &threads, "--seconds", &secs])?;
+    // Deferred loopback softirq work belongs to the churn, not to the other tenants.
+    let busy = sys::host_busy_s() - busy0 - (sys::ksoftirqd_s() - soft0);
+    let tracer_cpu = match (&tracer, before) {
+        (Some(t), Some(b)) => sys::cpu_seconds(t.pid).map_or(0.0, |c| c - b.cpu_s),
+        _ => 0.0,
+    };
     let mut run = Run {
+        others_cpu_s: Some((busy - c.cpu_s - tracer_cpu).max(0.0)),
         expected: per.expected(&c),
         churn: c,
         ..Run::default()
