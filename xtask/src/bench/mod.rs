@@ -7,6 +7,7 @@
 mod churn;
 mod kill;
 mod ns;
+mod parse;
 mod report;
 mod sys;
 mod table;
