@@ -26,13 +26,14 @@ use std::{
 const USAGE: &str = "usage: churn [--threads N] [--seconds S | --count N] [--ports BASE:COUNT] \
 [--src FIRST_IP:COUNT] [--dst IP] [--mode mixed|client|server]";
 
-#[derive(Clone, Copy, PartialEq)]
+#[derive(Clone, Copy, PartialEq, Debug)]
 enum Mode {
     Mixed,
     Client,
     Server,
 }
 
+#[derive(Debug)]
 struct Opts {
     threads: usize,
     seconds: f64,
@@ -317,5 +318,47 @@ fn main() -> ExitCode {
             eprintln!("churn: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(s: &str) -> Vec<String> {
+        s.split_whitespace().map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn options() {
+        let o = parse(&args("--threads 2 --count 100 --ports 1000:4 --src 127.0.2.1:3 --dst 127.0.0.9 --mode server")).unwrap();
+        assert_eq!(
+            (o.threads, o.count, o.port_base, o.ports, o.srcs),
+            (2, Some(100), 1000, 4, 3)
+        );
+        assert_eq!(
+            (o.src_first, o.dst),
+            (Ipv4Addr::new(127, 0, 2, 1), Ipv4Addr::new(127, 0, 0, 9))
+        );
+        assert!(o.mode == Mode::Server);
+        assert!(
+            parse(&args("--ports 65535:2"))
+                .unwrap_err()
+                .contains("65535")
+        );
+        assert!(parse(&args("--threads 0")).is_err());
+        assert!(parse(&args("--mode sideways")).is_err());
+        assert!(
+            parse(&args("--threads"))
+                .unwrap_err()
+                .contains("needs a value")
+        );
+        assert!(parse(&args("--bogus 1")).unwrap_err().contains("unknown"));
+    }
+
+    #[test]
+    fn close_sides() {
+        assert!(client_closes(Mode::Mixed, 0) && !client_closes(Mode::Mixed, 1));
+        assert!(client_closes(Mode::Client, 1) && !client_closes(Mode::Server, 0));
     }
 }
