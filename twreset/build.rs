@@ -9,7 +9,10 @@ fn main() {
         target.join("bpfel-unknown-none/release/twreset")
     });
     if !obj.exists() {
-        panic!("eBPF object {} not found: build with `cargo xtask build` (it builds the eBPF crate first)", obj.display());
+        panic!(
+            "eBPF object {} not found: build with `cargo xtask build` (it builds the eBPF crate first)",
+            obj.display()
+        );
     }
     println!("cargo:rerun-if-changed={}", obj.display());
     println!("cargo:rustc-env=TWRESET_EBPF_OBJ={}", obj.display());

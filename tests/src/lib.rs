@@ -19,9 +19,9 @@ use nix::sched::{CloneFlags, setns};
 
 /// The release binary built by `cargo xtask test` (`TWRESET_BIN`), else `target/release/twreset`.
 pub fn bin() -> PathBuf {
-    let p = std::env::var_os("TWRESET_BIN").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/twreset")
-    });
+    let p = std::env::var_os("TWRESET_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/twreset"));
     assert!(p.exists(), "twreset binary {} missing: run the tests with `cargo xtask test`", p.display());
     p
 }
@@ -42,12 +42,7 @@ pub fn privileged(test: &str) -> bool {
 
 fn run_ok(cmd: &mut Command) -> Output {
     let out = cmd.output().unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{cmd:?} failed: {}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
     out
 }
 
@@ -71,6 +66,27 @@ impl NetNs {
 
     pub fn path(&self) -> PathBuf {
         PathBuf::from("/run/netns").join(&self.name)
+    }
+
+    /// `SO_NETNS_COOKIE` of this namespace (what twreset reports as `netns_cookie`).
+    pub fn cookie(&self) -> u64 {
+        self.run(|| {
+            let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None).unwrap();
+            let mut cookie: u64 = 0;
+            let mut len = size_of::<u64>() as libc::socklen_t;
+            // SAFETY: getsockopt into a u64 of the right size.
+            let rc = unsafe {
+                libc::getsockopt(
+                    std::os::fd::AsRawFd::as_raw_fd(&s),
+                    libc::SOL_SOCKET,
+                    71,
+                    (&raw mut cookie).cast(),
+                    &mut len,
+                )
+            };
+            assert_eq!(rc, 0, "SO_NETNS_COOKIE");
+            cookie
+        })
     }
 
     /// `ip netns exec NAME cmd...`, asserting success.
@@ -152,8 +168,10 @@ pub struct SsSocket {
 impl SsSocket {
     pub fn parse(line: &str) -> Option<Self> {
         let f: Vec<&str> = line.split_whitespace().collect();
-        let (state, local, remote) = match f.len() {
-            n if n >= 5 => (f[0], f[3], f[4]),
+        // With a `state` filter ss omits the State column (the line starts with Recv-Q).
+        let (state, local, remote) = match f.first()?.parse::<u64>() {
+            Ok(_) if f.len() >= 4 => ("", f[2], f[3]),
+            Err(_) if f.len() >= 5 => (f[0], f[3], f[4]),
             _ => return None,
         };
         let fix = |s: &str| -> Option<SocketAddr> {
@@ -175,14 +193,20 @@ pub enum Closer {
 /// Inside the current thread's namespace: `n` connections from `client_ip` to `server`, closed by
 /// `closer`, fully finished (the closer's socket is in TIME_WAIT on return).
 /// Returns (client address, server address) of each connection.
-pub fn connections(server: SocketAddr, client_ip: Option<std::net::IpAddr>, n: usize, closer: Closer) -> Vec<(SocketAddr, SocketAddr)> {
+pub fn connections(
+    server: SocketAddr,
+    client_ip: Option<std::net::IpAddr>,
+    n: usize,
+    closer: Closer,
+) -> Vec<(SocketAddr, SocketAddr)> {
     let listener = TcpListener::bind(server).unwrap_or_else(|e| panic!("bind {server}: {e}"));
     let server = listener.local_addr().unwrap();
     let mut out = Vec::with_capacity(n);
     for _ in 0..n {
         let c = match client_ip {
             Some(ip) => {
-                let sock = socket2::Socket::new(socket2::Domain::for_address(server), socket2::Type::STREAM, None).unwrap();
+                let sock =
+                    socket2::Socket::new(socket2::Domain::for_address(server), socket2::Type::STREAM, None).unwrap();
                 sock.bind(&SocketAddr::new(ip, 0).into()).unwrap();
                 sock.connect(&server.into()).unwrap_or_else(|e| panic!("connect {server}: {e}"));
                 TcpStream::from(sock)
@@ -192,16 +216,15 @@ pub fn connections(server: SocketAddr, client_ip: Option<std::net::IpAddr>, n: u
         let (a, _) = listener.accept().unwrap();
         let pair = (c.local_addr().unwrap(), server);
         let (first, mut second) = match closer {
-            Closer::Client => (c, a.try_clone().unwrap()),
-            Closer::Server => (a.try_clone().unwrap(), c),
+            Closer::Client => (c, a),
+            Closer::Server => (a, c),
         };
         first.shutdown(std::net::Shutdown::Write).unwrap();
-        // Wait for the FIN before closing the other side, so the first closer ends in TIME_WAIT.
+        // Wait for the FIN, then close the other side: the first closer ends in TIME_WAIT.
         let mut buf = [0u8; 1];
         assert_eq!(second.read(&mut buf).unwrap(), 0);
         drop(second);
         drop(first);
-        drop(a);
         out.push(pair);
     }
     drop(listener);
@@ -287,7 +310,11 @@ impl Drop for Running {
 /// Run `twreset args...` to completion: (exit code, stdout, stderr).
 pub fn twreset(args: &[&str]) -> (Option<i32>, String, String) {
     let out = Command::new(bin()).args(args).stdin(Stdio::null()).output().expect("spawn twreset");
-    (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// Parse NDJSON, panicking with the offending line.

@@ -3,10 +3,29 @@
 
 use core::mem::size_of;
 
+pub mod iter;
+
 /// Kinds of [`Event`]. Integers on the wire, converted with `TryFrom` in userspace.
 pub mod kind {
-    /// A TCP socket changed state (`sock:inet_sock_set_state`).
+    /// A TCP socket changed state (`sock:inet_sock_set_state`). `aux`: [`super::state_aux`] flags.
     pub const STATE: u16 = 1;
+    /// A TIME_WAIT socket's timer was armed: created or re-armed (`timer:timer_start`).
+    /// `newstate`: substate (TIME_WAIT or FIN_WAIT2); `aux`: timeout in jiffies.
+    pub const TW_START: u16 = 2;
+    /// A TIME_WAIT socket's timer fired: it expires now (`timer:timer_expire_entry`).
+    pub const TW_EXPIRE: u16 = 3;
+    /// A TIME_WAIT socket was removed early (`timer:timer_cancel` from
+    /// `inet_twsk_deschedule_put`). `aux`: return address in the function that removed it.
+    pub const TW_KILL: u16 = 4;
+}
+
+/// Flags in `Event::aux` of a `STATE` event.
+pub mod state_aux {
+    /// This active close handed over to a TIME_WAIT socket (its timer started on this CPU).
+    pub const TW_CREATED: u64 = 1;
+    /// This active close created no TIME_WAIT socket and carried no error:
+    /// `tcp_max_tw_buckets` was full (the kernel's `TCPTimeWaitOverflow`).
+    pub const OVERFLOW: u64 = 2;
 }
 
 /// TCP states exactly as the kernel numbers them (`include/net/tcp_states.h`).
@@ -70,9 +89,8 @@ pub struct Event {
     pub kind: u16,
     pub oldstate: u32,
     pub newstate: u32,
-    /// Kind-specific extra value (unused by `STATE`: 0).
-    pub aux: u32,
-    pub _pad: u32,
+    /// Kind-specific value, see [`kind`].
+    pub aux: u64,
 }
 const _: () = assert!(size_of::<Event>() == 80);
 
@@ -114,13 +132,68 @@ pub mod stat {
     pub const COUNT: u32 = 3;
 }
 
-/// Names of the globals userspace sets with `EbpfLoader::override_global` (kernel struct offsets
-/// read from the running kernel's BTF at load time; aya-ebpf emits no CO-RE relocations).
-pub mod globals {
-    /// `offsetof(struct sock_common, skc_net)`.
-    pub const OFF_SKC_NET: &str = "OFF_SKC_NET";
-    /// `offsetof(struct net, net_cookie)`.
-    pub const OFF_NET_COOKIE: &str = "OFF_NET_COOKIE";
+/// Kernel facts the programs need, read by userspace from the running kernel's BTF and
+/// /proc/kallsyms and set as the global `OFFSETS` at load time (aya-ebpf emits no CO-RE
+/// relocations). Values measured on 6.18 are in KERNEL.md.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelOffsets {
+    /// Address of `tw_timer_handler` (0: TIME_WAIT tracking disabled).
+    pub tw_timer_fn: u64,
+    /// `[start, end)` of `inet_twsk_deschedule_put`.
+    pub desched_start: u64,
+    pub desched_end: u64,
+    /// `[start, end)` of `timer_shutdown_sync` (fallback if deschedule is inlined).
+    pub shutdown_start: u64,
+    pub shutdown_end: u64,
+    /// `struct sock_common` members.
+    pub skc_net: u32,
+    pub skc_daddr: u32,
+    pub skc_rcv_saddr: u32,
+    pub skc_dport: u32,
+    pub skc_num: u32,
+    pub skc_family: u32,
+    pub skc_v6_daddr: u32,
+    pub skc_v6_rcv_saddr: u32,
+    /// `struct net.net_cookie`.
+    pub net_cookie: u32,
+    /// `struct inet_timewait_sock` members.
+    pub tw_substate: u32,
+    pub tw_timer: u32,
+    /// `struct timer_list.function`.
+    pub timer_function: u32,
+    /// `struct sock.sk_err`.
+    pub sk_err: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<KernelOffsets>() == 96);
+
+/// Name of the [`KernelOffsets`] global.
+pub const OFFSETS_GLOBAL: &str = "OFFSETS";
+
+/// Last TIME_WAIT timer started on a CPU: lets the state program tell an active close that
+/// created a TIME_WAIT socket from one that overflowed `tcp_max_tw_buckets` (same CPU, same call).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LastTw {
+    pub netns_cookie: u64,
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    pub sport: u16,
+    pub dport: u16,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<LastTw>() == 48);
+
+/// Field offsets of the `timer:*` tracepoints (checked against tracefs by a test).
+pub mod tp_timer {
+    pub const START_TIMER: usize = 8;
+    pub const START_FUNCTION: usize = 16;
+    pub const START_EXPIRES: usize = 24;
+    pub const START_NOW: usize = 40;
+    pub const EXPIRE_TIMER: usize = 8;
+    pub const EXPIRE_FUNCTION: usize = 24;
+    pub const CANCEL_TIMER: usize = 8;
 }
 
 #[cfg(feature = "user")]
@@ -128,4 +201,6 @@ mod pod {
     // SAFETY: plain `repr(C)` integers and byte arrays with explicit padding, no invalid bit patterns.
     unsafe impl aya::Pod for super::Event {}
     unsafe impl aya::Pod for super::FilterConfig {}
+    unsafe impl aya::Pod for super::KernelOffsets {}
+    unsafe impl aya::Pod for super::LastTw {}
 }

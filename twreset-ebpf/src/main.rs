@@ -3,6 +3,7 @@
 #![no_main]
 
 mod maps;
+mod offsets;
 mod programs;
 
 #[cfg(not(test))]

@@ -4,7 +4,7 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LpmTrie, PerCpuArray, RingBuf},
 };
-use twreset_common::{FilterConfig, PeerKey, stat};
+use twreset_common::{FilterConfig, LastTw, PeerKey, stat};
 
 /// Events to userspace. 8 MiB absorbs a few hundred thousand events of burst.
 #[map]
@@ -25,6 +25,10 @@ pub static PEER_FILTER: LpmTrie<PeerKey, u8> = LpmTrie::with_max_entries(1024, 0
 /// Ports (local or remote) to keep when `filter::PORT` is set.
 #[map]
 pub static PORT_FILTER: HashMap<u16, u8> = HashMap::with_max_entries(1024, 0);
+
+/// Last TIME_WAIT timer armed on each CPU (see `programs::state::active_close`).
+#[map]
+pub static LAST_TW: PerCpuArray<LastTw> = PerCpuArray::with_max_entries(1, 0);
 
 /// Per-CPU counters, indexed by `twreset_common::stat`.
 #[map]

@@ -18,6 +18,12 @@ pub struct Cli {
 pub enum Command {
     /// Stream TCP state transitions live (Ctrl-C to stop).
     Trace(cmd::trace::TraceArgs),
+    /// Print the live TIME_WAIT table once, per peer, prefix, port, local address or destination.
+    Tw(cmd::tw::TwArgs),
+    /// Live full-screen view of the TIME_WAIT table (g grouping, s sort, +/- interval, q quit).
+    Top(cmd::top::TopArgs),
+    /// Kill selected TCP sockets (TIME_WAIT by default) by peer, prefix, port or connection.
+    Kill(cmd::kill::KillArgs),
 }
 
 /// A usage error found after clap's parsing (exit status 2).

@@ -122,7 +122,6 @@ mod tests {
             oldstate: tcp_state::FIN_WAIT2,
             newstate: tcp_state::CLOSE,
             aux: 0,
-            _pad: 0,
         }
     }
 

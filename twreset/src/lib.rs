@@ -3,8 +3,15 @@
 pub mod cli;
 pub mod cmd;
 pub mod decode;
+pub mod diag;
 pub mod kernel;
+pub mod live;
+pub mod kill;
 pub mod output;
 pub mod probe;
 pub mod sock;
 pub mod state;
+pub mod table;
+pub mod top;
+pub mod tw_event;
+pub mod twfeed;

@@ -35,6 +35,23 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        Command::Tw(args) => {
+            let cfg = cmd::tw::TwConfig::try_from(args)?;
+            let feed = twreset::live::kernel_feed("tw", &cfg.scope)?;
+            cmd::tw::run(&cfg, feed, &cmd::tw::ns_names(), &mut std::io::stdout().lock()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Top(args) => {
+            let cfg = cmd::top::TopConfig::try_from(args)?;
+            cmd::top::ensure_terminal()?;
+            let feed = twreset::live::kernel_feed("top", &cfg.scope)?;
+            cmd::top::run(&cfg, feed, &cmd::tw::ns_names(), shutdown_signal()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Kill(args) => {
+            let ok = cmd::kill::run(cmd::kill::KillConfig::try_from(args)?)?;
+            Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
     }
 }
 

@@ -4,7 +4,10 @@ use std::{collections::HashMap, net::IpAddr};
 
 use serde_json::{Value, json};
 
-use crate::decode::Transition;
+use crate::{
+    decode::Transition,
+    tw_event::{TwCause, TwEvent, TwEventKind},
+};
 
 /// Labels namespace cookies with `ip netns` names where known.
 #[derive(Clone, Debug, Default)]
@@ -50,18 +53,29 @@ fn endpoint(ip: IpAddr, port: u16) -> String {
     }
 }
 
+/// Keep a column at most `max` characters wide, marking the cut with `~`.
+fn truncate(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        s.to_owned()
+    } else {
+        let mut t: String = s.chars().take(max - 1).collect();
+        t.push('~');
+        t
+    }
+}
+
 /// Column header matching [`human_line`].
 pub fn human_header() -> String {
-    format!("{:<15} {:<12} {:>27} {:>27}  {}", "TIME(UTC)", "NETNS", "LOCAL", "REMOTE", "TRANSITION")
+    format!("{:<15} {:<24} {:>30} {:>30}  {}", "TIME(UTC)", "NETNS", "LOCAL", "REMOTE", "TRANSITION")
 }
 
 /// One aligned line per transition; an active close is marked `(TIME_WAIT)`.
 pub fn human_line(t: &Transition, ns: &NsNames, clock: &WallClock) -> String {
     let mark = if t.into_time_wait() { "  (TIME_WAIT)" } else { "" };
     format!(
-        "{:<15} {:<12} {:>27} {:>27}  {} -> {}{}",
+        "{:<15} {:<24} {:>30} {:>30}  {} -> {}{}",
         clock.format(t.ts_ns),
-        ns.label(t.netns_cookie),
+        truncate(&ns.label(t.netns_cookie), 24),
         endpoint(t.laddr, t.lport),
         endpoint(t.raddr, t.rport),
         t.old,
@@ -85,6 +99,62 @@ pub fn json(t: &Transition) -> Value {
         "time_wait": t.into_time_wait(),
         "sk": format!("{:#x}", t.skaddr),
     })
+}
+
+/// Stable snake_case name of a cause (JSON and human output).
+pub fn cause_name(c: TwCause) -> &'static str {
+    c.name()
+}
+
+fn tw_fields(ev: &TwEvent) -> (&'static str, Value) {
+    match ev.kind {
+        TwEventKind::Created { substate, timeout_ms } | TwEventKind::Rearmed { substate, timeout_ms } => {
+            ("tw_start", json!({"substate": substate.name(), "timeout_ms": timeout_ms}))
+        }
+        TwEventKind::Expired => ("tw_expire", json!({})),
+        TwEventKind::Killed { cause } => ("tw_kill", json!({"cause": cause_name(cause)})),
+        TwEventKind::Overflow => ("tw_overflow", json!({})),
+    }
+}
+
+/// NDJSON object of a TIME_WAIT lifecycle event (`trace --timewait`).
+pub fn tw_json(ev: &TwEvent) -> Value {
+    let (name, extra) = tw_fields(ev);
+    let k = &ev.key;
+    let mut v = json!({
+        "event": name,
+        "ts_ns": ev.ts_ns,
+        "netns_cookie": k.netns_cookie,
+        "family": k.family().name(),
+        "laddr": k.laddr.to_string(),
+        "lport": k.lport,
+        "raddr": k.raddr.to_string(),
+        "rport": k.rport,
+    });
+    if let (Some(o), Some(e)) = (v.as_object_mut(), extra.as_object()) {
+        o.extend(e.clone());
+    }
+    v
+}
+
+/// Human line of a TIME_WAIT lifecycle event, aligned with [`human_line`].
+pub fn tw_human_line(ev: &TwEvent, ns: &NsNames, clock: &WallClock) -> String {
+    let what = match ev.kind {
+        TwEventKind::Created { substate, timeout_ms } | TwEventKind::Rearmed { substate, timeout_ms } => {
+            format!("tw armed {substate} {:.1}s", timeout_ms as f64 / 1000.0)
+        }
+        TwEventKind::Expired => "tw expired".to_owned(),
+        TwEventKind::Killed { cause } => format!("tw killed ({})", cause_name(cause)),
+        TwEventKind::Overflow => "tw overflow: tcp_max_tw_buckets full, no TIME_WAIT socket".to_owned(),
+    };
+    format!(
+        "{:<15} {:<24} {:>30} {:>30}  {}",
+        clock.format(ev.ts_ns),
+        truncate(&ns.label(ev.key.netns_cookie), 24),
+        endpoint(ev.key.laddr, ev.key.lport),
+        endpoint(ev.key.raddr, ev.key.rport),
+        what
+    )
 }
 
 #[cfg(test)]
@@ -112,7 +182,17 @@ mod tests {
         let v = json(&t());
         let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
         let mut want = vec![
-            "ts_ns", "netns_cookie", "family", "laddr", "lport", "raddr", "rport", "old", "new", "time_wait", "sk",
+            "ts_ns",
+            "netns_cookie",
+            "family",
+            "laddr",
+            "lport",
+            "raddr",
+            "rport",
+            "old",
+            "new",
+            "time_wait",
+            "sk",
         ];
         want.sort();
         let mut got = keys.clone();

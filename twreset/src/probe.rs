@@ -8,11 +8,16 @@ use aya::{
     programs::{ProgramError, TracePoint},
 };
 use ipnet::IpNet;
-use twreset_common::{FilterConfig, PeerKey, filter, globals, stat, tcp_state};
+use twreset_common::{FilterConfig, KernelOffsets, OFFSETS_GLOBAL, PeerKey, filter, stat, tcp_state};
 
 use crate::{
     decode::mapped,
-    kernel::{btf::{BtfError, KernelBtf, StateOffsets}, caps, tracefs},
+    kernel::{
+        btf::{BtfError, KernelBtf, kernel_offsets},
+        caps,
+        kallsyms::{Kallsyms, KallsymsError},
+        tracefs,
+    },
     state::TcpState,
 };
 
@@ -20,6 +25,8 @@ use crate::{
 static EBPF_OBJ: &[u8] = aya::include_bytes_aligned!(env!("TWRESET_EBPF_OBJ"));
 
 const STATE_PROGRAM: &str = "inet_sock_set_state";
+/// The TIME_WAIT lifecycle programs and their `timer:*` tracepoints.
+const TIMER_PROGRAMS: [&str; 3] = ["timer_start", "timer_expire_entry", "timer_cancel"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
@@ -48,6 +55,8 @@ pub enum ProbeError {
         #[source]
         source: aya::maps::MapError,
     },
+    #[error("TIME_WAIT tracking unavailable on this kernel")]
+    NoTimewait(#[source] KallsymsError),
     #[error("reading program info of {name} failed")]
     Info {
         name: &'static str,
@@ -85,6 +94,9 @@ impl Loss {
 pub struct Probe {
     ebpf: Ebpf,
     attached: Vec<&'static str>,
+    /// Why the TIME_WAIT programs cannot work here, if they cannot.
+    timewait_unavailable: Option<KallsymsError>,
+    kallsyms: Option<Kallsyms>,
 }
 
 impl Probe {
@@ -93,13 +105,32 @@ impl Probe {
         caps::require_bpf()?;
         tracefs::ensure_mounted()?;
         let btf = KernelBtf::load()?;
-        let off = StateOffsets::read(&btf)?;
-        let ebpf = EbpfLoader::new()
-            .override_global(globals::OFF_SKC_NET, &off.skc_net, true)
-            .override_global(globals::OFF_NET_COOKIE, &off.net_cookie, true)
-            .load(EBPF_OBJ)
-            .map_err(ProbeError::Load)?;
-        Ok(Self { ebpf, attached: Vec::new() })
+        let mut off = kernel_offsets(&btf)?;
+        let (kallsyms, timewait_unavailable) =
+            match Kallsyms::load().and_then(|k| timewait_symbols(&k, &mut off).map(|_| k)) {
+                Ok(k) => (Some(k), None),
+                Err(e) => (None, Some(e)),
+            };
+        let ebpf =
+            EbpfLoader::new().override_global(OFFSETS_GLOBAL, &off, true).load(EBPF_OBJ).map_err(ProbeError::Load)?;
+        Ok(Self { ebpf, attached: Vec::new(), timewait_unavailable, kallsyms })
+    }
+
+    /// Kernel symbols, available when TIME_WAIT tracking is.
+    pub fn kallsyms(&self) -> Option<&Kallsyms> {
+        self.kallsyms.as_ref()
+    }
+
+    /// Attach the TIME_WAIT lifecycle programs (`timer:timer_start`, `timer_expire_entry`,
+    /// `timer_cancel`, filtered in BPF on `tw_timer_handler`).
+    pub fn attach_timewait(&mut self) -> Result<(), ProbeError> {
+        if let Some(e) = self.timewait_unavailable.take() {
+            return Err(ProbeError::NoTimewait(e));
+        }
+        for name in TIMER_PROGRAMS {
+            self.attach_tracepoint(name, "timer", name)?;
+        }
+        Ok(())
     }
 
     /// Replace the kernel-side filter; safe while attached (the config word is written last).
@@ -154,23 +185,26 @@ impl Probe {
             cfg.flags |= filter::STATE;
             cfg.state_mask = f.states.iter().fold(0, |m, s| m | 1 << s.number());
         }
-        debug_assert!(tcp_state::MAX < 32);
+        const { assert!(tcp_state::MAX < 32) };
         let mut c: Array<_, FilterConfig> = Array::try_from(self.map_mut("CONFIG")?).map_err(map_err("CONFIG"))?;
         c.set(0, &cfg, 0).map_err(map_err("CONFIG"))
     }
 
     /// Attach the `sock:inet_sock_set_state` program. Detached when the probe is dropped.
     pub fn attach_state(&mut self) -> Result<(), ProbeError> {
+        self.attach_tracepoint(STATE_PROGRAM, "sock", "inet_sock_set_state")
+    }
+
+    fn attach_tracepoint(&mut self, name: &'static str, category: &str, event: &str) -> Result<(), ProbeError> {
         let prog: &mut TracePoint = self
             .ebpf
-            .program_mut(STATE_PROGRAM)
-            .ok_or(ProbeError::NoProgram { name: STATE_PROGRAM })?
+            .program_mut(name)
+            .ok_or(ProbeError::NoProgram { name })?
             .try_into()
-            .map_err(|source| ProbeError::Program { name: STATE_PROGRAM, action: "type check", source })?;
-        prog.load().map_err(|source| ProbeError::Program { name: STATE_PROGRAM, action: "load", source })?;
-        prog.attach("sock", "inet_sock_set_state")
-            .map_err(|source| ProbeError::Program { name: STATE_PROGRAM, action: "attach", source })?;
-        self.attached.push(STATE_PROGRAM);
+            .map_err(|source| ProbeError::Program { name, action: "type check", source })?;
+        prog.load().map_err(|source| ProbeError::Program { name, action: "load", source })?;
+        prog.attach(category, event).map_err(|source| ProbeError::Program { name, action: "attach", source })?;
+        self.attached.push(name);
         Ok(())
     }
 
@@ -217,17 +251,21 @@ fn recursion_misses(prog_fd: i32) -> Result<u64, std::io::Error> {
     }
     const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
     let mut info: aya_obj::generated::bpf_prog_info = unsafe { std::mem::zeroed() };
-    let mut attr = InfoAttr {
-        bpf_fd: prog_fd as u32,
-        info_len: size_of_val(&info) as u32,
-        info: (&raw mut info) as u64,
-    };
+    let mut attr =
+        InfoAttr { bpf_fd: prog_fd as u32, info_len: size_of_val(&info) as u32, info: (&raw mut info) as u64 };
     // SAFETY: attr points at a zeroed, correctly sized bpf_prog_info that outlives the call.
-    let rc = unsafe {
-        libc::syscall(libc::SYS_bpf, BPF_OBJ_GET_INFO_BY_FD, &raw mut attr, size_of::<InfoAttr>() as u32)
-    };
+    let rc =
+        unsafe { libc::syscall(libc::SYS_bpf, BPF_OBJ_GET_INFO_BY_FD, &raw mut attr, size_of::<InfoAttr>() as u32) };
     if rc != 0 {
         return Err(std::io::Error::last_os_error());
     }
     Ok(info.recursion_misses)
+}
+
+/// Fill the function addresses the TIME_WAIT programs need.
+fn timewait_symbols(k: &Kallsyms, off: &mut KernelOffsets) -> Result<(), KallsymsError> {
+    off.tw_timer_fn = k.range("tw_timer_handler")?.0;
+    (off.desched_start, off.desched_end) = k.range("inet_twsk_deschedule_put")?;
+    (off.shutdown_start, off.shutdown_end) = k.range("timer_shutdown_sync")?;
+    Ok(())
 }

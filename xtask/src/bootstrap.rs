@@ -19,12 +19,8 @@ pub struct Tools {
 
 /// Debian packages the tests and the tool's runtime checks use: `ip`/`ss` (iproute2), `tmux` (the
 /// `top` screen test), `setpriv` (util-linux, the unprivileged-user test), `bpftrace` (bench peer).
-const DEB_PACKAGES: &[(&str, &str)] = &[
-    ("iproute2", "ss"),
-    ("tmux", "tmux"),
-    ("util-linux", "setpriv"),
-    ("bpftrace", "bpftrace"),
-];
+const DEB_PACKAGES: &[(&str, &str)] =
+    &[("iproute2", "ss"), ("tmux", "tmux"), ("util-linux", "setpriv"), ("bpftrace", "bpftrace")];
 
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_owned()
@@ -94,9 +90,7 @@ fn ensure_bpf_linker(root: &Path, nightly: &str) -> Result<PathBuf> {
     let tools = tools_dir().join(format!("bpf-linker-{nightly}"));
     let bin = tools.join("bin");
     let linker = bin.join("bpf-linker");
-    if linker.exists()
-        && Command::new(&linker).arg("--version").output().map(|o| o.status.success()).unwrap_or(false)
-    {
+    if linker.exists() && Command::new(&linker).arg("--version").output().map(|o| o.status.success()).unwrap_or(false) {
         return Ok(bin);
     }
     let sysroot = PathBuf::from(output(Command::new("rustup").args(["run", nightly, "rustc", "--print", "sysroot"]))?);
@@ -127,7 +121,13 @@ fn ensure_bpf_linker(root: &Path, nightly: &str) -> Result<PathBuf> {
 fn ensure_debian_packages() -> Result<()> {
     let missing: Vec<&str> = DEB_PACKAGES
         .iter()
-        .filter(|(_, bin)| Command::new("sh").args(["-c", &format!("command -v {bin}")]).output().map(|o| !o.status.success()).unwrap_or(true))
+        .filter(|(_, bin)| {
+            Command::new("sh")
+                .args(["-c", &format!("command -v {bin}")])
+                .output()
+                .map(|o| !o.status.success())
+                .unwrap_or(true)
+        })
         .map(|(pkg, _)| *pkg)
         .collect();
     if missing.is_empty() {
@@ -135,7 +135,10 @@ fn ensure_debian_packages() -> Result<()> {
     }
     eprintln!("xtask: installing Debian packages {missing:?}");
     run(Command::new("apt-get").args(["update", "-qq"]))?;
-    run(Command::new("apt-get").args(["install", "-y", "-qq", "--no-install-recommends"]).args(&missing).env("DEBIAN_FRONTEND", "noninteractive"))
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-qq", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
 }
 
 pub fn all() -> Result<Tools> {

@@ -61,7 +61,6 @@ pub fn run_tool(t: &Tools, args: &[String]) -> Result<()> {
     std::process::exit(status.code().unwrap_or(1));
 }
 
-
 /// Unit tests, then integration tests against the real binary and the real kernel.
 pub fn test(t: &Tools, extra: &[String]) -> Result<()> {
     let bin = release(t)?;

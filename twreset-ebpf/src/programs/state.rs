@@ -3,24 +3,15 @@
 //! Field offsets are pinned in `twreset_common::tp_state` and checked against the running
 //! kernel's tracefs format file by a test.
 
-use aya_ebpf::{
-    helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel},
-    macros::tracepoint,
-    maps::lpm_trie::Key,
-    programs::TracePointContext,
-};
+use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::tracepoint, maps::lpm_trie::Key, programs::TracePointContext};
 use twreset_common::{
-    AF_INET, AF_INET6, Event, FilterConfig, IPPROTO_TCP, filter, kind, stat, tcp_state, tp_state,
+    AF_INET, AF_INET6, Event, FilterConfig, IPPROTO_TCP, LastTw, filter, kind, stat, state_aux, tcp_state, tp_state,
 };
 
-use crate::maps::{CONFIG, EVENTS, NETNS_FILTER, PEER_FILTER, PORT_FILTER, count};
-
-/// `offsetof(struct sock_common, skc_net)`, set by userspace from the running kernel's BTF.
-#[unsafe(no_mangle)]
-static OFF_SKC_NET: u32 = 48;
-/// `offsetof(struct net, net_cookie)`, set by userspace from the running kernel's BTF.
-#[unsafe(no_mangle)]
-static OFF_NET_COOKIE: u32 = 4160;
+use crate::{
+    maps::{CONFIG, EVENTS, LAST_TW, NETNS_FILTER, PEER_FILTER, PORT_FILTER, count},
+    offsets::{netns_cookie, offsets, read as kread},
+};
 
 #[tracepoint]
 pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
@@ -37,17 +28,6 @@ fn read<T>(ctx: &TracePointContext, off: usize) -> Result<T, u32> {
         count(stat::READ_ERROR);
         0u32
     })
-}
-
-/// Namespace cookie of the socket at `skaddr`: `sk->__sk_common.skc_net.net->net_cookie`.
-#[inline(always)]
-pub fn netns_cookie(skaddr: u64) -> Result<u64, u32> {
-    // SAFETY: volatile reads of loader-set constants; probe reads are fault-safe.
-    let off_net = unsafe { core::ptr::read_volatile(&OFF_SKC_NET) } as u64;
-    let off_cookie = unsafe { core::ptr::read_volatile(&OFF_NET_COOKIE) } as u64;
-    let net: u64 = unsafe { bpf_probe_read_kernel((skaddr + off_net) as *const u64) }
-        .map_err(|_| 0u32)?;
-    unsafe { bpf_probe_read_kernel((net + off_cookie) as *const u64) }.map_err(|_| 0u32)
 }
 
 #[inline(always)]
@@ -68,8 +48,8 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<u32, u32> {
     let newstate: i32 = read(ctx, tp_state::NEWSTATE)?;
     let (oldstate, newstate) = (oldstate as u32, newstate as u32);
     if cfg.flags & filter::STATE != 0 {
-        let into_tw = newstate == tcp_state::CLOSE
-            && (oldstate == tcp_state::FIN_WAIT2 || oldstate == tcp_state::CLOSING);
+        let into_tw =
+            newstate == tcp_state::CLOSE && (oldstate == tcp_state::FIN_WAIT2 || oldstate == tcp_state::CLOSING);
         let hit = state_bit(cfg.state_mask, oldstate)
             || state_bit(cfg.state_mask, newstate)
             || (into_tw && state_bit(cfg.state_mask, tcp_state::TIME_WAIT));
@@ -108,7 +88,8 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<u32, u32> {
         return Ok(0);
     }
     let skaddr: u64 = read(ctx, tp_state::SKADDR)?;
-    let cookie = match netns_cookie(skaddr) {
+    let off = offsets();
+    let cookie = match netns_cookie(&off, skaddr) {
         Ok(c) => c,
         Err(_) => {
             count(stat::READ_ERROR);
@@ -118,6 +99,10 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<u32, u32> {
     // SAFETY: read-only lookup of a plain integer.
     if cfg.flags & filter::NETNS != 0 && unsafe { NETNS_FILTER.get(&cookie) }.is_none() {
         return Ok(0);
+    }
+    let mut aux = 0;
+    if newstate == tcp_state::CLOSE && (oldstate == tcp_state::FIN_WAIT2 || oldstate == tcp_state::CLOSING) {
+        aux = active_close(&off, skaddr, cookie, &saddr, &daddr, sport, dport);
     }
     let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
         count(stat::RINGBUF_FULL);
@@ -136,10 +121,42 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<u32, u32> {
         kind: kind::STATE,
         oldstate,
         newstate,
-        aux: 0,
-        _pad: 0,
+        aux,
     });
     entry.submit(0);
     count(stat::SENT);
     Ok(0)
+}
+
+/// Did this active close create a TIME_WAIT socket? `tcp_time_wait()` arms the TIME_WAIT timer
+/// (recorded in `LAST_TW` by the timer program on this CPU) before `tcp_done()` moves the full
+/// socket to CLOSE, in the same call. No timer and no socket error means the kernel found
+/// `tcp_max_tw_buckets` full.
+#[inline(always)]
+fn active_close(
+    off: &twreset_common::KernelOffsets,
+    skaddr: u64,
+    cookie: u64,
+    saddr: &[u8; 16],
+    daddr: &[u8; 16],
+    sport: u16,
+    dport: u16,
+) -> u64 {
+    if off.tw_timer_fn == 0 {
+        return 0;
+    }
+    let Some(slot) = LAST_TW.get_ptr_mut(0) else { return 0 };
+    // SAFETY: per-CPU slot; this program and the timer program on this CPU never run concurrently.
+    let last: &mut LastTw = unsafe { &mut *slot };
+    if last.netns_cookie == cookie
+        && last.sport == sport
+        && last.dport == dport
+        && last.saddr == *saddr
+        && last.daddr == *daddr
+    {
+        *last = LastTw::default();
+        return state_aux::TW_CREATED;
+    }
+    let err: i32 = kread(skaddr, off.sk_err).unwrap_or(1);
+    if err == 0 { state_aux::OVERFLOW } else { 0 }
 }

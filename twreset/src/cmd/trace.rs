@@ -18,6 +18,7 @@ use crate::{
     output::{self, NsNames, WallClock},
     probe::{Filters, Loss, Probe},
     state::TcpState,
+    twfeed,
 };
 
 #[derive(Args, Debug)]
@@ -36,6 +37,10 @@ pub struct TraceArgs {
     /// NDJSON output, one object per transition.
     #[arg(long)]
     pub json: bool,
+    /// Also trace the TIME_WAIT sockets themselves: created / re-armed, expired, killed early
+    /// (with the cause), and closes that found tcp_max_tw_buckets full.
+    #[arg(long)]
+    pub timewait: bool,
 }
 
 /// Validated trace session.
@@ -46,12 +51,20 @@ pub struct TraceConfig {
     pub ports: Vec<u16>,
     pub states: Vec<TcpState>,
     pub json: bool,
+    pub timewait: bool,
 }
 
 impl TryFrom<TraceArgs> for TraceConfig {
     type Error = UsageError;
     fn try_from(a: TraceArgs) -> Result<Self, UsageError> {
-        Ok(Self { scope: NetnsScope::try_from(&a.netns)?, peers: a.peers, ports: a.ports, states: a.states, json: a.json })
+        Ok(Self {
+            scope: NetnsScope::try_from(&a.netns)?,
+            peers: a.peers,
+            ports: a.ports,
+            states: a.states,
+            json: a.json,
+            timewait: a.timewait,
+        })
     }
 }
 
@@ -102,6 +115,10 @@ pub async fn run(cfg: TraceConfig, shutdown: impl Future<Output = ()>) -> Result
         .map_err(|e| e.into_parts().1)
         .context("registering the ring buffer with tokio")?;
     probe.attach_state()?;
+    if cfg.timewait {
+        probe.attach_timewait()?;
+    }
+    let hz = twfeed::kernel_hz().unwrap_or(250);
 
     let names = NsNames(netns::named().into_iter().map(|(n, c)| (c, n)).collect());
     let clock = WallClock::now();
@@ -126,14 +143,27 @@ pub async fn run(cfg: TraceConfig, shutdown: impl Future<Output = ()>) -> Result
                 let ring = guard.get_inner_mut();
                 let mut wrote = Ok(());
                 while let Some(item) = ring.next() {
-                    match decode::parse_event(&item).and_then(|e| decode::transition(&e)) {
-                        Ok(t) => {
+                    let line = decode::parse_event(&item).and_then(|ev| {
+                        let mut lines = Vec::with_capacity(2);
+                        if ev.kind == twreset_common::kind::STATE {
+                            let t = decode::transition(&ev)?;
+                            lines.push(if cfg.json { output::json(&t).to_string() } else { output::human_line(&t, &names, &clock) });
+                        }
+                        if cfg.timewait {
+                            let ks = probe.kallsyms();
+                            if let Some(tw) = twfeed::decode(&ev, hz, |a| ks.and_then(|k| k.resolve(a)))? {
+                                lines.push(if cfg.json { output::tw_json(&tw).to_string() } else { output::tw_human_line(&tw, &names, &clock) });
+                            }
+                        }
+                        Ok(lines)
+                    });
+                    match line {
+                        Ok(lines) => {
                             summary.events += 1;
-                            wrote = if cfg.json {
-                                writeln!(out, "{}", output::json(&t))
-                            } else {
-                                writeln!(out, "{}", output::human_line(&t, &names, &clock))
-                            };
+                            for l in lines {
+                                wrote = writeln!(out, "{l}");
+                                if wrote.is_err() { break; }
+                            }
                             if wrote.is_err() { break; }
                         }
                         Err(e) => {

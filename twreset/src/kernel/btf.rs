@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use btf_rs::{Btf, BtfType, Type};
+use twreset_common::KernelOffsets;
 
 /// Where the kernel exposes its BTF; `TWRESET_BTF` overrides it (tests, unusual systems).
 pub fn vmlinux_path() -> PathBuf {
@@ -70,12 +71,11 @@ impl KernelBtf {
             if name == member {
                 return Some(bits / 8);
             }
-            if name.is_empty() {
-                if let Ok(Type::Struct(inner) | Type::Union(inner)) = self.resolved(m) {
-                    if let Some(off) = self.find(&inner, member, bits) {
-                        return Some(off);
-                    }
-                }
+            if name.is_empty()
+                && let Ok(Type::Struct(inner) | Type::Union(inner)) = self.resolved(m)
+                && let Some(off) = self.find(&inner, member, bits)
+            {
+                return Some(off);
             }
         }
         None
@@ -95,17 +95,25 @@ impl KernelBtf {
     }
 }
 
-/// Offsets the state tracepoint program needs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct StateOffsets {
-    pub skc_net: u32,
-    pub net_cookie: u32,
-}
-
-impl StateOffsets {
-    pub fn read(btf: &KernelBtf) -> Result<Self, BtfError> {
-        Ok(Self { skc_net: btf.offset("sock_common", "skc_net")?, net_cookie: btf.offset("net", "net_cookie")? })
-    }
+/// Fill the struct offsets of [`KernelOffsets`] from BTF (function addresses stay 0: kallsyms).
+pub fn kernel_offsets(btf: &KernelBtf) -> Result<KernelOffsets, BtfError> {
+    let sc = |m: &str| btf.offset("sock_common", m);
+    Ok(KernelOffsets {
+        skc_net: sc("skc_net")?,
+        skc_daddr: sc("skc_daddr")?,
+        skc_rcv_saddr: sc("skc_rcv_saddr")?,
+        skc_dport: sc("skc_dport")?,
+        skc_num: sc("skc_num")?,
+        skc_family: sc("skc_family")?,
+        skc_v6_daddr: sc("skc_v6_daddr")?,
+        skc_v6_rcv_saddr: sc("skc_v6_rcv_saddr")?,
+        net_cookie: btf.offset("net", "net_cookie")?,
+        tw_substate: btf.offset("inet_timewait_sock", "tw_substate")?,
+        tw_timer: btf.offset("inet_timewait_sock", "tw_timer")?,
+        timer_function: btf.offset("timer_list", "function")?,
+        sk_err: btf.offset("sock", "sk_err")?,
+        ..KernelOffsets::default()
+    })
 }
 
 #[cfg(test)]
@@ -128,9 +136,13 @@ mod tests {
             return;
         }
         let btf = KernelBtf::from_path(&path).unwrap();
-        let off = StateOffsets::read(&btf).unwrap();
-        assert_eq!(off.skc_net, 48);
-        assert!(off.net_cookie > 0);
+        let off = kernel_offsets(&btf).unwrap();
+        // The 6.18 values KERNEL.md measured; other kernels may differ, so only on 6.18.
+        if std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().starts_with("6.18") {
+            assert_eq!((off.skc_daddr, off.skc_rcv_saddr, off.skc_dport, off.skc_num, off.skc_net), (0, 4, 12, 14, 48));
+            assert_eq!((off.tw_substate, off.tw_timer, off.net_cookie), (140, 160, 4160));
+        }
+        assert_eq!(off.timer_function, 24);
         // Member inside an anonymous union of sock_common.
         assert!(btf.offset("sock_common", "skc_tw_rcv_nxt").is_ok());
         assert!(matches!(btf.offset("sock_common", "no_such_member"), Err(BtfError::NoMember { .. })));

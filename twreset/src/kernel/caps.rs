@@ -7,9 +7,7 @@ const CAP_BPF: u32 = 39;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CapsError {
-    #[error(
-        "permission denied: loading eBPF programs needs root (or CAP_BPF and CAP_PERFMON); run twreset with sudo"
-    )]
+    #[error("permission denied: loading eBPF programs needs root (or CAP_BPF and CAP_PERFMON); run twreset with sudo")]
     NoBpf,
     #[error("permission denied: killing sockets needs CAP_NET_ADMIN; run twreset with sudo")]
     NoNetAdmin,

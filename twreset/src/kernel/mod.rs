@@ -1,5 +1,6 @@
 //! Facts read from the running kernel: BTF offsets, tracefs, namespaces, privileges.
 pub mod btf;
 pub mod caps;
+pub mod kallsyms;
 pub mod netns;
 pub mod tracefs;

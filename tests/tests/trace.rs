@@ -1,0 +1,255 @@
+//! `twreset trace` against the real kernel: exact per-socket transitions in a test namespace,
+//! nothing from a churning bystander namespace, kernel-side filters, the NDJSON schema.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::{IpAddr, SocketAddr},
+    sync::atomic::{AtomicBool, Ordering},
+    time::Duration,
+};
+
+use serde_json::Value;
+use twreset_tests::{Closer, NetNs, Running, connections, ndjson, privileged};
+
+const READY: &str = "Ctrl-C to stop";
+
+/// Every key of a transition object, with its type checked.
+fn check_schema(v: &Value) {
+    let obj = v.as_object().unwrap_or_else(|| panic!("not an object: {v}"));
+    let keys: BTreeSet<&str> = obj.keys().map(String::as_str).collect();
+    let want: BTreeSet<&str> =
+        ["ts_ns", "netns_cookie", "family", "laddr", "lport", "raddr", "rport", "old", "new", "time_wait", "sk"]
+            .into_iter()
+            .collect();
+    assert_eq!(keys, want, "key set of {v}");
+    assert!(v["ts_ns"].as_u64().unwrap() > 0);
+    assert!(v["netns_cookie"].as_u64().is_some());
+    let fam = v["family"].as_str().unwrap();
+    let laddr: IpAddr = v["laddr"].as_str().unwrap().parse().unwrap();
+    let raddr: IpAddr = v["raddr"].as_str().unwrap().parse().unwrap();
+    match fam {
+        "inet" => assert!(laddr.is_ipv4() && raddr.is_ipv4(), "{v}"),
+        "inet6" => assert!(laddr.is_ipv6() && raddr.is_ipv6(), "{v}"),
+        other => panic!("family {other}"),
+    }
+    assert!(v["lport"].as_u64().unwrap() <= 65535);
+    assert!(v["rport"].as_u64().unwrap() <= 65535);
+    const STATES: [&str; 13] = [
+        "ESTABLISHED",
+        "SYN_SENT",
+        "SYN_RECV",
+        "FIN_WAIT1",
+        "FIN_WAIT2",
+        "TIME_WAIT",
+        "CLOSE",
+        "CLOSE_WAIT",
+        "LAST_ACK",
+        "LISTEN",
+        "CLOSING",
+        "NEW_SYN_RECV",
+        "BOUND_INACTIVE",
+    ];
+    assert!(STATES.contains(&v["old"].as_str().unwrap()), "{v}");
+    assert!(STATES.contains(&v["new"].as_str().unwrap()), "{v}");
+    let tw = v["time_wait"].as_bool().unwrap();
+    assert_eq!(tw, v["new"] == "CLOSE" && (v["old"] == "FIN_WAIT2" || v["old"] == "CLOSING"), "{v}");
+    assert!(v["sk"].as_str().unwrap().starts_with("0x"));
+}
+
+fn ep(v: &Value, side: &str) -> SocketAddr {
+    let ip: IpAddr = v[format!("{side}addr")].as_str().unwrap().parse().unwrap();
+    SocketAddr::new(ip, v[format!("{side}port")].as_u64().unwrap() as u16)
+}
+
+/// Split events into socket lifetimes: same kernel socket, ended by a move to CLOSE.
+fn lifetimes(events: &[Value]) -> Vec<Vec<&Value>> {
+    let mut open: BTreeMap<String, Vec<&Value>> = BTreeMap::new();
+    let mut done = Vec::new();
+    for e in events {
+        let sk = e["sk"].as_str().unwrap().to_owned();
+        let life = open.entry(sk.clone()).or_default();
+        life.push(e);
+        if e["new"] == "CLOSE" {
+            done.push(open.remove(&sk).unwrap());
+        }
+    }
+    done.extend(open.into_values());
+    done
+}
+
+fn transitions(life: &[&Value]) -> Vec<String> {
+    life.iter().map(|e| format!("{}>{}", e["old"].as_str().unwrap(), e["new"].as_str().unwrap())).collect()
+}
+
+const ACTIVE: [&str; 5] =
+    ["CLOSE>SYN_SENT", "SYN_SENT>ESTABLISHED", "ESTABLISHED>FIN_WAIT1", "FIN_WAIT1>FIN_WAIT2", "FIN_WAIT2>CLOSE"];
+const PASSIVE_CLIENT: [&str; 5] =
+    ["CLOSE>SYN_SENT", "SYN_SENT>ESTABLISHED", "ESTABLISHED>CLOSE_WAIT", "CLOSE_WAIT>LAST_ACK", "LAST_ACK>CLOSE"];
+const ACTIVE_SERVER: [&str; 5] =
+    ["LISTEN>SYN_RECV", "SYN_RECV>ESTABLISHED", "ESTABLISHED>FIN_WAIT1", "FIN_WAIT1>FIN_WAIT2", "FIN_WAIT2>CLOSE"];
+const PASSIVE_SERVER: [&str; 5] =
+    ["LISTEN>SYN_RECV", "SYN_RECV>ESTABLISHED", "ESTABLISHED>CLOSE_WAIT", "CLOSE_WAIT>LAST_ACK", "LAST_ACK>CLOSE"];
+
+/// Churn connections in `ns` until `stop` is set.
+fn churn(ns: &NetNs, stop: &AtomicBool) {
+    ns.run(|| {
+        while !stop.load(Ordering::Relaxed) {
+            connections("127.0.0.1:0".parse().unwrap(), None, 20, Closer::Client);
+            connections("[::1]:0".parse().unwrap(), None, 20, Closer::Server);
+        }
+    });
+}
+
+#[test]
+fn reports_exact_transitions_of_own_sockets_and_nothing_from_bystanders() {
+    if !privileged("reports_exact_transitions") {
+        return;
+    }
+    let ns = NetNs::new("trace");
+    let bystander = NetNs::new("bystander");
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| churn(&bystander, &stop));
+        let path = ns.path();
+        let tracer = Running::start(&["trace", "--json", "--netns", path.to_str().unwrap()], READY);
+        let mut conns: Vec<(Closer, SocketAddr, SocketAddr)> = Vec::new();
+        ns.run(|| {
+            for server in ["127.0.0.1:0", "[::1]:0"] {
+                for closer in [Closer::Client, Closer::Server] {
+                    for (c, srv) in connections(server.parse().unwrap(), None, 3, closer) {
+                        conns.push((closer, c, srv));
+                    }
+                }
+            }
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        let (code, out, err) = tracer.stop();
+        stop.store(true, Ordering::Relaxed);
+        assert_eq!(code, Some(0), "stderr: {err}");
+        assert!(err.contains("events seen, 0 lost"), "summary line missing: {err}");
+
+        let events = ndjson(&out);
+        events.iter().for_each(check_schema);
+        let cookie = ns.cookie();
+        let foreign: Vec<&Value> = events.iter().filter(|e| e["netns_cookie"] != cookie).collect();
+        assert!(foreign.is_empty(), "events from other namespaces: {foreign:?}");
+
+        let lives = lifetimes(&events);
+        // 12 connections x 2 sockets + 4 listeners (CLOSE>LISTEN, LISTEN>CLOSE), nothing else.
+        let listeners: Vec<_> = lives.iter().filter(|l| l[0]["new"] == "LISTEN").collect();
+        assert_eq!(listeners.len(), 4, "listener lifetimes");
+        for l in &listeners {
+            assert_eq!(transitions(l), ["CLOSE>LISTEN", "LISTEN>CLOSE"]);
+        }
+        assert_eq!(lives.len(), conns.len() * 2 + 4, "socket lifetimes: {lives:#?}");
+        for (closer, client, server) in &conns {
+            // The client socket: every event after SYN_SENT carries the full 4-tuple.
+            let cl = lives
+                .iter()
+                .find(|l| l.len() > 1 && ep(l[1], "l") == *client && ep(l[1], "r") == *server)
+                .unwrap_or_else(|| panic!("no client socket {client} -> {server}"));
+            let sv = lives
+                .iter()
+                .find(|l| ep(l[0], "l") == *server && ep(l[0], "r") == *client)
+                .unwrap_or_else(|| panic!("no server socket {server} <- {client}"));
+            let (want_c, want_s) = match closer {
+                Closer::Client => (ACTIVE, PASSIVE_SERVER),
+                Closer::Server => (PASSIVE_CLIENT, ACTIVE_SERVER),
+            };
+            assert_eq!(transitions(cl), want_c, "client {client} ({closer:?} closes)");
+            assert_eq!(transitions(sv), want_s, "server side of {client} ({closer:?} closes)");
+            // Timestamps never go backwards within a socket.
+            for life in [cl, sv] {
+                assert!(life.windows(2).all(|w| w[0]["ts_ns"].as_u64() <= w[1]["ts_ns"].as_u64()));
+            }
+            // The active closer's last transition is the one marked as entering TIME_WAIT.
+            let closer_life = if *closer == Closer::Client { cl } else { sv };
+            assert_eq!(closer_life.last().unwrap()["time_wait"], true);
+            let fam = if client.is_ipv4() { "inet" } else { "inet6" };
+            assert!(cl.iter().chain(sv.iter()).all(|e| e["family"] == fam));
+        }
+    });
+}
+
+/// Runs one short trace session with `filter` args while making connections in `ns`.
+fn trace_with(ns: &NetNs, filter: &[&str], work: impl FnOnce() + Send) -> Vec<Value> {
+    let path = ns.path();
+    let mut args = vec!["trace", "--json", "--netns", path.to_str().unwrap()];
+    args.extend_from_slice(filter);
+    let tracer = Running::start(&args, READY);
+    ns.run(work);
+    std::thread::sleep(Duration::from_millis(300));
+    let (code, out, err) = tracer.stop();
+    assert_eq!(code, Some(0), "stderr: {err}");
+    let events = ndjson(&out);
+    events.iter().for_each(check_schema);
+    events
+}
+
+#[test]
+fn kernel_side_filters_peer_port_and_state() {
+    if !privileged("kernel_side_filters") {
+        return;
+    }
+    let ns = NetNs::new("filters");
+    ns.add_lo_addr("fd00:1::2/128");
+    ns.add_lo_addr("fd00:2::2/128");
+    let work = || {
+        connections("127.0.0.2:7002".parse().unwrap(), None, 2, Closer::Client);
+        connections("127.0.0.3:7003".parse().unwrap(), None, 2, Closer::Client);
+        connections("[fd00:1::2]:7004".parse().unwrap(), Some("::1".parse().unwrap()), 2, Closer::Server);
+        connections("[fd00:2::2]:7005".parse().unwrap(), Some("::1".parse().unwrap()), 2, Closer::Server);
+    };
+
+    // --peer IP: only sockets whose remote address is 127.0.0.2 (the two client sockets).
+    let ev = trace_with(&ns, &["--peer", "127.0.0.2"], work);
+    assert_eq!(ev.len(), 2 * 5, "{ev:#?}");
+    assert!(ev.iter().all(|e| e["raddr"] == "127.0.0.2"));
+
+    // --peer CIDR (IPv6): fd00:1::/64 keeps the client sockets to fd00:1::2 only.
+    let ev = trace_with(&ns, &["--peer", "fd00:1::/64"], work);
+    assert_eq!(ev.len(), 2 * 5, "{ev:#?}");
+    assert!(ev.iter().all(|e| e["raddr"] == "fd00:1::2"));
+
+    // --port: local or remote port 7003: client and server sockets plus the listener.
+    let ev = trace_with(&ns, &["--port", "7003"], work);
+    assert_eq!(ev.len(), 2 * 10 + 2, "{ev:#?}");
+    assert!(ev.iter().all(|e| e["lport"] == 7003 || e["rport"] == 7003));
+
+    // --state time-wait: exactly one active close per connection.
+    let ev = trace_with(&ns, &["--state", "time-wait"], work);
+    assert_eq!(ev.len(), 8, "{ev:#?}");
+    assert!(ev.iter().all(|e| e["time_wait"] == true));
+
+    // Combined: peer prefix AND state: the IPv4 server-side children (LISTEN>SYN_RECV>ESTABLISHED).
+    let ev = trace_with(&ns, &["--peer", "127.0.0.0/8", "--state", "syn-recv"], work);
+    assert_eq!(ev.len(), 4 * 2, "{ev:#?}");
+    assert!(ev.iter().all(|e| e["raddr"] == "127.0.0.1" && (e["lport"] == 7002 || e["lport"] == 7003)));
+    assert!(ev.iter().all(|e| e["old"] == "SYN_RECV" || e["new"] == "SYN_RECV"));
+}
+
+#[test]
+fn human_output_is_aligned_and_marks_time_wait() {
+    if !privileged("human_output") {
+        return;
+    }
+    let ns = NetNs::new("human");
+    let path = ns.path();
+    let tracer = Running::start(&["trace", "--netns", path.to_str().unwrap()], READY);
+    ns.run(|| connections("127.0.0.1:7100".parse().unwrap(), None, 1, Closer::Client));
+    std::thread::sleep(Duration::from_millis(300));
+    let (code, out, err) = tracer.stop();
+    assert_eq!(code, Some(0), "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[0].starts_with("TIME(UTC)"), "header: {out}");
+    assert_eq!(lines.len(), 1 + 12, "{out}");
+    let tw: Vec<&&str> = lines.iter().filter(|l| l.ends_with("(TIME_WAIT)")).collect();
+    assert_eq!(tw.len(), 1, "{out}");
+    assert!(tw[0].contains("FIN_WAIT2 -> CLOSE") && tw[0].contains(":7100"), "{out}");
+    // Columns line up: every transition starts under the TRANSITION header.
+    let at = lines[0].find("TRANSITION").unwrap();
+    for l in &lines[1..] {
+        assert!(l.as_bytes()[at - 1] == b' ' && l.as_bytes()[at].is_ascii_uppercase(), "misaligned: {l:?}\n{out}");
+    }
+    assert!(lines[1..].iter().all(|l| l.contains(&ns.name)), "namespace label by name: {out}");
+}

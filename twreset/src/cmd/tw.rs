@@ -1,0 +1,232 @@
+//! `twreset tw`: a one-shot snapshot of the live TIME_WAIT table (seed, settle, print).
+
+pub mod render;
+
+use std::{io::Write, time::Duration};
+
+use clap::Args;
+
+use crate::{
+    cli::{NetnsArgs, NetnsScope, UsageError},
+    kernel::netns,
+    live::{Feed, Live, LiveError},
+    output::NsNames,
+    table::{By, Snapshot, Sort, ViewConfig},
+};
+
+#[derive(Args, Debug)]
+pub struct TwArgs {
+    /// Group rows by remote IP, remote prefix, remote port, local IP or destination.
+    #[arg(long, value_enum, default_value_t = By::Peer)]
+    pub by: By,
+    /// Row order (largest first).
+    #[arg(long, value_enum, default_value_t = Sort::Count)]
+    pub sort: Sort,
+    #[command(flatten)]
+    pub netns: NetnsArgs,
+    /// One JSON document (schema in the README).
+    #[arg(long)]
+    pub json: bool,
+    /// Prefix length of IPv4 rows with --by prefix.
+    #[arg(long = "prefix-v4", value_name = "LEN", default_value_t = 24, value_parser = clap::value_parser!(u8).range(0..=32))]
+    pub prefix_v4: u8,
+    /// Prefix length of IPv6 rows with --by prefix.
+    #[arg(long = "prefix-v6", value_name = "LEN", default_value_t = 64, value_parser = clap::value_parser!(u8).range(0..=128))]
+    pub prefix_v6: u8,
+    /// How long to follow kernel events after the seeding dump before printing (e.g. 200ms, 2s).
+    #[arg(long, value_name = "DURATION", default_value = "200ms", value_parser = parse_duration)]
+    pub settle: Duration,
+}
+
+/// `250ms`, `2s`, `1m`, or a bare number of milliseconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (num, unit) = s.find(|c: char| !c.is_ascii_digit()).map_or((s, "ms"), |i| s.split_at(i));
+    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a duration (e.g. 250ms, 2s, 1m)"))?;
+    let ms = match unit {
+        "ms" => Some(n),
+        "s" => n.checked_mul(1000),
+        "m" => n.checked_mul(60_000),
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use ms, s or m)")),
+    };
+    ms.map(Duration::from_millis).ok_or_else(|| format!("{s:?} is too long"))
+}
+
+/// `ip netns` names of namespaces, to label destinations.
+pub fn ns_names() -> NsNames {
+    NsNames(netns::named().into_iter().map(|(name, cookie)| (cookie, name)).collect())
+}
+
+#[derive(Debug)]
+pub struct TwConfig {
+    pub scope: NetnsScope,
+    pub by: By,
+    pub sort: Sort,
+    pub json: bool,
+    pub view: ViewConfig,
+    pub settle: Duration,
+}
+
+impl TryFrom<TwArgs> for TwConfig {
+    type Error = UsageError;
+    fn try_from(a: TwArgs) -> Result<Self, UsageError> {
+        Ok(Self {
+            scope: NetnsScope::try_from(&a.netns)?,
+            by: a.by,
+            sort: a.sort,
+            json: a.json,
+            view: ViewConfig { prefix_v4: a.prefix_v4, prefix_v6: a.prefix_v6, ..ViewConfig::default() },
+            settle: a.settle,
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TwError {
+    #[error("building the TIME_WAIT table")]
+    Live(#[source] LiveError),
+    #[error("writing the table")]
+    Write(#[source] std::io::Error),
+}
+
+/// Seed the table from `feed`, follow its events for `settle`, then print one snapshot to `out`.
+pub async fn run(cfg: &TwConfig, feed: Feed, names: &NsNames, out: &mut dyn Write) -> Result<Snapshot, TwError> {
+    let mut live = Live::start(feed, cfg.view, cfg.settle).await.map_err(TwError::Live)?;
+    live.tick().await.map_err(TwError::Live)?;
+    let snap = live.snapshot(cfg.by, cfg.sort);
+    let text = if cfg.json { format!("{}\n", render::render_json(&snap)) } else { render::render_human(&snap, names) };
+    out.write_all(text.as_bytes()).and_then(|_| out.flush()).map_err(TwError::Write)?;
+    Ok(snap)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+    use tokio::sync::mpsc;
+
+    use super::*;
+    use crate::{
+        sock::{DiagSocket, SockKey},
+        state::TcpState,
+        table::PortRanges,
+        tw_event::{TwEvent, TwEventKind},
+    };
+
+    #[derive(Parser)]
+    struct T {
+        #[command(flatten)]
+        a: TwArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<TwArgs, clap::Error> {
+        T::try_parse_from(std::iter::once("tw").chain(args.iter().copied())).map(|t| t.a)
+    }
+
+    #[test]
+    fn args_and_defaults() {
+        let a = parse(&[]).unwrap();
+        assert_eq!(
+            (a.by, a.json, a.prefix_v4, a.prefix_v6, a.settle),
+            (By::Peer, false, 24, 64, Duration::from_millis(200))
+        );
+        assert_eq!(parse(&["--sort", "pressure"]).unwrap().sort, Sort::Pressure);
+        let a = parse(&["--by", "dest", "--json", "--prefix-v4", "16", "--prefix-v6", "48", "--settle", "2s"]).unwrap();
+        assert_eq!(
+            (a.by, a.json, a.prefix_v4, a.prefix_v6, a.settle),
+            (By::Dest, true, 16, 48, Duration::from_secs(2))
+        );
+        for by in ["peer", "prefix", "port", "local", "dest"] {
+            assert_eq!(parse(&["--by", by]).unwrap().by.name(), by);
+        }
+    }
+
+    #[test]
+    fn usage_errors() {
+        for bad in [
+            &["--by", "host"][..],
+            &["--prefix-v4", "33"],
+            &["--prefix-v6", "129"],
+            &["--settle", "fast"],
+            &["--sort", "size"],
+            &["--netns", "a", "--all-netns"],
+        ] {
+            let e = parse(bad).err().unwrap_or_else(|| panic!("{bad:?} accepted"));
+            assert_eq!(e.exit_code(), 2, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("250"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("3s"), Ok(Duration::from_secs(3)));
+        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
+        assert!(parse_duration("1h").unwrap_err().contains("unit"));
+        assert!(parse_duration("").is_err());
+        assert!(parse_duration("s").is_err());
+        assert!(parse_duration("99999999999999999999s").is_err());
+    }
+
+    fn key(n: u16, r: &str) -> SockKey {
+        SockKey {
+            netns_cookie: 1,
+            laddr: "10.0.0.1".parse().unwrap(),
+            lport: 40000 + n,
+            raddr: r.parse().unwrap(),
+            rport: 443,
+        }
+    }
+
+    #[tokio::test]
+    async fn prints_seed_plus_events() {
+        let (tx, rx) = mpsc::channel(16);
+        let dump = vec![
+            DiagSocket {
+                key: key(0, "10.0.0.2"),
+                state: TcpState::TimeWait,
+                timewait: true,
+                expires_ms: 30_000,
+                cookie: 0,
+                inode: 0,
+                uid: 0,
+            },
+            DiagSocket {
+                key: key(1, "10.0.0.3"),
+                state: TcpState::Established,
+                timewait: false,
+                expires_ms: 0,
+                cookie: 0,
+                inode: 0,
+                uid: 0,
+            },
+        ];
+        let feed = Feed {
+            events: rx,
+            dump: Box::new(move || Ok(dump.clone())),
+            lost: Box::new(|| 0),
+            ranges: PortRanges::default(),
+        };
+        let ev = TwEvent {
+            ts_ns: crate::live::monotonic_ns(),
+            key: key(2, "10.0.0.2"),
+            kind: TwEventKind::Created { substate: TcpState::TimeWait, timeout_ms: 60_000 },
+        };
+        tx.send(ev).await.unwrap();
+        drop(tx);
+        let cfg = TwConfig {
+            scope: NetnsScope::Current,
+            by: By::Peer,
+            sort: Sort::Count,
+            json: true,
+            view: ViewConfig::default(),
+            settle: Duration::from_millis(5),
+        };
+        let mut out = Vec::new();
+        run(&cfg, feed, &NsNames::default(), &mut out).await.unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["rows"].as_array().unwrap().len(), 1);
+        assert_eq!(v["rows"][0]["raddr"], "10.0.0.2");
+        assert_eq!(v["rows"][0]["count"], 2);
+        assert_eq!(v["totals"]["count"], 2);
+        assert_eq!(v["totals"]["drift"], 0);
+    }
+}

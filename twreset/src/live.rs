@@ -1,0 +1,494 @@
+//! Keeps a [`Table`] live from its kernel-facing inputs (a channel of [`TwEvent`]s, a sock_diag
+//! dump function, the probe's loss counter): seed, apply, reconcile, resync after loss.
+//!
+//! The inputs are parameters so `tw` and `top` run the same way from the kernel or from a test.
+
+use std::{
+    collections::HashMap,
+    error::Error as StdError,
+    path::Path,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use tokio::sync::mpsc;
+
+use crate::{
+    cli::NetnsScope,
+    kernel::netns::{self, Netns, NetnsError},
+    sock::DiagSocket,
+    table::{By, Connected, Drift, PortRange, PortRanges, Snapshot, Sort, Table, ViewConfig, pressure::PressureError},
+    tw_event::TwEvent,
+    diag,
+    twfeed::{FeedError, TwFeed},
+};
+
+/// A sock_diag dump of every socket in scope (TIME_WAIT and the others, for port pressure).
+pub type DumpFn = Box<dyn FnMut() -> Result<Vec<DiagSocket>, Box<dyn StdError + Send + Sync>> + Send>;
+/// The probe's cumulative count of events that never reached userspace.
+pub type LostFn = Box<dyn FnMut() -> u64 + Send>;
+
+/// What `tw` and `top` read from the kernel. The event source must be attached before the feed
+/// is handed over: the first dump comes after, so no socket falls between the seed and the events.
+pub struct Feed {
+    pub events: mpsc::Receiver<TwEvent>,
+    pub dump: DumpFn,
+    pub lost: LostFn,
+    /// `ip_local_port_range` per namespace in scope.
+    pub ranges: PortRanges,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LiveError {
+    #[error("starting the kernel feed")]
+    Kernel {
+        #[source]
+        source: FeedError,
+    },
+    #[error("sock_diag dump failed")]
+    Dump {
+        #[source]
+        source: Box<dyn StdError + Send + Sync>,
+    },
+    #[error("cannot read {PORT_RANGE}")]
+    PortRangeRead {
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("bad {PORT_RANGE}")]
+    PortRange {
+        #[source]
+        source: PressureError,
+    },
+    #[error("reading the ephemeral port range of a namespace")]
+    Netns {
+        #[source]
+        source: NetnsError,
+    },
+}
+
+/// The sysctl that sizes the ephemeral port space; /proc/sys/net shows the reading thread's namespace.
+pub const PORT_RANGE: &str = "/proc/sys/net/ipv4/ip_local_port_range";
+
+fn read_port_range() -> Result<PortRange, LiveError> {
+    let text = std::fs::read_to_string(PORT_RANGE).map_err(|source| LiveError::PortRangeRead { source })?;
+    PortRange::parse(&text).map_err(|source| LiveError::PortRange { source })
+}
+
+fn range_in(ns: &Netns) -> Result<(u64, PortRange), LiveError> {
+    let cookie = ns.cookie().map_err(|source| LiveError::Netns { source })?;
+    let range = ns.run(read_port_range).map_err(|source| LiveError::Netns { source })??;
+    Ok((cookie, range))
+}
+
+/// `ip_local_port_range` of every namespace in scope (for `--all-netns`: the named ones; others
+/// get the current namespace's range).
+pub fn port_ranges(scope: &NetnsScope) -> Result<PortRanges, LiveError> {
+    let default = read_port_range()?;
+    let mut per_ns = HashMap::new();
+    match scope {
+        NetnsScope::Current => {
+            per_ns.insert(netns::current_cookie().map_err(|source| LiveError::Netns { source })?, default);
+        }
+        NetnsScope::Paths(list) => {
+            for ns in list {
+                let (cookie, range) = range_in(ns)?;
+                per_ns.insert(cookie, range);
+            }
+        }
+        NetnsScope::All => {
+            for (name, _) in netns::named() {
+                // A namespace deleted meanwhile simply keeps the default.
+                if let Ok(ns) = Netns::open(&Path::new(netns::NAMED_DIR).join(name))
+                    && let Ok((cookie, range)) = range_in(&ns)
+                {
+                    per_ns.insert(cookie, range);
+                }
+            }
+        }
+    }
+    Ok(PortRanges { default, per_ns })
+}
+
+/// The kernel feed: the TIME_WAIT lifecycle programs attached and streaming into a channel
+/// (before the first dump, so no socket falls between the seed and the events), a sock_diag dump
+/// of every namespace in scope, and the probe's loss counter.
+pub fn kernel_feed(_command: &'static str, scope: &NetnsScope) -> Result<Feed, LiveError> {
+    let ranges = port_ranges(scope)?;
+    let cookies = match scope {
+        NetnsScope::All => None,
+        NetnsScope::Current => Some(vec![netns::current_cookie().map_err(|source| LiveError::Netns { source })?]),
+        NetnsScope::Paths(list) => Some(
+            list.iter().map(|n| n.cookie()).collect::<Result<Vec<_>, _>>().map_err(|source| LiveError::Netns { source })?,
+        ),
+    };
+    let mut source = TwFeed::start(cookies).map_err(|source| LiveError::Kernel { source })?;
+    let (tx, events) = mpsc::channel(1 << 16);
+    let lost = Arc::new(AtomicU64::new(0));
+    let lost_w = lost.clone();
+    tokio::spawn(async move {
+        let mut batch = Vec::with_capacity(4096);
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            tokio::select! {
+                r = source.next_batch(&mut batch) => {
+                    if let Err(e) = r {
+                        tracing::error!("kernel feed stopped: {e:#}");
+                        return;
+                    }
+                    for ev in batch.drain(..) {
+                        if tx.send(ev).await.is_err() {
+                            return; // the table's owner is gone
+                        }
+                    }
+                }
+                _ = tick.tick() => {}
+            }
+            if let Ok(l) = source.loss() {
+                lost_w.store(l.lost(), Ordering::Relaxed);
+            }
+        }
+    });
+    let paths: Option<Vec<std::path::PathBuf>> = match scope {
+        NetnsScope::All => None,
+        NetnsScope::Current => Some(Vec::new()),
+        NetnsScope::Paths(list) => Some(list.iter().map(|n| n.path.clone()).collect()),
+    };
+    let dump: DumpFn = Box::new(move || dump_scope(paths.as_deref()).map_err(|e| Box::new(e) as _));
+    Ok(Feed { events, dump, lost: Box::new(move || lost.load(Ordering::Relaxed)), ranges })
+}
+
+/// Every TCP socket of the scope: `None` = all namespaces (enumerated anew each time, so deleted
+/// ones are not held open), empty = the current one.
+fn dump_scope(paths: Option<&[std::path::PathBuf]>) -> Result<Vec<DiagSocket>, DumpError> {
+    let targets: Vec<Netns> = match paths {
+        None => crate::kill::targets::all().into_iter().filter_map(|t| t.netns).collect(),
+        Some([]) => return diag::dump(&[]).map_err(DumpError::Diag),
+        Some(list) => list.iter().map(|p| Netns::open(p)).collect::<Result<_, _>>().map_err(DumpError::Netns)?,
+    };
+    let mut all = Vec::new();
+    for ns in &targets {
+        match ns.run(|| diag::dump(&[])) {
+            Ok(Ok(mut v)) => all.append(&mut v),
+            // A namespace that vanished while we looked has no sockets left to count.
+            Ok(Err(_)) | Err(_) if paths.is_none() => {}
+            Ok(Err(e)) => return Err(DumpError::Diag(e)),
+            Err(e) => return Err(DumpError::Netns(e)),
+        }
+    }
+    Ok(all)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DumpError {
+    #[error("sock_diag dump")]
+    Diag(#[source] diag::DiagError),
+    #[error("entering a namespace to dump it")]
+    Netns(#[source] NetnsError),
+}
+
+/// CLOCK_MONOTONIC in ns: the clock of `bpf_ktime_get_ns`, so event stamps compare with it.
+pub fn monotonic_ns() -> u64 {
+    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).expect("CLOCK_MONOTONIC");
+    t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
+}
+
+pub struct Live {
+    pub table: Table,
+    pub connected: Connected,
+    pub ranges: PortRanges,
+    pub view: ViewConfig,
+    events: mpsc::Receiver<TwEvent>,
+    dump: DumpFn,
+    lost: LostFn,
+    /// How long to keep applying events after a dump before trusting it (ring-buffer latency).
+    settle: Duration,
+    closed: bool,
+}
+
+impl Live {
+    /// Seed from a dump, then apply what arrives during `settle`.
+    pub async fn start(feed: Feed, view: ViewConfig, settle: Duration) -> Result<Self, LiveError> {
+        let Feed { events, dump, lost, ranges } = feed;
+        let mut live = Self {
+            table: Table::new(),
+            connected: Connected::default(),
+            ranges,
+            view,
+            events,
+            dump,
+            lost,
+            settle,
+            closed: false,
+        };
+        let now = monotonic_ns();
+        let sockets = live.dump()?;
+        live.table.seed(now, &sockets);
+        live.connected = Connected::from_dump(&sockets, &live.ranges);
+        live.drain_for(settle).await;
+        // Loss before the seed is covered by the seed itself.
+        let lost = (live.lost)();
+        live.table.set_lost(lost);
+        Ok(live)
+    }
+
+    fn dump(&mut self) -> Result<Vec<DiagSocket>, LiveError> {
+        (self.dump)().map_err(|source| LiveError::Dump { source })
+    }
+
+    /// True once the event channel closed (no more kernel events will come).
+    pub fn closed(&self) -> bool {
+        self.closed
+    }
+
+    /// Apply every event already queued, without waiting. Returns how many.
+    pub fn pump(&mut self) -> usize {
+        let mut n = 0;
+        loop {
+            match self.events.try_recv() {
+                Ok(ev) => {
+                    self.table.apply(&ev);
+                    n += 1;
+                }
+                Err(mpsc::error::TryRecvError::Empty) => return n,
+                Err(mpsc::error::TryRecvError::Disconnected) => {
+                    self.closed = true;
+                    return n;
+                }
+            }
+        }
+    }
+
+    /// Wait for the next event and apply it with everything queued behind it. Returns how many;
+    /// 0 once the channel closed, after which it never resolves again (it can sit in a `select!`).
+    pub async fn next_events(&mut self) -> usize {
+        if self.closed {
+            return std::future::pending().await;
+        }
+        match self.events.recv().await {
+            Some(ev) => {
+                self.table.apply(&ev);
+                1 + self.pump()
+            }
+            None => {
+                self.closed = true;
+                0
+            }
+        }
+    }
+
+    async fn drain_for(&mut self, d: Duration) {
+        let deadline = tokio::time::Instant::now() + d;
+        while !self.closed {
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => break,
+                _ = self.next_events() => {}
+            }
+        }
+        self.pump();
+    }
+
+    /// Compare with a fresh dump and fix the table; `forced` counts it as a resync.
+    pub async fn reconcile(&mut self, forced: bool) -> Result<Drift, LiveError> {
+        let now = monotonic_ns();
+        self.pump();
+        self.table.begin_reconcile(now);
+        let sockets = match self.dump() {
+            Ok(s) => s,
+            Err(e) => {
+                self.table.abort_reconcile();
+                return Err(e);
+            }
+        };
+        // Events older than the dump may still be in flight: let them land first.
+        self.drain_for(self.settle).await;
+        let drift = if forced { self.table.resync(now, &sockets) } else { self.table.reconcile(now, &sockets) };
+        self.connected = Connected::from_dump(&sockets, &self.ranges);
+        Ok(drift)
+    }
+
+    /// Periodic upkeep: drop overdue entries, and resync when the probe lost events.
+    pub async fn tick(&mut self) -> Result<Option<Drift>, LiveError> {
+        self.pump();
+        self.table.expire_overdue(monotonic_ns());
+        let lost = (self.lost)();
+        if self.table.set_lost(lost) {
+            return self.reconcile(true).await.map(Some);
+        }
+        Ok(None)
+    }
+
+    pub fn snapshot(&self, by: By, sort: Sort) -> Snapshot {
+        self.table.snapshot(monotonic_ns(), by, sort, &self.view, &self.connected, &self.ranges)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    };
+
+    use super::*;
+    use crate::{sock::SockKey, state::TcpState, tw_event::TwEventKind};
+
+    fn key(n: u16) -> SockKey {
+        SockKey {
+            netns_cookie: 1,
+            laddr: "10.0.0.1".parse().unwrap(),
+            lport: 40000 + n,
+            raddr: "10.0.0.2".parse().unwrap(),
+            rport: 443,
+        }
+    }
+
+    fn tw(n: u16) -> DiagSocket {
+        DiagSocket {
+            key: key(n),
+            state: TcpState::TimeWait,
+            timewait: true,
+            expires_ms: 50_000,
+            cookie: 0,
+            inode: 0,
+            uid: 0,
+        }
+    }
+
+    fn feed(dumps: Vec<Vec<DiagSocket>>, lost: Arc<AtomicU64>) -> (mpsc::Sender<TwEvent>, Feed) {
+        let (tx, rx) = mpsc::channel(1024);
+        let mut dumps = dumps.into_iter();
+        let feed = Feed {
+            events: rx,
+            dump: Box::new(move || Ok(dumps.next().unwrap_or_default())),
+            lost: Box::new(move || lost.load(Ordering::Relaxed)),
+            ranges: PortRanges::default(),
+        };
+        (tx, feed)
+    }
+
+    fn created(n: u16) -> TwEvent {
+        TwEvent {
+            ts_ns: monotonic_ns(),
+            key: key(n),
+            kind: TwEventKind::Created { substate: TcpState::TimeWait, timeout_ms: 60_000 },
+        }
+    }
+
+    #[tokio::test]
+    async fn seeds_then_follows_events() {
+        let lost = Arc::new(AtomicU64::new(0));
+        let (tx, feed) = feed(vec![vec![tw(0), tw(1)]], lost.clone());
+        tx.send(created(2)).await.unwrap();
+        let mut live = Live::start(feed, ViewConfig::default(), Duration::from_millis(10)).await.unwrap();
+        assert_eq!(live.table.len(), 3);
+        tx.send(created(3)).await.unwrap();
+        assert_eq!(live.next_events().await, 1);
+        assert_eq!(live.snapshot(By::Peer, Sort::Count).rows[0].count, 4);
+        drop(tx);
+        assert_eq!(live.next_events().await, 0);
+        assert!(live.closed());
+    }
+
+    #[tokio::test]
+    async fn loss_forces_a_resync_against_the_kernel() {
+        let lost = Arc::new(AtomicU64::new(0));
+        let (_tx, feed) = feed(vec![vec![tw(0)], vec![tw(0), tw(5)]], lost.clone());
+        let mut live = Live::start(feed, ViewConfig::default(), Duration::ZERO).await.unwrap();
+        assert_eq!(live.tick().await.unwrap(), None);
+        lost.store(2, Ordering::Relaxed);
+        let drift = live.tick().await.unwrap().unwrap();
+        assert_eq!(drift, Drift { missing: 1, extra: 0 });
+        let c = live.table.counters();
+        assert_eq!((c.lost, c.resyncs, c.drift), (2, 1, 1));
+        assert_eq!(live.table.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn reconcile_lets_in_flight_events_land() {
+        // The kernel at the dump: 0 (its creation event still in flight) and 1 (which expires
+        // right after the dump saw it). A naive compare would call both drift.
+        let lost = Arc::new(AtomicU64::new(0));
+        let (tx, rx) = mpsc::channel(16);
+        let mut dumps = vec![vec![], vec![tw(0), tw(1)]].into_iter();
+        let sender = tx.clone();
+        let feed = Feed {
+            events: rx,
+            dump: Box::new(move || {
+                let d = dumps.next().unwrap_or_default();
+                if d.len() == 2 {
+                    // Events the ring buffer delivers while the dump runs.
+                    let old = TwEvent { ts_ns: 1, ..created(0) };
+                    let gone = TwEvent { ts_ns: monotonic_ns(), key: key(1), kind: TwEventKind::Expired };
+                    sender.try_send(old).unwrap();
+                    sender.try_send(gone).unwrap();
+                }
+                Ok(d)
+            }),
+            lost: Box::new(move || lost.load(Ordering::Relaxed)),
+            ranges: PortRanges::default(),
+        };
+        let mut live = Live::start(feed, ViewConfig::default(), Duration::from_millis(20)).await.unwrap();
+        tx.send(created(1)).await.unwrap();
+        live.pump();
+        assert_eq!(live.table.len(), 1);
+        assert_eq!(live.reconcile(false).await.unwrap(), Drift::default());
+        assert_eq!(live.table.len(), 1, "0 stays (created before the dump), 1 is gone (expired after it)");
+        assert_eq!(live.table.counters().drift, 0);
+        assert_eq!(live.table.counters().reconciles, 1);
+    }
+
+    #[tokio::test]
+    async fn a_failed_dump_leaves_the_table_alone() {
+        let (_tx, rx) = mpsc::channel(1);
+        let mut calls = 0;
+        let feed = Feed {
+            events: rx,
+            dump: Box::new(move || {
+                calls += 1;
+                if calls == 1 { Ok(vec![tw(0)]) } else { Err("gone".into()) }
+            }),
+            lost: Box::new(|| 0),
+            ranges: PortRanges::default(),
+        };
+        let mut live = Live::start(feed, ViewConfig::default(), Duration::ZERO).await.unwrap();
+        assert!(matches!(live.reconcile(false).await, Err(LiveError::Dump { .. })));
+        assert_eq!(live.table.len(), 1);
+        assert_eq!(live.table.counters().reconciles, 0);
+    }
+
+    #[tokio::test]
+    async fn dump_errors_surface() {
+        let (_tx, rx) = mpsc::channel(1);
+        let feed = Feed {
+            events: rx,
+            dump: Box::new(|| Err("netlink says no".into())),
+            lost: Box::new(|| 0),
+            ranges: PortRanges::default(),
+        };
+        let e = Live::start(feed, ViewConfig::default(), Duration::ZERO).await.err().unwrap();
+        assert!(matches!(e, LiveError::Dump { .. }));
+        assert_eq!(e.source().unwrap().to_string(), "netlink says no");
+    }
+
+    #[test]
+    fn port_ranges_of_the_current_namespace() {
+        let want = PortRange::parse(&std::fs::read_to_string(PORT_RANGE).unwrap()).unwrap();
+        let r = port_ranges(&NetnsScope::Current).unwrap();
+        assert_eq!(r.default, want);
+        assert_eq!(r.of(netns::current_cookie().unwrap()), want);
+        let me = Netns::open(Path::new("/proc/self/ns/net")).unwrap();
+        let r = port_ranges(&NetnsScope::Paths(vec![me])).unwrap();
+        assert_eq!(r.per_ns.len(), 1);
+        assert_eq!(r.of(netns::current_cookie().unwrap()), want);
+    }
+
+    #[test]
+    fn not_wired_is_a_clear_error() {
+        let e = kernel_feed("top", &NetnsScope::Current).err().unwrap();
+        assert_eq!(e.to_string(), "kernel feed not wired: `twreset top` has no TIME_WAIT lifecycle events yet");
+    }
+}

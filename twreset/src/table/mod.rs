@@ -1,0 +1,221 @@
+//! The live TIME_WAIT table: every tw socket in scope keyed by (namespace, 4-tuple), kept from a
+//! sock_diag seed plus kernel [`TwEvent`]s. Pure: no I/O, time is passed in as CLOCK_MONOTONIC ns.
+
+mod key;
+pub mod pressure;
+mod reconcile;
+pub mod view;
+
+#[cfg(test)]
+mod tests;
+#[cfg(test)]
+mod view_tests;
+
+use std::collections::{HashMap, HashSet};
+
+use key::{DestKey, Key, Keys};
+pub use pressure::{Connected, Dest, PortRange, PortRanges, Pressure};
+pub use reconcile::Drift;
+pub use view::{By, Group, Row, Snapshot, Sort, Totals, ViewConfig};
+
+use crate::{
+    state::TcpState,
+    tw_event::{TwCause, TwEvent, TwEventKind},
+};
+
+/// `TCP_TIMEWAIT_LEN`: hard-coded in the kernel, no sysctl changes it.
+pub const TW_LEN_NS: u64 = 60_000_000_000;
+/// Kernel timers fire late (observed up to 1.5 s): an entry is only overdue well past its expiry.
+pub const OVERDUE_GRACE_NS: u64 = 5_000_000_000;
+/// How long per-destination early-kill counts are kept once a destination stops seeing kills.
+pub const KILL_MEMORY_NS: u64 = 15 * 60 * 1_000_000_000;
+
+const NS_PER_MS: u64 = 1_000_000;
+
+/// One tracked socket (16 bytes): expiry as an offset keeps it small without a wrapping clock.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Slot {
+    /// When it entered TIME_WAIT (estimated from the timer for seeded sockets).
+    pub created_ns: u64,
+    /// Timer expiry, in ms after `created_ns` (saturating: ~49 days).
+    pub expire_ms: u32,
+    /// Substate FIN_WAIT2 (an orphaned FIN_WAIT2 kept as a tw socket), else TIME_WAIT.
+    pub fin_wait2: bool,
+}
+
+impl Slot {
+    fn new(created_ns: u64, expires_ns: u64, substate: TcpState) -> Self {
+        let mut s = Self { created_ns, expire_ms: 0, fin_wait2: false };
+        s.rearm(expires_ns, substate);
+        s
+    }
+
+    fn rearm(&mut self, expires_ns: u64, substate: TcpState) {
+        let ms = expires_ns.saturating_sub(self.created_ns) / NS_PER_MS;
+        self.expire_ms = u32::try_from(ms).unwrap_or(u32::MAX);
+        self.fin_wait2 = substate == TcpState::FinWait2;
+    }
+
+    pub fn expires_ns(&self) -> u64 {
+        self.created_ns.saturating_add(u64::from(self.expire_ms) * NS_PER_MS)
+    }
+}
+
+/// Early kills of one destination, remembered for [`KILL_MEMORY_NS`] after the last one.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Kills {
+    pub by_cause: [u32; 6],
+    pub last_ns: u64,
+}
+
+/// Cumulative counters since the table was made.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub created: u64,
+    pub rearmed: u64,
+    pub expired: u64,
+    /// Early kills by [`TwCause::index`].
+    pub killed: [u64; 6],
+    /// Closes that found `tcp_max_tw_buckets` full (no TIME_WAIT socket created).
+    pub overflow: u64,
+    /// Kernel events that never reached userspace (set from the probe's loss counters).
+    pub lost: u64,
+    /// Sockets the table had wrong at reconcile time (missing + extra): should stay 0.
+    pub drift: u64,
+    /// Reconciles forced by lost events.
+    pub resyncs: u64,
+    /// All reconciles, periodic and forced.
+    pub reconciles: u64,
+    /// Entries dropped by [`Table::expire_overdue`] (their expiry event never came).
+    pub overdue: u64,
+    /// Events about sockets the table did not hold (re-arm, expiry or kill of an unknown socket).
+    pub stray: u64,
+}
+
+/// Keys touched by events since a reconcile's dump started: the dump may predate them.
+#[derive(Debug, Default)]
+struct Watch {
+    since_ns: u64,
+    touched: HashSet<Key>,
+}
+
+#[derive(Debug, Default)]
+pub struct Table {
+    keys: Keys,
+    map: HashMap<Key, Slot>,
+    kills: HashMap<DestKey, Kills>,
+    counters: Counters,
+    watch: Option<Watch>,
+}
+
+impl Table {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Number of tracked tw sockets (TIME_WAIT and FIN_WAIT2 substate).
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// Bytes of the socket map's allocation: a power-of-two bucket count (at most 7/8 full) of
+    /// one entry plus one control byte each. Interners and kill counts are per namespace or
+    /// destination, not per socket.
+    pub fn approx_bytes(&self) -> usize {
+        let buckets = (self.map.capacity() * 8 / 7).next_power_of_two();
+        buckets * (size_of::<(Key, Slot)>() + 1)
+    }
+
+    /// Record the probe's cumulative lost-event count. True when it grew: the table may now be
+    /// wrong and the caller should [`Table::resync`].
+    pub fn set_lost(&mut self, total: u64) -> bool {
+        let grew = total > self.counters.lost;
+        self.counters.lost = self.counters.lost.max(total);
+        grew
+    }
+
+    fn touch(&mut self, ts_ns: u64, k: Key) {
+        if let Some(w) = &mut self.watch
+            && ts_ns >= w.since_ns
+        {
+            w.touched.insert(k);
+        }
+    }
+
+    /// Apply one kernel event.
+    pub fn apply(&mut self, ev: &TwEvent) {
+        let ts = ev.ts_ns;
+        match ev.kind {
+            TwEventKind::Created { substate, timeout_ms } => {
+                let k = self.keys.intern(&ev.key);
+                self.touch(ts, k);
+                let expires = ts.saturating_add(u64::from(timeout_ms) * NS_PER_MS);
+                self.map.insert(k, Slot::new(ts, expires, substate));
+                self.counters.created += 1;
+            }
+            TwEventKind::Rearmed { substate, timeout_ms } => {
+                let k = self.keys.intern(&ev.key);
+                self.touch(ts, k);
+                let expires = ts.saturating_add(u64::from(timeout_ms) * NS_PER_MS);
+                match self.map.get_mut(&k) {
+                    Some(slot) => slot.rearm(expires, substate),
+                    None => {
+                        // Its creation was lost or predates the seed: it exists now, so track it.
+                        self.counters.stray += 1;
+                        self.map.insert(k, Slot::new(ts, expires, substate));
+                    }
+                }
+                self.counters.rearmed += 1;
+            }
+            TwEventKind::Expired => {
+                self.counters.expired += 1;
+                self.remove(ts, &ev.key);
+            }
+            TwEventKind::Killed { cause } => {
+                self.counters.killed[cause.index()] += 1;
+                let k = self.keys.intern(&ev.key);
+                let kills = self.kills.entry(k.dest()).or_default();
+                kills.by_cause[cause.index()] = kills.by_cause[cause.index()].saturating_add(1);
+                kills.last_ns = kills.last_ns.max(ts);
+                self.remove(ts, &ev.key);
+            }
+            TwEventKind::Overflow => self.counters.overflow += 1,
+        }
+    }
+
+    fn remove(&mut self, ts: u64, key: &crate::sock::SockKey) {
+        match self.keys.lookup(key) {
+            Some(k) => {
+                self.touch(ts, k);
+                if self.map.remove(&k).is_none() {
+                    self.counters.stray += 1;
+                }
+            }
+            None => self.counters.stray += 1,
+        }
+    }
+
+    /// Safety net for lost expiry events: drop entries well past their timer, and forget kill
+    /// counts of destinations quiet for [`KILL_MEMORY_NS`]. Returns the entries dropped.
+    pub fn expire_overdue(&mut self, now_ns: u64) -> usize {
+        let before = self.map.len();
+        self.map.retain(|_, s| s.expires_ns().saturating_add(OVERDUE_GRACE_NS) >= now_ns);
+        let dropped = before - self.map.len();
+        self.counters.overdue += dropped as u64;
+        self.kills.retain(|_, k| k.last_ns.saturating_add(KILL_MEMORY_NS) > now_ns);
+        dropped
+    }
+
+    /// Early kills by cause, summed over the whole table (cumulative).
+    pub fn killed(&self, cause: TwCause) -> u64 {
+        self.counters.killed[cause.index()]
+    }
+}

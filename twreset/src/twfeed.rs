@@ -1,0 +1,200 @@
+//! Kernel TIME_WAIT events to [`TwEvent`]s: pure decoding (cause from the caller's address, timer
+//! jiffies to milliseconds) plus the live feed that owns the probe and its ring buffer.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use aya::maps::{MapData, RingBuf};
+use tokio::io::unix::AsyncFd;
+use twreset_common::{AF_INET, Event, kind, state_aux};
+
+use crate::{
+    decode::{DecodeError, parse_event},
+    kernel::kallsyms::Kallsyms,
+    probe::{Filters, Loss, Probe, ProbeError},
+    sock::SockKey,
+    state::TcpState,
+    tw_event::{TwCause, TwEvent, TwEventKind},
+};
+
+/// The function that removed a TIME_WAIT socket early tells why (KERNEL.md).
+pub fn cause_of(function: Option<&str>) -> TwCause {
+    match function {
+        Some("tcp_abort") => TwCause::SockDestroy,
+        Some("tcp_timewait_state_process") => TwCause::PeerRst,
+        Some("tcp_v4_rcv" | "tcp_v6_rcv") => TwCause::NewSyn,
+        Some("__inet_hash_connect") => TwCause::Reuse,
+        Some("inet_twsk_purge" | "tcp_twsk_purge") => TwCause::NetnsGone,
+        _ => TwCause::Other,
+    }
+}
+
+fn addr(family: u16, raw: [u8; 16]) -> IpAddr {
+    if family == AF_INET {
+        IpAddr::V4(Ipv4Addr::new(raw[12], raw[13], raw[14], raw[15]))
+    } else {
+        IpAddr::V6(Ipv6Addr::from(raw))
+    }
+}
+
+fn key(ev: &Event) -> SockKey {
+    SockKey {
+        netns_cookie: ev.netns_cookie,
+        laddr: addr(ev.family, ev.saddr),
+        lport: ev.sport,
+        raddr: addr(ev.family, ev.daddr),
+        rport: ev.dport,
+    }
+}
+
+/// Decode one kernel event. `None` for events that are not TIME_WAIT lifecycle (ordinary state
+/// transitions). `hz` is the kernel's CONFIG_HZ; `resolve` maps a kernel address to a function.
+pub fn decode<'a>(
+    ev: &Event,
+    hz: u64,
+    resolve: impl Fn(u64) -> Option<&'a str>,
+) -> Result<Option<TwEvent>, DecodeError> {
+    let kind = match ev.kind {
+        kind::STATE if ev.aux & state_aux::OVERFLOW != 0 => TwEventKind::Overflow,
+        kind::STATE => return Ok(None),
+        kind::TW_START => TwEventKind::Created {
+            substate: TcpState::try_from(ev.newstate).map_err(DecodeError::State)?,
+            timeout_ms: (ev.aux.saturating_mul(1000) / hz.max(1)).min(u32::MAX as u64) as u32,
+        },
+        kind::TW_EXPIRE => TwEventKind::Expired,
+        kind::TW_KILL => TwEventKind::Killed { cause: cause_of(resolve(ev.aux)) },
+        other => return Err(DecodeError::Kind { kind: other }),
+    };
+    Ok(Some(TwEvent { ts_ns: ev.ts_ns, key: key(ev), kind }))
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FeedError {
+    #[error(transparent)]
+    Probe(#[from] ProbeError),
+    #[error("registering the ring buffer with tokio")]
+    Register(#[source] std::io::Error),
+    #[error("waiting on the ring buffer")]
+    Wait(#[source] std::io::Error),
+}
+
+/// The kernel's CONFIG_HZ (timer jiffies per second), from /proc/config.gz or /boot/config-*.
+pub fn kernel_hz() -> Option<u64> {
+    use std::io::Read;
+    let text = std::fs::File::open("/proc/config.gz")
+        .ok()
+        .and_then(|f| {
+            let mut s = String::new();
+            flate2::read::GzDecoder::new(f).read_to_string(&mut s).ok().map(|_| s)
+        })
+        .or_else(|| {
+            let rel = std::fs::read_to_string("/proc/sys/kernel/osrelease").ok()?;
+            std::fs::read_to_string(format!("/boot/config-{}", rel.trim())).ok()
+        })?;
+    text.lines().find_map(|l| l.strip_prefix("CONFIG_HZ=")).and_then(|v| v.trim().parse().ok())
+}
+
+/// Live TIME_WAIT events from the kernel for the namespaces in `netns` (`None`: all).
+pub struct TwFeed {
+    probe: Probe,
+    ring: AsyncFd<RingBuf<MapData>>,
+    hz: u64,
+    pub decode_errors: u64,
+}
+
+impl TwFeed {
+    /// Load, filter to the namespaces and to active closes (for overflow), attach everything.
+    pub fn start(netns: Option<Vec<u64>>) -> Result<Self, FeedError> {
+        let mut probe = Probe::load()?;
+        probe.set_filters(&Filters { netns, states: vec![TcpState::TimeWait], ..Filters::default() })?;
+        let ring = probe.take_events()?;
+        // SAFETY: the RingBuf owns its map fd for as long as the AsyncFd holds it.
+        let ring = unsafe { AsyncFd::register(ring) }.map_err(|e| FeedError::Register(e.into_parts().1))?;
+        probe.attach_timewait()?;
+        probe.attach_state()?;
+        // Without CONFIG_HZ: 250 is the most common; only reported timeouts depend on it.
+        let hz = kernel_hz().unwrap_or(250);
+        Ok(Self { probe, ring, hz, decode_errors: 0 })
+    }
+
+    /// Wait for events and append every decoded one to `out`.
+    pub async fn next_batch(&mut self, out: &mut Vec<TwEvent>) -> Result<(), FeedError> {
+        let mut guard = self.ring.readable_mut().await.map_err(FeedError::Wait)?;
+        let ks: Option<&Kallsyms> = self.probe.kallsyms();
+        let ring = guard.get_inner_mut();
+        while let Some(item) = ring.next() {
+            match parse_event(&item).and_then(|ev| decode(&ev, self.hz, |a| ks.and_then(|k| k.resolve(a)))) {
+                Ok(Some(ev)) => out.push(ev),
+                Ok(None) => {}
+                Err(_) => self.decode_errors += 1,
+            }
+        }
+        guard.clear_ready();
+        Ok(())
+    }
+
+    pub fn loss(&self) -> Result<Loss, FeedError> {
+        Ok(self.probe.loss()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decode::mapped;
+    use twreset_common::tcp_state;
+
+    fn ev(kind: u16, aux: u64) -> Event {
+        Event {
+            ts_ns: 5,
+            netns_cookie: 9,
+            skaddr: 0,
+            saddr: mapped("10.0.0.1".parse().unwrap()),
+            daddr: mapped("10.0.0.2".parse().unwrap()),
+            sport: 40000,
+            dport: 443,
+            family: AF_INET,
+            kind,
+            oldstate: 0,
+            newstate: tcp_state::TIME_WAIT,
+            aux,
+        }
+    }
+
+    #[test]
+    fn decodes_each_kind() {
+        let none = |_| None;
+        let e = decode(&ev(kind::TW_START, 15000), 250, none).unwrap().unwrap();
+        assert_eq!(e.kind, TwEventKind::Created { substate: TcpState::TimeWait, timeout_ms: 60_000 });
+        assert_eq!(e.key.raddr, "10.0.0.2".parse::<IpAddr>().unwrap());
+        assert_eq!((e.key.lport, e.key.rport, e.key.netns_cookie), (40000, 443, 9));
+        assert_eq!(decode(&ev(kind::TW_EXPIRE, 0), 250, none).unwrap().unwrap().kind, TwEventKind::Expired);
+        let k = decode(&ev(kind::TW_KILL, 0xffff_1234), 250, |_| Some("tcp_abort")).unwrap().unwrap();
+        assert_eq!(k.kind, TwEventKind::Killed { cause: TwCause::SockDestroy });
+        let mut st = ev(kind::STATE, state_aux::OVERFLOW);
+        st.oldstate = tcp_state::FIN_WAIT2;
+        st.newstate = tcp_state::CLOSE;
+        assert_eq!(decode(&st, 250, none).unwrap().unwrap().kind, TwEventKind::Overflow);
+        st.aux = state_aux::TW_CREATED;
+        assert_eq!(decode(&st, 250, none).unwrap(), None);
+        assert!(decode(&ev(42, 0), 250, none).is_err());
+    }
+
+    #[test]
+    fn causes() {
+        assert_eq!(cause_of(Some("tcp_abort")), TwCause::SockDestroy);
+        assert_eq!(cause_of(Some("tcp_timewait_state_process")), TwCause::PeerRst);
+        assert_eq!(cause_of(Some("tcp_v4_rcv")), TwCause::NewSyn);
+        assert_eq!(cause_of(Some("tcp_v6_rcv")), TwCause::NewSyn);
+        assert_eq!(cause_of(Some("__inet_hash_connect")), TwCause::Reuse);
+        assert_eq!(cause_of(Some("inet_twsk_purge")), TwCause::NetnsGone);
+        assert_eq!(cause_of(Some("something_else")), TwCause::Other);
+        assert_eq!(cause_of(None), TwCause::Other);
+    }
+
+    #[test]
+    fn hz_from_this_kernel() {
+        if let Some(hz) = kernel_hz() {
+            assert!([100, 250, 300, 1000].contains(&hz), "{hz}");
+        }
+    }
+}
