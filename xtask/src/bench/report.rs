@@ -43,11 +43,7 @@ fn times(v: Option<f64>, digits: usize, suffix: &str) -> String {
 
 /// The short form of why a side could not run (the full reason is in the JSON).
 fn short(reason: &str) -> String {
-    if reason.starts_with("n/a (not built)") {
-        "n/a (not built)".into()
-    } else {
-        reason.chars().take(60).collect()
-    }
+    if reason.starts_with("n/a (not built)") { "n/a (not built)".into() } else { reason.chars().take(60).collect() }
 }
 
 fn mib(kib: Option<f64>) -> Option<f64> {
@@ -71,11 +67,7 @@ fn at_least(v: Option<f64>, target: f64, unit: &str) -> String {
 
 /// Whole numbers without decimals (lost events), others with two.
 fn trim(v: f64) -> String {
-    if v.fract() == 0.0 {
-        format!("{v:.0}")
-    } else {
-        format!("{v:.2}")
-    }
+    if v.fract() == 0.0 { format!("{v:.0}") } else { format!("{v:.2}") }
 }
 
 fn at_most(v: Option<f64>, target: f64, unit: &str) -> String {
@@ -110,10 +102,7 @@ fn markdown(header: &[&str], rows: &[Vec<String>]) -> String {
 
 impl Report<'_> {
     fn variant(&self, k: Kind) -> &trace::Outcome {
-        self.traces
-            .iter()
-            .find(|o| o.kind == k)
-            .expect("every variant has an outcome")
+        self.traces.iter().find(|o| o.kind == k).expect("every variant has an outcome")
     }
 
     fn base_cps(&self) -> Option<f64> {
@@ -143,32 +132,15 @@ impl Report<'_> {
                     num(o.med(|r| r.seen.map(|s| s as f64)), 0),
                     {
                         let own = num(o.med(|r| r.lost.map(|l| l as f64)), 0);
-                        if o.kind == Kind::BpftracePrint {
-                            format!("{own} records")
-                        } else {
-                            own
-                        }
+                        if o.kind == Kind::BpftracePrint { format!("{own} records") } else { own }
                     },
-                    num(
-                        o.med(|r| r.seen.map(|s| r.expected.saturating_sub(s) as f64)),
-                        0,
-                    ),
+                    num(o.med(|r| r.seen.map(|s| r.expected.saturating_sub(s) as f64)), 0),
                     num(o.med(|r| r.per_million(r.cpu_s)), 3),
                     num(o.med(|r| r.per_million(r.bpf_s)), 3),
                     num(o.cpu_per_m(), 3),
                     num(mib(o.hwm_kib()), 1),
-                    o.runs
-                        .iter()
-                        .map(|r| format!("{:.0}", r.churn.conn_per_s))
-                        .collect::<Vec<_>>()
-                        .join(" "),
-                    num(
-                        o.med(|r| {
-                            r.others_cpu_s
-                                .map(|s| 100.0 * s / r.churn.seconds.max(0.001) / ncpu)
-                        }),
-                        0,
-                    ),
+                    o.runs.iter().map(|r| format!("{:.0}", r.churn.conn_per_s)).collect::<Vec<_>>().join(" "),
+                    num(o.med(|r| r.others_cpu_s.map(|s| 100.0 * s / r.churn.seconds.max(0.001) / ncpu)), 0),
                 ]
             })
             .collect();
@@ -216,16 +188,7 @@ impl Report<'_> {
             }
         }
         markdown(
-            &[
-                "N",
-                "tool",
-                "TIME_WAIT to peer",
-                "wall s",
-                "peak RSS MiB",
-                "left",
-                "bystanders before -> after",
-                "exit",
-            ],
+            &["N", "tool", "TIME_WAIT to peer", "wall s", "peak RSS MiB", "left", "bystanders before -> after", "exit"],
             &rows,
         )
     }
@@ -236,10 +199,7 @@ impl Report<'_> {
         let bp = self.variant(Kind::BpftracePrint);
         let tb = self.variant(Kind::TwresetTable);
         let bc = self.variant(Kind::BpftraceCount);
-        let (tw_pct, bp_pct) = (
-            self.pct_of_base(Kind::TwresetTrace),
-            self.pct_of_base(Kind::BpftracePrint),
-        );
+        let (tw_pct, bp_pct) = (self.pct_of_base(Kind::TwresetTrace), self.pct_of_base(Kind::BpftracePrint));
         rows.push(Row {
             figure: "trace: conn/s, % of no tracer".into(),
             twreset: num(tw_pct, 1),
@@ -316,16 +276,8 @@ impl Report<'_> {
                 twreset: na.clone().unwrap_or_else(|| num(tw_s, 3)),
                 peer: format!("{} (ss -K)", num(ss_s, 3)),
                 ratio: times(faster, 2, " faster"),
-                target: if big {
-                    ">= 5x faster".into()
-                } else {
-                    "-".into()
-                },
-                verdict: if big {
-                    at_least(faster, 5.0, "x")
-                } else {
-                    "-".into()
-                },
+                target: if big { ">= 5x faster".into() } else { "-".into() },
+                verdict: if big { at_least(faster, 5.0, "x") } else { "-".into() },
             });
             let rss = |r: &Result<Kill, String>| side(r, &|k| k.maxrss_kib as f64 / 1024.0);
             let frac = ratio(rss(&o.twreset), rss(&o.ss));
@@ -335,17 +287,10 @@ impl Report<'_> {
                 peer: format!("{} (ss -K)", num(rss(&o.ss), 1)),
                 ratio: times(frac, 3, ""),
                 target: if big { "<= 0.2x".into() } else { "-".into() },
-                verdict: if big {
-                    at_most(frac, 0.2, "x")
-                } else {
-                    "-".into()
-                },
+                verdict: if big { at_most(frac, 0.2, "x") } else { "-".into() },
             });
             let clean = |r: &Result<Kill, String>| match r {
-                Ok(k) => format!(
-                    "{} left, {}/{} kept",
-                    k.left, k.bystanders_after, k.bystanders_before
-                ),
+                Ok(k) => format!("{} left, {}/{} kept", k.left, k.bystanders_after, k.bystanders_before),
                 Err(e) => short(e),
             };
             rows.push(Row {
@@ -362,17 +307,21 @@ impl Report<'_> {
             });
         }
         let t = self.table;
-        let note = if t.n == 200_000 {
-            String::new()
-        } else {
-            format!(" (at {}k; target is for 200k)", t.n / 1000)
-        };
+        let note = if t.n == 200_000 { String::new() } else { format!(" (at {}k; target is for 200k)", t.n / 1000) };
         rows.push(Row {
             figure: "table: RSS bytes per tracked socket".into(),
-            twreset: t
-                .na
-                .as_deref()
-                .map_or_else(|| num(t.bytes_per_socket(), 1), short),
+            twreset: t.na.as_deref().map_or_else(
+                || {
+                    // The peaks show how much of the figure is the process's own base.
+                    format!(
+                        "{} (peak RSS {:.1} -> {:.1} MiB)",
+                        num(t.bytes_per_socket(), 1),
+                        t.empty.maxrss_kib as f64 / 1024.0,
+                        t.full.maxrss_kib as f64 / 1024.0
+                    )
+                },
+                short,
+            ),
             peer: "-".into(),
             ratio: "-".into(),
             target: "<= 100".into(),
@@ -404,32 +353,15 @@ impl Report<'_> {
             s,
             "Churn: {} client threads, {} s per run, {} run(s) per variant (median). Transitions per connection \
              (bpftrace count): client-close {:.2}, server-close {:.2}.\n",
-            p.trace.threads,
-            p.trace.seconds,
-            p.trace.runs,
-            self.per.client_close,
-            self.per.server_close
+            p.trace.threads, p.trace.seconds, p.trace.runs, self.per.client_close, self.per.server_close
         );
         s += &self.trace_details();
         s += "\n";
         s += &self.kill_details();
         s += "\n";
-        let rows: Vec<Vec<String>> = self
-            .rows()
-            .into_iter()
-            .map(|r| vec![r.figure, r.twreset, r.peer, r.ratio, r.target, r.verdict])
-            .collect();
-        s += &markdown(
-            &[
-                "figure",
-                "twreset",
-                "peer",
-                "ratio twreset/peer",
-                "target",
-                "verdict",
-            ],
-            &rows,
-        );
+        let rows: Vec<Vec<String>> =
+            self.rows().into_iter().map(|r| vec![r.figure, r.twreset, r.peer, r.ratio, r.target, r.verdict]).collect();
+        s += &markdown(&["figure", "twreset", "peer", "ratio twreset/peer", "target", "verdict"], &rows);
         s
     }
 
@@ -439,10 +371,7 @@ impl Report<'_> {
             .output()
             .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
             .unwrap_or_default();
-        let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
-            .unwrap_or_default()
-            .trim()
-            .to_owned();
+        let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_owned();
         json!({
             "when": date,
             "quick": self.plan.quick,
