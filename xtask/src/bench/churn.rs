@@ -49,16 +49,9 @@ impl Churned {
 }
 
 fn parse(line: &str) -> Result<Churned> {
-    let v: Value =
-        serde_json::from_str(line.trim()).with_context(|| format!("churn printed {line:?}"))?;
-    let u = |k: &str| {
-        v[k].as_u64()
-            .with_context(|| format!("churn output lacks {k}"))
-    };
-    let f = |k: &str| {
-        v[k].as_f64()
-            .with_context(|| format!("churn output lacks {k}"))
-    };
+    let v: Value = serde_json::from_str(line.trim()).with_context(|| format!("churn printed {line:?}"))?;
+    let u = |k: &str| v[k].as_u64().with_context(|| format!("churn output lacks {k}"));
+    let f = |k: &str| v[k].as_f64().with_context(|| format!("churn output lacks {k}"));
     Ok(Churned {
         connections: u("connections")?,
         client_close: u("client_close")?,
@@ -92,10 +85,7 @@ mod tests {
     #[test]
     fn churn_line() {
         let c = parse(r#"{"connections":10,"client_close":4,"server_close":6,"listeners":8,"errors":0,"seconds":1.5,"conn_per_s":6.7,"threads":4}"#).unwrap();
-        assert_eq!(
-            (c.connections, c.client_close, c.server_close, c.listeners),
-            (10, 4, 6, 8)
-        );
+        assert_eq!((c.connections, c.client_close, c.server_close, c.listeners), (10, 4, 6, 8));
         assert!(parse("garbage").is_err());
     }
 }

@@ -88,12 +88,8 @@ fn one(tool: Tool, n: u64, churn_bin: &Path, twreset: &Path, caps: &Caps) -> Res
     let ns = Ns::new("kill")?;
     make(churn_bin, &ns, PEER, n)?;
     make(churn_bin, &ns, BYSTANDER, bystanders(n))?;
-    let mut k = Kill {
-        n,
-        before: ns.time_wait_to(PEER)?,
-        bystanders_before: ns.time_wait_to(BYSTANDER)?,
-        ..Kill::default()
-    };
+    let mut k =
+        Kill { n, before: ns.time_wait_to(PEER)?, bystanders_before: ns.time_wait_to(BYSTANDER)?, ..Kill::default() };
     let mut cmd = match tool {
         Tool::Ss => ns.cmd(&["ss", "-K", "state", "time-wait", "dst", PEER]),
         Tool::Twreset => {
@@ -148,9 +144,5 @@ pub fn json(outs: &[Outcome]) -> Value {
         Ok(k) => k.json(),
         Err(e) => json!({ "na": e }),
     };
-    Value::Array(
-        outs.iter()
-            .map(|o| json!({ "n": o.n, "ss": side(&o.ss), "twreset": side(&o.twreset) }))
-            .collect(),
-    )
+    Value::Array(outs.iter().map(|o| json!({ "n": o.n, "ss": side(&o.ss), "twreset": side(&o.twreset) })).collect())
 }

@@ -37,26 +37,14 @@ impl Plan {
         // 4 client threads saturate both CPUs of the reference machine (2 and 8 threads were
         // slower); 10 s at ~15k conn/s leaves ~150k TIME_WAIT sockets per run, purged with its netns.
         let trace = if quick {
-            trace::Cfg {
-                runs: 1,
-                seconds: 3.0,
-                threads: 4,
-            }
+            trace::Cfg { runs: 1, seconds: 3.0, threads: 4 }
         } else {
-            trace::Cfg {
-                runs: 3,
-                seconds: 10.0,
-                threads: 4,
-            }
+            trace::Cfg { runs: 3, seconds: 10.0, threads: 4 }
         };
         Self {
             quick,
             trace,
-            kill_sizes: if quick {
-                vec![10_000]
-            } else {
-                vec![10_000, 50_000, 200_000]
-            },
+            kill_sizes: if quick { vec![10_000] } else { vec![10_000, 50_000, 200_000] },
             table_n: if quick { 10_000 } else { 200_000 },
         }
     }
@@ -73,9 +61,7 @@ pub struct Caps {
 
 fn help(bin: &Path, args: &[&str]) -> Option<String> {
     let out = Command::new(bin).args(args).arg("--help").output().ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// Subcommand names from clap's `Commands:` section.
@@ -90,6 +76,8 @@ fn subcommands(help: &str) -> Vec<String> {
 
 /// Placeholder for the namespace path in `TWRESET_BENCH_AGENT`.
 const NETNS_HOLE: &str = "{netns}";
+/// Placeholder for how long a self-ending table mode must keep the table (e.g. `5000ms`).
+const SETTLE_HOLE: &str = "{settle}";
 
 impl Caps {
     pub fn detect(bin: &Path) -> Self {
@@ -99,54 +87,50 @@ impl Caps {
         let kill_yes = kill && help(bin, &["kill"]).is_some_and(|h| h.contains("--yes"));
         let tw = has("tw");
         // The table-keeping (agent) path: an explicit command line wins, then an `agent`
-        // subcommand, then a repeating `tw --watch`.
+        // subcommand, then a repeating `tw --watch`, then a one-shot `tw` that keeps its table
+        // live from kernel events for `--settle` (no per-event output) before printing once.
         let agent = if let Ok(cmdline) = std::env::var("TWRESET_BENCH_AGENT") {
             Some(cmdline.split_whitespace().map(str::to_owned).collect())
         } else if has("agent") {
             Some(vec!["agent".into(), "--netns".into(), NETNS_HOLE.into()])
         } else if tw && help(bin, &["tw"]).is_some_and(|h| h.contains("--watch")) {
+            Some(vec!["tw".into(), "--watch".into(), "--json".into(), "--netns".into(), NETNS_HOLE.into()])
+        } else if tw && help(bin, &["tw"]).is_some_and(|h| h.contains("--settle")) {
             Some(vec![
                 "tw".into(),
-                "--watch".into(),
                 "--json".into(),
                 "--netns".into(),
                 NETNS_HOLE.into(),
+                "--settle".into(),
+                SETTLE_HOLE.into(),
             ])
         } else {
             None
         };
         let trace_timewait = help(bin, &["trace"]).is_some_and(|h| h.contains("--timewait"));
-        Self {
-            kill,
-            kill_yes,
-            tw,
-            trace_timewait,
-            agent,
-        }
+        Self { kill, kill_yes, tw, trace_timewait, agent }
     }
 
     /// Arguments of the table-keeping mode for one namespace, if the binary has one.
-    pub fn table_agent(&self, netns: &Path) -> Option<Vec<OsString>> {
+    pub fn table_agent(&self, netns: &Path, settle_s: f64) -> Option<Vec<OsString>> {
         self.agent.as_ref().map(|a| {
             a.iter()
-                .map(|s| {
-                    if s == NETNS_HOLE {
-                        netns.as_os_str().to_owned()
-                    } else {
-                        s.into()
-                    }
+                .map(|s| match s.as_str() {
+                    NETNS_HOLE => netns.as_os_str().to_owned(),
+                    SETTLE_HOLE => format!("{}ms", (settle_s * 1000.0) as u64).into(),
+                    _ => s.into(),
                 })
                 .collect()
         })
     }
 
+    /// Whether the table mode ends by itself (after `--settle`) rather than on SIGINT.
+    pub fn table_agent_ends(&self) -> bool {
+        self.agent.as_ref().is_some_and(|a| a.iter().any(|s| s == SETTLE_HOLE))
+    }
+
     pub fn kill_args(&self, peer: &str, netns: &Path) -> Vec<OsString> {
-        let mut a: Vec<OsString> = vec![
-            "kill".into(),
-            peer.into(),
-            "--netns".into(),
-            netns.as_os_str().to_owned(),
-        ];
+        let mut a: Vec<OsString> = vec!["kill".into(), peer.into(), "--netns".into(), netns.as_os_str().to_owned()];
         if self.kill_yes {
             a.push("--yes".into());
         }
@@ -164,11 +148,7 @@ pub fn median(mut v: Vec<f64>) -> Option<f64> {
     }
     v.sort_by(f64::total_cmp);
     let m = v.len() / 2;
-    Some(if v.len() % 2 == 1 {
-        v[m]
-    } else {
-        (v[m - 1] + v[m]) / 2.0
-    })
+    Some(if v.len() % 2 == 1 { v[m] } else { (v[m - 1] + v[m]) / 2.0 })
 }
 
 fn loadavg() -> String {
@@ -199,33 +179,15 @@ pub fn run(t: &Tools, quick: bool) -> Result<()> {
 
     // TWRESET_BENCH_ONLY=kill,table (any of trace, kill, table) runs only those sections.
     let only = std::env::var("TWRESET_BENCH_ONLY").ok();
-    let want = |s: &str| {
-        only.as_deref()
-            .is_none_or(|o| o.split(',').any(|x| x.trim() == s))
-    };
+    let want = |s: &str| only.as_deref().is_none_or(|o| o.split(',').any(|x| x.trim() == s));
     let (per, traces) = if want("trace") {
-        eprintln!(
-            "bench: measuring transitions per connection (bpftrace count, 2000 connections per close side)"
-        );
+        eprintln!("bench: measuring transitions per connection (bpftrace count, 2000 connections per close side)");
         let per = trace::calibrate(&churn_bin)?;
-        (
-            per,
-            trace::bench(&plan.trace, per, &churn_bin, &twreset, &caps)?,
-        )
+        (per, trace::bench(&plan.trace, per, &churn_bin, &twreset, &caps)?)
     } else {
-        (
-            trace::PerConn {
-                client_close: 0.0,
-                server_close: 0.0,
-            },
-            trace::skipped(),
-        )
+        (trace::PerConn { client_close: 0.0, server_close: 0.0 }, trace::skipped())
     };
-    let kills = if want("kill") {
-        kill::bench(&plan.kill_sizes, &churn_bin, &twreset, &caps)?
-    } else {
-        Vec::new()
-    };
+    let kills = if want("kill") { kill::bench(&plan.kill_sizes, &churn_bin, &twreset, &caps)? } else { Vec::new() };
     let tbl = if want("table") {
         table::bench(plan.table_n, &churn_bin, &twreset, &caps)?
     } else {

@@ -31,11 +31,7 @@ pub struct Ns {
 
 impl Ns {
     pub fn new(tag: &str) -> Result<Self> {
-        let name = format!(
-            "{PREFIX}{}-{}-{tag}",
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::Relaxed)
-        );
+        let name = format!("{PREFIX}{}-{}-{tag}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed));
         output(Command::new("ip").args(["netns", "add", &name]))?;
         let ns = Self { name }; // from here on, drop deletes it
         output(Command::new("ip").args(["-n", &ns.name, "link", "set", "lo", "up"]))?;
@@ -51,9 +47,7 @@ impl Ns {
 
     /// The namespace inode number, as bpftrace sees it in `net->ns.inum`.
     pub fn inum(&self) -> Result<u64> {
-        Ok(std::fs::metadata(self.path())
-            .with_context(|| format!("stat {}", self.path().display()))?
-            .ino())
+        Ok(std::fs::metadata(self.path()).with_context(|| format!("stat {}", self.path().display()))?.ino())
     }
 
     /// `ip netns exec NAME args...`
@@ -69,26 +63,18 @@ impl Ns {
 
     /// TIME_WAIT sockets to `dst` (`ss -Htan state time-wait dst IP`), the kernel's own count.
     pub fn time_wait_to(&self, dst: &str) -> Result<u64> {
-        Ok(self
-            .output(&["ss", "-Htan", "state", "time-wait", "dst", dst])?
-            .lines()
-            .count() as u64)
+        Ok(self.output(&["ss", "-Htan", "state", "time-wait", "dst", dst])?.lines().count() as u64)
     }
 
     /// All TIME_WAIT sockets of the namespace.
     pub fn time_wait_all(&self) -> Result<u64> {
-        Ok(self
-            .output(&["ss", "-Htan", "state", "time-wait"])?
-            .lines()
-            .count() as u64)
+        Ok(self.output(&["ss", "-Htan", "state", "time-wait"])?.lines().count() as u64)
     }
 }
 
 impl Drop for Ns {
     fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .output();
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
     }
 }
 
@@ -97,11 +83,7 @@ pub fn remove_stale() {
     let Ok(list) = output(Command::new("ip").args(["netns", "list"])) else {
         return;
     };
-    for name in list
-        .lines()
-        .filter_map(|l| l.split_whitespace().next())
-        .filter(|n| n.starts_with(PREFIX))
-    {
+    for name in list.lines().filter_map(|l| l.split_whitespace().next()).filter(|n| n.starts_with(PREFIX)) {
         let pid = name[PREFIX.len()..].split('-').next().unwrap_or("");
         if !pid.is_empty() && !std::path::Path::new(&format!("/proc/{pid}")).exists() {
             eprintln!("bench: deleting stale namespace {name}");

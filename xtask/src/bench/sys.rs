@@ -45,13 +45,9 @@ pub fn send_signal(pid: u32, sig: libc::c_int) {
 
 /// utime + stime of a whole process (all threads), in seconds.
 pub fn cpu_seconds(pid: u32) -> Result<f64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))
-        .with_context(|| format!("reading /proc/{pid}/stat"))?;
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).with_context(|| format!("reading /proc/{pid}/stat"))?;
     // Fields after the command name (which may hold spaces) start at field 3 (state).
-    let rest = stat
-        .rsplit_once(')')
-        .map(|(_, r)| r)
-        .context("malformed /proc/PID/stat")?;
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).context("malformed /proc/PID/stat")?;
     let f: Vec<&str> = rest.split_whitespace().collect();
     let ticks: u64 = f.get(11).and_then(|u| u.parse().ok()).context("utime")?;
     let sticks: u64 = f.get(12).and_then(|s| s.parse().ok()).context("stime")?;
@@ -86,18 +82,15 @@ pub fn ksoftirqd_s() -> f64 {
     };
     dir.flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            fs::read_to_string(format!("/proc/{pid}/comm"))
-                .is_ok_and(|c| c.starts_with("ksoftirqd"))
-        })
+        .filter(|pid| fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.starts_with("ksoftirqd")))
         .filter_map(|pid| cpu_seconds(pid).ok())
         .sum()
 }
 
 /// Peak resident set (VmHWM) in KiB.
 pub fn vm_hwm_kib(pid: u32) -> Result<u64> {
-    let status = fs::read_to_string(format!("/proc/{pid}/status"))
-        .with_context(|| format!("reading /proc/{pid}/status"))?;
+    let status =
+        fs::read_to_string(format!("/proc/{pid}/status")).with_context(|| format!("reading /proc/{pid}/status"))?;
     status
         .lines()
         .find_map(|l| l.strip_prefix("VmHWM:"))
@@ -114,11 +107,8 @@ pub fn bpf_run_time_ns(pid: u32) -> (u64, u32) {
     };
     for e in dir.flatten() {
         if fs::read_link(e.path()).is_ok_and(|l| l.to_string_lossy() == "anon_inode:bpf-prog") {
-            let info = fs::read_to_string(format!(
-                "/proc/{pid}/fdinfo/{}",
-                e.file_name().to_string_lossy()
-            ))
-            .unwrap_or_default();
+            let info = fs::read_to_string(format!("/proc/{pid}/fdinfo/{}", e.file_name().to_string_lossy()))
+                .unwrap_or_default();
             if let Some(v) = info.lines().find_map(|l| l.strip_prefix("run_time_ns:")) {
                 ns += v.trim().parse::<u64>().unwrap_or(0);
                 progs += 1;
@@ -173,11 +163,7 @@ fn drain(mut r: impl Read + Send + 'static) -> thread::JoinHandle<String> {
 /// stdout is kept only when `keep_stdout` (a kill listing 200k sockets is thrown away).
 pub fn run_measured(cmd: &mut Command, keep_stdout: bool) -> Result<Measured> {
     cmd.stdin(Stdio::null()).stderr(Stdio::piped());
-    cmd.stdout(if keep_stdout {
-        Stdio::piped()
-    } else {
-        Stdio::null()
-    });
+    cmd.stdout(if keep_stdout { Stdio::piped() } else { Stdio::null() });
     let start = Instant::now();
     let mut child: Child = cmd.spawn().with_context(|| format!("spawning {cmd:?}"))?;
     let out = child.stdout.take().map(drain);
@@ -201,31 +187,17 @@ pub fn run_measured(cmd: &mut Command, keep_stdout: bool) -> Result<Measured> {
         status: ExitStatus::from_raw(status),
         wall,
         maxrss_kib: ru.ru_maxrss.max(0) as u64,
-        cpu_s: [ru.ru_utime, ru.ru_stime]
-            .iter()
-            .map(|t| t.tv_sec as f64 + t.tv_usec as f64 / 1e6)
-            .sum(),
-        stdout: out
-            .map(|h| h.join().unwrap_or_default())
-            .unwrap_or_default(),
-        stderr: err
-            .map(|h| h.join().unwrap_or_default())
-            .unwrap_or_default(),
+        cpu_s: [ru.ru_utime, ru.ru_stime].iter().map(|t| t.tv_sec as f64 + t.tv_usec as f64 / 1e6).sum(),
+        stdout: out.map(|h| h.join().unwrap_or_default()).unwrap_or_default(),
+        stderr: err.map(|h| h.join().unwrap_or_default()).unwrap_or_default(),
     })
 }
 
 /// Run a command and return its stdout; fail with its stderr.
 pub fn output(cmd: &mut Command) -> Result<String> {
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("spawning {cmd:?}"))?;
+    let out = cmd.stdin(Stdio::null()).output().with_context(|| format!("spawning {cmd:?}"))?;
     if !out.status.success() {
-        bail!(
-            "{cmd:?} failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+        bail!("{cmd:?} failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }

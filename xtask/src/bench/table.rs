@@ -38,16 +38,12 @@ pub struct Outcome {
 impl Outcome {
     /// RSS beyond the base per tracked socket.
     pub fn bytes_per_socket(&self) -> Option<f64> {
-        (self.na.is_none() && self.full.sockets > 0).then(|| {
-            (self.full.maxrss_kib as f64 - self.empty.maxrss_kib as f64) * 1024.0
-                / self.full.sockets as f64
-        })
+        (self.na.is_none() && self.full.sockets > 0)
+            .then(|| (self.full.maxrss_kib as f64 - self.empty.maxrss_kib as f64) * 1024.0 / self.full.sockets as f64)
     }
     /// Snapshot time beyond the empty snapshot's (attach and settle cost the same in both).
     pub fn seed_s(&self) -> Option<f64> {
-        self.na
-            .is_none()
-            .then_some(self.full.wall_s - self.empty.wall_s)
+        self.na.is_none().then_some(self.full.wall_s - self.empty.wall_s)
     }
     pub fn json(&self) -> Value {
         json!({ "n": self.n, "na": self.na, "empty": self.empty.json(), "full": self.full.json(),
@@ -79,11 +75,9 @@ fn reported(v: &Value) -> Option<u64> {
     }
     fn first_list_sum(v: &Value) -> Option<u64> {
         match v {
-            Value::Array(a) if a.iter().any(|e| e.get("count").is_some()) => Some(
-                a.iter()
-                    .filter_map(|e| e.get("count").and_then(Value::as_u64))
-                    .sum(),
-            ),
+            Value::Array(a) if a.iter().any(|e| e.get("count").is_some()) => {
+                Some(a.iter().filter_map(|e| e.get("count").and_then(Value::as_u64)).sum())
+            }
             Value::Object(m) => m.values().find_map(first_list_sum),
             _ => None,
         }
@@ -101,10 +95,7 @@ fn snapshot(ns: &Ns, twreset: &Path) -> Result<Snapshot> {
         sockets,
         wall_s: m.wall.as_secs_f64(),
         maxrss_kib: m.maxrss_kib,
-        reported: serde_json::from_str::<Value>(&m.stdout)
-            .ok()
-            .as_ref()
-            .and_then(reported),
+        reported: serde_json::from_str::<Value>(&m.stdout).ok().as_ref().and_then(reported),
         exit: m.status.code(),
         stderr: m.stderr.chars().take(2000).collect(),
     })
@@ -112,21 +103,11 @@ fn snapshot(ns: &Ns, twreset: &Path) -> Result<Snapshot> {
 
 /// The outcome of a bench run without the table section.
 pub fn skipped(n: u64) -> Outcome {
-    Outcome {
-        n,
-        na: Some("skipped".into()),
-        empty: Snapshot::default(),
-        full: Snapshot::default(),
-    }
+    Outcome { n, na: Some("skipped".into()), empty: Snapshot::default(), full: Snapshot::default() }
 }
 
 pub fn bench(n: u64, churn_bin: &Path, twreset: &Path, caps: &Caps) -> Result<Outcome> {
-    let mut o = Outcome {
-        n,
-        na: None,
-        empty: Snapshot::default(),
-        full: Snapshot::default(),
-    };
+    let mut o = Outcome { n, na: None, empty: Snapshot::default(), full: Snapshot::default() };
     if !caps.tw {
         o.na = Some("n/a (not built): this twreset has no `tw`".into());
         return Ok(o);
@@ -159,10 +140,7 @@ pub fn bench(n: u64, churn_bin: &Path, twreset: &Path, caps: &Caps) -> Result<Ou
     }
     o.full = snapshot(&ns, twreset)?;
     if o.full.exit != Some(0) || o.empty.exit != Some(0) {
-        o.na = Some(format!(
-            "twreset tw failed: {}",
-            o.full.stderr.trim().lines().last().unwrap_or("")
-        ));
+        o.na = Some(format!("twreset tw failed: {}", o.full.stderr.trim().lines().last().unwrap_or("")));
     }
     Ok(o)
 }
@@ -173,14 +151,8 @@ mod tests {
 
     #[test]
     fn finds_totals() {
-        assert_eq!(
-            reported(&json!({"peers": [{"count": 3}], "totals": {"count": 7}})),
-            Some(7)
-        );
-        assert_eq!(
-            reported(&json!({"peers": [{"count": 3}, {"count": 4}]})),
-            Some(7)
-        );
+        assert_eq!(reported(&json!({"peers": [{"count": 3}], "totals": {"count": 7}})), Some(7));
+        assert_eq!(reported(&json!({"peers": [{"count": 3}, {"count": 4}]})), Some(7));
         assert_eq!(reported(&json!([{"raddr": "x", "count": 2}])), Some(2));
         assert_eq!(reported(&json!({"x": 1})), None);
     }

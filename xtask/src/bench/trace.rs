@@ -12,7 +12,7 @@ use super::{
     churn::{self, Churned},
     median,
     ns::Ns,
-    parse::{bpftrace_lost, map_sum, twreset_summary},
+    parse::{bpftrace_lost, map_sum, tw_totals, twreset_summary},
     sys,
     tracer::{self, Lines, Output, Tracer},
 };
@@ -68,8 +68,7 @@ pub struct PerConn {
 impl PerConn {
     /// Transitions a churn run caused: per connection, plus CLOSE->LISTEN->CLOSE per listener.
     pub fn expected(&self, c: &Churned) -> u64 {
-        (c.client_close as f64 * self.client_close + c.server_close as f64 * self.server_close)
-            .round() as u64
+        (c.client_close as f64 * self.client_close + c.server_close as f64 * self.server_close).round() as u64
             + 2 * c.listeners
     }
 }
@@ -136,11 +135,7 @@ impl Outcome {
         // bpftrace's `Lost N events` counts perf records, and tcpstates emits two per transition
         // (time() and printf()): only the independent count is in transitions there.
         let own = |r: &Run| {
-            if self.kind == Kind::BpftracePrint {
-                None
-            } else {
-                r.lost
-            }
+            if self.kind == Kind::BpftracePrint { None } else { r.lost }
         };
         self.med(|r| {
             let missing = r.seen.map(|s| r.expected.saturating_sub(s));
@@ -166,14 +161,20 @@ impl Outcome {
 
 fn bpftrace(script: &str, ns: &Ns) -> Result<Command> {
     let mut c = Command::new("bpftrace");
-    c.arg("-e")
-        .arg(script.replace("NSINUM", &ns.inum()?.to_string()));
+    c.arg("-e").arg(script.replace("NSINUM", &ns.inum()?.to_string()));
     Ok(c)
+}
+
+/// How long a self-ending table mode must keep its table: the 5 s wait for a tracer without a
+/// ready marker, the churn, the 1 s drain, and a margin for a loaded machine.
+fn settle_s(cfg: &Cfg) -> f64 {
+    5.0 + 0.5 + cfg.seconds + 1.0 + 5.0
 }
 
 /// The tracer command for a variant, with how its stdout is read and what marks it ready.
 fn command(
     kind: Kind,
+    cfg: &Cfg,
     ns: &Ns,
     caps: &Caps,
     twreset: &Path,
@@ -181,11 +182,7 @@ fn command(
     let path = ns.path();
     Ok(match kind {
         Kind::NoTracer => None,
-        Kind::BpftracePrint => Some((
-            bpftrace(TCPSTATES_BT, ns)?,
-            Lines::Tcpstates,
-            Some("Tracing TCP"),
-        )),
+        Kind::BpftracePrint => Some((bpftrace(TCPSTATES_BT, ns)?, Lines::Tcpstates, Some("Tracing TCP"))),
         Kind::BpftraceCount => Some((bpftrace(TCPCOUNT_BT, ns)?, Lines::Keep, Some("Tracing TCP"))),
         Kind::TwresetTrace => {
             let mut c = Command::new(twreset);
@@ -194,14 +191,11 @@ fn command(
         }
         Kind::TwresetLifecycle => {
             let mut c = Command::new(twreset);
-            c.args(["trace", "--timewait", "--json", "--netns"])
-                .arg(&path);
+            c.args(["trace", "--timewait", "--json", "--netns"]).arg(&path);
             Some((c, Lines::Json, Some("tracing TCP")))
         }
         Kind::TwresetTable => {
-            let args = caps
-                .table_agent(&path)
-                .context("no table-keeping mode in this twreset")?;
+            let args = caps.table_agent(&path, settle_s(cfg)).context("no table-keeping mode in this twreset")?;
             let mut c = Command::new(twreset);
             c.args(args);
             Some((c, Lines::Keep, None))
@@ -239,22 +233,21 @@ fn interpret(kind: Kind, out: &Output, err: &Output, run: &mut Run) {
                 run.seen = Some(run.seen.map_or(seen, |s| s.min(seen)));
                 run.lost = Some(lost);
             }
+            if kind == Kind::TwresetTable
+                && let Some(t) = tw_totals(&out.other.join("\n"))
+            {
+                run.lost = Some(t.lost);
+                run.loss_note = Some(format!("tw totals: lost {}, drift {}, resyncs {}", t.lost, t.drift, t.resyncs));
+            }
         }
     }
 }
 
 /// One run: fresh namespace, tracer attached and ready, churn for the configured time, a second
 /// for the tracer to drain, then samples and SIGINT.
-fn one(
-    kind: Kind,
-    cfg: &Cfg,
-    per: PerConn,
-    churn_bin: &Path,
-    twreset: &Path,
-    caps: &Caps,
-) -> Result<Run> {
+fn one(kind: Kind, cfg: &Cfg, per: PerConn, churn_bin: &Path, twreset: &Path, caps: &Caps) -> Result<Run> {
     let ns = Ns::new("trace")?;
-    let tracer = match command(kind, &ns, caps, twreset)? {
+    let tracer = match command(kind, cfg, &ns, caps, twreset)? {
         Some((mut cmd, lines, ready)) => Some(Tracer::start(&mut cmd, lines, ready)?),
         None => None,
     };
@@ -282,9 +275,12 @@ fn one(
         run.hwm_kib = sys::vm_hwm_kib(t.pid).ok();
         run.cpu_s = Some(after.cpu_s - b.cpu_s);
         run.bpf_progs = after.bpf_progs;
-        run.bpf_s =
-            (after.bpf_progs > 0).then(|| after.bpf_ns.saturating_sub(b.bpf_ns) as f64 / 1e9);
-        let (out, err) = t.stop()?;
+        run.bpf_s = (after.bpf_progs > 0).then(|| after.bpf_ns.saturating_sub(b.bpf_ns) as f64 / 1e9);
+        let (out, err) = if kind == Kind::TwresetTable && caps.table_agent_ends() {
+            t.wait_exit(Duration::from_secs_f64(settle_s(cfg) + 60.0))?
+        } else {
+            t.stop()?
+        };
         interpret(kind, &out, &err, &mut run);
     }
     sys::check_interrupted()?;
@@ -297,16 +293,8 @@ pub fn calibrate(churn_bin: &Path) -> Result<PerConn> {
     let mut per = [0.0; 2];
     for (i, mode) in ["client", "server"].into_iter().enumerate() {
         let ns = Ns::new("calib")?;
-        let t = Tracer::start(
-            &mut bpftrace(TCPCOUNT_BT, &ns)?,
-            Lines::Keep,
-            Some("Tracing TCP"),
-        )?;
-        let c = churn::run(
-            churn_bin,
-            &ns,
-            &["--threads", "2", "--count", "2000", "--mode", mode],
-        )?;
+        let t = Tracer::start(&mut bpftrace(TCPCOUNT_BT, &ns)?, Lines::Keep, Some("Tracing TCP"))?;
+        let c = churn::run(churn_bin, &ns, &["--threads", "2", "--count", "2000", "--mode", mode])?;
         thread::sleep(Duration::from_millis(500));
         let (out, _) = t.stop()?;
         let events = map_sum(&out.other);
@@ -320,49 +308,22 @@ pub fn calibrate(churn_bin: &Path) -> Result<PerConn> {
     // number; the counter itself can come out a hair low (a BPF program skipped on recursion when
     // the tracepoint fires from softirq on top of itself), which rounding removes.
     let whole = |v: f64| {
-        if (v - v.round()).abs() < 0.01 {
-            v.round()
-        } else {
-            v
-        }
+        if (v - v.round()).abs() < 0.01 { v.round() } else { v }
     };
-    Ok(PerConn {
-        client_close: whole(per[0]),
-        server_close: whole(per[1]),
-    })
+    Ok(PerConn { client_close: whole(per[0]), server_close: whole(per[1]) })
 }
 
 /// Outcomes of a bench run without the tracing section.
 pub fn skipped() -> Vec<Outcome> {
-    KINDS
-        .iter()
-        .map(|&kind| Outcome {
-            kind,
-            na: Some("skipped".into()),
-            runs: Vec::new(),
-        })
-        .collect()
+    KINDS.iter().map(|&kind| Outcome { kind, na: Some("skipped".into()), runs: Vec::new() }).collect()
 }
 
 /// Every variant, `cfg.runs` times, interleaved so slow drift of the machine hits all alike;
 /// the no-tracer reference opens and closes every round.
-pub fn bench(
-    cfg: &Cfg,
-    per: PerConn,
-    churn_bin: &Path,
-    twreset: &Path,
-    caps: &Caps,
-) -> Result<Vec<Outcome>> {
-    let mut outs: Vec<Outcome> = KINDS
-        .iter()
-        .map(|&kind| Outcome {
-            kind,
-            na: None,
-            runs: Vec::new(),
-        })
-        .collect();
+pub fn bench(cfg: &Cfg, per: PerConn, churn_bin: &Path, twreset: &Path, caps: &Caps) -> Result<Vec<Outcome>> {
+    let mut outs: Vec<Outcome> = KINDS.iter().map(|&kind| Outcome { kind, na: None, runs: Vec::new() }).collect();
     for o in &mut outs {
-        if o.kind == Kind::TwresetTable && caps.table_agent(Path::new("/")).is_none() {
+        if o.kind == Kind::TwresetTable && caps.table_agent(Path::new("/"), 0.0).is_none() {
             o.na = Some("n/a (not built): this twreset has no table-keeping mode".into());
         }
         if o.kind == Kind::TwresetLifecycle && !caps.trace_timewait {
@@ -371,12 +332,7 @@ pub fn bench(
     }
     for r in 0..cfg.runs {
         for o in outs.iter_mut().filter(|o| o.na.is_none()) {
-            eprintln!(
-                "bench: trace run {}/{}: {}",
-                r + 1,
-                cfg.runs,
-                o.kind.label()
-            );
+            eprintln!("bench: trace run {}/{}: {}", r + 1, cfg.runs, o.kind.label());
             match one(o.kind, cfg, per, churn_bin, twreset, caps) {
                 Ok(run) => o.runs.push(run),
                 Err(e) => {
@@ -388,14 +344,8 @@ pub fn bench(
         }
         // The other helpers on a shared machine come and go: a second no-tracer run closes each
         // round, so the reference rate brackets the tracers instead of preceding them only.
-        eprintln!(
-            "bench: trace run {}/{}: no tracer (closing the round)",
-            r + 1,
-            cfg.runs
-        );
-        outs[0]
-            .runs
-            .push(one(Kind::NoTracer, cfg, per, churn_bin, twreset, caps)?);
+        eprintln!("bench: trace run {}/{}: no tracer (closing the round)", r + 1, cfg.runs);
+        outs[0].runs.push(one(Kind::NoTracer, cfg, per, churn_bin, twreset, caps)?);
     }
     Ok(outs)
 }
@@ -406,38 +356,17 @@ mod tests {
 
     #[test]
     fn expected_transitions() {
-        let per = PerConn {
-            client_close: 10.0,
-            server_close: 10.0,
-        };
-        let c = Churned {
-            client_close: 3,
-            server_close: 4,
-            listeners: 8,
-            ..Churned::default()
-        };
+        let per = PerConn { client_close: 10.0, server_close: 10.0 };
+        let c = Churned { client_close: 3, server_close: 4, listeners: 8, ..Churned::default() };
         assert_eq!(per.expected(&c), 70 + 16);
     }
 
     #[test]
     fn lost_is_the_larger_of_reported_and_missing() {
-        let run = |seen, lost| Run {
-            expected: 100,
-            seen: Some(seen),
-            lost: Some(lost),
-            ..Run::default()
-        };
-        let o = Outcome {
-            kind: Kind::TwresetTrace,
-            na: None,
-            runs: vec![run(95, 2)],
-        };
+        let run = |seen, lost| Run { expected: 100, seen: Some(seen), lost: Some(lost), ..Run::default() };
+        let o = Outcome { kind: Kind::TwresetTrace, na: None, runs: vec![run(95, 2)] };
         assert_eq!(o.lost(), Some(5.0));
-        let o = Outcome {
-            kind: Kind::TwresetTrace,
-            na: None,
-            runs: vec![run(100, 3)],
-        };
+        let o = Outcome { kind: Kind::TwresetTrace, na: None, runs: vec![run(100, 3)] };
         assert_eq!(o.lost(), Some(3.0));
     }
 }

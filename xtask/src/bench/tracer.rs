@@ -58,11 +58,7 @@ pub struct Tracer {
 
 /// Scratch file for a tracer's stdout: RAM-backed when /dev/shm exists.
 fn out_path() -> PathBuf {
-    let dir = if std::path::Path::new("/dev/shm").is_dir() {
-        PathBuf::from("/dev/shm")
-    } else {
-        std::env::temp_dir()
-    };
+    let dir = if std::path::Path::new("/dev/shm").is_dir() { PathBuf::from("/dev/shm") } else { std::env::temp_dir() };
     dir.join(format!("twbench-{}-tracer.out", std::process::id()))
 }
 
@@ -75,10 +71,7 @@ fn count_lines(path: &std::path::Path, kind: Lines) -> Output {
 
 fn file_contains(path: &std::path::Path, marker: &str) -> bool {
     let mut head = String::new();
-    File::open(path)
-        .and_then(|f| f.take(1 << 16).read_to_string(&mut head))
-        .is_ok()
-        && head.contains(marker)
+    File::open(path).and_then(|f| f.take(1 << 16).read_to_string(&mut head)).is_ok() && head.contains(marker)
 }
 
 fn reader(
@@ -90,12 +83,7 @@ fn reader(
     thread::spawn(move || read_lines(r, kind, ready, Some(tx)))
 }
 
-fn read_lines(
-    r: impl Read,
-    kind: Lines,
-    ready: Option<&str>,
-    tx: Option<mpsc::Sender<()>>,
-) -> Output {
+fn read_lines(r: impl Read, kind: Lines, ready: Option<&str>, tx: Option<mpsc::Sender<()>>) -> Output {
     {
         let mut o = Output::default();
         let mut r = BufReader::with_capacity(1 << 16, r);
@@ -127,20 +115,13 @@ impl Tracer {
     /// process has stayed up for a few seconds).
     pub fn start(cmd: &mut Command, kind: Lines, ready: Option<&'static str>) -> Result<Self> {
         let out_path = out_path();
-        let file =
-            File::create(&out_path).with_context(|| format!("creating {}", out_path.display()))?;
+        let file = File::create(&out_path).with_context(|| format!("creating {}", out_path.display()))?;
         cmd.stdin(Stdio::null()).stdout(file).stderr(Stdio::piped());
         let mut child = cmd.spawn().with_context(|| format!("spawning {cmd:?}"))?;
         let (tx, rx) = mpsc::channel();
         let err = reader(child.stderr.take().expect("piped"), Lines::Keep, ready, tx);
         let pid = child.id();
-        let mut t = Self {
-            child,
-            pid,
-            kind,
-            out_path,
-            err: Some(err),
-        };
+        let mut t = Self { child, pid, kind, out_path, err: Some(err) };
         let deadline = Instant::now() + Duration::from_secs(if ready.is_some() { 90 } else { 5 });
         loop {
             sys::check_interrupted()?;
@@ -149,19 +130,13 @@ impl Tracer {
             }
             if let Some(status) = t.child.try_wait()? {
                 let (_, err) = t.finish_readers();
-                bail!(
-                    "{cmd:?} exited before it was ready ({status}): {}",
-                    err.other.join(" / ")
-                );
+                bail!("{cmd:?} exited before it was ready ({status}): {}", err.other.join(" / "));
             }
             if Instant::now() >= deadline {
                 if ready.is_none() {
                     break;
                 }
-                bail!(
-                    "{cmd:?} did not print {:?} within 90 s",
-                    ready.unwrap_or("")
-                );
+                bail!("{cmd:?} did not print {:?} within 90 s", ready.unwrap_or(""));
             }
             thread::sleep(Duration::from_millis(50));
         }
@@ -170,20 +145,21 @@ impl Tracer {
 
     /// After exit: stdout's lines counted from the file (then removed), stderr's kept.
     fn finish_readers(&mut self) -> (Output, Output) {
-        let err = self
-            .err
-            .take()
-            .map(|h| h.join().unwrap_or_default())
-            .unwrap_or_default();
+        let err = self.err.take().map(|h| h.join().unwrap_or_default()).unwrap_or_default();
         let out = count_lines(&self.out_path, self.kind);
         let _ = std::fs::remove_file(&self.out_path);
         (out, err)
     }
 
     /// SIGINT (what Ctrl-C sends), wait for the exit summary; SIGKILL after 60 s.
-    pub fn stop(mut self) -> Result<(Output, Output)> {
+    pub fn stop(self) -> Result<(Output, Output)> {
         sys::send_signal(self.pid, libc::SIGINT);
-        let deadline = Instant::now() + Duration::from_secs(60);
+        self.wait_exit(Duration::from_secs(60))
+    }
+
+    /// Wait for the tracer to end by itself; SIGKILL after `timeout`.
+    pub fn wait_exit(mut self, timeout: Duration) -> Result<(Output, Output)> {
+        let deadline = Instant::now() + timeout;
         while self.child.try_wait()?.is_none() {
             if Instant::now() >= deadline {
                 let _ = self.child.kill();
@@ -217,11 +193,7 @@ pub struct Sample {
 
 pub fn sample(pid: u32) -> Result<Sample> {
     let (bpf_ns, bpf_progs) = sys::bpf_run_time_ns(pid);
-    Ok(Sample {
-        cpu_s: sys::cpu_seconds(pid)?,
-        bpf_ns,
-        bpf_progs,
-    })
+    Ok(Sample { cpu_s: sys::cpu_seconds(pid)?, bpf_ns, bpf_progs })
 }
 
 #[cfg(test)]
@@ -234,12 +206,7 @@ mod tests {
                     11:33:08 ffff 1 churn 127.0.0.1 900 127.0.1.1 5000 SYN_SENT    -> ESTABLISHED 0\n";
         let o = read_lines(text.as_bytes(), Lines::Tcpstates, None, None);
         assert_eq!((o.event_lines, o.other.len()), (1, 3));
-        let o = read_lines(
-            "{\"a\":1}\n{\"a\":2}\n{\"event\":\"tw_start\"}\n".as_bytes(),
-            Lines::Json,
-            None,
-            None,
-        );
+        let o = read_lines("{\"a\":1}\n{\"a\":2}\n{\"event\":\"tw_start\"}\n".as_bytes(), Lines::Json, None, None);
         assert_eq!((o.event_lines, o.tw_lines), (2, 1));
     }
 }
