@@ -2,6 +2,7 @@
 //!
 //! Builds on the machine's default stable (1.95); installs and invokes the pinned toolchains itself.
 
+mod bench;
 mod bootstrap;
 mod build;
 
@@ -37,6 +38,12 @@ enum Cmd {
     },
     /// Lints: rustfmt check and clippy with warnings denied, userspace and eBPF.
     Lint,
+    /// Benchmarks against the peers (bpftrace, ss -K) in namespaces of its own; see docs/bench.md.
+    Bench {
+        /// One short run per figure (10k sockets for kill and table) instead of 3 runs and 200k.
+        #[arg(long)]
+        quick: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -48,6 +55,7 @@ fn main() -> ExitCode {
         Cmd::Run { args } => bootstrap::all().and_then(|t| build::run_tool(&t, &args)),
         Cmd::Test { args } => bootstrap::all().and_then(|t| build::test(&t, &args)),
         Cmd::Lint => bootstrap::all().and_then(|t| build::lint(&t)),
+        Cmd::Bench { quick } => bootstrap::all().and_then(|t| bench::run(&t, quick)),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,203 @@
+//! Process measurements for the bench: CPU time and peak RSS from /proc, in-kernel BPF run time
+//! from prog fdinfo, wall time and `ru_maxrss` from wait4, and the Ctrl-C flag.
+
+use std::{
+    fs,
+    io::Read,
+    os::unix::process::ExitStatusExt,
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::atomic::{AtomicBool, Ordering},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+/// Ctrl-C / SIGTERM only set a flag: the children (same process group) get the signal too and
+/// stop; the bench then unwinds normally so every namespace guard runs.
+pub fn install_signal_handlers() {
+    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+    unsafe {
+        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
+    }
+}
+
+pub fn check_interrupted() -> Result<()> {
+    if INTERRUPTED.load(Ordering::SeqCst) {
+        bail!("interrupted");
+    }
+    Ok(())
+}
+
+pub fn send_signal(pid: u32, sig: libc::c_int) {
+    // SAFETY: plain kill(2) on a child we started and have not reaped yet.
+    unsafe {
+        libc::kill(pid as libc::pid_t, sig);
+    }
+}
+
+/// utime + stime of a whole process (all threads), in seconds.
+pub fn cpu_seconds(pid: u32) -> Result<f64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).with_context(|| format!("reading /proc/{pid}/stat"))?;
+    // Fields after the command name (which may hold spaces) start at field 3 (state).
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).context("malformed /proc/PID/stat")?;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f.get(11).and_then(|u| u.parse().ok()).context("utime")?;
+    let sticks: u64 = f.get(12).and_then(|s| s.parse().ok()).context("stime")?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    Ok((ticks + sticks) as f64 / hz)
+}
+
+/// Busy CPU time of the whole host so far (all CPUs: user, nice, system, irq, softirq, steal).
+pub fn host_busy_s() -> f64 {
+    let stat = fs::read_to_string("/proc/stat").unwrap_or_default();
+    let busy: u64 = stat
+        .lines()
+        .find(|l| l.starts_with("cpu "))
+        .map(|l| {
+            l.split_whitespace()
+                .skip(1)
+                .enumerate()
+                .filter(|(i, _)| matches!(i, 0 | 1 | 2 | 5 | 6 | 7))
+                .filter_map(|(_, v)| v.parse::<u64>().ok())
+                .sum()
+        })
+        .unwrap_or(0);
+    // SAFETY: sysconf has no preconditions.
+    busy as f64 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64
+}
+
+/// CPU time of the ksoftirqd threads: loopback receive work deferred out of the churn process.
+pub fn ksoftirqd_s() -> f64 {
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return 0.0;
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.starts_with("ksoftirqd")))
+        .filter_map(|pid| cpu_seconds(pid).ok())
+        .sum()
+}
+
+/// Peak resident set (VmHWM) in KiB.
+pub fn vm_hwm_kib(pid: u32) -> Result<u64> {
+    let status =
+        fs::read_to_string(format!("/proc/{pid}/status")).with_context(|| format!("reading /proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no VmHWM in /proc/PID/status")
+}
+
+/// Sum of `run_time_ns` over the BPF programs a process holds open (needs kernel.bpf_stats_enabled=1),
+/// and how many programs that was.
+pub fn bpf_run_time_ns(pid: u32) -> (u64, u32) {
+    let (mut ns, mut progs) = (0, 0);
+    let Ok(dir) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return (0, 0);
+    };
+    for e in dir.flatten() {
+        if fs::read_link(e.path()).is_ok_and(|l| l.to_string_lossy() == "anon_inode:bpf-prog") {
+            let info = fs::read_to_string(format!("/proc/{pid}/fdinfo/{}", e.file_name().to_string_lossy()))
+                .unwrap_or_default();
+            if let Some(v) = info.lines().find_map(|l| l.strip_prefix("run_time_ns:")) {
+                ns += v.trim().parse::<u64>().unwrap_or(0);
+                progs += 1;
+            }
+        }
+    }
+    (ns, progs)
+}
+
+/// Turns `kernel.bpf_stats_enabled` on for the bench and restores the old value on drop.
+pub struct BpfStats {
+    old: String,
+}
+
+const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+impl BpfStats {
+    pub fn enable() -> Option<Self> {
+        let old = fs::read_to_string(BPF_STATS).ok()?.trim().to_owned();
+        fs::write(BPF_STATS, "1").ok()?;
+        Some(Self { old })
+    }
+}
+
+impl Drop for BpfStats {
+    fn drop(&mut self) {
+        let _ = fs::write(BPF_STATS, &self.old);
+    }
+}
+
+/// A finished one-shot command: exit status, wall time, peak RSS and stderr.
+#[derive(Debug)]
+pub struct Measured {
+    pub status: ExitStatus,
+    pub wall: Duration,
+    pub maxrss_kib: u64,
+    /// User + system CPU time of the child (ru_utime + ru_stime).
+    pub cpu_s: f64,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+fn drain(mut r: impl Read + Send + 'static) -> thread::JoinHandle<String> {
+    thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = r.read_to_end(&mut buf);
+        String::from_utf8_lossy(&buf).into_owned()
+    })
+}
+
+/// Run a command to completion; wall time from spawn to reap, `ru_maxrss` from wait4.
+/// stdout is kept only when `keep_stdout` (a kill listing 200k sockets is thrown away).
+pub fn run_measured(cmd: &mut Command, keep_stdout: bool) -> Result<Measured> {
+    cmd.stdin(Stdio::null()).stderr(Stdio::piped());
+    cmd.stdout(if keep_stdout { Stdio::piped() } else { Stdio::null() });
+    let start = Instant::now();
+    let mut child: Child = cmd.spawn().with_context(|| format!("spawning {cmd:?}"))?;
+    let out = child.stdout.take().map(drain);
+    let err = child.stderr.take().map(drain);
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is a valid value for wait4 to fill in.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    let pid = child.id() as libc::pid_t;
+    // SAFETY: wait4 on our own unreaped child with valid out-pointers.
+    let r = loop {
+        let r = unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
+        if r >= 0 || std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+            break r;
+        }
+    };
+    let wall = start.elapsed();
+    if r < 0 {
+        bail!("wait4 on {cmd:?}: {}", std::io::Error::last_os_error());
+    }
+    Ok(Measured {
+        status: ExitStatus::from_raw(status),
+        wall,
+        maxrss_kib: ru.ru_maxrss.max(0) as u64,
+        cpu_s: [ru.ru_utime, ru.ru_stime].iter().map(|t| t.tv_sec as f64 + t.tv_usec as f64 / 1e6).sum(),
+        stdout: out.map(|h| h.join().unwrap_or_default()).unwrap_or_default(),
+        stderr: err.map(|h| h.join().unwrap_or_default()).unwrap_or_default(),
+    })
+}
+
+/// Run a command and return its stdout; fail with its stderr.
+pub fn output(cmd: &mut Command) -> Result<String> {
+    let out = cmd.stdin(Stdio::null()).output().with_context(|| format!("spawning {cmd:?}"))?;
+    if !out.status.success() {
+        bail!("{cmd:?} failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}

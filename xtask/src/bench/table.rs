@@ -1,0 +1,159 @@
+//! Table: twreset's memory while it tracks N TIME_WAIT sockets and the time to seed its table from
+//! them, both as the difference between a snapshot of N sockets and one of an empty namespace.
+
+use std::{path::Path, process::Command};
+
+use anyhow::Result;
+use serde_json::{Value, json};
+
+use super::{Caps, churn, ns::Ns, sys};
+
+const PEERS: [&str; 2] = ["127.0.0.30", "127.0.0.31"];
+
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    pub sockets: u64,
+    pub wall_s: f64,
+    pub maxrss_kib: u64,
+    /// TIME_WAIT sockets the snapshot itself reported, when its JSON says so.
+    pub reported: Option<u64>,
+    pub exit: Option<i32>,
+    pub stderr: String,
+}
+
+impl Snapshot {
+    fn json(&self) -> Value {
+        json!({ "time_wait_sockets": self.sockets, "wall_s": self.wall_s, "peak_rss_kib": self.maxrss_kib,
+                "reported_by_twreset": self.reported, "exit_status": self.exit, "stderr": self.stderr.trim() })
+    }
+}
+
+pub struct Outcome {
+    pub n: u64,
+    pub na: Option<String>,
+    pub empty: Snapshot,
+    pub full: Snapshot,
+}
+
+impl Outcome {
+    /// RSS beyond the base per tracked socket.
+    pub fn bytes_per_socket(&self) -> Option<f64> {
+        (self.na.is_none() && self.full.sockets > 0)
+            .then(|| (self.full.maxrss_kib as f64 - self.empty.maxrss_kib as f64) * 1024.0 / self.full.sockets as f64)
+    }
+    /// Snapshot time beyond the empty snapshot's (attach and settle cost the same in both).
+    pub fn seed_s(&self) -> Option<f64> {
+        self.na.is_none().then_some(self.full.wall_s - self.empty.wall_s)
+    }
+    pub fn json(&self) -> Value {
+        json!({ "n": self.n, "na": self.na, "empty": self.empty.json(), "full": self.full.json(),
+                "bytes_per_socket": self.bytes_per_socket(), "seed_s": self.seed_s() })
+    }
+}
+
+/// A total TIME_WAIT count in `twreset tw --json` output, wherever the schema puts it: a
+/// `totals` object's `count`/`time_wait`/`total`, else the sum of `count` over the first list.
+fn reported(v: &Value) -> Option<u64> {
+    fn totals(v: &Value) -> Option<u64> {
+        match v {
+            Value::Object(m) => {
+                if let Some(t) = m.get("totals").or_else(|| m.get("total")) {
+                    if let Some(n) = t.as_u64() {
+                        return Some(n);
+                    }
+                    for k in ["count", "time_wait", "total"] {
+                        if let Some(n) = t.get(k).and_then(Value::as_u64) {
+                            return Some(n);
+                        }
+                    }
+                }
+                m.values().find_map(totals)
+            }
+            Value::Array(a) => a.iter().find_map(totals),
+            _ => None,
+        }
+    }
+    fn first_list_sum(v: &Value) -> Option<u64> {
+        match v {
+            Value::Array(a) if a.iter().any(|e| e.get("count").is_some()) => {
+                Some(a.iter().filter_map(|e| e.get("count").and_then(Value::as_u64)).sum())
+            }
+            Value::Object(m) => m.values().find_map(first_list_sum),
+            _ => None,
+        }
+    }
+    totals(v).or_else(|| first_list_sum(v))
+}
+
+fn snapshot(ns: &Ns, twreset: &Path) -> Result<Snapshot> {
+    let sockets = ns.time_wait_all()?;
+    let mut cmd = Command::new(twreset);
+    cmd.args(["tw", "--json", "--netns"]).arg(ns.path());
+    let m = sys::run_measured(&mut cmd, true)?;
+    sys::check_interrupted()?;
+    Ok(Snapshot {
+        sockets,
+        wall_s: m.wall.as_secs_f64(),
+        maxrss_kib: m.maxrss_kib,
+        reported: serde_json::from_str::<Value>(&m.stdout).ok().as_ref().and_then(reported),
+        exit: m.status.code(),
+        stderr: m.stderr.chars().take(2000).collect(),
+    })
+}
+
+/// The outcome of a bench run without the table section.
+pub fn skipped(n: u64) -> Outcome {
+    Outcome { n, na: Some("skipped".into()), empty: Snapshot::default(), full: Snapshot::default() }
+}
+
+pub fn bench(n: u64, churn_bin: &Path, twreset: &Path, caps: &Caps) -> Result<Outcome> {
+    let mut o = Outcome { n, na: None, empty: Snapshot::default(), full: Snapshot::default() };
+    if !caps.tw {
+        o.na = Some("n/a (not built): this twreset has no `tw`".into());
+        return Ok(o);
+    }
+    eprintln!("bench: table snapshot of an empty namespace and of {n} TIME_WAIT sockets");
+    let empty = Ns::new("table0")?;
+    o.empty = snapshot(&empty, twreset)?;
+    drop(empty);
+    let ns = Ns::new("table")?;
+    for (i, peer) in PEERS.iter().enumerate() {
+        let share = n / PEERS.len() as u64 + u64::from(i == 0) * (n % PEERS.len() as u64);
+        churn::run(
+            churn_bin,
+            &ns,
+            &[
+                "--threads",
+                "4",
+                "--mode",
+                "client",
+                "--count",
+                &share.to_string(),
+                "--dst",
+                peer,
+                "--src",
+                "127.0.1.1:16",
+                "--ports",
+                "900:8",
+            ],
+        )?;
+    }
+    o.full = snapshot(&ns, twreset)?;
+    if o.full.exit != Some(0) || o.empty.exit != Some(0) {
+        o.na = Some(format!("twreset tw failed: {}", o.full.stderr.trim().lines().last().unwrap_or("")));
+    }
+    Ok(o)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_totals() {
+        assert_eq!(reported(&json!({"peers": [{"count": 3}], "totals": {"count": 7}})), Some(7));
+        assert_eq!(reported(&json!({"peers": [{"count": 3}, {"count": 4}]})), Some(7));
+        assert_eq!(reported(&json!([{"raddr": "x", "count": 2}])), Some(2));
+        assert_eq!(reported(&json!({"x": 1})), None);
+    }
+}

@@ -1,0 +1,372 @@
+//! Tracing overhead and loss: the same fixed-duration churn with no tracer, bpftrace printing
+//! every transition, bpftrace counting in the kernel, `twreset trace --json`, and twreset's table
+//! keeping, in turn, repeated; each in a fresh namespace so TIME_WAIT sockets never pile up.
+
+use std::{path::Path, process::Command, thread, time::Duration};
+
+use anyhow::{Context, Result};
+use serde_json::{Value, json};
+
+use super::{
+    Caps,
+    churn::{self, Churned},
+    median,
+    ns::Ns,
+    parse::{bpftrace_lost, map_sum, tw_totals, twreset_summary},
+    sys,
+    tracer::{self, Lines, Output, Tracer},
+};
+
+const TCPSTATES_BT: &str = include_str!("scripts/tcpstates.bt");
+const TCPCOUNT_BT: &str = include_str!("scripts/tcpcount.bt");
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Kind {
+    NoTracer,
+    BpftracePrint,
+    BpftraceCount,
+    TwresetTrace,
+    TwresetLifecycle,
+    TwresetTable,
+}
+
+pub const KINDS: [Kind; 6] = [
+    Kind::NoTracer,
+    Kind::BpftracePrint,
+    Kind::BpftraceCount,
+    Kind::TwresetTrace,
+    Kind::TwresetLifecycle,
+    Kind::TwresetTable,
+];
+
+impl Kind {
+    pub fn label(self) -> &'static str {
+        match self {
+            Kind::NoTracer => "no tracer",
+            Kind::BpftracePrint => "bpftrace tcpstates (print)",
+            Kind::BpftraceCount => "bpftrace count (in-kernel)",
+            Kind::TwresetTrace => "twreset trace --json",
+            Kind::TwresetLifecycle => "twreset trace --timewait --json",
+            Kind::TwresetTable => "twreset table (agent)",
+        }
+    }
+}
+
+pub struct Cfg {
+    pub runs: usize,
+    pub seconds: f64,
+    pub threads: usize,
+}
+
+/// Transitions the state tracepoint reports per connection, by close side, measured once.
+#[derive(Clone, Copy, Debug)]
+pub struct PerConn {
+    pub client_close: f64,
+    pub server_close: f64,
+}
+
+impl PerConn {
+    /// Transitions a churn run caused: per connection, plus CLOSE->LISTEN->CLOSE per listener.
+    pub fn expected(&self, c: &Churned) -> u64 {
+        (c.client_close as f64 * self.client_close + c.server_close as f64 * self.server_close).round() as u64
+            + 2 * c.listeners
+    }
+}
+
+/// One measured run of one variant.
+#[derive(Debug, Default, Clone)]
+pub struct Run {
+    pub churn: Churned,
+    pub expected: u64,
+    pub seen: Option<u64>,
+    pub lost: Option<u64>,
+    pub cpu_s: Option<f64>,
+    pub bpf_s: Option<f64>,
+    pub bpf_progs: u32,
+    pub hwm_kib: Option<u64>,
+    /// The tracer's own closing words about loss (twreset's summary, bpftrace's `Lost` lines).
+    pub loss_note: Option<String>,
+    /// TIME_WAIT lifecycle events printed (`trace --timewait`), beside the transitions.
+    pub tw_events: Option<u64>,
+    /// Host CPU time during the churn not used by the churn or the tracer: the other tenants'
+    /// share (an estimate; BPF time in softirq may land here too).
+    pub others_cpu_s: Option<f64>,
+}
+
+impl Run {
+    /// Host CPU the tracer costs: its own user+sys time plus its programs' in-kernel run time.
+    pub fn total_cpu_s(&self) -> Option<f64> {
+        self.cpu_s.map(|c| c + self.bpf_s.unwrap_or(0.0))
+    }
+    pub fn per_million(&self, secs: Option<f64>) -> Option<f64> {
+        secs.map(|s| s / (self.expected.max(1) as f64 / 1e6))
+    }
+    fn json(&self) -> Value {
+        json!({
+            "churn": self.churn.json(), "expected_transitions": self.expected, "seen": self.seen, "lost_reported": self.lost,
+            "tracer_cpu_s": self.cpu_s, "bpf_run_s": self.bpf_s, "bpf_progs": self.bpf_progs, "peak_rss_kib": self.hwm_kib,
+            "loss_note": self.loss_note,
+            "tw_lifecycle_events": self.tw_events,
+            "others_cpu_s": self.others_cpu_s,
+        })
+    }
+}
+
+/// A variant's runs and medians; `na` says why it could not run.
+pub struct Outcome {
+    pub kind: Kind,
+    pub na: Option<String>,
+    pub runs: Vec<Run>,
+}
+
+impl Outcome {
+    pub fn med(&self, f: impl Fn(&Run) -> Option<f64>) -> Option<f64> {
+        median(self.runs.iter().filter_map(f).collect())
+    }
+    pub fn conn_per_s(&self) -> Option<f64> {
+        self.med(|r| Some(r.churn.conn_per_s))
+    }
+    pub fn cpu_per_m(&self) -> Option<f64> {
+        self.med(|r| r.per_million(r.total_cpu_s()))
+    }
+    /// Events not delivered: what the tool says it lost, or what is missing from what it showed,
+    /// whichever is larger (median over runs).
+    pub fn lost(&self) -> Option<f64> {
+        // bpftrace's `Lost N events` counts perf records, and tcpstates emits two per transition
+        // (time() and printf()): only the independent count is in transitions there.
+        let own = |r: &Run| {
+            if self.kind == Kind::BpftracePrint { None } else { r.lost }
+        };
+        self.med(|r| {
+            let missing = r.seen.map(|s| r.expected.saturating_sub(s));
+            match (own(r), missing) {
+                (None, None) => None,
+                (a, b) => Some(a.unwrap_or(0).max(b.unwrap_or(0)) as f64),
+            }
+        })
+    }
+    pub fn hwm_kib(&self) -> Option<f64> {
+        self.med(|r| r.hwm_kib.map(|k| k as f64))
+    }
+    pub fn json(&self) -> Value {
+        json!({
+            "variant": self.kind.label(), "na": self.na, "runs": self.runs.iter().map(Run::json).collect::<Vec<_>>(),
+            "median": { "conn_per_s": self.conn_per_s(), "cpu_s_per_million": self.cpu_per_m(),
+                        "tracer_cpu_s_per_million": self.med(|r| r.per_million(r.cpu_s)),
+                        "bpf_s_per_million": self.med(|r| r.per_million(r.bpf_s)),
+                        "lost": self.lost(), "peak_rss_kib": self.hwm_kib() },
+        })
+    }
+}
+
+fn bpftrace(script: &str, ns: &Ns) -> Result<Command> {
+    let mut c = Command::new("bpftrace");
+    c.arg("-e").arg(script.replace("NSINUM", &ns.inum()?.to_string()));
+    Ok(c)
+}
+
+/// How long a self-ending table mode must keep its table: the 5 s wait for a tracer without a
+/// ready marker, the churn, the 1 s drain, and a margin for a loaded machine.
+fn settle_s(cfg: &Cfg) -> f64 {
+    5.0 + 0.5 + cfg.seconds + 1.0 + 5.0
+}
+
+/// The tracer command for a variant, with how its stdout is read and what marks it ready.
+fn command(
+    kind: Kind,
+    cfg: &Cfg,
+    ns: &Ns,
+    caps: &Caps,
+    twreset: &Path,
+) -> Result<Option<(Command, Lines, Option<&'static str>)>> {
+    let path = ns.path();
+    Ok(match kind {
+        Kind::NoTracer => None,
+        Kind::BpftracePrint => Some((bpftrace(TCPSTATES_BT, ns)?, Lines::Tcpstates, Some("Tracing TCP"))),
+        Kind::BpftraceCount => Some((bpftrace(TCPCOUNT_BT, ns)?, Lines::Keep, Some("Tracing TCP"))),
+        Kind::TwresetTrace => {
+            let mut c = Command::new(twreset);
+            c.args(["trace", "--json", "--netns"]).arg(&path);
+            Some((c, Lines::Json, Some("tracing TCP")))
+        }
+        Kind::TwresetLifecycle => {
+            let mut c = Command::new(twreset);
+            c.args(["trace", "--timewait", "--json", "--netns"]).arg(&path);
+            Some((c, Lines::Json, Some("tracing TCP")))
+        }
+        Kind::TwresetTable => {
+            let args = caps.table_agent(&path, settle_s(cfg)).context("no table-keeping mode in this twreset")?;
+            let mut c = Command::new(twreset);
+            c.args(args);
+            Some((c, Lines::Keep, None))
+        }
+    })
+}
+
+fn interpret(kind: Kind, out: &Output, err: &Output, run: &mut Run) {
+    let notes: Vec<&str> = out
+        .other
+        .iter()
+        .chain(&err.other)
+        .map(String::as_str)
+        .filter(|l| l.contains("Lost ") || l.contains(" events seen, "))
+        .collect();
+    run.loss_note = (!notes.is_empty()).then(|| notes.join(" / "));
+    match kind {
+        Kind::NoTracer => {}
+        Kind::BpftracePrint => {
+            run.seen = Some(out.event_lines);
+            run.lost = Some(bpftrace_lost(&out.other) + bpftrace_lost(&err.other));
+        }
+        Kind::BpftraceCount => {
+            run.seen = Some(map_sum(&out.other));
+            run.lost = Some(bpftrace_lost(&out.other) + bpftrace_lost(&err.other));
+        }
+        Kind::TwresetTrace | Kind::TwresetLifecycle | Kind::TwresetTable => {
+            if kind != Kind::TwresetTable {
+                run.seen = Some(out.event_lines);
+            }
+            if kind == Kind::TwresetLifecycle {
+                run.tw_events = Some(out.tw_lines);
+            }
+            if let Some((seen, lost)) = twreset_summary(&err.other) {
+                run.seen = Some(run.seen.map_or(seen, |s| s.min(seen)));
+                run.lost = Some(lost);
+            }
+            if kind == Kind::TwresetTable
+                && let Some(t) = tw_totals(&out.other.join("\n"))
+            {
+                run.lost = Some(t.lost);
+                run.loss_note = Some(format!("tw totals: lost {}, drift {}, resyncs {}", t.lost, t.drift, t.resyncs));
+            }
+        }
+    }
+}
+
+/// One run: fresh namespace, tracer attached and ready, churn for the configured time, a second
+/// for the tracer to drain, then samples and SIGINT.
+fn one(kind: Kind, cfg: &Cfg, per: PerConn, churn_bin: &Path, twreset: &Path, caps: &Caps) -> Result<Run> {
+    let ns = Ns::new("trace")?;
+    let tracer = match command(kind, cfg, &ns, caps, twreset)? {
+        Some((mut cmd, lines, ready)) => Some(Tracer::start(&mut cmd, lines, ready)?),
+        None => None,
+    };
+    thread::sleep(Duration::from_millis(500));
+    let before = tracer.as_ref().map(|t| tracer::sample(t.pid)).transpose()?;
+    let threads = cfg.threads.to_string();
+    let secs = cfg.seconds.to_string();
+    let (busy0, soft0) = (sys::host_busy_s(), sys::ksoftirqd_s());
+    let c = churn::run(churn_bin, &ns, &["--threads", &threads, "--seconds", &secs])?;
+    // Deferred loopback softirq work belongs to the churn, not to the other tenants.
+    let busy = sys::host_busy_s() - busy0 - (sys::ksoftirqd_s() - soft0);
+    let tracer_cpu = match (&tracer, before) {
+        (Some(t), Some(b)) => sys::cpu_seconds(t.pid).map_or(0.0, |c| c - b.cpu_s),
+        _ => 0.0,
+    };
+    let mut run = Run {
+        others_cpu_s: Some((busy - c.cpu_s - tracer_cpu).max(0.0)),
+        expected: per.expected(&c),
+        churn: c,
+        ..Run::default()
+    };
+    if let (Some(t), Some(b)) = (tracer, before) {
+        thread::sleep(Duration::from_secs(1));
+        let after = tracer::sample(t.pid)?;
+        run.hwm_kib = sys::vm_hwm_kib(t.pid).ok();
+        run.cpu_s = Some(after.cpu_s - b.cpu_s);
+        run.bpf_progs = after.bpf_progs;
+        run.bpf_s = (after.bpf_progs > 0).then(|| after.bpf_ns.saturating_sub(b.bpf_ns) as f64 / 1e9);
+        let (out, err) = if kind == Kind::TwresetTable && caps.table_agent_ends() {
+            t.wait_exit(Duration::from_secs_f64(settle_s(cfg) + 60.0))?
+        } else {
+            t.stop()?
+        };
+        interpret(kind, &out, &err, &mut run);
+    }
+    sys::check_interrupted()?;
+    Ok(run)
+}
+
+/// Transitions per connection, client-close and server-close apart, counted by bpftrace in the
+/// kernel from small runs (an independent count: not the tool under test).
+pub fn calibrate(churn_bin: &Path) -> Result<PerConn> {
+    let mut per = [0.0; 2];
+    for (i, mode) in ["client", "server"].into_iter().enumerate() {
+        let ns = Ns::new("calib")?;
+        let t = Tracer::start(&mut bpftrace(TCPCOUNT_BT, &ns)?, Lines::Keep, Some("Tracing TCP"))?;
+        let c = churn::run(churn_bin, &ns, &["--threads", "2", "--count", "2000", "--mode", mode])?;
+        thread::sleep(Duration::from_millis(500));
+        let (out, _) = t.stop()?;
+        let events = map_sum(&out.other);
+        per[i] = events.saturating_sub(2 * c.listeners) as f64 / c.connections.max(1) as f64;
+        eprintln!(
+            "bench: {mode}-close: {events} transitions for {} connections and {} listeners",
+            c.connections, c.listeners
+        );
+    }
+    // Each close side walks a fixed path through the state machine, so the true figure is a whole
+    // number; the counter itself can come out a hair low (a BPF program skipped on recursion when
+    // the tracepoint fires from softirq on top of itself), which rounding removes.
+    let whole = |v: f64| {
+        if (v - v.round()).abs() < 0.01 { v.round() } else { v }
+    };
+    Ok(PerConn { client_close: whole(per[0]), server_close: whole(per[1]) })
+}
+
+/// Outcomes of a bench run without the tracing section.
+pub fn skipped() -> Vec<Outcome> {
+    KINDS.iter().map(|&kind| Outcome { kind, na: Some("skipped".into()), runs: Vec::new() }).collect()
+}
+
+/// Every variant, `cfg.runs` times, interleaved so slow drift of the machine hits all alike;
+/// the no-tracer reference opens and closes every round.
+pub fn bench(cfg: &Cfg, per: PerConn, churn_bin: &Path, twreset: &Path, caps: &Caps) -> Result<Vec<Outcome>> {
+    let mut outs: Vec<Outcome> = KINDS.iter().map(|&kind| Outcome { kind, na: None, runs: Vec::new() }).collect();
+    for o in &mut outs {
+        if o.kind == Kind::TwresetTable && caps.table_agent(Path::new("/"), 0.0).is_none() {
+            o.na = Some("n/a (not built): this twreset has no table-keeping mode".into());
+        }
+        if o.kind == Kind::TwresetLifecycle && !caps.trace_timewait {
+            o.na = Some("n/a (not built): this twreset has no `trace --timewait`".into());
+        }
+    }
+    for r in 0..cfg.runs {
+        for o in outs.iter_mut().filter(|o| o.na.is_none()) {
+            eprintln!("bench: trace run {}/{}: {}", r + 1, cfg.runs, o.kind.label());
+            match one(o.kind, cfg, per, churn_bin, twreset, caps) {
+                Ok(run) => o.runs.push(run),
+                Err(e) => {
+                    sys::check_interrupted()?;
+                    eprintln!("bench: {}: {e:#}", o.kind.label());
+                    o.na = Some(format!("failed: {e:#}"));
+                }
+            }
+        }
+        // The other helpers on a shared machine come and go: a second no-tracer run closes each
+        // round, so the reference rate brackets the tracers instead of preceding them only.
+        eprintln!("bench: trace run {}/{}: no tracer (closing the round)", r + 1, cfg.runs);
+        outs[0].runs.push(one(Kind::NoTracer, cfg, per, churn_bin, twreset, caps)?);
+    }
+    Ok(outs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expected_transitions() {
+        let per = PerConn { client_close: 10.0, server_close: 10.0 };
+        let c = Churned { client_close: 3, server_close: 4, listeners: 8, ..Churned::default() };
+        assert_eq!(per.expected(&c), 70 + 16);
+    }
+
+    #[test]
+    fn lost_is_the_larger_of_reported_and_missing() {
+        let run = |seen, lost| Run { expected: 100, seen: Some(seen), lost: Some(lost), ..Run::default() };
+        let o = Outcome { kind: Kind::TwresetTrace, na: None, runs: vec![run(95, 2)] };
+        assert_eq!(o.lost(), Some(5.0));
+        let o = Outcome { kind: Kind::TwresetTrace, na: None, runs: vec![run(100, 3)] };
+        assert_eq!(o.lost(), Some(3.0));
+    }
+}
