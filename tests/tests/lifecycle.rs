@@ -93,3 +93,24 @@ fn closed_pipe_exits_quietly_with_0() {
     assert_eq!(status.code(), Some(0), "{err}");
     assert!(!err.contains("Broken pipe") && !err.contains("panicked") && !err.contains("error"), "{err}");
 }
+
+#[test]
+fn mounts_tracefs_when_missing() {
+    if !privileged("mounts_tracefs") {
+        return;
+    }
+    // A private mount namespace without tracefs: the host's mounts stay untouched.
+    let script = format!(
+        "umount -l /sys/kernel/tracing 2>/dev/null; umount -l /sys/kernel/debug/tracing 2>/dev/null; \
+         test ! -d /sys/kernel/tracing/events || exit 97; \
+         timeout --preserve-status -s INT 3 {} trace --json >/dev/null; rc=$?; \
+         test -d /sys/kernel/tracing/events || exit 98; exit $rc",
+        bin().display()
+    );
+    let out = Command::new("unshare").args(["--mount", "--propagation", "private", "sh", "-c", &script]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(97), "could not unmount tracefs in the test's mount namespace");
+    assert_ne!(out.status.code(), Some(98), "twreset did not mount tracefs: {err}");
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("events seen"), "{err}");
+}
