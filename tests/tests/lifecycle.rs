@@ -107,7 +107,8 @@ fn mounts_tracefs_when_missing() {
          test -d /sys/kernel/tracing/events || exit 98; exit $rc",
         bin().display()
     );
-    let out = Command::new("unshare").args(["--mount", "--propagation", "private", "sh", "-c", &script]).output().unwrap();
+    let out =
+        Command::new("unshare").args(["--mount", "--propagation", "private", "sh", "-c", &script]).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_ne!(out.status.code(), Some(97), "could not unmount tracefs in the test's mount namespace");
     assert_ne!(out.status.code(), Some(98), "twreset did not mount tracefs: {err}");

@@ -67,16 +67,12 @@ fn parse(args: &[String]) -> Result<Opts, String> {
             "--seconds" => o.seconds = val.parse().map_err(|_| bad("not a number"))?,
             "--count" => o.count = Some(val.parse().map_err(|_| bad("not a number"))?),
             "--ports" => {
-                let (b, n) = val
-                    .split_once(':')
-                    .ok_or_else(|| bad("expected BASE:COUNT"))?;
+                let (b, n) = val.split_once(':').ok_or_else(|| bad("expected BASE:COUNT"))?;
                 o.port_base = b.parse().map_err(|_| bad("bad base port"))?;
                 o.ports = n.parse().map_err(|_| bad("bad port count"))?;
             }
             "--src" => {
-                let (ip, n) = val
-                    .split_once(':')
-                    .ok_or_else(|| bad("expected FIRST_IP:COUNT"))?;
+                let (ip, n) = val.split_once(':').ok_or_else(|| bad("expected FIRST_IP:COUNT"))?;
                 o.src_first = ip.parse().map_err(|_| bad("bad IPv4 address"))?;
                 o.srcs = n.parse().map_err(|_| bad("bad count"))?;
             }
@@ -136,12 +132,7 @@ mod sys {
     }
 
     fn sockaddr(ip: Ipv4Addr, port: u16) -> SockaddrIn {
-        SockaddrIn {
-            family: AF_INET as u16,
-            port_be: port.to_be(),
-            addr: ip.octets(),
-            zero: [0; 8],
-        }
+        SockaddrIn { family: AF_INET as u16, port_be: port.to_be(), addr: ip.octets(), zero: [0; 8] }
     }
 
     /// A connected TCP socket from `src` (port chosen by connect) to `dst:port`; returns its fd.
@@ -157,13 +148,7 @@ mod sys {
             let one: i32 = 1;
             let src_sa = sockaddr(src, 0);
             let dst_sa = sockaddr(dst, port);
-            let ok = setsockopt(
-                fd,
-                IPPROTO_IP,
-                IP_BIND_ADDRESS_NO_PORT,
-                (&one as *const i32).cast(),
-                4,
-            ) == 0
+            let ok = setsockopt(fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, (&one as *const i32).cast(), 4) == 0
                 && bind(fd, &src_sa, len) == 0
                 && connect(fd, &dst_sa, len) == 0;
             if !ok {
@@ -215,10 +200,8 @@ fn client(o: &Opts, id: usize, c: &Counters, deadline: Instant) {
         // Every thread walks all ports in turn (so `mixed` alternates close sides within a thread)
         // and moves to the next source address after each round.
         let port_index = ((k + id as u64) % u64::from(o.ports)) as u16;
-        let src = Ipv4Addr::from(
-            u32::from(o.src_first)
-                + ((k / u64::from(o.ports) + id as u64) % u64::from(o.srcs)) as u32,
-        );
+        let src =
+            Ipv4Addr::from(u32::from(o.src_first) + ((k / u64::from(o.ports) + id as u64) % u64::from(o.srcs)) as u32);
         k += 1;
         let fd = match sys::connect_from(src, o.dst, o.port_base + port_index) {
             Ok(fd) => fd,
@@ -284,10 +267,7 @@ fn run(o: Opts) -> io::Result<()> {
         }
         let _ = h.join();
     }
-    let (cc, sc) = (
-        c.client_close.load(Ordering::Relaxed),
-        c.server_close.load(Ordering::Relaxed),
-    );
+    let (cc, sc) = (c.client_close.load(Ordering::Relaxed), c.server_close.load(Ordering::Relaxed));
     println!(
         "{{\"connections\":{},\"client_close\":{cc},\"server_close\":{sc},\"listeners\":{},\"errors\":{},\"seconds\":{secs:.4},\"conn_per_s\":{:.1},\"threads\":{}}}",
         cc + sc,
@@ -331,28 +311,15 @@ mod tests {
 
     #[test]
     fn options() {
-        let o = parse(&args("--threads 2 --count 100 --ports 1000:4 --src 127.0.2.1:3 --dst 127.0.0.9 --mode server")).unwrap();
-        assert_eq!(
-            (o.threads, o.count, o.port_base, o.ports, o.srcs),
-            (2, Some(100), 1000, 4, 3)
-        );
-        assert_eq!(
-            (o.src_first, o.dst),
-            (Ipv4Addr::new(127, 0, 2, 1), Ipv4Addr::new(127, 0, 0, 9))
-        );
+        let o = parse(&args("--threads 2 --count 100 --ports 1000:4 --src 127.0.2.1:3 --dst 127.0.0.9 --mode server"))
+            .unwrap();
+        assert_eq!((o.threads, o.count, o.port_base, o.ports, o.srcs), (2, Some(100), 1000, 4, 3));
+        assert_eq!((o.src_first, o.dst), (Ipv4Addr::new(127, 0, 2, 1), Ipv4Addr::new(127, 0, 0, 9)));
         assert!(o.mode == Mode::Server);
-        assert!(
-            parse(&args("--ports 65535:2"))
-                .unwrap_err()
-                .contains("65535")
-        );
+        assert!(parse(&args("--ports 65535:2")).unwrap_err().contains("65535"));
         assert!(parse(&args("--threads 0")).is_err());
         assert!(parse(&args("--mode sideways")).is_err());
-        assert!(
-            parse(&args("--threads"))
-                .unwrap_err()
-                .contains("needs a value")
-        );
+        assert!(parse(&args("--threads")).unwrap_err().contains("needs a value"));
         assert!(parse(&args("--bogus 1")).unwrap_err().contains("unknown"));
     }
 
