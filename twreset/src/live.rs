@@ -3,27 +3,16 @@
 //!
 //! The inputs are parameters so `tw` and `top` run the same way from the kernel or from a test.
 
-use std::{
-    collections::HashMap,
-    error::Error as StdError,
-    path::Path,
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
-    time::Duration,
-};
+use std::{collections::HashMap, error::Error as StdError, path::Path, time::Duration};
 
 use tokio::sync::mpsc;
 
 use crate::{
     cli::NetnsScope,
-    diag,
     kernel::netns::{self, Netns, NetnsError},
     sock::DiagSocket,
     table::{By, Connected, Drift, PortRange, PortRanges, Snapshot, Sort, Table, ViewConfig, pressure::PressureError},
     tw_event::TwEvent,
-    twfeed::{FeedError, TwFeed},
 };
 
 /// A sock_diag dump of every socket in scope (TIME_WAIT and the others, for port pressure).
@@ -43,11 +32,6 @@ pub struct Feed {
 
 #[derive(Debug, thiserror::Error)]
 pub enum LiveError {
-    #[error("starting the kernel feed")]
-    Kernel {
-        #[source]
-        source: FeedError,
-    },
     #[error("sock_diag dump failed")]
     Dump {
         #[source]
@@ -111,87 +95,6 @@ pub fn port_ranges(scope: &NetnsScope) -> Result<PortRanges, LiveError> {
         }
     }
     Ok(PortRanges { default, per_ns })
-}
-
-/// The kernel feed: the TIME_WAIT lifecycle programs attached and streaming into a channel
-/// (before the first dump, so no socket falls between the seed and the events), a sock_diag dump
-/// of every namespace in scope, and the probe's loss counter.
-pub fn kernel_feed(_command: &'static str, scope: &NetnsScope) -> Result<Feed, LiveError> {
-    let ranges = port_ranges(scope)?;
-    let cookies = match scope {
-        NetnsScope::All => None,
-        NetnsScope::Current => Some(vec![netns::current_cookie().map_err(|source| LiveError::Netns { source })?]),
-        NetnsScope::Paths(list) => Some(
-            list.iter()
-                .map(|n| n.cookie())
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|source| LiveError::Netns { source })?,
-        ),
-    };
-    let mut source = TwFeed::start(cookies).map_err(|source| LiveError::Kernel { source })?;
-    let (tx, events) = mpsc::channel(1 << 16);
-    let lost = Arc::new(AtomicU64::new(0));
-    let lost_w = lost.clone();
-    tokio::spawn(async move {
-        let mut batch = Vec::with_capacity(4096);
-        let mut tick = tokio::time::interval(Duration::from_millis(500));
-        loop {
-            tokio::select! {
-                r = source.next_batch(&mut batch) => {
-                    if let Err(e) = r {
-                        tracing::error!("kernel feed stopped: {e:#}");
-                        return;
-                    }
-                    for ev in batch.drain(..) {
-                        if tx.send(ev).await.is_err() {
-                            return; // the table's owner is gone
-                        }
-                    }
-                }
-                _ = tick.tick() => {}
-            }
-            if let Ok(l) = source.loss() {
-                lost_w.store(l.lost(), Ordering::Relaxed);
-            }
-            source.flush_logs();
-        }
-    });
-    let paths: Option<Vec<std::path::PathBuf>> = match scope {
-        NetnsScope::All => None,
-        NetnsScope::Current => Some(Vec::new()),
-        NetnsScope::Paths(list) => Some(list.iter().map(|n| n.path.clone()).collect()),
-    };
-    let dump: DumpFn = Box::new(move || dump_scope(paths.as_deref()).map_err(|e| Box::new(e) as _));
-    Ok(Feed { events, dump, lost: Box::new(move || lost.load(Ordering::Relaxed)), ranges })
-}
-
-/// Every TCP socket of the scope: `None` = all namespaces (enumerated anew each time, so deleted
-/// ones are not held open), empty = the current one.
-fn dump_scope(paths: Option<&[std::path::PathBuf]>) -> Result<Vec<DiagSocket>, DumpError> {
-    let targets: Vec<Netns> = match paths {
-        None => crate::kill::targets::all().into_iter().filter_map(|t| t.netns).collect(),
-        Some([]) => return diag::dump(&[]).map_err(DumpError::Diag),
-        Some(list) => list.iter().map(|p| Netns::open(p)).collect::<Result<_, _>>().map_err(DumpError::Netns)?,
-    };
-    let mut all = Vec::new();
-    for ns in &targets {
-        match ns.run(|| diag::dump(&[])) {
-            Ok(Ok(mut v)) => all.append(&mut v),
-            // A namespace that vanished while we looked has no sockets left to count.
-            Ok(Err(_)) | Err(_) if paths.is_none() => {}
-            Ok(Err(e)) => return Err(DumpError::Diag(e)),
-            Err(e) => return Err(DumpError::Netns(e)),
-        }
-    }
-    Ok(all)
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum DumpError {
-    #[error("sock_diag dump")]
-    Diag(#[source] diag::DiagError),
-    #[error("entering a namespace to dump it")]
-    Netns(#[source] NetnsError),
 }
 
 /// CLOCK_MONOTONIC in ns: the clock of `bpf_ktime_get_ns`, so event stamps compare with it.

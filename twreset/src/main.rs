@@ -49,7 +49,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Tw(args) => {
             let cfg = cmd::tw::TwConfig::try_from(args)?;
-            let feed = twreset::live::kernel_feed("tw", &cfg.scope)?;
+            let feed = twreset::twfeed::kernel_feed(&cfg.scope)?;
             cmd::tw::run(&cfg, feed, &cmd::tw::ns_names(), &mut std::io::stdout().lock()).await?;
             Ok(ExitCode::SUCCESS)
         }
@@ -57,7 +57,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let cfg = cmd::top::TopConfig::try_from(args)?;
             cmd::top::ensure_terminal()?;
             let shutdown = shutdown_signal()?;
-            let feed = twreset::live::kernel_feed("top", &cfg.scope)?;
+            let feed = twreset::twfeed::kernel_feed(&cfg.scope)?;
             cmd::top::run(&cfg, feed, &cmd::tw::ns_names(), shutdown).await?;
             Ok(ExitCode::SUCCESS)
         }

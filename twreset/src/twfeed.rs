@@ -1,17 +1,28 @@
 //! Kernel TIME_WAIT events to [`TwEvent`]s: pure decoding (cause from the caller's address, timer
-//! jiffies to milliseconds) plus the live feed that owns the probe and its ring buffer.
+//! jiffies to milliseconds), the probe that produces them, and the [`Feed`] the live table reads.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
 use aya::maps::{MapData, RingBuf};
-use tokio::io::unix::AsyncFd;
+use tokio::{io::unix::AsyncFd, sync::mpsc};
 use twreset_common::{AF_INET, Event, kind, state_aux};
 
 use crate::{
+    cli::NetnsScope,
     decode::{DecodeError, parse_event},
+    diag,
     kernel::kallsyms::Kallsyms,
+    kernel::netns::{self, Netns, NetnsError},
+    live::{DumpFn, Feed, LiveError, port_ranges},
     probe::{Filters, Loss, Probe, ProbeError},
-    sock::SockKey,
+    sock::{DiagSocket, SockKey},
     state::TcpState,
     tw_event::{TwCause, TwEvent, TwEventKind},
 };
@@ -71,6 +82,10 @@ pub fn decode<'a>(
 pub enum FeedError {
     #[error(transparent)]
     Probe(#[from] ProbeError),
+    #[error(transparent)]
+    Live(#[from] LiveError),
+    #[error("reading a namespace cookie")]
+    Netns(#[source] NetnsError),
     #[error("registering the ring buffer with tokio")]
     Register(#[source] std::io::Error),
     #[error("waiting on the ring buffer")]
@@ -140,6 +155,84 @@ impl TwFeed {
     pub fn loss(&self) -> Result<Loss, FeedError> {
         Ok(self.probe.loss()?)
     }
+}
+
+/// The kernel feed: the TIME_WAIT lifecycle programs attached and streaming into a channel
+/// (before the first dump, so no socket falls between the seed and the events), a sock_diag dump
+/// of every namespace in scope, and the probe's loss counter.
+pub fn kernel_feed(scope: &NetnsScope) -> Result<Feed, FeedError> {
+    let ranges = port_ranges(scope)?;
+    let cookies = match scope {
+        NetnsScope::All => None,
+        NetnsScope::Current => Some(vec![netns::current_cookie().map_err(FeedError::Netns)?]),
+        NetnsScope::Paths(list) => {
+            Some(list.iter().map(|n| n.cookie()).collect::<Result<Vec<_>, _>>().map_err(FeedError::Netns)?)
+        }
+    };
+    let mut source = TwFeed::start(cookies)?;
+    let (tx, events) = mpsc::channel(1 << 16);
+    let lost = Arc::new(AtomicU64::new(0));
+    let lost_w = lost.clone();
+    tokio::spawn(async move {
+        let mut batch = Vec::with_capacity(4096);
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            tokio::select! {
+                r = source.next_batch(&mut batch) => {
+                    if let Err(e) = r {
+                        tracing::error!("kernel feed stopped: {e:#}");
+                        return;
+                    }
+                    for ev in batch.drain(..) {
+                        if tx.send(ev).await.is_err() {
+                            return; // the table's owner is gone
+                        }
+                    }
+                }
+                _ = tick.tick() => {}
+            }
+            if let Ok(l) = source.loss() {
+                lost_w.store(l.lost(), Ordering::Relaxed);
+            }
+            source.flush_logs();
+        }
+    });
+    let paths: Option<Vec<std::path::PathBuf>> = match scope {
+        NetnsScope::All => None,
+        NetnsScope::Current => Some(Vec::new()),
+        NetnsScope::Paths(list) => Some(list.iter().map(|n| n.path.clone()).collect()),
+    };
+    let dump: DumpFn = Box::new(move || dump_scope(paths.as_deref()).map_err(|e| Box::new(e) as _));
+    Ok(Feed { events, dump, lost: Box::new(move || lost.load(Ordering::Relaxed)), ranges })
+}
+
+/// Every TCP socket of the scope: `None` = all namespaces (enumerated anew each time, so deleted
+/// ones are not held open), empty = the current one.
+fn dump_scope(paths: Option<&[std::path::PathBuf]>) -> Result<Vec<DiagSocket>, DumpError> {
+    let targets: Vec<Netns> = match paths {
+        None => crate::kill::targets::all().into_iter().filter_map(|t| t.netns).collect(),
+        Some([]) => return diag::dump(&[]).map_err(DumpError::Diag),
+        Some(list) => list.iter().map(|p| Netns::open(p)).collect::<Result<_, _>>().map_err(DumpError::Netns)?,
+    };
+    let mut all = Vec::new();
+    for ns in &targets {
+        match ns.run(|| diag::dump(&[])) {
+            Ok(Ok(mut v)) => all.append(&mut v),
+            // A namespace that vanished while we looked has no sockets left to count.
+            Ok(Err(_)) | Err(_) if paths.is_none() => {}
+            Ok(Err(e)) => return Err(DumpError::Diag(e)),
+            Err(e) => return Err(DumpError::Netns(e)),
+        }
+    }
+    Ok(all)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DumpError {
+    #[error("sock_diag dump")]
+    Diag(#[source] diag::DiagError),
+    #[error("entering a namespace to dump it")]
+    Netns(#[source] NetnsError),
 }
 
 #[cfg(test)]
