@@ -101,6 +101,27 @@ pub fn json(t: &Transition) -> Value {
     })
 }
 
+/// Write the NDJSON line of [`json`] straight into `out`: the same object, without building a
+/// `serde_json::Value` per event (the hot path of `trace --json`). Addresses and state names need
+/// no escaping.
+pub fn write_json_line(out: &mut impl std::io::Write, t: &Transition) -> std::io::Result<()> {
+    writeln!(
+        out,
+        r#"{{"ts_ns":{},"netns_cookie":{},"family":"{}","laddr":"{}","lport":{},"raddr":"{}","rport":{},"old":"{}","new":"{}","time_wait":{},"sk":"{:#x}"}}"#,
+        t.ts_ns,
+        t.netns_cookie,
+        t.family.name(),
+        t.laddr,
+        t.lport,
+        t.raddr,
+        t.rport,
+        t.old.name(),
+        t.new.name(),
+        t.into_time_wait(),
+        t.skaddr
+    )
+}
+
 /// Stable snake_case name of a cause (JSON and human output).
 pub fn cause_name(c: TwCause) -> &'static str {
     c.name()
@@ -203,6 +224,27 @@ mod tests {
         assert_eq!(v["new"], "CLOSE");
         assert_eq!(v["time_wait"], true);
         assert_eq!(v["rport"], 80);
+    }
+
+    #[test]
+    fn fast_json_line_is_the_same_object() {
+        for (old, new) in [(TcpState::FinWait2, TcpState::Close), (TcpState::SynSent, TcpState::Established)] {
+            let mut tr = t();
+            tr.old = old;
+            tr.new = new;
+            for fam in ["v4", "v6"] {
+                if fam == "v4" {
+                    tr.family = crate::decode::Family::Inet;
+                    tr.laddr = "10.0.0.1".parse().unwrap();
+                    tr.raddr = "10.0.0.2".parse().unwrap();
+                }
+                let mut buf = Vec::new();
+                write_json_line(&mut buf, &tr).unwrap();
+                assert_eq!(buf.last(), Some(&b'\n'));
+                let parsed: Value = serde_json::from_slice(&buf).unwrap();
+                assert_eq!(parsed, json(&tr));
+            }
+        }
     }
 
     #[test]

@@ -14,7 +14,7 @@ use tokio::io::unix::AsyncFd;
 use crate::{
     cli::{NetnsArgs, NetnsScope, UsageError, parse_peer, parse_port, parse_state},
     decode,
-    kernel::netns,
+    kernel::{kallsyms::Kallsyms, netns},
     output::{self, NsNames, WallClock},
     probe::{Filters, Loss, Probe},
     state::TcpState,
@@ -105,6 +105,47 @@ fn report_loss(prev: &mut u64, loss: &Loss) {
     }
 }
 
+/// What one event is printed with.
+struct Render<'a> {
+    json: bool,
+    timewait: bool,
+    names: &'a NsNames,
+    clock: &'a WallClock,
+    hz: u64,
+    kallsyms: Option<&'a Kallsyms>,
+}
+
+enum RenderError {
+    Decode(decode::DecodeError),
+    Io(io::Error),
+}
+
+/// Decode one ring-buffer record and write its line(s) straight to `out` (no per-event String).
+fn render(out: &mut impl Write, bytes: &[u8], r: &Render<'_>) -> Result<(), RenderError> {
+    let ev = decode::parse_event(bytes).map_err(RenderError::Decode)?;
+    if ev.kind == twreset_common::kind::STATE {
+        let t = decode::transition(&ev).map_err(RenderError::Decode)?;
+        if r.json {
+            output::write_json_line(out, &t)
+        } else {
+            writeln!(out, "{}", output::human_line(&t, r.names, r.clock))
+        }
+        .map_err(RenderError::Io)?;
+    }
+    if r.timewait
+        && let Some(tw) =
+            twfeed::decode(&ev, r.hz, |a| r.kallsyms.and_then(|k| k.resolve(a))).map_err(RenderError::Decode)?
+    {
+        if r.json {
+            writeln!(out, "{}", output::tw_json(&tw))
+        } else {
+            writeln!(out, "{}", output::tw_human_line(&tw, r.names, r.clock))
+        }
+        .map_err(RenderError::Io)?;
+    }
+    Ok(())
+}
+
 /// Run the session until `shutdown` resolves or stdout is closed.
 pub async fn run(cfg: TraceConfig, shutdown: impl Future<Output = ()>) -> Result<Summary> {
     let mut probe = Probe::load()?;
@@ -145,33 +186,18 @@ pub async fn run(cfg: TraceConfig, shutdown: impl Future<Output = ()>) -> Result
                 let mut guard = guard.context("waiting on the ring buffer")?;
                 let ring = guard.get_inner_mut();
                 let mut wrote = Ok(());
+                let ks = probe.kallsyms();
+                let ctx = Render { json: cfg.json, timewait: cfg.timewait, names: &names, clock: &clock, hz, kallsyms: ks };
                 while let Some(item) = ring.next() {
-                    let line = decode::parse_event(&item).and_then(|ev| {
-                        let mut lines = Vec::with_capacity(2);
-                        if ev.kind == twreset_common::kind::STATE {
-                            let t = decode::transition(&ev)?;
-                            lines.push(if cfg.json { output::json(&t).to_string() } else { output::human_line(&t, &names, &clock) });
-                        }
-                        if cfg.timewait {
-                            let ks = probe.kallsyms();
-                            if let Some(tw) = twfeed::decode(&ev, hz, |a| ks.and_then(|k| k.resolve(a)))? {
-                                lines.push(if cfg.json { output::tw_json(&tw).to_string() } else { output::tw_human_line(&tw, &names, &clock) });
-                            }
-                        }
-                        Ok(lines)
-                    });
-                    match line {
-                        Ok(lines) => {
-                            summary.events += 1;
-                            for l in lines {
-                                wrote = writeln!(out, "{l}");
-                                if wrote.is_err() { break; }
-                            }
-                            if wrote.is_err() { break; }
-                        }
-                        Err(e) => {
+                    match render(&mut out, &item, &ctx) {
+                        Ok(()) => summary.events += 1,
+                        Err(RenderError::Decode(e)) => {
                             summary.decode_errors += 1;
                             tracing::warn!("undecodable event: {e}");
+                        }
+                        Err(RenderError::Io(e)) => {
+                            wrote = Err(e);
+                            break;
                         }
                     }
                 }
