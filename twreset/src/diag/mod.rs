@@ -273,7 +273,8 @@ impl Diag {
     /// about twice as fast as one ack per request (KERNEL.md) with the same per-socket results.
     pub fn destroy(&mut self, tuples: &[Tuple], mut progress: impl FnMut(usize)) -> Result<Vec<Outcome>, DiagError> {
         let mut out = Vec::with_capacity(tuples.len());
-        let mut req = Vec::with_capacity(BATCH * size_of::<Request>());
+        // One reusable batch buffer: BATCH requests, one send.
+        let mut req = bytes::BytesMut::with_capacity(BATCH * size_of::<Request>());
         for chunk in tuples.chunks(BATCH) {
             let base = self.next_seq(chunk.len() as u32);
             let last = chunk.len() - 1;
