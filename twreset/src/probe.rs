@@ -144,13 +144,7 @@ impl Probe {
             return Err(ProbeError::NoTimewait(e));
         }
         for name in TIMER_PROGRAMS {
-            let prog: &mut RawTracePoint = self
-                .ebpf
-                .program_mut(name)
-                .ok_or(ProbeError::NoProgram { name })?
-                .try_into()
-                .map_err(|source| ProbeError::Program { name, action: "type check", source })?;
-            prog.load().map_err(|source| ProbeError::Program { name, action: "load", source })?;
+            let prog: &mut RawTracePoint = self.loaded(name)?;
             prog.attach(name).map_err(|source| ProbeError::Program { name, action: "attach", source })?;
             self.attached.push(name);
         }
@@ -220,16 +214,26 @@ impl Probe {
     }
 
     fn attach_tracepoint(&mut self, name: &'static str, category: &str, event: &str) -> Result<(), ProbeError> {
-        let prog: &mut TracePoint = self
+        let prog: &mut TracePoint = self.loaded(name)?;
+        prog.attach(category, event).map_err(|source| ProbeError::Program { name, action: "attach", source })?;
+        self.attached.push(name);
+        Ok(())
+    }
+
+    /// Program `name` as its concrete type, loaded into the kernel (verified), not yet attached.
+    fn loaded<T>(&mut self, name: &'static str) -> Result<&mut T, ProbeError>
+    where
+        for<'a> &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
+        T: LoadProgram,
+    {
+        let prog: &mut T = self
             .ebpf
             .program_mut(name)
             .ok_or(ProbeError::NoProgram { name })?
             .try_into()
             .map_err(|source| ProbeError::Program { name, action: "type check", source })?;
-        prog.load().map_err(|source| ProbeError::Program { name, action: "load", source })?;
-        prog.attach(category, event).map_err(|source| ProbeError::Program { name, action: "attach", source })?;
-        self.attached.push(name);
-        Ok(())
+        prog.load_program().map_err(|source| ProbeError::Program { name, action: "load", source })?;
+        Ok(prog)
     }
 
     /// The event ring buffer; call once.
@@ -292,4 +296,21 @@ fn timewait_symbols(k: &Kallsyms, off: &mut KernelOffsets) -> Result<(), Kallsym
     (off.desched_start, off.desched_end) = k.range("inet_twsk_deschedule_put")?;
     (off.shutdown_start, off.shutdown_end) = k.range("timer_shutdown_sync")?;
     Ok(())
+}
+
+/// The `load()` every aya program type has, under one name so [`Probe::loaded`] can be generic.
+trait LoadProgram {
+    fn load_program(&mut self) -> Result<(), ProgramError>;
+}
+
+impl LoadProgram for TracePoint {
+    fn load_program(&mut self) -> Result<(), ProgramError> {
+        self.load()
+    }
+}
+
+impl LoadProgram for RawTracePoint {
+    fn load_program(&mut self) -> Result<(), ProgramError> {
+        self.load()
+    }
 }

@@ -103,27 +103,36 @@ fn function_of(o: &KernelOffsets, timer: u64) -> Result<u64, u32> {
     read(timer, o.timer_function)
 }
 
-fn try_timer_start(ctx: &RawTracePointContext) -> Result<u32, u32> {
-    let o = offsets();
+/// The timer (first `TP_PROTO` argument) if it is a TIME_WAIT socket's.
+#[inline(always)]
+fn tw_timer(o: &KernelOffsets, ctx: &RawTracePointContext) -> Option<u64> {
     if o.tw_timer_fn == 0 {
-        return Ok(0);
+        return None;
     }
     let timer: u64 = ctx.arg(0);
-    if function_of(&o, timer)? != o.tw_timer_fn {
-        return Ok(0);
+    match function_of(o, timer) {
+        Ok(f) if f == o.tw_timer_fn => Some(timer),
+        _ => None,
     }
+}
+
+/// The socket behind a TIME_WAIT timer. Failing here is rare and worth a line: the struct
+/// offsets from BTF do not fit this kernel's socket.
+#[inline(always)]
+fn tw_behind(ctx: &RawTracePointContext, o: &KernelOffsets, timer: u64) -> Result<Tw, u32> {
+    read_tw(o, timer).inspect_err(|_| {
+        count(stat::READ_ERROR);
+        aya_log_ebpf::warn!(ctx, "cannot read the TIME_WAIT socket behind timer {:x}", timer);
+    })
+}
+
+fn try_timer_start(ctx: &RawTracePointContext) -> Result<u32, u32> {
+    let o = offsets();
+    let Some(timer) = tw_timer(&o, ctx) else { return Ok(0) };
     let expires: u64 = read(timer, o.timer_expires).inspect_err(|_| count(stat::READ_ERROR))?;
     // SAFETY: helper without preconditions.
     let now = unsafe { bpf_jiffies64() };
-    let t = match read_tw(&o, timer) {
-        Ok(t) => t,
-        Err(e) => {
-            // Rare and worth a line: the struct offsets from BTF do not fit this socket.
-            count(stat::READ_ERROR);
-            aya_log_ebpf::warn!(ctx, "cannot read the TIME_WAIT socket behind timer {:x}", timer);
-            return Err(e);
-        }
-    };
+    let t = tw_behind(ctx, &o, timer)?;
     if let Some(slot) = LAST_TW.get_ptr_mut(0) {
         // SAFETY: per-CPU slot, see programs::state::active_close.
         unsafe {
@@ -150,14 +159,8 @@ pub fn timer_expire_entry(ctx: RawTracePointContext) -> u32 {
 
 fn try_timer_expire_entry(ctx: &RawTracePointContext) -> Result<u32, u32> {
     let o = offsets();
-    if o.tw_timer_fn == 0 {
-        return Ok(0);
-    }
-    let timer: u64 = ctx.arg(0);
-    if function_of(&o, timer)? != o.tw_timer_fn {
-        return Ok(0);
-    }
-    let t = read_tw(&o, timer).inspect_err(|_| count(stat::READ_ERROR))?;
+    let Some(timer) = tw_timer(&o, ctx) else { return Ok(0) };
+    let t = tw_behind(ctx, &o, timer)?;
     if wanted(t.cookie) {
         emit(&t, kind::TW_EXPIRE, 0);
     }
@@ -171,18 +174,8 @@ pub fn timer_cancel(ctx: RawTracePointContext) -> u32 {
 
 fn try_timer_cancel(ctx: &RawTracePointContext) -> Result<u32, u32> {
     let o = offsets();
-    if o.tw_timer_fn == 0 {
-        return Ok(0);
-    }
-    let timer: u64 = ctx.arg(0);
     // Only the timer itself says whose it is: cancel carries no function.
-    let function: u64 = match function_of(&o, timer) {
-        Ok(f) => f,
-        Err(_) => return Ok(0),
-    };
-    if function != o.tw_timer_fn {
-        return Ok(0);
-    }
+    let Some(timer) = tw_timer(&o, ctx) else { return Ok(0) };
     let mut frames = [0u64; FRAMES];
     // SAFETY: the buffer is FRAMES u64s long, as passed.
     let n = unsafe { bpf_get_stack(ctx.as_ptr(), frames.as_mut_ptr().cast(), (FRAMES * 8) as u32, 0) };
@@ -208,7 +201,7 @@ fn try_timer_cancel(ctx: &RawTracePointContext) -> Result<u32, u32> {
     if caller == 0 {
         return Ok(0);
     }
-    let t = read_tw(&o, timer).inspect_err(|_| count(stat::READ_ERROR))?;
+    let t = tw_behind(ctx, &o, timer)?;
     if wanted(t.cookie) {
         emit(&t, kind::TW_KILL, caller);
     }
