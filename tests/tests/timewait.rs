@@ -246,3 +246,30 @@ fn overflow_count_equals_kernel_counter() {
     assert_eq!(tw_events(&out, "tw_start").len(), 3);
     assert_eq!(ns.time_wait().len(), 3);
 }
+
+#[test]
+fn rst_from_the_peer_is_recorded_as_peer_rst() {
+    if !privileged("tw_peer_rst") {
+        return;
+    }
+    let ns = NetNs::new("twrst");
+    ns.sysctl("net.ipv4.tcp_rfc1337", "0");
+    let t = start(&ns);
+    let conns = ns.run(|| connections("127.0.0.1:7250".parse().unwrap(), None, 2, Closer::Client));
+    // `twreset kill --method rst` sends the RST the peer would send, with the exact sequence
+    // number the TIME_WAIT socket expects: the kernel takes it as a RST from the peer.
+    let path = ns.path();
+    let (code, _, err) =
+        twreset_tests::twreset(&["kill", "--method", "rst", "--netns", path.to_str().unwrap(), "127.0.0.1:7250"]);
+    assert_eq!(code, Some(0), "{err}");
+    std::thread::sleep(Duration::from_millis(300));
+    let (code, out, err) = t.stop();
+    assert_eq!(code, Some(0), "{err}");
+    let mut got = kills(&out);
+    got.sort();
+    let mut want: Vec<(String, (SocketAddr, SocketAddr))> =
+        conns.iter().map(|(c, s)| ("peer_rst".to_owned(), (*c, *s))).collect();
+    want.sort();
+    assert_eq!(got, want, "{out}");
+    assert!(ns.ss(&["state", "time-wait", "dport", "=", ":7250"]).is_empty());
+}
