@@ -162,10 +162,21 @@ fn drain(mut r: impl Read + Send + 'static) -> thread::JoinHandle<String> {
 /// Run a command to completion; wall time from spawn to reap, `ru_maxrss` from wait4.
 /// stdout is kept only when `keep_stdout` (a kill listing 200k sockets is thrown away).
 pub fn run_measured(cmd: &mut Command, keep_stdout: bool) -> Result<Measured> {
+    run_measured_with(cmd, keep_stdout, None)
+}
+
+fn run_measured_with(
+    cmd: &mut Command,
+    keep_stdout: bool,
+    on_spawn: Option<std::sync::mpsc::Sender<u32>>,
+) -> Result<Measured> {
     cmd.stdin(Stdio::null()).stderr(Stdio::piped());
     cmd.stdout(if keep_stdout { Stdio::piped() } else { Stdio::null() });
     let start = Instant::now();
     let mut child: Child = cmd.spawn().with_context(|| format!("spawning {cmd:?}"))?;
+    if let Some(tx) = on_spawn {
+        let _ = tx.send(child.id());
+    }
     let out = child.stdout.take().map(drain);
     let err = child.stderr.take().map(drain);
     let mut status = 0;
@@ -191,6 +202,34 @@ pub fn run_measured(cmd: &mut Command, keep_stdout: bool) -> Result<Measured> {
         stdout: out.map(|h| h.join().unwrap_or_default()).unwrap_or_default(),
         stderr: err.map(|h| h.join().unwrap_or_default()).unwrap_or_default(),
     })
+}
+
+/// Like [`run_measured`], also sampling the child's current RSS (VmRSS) every 50 ms:
+/// `(seconds since spawn, KiB)`, so a figure "while running" can be told from the peak.
+pub fn run_sampled(cmd: &mut Command) -> Result<(Measured, Vec<(f64, u64)>)> {
+    use std::sync::{Arc, Mutex};
+    let samples = Arc::new(Mutex::new(Vec::new()));
+    let (tx, rx) = std::sync::mpsc::channel::<u32>();
+    let sink = samples.clone();
+    let sampler = thread::spawn(move || {
+        let Ok(pid) = rx.recv() else { return };
+        let start = Instant::now();
+        while let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
+            let kib = status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok());
+            match kib {
+                Some(k) => sink.lock().unwrap().push((start.elapsed().as_secs_f64(), k)),
+                None => break, // a zombie has no VmRSS: it has exited
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    });
+    let m = run_measured_with(cmd, true, Some(tx))?;
+    let _ = sampler.join();
+    let samples = samples.lock().unwrap().clone();
+    Ok((m, samples))
 }
 
 /// Run a command and return its stdout; fail with its stderr.

@@ -1,5 +1,7 @@
 //! Table: twreset's memory while it tracks N TIME_WAIT sockets and the time to seed its table from
 //! them, both as the difference between a snapshot of N sockets and one of an empty namespace.
+//! Memory is read two ways: current RSS sampled while `tw` follows kernel events after its seed
+//! (the tracking cost), and the peak, which also holds the transient sock_diag dumps.
 
 use std::{path::Path, process::Command};
 
@@ -15,6 +17,8 @@ pub struct Snapshot {
     pub sockets: u64,
     pub wall_s: f64,
     pub maxrss_kib: u64,
+    /// Median VmRSS while `tw` follows events after its seed (see [`SETTLE_S`]).
+    pub tracking_rss_kib: Option<u64>,
     /// TIME_WAIT sockets the snapshot itself reported, when its JSON says so.
     pub reported: Option<u64>,
     pub exit: Option<i32>,
@@ -24,6 +28,7 @@ pub struct Snapshot {
 impl Snapshot {
     fn json(&self) -> Value {
         json!({ "time_wait_sockets": self.sockets, "wall_s": self.wall_s, "peak_rss_kib": self.maxrss_kib,
+                "tracking_rss_kib": self.tracking_rss_kib,
                 "reported_by_twreset": self.reported, "exit_status": self.exit, "stderr": self.stderr.trim() })
     }
 }
@@ -36,7 +41,14 @@ pub struct Outcome {
 }
 
 impl Outcome {
-    /// RSS beyond the base per tracked socket.
+    /// Current RSS beyond the base per tracked socket, while tracking.
+    pub fn tracking_bytes_per_socket(&self) -> Option<f64> {
+        let (full, empty) = (self.full.tracking_rss_kib?, self.empty.tracking_rss_kib?);
+        (self.na.is_none() && self.full.sockets > 0)
+            .then(|| (full as f64 - empty as f64) * 1024.0 / self.full.sockets as f64)
+    }
+
+    /// Peak RSS beyond the base per tracked socket (includes the transient dumps).
     pub fn bytes_per_socket(&self) -> Option<f64> {
         (self.na.is_none() && self.full.sockets > 0)
             .then(|| (self.full.maxrss_kib as f64 - self.empty.maxrss_kib as f64) * 1024.0 / self.full.sockets as f64)
@@ -47,7 +59,8 @@ impl Outcome {
     }
     pub fn json(&self) -> Value {
         json!({ "n": self.n, "na": self.na, "empty": self.empty.json(), "full": self.full.json(),
-                "bytes_per_socket": self.bytes_per_socket(), "seed_s": self.seed_s() })
+                "bytes_per_socket": self.bytes_per_socket(),
+                "tracking_bytes_per_socket": self.tracking_bytes_per_socket(), "seed_s": self.seed_s() })
     }
 }
 
@@ -85,16 +98,30 @@ fn reported(v: &Value) -> Option<u64> {
     totals(v).or_else(|| first_list_sum(v))
 }
 
+/// How long each snapshot follows kernel events after its seed.
+const SETTLE_S: f64 = 3.0;
+
+/// Median of the RSS samples taken while `tw` followed events: after the seed, before the final
+/// reconcile (whose dump takes the last fraction of a second).
+fn tracking_rss(samples: &[(f64, u64)], wall_s: f64) -> Option<u64> {
+    let mut in_window: Vec<u64> =
+        samples.iter().filter(|(t, _)| *t >= wall_s - SETTLE_S && *t <= wall_s - 0.8).map(|(_, k)| *k).collect();
+    in_window.sort_unstable();
+    in_window.get(in_window.len() / 2).copied()
+}
+
 fn snapshot(ns: &Ns, twreset: &Path) -> Result<Snapshot> {
     let sockets = ns.time_wait_all()?;
     let mut cmd = Command::new(twreset);
-    cmd.args(["tw", "--json", "--netns"]).arg(ns.path());
-    let m = sys::run_measured(&mut cmd, true)?;
+    cmd.args(["tw", "--json", "--settle", &format!("{SETTLE_S}s"), "--netns"]).arg(ns.path());
+    let (m, samples) = sys::run_sampled(&mut cmd)?;
     sys::check_interrupted()?;
+    let wall_s = m.wall.as_secs_f64();
     Ok(Snapshot {
         sockets,
-        wall_s: m.wall.as_secs_f64(),
+        wall_s,
         maxrss_kib: m.maxrss_kib,
+        tracking_rss_kib: tracking_rss(&samples, wall_s),
         reported: serde_json::from_str::<Value>(&m.stdout).ok().as_ref().and_then(reported),
         exit: m.status.code(),
         stderr: m.stderr.chars().take(2000).collect(),
@@ -148,6 +175,15 @@ pub fn bench(n: u64, churn_bin: &Path, twreset: &Path, caps: &Caps) -> Result<Ou
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tracking_rss_is_the_median_inside_the_settle_window() {
+        // wall 5 s, settle 3 s: samples from 2.0 s to 4.2 s count; the seed peak at 1.5 s and the
+        // final reconcile at 4.6 s do not.
+        let samples = [(0.5, 10), (1.5, 900), (2.0, 100), (3.0, 104), (4.0, 102), (4.6, 800)];
+        assert_eq!(tracking_rss(&samples, 5.0), Some(102));
+        assert_eq!(tracking_rss(&[], 5.0), None);
+    }
 
     #[test]
     fn finds_totals() {
