@@ -99,13 +99,15 @@ fn reported(v: &Value) -> Option<u64> {
 }
 
 /// How long each snapshot follows kernel events after its seed.
-const SETTLE_S: f64 = 3.0;
+const SETTLE_S: f64 = 6.0;
 
-/// Median of the RSS samples taken while `tw` followed events: after the seed, before the final
-/// reconcile (whose dump takes the last fraction of a second).
+/// Median of the RSS samples taken while `tw` followed events: well after the seed (its dump ends
+/// about a second into the settle at 200k) and before the final reconcile's dump (the last second
+/// or so of the run).
 fn tracking_rss(samples: &[(f64, u64)], wall_s: f64) -> Option<u64> {
+    let (from, to) = (wall_s - SETTLE_S + 1.5, wall_s - 1.5);
     let mut in_window: Vec<u64> =
-        samples.iter().filter(|(t, _)| *t >= wall_s - SETTLE_S && *t <= wall_s - 0.8).map(|(_, k)| *k).collect();
+        samples.iter().filter(|(t, _)| *t >= from && *t <= to).map(|(_, k)| *k).collect();
     in_window.sort_unstable();
     in_window.get(in_window.len() / 2).copied()
 }
@@ -178,10 +180,10 @@ mod tests {
 
     #[test]
     fn tracking_rss_is_the_median_inside_the_settle_window() {
-        // wall 5 s, settle 3 s: samples from 2.0 s to 4.2 s count; the seed peak at 1.5 s and the
-        // final reconcile at 4.6 s do not.
-        let samples = [(0.5, 10), (1.5, 900), (2.0, 100), (3.0, 104), (4.0, 102), (4.6, 800)];
-        assert_eq!(tracking_rss(&samples, 5.0), Some(102));
+        // wall 8 s, settle 6 s: samples from 3.5 s to 6.5 s count; the seed peak at 2.5 s and the
+        // final reconcile at 7.0 s do not.
+        let samples = [(0.5, 10), (2.5, 900), (3.5, 100), (5.0, 104), (6.5, 102), (7.0, 800)];
+        assert_eq!(tracking_rss(&samples, 8.0), Some(102));
         assert_eq!(tracking_rss(&[], 5.0), None);
     }
 
