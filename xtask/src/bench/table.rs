@@ -106,8 +106,7 @@ const SETTLE_S: f64 = 6.0;
 /// or so of the run).
 fn tracking_rss(samples: &[(f64, u64)], wall_s: f64) -> Option<u64> {
     let (from, to) = (wall_s - SETTLE_S + 1.5, wall_s - 1.5);
-    let mut in_window: Vec<u64> =
-        samples.iter().filter(|(t, _)| *t >= from && *t <= to).map(|(_, k)| *k).collect();
+    let mut in_window: Vec<u64> = samples.iter().filter(|(t, _)| *t >= from && *t <= to).map(|(_, k)| *k).collect();
     in_window.sort_unstable();
     in_window.get(in_window.len() / 2).copied()
 }
