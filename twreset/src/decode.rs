@@ -4,7 +4,10 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use twreset_common::{AF_INET, AF_INET6, Event, kind};
 
-use crate::state::{StateError, TcpState, is_active_close};
+use crate::{
+    sock::SockKey,
+    state::{StateError, TcpState, is_active_close},
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Family {
@@ -72,24 +75,36 @@ fn addr(family: Family, raw: [u8; 16]) -> IpAddr {
     }
 }
 
-pub fn transition(ev: &Event) -> Result<Transition, DecodeError> {
-    if ev.kind != kind::STATE {
-        return Err(DecodeError::Kind { kind: ev.kind });
-    }
+/// The namespace and 4-tuple of any event (addresses in the event's IPv4-mapped wire form).
+pub fn sock_key(ev: &Event) -> Result<SockKey, DecodeError> {
     let family = match ev.family {
         AF_INET => Family::Inet,
         AF_INET6 => Family::Inet6,
         family => return Err(DecodeError::Family { family }),
     };
-    Ok(Transition {
-        ts_ns: ev.ts_ns,
+    Ok(SockKey {
         netns_cookie: ev.netns_cookie,
-        skaddr: ev.skaddr,
-        family,
         laddr: addr(family, ev.saddr),
         lport: ev.sport,
         raddr: addr(family, ev.daddr),
         rport: ev.dport,
+    })
+}
+
+pub fn transition(ev: &Event) -> Result<Transition, DecodeError> {
+    if ev.kind != kind::STATE {
+        return Err(DecodeError::Kind { kind: ev.kind });
+    }
+    let k = sock_key(ev)?;
+    Ok(Transition {
+        ts_ns: ev.ts_ns,
+        netns_cookie: k.netns_cookie,
+        skaddr: ev.skaddr,
+        family: k.family(),
+        laddr: k.laddr,
+        lport: k.lport,
+        raddr: k.raddr,
+        rport: k.rport,
         old: TcpState::try_from(ev.oldstate).map_err(DecodeError::State)?,
         new: TcpState::try_from(ev.newstate).map_err(DecodeError::State)?,
     })

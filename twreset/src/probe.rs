@@ -22,7 +22,7 @@ use crate::{
 };
 
 /// The eBPF object built by `cargo xtask`, embedded so the binary is self-contained.
-static EBPF_OBJ: &[u8] = aya::include_bytes_aligned!(env!("TWRESET_EBPF_OBJ"));
+pub(crate) static EBPF_OBJ: &[u8] = aya::include_bytes_aligned!(env!("TWRESET_EBPF_OBJ"));
 
 const STATE_PROGRAM: &str = "inet_sock_set_state";
 /// The TIME_WAIT lifecycle programs, attached as raw tracepoints of the same names.

@@ -2,7 +2,6 @@
 //! jiffies to milliseconds), the probe that produces them, and the [`Feed`] the live table reads.
 
 use std::{
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -12,17 +11,17 @@ use std::{
 
 use aya::maps::{MapData, RingBuf};
 use tokio::{io::unix::AsyncFd, sync::mpsc};
-use twreset_common::{AF_INET, Event, kind, state_aux};
+use twreset_common::{Event, kind, state_aux};
 
 use crate::{
     cli::NetnsScope,
-    decode::{DecodeError, parse_event},
+    decode::{DecodeError, parse_event, sock_key},
     diag,
     kernel::kallsyms::Kallsyms,
     kernel::netns::{self, Netns, NetnsError},
     live::{DumpFn, Feed, LiveError, port_ranges},
     probe::{Filters, Loss, Probe, ProbeError},
-    sock::{DiagSocket, SockKey},
+    sock::DiagSocket,
     state::TcpState,
     tw_event::{TwCause, TwEvent, TwEventKind},
 };
@@ -36,24 +35,6 @@ pub fn cause_of(function: Option<&str>) -> TwCause {
         Some("__inet_hash_connect") => TwCause::Reuse,
         Some("inet_twsk_purge" | "tcp_twsk_purge") => TwCause::NetnsGone,
         _ => TwCause::Other,
-    }
-}
-
-fn addr(family: u16, raw: [u8; 16]) -> IpAddr {
-    if family == AF_INET {
-        IpAddr::V4(Ipv4Addr::new(raw[12], raw[13], raw[14], raw[15]))
-    } else {
-        IpAddr::V6(Ipv6Addr::from(raw))
-    }
-}
-
-fn key(ev: &Event) -> SockKey {
-    SockKey {
-        netns_cookie: ev.netns_cookie,
-        laddr: addr(ev.family, ev.saddr),
-        lport: ev.sport,
-        raddr: addr(ev.family, ev.daddr),
-        rport: ev.dport,
     }
 }
 
@@ -75,7 +56,7 @@ pub fn decode<'a>(
         kind::TW_KILL => TwEventKind::Killed { cause: cause_of(resolve(ev.aux)) },
         other => return Err(DecodeError::Kind { kind: other }),
     };
-    Ok(Some(TwEvent { ts_ns: ev.ts_ns, key: key(ev), kind }))
+    Ok(Some(TwEvent { ts_ns: ev.ts_ns, key: sock_key(ev)?, kind }))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -238,8 +219,10 @@ pub enum DumpError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::IpAddr;
+
     use crate::decode::mapped;
-    use twreset_common::tcp_state;
+    use twreset_common::{AF_INET, tcp_state};
 
     fn ev(kind: u16, aux: u64) -> Event {
         Event {

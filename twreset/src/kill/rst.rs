@@ -32,8 +32,6 @@ use crate::{
     sock::SockKey,
 };
 
-/// The eBPF object built by `cargo xtask` (same file `probe` embeds).
-static EBPF_OBJ: &[u8] = aya::include_bytes_aligned!(env!("TWRESET_EBPF_OBJ"));
 const PROGRAM: &str = "iter_tcp";
 
 pub fn offsets(btf: &KernelBtf) -> Result<IterOffsets, BtfError> {
@@ -89,7 +87,7 @@ fn read_sequences() -> Result<HashMap<Tuple4, (u32, u32)>, KillError> {
     let off = offsets(&btf).map_err(|source| KillError::Btf { source })?;
     let mut ebpf = EbpfLoader::new()
         .override_global(OFFSETS_GLOBAL, &off, true)
-        .load(EBPF_OBJ)
+        .load(crate::probe::EBPF_OBJ)
         .map_err(|source| KillError::BpfLoad { source })?;
     let kbtf =
         aya::Btf::from_sys_fs().map_err(|source| KillError::Iter { what: "kernel BTF", source: source.into() })?;
