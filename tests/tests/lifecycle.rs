@@ -26,7 +26,7 @@ fn sigterm_and_sigint_exit_0_with_summary_and_detach() {
     for sig in [Signal::SIGTERM, Signal::SIGINT] {
         let mut t = Running::start(&["trace", "--json", "--netns", path.to_str().unwrap()], "Ctrl-C to stop");
         let ours = programs_of(t.pid() as u32);
-        assert_eq!(ours.len(), 1, "one program (the state tracepoint) while tracing");
+        assert_eq!(ours.len(), 2, "two programs (the state tracepoint's primary and backup) while tracing");
         ns.run(|| connections("127.0.0.1:0".parse().unwrap(), None, 2, Closer::Client));
         std::thread::sleep(Duration::from_millis(200));
         let (code, out, err) = t.signal(sig);
@@ -34,7 +34,16 @@ fn sigterm_and_sigint_exit_0_with_summary_and_detach() {
         assert_eq!(out.lines().count(), 2 * 10 + 2, "{out}");
         let summary = err.lines().last().unwrap();
         assert!(summary.starts_with("twreset: 22 events seen, 0 lost"), "{sig}: {summary}");
-        let left: Vec<u32> = loaded().into_iter().filter(|id| ours.contains(id)).collect();
+        // The kernel frees a raw tracepoint's program after an RCU grace period once its last
+        // fd is closed, so give it a moment; a program still there after 5 s is a leak.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let left = loop {
+            let left: Vec<u32> = loaded().into_iter().filter(|id| ours.contains(id)).collect();
+            if left.is_empty() || std::time::Instant::now() > deadline {
+                break left;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
         assert!(left.is_empty(), "{sig}: programs {left:?} left in the kernel");
     }
 }
@@ -95,23 +104,24 @@ fn closed_pipe_exits_quietly_with_0() {
 }
 
 #[test]
-fn mounts_tracefs_when_missing() {
-    if !privileged("mounts_tracefs") {
+fn traces_without_tracefs() {
+    if !privileged("traces_without_tracefs") {
         return;
     }
-    // A private mount namespace without tracefs: the host's mounts stay untouched.
+    // A private mount namespace without tracefs (the host's mounts stay untouched): raw
+    // tracepoints attach by name, so trace works and leaves the mounts as they were.
     let script = format!(
         "umount -l /sys/kernel/tracing 2>/dev/null; umount -l /sys/kernel/debug/tracing 2>/dev/null; \
          test ! -d /sys/kernel/tracing/events || exit 97; \
          timeout --preserve-status -s INT 3 {} trace --json >/dev/null; rc=$?; \
-         test -d /sys/kernel/tracing/events || exit 98; exit $rc",
+         test ! -d /sys/kernel/tracing/events || exit 98; exit $rc",
         bin().display()
     );
     let out =
         Command::new("unshare").args(["--mount", "--propagation", "private", "sh", "-c", &script]).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_ne!(out.status.code(), Some(97), "could not unmount tracefs in the test's mount namespace");
-    assert_ne!(out.status.code(), Some(98), "twreset did not mount tracefs: {err}");
+    assert_ne!(out.status.code(), Some(98), "twreset mounted tracefs: {err}");
     assert_eq!(out.status.code(), Some(0), "{err}");
     assert!(err.contains("events seen"), "{err}");
 }

@@ -51,23 +51,6 @@ pub const AF_INET: u16 = 2;
 pub const AF_INET6: u16 = 10;
 pub const IPPROTO_TCP: u16 = 6;
 
-/// Field offsets of `sock:inet_sock_set_state` (see
-/// `/sys/kernel/tracing/events/sock/inet_sock_set_state/format`). The eBPF program reads these;
-/// a test compares them with the running kernel's format file.
-pub mod tp_state {
-    pub const SKADDR: usize = 8;
-    pub const OLDSTATE: usize = 16;
-    pub const NEWSTATE: usize = 20;
-    pub const SPORT: usize = 24;
-    pub const DPORT: usize = 26;
-    pub const FAMILY: usize = 28;
-    pub const PROTOCOL: usize = 30;
-    pub const SADDR: usize = 32;
-    pub const DADDR: usize = 36;
-    pub const SADDR_V6: usize = 40;
-    pub const DADDR_V6: usize = 56;
-}
-
 /// One event from kernel to userspace, sent through the `EVENTS` ring buffer.
 ///
 /// Addresses are 16 bytes; IPv4 addresses are stored IPv4-mapped (`::ffff:a.b.c.d`) so one
@@ -128,8 +111,11 @@ pub mod stat {
     pub const READ_ERROR: u32 = 1;
     /// Events written to the ring buffer.
     pub const SENT: u32 = 2;
+    /// State transitions the backup state program handled because the kernel skipped the
+    /// primary for them (recursion): subtracted from the primary's `recursion_misses`.
+    pub const RECOVERED: u32 = 3;
     /// Number of counters.
-    pub const COUNT: u32 = 3;
+    pub const COUNT: u32 = 4;
 }
 
 /// Kernel facts the programs need, read by userspace from the running kernel's BTF and
@@ -166,8 +152,12 @@ pub struct KernelOffsets {
     pub sk_err: u32,
     /// `struct timer_list.expires` (raw tracepoints get the timer, not the record).
     pub timer_expires: u32,
+    /// `struct sock.sk_protocol` (u16).
+    pub sk_protocol: u32,
+    /// `struct inet_sock.inet_sport` (big-endian u16): the local port the tracepoint reports.
+    pub inet_sport: u32,
 }
-const _: () = assert!(size_of::<KernelOffsets>() == 96);
+const _: () = assert!(size_of::<KernelOffsets>() == 104);
 
 /// Name of the [`KernelOffsets`] global.
 pub const OFFSETS_GLOBAL: &str = "OFFSETS";
@@ -185,19 +175,6 @@ pub struct LastTw {
     pub _pad: u32,
 }
 const _: () = assert!(size_of::<LastTw>() == 48);
-
-/// Field offsets of the `timer:*` tracepoint records, for tools that read the classic tracepoints
-/// (the TIME_WAIT programs attach as raw tracepoints and read `struct timer_list` instead).
-/// Checked against tracefs by a test.
-pub mod tp_timer {
-    pub const START_TIMER: usize = 8;
-    pub const START_FUNCTION: usize = 16;
-    pub const START_EXPIRES: usize = 24;
-    pub const START_NOW: usize = 40;
-    pub const EXPIRE_TIMER: usize = 8;
-    pub const EXPIRE_FUNCTION: usize = 24;
-    pub const CANCEL_TIMER: usize = 8;
-}
 
 #[cfg(feature = "user")]
 mod pod {

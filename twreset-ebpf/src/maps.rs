@@ -1,10 +1,11 @@
 //! Every map of the kernel side: the event ring buffer, runtime filters and loss counters.
 
 use aya_ebpf::{
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     macros::map,
     maps::{Array, HashMap, LpmTrie, PerCpuArray, RingBuf},
 };
-use twreset_common::{FilterConfig, LastTw, PeerKey, stat};
+use twreset_common::{Event, FilterConfig, LastTw, PeerKey, stat};
 
 /// Events to userspace. 8 MiB absorbs a few hundred thousand events of burst.
 #[map]
@@ -30,6 +31,12 @@ pub static PORT_FILTER: HashMap<u16, u8> = HashMap::with_max_entries(1024, 0);
 #[map]
 pub static LAST_TW: PerCpuArray<LastTw> = PerCpuArray::with_max_entries(1, 0);
 
+/// Transitions the primary state program has taken on, per CPU, hashed (see
+/// `programs::state`): the backup program skips what it finds here.
+#[map]
+pub static TAKEN: PerCpuArray<u64> = PerCpuArray::with_max_entries(TAKEN_SLOTS, 0);
+pub const TAKEN_SLOTS: u32 = 256;
+
 /// Per-CPU counters, indexed by `twreset_common::stat`.
 #[map]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
@@ -40,4 +47,26 @@ pub fn count(index: u32) {
         // SAFETY: per-CPU slot, no concurrent writer on this CPU while the program runs.
         unsafe { *p += 1 };
     }
+}
+
+/// Pending bytes at which a producer wakes the reader. Below that nobody is woken: the reader
+/// drains on its own short timer (`probe::DRAIN_EVERY` in userspace). The ring buffer's default
+/// wakes the reader on nearly every event while it keeps up, and each wakeup is an irq_work
+/// self-IPI, several microseconds in a VM, paid inside every TCP state change.
+const WAKE_AT: u64 = 256 << 10;
+/// Only submits that land in this band past `WAKE_AT` wake: one fill, one wakeup or a few.
+const WAKE_BAND: u64 = 16 << 10;
+
+/// Send `event` to userspace, counting it, or counting the loss when the ring buffer is full.
+#[inline(always)]
+pub fn send(event: Event) {
+    let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
+        count(stat::RINGBUF_FULL);
+        return;
+    };
+    entry.write(event);
+    let pending = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
+    let flags = if (WAKE_AT..WAKE_AT + WAKE_BAND).contains(&pending) { BPF_RB_FORCE_WAKEUP } else { BPF_RB_NO_WAKEUP };
+    entry.submit(flags as u64);
+    count(stat::SENT);
 }

@@ -25,6 +25,8 @@ static OFFSETS: KernelOffsets = KernelOffsets {
     timer_function: 24,
     sk_err: 0,
     timer_expires: 16,
+    sk_protocol: 0,
+    inet_sport: 0,
 };
 
 /// The loader-set offsets (volatile: the compiler must not fold the defaults in).

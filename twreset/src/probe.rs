@@ -5,7 +5,7 @@ use std::os::fd::{AsFd, AsRawFd};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, RingBuf, lpm_trie::Key},
-    programs::{ProgramError, RawTracePoint, TracePoint},
+    programs::{ProgramError, RawTracePoint},
 };
 use ipnet::IpNet;
 use twreset_common::{FilterConfig, KernelOffsets, OFFSETS_GLOBAL, PeerKey, filter, stat, tcp_state};
@@ -16,7 +16,6 @@ use crate::{
         btf::{BtfError, KernelBtf, kernel_offsets},
         caps,
         kallsyms::{Kallsyms, KallsymsError},
-        tracefs,
     },
     state::TcpState,
 };
@@ -24,16 +23,32 @@ use crate::{
 /// The eBPF object built by `cargo xtask`, embedded so the binary is self-contained.
 pub(crate) static EBPF_OBJ: &[u8] = aya::include_bytes_aligned!(env!("TWRESET_EBPF_OBJ"));
 
-const STATE_PROGRAM: &str = "inet_sock_set_state";
+/// How often readers drain the ring buffer on their own: the kernel side wakes them only once a
+/// quarter MiB is pending (see `maps::send` in twreset-ebpf), so this bounds the latency of a
+/// quiet stream.
+pub const DRAIN_EVERY: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// The state programs, attached in this order to the raw tracepoint `inet_sock_set_state`: the
+/// primary, then the backup that handles what the kernel skipped the primary for.
+const STATE_PROGRAMS: [&str; 2] = ["set_state", "set_state_nest"];
+const STATE_TRACEPOINT: &str = "inet_sock_set_state";
 /// The TIME_WAIT lifecycle programs, attached as raw tracepoints of the same names.
 const TIMER_PROGRAMS: [&str; 3] = ["timer_start", "timer_expire_entry", "timer_cancel"];
+
+/// Every raw tracepoint the programs attach to, with the leading `TP_PROTO` arguments they read
+/// (checked against the kernel's BTF at load time: a kernel that changed them is refused, not
+/// misread).
+pub const RAW_TRACEPOINTS: [(&str, &[&str]); 4] = [
+    (STATE_TRACEPOINT, &["const struct sock *", "const int", "const int"]),
+    ("timer_start", &["struct timer_list *"]),
+    ("timer_expire_entry", &["struct timer_list *"]),
+    ("timer_cancel", &["struct timer_list *"]),
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
     #[error(transparent)]
     Caps(#[from] caps::CapsError),
-    #[error(transparent)]
-    Tracefs(#[from] tracefs::TracefsError),
     #[error(transparent)]
     Btf(#[from] BtfError),
     #[error("loading the eBPF object into the kernel failed")]
@@ -56,13 +71,22 @@ pub enum ProbeError {
         source: aya::maps::MapError,
     },
     #[error("TIME_WAIT tracking unavailable on this kernel")]
-    NoTimewait(#[source] KallsymsError),
+    NoTimewait(#[source] TimewaitUnavailable),
     #[error("reading program info of {name} failed")]
     Info {
         name: &'static str,
         #[source]
         source: std::io::Error,
     },
+}
+
+/// Why the TIME_WAIT lifecycle programs cannot work on this kernel.
+#[derive(Debug, thiserror::Error)]
+pub enum TimewaitUnavailable {
+    #[error(transparent)]
+    Kallsyms(KallsymsError),
+    #[error(transparent)]
+    Btf(BtfError),
 }
 
 /// What the kernel-side filter keeps. Empty lists mean "no filter on that field".
@@ -95,7 +119,7 @@ pub struct Probe {
     ebpf: Ebpf,
     attached: Vec<&'static str>,
     /// Why the TIME_WAIT programs cannot work here, if they cannot.
-    timewait_unavailable: Option<KallsymsError>,
+    timewait_unavailable: Option<TimewaitUnavailable>,
     kallsyms: Option<Kallsyms>,
     /// Kernel-side log records (aya-log), forwarded to `tracing` by [`Probe::flush_logs`].
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
@@ -105,14 +129,20 @@ impl Probe {
     /// Check privileges, mount tracefs if needed, read offsets from BTF, load (not attach).
     pub fn load() -> Result<Self, ProbeError> {
         caps::require_bpf()?;
-        tracefs::ensure_mounted()?;
         let btf = KernelBtf::load()?;
         let mut off = kernel_offsets(&btf)?;
-        let (kallsyms, timewait_unavailable) =
-            match Kallsyms::load().and_then(|k| timewait_symbols(&k, &mut off).map(|_| k)) {
-                Ok(k) => (Some(k), None),
-                Err(e) => (None, Some(e)),
-            };
+        let (state, timers) = RAW_TRACEPOINTS.split_at(1);
+        btf.check_raw_tracepoint(state[0].0, state[0].1)?;
+        let (kallsyms, timewait_unavailable) = match timers
+            .iter()
+            .try_for_each(|(name, args)| btf.check_raw_tracepoint(name, args))
+            .map_err(TimewaitUnavailable::Btf)
+            .and_then(|_| Kallsyms::load().map_err(TimewaitUnavailable::Kallsyms))
+            .and_then(|k| timewait_symbols(&k, &mut off).map(|_| k).map_err(TimewaitUnavailable::Kallsyms))
+        {
+            Ok(k) => (Some(k), None),
+            Err(e) => (None, Some(e)),
+        };
         let mut ebpf =
             EbpfLoader::new().override_global(OFFSETS_GLOBAL, &off, true).load(EBPF_OBJ).map_err(ProbeError::Load)?;
         let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
@@ -208,15 +238,15 @@ impl Probe {
         c.set(0, &cfg, 0).map_err(map_err("CONFIG"))
     }
 
-    /// Attach the `sock:inet_sock_set_state` program. Detached when the probe is dropped.
+    /// Attach the state programs to `inet_sock_set_state`, primary first: the kernel calls a
+    /// tracepoint's programs in attach order, and the backup relies on running after the
+    /// primary. Detached when the probe is dropped.
     pub fn attach_state(&mut self) -> Result<(), ProbeError> {
-        self.attach_tracepoint(STATE_PROGRAM, "sock", "inet_sock_set_state")
-    }
-
-    fn attach_tracepoint(&mut self, name: &'static str, category: &str, event: &str) -> Result<(), ProbeError> {
-        let prog: &mut TracePoint = self.loaded(name)?;
-        prog.attach(category, event).map_err(|source| ProbeError::Program { name, action: "attach", source })?;
-        self.attached.push(name);
+        for name in STATE_PROGRAMS {
+            let prog: &mut RawTracePoint = self.loaded(name)?;
+            prog.attach(STATE_TRACEPOINT).map_err(|source| ProbeError::Program { name, action: "attach", source })?;
+            self.attached.push(name);
+        }
         Ok(())
     }
 
@@ -243,7 +273,9 @@ impl Probe {
     }
 
     /// Kernel-side loss: ring-buffer reserve failures and read errors (per-CPU counters, summed)
-    /// plus each attached program's `recursion_misses` from the kernel's program info.
+    /// plus the attached programs' `recursion_misses` from the kernel's program info. For the
+    /// state programs that is the primary's misses less what the backup recovered; the backup's
+    /// own misses are transitions the primary handled (it nested on the backup, not on itself).
     pub fn loss(&self) -> Result<Loss, ProbeError> {
         let map = self.ebpf.map("STATS").ok_or(ProbeError::NoMap { name: "STATS" })?;
         let stats: PerCpuArray<_, u64> =
@@ -255,11 +287,16 @@ impl Probe {
             sent: sum(stat::SENT),
             recursion_misses: 0,
         };
-        for name in &self.attached {
+        for &name in &self.attached {
             let prog = self.ebpf.program(name).ok_or(ProbeError::NoProgram { name })?;
             let fd = prog.fd().map_err(|source| ProbeError::Program { name, action: "fd", source })?;
-            loss.recursion_misses +=
+            let misses =
                 recursion_misses(fd.as_fd().as_raw_fd()).map_err(|source| ProbeError::Info { name, source })?;
+            loss.recursion_misses += match name {
+                n if n == STATE_PROGRAMS[0] => misses.saturating_sub(sum(stat::RECOVERED)),
+                n if n == STATE_PROGRAMS[1] => 0,
+                _ => misses,
+            };
         }
         Ok(loss)
     }
@@ -301,12 +338,6 @@ fn timewait_symbols(k: &Kallsyms, off: &mut KernelOffsets) -> Result<(), Kallsym
 /// The `load()` every aya program type has, under one name so [`Probe::loaded`] can be generic.
 trait LoadProgram {
     fn load_program(&mut self) -> Result<(), ProgramError>;
-}
-
-impl LoadProgram for TracePoint {
-    fn load_program(&mut self) -> Result<(), ProgramError> {
-        self.load()
-    }
 }
 
 impl LoadProgram for RawTracePoint {

@@ -10,7 +10,11 @@ use std::{
 };
 
 use aya::maps::{MapData, RingBuf};
-use tokio::{io::unix::AsyncFd, sync::mpsc};
+use tokio::{
+    io::unix::AsyncFd,
+    sync::mpsc,
+    time::{Interval, MissedTickBehavior},
+};
 use twreset_common::{Event, kind, state_aux};
 
 use crate::{
@@ -20,7 +24,7 @@ use crate::{
     kernel::kallsyms::Kallsyms,
     kernel::netns::{self, Netns, NetnsError},
     live::{DumpFn, Feed, LiveError, port_ranges},
-    probe::{Filters, Loss, Probe, ProbeError},
+    probe::{DRAIN_EVERY, Filters, Loss, Probe, ProbeError},
     sock::DiagSocket,
     state::TcpState,
     tw_event::{TwCause, TwEvent, TwEventKind},
@@ -93,6 +97,8 @@ pub fn kernel_hz() -> Option<u64> {
 pub struct TwFeed {
     probe: Probe,
     ring: AsyncFd<RingBuf<MapData>>,
+    /// The kernel side wakes the reader only when a lot is pending: drain on this timer too.
+    drain: Interval,
     hz: u64,
     pub decode_errors: u64,
 }
@@ -109,22 +115,33 @@ impl TwFeed {
         probe.attach_state()?;
         // Without CONFIG_HZ: 250 is the most common; only reported timeouts depend on it.
         let hz = kernel_hz().unwrap_or(250);
-        Ok(Self { probe, ring, hz, decode_errors: 0 })
+        let mut drain = tokio::time::interval(DRAIN_EVERY);
+        drain.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        Ok(Self { probe, ring, drain, hz, decode_errors: 0 })
     }
 
-    /// Wait for events and append every decoded one to `out`.
+    /// Wait for events (a wakeup from the kernel side or the next drain tick) and append every
+    /// decoded one to `out`.
     pub async fn next_batch(&mut self, out: &mut Vec<TwEvent>) -> Result<(), FeedError> {
-        let mut guard = self.ring.readable_mut().await.map_err(FeedError::Wait)?;
         let ks: Option<&Kallsyms> = self.probe.kallsyms();
-        let ring = guard.get_inner_mut();
-        while let Some(item) = ring.next() {
-            match parse_event(&item).and_then(|ev| decode(&ev, self.hz, |a| ks.and_then(|k| k.resolve(a)))) {
-                Ok(Some(ev)) => out.push(ev),
-                Ok(None) => {}
-                Err(_) => self.decode_errors += 1,
+        let (hz, errors) = (self.hz, &mut self.decode_errors);
+        let mut take = |ring: &mut RingBuf<MapData>| {
+            while let Some(item) = ring.next() {
+                match parse_event(&item).and_then(|ev| decode(&ev, hz, |a| ks.and_then(|k| k.resolve(a)))) {
+                    Ok(Some(ev)) => out.push(ev),
+                    Ok(None) => {}
+                    Err(_) => *errors += 1,
+                }
+            }
+        };
+        tokio::select! {
+            _ = self.drain.tick() => take(self.ring.get_mut()),
+            guard = self.ring.readable_mut() => {
+                let mut guard = guard.map_err(FeedError::Wait)?;
+                take(guard.get_inner_mut());
+                guard.clear_ready();
             }
         }
-        guard.clear_ready();
         Ok(())
     }
 
@@ -156,7 +173,8 @@ pub fn kernel_feed(scope: &NetnsScope) -> Result<Feed, FeedError> {
     let lost_w = lost.clone();
     tokio::spawn(async move {
         let mut batch = Vec::with_capacity(4096);
-        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        // Loss is read on its own tick, not per drain (five syscalls each).
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
         loop {
             tokio::select! {
                 r = source.next_batch(&mut batch) => {
@@ -170,12 +188,13 @@ pub fn kernel_feed(scope: &NetnsScope) -> Result<Feed, FeedError> {
                         }
                     }
                 }
-                _ = tick.tick() => {}
+                _ = tick.tick() => {
+                    if let Ok(l) = source.loss() {
+                        lost_w.store(l.lost(), Ordering::Relaxed);
+                    }
+                    source.flush_logs();
+                }
             }
-            if let Ok(l) = source.loss() {
-                lost_w.store(l.lost(), Ordering::Relaxed);
-            }
-            source.flush_logs();
         }
     });
     let paths: Option<Vec<std::path::PathBuf>> = match scope {

@@ -1,33 +1,88 @@
-//! `sock:inet_sock_set_state`: one filtered [`Event`] per TCP state transition.
+//! `inet_sock_set_state` (raw tracepoint): one filtered [`Event`] per TCP state transition.
 //!
-//! Field offsets are pinned in `twreset_common::tp_state` and checked against the running
-//! kernel's tracefs format file by a test.
+//! Two programs attach to the same tracepoint so that none is lost to recursion. The kernel runs
+//! each raw tracepoint program at most once per CPU at a time and skips (counts as a
+//! `recursion_miss`) a run that would nest: a state change in softirq that interrupts the program
+//! while it handles one in process context. The primary handles every transition and first marks
+//! it taken in a per-CPU hashed slot; the backup runs after it on every transition and handles
+//! only those it finds unmarked — exactly the ones the primary was skipped for, since a nested
+//! transition finds the primary busy with another one (marked with other arguments). The backup
+//! clears the marks it finds and counts what it handled (`stat::RECOVERED`); userspace reports
+//! `primary misses - recovered` as lost.
+//!
+//! The arguments are `TP_PROTO(const struct sock *sk, const int oldstate, const int newstate)`
+//! (checked against the kernel's BTF by a test); the socket's fields are read through BTF offsets,
+//! the same ones the tracepoint's own record is built from (`inet_sport`, `skc_dport`,
+//! `skc_rcv_saddr`, `skc_daddr` and their IPv6 forms).
 
-use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::tracepoint, maps::lpm_trie::Key, programs::TracePointContext};
+use aya_ebpf::{
+    helpers::bpf_ktime_get_ns, macros::raw_tracepoint, maps::lpm_trie::Key, programs::RawTracePointContext,
+};
 use twreset_common::{
-    AF_INET, AF_INET6, Event, FilterConfig, IPPROTO_TCP, LastTw, filter, kind, stat, state_aux, tcp_state, tp_state,
+    AF_INET, AF_INET6, Event, FilterConfig, IPPROTO_TCP, KernelOffsets, LastTw, filter, kind, stat, state_aux,
+    tcp_state,
 };
 
 use crate::{
-    maps::{CONFIG, EVENTS, LAST_TW, NETNS_FILTER, PEER_FILTER, PORT_FILTER, count},
-    offsets::{mapped4, netns_cookie, offsets, read as kread},
+    maps::{CONFIG, LAST_TW, NETNS_FILTER, PEER_FILTER, PORT_FILTER, TAKEN, TAKEN_SLOTS, count, send},
+    offsets::{mapped4, netns_cookie, offsets, read},
 };
 
-#[tracepoint]
-pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
-    match try_inet_sock_set_state(&ctx) {
-        Ok(ret) => ret,
-        Err(ret) => ret,
+#[raw_tracepoint(tracepoint = "inet_sock_set_state")]
+pub fn set_state(ctx: RawTracePointContext) -> i32 {
+    let t = Transition::of(&ctx);
+    if let Some(slot) = TAKEN.get_ptr_mut(t.slot()) {
+        // SAFETY: per-CPU slot; a nested run of this program on this CPU is skipped by the kernel.
+        unsafe { *slot = t.mark() };
     }
+    handle(&t);
+    0
 }
 
-#[inline(always)]
-fn read<T>(ctx: &TracePointContext, off: usize) -> Result<T, u32> {
-    // SAFETY: offsets come from the tracepoint format, checked against the kernel by a test.
-    unsafe { ctx.read_at::<T>(off) }.map_err(|_| {
-        count(stat::READ_ERROR);
-        0u32
-    })
+/// Attached after [`set_state`]; handles what the kernel skipped it for.
+#[raw_tracepoint(tracepoint = "inet_sock_set_state")]
+pub fn set_state_nest(ctx: RawTracePointContext) -> i32 {
+    let t = Transition::of(&ctx);
+    if let Some(slot) = TAKEN.get_ptr_mut(t.slot()) {
+        // SAFETY: per-CPU slot, see above.
+        unsafe {
+            if *slot == t.mark() {
+                *slot = 0;
+                return 0;
+            }
+        }
+    }
+    count(stat::RECOVERED);
+    handle(&t);
+    0
+}
+
+/// The tracepoint's arguments.
+struct Transition {
+    sk: u64,
+    old: u32,
+    new: u32,
+}
+
+impl Transition {
+    #[inline(always)]
+    fn of(ctx: &RawTracePointContext) -> Self {
+        let old: u64 = ctx.arg(1);
+        let new: u64 = ctx.arg(2);
+        Self { sk: ctx.arg(0), old: old as u32, new: new as u32 }
+    }
+
+    /// Kernel pointers have their top 16 bits set, so the states fit there without ambiguity.
+    #[inline(always)]
+    fn mark(&self) -> u64 {
+        self.sk ^ ((self.old as u64 & 0xff) << 48) ^ ((self.new as u64 & 0xff) << 56)
+    }
+
+    #[inline(always)]
+    fn slot(&self) -> u32 {
+        let h = (self.sk >> 6) ^ (self.sk >> 14) ^ (self.old as u64) ^ ((self.new as u64) << 4);
+        (h as u32) & (TAKEN_SLOTS - 1)
+    }
 }
 
 #[inline(always)]
@@ -35,74 +90,75 @@ fn state_bit(mask: u32, s: u32) -> bool {
     s < 32 && mask & (1 << s) != 0
 }
 
-fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<u32, u32> {
-    let protocol: u16 = read(ctx, tp_state::PROTOCOL)?;
-    if protocol != IPPROTO_TCP {
-        return Ok(0);
-    }
+/// A failed read of the socket: counted, and the transition dropped.
+#[inline(always)]
+fn sk_read<T>(sk: u64, off: u32) -> Result<T, ()> {
+    read(sk, off).map_err(|_| count(stat::READ_ERROR))
+}
+
+#[inline(always)]
+fn handle(t: &Transition) {
+    let _ = try_handle(t);
+}
+
+#[inline(always)]
+fn try_handle(t: &Transition) -> Result<(), ()> {
+    let (sk, oldstate, newstate) = (t.sk, t.old, t.new);
     let cfg: FilterConfig = match CONFIG.get(0) {
         Some(c) => *c,
         None => FilterConfig::default(),
     };
-    let oldstate: i32 = read(ctx, tp_state::OLDSTATE)?;
-    let newstate: i32 = read(ctx, tp_state::NEWSTATE)?;
-    let (oldstate, newstate) = (oldstate as u32, newstate as u32);
+    // The state filter needs no read: it goes first, so a TIME_WAIT-only agent pays almost
+    // nothing for the other transitions.
+    let into_tw = newstate == tcp_state::CLOSE && (oldstate == tcp_state::FIN_WAIT2 || oldstate == tcp_state::CLOSING);
     if cfg.flags & filter::STATE != 0 {
-        let into_tw =
-            newstate == tcp_state::CLOSE && (oldstate == tcp_state::FIN_WAIT2 || oldstate == tcp_state::CLOSING);
         let hit = state_bit(cfg.state_mask, oldstate)
             || state_bit(cfg.state_mask, newstate)
             || (into_tw && state_bit(cfg.state_mask, tcp_state::TIME_WAIT));
         if !hit {
-            return Ok(0);
+            return Ok(());
         }
     }
-    let sport: u16 = read(ctx, tp_state::SPORT)?;
-    let dport: u16 = read(ctx, tp_state::DPORT)?;
+    let off = offsets();
+    let protocol: u16 = sk_read(sk, off.sk_protocol)?;
+    if protocol != IPPROTO_TCP {
+        return Ok(());
+    }
+    let sport_be: u16 = sk_read(sk, off.inet_sport)?;
+    let dport_be: u16 = sk_read(sk, off.skc_dport)?;
+    let (sport, dport) = (u16::from_be(sport_be), u16::from_be(dport_be));
     if cfg.flags & filter::PORT != 0 {
         // SAFETY: read-only lookups of plain integers.
         let hit = unsafe { PORT_FILTER.get(&sport).is_some() || PORT_FILTER.get(&dport).is_some() };
         if !hit {
-            return Ok(0);
+            return Ok(());
         }
     }
-    let family: u16 = read(ctx, tp_state::FAMILY)?;
+    let family: u16 = sk_read(sk, off.skc_family)?;
     let (saddr, daddr): ([u8; 16], [u8; 16]) = if family == AF_INET {
-        (mapped4(read(ctx, tp_state::SADDR)?), mapped4(read(ctx, tp_state::DADDR)?))
+        (mapped4(sk_read(sk, off.skc_rcv_saddr)?), mapped4(sk_read(sk, off.skc_daddr)?))
     } else if family == AF_INET6 {
-        (read(ctx, tp_state::SADDR_V6)?, read(ctx, tp_state::DADDR_V6)?)
+        (sk_read(sk, off.skc_v6_rcv_saddr)?, sk_read(sk, off.skc_v6_daddr)?)
     } else {
-        return Ok(0);
+        return Ok(());
     };
     if cfg.flags & filter::PEER != 0 && PEER_FILTER.get(&Key::new(128, daddr)).is_none() {
-        return Ok(0);
+        return Ok(());
     }
-    let skaddr: u64 = read(ctx, tp_state::SKADDR)?;
-    let off = offsets();
-    let cookie = match netns_cookie(&off, skaddr) {
-        Ok(c) => c,
-        Err(_) => {
-            count(stat::READ_ERROR);
-            0
-        }
-    };
+    let cookie = netns_cookie(&off, sk).unwrap_or_else(|_| {
+        count(stat::READ_ERROR);
+        0
+    });
     // SAFETY: read-only lookup of a plain integer.
     if cfg.flags & filter::NETNS != 0 && unsafe { NETNS_FILTER.get(&cookie) }.is_none() {
-        return Ok(0);
+        return Ok(());
     }
-    let mut aux = 0;
-    if newstate == tcp_state::CLOSE && (oldstate == tcp_state::FIN_WAIT2 || oldstate == tcp_state::CLOSING) {
-        aux = active_close(&off, skaddr, cookie, &saddr, &daddr, sport, dport);
-    }
-    let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
-        count(stat::RINGBUF_FULL);
-        return Ok(0);
-    };
-    entry.write(Event {
+    let aux = if into_tw { active_close(&off, sk, cookie, &saddr, &daddr, sport, dport) } else { 0 };
+    send(Event {
         // SAFETY: helper without preconditions.
         ts_ns: unsafe { bpf_ktime_get_ns() },
         netns_cookie: cookie,
-        skaddr,
+        skaddr: sk,
         saddr,
         daddr,
         sport,
@@ -113,9 +169,7 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<u32, u32> {
         newstate,
         aux,
     });
-    entry.submit(0);
-    count(stat::SENT);
-    Ok(0)
+    Ok(())
 }
 
 /// Did this active close create a TIME_WAIT socket? `tcp_time_wait()` arms the TIME_WAIT timer
@@ -124,8 +178,8 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<u32, u32> {
 /// `tcp_max_tw_buckets` full.
 #[inline(always)]
 fn active_close(
-    off: &twreset_common::KernelOffsets,
-    skaddr: u64,
+    off: &KernelOffsets,
+    sk: u64,
     cookie: u64,
     saddr: &[u8; 16],
     daddr: &[u8; 16],
@@ -147,6 +201,6 @@ fn active_close(
         *last = LastTw::default();
         return state_aux::TW_CREATED;
     }
-    let err: i32 = kread(skaddr, off.sk_err).unwrap_or(1);
+    let err: i32 = read(sk, off.sk_err).unwrap_or(1);
     if err == 0 { state_aux::OVERFLOW } else { 0 }
 }

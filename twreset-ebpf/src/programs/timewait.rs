@@ -17,7 +17,7 @@ use aya_ebpf::{
 use twreset_common::{AF_INET, AF_INET6, Event, KernelOffsets, LastTw, filter, kind, stat};
 
 use crate::{
-    maps::{CONFIG, EVENTS, LAST_TW, NETNS_FILTER, count},
+    maps::{CONFIG, LAST_TW, NETNS_FILTER, count, send},
     offsets::{mapped4, netns_cookie, offsets, read},
 };
 
@@ -69,11 +69,7 @@ fn wanted(cookie: u64) -> bool {
 
 #[inline(always)]
 fn emit(t: &Tw, event_kind: u16, aux: u64) {
-    let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
-        count(stat::RINGBUF_FULL);
-        return;
-    };
-    entry.write(Event {
+    send(Event {
         // SAFETY: helper without preconditions.
         ts_ns: unsafe { bpf_ktime_get_ns() },
         netns_cookie: t.cookie,
@@ -88,8 +84,6 @@ fn emit(t: &Tw, event_kind: u16, aux: u64) {
         newstate: t.substate,
         aux,
     });
-    entry.submit(0);
-    count(stat::SENT);
 }
 
 #[raw_tracepoint(tracepoint = "timer_start")]

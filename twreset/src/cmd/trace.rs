@@ -7,16 +7,17 @@ use std::{
 };
 
 use anyhow::{Context, Result};
+use aya::maps::{MapData, RingBuf};
 use clap::Args;
 use ipnet::IpNet;
-use tokio::io::unix::AsyncFd;
+use tokio::{io::unix::AsyncFd, time::MissedTickBehavior};
 
 use crate::{
     cli::{NetnsArgs, NetnsScope, UsageError, parse_peer, parse_port, parse_state},
     decode,
     kernel::{kallsyms::Kallsyms, netns},
     output::{self, NsNames, WallClock},
-    probe::{Filters, Loss, Probe},
+    probe::{DRAIN_EVERY, Filters, Loss, Probe},
     state::TcpState,
     twfeed,
 };
@@ -146,6 +147,26 @@ fn render(out: &mut impl Write, bytes: &[u8], r: &Render<'_>) -> Result<(), Rend
     Ok(())
 }
 
+/// Render every pending event; stops at the first write error.
+fn render_all(
+    out: &mut impl Write,
+    ring: &mut RingBuf<MapData>,
+    ctx: &Render<'_>,
+    summary: &mut Summary,
+) -> io::Result<()> {
+    while let Some(item) = ring.next() {
+        match render(out, &item, ctx) {
+            Ok(()) => summary.events += 1,
+            Err(RenderError::Decode(e)) => {
+                summary.decode_errors += 1;
+                tracing::warn!("undecodable event: {e}");
+            }
+            Err(RenderError::Io(e)) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 /// Run the session until `shutdown` resolves or stdout is closed.
 pub async fn run(cfg: TraceConfig, shutdown: impl Future<Output = ()>) -> Result<Summary> {
     let mut probe = Probe::load()?;
@@ -174,40 +195,53 @@ pub async fn run(cfg: TraceConfig, shutdown: impl Future<Output = ()>) -> Result
     let mut summary = Summary::default();
     let mut reported = 0;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut drain = tokio::time::interval(DRAIN_EVERY);
+    drain.set_missed_tick_behavior(MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
     let result: Result<()> = loop {
-        tokio::select! {
+        // The kernel side wakes us only when a lot is pending: drain on our own timer too.
+        let guard = tokio::select! {
             _ = &mut shutdown => break Ok(()),
             _ = tick.tick() => {
                 probe.flush_logs();
                 report_loss(&mut reported, &probe.loss()?);
+                continue;
             }
-            guard = ring.readable_mut() => {
-                let mut guard = guard.context("waiting on the ring buffer")?;
-                let ring = guard.get_inner_mut();
-                let mut wrote = Ok(());
-                let ks = probe.kallsyms();
-                let ctx = Render { json: cfg.json, timewait: cfg.timewait, names: &names, clock: &clock, hz, kallsyms: ks };
-                while let Some(item) = ring.next() {
-                    match render(&mut out, &item, &ctx) {
-                        Ok(()) => summary.events += 1,
-                        Err(RenderError::Decode(e)) => {
-                            summary.decode_errors += 1;
-                            tracing::warn!("undecodable event: {e}");
-                        }
-                        Err(RenderError::Io(e)) => {
-                            wrote = Err(e);
-                            break;
-                        }
-                    }
-                }
+            _ = drain.tick() => None,
+            guard = ring.readable_mut() => Some(guard.context("waiting on the ring buffer")?),
+        };
+        let ctx = Render {
+            json: cfg.json,
+            timewait: cfg.timewait,
+            names: &names,
+            clock: &clock,
+            hz,
+            kallsyms: probe.kallsyms(),
+        };
+        let wrote = match guard {
+            Some(mut guard) => {
+                let wrote = render_all(&mut out, guard.get_inner_mut(), &ctx, &mut summary);
                 guard.clear_ready();
-                if let Err(e) = wrote.and_then(|_| out.flush()) {
-                    break Err(e.into());
-                }
+                wrote
             }
+            None => render_all(&mut out, ring.get_mut(), &ctx, &mut summary),
+        };
+        if let Err(e) = wrote.and_then(|_| out.flush()) {
+            break Err(e.into());
         }
     };
+    // What the kernel sent before the stop and no timer tick collected yet.
+    let result = result.and_then(|_| {
+        let ctx = Render {
+            json: cfg.json,
+            timewait: cfg.timewait,
+            names: &names,
+            clock: &clock,
+            hz,
+            kallsyms: probe.kallsyms(),
+        };
+        render_all(&mut out, ring.get_mut(), &ctx, &mut summary).and_then(|_| out.flush()).map_err(Into::into)
+    });
     summary.loss = probe.loss()?;
     drop(probe); // detaches the program before the summary is printed
     result.map(|_| summary)

@@ -302,7 +302,10 @@ pub fn kernel(caps: &Capabilities, recycle_lines: &[ConfigLine], kernel_has_recy
         Info,
         "tracefs",
         format!("tracefs mounted ({})", caps.tracefs.detail),
-        format!("tracefs not mounted ({}); twreset mounts it when it needs it", caps.tracefs.detail),
+        format!(
+            "tracefs not mounted ({}); twreset does not need it (raw tracepoints), other tracers do",
+            caps.tracefs.detail
+        ),
         "mount -t tracefs tracefs /sys/kernel/tracing",
     ));
     out.push(cap(

@@ -28,6 +28,10 @@ pub enum BtfError {
     NoStruct { name: String },
     #[error("kernel BTF: struct {strukt} has no member {member}")]
     NoMember { strukt: String, member: String },
+    #[error("kernel BTF has no raw tracepoint {name} (no typedef btf_trace_{name})")]
+    NoTracepoint { name: String },
+    #[error("raw tracepoint {name} takes ({}) on this kernel, twreset reads ({})", found.join(", "), expected.join(", "))]
+    Prototype { name: String, found: Vec<String>, expected: Vec<String> },
 }
 
 /// Parsed kernel BTF.
@@ -81,6 +85,58 @@ impl KernelBtf {
         None
     }
 
+    /// The C types of a raw tracepoint's arguments (its `TP_PROTO`), read from the BTF typedef
+    /// `btf_trace_<name>`, whose first parameter (the `void *` context) is left out.
+    pub fn raw_tracepoint_args(&self, name: &str) -> Result<Vec<String>, BtfError> {
+        let none = || BtfError::NoTracepoint { name: name.to_owned() };
+        let typedef = self
+            .btf
+            .resolve_types_by_name(&format!("btf_trace_{name}"))
+            .map_err(|_| none())?
+            .into_iter()
+            .find_map(|t| match t {
+                Type::Typedef(t) => Some(t),
+                _ => None,
+            })
+            .ok_or_else(none)?;
+        let Ok(Type::Ptr(ptr)) = self.btf.resolve_chained_type(&typedef) else { return Err(none()) };
+        let Ok(Type::FuncProto(proto)) = self.btf.resolve_chained_type(&ptr) else { return Err(none()) };
+        Ok(proto.parameters.iter().skip(1).map(|p| self.type_name(p)).collect())
+    }
+
+    /// Fail unless raw tracepoint `name`'s leading arguments are `expected` (C type names,
+    /// `const` ignored): the ones a program reads.
+    pub fn check_raw_tracepoint(&self, name: &str, expected: &[&str]) -> Result<(), BtfError> {
+        let found = self.raw_tracepoint_args(name)?;
+        let bare = |t: &str| t.replace("const ", "");
+        if found.len() >= expected.len() && found.iter().zip(expected).all(|(f, e)| bare(f) == bare(e)) {
+            return Ok(());
+        }
+        Err(BtfError::Prototype {
+            name: name.to_owned(),
+            found,
+            expected: expected.iter().map(|e| e.to_string()).collect(),
+        })
+    }
+
+    /// C spelling of the type `t` refers to (enough for tracepoint arguments).
+    fn type_name(&self, t: &dyn BtfType) -> String {
+        let Ok(ty) = self.btf.resolve_chained_type(t) else { return "?".into() };
+        let name = |x: &dyn BtfType| self.btf.resolve_name(x).unwrap_or_default();
+        match &ty {
+            Type::Void => "void".into(),
+            Type::Int(x) => name(x),
+            Type::Typedef(x) => name(x),
+            Type::Struct(x) => format!("struct {}", name(x)),
+            Type::Union(x) => format!("union {}", name(x)),
+            Type::Enum(x) => format!("enum {}", name(x)),
+            Type::Ptr(x) => format!("{} *", self.type_name(x)),
+            Type::Const(x) => format!("const {}", self.type_name(x)),
+            Type::Volatile(x) => format!("volatile {}", self.type_name(x)),
+            _ => "?".into(),
+        }
+    }
+
     /// The member's type with typedefs and qualifiers peeled off.
     fn resolved(&self, m: &dyn BtfType) -> Result<Type, btf_rs::Error> {
         let mut t = self.btf.resolve_chained_type(m)?;
@@ -113,6 +169,8 @@ pub fn kernel_offsets(btf: &KernelBtf) -> Result<KernelOffsets, BtfError> {
         timer_function: btf.offset("timer_list", "function")?,
         sk_err: btf.offset("sock", "sk_err")?,
         timer_expires: btf.offset("timer_list", "expires")?,
+        sk_protocol: btf.offset("sock", "sk_protocol")?,
+        inet_sport: btf.offset("inet_sock", "inet_sport")?,
         ..KernelOffsets::default()
     })
 }
@@ -120,6 +178,31 @@ pub fn kernel_offsets(btf: &KernelBtf) -> Result<KernelOffsets, BtfError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The raw tracepoints the programs attach to take what they read (`probe::RAW_TRACEPOINTS`).
+    #[test]
+    fn raw_tracepoint_prototypes_from_running_kernel() {
+        let path = vmlinux_path();
+        if !path.exists() {
+            assert!(std::env::var("CI").is_err(), "CI needs kernel BTF at {}", path.display());
+            eprintln!("skipping: no kernel BTF");
+            return;
+        }
+        let btf = KernelBtf::from_path(&path).unwrap();
+        assert_eq!(
+            btf.raw_tracepoint_args("inet_sock_set_state").unwrap(),
+            ["const struct sock *", "const int", "const int"]
+        );
+        assert_eq!(btf.raw_tracepoint_args("timer_cancel").unwrap(), ["struct timer_list *"]);
+        for (name, args) in crate::probe::RAW_TRACEPOINTS {
+            btf.check_raw_tracepoint(name, args).unwrap();
+        }
+        let err = btf.check_raw_tracepoint("timer_cancel", &["struct sock *"]).unwrap_err();
+        assert!(err.to_string().contains("takes (struct timer_list *)"), "{err}");
+        let err = btf.check_raw_tracepoint("timer_cancel", &["struct timer_list *", "int"]).unwrap_err();
+        assert!(matches!(err, BtfError::Prototype { .. }), "{err}");
+        assert!(matches!(btf.raw_tracepoint_args("no_such_tracepoint"), Err(BtfError::NoTracepoint { .. })));
+    }
 
     #[test]
     fn missing_file_is_a_clear_error() {
@@ -144,6 +227,8 @@ mod tests {
             assert_eq!((off.tw_substate, off.tw_timer, off.net_cookie), (140, 160, 4160));
         }
         assert_eq!((off.timer_expires, off.timer_function), (16, 24));
+        assert_eq!(off.sk_protocol, btf.offset("sock", "sk_protocol").unwrap());
+        assert!(off.inet_sport > off.sk_protocol, "inet_sock embeds struct sock first");
         // Member inside an anonymous union of sock_common.
         assert!(btf.offset("sock_common", "skc_tw_rcv_nxt").is_ok());
         assert!(matches!(btf.offset("sock_common", "no_such_member"), Err(BtfError::NoMember { .. })));
