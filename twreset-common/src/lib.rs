@@ -87,6 +87,9 @@ pub mod filter {
     pub const PORT: u32 = 1 << 2;
     /// Only transitions whose old or new state bit is in `state_mask`.
     pub const STATE: u32 = 1 << 3;
+    /// Of the active closes into TIME_WAIT, only those that created no TIME_WAIT socket
+    /// (`state_aux::OVERFLOW`): a TIME_WAIT table learns creations from the timer programs.
+    pub const OVERFLOW_ONLY: u32 = 1 << 4;
 }
 
 /// Runtime filter, element 0 of the `CONFIG` array. Userspace may rewrite it while attached.

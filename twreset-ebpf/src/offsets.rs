@@ -2,7 +2,7 @@
 //! time) and fault-safe readers of kernel memory built on it.
 
 use aya_ebpf::helpers::bpf_probe_read_kernel;
-use twreset_common::KernelOffsets;
+use twreset_common::{AF_INET, AF_INET6, KernelOffsets};
 
 #[unsafe(no_mangle)]
 static OFFSETS: KernelOffsets = KernelOffsets {
@@ -36,6 +36,22 @@ pub fn offsets() -> KernelOffsets {
     unsafe { core::ptr::read_volatile(&OFFSETS) }
 }
 
+/// `timer_list.function`, read on its own so the verifier sees a known constant (a load from
+/// the frozen read-only `OFFSETS`), as a direct BTF-checked load needs.
+#[inline(always)]
+pub fn timer_function_offset() -> u32 {
+    // SAFETY: reading a field of a static the loader patched before the program was loaded.
+    unsafe { core::ptr::read_volatile(&OFFSETS.timer_function) }
+}
+
+/// `tw_timer_handler`'s address (0: TIME_WAIT tracking off), read on its own: the first test of
+/// every timer event, before anything else is loaded.
+#[inline(always)]
+pub fn tw_timer_fn() -> u64 {
+    // SAFETY: as above.
+    unsafe { core::ptr::read_volatile(&OFFSETS.tw_timer_fn) }
+}
+
 /// Read a `T` at `base + off` from kernel memory.
 #[inline(always)]
 pub fn read<T>(base: u64, off: u32) -> Result<T, u32> {
@@ -47,6 +63,12 @@ pub fn read<T>(base: u64, off: u32) -> Result<T, u32> {
 #[inline(always)]
 pub fn netns_cookie(o: &KernelOffsets, sk: u64) -> Result<u64, u32> {
     let net: u64 = read(sk, o.skc_net)?;
+    net_cookie(o, net)
+}
+
+/// `net->net_cookie`.
+#[inline(always)]
+pub fn net_cookie(o: &KernelOffsets, net: u64) -> Result<u64, u32> {
     read(net, o.net_cookie)
 }
 
@@ -58,4 +80,72 @@ pub fn mapped4(v4: [u8; 4]) -> [u8; 16] {
     a[11] = 0xff;
     a[12..16].copy_from_slice(&v4);
     a
+}
+
+/// The leading `struct sock_common` members every event needs, from a full or a TIME_WAIT socket.
+pub struct Common {
+    pub family: u16,
+    /// Local and remote address, IPv4-mapped for IPv4.
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    /// `skc_num`: local port, host order.
+    pub num: u16,
+    /// `skc_dport`: remote port, host order.
+    pub dport: u16,
+    /// `skc_net.net`.
+    pub net: u64,
+}
+
+/// `struct sock_common` up to `skc_net`, as x86_64 Linux has laid it out since 4.x (6.18: see
+/// KERNEL.md). Used only when the BTF offsets say so ([`head_layout`]): one read instead of six.
+#[repr(C)]
+struct Head {
+    daddr: [u8; 4],
+    rcv_saddr: [u8; 4],
+    _hash: u32,
+    dport_be: u16,
+    num: u16,
+    family: u16,
+    _between: [u8; 30],
+    net: u64,
+}
+const _: () = assert!(core::mem::size_of::<Head>() == 56);
+
+/// Do the running kernel's offsets match [`Head`]? (Known constants to the verifier.)
+#[inline(always)]
+fn head_layout(o: &KernelOffsets) -> bool {
+    o.skc_daddr == 0
+        && o.skc_rcv_saddr == 4
+        && o.skc_dport == 12
+        && o.skc_num == 14
+        && o.skc_family == 16
+        && o.skc_net == 48
+}
+
+/// Read [`Common`] of the socket at `sk`; `Err` for a failed read or a family other than
+/// IPv4/IPv6.
+#[inline(always)]
+pub fn common(o: &KernelOffsets, sk: u64) -> Result<Common, u32> {
+    let (family, v4, num, dport_be, net) = if head_layout(o) {
+        let h: Head = read(sk, 0)?;
+        (h.family, (h.rcv_saddr, h.daddr), h.num, h.dport_be, h.net)
+    } else {
+        let family: u16 = read(sk, o.skc_family)?;
+        let v4 =
+            if family == AF_INET { (read(sk, o.skc_rcv_saddr)?, read(sk, o.skc_daddr)?) } else { ([0; 4], [0; 4]) };
+        (family, v4, read(sk, o.skc_num)?, read(sk, o.skc_dport)?, read(sk, o.skc_net)?)
+    };
+    let (saddr, daddr) = if family == AF_INET {
+        (mapped4(v4.0), mapped4(v4.1))
+    } else if family == AF_INET6 {
+        if o.skc_v6_daddr + 16 == o.skc_v6_rcv_saddr {
+            let both: [[u8; 16]; 2] = read(sk, o.skc_v6_daddr)?;
+            (both[1], both[0])
+        } else {
+            (read(sk, o.skc_v6_rcv_saddr)?, read(sk, o.skc_v6_daddr)?)
+        }
+    } else {
+        return Err(0);
+    };
+    Ok(Common { family, saddr, daddr, num, dport: u16::from_be(dport_be), net })
 }

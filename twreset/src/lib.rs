@@ -8,6 +8,7 @@ pub mod doctor;
 pub mod kernel;
 pub mod kill;
 pub mod live;
+pub mod ndjson;
 pub mod output;
 pub mod probe;
 pub mod sock;

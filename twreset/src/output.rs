@@ -6,6 +6,7 @@ use serde_json::{Value, json};
 
 use crate::{
     decode::Transition,
+    ndjson::Line,
     tw_event::{TwCause, TwEvent, TwEventKind},
 };
 
@@ -101,25 +102,52 @@ pub fn json(t: &Transition) -> Value {
     })
 }
 
-/// Write the NDJSON line of [`json`] straight into `out`: the same object, without building a
-/// `serde_json::Value` per event (the hot path of `trace --json`). Addresses and state names need
-/// no escaping.
-pub fn write_json_line(out: &mut impl std::io::Write, t: &Transition) -> std::io::Result<()> {
-    writeln!(
-        out,
-        r#"{{"ts_ns":{},"netns_cookie":{},"family":"{}","laddr":"{}","lport":{},"raddr":"{}","rport":{},"old":"{}","new":"{}","time_wait":{},"sk":"{:#x}"}}"#,
-        t.ts_ns,
-        t.netns_cookie,
-        t.family.name(),
-        t.laddr,
-        t.lport,
-        t.raddr,
-        t.rport,
-        t.old.name(),
-        t.new.name(),
-        t.into_time_wait(),
-        t.skaddr
-    )
+/// Append the NDJSON line of [`json`] to `buf`: the same object without a `serde_json::Value`
+/// or core::fmt per event (the hot path of `trace --json`).
+pub fn push_json_line(buf: &mut Vec<u8>, t: &Transition) {
+    Line::new(buf)
+        .u64("ts_ns", t.ts_ns)
+        .u64("netns_cookie", t.netns_cookie)
+        .str("family", t.family.name())
+        .ip("laddr", t.laddr)
+        .u64("lport", t.lport.into())
+        .ip("raddr", t.raddr)
+        .u64("rport", t.rport.into())
+        .str("old", t.old.name())
+        .str("new", t.new.name())
+        .bool("time_wait", t.into_time_wait())
+        .hex("sk", t.skaddr)
+        .end();
+}
+
+/// Append the NDJSON line of [`tw_json`] to `buf` (same object, see [`push_json_line`]).
+pub fn push_tw_json_line(buf: &mut Vec<u8>, ev: &TwEvent) {
+    let k = &ev.key;
+    let mut l = Line::new(buf);
+    let event = match ev.kind {
+        TwEventKind::Created { .. } | TwEventKind::Rearmed { .. } => "tw_start",
+        TwEventKind::Expired => "tw_expire",
+        TwEventKind::Killed { .. } => "tw_kill",
+        TwEventKind::Overflow => "tw_overflow",
+    };
+    l.str("event", event)
+        .u64("ts_ns", ev.ts_ns)
+        .u64("netns_cookie", k.netns_cookie)
+        .str("family", k.family().name())
+        .ip("laddr", k.laddr)
+        .u64("lport", k.lport.into())
+        .ip("raddr", k.raddr)
+        .u64("rport", k.rport.into());
+    match ev.kind {
+        TwEventKind::Created { substate, timeout_ms } | TwEventKind::Rearmed { substate, timeout_ms } => {
+            l.str("substate", substate.name()).u64("timeout_ms", timeout_ms.into());
+        }
+        TwEventKind::Killed { cause } => {
+            l.str("cause", cause_name(cause));
+        }
+        TwEventKind::Expired | TwEventKind::Overflow => {}
+    }
+    l.end();
 }
 
 /// Stable snake_case name of a cause (JSON and human output).
@@ -227,6 +255,35 @@ mod tests {
     }
 
     #[test]
+    fn fast_tw_json_line_is_the_same_object() {
+        use crate::{sock::SockKey, state::TcpState};
+        let kinds = [
+            TwEventKind::Created { substate: TcpState::TimeWait, timeout_ms: 60_000 },
+            TwEventKind::Rearmed { substate: TcpState::FinWait2, timeout_ms: 1 },
+            TwEventKind::Expired,
+            TwEventKind::Killed { cause: TwCause::PeerRst },
+            TwEventKind::Overflow,
+        ];
+        for (kind, laddr, raddr) in kinds.into_iter().zip(["10.0.0.1", "fd00::1"].into_iter().cycle()).map(|(k, a)| {
+            let b = if a.contains(':') { "fd00::2" } else { "10.0.0.2" };
+            (k, a, b)
+        }) {
+            let key = SockKey {
+                netns_cookie: 4096,
+                laddr: laddr.parse().unwrap(),
+                lport: 40000,
+                raddr: raddr.parse().unwrap(),
+                rport: 443,
+            };
+            let ev = TwEvent { ts_ns: 123, key, kind };
+            let mut buf = Vec::new();
+            push_tw_json_line(&mut buf, &ev);
+            let parsed: Value = serde_json::from_slice(&buf).unwrap();
+            assert_eq!(parsed, tw_json(&ev), "{}", String::from_utf8_lossy(&buf));
+        }
+    }
+
+    #[test]
     fn fast_json_line_is_the_same_object() {
         for (old, new) in [(TcpState::FinWait2, TcpState::Close), (TcpState::SynSent, TcpState::Established)] {
             let mut tr = t();
@@ -239,7 +296,7 @@ mod tests {
                     tr.raddr = "10.0.0.2".parse().unwrap();
                 }
                 let mut buf = Vec::new();
-                write_json_line(&mut buf, &tr).unwrap();
+                push_json_line(&mut buf, &tr);
                 assert_eq!(buf.last(), Some(&b'\n'));
                 let parsed: Value = serde_json::from_slice(&buf).unwrap();
                 assert_eq!(parsed, json(&tr));

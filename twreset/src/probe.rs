@@ -5,7 +5,7 @@ use std::os::fd::{AsFd, AsRawFd};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, RingBuf, lpm_trie::Key},
-    programs::{ProgramError, RawTracePoint},
+    programs::{BtfTracePoint, ProgramError, RawTracePoint},
 };
 use ipnet::IpNet;
 use twreset_common::{FilterConfig, KernelOffsets, OFFSETS_GLOBAL, PeerKey, filter, stat, tcp_state};
@@ -53,6 +53,8 @@ pub enum ProbeError {
     Btf(#[from] BtfError),
     #[error("loading the eBPF object into the kernel failed")]
     Load(#[source] aya::EbpfError),
+    #[error("reading the kernel's BTF for the TIME_WAIT programs failed")]
+    AyaBtf(#[source] aya::BtfError),
     #[error("eBPF program {name} missing from the object")]
     NoProgram { name: &'static str },
     #[error("eBPF map {name} missing from the object")]
@@ -97,6 +99,8 @@ pub struct Filters {
     pub peers: Vec<IpNet>,
     pub ports: Vec<u16>,
     pub states: Vec<TcpState>,
+    /// Of the active closes into TIME_WAIT, send only those that overflowed (`filter::OVERFLOW_ONLY`).
+    pub overflow_only: bool,
 }
 
 /// Events the kernel side could not deliver, and why.
@@ -167,15 +171,22 @@ impl Probe {
         self.kallsyms.as_ref()
     }
 
-    /// Attach the TIME_WAIT lifecycle programs (raw tracepoints `timer_start`,
+    /// Attach the TIME_WAIT lifecycle programs (BTF-typed raw tracepoints `timer_start`,
     /// `timer_expire_entry`, `timer_cancel`, filtered in BPF on `tw_timer_handler`).
     pub fn attach_timewait(&mut self) -> Result<(), ProbeError> {
         if let Some(e) = self.timewait_unavailable.take() {
             return Err(ProbeError::NoTimewait(e));
         }
+        let btf = aya::Btf::from_sys_fs().map_err(ProbeError::AyaBtf)?;
         for name in TIMER_PROGRAMS {
-            let prog: &mut RawTracePoint = self.loaded(name)?;
-            prog.attach(name).map_err(|source| ProbeError::Program { name, action: "attach", source })?;
+            let prog: &mut BtfTracePoint = self
+                .ebpf
+                .program_mut(name)
+                .ok_or(ProbeError::NoProgram { name })?
+                .try_into()
+                .map_err(|source| ProbeError::Program { name, action: "type check", source })?;
+            prog.load(name, &btf).map_err(|source| ProbeError::Program { name, action: "load", source })?;
+            prog.attach().map_err(|source| ProbeError::Program { name, action: "attach", source })?;
             self.attached.push(name);
         }
         Ok(())
@@ -228,6 +239,9 @@ impl Probe {
         }
         if !f.ports.is_empty() {
             cfg.flags |= filter::PORT;
+        }
+        if f.overflow_only {
+            cfg.flags |= filter::OVERFLOW_ONLY;
         }
         if !f.states.is_empty() {
             cfg.flags |= filter::STATE;

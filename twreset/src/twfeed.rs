@@ -107,7 +107,14 @@ impl TwFeed {
     /// Load, filter to the namespaces and to active closes (for overflow), attach everything.
     pub fn start(netns: Option<Vec<u64>>) -> Result<Self, FeedError> {
         let mut probe = Probe::load()?;
-        probe.set_filters(&Filters { netns, states: vec![TcpState::TimeWait], ..Filters::default() })?;
+        // Of the state transitions only the active closes that overflowed `tcp_max_tw_buckets`:
+        // the timer programs report every TIME_WAIT socket created.
+        probe.set_filters(&Filters {
+            netns,
+            states: vec![TcpState::TimeWait],
+            overflow_only: true,
+            ..Filters::default()
+        })?;
         let ring = probe.take_events()?;
         // SAFETY: the RingBuf owns its map fd for as long as the AsyncFd holds it.
         let ring = unsafe { AsyncFd::register(ring) }.map_err(|e| FeedError::Register(e.into_parts().1))?;

@@ -19,23 +19,26 @@ use aya_ebpf::{
     helpers::bpf_ktime_get_ns, macros::raw_tracepoint, maps::lpm_trie::Key, programs::RawTracePointContext,
 };
 use twreset_common::{
-    AF_INET, AF_INET6, Event, FilterConfig, IPPROTO_TCP, KernelOffsets, LastTw, filter, kind, stat, state_aux,
-    tcp_state,
+    Event, FilterConfig, IPPROTO_TCP, KernelOffsets, LastTw, filter, kind, stat, state_aux, tcp_state,
 };
 
 use crate::{
     maps::{CONFIG, LAST_TW, NETNS_FILTER, PEER_FILTER, PORT_FILTER, TAKEN, TAKEN_SLOTS, count, send},
-    offsets::{mapped4, netns_cookie, offsets, read},
+    offsets::{common, net_cookie, offsets, read},
 };
 
 #[raw_tracepoint(tracepoint = "inet_sock_set_state")]
 pub fn set_state(ctx: RawTracePointContext) -> i32 {
     let t = Transition::of(&ctx);
+    // Marked before any filter: the kernel's miss count covers every transition, so the
+    // backup must be able to tell every skipped one (filtered or not) to keep `lost` exact.
     if let Some(slot) = TAKEN.get_ptr_mut(t.slot()) {
         // SAFETY: per-CPU slot; a nested run of this program on this CPU is skipped by the kernel.
         unsafe { *slot = t.mark() };
     }
-    handle(&t);
+    if let Some(cfg) = state_filter(&t) {
+        handle(&t, &cfg);
+    }
     0
 }
 
@@ -53,7 +56,9 @@ pub fn set_state_nest(ctx: RawTracePointContext) -> i32 {
         }
     }
     count(stat::RECOVERED);
-    handle(&t);
+    if let Some(cfg) = state_filter(&t) {
+        handle(&t, &cfg);
+    }
     0
 }
 
@@ -78,6 +83,12 @@ impl Transition {
         self.sk ^ ((self.old as u64 & 0xff) << 48) ^ ((self.new as u64 & 0xff) << 56)
     }
 
+    /// The active close into TIME_WAIT, as the tracepoint shows it.
+    #[inline(always)]
+    fn into_tw(&self) -> bool {
+        self.new == tcp_state::CLOSE && (self.old == tcp_state::FIN_WAIT2 || self.old == tcp_state::CLOSING)
+    }
+
     #[inline(always)]
     fn slot(&self) -> u32 {
         let h = (self.sk >> 6) ^ (self.sk >> 14) ^ (self.old as u64) ^ ((self.new as u64) << 4);
@@ -96,37 +107,41 @@ fn sk_read<T>(sk: u64, off: u32) -> Result<T, ()> {
     read(sk, off).map_err(|_| count(stat::READ_ERROR))
 }
 
+/// The filter config, unless the state filter (a function of the arguments only, so it costs
+/// no read) drops this transition: a TIME_WAIT-only agent pays almost nothing for the others.
 #[inline(always)]
-fn handle(t: &Transition) {
-    let _ = try_handle(t);
-}
-
-#[inline(always)]
-fn try_handle(t: &Transition) -> Result<(), ()> {
-    let (sk, oldstate, newstate) = (t.sk, t.old, t.new);
+fn state_filter(t: &Transition) -> Option<FilterConfig> {
     let cfg: FilterConfig = match CONFIG.get(0) {
         Some(c) => *c,
         None => FilterConfig::default(),
     };
-    // The state filter needs no read: it goes first, so a TIME_WAIT-only agent pays almost
-    // nothing for the other transitions.
-    let into_tw = newstate == tcp_state::CLOSE && (oldstate == tcp_state::FIN_WAIT2 || oldstate == tcp_state::CLOSING);
     if cfg.flags & filter::STATE != 0 {
-        let hit = state_bit(cfg.state_mask, oldstate)
-            || state_bit(cfg.state_mask, newstate)
-            || (into_tw && state_bit(cfg.state_mask, tcp_state::TIME_WAIT));
+        let hit = state_bit(cfg.state_mask, t.old)
+            || state_bit(cfg.state_mask, t.new)
+            || (t.into_tw() && state_bit(cfg.state_mask, tcp_state::TIME_WAIT));
         if !hit {
-            return Ok(());
+            return None;
         }
     }
+    Some(cfg)
+}
+
+#[inline(always)]
+fn handle(t: &Transition, cfg: &FilterConfig) {
+    let _ = try_handle(t, cfg);
+}
+
+#[inline(always)]
+fn try_handle(t: &Transition, cfg: &FilterConfig) -> Result<(), ()> {
+    let (sk, oldstate, newstate, into_tw) = (t.sk, t.old, t.new, t.into_tw());
     let off = offsets();
     let protocol: u16 = sk_read(sk, off.sk_protocol)?;
     if protocol != IPPROTO_TCP {
         return Ok(());
     }
     let sport_be: u16 = sk_read(sk, off.inet_sport)?;
-    let dport_be: u16 = sk_read(sk, off.skc_dport)?;
-    let (sport, dport) = (u16::from_be(sport_be), u16::from_be(dport_be));
+    let c = common(&off, sk).map_err(|_| count(stat::READ_ERROR))?;
+    let (sport, dport, family, saddr, daddr) = (u16::from_be(sport_be), c.dport, c.family, c.saddr, c.daddr);
     if cfg.flags & filter::PORT != 0 {
         // SAFETY: read-only lookups of plain integers.
         let hit = unsafe { PORT_FILTER.get(&sport).is_some() || PORT_FILTER.get(&dport).is_some() };
@@ -134,18 +149,10 @@ fn try_handle(t: &Transition) -> Result<(), ()> {
             return Ok(());
         }
     }
-    let family: u16 = sk_read(sk, off.skc_family)?;
-    let (saddr, daddr): ([u8; 16], [u8; 16]) = if family == AF_INET {
-        (mapped4(sk_read(sk, off.skc_rcv_saddr)?), mapped4(sk_read(sk, off.skc_daddr)?))
-    } else if family == AF_INET6 {
-        (sk_read(sk, off.skc_v6_rcv_saddr)?, sk_read(sk, off.skc_v6_daddr)?)
-    } else {
-        return Ok(());
-    };
     if cfg.flags & filter::PEER != 0 && PEER_FILTER.get(&Key::new(128, daddr)).is_none() {
         return Ok(());
     }
-    let cookie = netns_cookie(&off, sk).unwrap_or_else(|_| {
+    let cookie = net_cookie(&off, c.net).unwrap_or_else(|_| {
         count(stat::READ_ERROR);
         0
     });
@@ -154,6 +161,9 @@ fn try_handle(t: &Transition) -> Result<(), ()> {
         return Ok(());
     }
     let aux = if into_tw { active_close(&off, sk, cookie, &saddr, &daddr, sport, dport) } else { 0 };
+    if cfg.flags & filter::OVERFLOW_ONLY != 0 && aux != state_aux::OVERFLOW {
+        return Ok(());
+    }
     send(Event {
         // SAFETY: helper without preconditions.
         ts_ns: unsafe { bpf_ktime_get_ns() },

@@ -10,15 +10,15 @@
 
 use aya_ebpf::{
     EbpfContext,
-    helpers::{bpf_get_stack, bpf_jiffies64, bpf_ktime_get_ns},
-    macros::raw_tracepoint,
-    programs::RawTracePointContext,
+    helpers::{bpf_get_stack, bpf_jiffies64, bpf_ktime_get_ns, bpf_probe_read_kernel},
+    macros::btf_tracepoint,
+    programs::BtfTracePointContext,
 };
-use twreset_common::{AF_INET, AF_INET6, Event, KernelOffsets, LastTw, filter, kind, stat};
+use twreset_common::{Event, KernelOffsets, LastTw, filter, kind, stat};
 
 use crate::{
     maps::{CONFIG, LAST_TW, NETNS_FILTER, count, send},
-    offsets::{mapped4, netns_cookie, offsets, read},
+    offsets::{common, net_cookie, netns_cookie, offsets, read, timer_function_offset, tw_timer_fn},
 };
 
 /// Stack frames examined at `timer_cancel` (detach_if_pending, timer_shutdown_sync,
@@ -41,19 +41,19 @@ struct Tw {
 #[inline(always)]
 fn read_tw(o: &KernelOffsets, timer: u64) -> Result<Tw, u32> {
     let tw = timer - o.tw_timer as u64;
-    let family: u16 = read(tw, o.skc_family)?;
-    let (saddr, daddr): ([u8; 16], [u8; 16]) = if family == AF_INET {
-        (mapped4(read(tw, o.skc_rcv_saddr)?), mapped4(read(tw, o.skc_daddr)?))
-    } else if family == AF_INET6 {
-        (read(tw, o.skc_v6_rcv_saddr)?, read(tw, o.skc_v6_daddr)?)
-    } else {
-        return Err(0);
-    };
-    let dport_be: u16 = read(tw, o.skc_dport)?;
-    let sport: u16 = read(tw, o.skc_num)?;
+    let c = common(o, tw)?;
     let substate: u8 = read(tw, o.tw_substate)?;
-    let cookie = netns_cookie(o, tw)?;
-    Ok(Tw { cookie, tw, family, saddr, daddr, sport, dport: u16::from_be(dport_be), substate: substate as u32 })
+    let cookie = net_cookie(o, c.net)?;
+    Ok(Tw {
+        cookie,
+        tw,
+        family: c.family,
+        saddr: c.saddr,
+        daddr: c.daddr,
+        sport: c.num,
+        dport: c.dport,
+        substate: substate as u32,
+    })
 }
 
 /// Namespace filter only: the TIME_WAIT table covers whole namespaces.
@@ -86,43 +86,51 @@ fn emit(t: &Tw, event_kind: u16, aux: u64) {
     });
 }
 
-#[raw_tracepoint(tracepoint = "timer_start")]
-pub fn timer_start(ctx: RawTracePointContext) -> u32 {
+#[btf_tracepoint(function = "timer_start")]
+pub fn timer_start(ctx: BtfTracePointContext) -> u32 {
     try_timer_start(&ctx).unwrap_or_else(|e| e)
 }
 
 /// The timer's function, read from the timer itself.
 #[inline(always)]
-fn function_of(o: &KernelOffsets, timer: u64) -> Result<u64, u32> {
-    read(timer, o.timer_function)
+fn function_of(timer: u64) -> u64 {
+    // SAFETY: `timer` is the tp_btf argument, typed `struct timer_list *` in the kernel's BTF: the
+    // verifier checks this load against that type (the offset is a known constant from the frozen
+    // `OFFSETS`) and turns it into a fault-safe load, without a helper call. This is the test every
+    // timer event on the host goes through, so it must be cheap.
+    unsafe { core::ptr::read((timer + timer_function_offset() as u64) as *const u64) }
 }
 
 /// The timer (first `TP_PROTO` argument) if it is a TIME_WAIT socket's.
 #[inline(always)]
-fn tw_timer(o: &KernelOffsets, ctx: &RawTracePointContext) -> Option<u64> {
-    if o.tw_timer_fn == 0 {
+fn tw_timer(ctx: &BtfTracePointContext) -> Option<u64> {
+    let tw_timer_fn = tw_timer_fn();
+    if tw_timer_fn == 0 {
         return None;
     }
     let timer: u64 = ctx.arg(0);
-    match function_of(o, timer) {
-        Ok(f) if f == o.tw_timer_fn => Some(timer),
-        _ => None,
+    if function_of(timer) != tw_timer_fn {
+        return None;
     }
+    // The same address as a plain number (the verifier types `timer` as a BTF pointer, which
+    // allows no arithmetic to reach the socket around it): read the argument slot itself.
+    // SAFETY: the context is the tracepoint's argument array; bpf_probe_read_kernel is fault-safe.
+    unsafe { bpf_probe_read_kernel(ctx.as_ptr() as *const u64) }.ok()
 }
 
 /// The socket behind a TIME_WAIT timer. Failing here is rare and worth a line: the struct
 /// offsets from BTF do not fit this kernel's socket.
 #[inline(always)]
-fn tw_behind(ctx: &RawTracePointContext, o: &KernelOffsets, timer: u64) -> Result<Tw, u32> {
+fn tw_behind(ctx: &BtfTracePointContext, o: &KernelOffsets, timer: u64) -> Result<Tw, u32> {
     read_tw(o, timer).inspect_err(|_| {
         count(stat::READ_ERROR);
         aya_log_ebpf::warn!(ctx, "cannot read the TIME_WAIT socket behind timer {:x}", timer);
     })
 }
 
-fn try_timer_start(ctx: &RawTracePointContext) -> Result<u32, u32> {
+fn try_timer_start(ctx: &BtfTracePointContext) -> Result<u32, u32> {
+    let Some(timer) = tw_timer(ctx) else { return Ok(0) };
     let o = offsets();
-    let Some(timer) = tw_timer(&o, ctx) else { return Ok(0) };
     let expires: u64 = read(timer, o.timer_expires).inspect_err(|_| count(stat::READ_ERROR))?;
     // SAFETY: helper without preconditions.
     let now = unsafe { bpf_jiffies64() };
@@ -146,14 +154,14 @@ fn try_timer_start(ctx: &RawTracePointContext) -> Result<u32, u32> {
     Ok(0)
 }
 
-#[raw_tracepoint(tracepoint = "timer_expire_entry")]
-pub fn timer_expire_entry(ctx: RawTracePointContext) -> u32 {
+#[btf_tracepoint(function = "timer_expire_entry")]
+pub fn timer_expire_entry(ctx: BtfTracePointContext) -> u32 {
     try_timer_expire_entry(&ctx).unwrap_or_else(|e| e)
 }
 
-fn try_timer_expire_entry(ctx: &RawTracePointContext) -> Result<u32, u32> {
+fn try_timer_expire_entry(ctx: &BtfTracePointContext) -> Result<u32, u32> {
+    let Some(timer) = tw_timer(ctx) else { return Ok(0) };
     let o = offsets();
-    let Some(timer) = tw_timer(&o, ctx) else { return Ok(0) };
     let t = tw_behind(ctx, &o, timer)?;
     if wanted(t.cookie) {
         emit(&t, kind::TW_EXPIRE, 0);
@@ -161,15 +169,21 @@ fn try_timer_expire_entry(ctx: &RawTracePointContext) -> Result<u32, u32> {
     Ok(0)
 }
 
-#[raw_tracepoint(tracepoint = "timer_cancel")]
-pub fn timer_cancel(ctx: RawTracePointContext) -> u32 {
+#[btf_tracepoint(function = "timer_cancel")]
+pub fn timer_cancel(ctx: BtfTracePointContext) -> u32 {
     try_timer_cancel(&ctx).unwrap_or_else(|e| e)
 }
 
-fn try_timer_cancel(ctx: &RawTracePointContext) -> Result<u32, u32> {
-    let o = offsets();
+fn try_timer_cancel(ctx: &BtfTracePointContext) -> Result<u32, u32> {
     // Only the timer itself says whose it is: cancel carries no function.
-    let Some(timer) = tw_timer(&o, ctx) else { return Ok(0) };
+    let Some(timer) = tw_timer(ctx) else { return Ok(0) };
+    let o = offsets();
+    // The namespace first: the stack walk below is the costliest step, and every expiry and
+    // namespace purge on the host passes here too.
+    let cookie = netns_cookie(&o, timer - o.tw_timer as u64).inspect_err(|_| count(stat::READ_ERROR))?;
+    if !wanted(cookie) {
+        return Ok(0);
+    }
     let mut frames = [0u64; FRAMES];
     // SAFETY: the buffer is FRAMES u64s long, as passed.
     let n = unsafe { bpf_get_stack(ctx.as_ptr(), frames.as_mut_ptr().cast(), (FRAMES * 8) as u32, 0) };

@@ -83,7 +83,13 @@ fn filters(cfg: &TraceConfig) -> Result<Filters> {
         NetnsScope::Current => Some(vec![netns::current_cookie()?]),
         NetnsScope::Paths(list) => Some(list.iter().map(|n| n.cookie()).collect::<Result<_, _>>()?),
     };
-    Ok(Filters { netns, peers: cfg.peers.clone(), ports: cfg.ports.clone(), states: cfg.states.clone() })
+    Ok(Filters {
+        netns,
+        peers: cfg.peers.clone(),
+        ports: cfg.ports.clone(),
+        states: cfg.states.clone(),
+        overflow_only: false,
+    })
 }
 
 fn scope_label(cfg: &TraceConfig) -> String {
@@ -116,55 +122,58 @@ struct Render<'a> {
     kallsyms: Option<&'a Kallsyms>,
 }
 
-enum RenderError {
-    Decode(decode::DecodeError),
-    Io(io::Error),
-}
-
-/// Decode one ring-buffer record and write its line(s) straight to `out` (no per-event String).
-fn render(out: &mut impl Write, bytes: &[u8], r: &Render<'_>) -> Result<(), RenderError> {
-    let ev = decode::parse_event(bytes).map_err(RenderError::Decode)?;
+/// Decode one ring-buffer record and append its line(s) to `out` (no per-event allocation).
+fn render(out: &mut Vec<u8>, bytes: &[u8], r: &Render<'_>) -> Result<(), decode::DecodeError> {
+    let ev = decode::parse_event(bytes)?;
     if ev.kind == twreset_common::kind::STATE {
-        let t = decode::transition(&ev).map_err(RenderError::Decode)?;
+        let t = decode::transition(&ev)?;
         if r.json {
-            output::write_json_line(out, &t)
+            output::push_json_line(out, &t);
         } else {
-            writeln!(out, "{}", output::human_line(&t, r.names, r.clock))
+            out.extend_from_slice(output::human_line(&t, r.names, r.clock).as_bytes());
+            out.push(b'\n');
         }
-        .map_err(RenderError::Io)?;
     }
     if r.timewait
-        && let Some(tw) =
-            twfeed::decode(&ev, r.hz, |a| r.kallsyms.and_then(|k| k.resolve(a))).map_err(RenderError::Decode)?
+        && let Some(tw) = twfeed::decode(&ev, r.hz, |a| r.kallsyms.and_then(|k| k.resolve(a)))?
     {
         if r.json {
-            writeln!(out, "{}", output::tw_json(&tw))
+            output::push_tw_json_line(out, &tw);
         } else {
-            writeln!(out, "{}", output::tw_human_line(&tw, r.names, r.clock))
+            out.extend_from_slice(output::tw_human_line(&tw, r.names, r.clock).as_bytes());
+            out.push(b'\n');
         }
-        .map_err(RenderError::Io)?;
     }
     Ok(())
 }
 
-/// Render every pending event; stops at the first write error.
+/// Lines are written out in chunks of about this size.
+const WRITE_CHUNK: usize = 1 << 16;
+
+/// Render every pending event to `out` through `buf`; stops at the first write error.
 fn render_all(
     out: &mut impl Write,
+    buf: &mut Vec<u8>,
     ring: &mut RingBuf<MapData>,
     ctx: &Render<'_>,
     summary: &mut Summary,
 ) -> io::Result<()> {
     while let Some(item) = ring.next() {
-        match render(out, &item, ctx) {
+        match render(buf, &item, ctx) {
             Ok(()) => summary.events += 1,
-            Err(RenderError::Decode(e)) => {
+            Err(e) => {
                 summary.decode_errors += 1;
                 tracing::warn!("undecodable event: {e}");
             }
-            Err(RenderError::Io(e)) => return Err(e),
+        }
+        if buf.len() >= WRITE_CHUNK {
+            out.write_all(buf)?;
+            buf.clear();
         }
     }
-    Ok(())
+    out.write_all(buf)?;
+    buf.clear();
+    out.flush()
 }
 
 /// Run the session until `shutdown` resolves or stdout is closed.
@@ -185,7 +194,8 @@ pub async fn run(cfg: TraceConfig, shutdown: impl Future<Output = ()>) -> Result
     let names = NsNames(netns::named().into_iter().map(|(n, c)| (c, n)).collect());
     let clock = WallClock::now();
     let stdout = io::stdout();
-    let mut out = io::BufWriter::with_capacity(1 << 16, stdout.lock());
+    let mut out = stdout.lock();
+    let mut buf = Vec::with_capacity(2 * WRITE_CHUNK);
     if !cfg.json {
         writeln!(out, "{}", output::human_header())?;
         out.flush()?;
@@ -220,13 +230,13 @@ pub async fn run(cfg: TraceConfig, shutdown: impl Future<Output = ()>) -> Result
         };
         let wrote = match guard {
             Some(mut guard) => {
-                let wrote = render_all(&mut out, guard.get_inner_mut(), &ctx, &mut summary);
+                let wrote = render_all(&mut out, &mut buf, guard.get_inner_mut(), &ctx, &mut summary);
                 guard.clear_ready();
                 wrote
             }
-            None => render_all(&mut out, ring.get_mut(), &ctx, &mut summary),
+            None => render_all(&mut out, &mut buf, ring.get_mut(), &ctx, &mut summary),
         };
-        if let Err(e) = wrote.and_then(|_| out.flush()) {
+        if let Err(e) = wrote {
             break Err(e.into());
         }
     };
@@ -240,7 +250,7 @@ pub async fn run(cfg: TraceConfig, shutdown: impl Future<Output = ()>) -> Result
             hz,
             kallsyms: probe.kallsyms(),
         };
-        render_all(&mut out, ring.get_mut(), &ctx, &mut summary).and_then(|_| out.flush()).map_err(Into::into)
+        render_all(&mut out, &mut buf, ring.get_mut(), &ctx, &mut summary).map_err(Into::into)
     });
     summary.loss = probe.loss()?;
     drop(probe); // detaches the program before the summary is printed
