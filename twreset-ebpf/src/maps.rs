@@ -31,11 +31,13 @@ pub static PORT_FILTER: HashMap<u16, u8> = HashMap::with_max_entries(1024, 0);
 #[map]
 pub static LAST_TW: PerCpuArray<LastTw> = PerCpuArray::with_max_entries(1, 0);
 
-/// Transitions the primary state program has taken on, per CPU, hashed (see
-/// `programs::state`): the backup program skips what it finds here.
+/// Per CPU: 1 from the arming state program until the primary's end (see `programs::state`).
 #[map]
-pub static TAKEN: PerCpuArray<u64> = PerCpuArray::with_max_entries(TAKEN_SLOTS, 0);
-pub const TAKEN_SLOTS: u32 = 256;
+pub static PENDING: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+
+/// Per CPU: 1 while the primary state program's body runs (see `programs::state`).
+#[map]
+pub static BUSY: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 
 /// Per-CPU counters, indexed by `twreset_common::stat`.
 #[map]

@@ -45,6 +45,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 },
                 if s.decode_errors > 0 { format!(", {} undecodable", s.decode_errors) } else { String::new() }
             );
+            tracing::debug!("kernel side sent {} events", s.loss.sent);
             Ok(ExitCode::SUCCESS)
         }
         Command::Tw(args) => {

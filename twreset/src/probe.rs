@@ -29,8 +29,9 @@ pub(crate) static EBPF_OBJ: &[u8] = aya::include_bytes_aligned!(env!("TWRESET_EB
 pub const DRAIN_EVERY: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// The state programs, attached in this order to the raw tracepoint `inet_sock_set_state`: the
-/// primary, then the backup that handles what the kernel skipped the primary for.
-const STATE_PROGRAMS: [&str; 2] = ["set_state", "set_state_nest"];
+/// arming one, the primary, then the backup that handles what the kernel skipped the primary for
+/// (see twreset-ebpf's `programs::state`).
+const STATE_PROGRAMS: [&str; 3] = ["set_state_arm", "set_state", "set_state_nest"];
 const STATE_TRACEPOINT: &str = "inet_sock_set_state";
 /// The TIME_WAIT lifecycle programs, attached as raw tracepoints of the same names.
 const TIMER_PROGRAMS: [&str; 3] = ["timer_start", "timer_expire_entry", "timer_cancel"];
@@ -252,9 +253,9 @@ impl Probe {
         c.set(0, &cfg, 0).map_err(map_err("CONFIG"))
     }
 
-    /// Attach the state programs to `inet_sock_set_state`, primary first: the kernel calls a
-    /// tracepoint's programs in attach order, and the backup relies on running after the
-    /// primary. Detached when the probe is dropped.
+    /// Attach the state programs to `inet_sock_set_state` in [`STATE_PROGRAMS`] order: the
+    /// kernel calls a tracepoint's programs in attach order, which their protocol relies on.
+    /// Detached when the probe is dropped.
     pub fn attach_state(&mut self) -> Result<(), ProbeError> {
         for name in STATE_PROGRAMS {
             let prog: &mut RawTracePoint = self.loaded(name)?;
@@ -306,9 +307,11 @@ impl Probe {
             let fd = prog.fd().map_err(|source| ProbeError::Program { name, action: "fd", source })?;
             let misses =
                 recursion_misses(fd.as_fd().as_raw_fd()).map_err(|source| ProbeError::Info { name, source })?;
+            // The primary's misses less the backup's recoveries; the arming program's and the
+            // backup's own misses are transitions the primary took.
             loss.recursion_misses += match name {
-                n if n == STATE_PROGRAMS[0] => misses.saturating_sub(sum(stat::RECOVERED)),
-                n if n == STATE_PROGRAMS[1] => 0,
+                n if n == STATE_PROGRAMS[1] => misses.saturating_sub(sum(stat::RECOVERED)),
+                n if STATE_PROGRAMS.contains(&n) => 0,
                 _ => misses,
             };
         }

@@ -1,14 +1,21 @@
 //! `inet_sock_set_state` (raw tracepoint): one filtered [`Event`] per TCP state transition.
 //!
-//! Two programs attach to the same tracepoint so that none is lost to recursion. The kernel runs
-//! each raw tracepoint program at most once per CPU at a time and skips (counts as a
-//! `recursion_miss`) a run that would nest: a state change in softirq that interrupts the program
-//! while it handles one in process context. The primary handles every transition and first marks
-//! it taken in a per-CPU hashed slot; the backup runs after it on every transition and handles
-//! only those it finds unmarked — exactly the ones the primary was skipped for, since a nested
-//! transition finds the primary busy with another one (marked with other arguments). The backup
-//! clears the marks it finds and counts what it handled (`stat::RECOVERED`); userspace reports
-//! `primary misses - recovered` as lost.
+//! Three programs attach to the same tracepoint, in this order, so that no transition is lost
+//! to recursion without being counted. The kernel runs each raw tracepoint program at most once
+//! per CPU at a time and skips (counts as a `recursion_miss`) a run that would nest: a state
+//! change in softirq that interrupts a program while it handles one in process context.
+//! - `set_state_arm` raises a per-CPU `PENDING` flag: "the primary is about to run here".
+//! - `set_state` (the primary) raises `BUSY` for its body, handles the transition, then lowers
+//!   both flags.
+//! - `set_state_nest` (the backup) handles a transition only when it finds a flag raised: then
+//!   the primary is in progress in an outer frame on this CPU — including the instructions the
+//!   kernel runs around its body — so the kernel skipped it for this one. The backup lowers
+//!   `PENDING` (so the outer frame's backup does not take the outer transition twice) and counts
+//!   what it took over (`stat::RECOVERED`).
+//!
+//! Nesting is at most one level deep (softirq on process context), so each transition is handled
+//! once: userspace reports `primary misses - recovered` as lost, which is what nested on the
+//! backup while the primary was skipped too.
 //!
 //! The arguments are `TP_PROTO(const struct sock *sk, const int oldstate, const int newstate)`
 //! (checked against the kernel's BTF by a test); the socket's fields are read through BTF offsets,
@@ -16,50 +23,66 @@
 //! `skc_rcv_saddr`, `skc_daddr` and their IPv6 forms).
 
 use aya_ebpf::{
-    helpers::bpf_ktime_get_ns, macros::raw_tracepoint, maps::lpm_trie::Key, programs::RawTracePointContext,
+    helpers::bpf_ktime_get_ns,
+    macros::raw_tracepoint,
+    maps::{PerCpuArray, lpm_trie::Key},
+    programs::RawTracePointContext,
 };
 use twreset_common::{
     Event, FilterConfig, IPPROTO_TCP, KernelOffsets, LastTw, filter, kind, stat, state_aux, tcp_state,
 };
 
 use crate::{
-    maps::{CONFIG, LAST_TW, NETNS_FILTER, PEER_FILTER, PORT_FILTER, TAKEN, TAKEN_SLOTS, count, send},
+    maps::{BUSY, CONFIG, LAST_TW, NETNS_FILTER, PEER_FILTER, PENDING, PORT_FILTER, count, send},
     offsets::{common, net_cookie, offsets, read},
 };
 
+/// Attached first: marks the primary's run as pending on this CPU.
+#[raw_tracepoint(tracepoint = "inet_sock_set_state")]
+pub fn set_state_arm(_ctx: RawTracePointContext) -> i32 {
+    set(&PENDING, 1);
+    0
+}
+
 #[raw_tracepoint(tracepoint = "inet_sock_set_state")]
 pub fn set_state(ctx: RawTracePointContext) -> i32 {
+    set(&BUSY, 1);
     let t = Transition::of(&ctx);
-    // Marked before any filter: the kernel's miss count covers every transition, so the
-    // backup must be able to tell every skipped one (filtered or not) to keep `lost` exact.
-    if let Some(slot) = TAKEN.get_ptr_mut(t.slot()) {
-        // SAFETY: per-CPU slot; a nested run of this program on this CPU is skipped by the kernel.
-        unsafe { *slot = t.mark() };
+    if let Some(cfg) = state_filter(&t) {
+        handle(&t, &cfg);
     }
+    set(&BUSY, 0);
+    set(&PENDING, 0);
+    0
+}
+
+/// Attached last; handles the transitions the kernel skipped the primary for.
+#[raw_tracepoint(tracepoint = "inet_sock_set_state")]
+pub fn set_state_nest(ctx: RawTracePointContext) -> i32 {
+    if get(&BUSY) == 0 && get(&PENDING) == 0 {
+        return 0;
+    }
+    set(&PENDING, 0);
+    count(stat::RECOVERED);
+    let t = Transition::of(&ctx);
     if let Some(cfg) = state_filter(&t) {
         handle(&t, &cfg);
     }
     0
 }
 
-/// Attached after [`set_state`]; handles what the kernel skipped it for.
-#[raw_tracepoint(tracepoint = "inet_sock_set_state")]
-pub fn set_state_nest(ctx: RawTracePointContext) -> i32 {
-    let t = Transition::of(&ctx);
-    if let Some(slot) = TAKEN.get_ptr_mut(t.slot()) {
-        // SAFETY: per-CPU slot, see above.
-        unsafe {
-            if *slot == t.mark() {
-                *slot = 0;
-                return 0;
-            }
-        }
+#[inline(always)]
+fn set(flag: &PerCpuArray<u32>, v: u32) {
+    if let Some(p) = flag.get_ptr_mut(0) {
+        // SAFETY: this CPU's slot; the writers on a CPU are ordered by the protocol above.
+        unsafe { *p = v };
     }
-    count(stat::RECOVERED);
-    if let Some(cfg) = state_filter(&t) {
-        handle(&t, &cfg);
-    }
-    0
+}
+
+#[inline(always)]
+fn get(flag: &PerCpuArray<u32>) -> u32 {
+    // SAFETY: this CPU's slot, read only.
+    flag.get_ptr_mut(0).map_or(0, |p| unsafe { *p })
 }
 
 /// The tracepoint's arguments.
@@ -77,22 +100,10 @@ impl Transition {
         Self { sk: ctx.arg(0), old: old as u32, new: new as u32 }
     }
 
-    /// Kernel pointers have their top 16 bits set, so the states fit there without ambiguity.
-    #[inline(always)]
-    fn mark(&self) -> u64 {
-        self.sk ^ ((self.old as u64 & 0xff) << 48) ^ ((self.new as u64 & 0xff) << 56)
-    }
-
     /// The active close into TIME_WAIT, as the tracepoint shows it.
     #[inline(always)]
     fn into_tw(&self) -> bool {
         self.new == tcp_state::CLOSE && (self.old == tcp_state::FIN_WAIT2 || self.old == tcp_state::CLOSING)
-    }
-
-    #[inline(always)]
-    fn slot(&self) -> u32 {
-        let h = (self.sk >> 6) ^ (self.sk >> 14) ^ (self.old as u64) ^ ((self.new as u64) << 4);
-        (h as u32) & (TAKEN_SLOTS - 1)
     }
 }
 
