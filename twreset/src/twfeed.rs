@@ -119,7 +119,7 @@ impl TwFeed {
         // SAFETY: the RingBuf owns its map fd for as long as the AsyncFd holds it.
         let ring = unsafe { AsyncFd::register(ring) }.map_err(|e| FeedError::Register(e.into_parts().1))?;
         probe.attach_timewait()?;
-        probe.attach_state()?;
+        probe.attach_state_overflow_check()?;
         // Without CONFIG_HZ: 250 is the most common; only reported timeouts depend on it.
         let hz = kernel_hz().unwrap_or(250);
         let mut drain = tokio::time::interval(DRAIN_EVERY);
