@@ -235,13 +235,21 @@ impl Diag {
     /// Kernel semantics: a TIME_WAIT socket matches by its substate, so tw sockets in substate
     /// FIN_WAIT2 come with `FinWait2`, not `TimeWait`.
     pub fn dump(&mut self, states: &[TcpState]) -> Result<Vec<Entry>, DiagError> {
+        let mut out = Vec::new();
+        self.dump_each(states, |e| out.push(e.clone()))?;
+        Ok(out)
+    }
+
+    /// Like [`Diag::dump`], handing each socket to `f` as its datagram is read instead of
+    /// collecting them: a 200k-socket dump then needs one receive buffer, not a list as large as
+    /// the table the caller builds from it.
+    pub fn dump_each(&mut self, states: &[TcpState], mut f: impl FnMut(&Entry)) -> Result<(), DiagError> {
         let netns_cookie = netns::current_cookie().map_err(|source| DiagError::Netns { source })?;
         let mask = wire::state_mask(states.iter().map(|s| s.number()));
-        let mut out = Vec::new();
         self.dump_raw(mask, |m| {
             let state = TcpState::try_from(u32::from(m.state)).map_err(|source| DiagError::State { source })?;
             let (laddr, raddr) = wire::addrs(m);
-            out.push(Entry {
+            f(&Entry {
                 sock: DiagSocket {
                     key: SockKey {
                         netns_cookie,
@@ -260,8 +268,7 @@ impl Diag {
                 ifindex: m.id.ifindex,
             });
             Ok(())
-        })?;
-        Ok(out)
+        })
     }
 
     /// Destroy exactly these sockets, [`BATCH`] requests per send. Results are in input order;
@@ -307,7 +314,14 @@ impl Diag {
 
 /// Dump the TCP sockets of the calling thread's namespace (see [`Diag::dump`]).
 pub fn dump(states: &[TcpState]) -> Result<Vec<DiagSocket>, DiagError> {
-    Ok(Diag::open()?.dump(states)?.into_iter().map(|e| e.sock).collect())
+    let mut out = Vec::new();
+    dump_each(states, |d| out.push(d.clone()))?;
+    Ok(out)
+}
+
+/// Hand every TCP socket of the calling thread's namespace to `f` (see [`Diag::dump_each`]).
+pub fn dump_each(states: &[TcpState], mut f: impl FnMut(&DiagSocket)) -> Result<(), DiagError> {
+    Diag::open()?.dump_each(states, |e| f(&e.sock))
 }
 
 /// Destroy these exact sockets in the calling thread's namespace (see [`Diag::destroy`]).

@@ -36,8 +36,8 @@ fn snap(t: &Table, now_s: u64, by: By) -> Snapshot {
 
 #[test]
 fn slot_is_small() {
-    assert_eq!(size_of::<Slot>(), 16);
-    assert_eq!(size_of::<(Key, Slot)>(), 48);
+    assert_eq!(size_of::<Slot>(), 12);
+    assert_eq!(size_of::<(Key, Slot)>(), 40);
 }
 
 #[test]
