@@ -11,6 +11,8 @@
 //! meanwhile each listed socket is marked in its entry (`Slot::SEEN`), and the few
 //! the table lacks (or loses before the end) wait in a side list.
 
+use std::collections::hash_map::Entry;
+
 use super::{Key, Slot, TW_LEN_NS, Table, Watch};
 use crate::{sock::DiagSocket, state::TcpState};
 
@@ -69,13 +71,13 @@ impl Table {
         }
         let k = self.keys.intern(&d.key);
         let expires = now_ns.saturating_add(u64::from(d.expires_ms) * NS_PER_MS);
-        match self.map.get_mut(&k) {
-            Some(slot) => {
-                slot.rearm(expires, substate(d));
+        match self.map.entry(k) {
+            Entry::Occupied(mut e) => {
+                e.get_mut().rearm(expires, substate(d));
                 false
             }
-            None => {
-                self.map.insert(k, Slot::new(estimated_created(now_ns, expires), expires, substate(d)));
+            Entry::Vacant(e) => {
+                e.insert(Slot::new(estimated_created(now_ns, expires), expires, substate(d)));
                 true
             }
         }
