@@ -291,7 +291,7 @@ fn streamed_dump_then_late_events_reach_the_same_verdict() {
     };
     let dump =
         vec![tw(k(0), 50_000), tw(k(1), 50_000), tw(k(2), 50_000), tw(k(4), 50_000), tw(k(5), 50_000), tw(k(7), 1)];
-    let late = vec![
+    let late = [
         created(9, k(0)),                   // 0: listed, its (older) creation lands again
         ev(9, k(1), TwEventKind::Expired),  // 1: listed, a new instance of the tuple...
         created(9, k(1)),                   // ...created before the dump

@@ -322,7 +322,15 @@ mod tests {
         // Seeded at 1.0, reconcile at 7.0: samples from 2.0 to 6.75 count; the seed's at 1.5 and
         // the reconcile's at 6.9 and after do not.
         let p = Phases { seeded_at: Some(1.0), reconcile_at: Some(7.0), ..Phases::default() };
-        let samples = [sample(0.5, 10), sample(1.5, 900), sample(2.0, 100), sample(4.0, 104), sample(6.5, 102), sample(6.9, 800), sample(9.0, 800)];
+        let samples = [
+            sample(0.5, 10),
+            sample(1.5, 900),
+            sample(2.0, 100),
+            sample(4.0, 104),
+            sample(6.5, 102),
+            sample(6.9, 800),
+            sample(9.0, 800),
+        ];
         assert_eq!(tracking(&samples, &p), (Some(102), Some(51)));
         assert_eq!(tracking(&samples, &Phases::default()), (None, None), "no lines (an old binary): no figure");
         assert_eq!(tracking(&[], &p), (None, None));
