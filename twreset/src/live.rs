@@ -67,6 +67,7 @@ impl DumpSink for Observing<'_> {
         self.connected.add(d, self.ranges);
     }
 }
+
 /// The probe's cumulative count of events that never reached userspace.
 pub type LostFn = Box<dyn FnMut() -> u64 + Send>;
 
@@ -208,6 +209,7 @@ impl Live {
         };
         (live.dump)(&mut seeding).map_err(|source| LiveError::Dump { source })?;
         let seeded = seeding.added;
+        live.table.shrink_if_sparse();
         trim();
         // The bench times the seed by this line (README, Benchmarks): keep its wording.
         tracing::info!(

@@ -57,6 +57,14 @@ impl Table {
         self.map.reserve(additional);
     }
 
+    /// Give back a map far larger than its entries: a sizing hint that was too high (a kernel
+    /// whose sockstat counts the tw sockets of every namespace) must not stay resident.
+    pub fn shrink_if_sparse(&mut self) {
+        if self.map.capacity() > 4 * self.map.len().max(1024) {
+            self.map.shrink_to_fit();
+        }
+    }
+
     /// Add the tw sockets of a dump taken at `now_ns` (see [`Table::seed_one`]). Returns how many
     /// were added.
     pub fn seed(&mut self, now_ns: u64, dump: &[DiagSocket]) -> usize {

@@ -340,3 +340,21 @@ fn observe_without_a_reconcile_is_ignored() {
     t.observe(&tw(client(0, "10.0.0.2"), 50_000));
     assert!(t.is_empty());
 }
+
+#[test]
+fn an_oversized_reserve_is_given_back() {
+    let mut t = Table::new();
+    t.reserve(100_000);
+    t.seed(100 * S, &[tw(client(0, "10.0.0.2"), 50_000)]);
+    let big = t.approx_bytes();
+    t.shrink_if_sparse();
+    assert!(t.approx_bytes() * 10 < big, "{} -> {}", big, t.approx_bytes());
+    assert_eq!(t.len(), 1);
+    // A well-sized map is left alone.
+    let mut t = Table::new();
+    t.reserve(10_000);
+    t.seed(100 * S, &(0..9_000).map(|n| tw(client(n, "10.0.0.2"), 50_000)).collect::<Vec<_>>());
+    let before = t.approx_bytes();
+    t.shrink_if_sparse();
+    assert_eq!(t.approx_bytes(), before);
+}
