@@ -224,7 +224,7 @@ pub fn connections(
         };
         let (a, _) = listener.accept().unwrap();
         let pair = (c.local_addr().unwrap(), server);
-        let (first, mut second) = match closer {
+        let (mut first, mut second) = match closer {
             Closer::Client => (c, a),
             Closer::Server => (a, c),
         };
@@ -233,6 +233,10 @@ pub fn connections(
         let mut buf = [0u8; 1];
         assert_eq!(second.read(&mut buf).unwrap(), 0);
         drop(second);
+        // The first closer reads the peer's FIN before it closes: closed earlier (when loopback
+        // delivery is deferred on a busy machine) it would be orphaned in FIN_WAIT2 and become a
+        // TIME_WAIT socket of substate FIN_WAIT2 first.
+        assert_eq!(first.read(&mut buf).unwrap(), 0);
         drop(first);
         out.push(pair);
     }

@@ -23,7 +23,7 @@ fn spawn_tw(args: &[&str], settle: &str) -> Child {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn twreset tw");
-    wait_for_programs(child.id(), 6);
+    wait_for_programs(child.id(), 4);
     child
 }
 

@@ -15,8 +15,59 @@ use crate::{
     tw_event::TwEvent,
 };
 
-/// A sock_diag dump of every socket in scope (TIME_WAIT and the others, for port pressure).
-pub type DumpFn = Box<dyn FnMut() -> Result<Vec<DiagSocket>, Box<dyn StdError + Send + Sync>> + Send>;
+/// Where a dump puts the sockets it reads, one at a time as they arrive: nothing is collected,
+/// so a dump as large as the table costs no memory beyond the table.
+pub trait DumpSink: Send {
+    /// About `n` more tw sockets are coming (a namespace's count just before its dump): a sizing
+    /// hint, which may be off either way.
+    fn expect_tw(&mut self, _n: usize) {}
+    fn socket(&mut self, d: &DiagSocket);
+}
+
+/// A sock_diag dump of every socket in scope (TIME_WAIT and the others, for port pressure),
+/// streamed into a [`DumpSink`].
+pub type DumpFn = Box<dyn FnMut(&mut dyn DumpSink) -> Result<(), Box<dyn StdError + Send + Sync>> + Send>;
+
+/// Hand a dump held in memory to a sink, as a kernel dump would (tests, replays).
+pub fn replay(dump: &[DiagSocket], sink: &mut dyn DumpSink) {
+    sink.expect_tw(dump.iter().filter(|d| d.timewait).count());
+    dump.iter().for_each(|d| sink.socket(d));
+}
+
+/// The seed's sink: tw sockets into the table, the others into the port-pressure counts.
+struct Seeding<'a> {
+    table: &'a mut Table,
+    connected: &'a mut Connected,
+    ranges: &'a PortRanges,
+    now_ns: u64,
+    added: usize,
+}
+
+impl DumpSink for Seeding<'_> {
+    fn expect_tw(&mut self, n: usize) {
+        self.table.reserve(n);
+    }
+
+    fn socket(&mut self, d: &DiagSocket) {
+        self.added += usize::from(self.table.seed_one(self.now_ns, d));
+        self.connected.add(d, self.ranges);
+    }
+}
+
+/// A reconcile's sink: tw sockets marked in the table, the others into fresh port-pressure counts.
+struct Observing<'a> {
+    table: &'a mut Table,
+    connected: &'a mut Connected,
+    ranges: &'a PortRanges,
+}
+
+impl DumpSink for Observing<'_> {
+    fn socket(&mut self, d: &DiagSocket) {
+        self.table.observe(d);
+        self.connected.add(d, self.ranges);
+    }
+}
+
 /// The probe's cumulative count of events that never reached userspace.
 pub type LostFn = Box<dyn FnMut() -> u64 + Send>;
 
@@ -97,10 +148,9 @@ pub fn port_ranges(scope: &NetnsScope) -> Result<PortRanges, LiveError> {
     Ok(PortRanges { default, per_ns })
 }
 
-/// Free a dump and hand the freed heap back to the kernel: a 200k-socket dump is about as large
-/// as the table, and without the trim the allocator keeps it, so RSS would stay at its peak.
-fn release(sockets: Vec<DiagSocket>) {
-    drop(sockets);
+/// Hand freed heap back to the kernel after a dump: the table's growth and an event burst leave
+/// free chunks behind that the allocator would otherwise keep resident.
+fn trim() {
     // SAFETY: malloc_trim only returns free memory to the kernel; no pointer is touched.
     #[cfg(target_env = "gnu")]
     unsafe {
@@ -144,19 +194,31 @@ impl Live {
         };
         // Losses up to the seed are covered by it; any later one must force a resync.
         let lost_before_seed = (live.lost)();
-        let now = monotonic_ns();
-        let sockets = live.dump()?;
-        let seeded = live.table.seed(now, &sockets);
-        live.connected = Connected::from_dump(&sockets, &live.ranges);
-        release(sockets); // the dump can be as large as the table: not kept while following events
-        tracing::info!(seeded, "seeded; following kernel events for {settle:?}");
+        // Loading and attaching (BTF parsing) leave ~12 MiB of freed heap behind: return it now,
+        // so the seed's peak is the table, not the table on top of that.
+        trim();
+        // With the "seeded" line below, brackets the seed for the bench: keep the wording.
+        tracing::info!("seeding from a sock_diag dump");
+        let started = std::time::Instant::now();
+        let mut seeding = Seeding {
+            table: &mut live.table,
+            connected: &mut live.connected,
+            ranges: &live.ranges,
+            now_ns: monotonic_ns(),
+            added: 0,
+        };
+        (live.dump)(&mut seeding).map_err(|source| LiveError::Dump { source })?;
+        let seeded = seeding.added;
+        live.table.shrink_if_sparse();
+        trim();
+        // The bench times the seed by this line (README, Benchmarks): keep its wording.
+        tracing::info!(
+            "seeded {seeded} sockets in {:.1} ms; following kernel events for {settle:?}",
+            started.elapsed().as_secs_f64() * 1e3
+        );
         live.table.set_lost(lost_before_seed);
         live.drain_for(settle).await;
         Ok(live)
-    }
-
-    fn dump(&mut self) -> Result<Vec<DiagSocket>, LiveError> {
-        (self.dump)().map_err(|source| LiveError::Dump { source })
     }
 
     /// True once the event channel closed (no more kernel events will come).
@@ -213,21 +275,21 @@ impl Live {
 
     /// Compare with a fresh dump and fix the table; `forced` counts it as a resync.
     pub async fn reconcile(&mut self, forced: bool) -> Result<Drift, LiveError> {
-        let now = monotonic_ns();
         self.pump();
-        self.table.begin_reconcile(now);
-        let sockets = match self.dump() {
-            Ok(s) => s,
-            Err(e) => {
-                self.table.abort_reconcile();
-                return Err(e);
-            }
-        };
+        // The bench ends its "while tracking" memory window at this line: keep its wording.
+        tracing::info!("reconciling with a fresh dump");
+        self.table.begin_reconcile(monotonic_ns());
+        let mut connected = Connected::default();
+        let mut observing = Observing { table: &mut self.table, connected: &mut connected, ranges: &self.ranges };
+        if let Err(source) = (self.dump)(&mut observing) {
+            self.table.abort_reconcile();
+            return Err(LiveError::Dump { source });
+        }
         // Events older than the dump may still be in flight: let them land first.
         self.drain_for(self.settle).await;
-        let drift = if forced { self.table.resync(now, &sockets) } else { self.table.reconcile(now, &sockets) };
-        self.connected = Connected::from_dump(&sockets, &self.ranges);
-        release(sockets);
+        let drift = self.table.end_reconcile(forced);
+        self.connected = connected;
+        trim();
         Ok(drift)
     }
 
@@ -284,7 +346,10 @@ mod tests {
         let mut dumps = dumps.into_iter();
         let feed = Feed {
             events: rx,
-            dump: Box::new(move || Ok(dumps.next().unwrap_or_default())),
+            dump: Box::new(move |sink| {
+                replay(&dumps.next().unwrap_or_default(), sink);
+                Ok(())
+            }),
             lost: Box::new(move || lost.load(Ordering::Relaxed)),
             ranges: PortRanges::default(),
         };
@@ -338,7 +403,7 @@ mod tests {
         let sender = tx.clone();
         let feed = Feed {
             events: rx,
-            dump: Box::new(move || {
+            dump: Box::new(move |sink| {
                 let d = dumps.next().unwrap_or_default();
                 if d.len() == 2 {
                     // Events the ring buffer delivers while the dump runs.
@@ -347,7 +412,8 @@ mod tests {
                     sender.try_send(old).unwrap();
                     sender.try_send(gone).unwrap();
                 }
-                Ok(d)
+                replay(&d, sink);
+                Ok(())
             }),
             lost: Box::new(move || lost.load(Ordering::Relaxed)),
             ranges: PortRanges::default(),
@@ -368,9 +434,15 @@ mod tests {
         let mut calls = 0;
         let feed = Feed {
             events: rx,
-            dump: Box::new(move || {
+            dump: Box::new(move |sink| {
                 calls += 1;
-                if calls == 1 { Ok(vec![tw(0)]) } else { Err("gone".into()) }
+                if calls > 1 {
+                    // A dump that fails part-way, after handing over some sockets.
+                    replay(&[tw(0), tw(7)], sink);
+                    return Err("gone".into());
+                }
+                replay(&[tw(0)], sink);
+                Ok(())
             }),
             lost: Box::new(|| 0),
             ranges: PortRanges::default(),
@@ -402,7 +474,7 @@ mod tests {
         let (_tx, rx) = mpsc::channel(1);
         let feed = Feed {
             events: rx,
-            dump: Box::new(|| Err("netlink says no".into())),
+            dump: Box::new(|_| Err("netlink says no".into())),
             lost: Box::new(|| 0),
             ranges: PortRanges::default(),
         };

@@ -23,9 +23,8 @@ use crate::{
     diag,
     kernel::kallsyms::Kallsyms,
     kernel::netns::{self, Netns, NetnsError},
-    live::{DumpFn, Feed, LiveError, port_ranges},
+    live::{DumpFn, DumpSink, Feed, LiveError, port_ranges},
     probe::{DRAIN_EVERY, Filters, Loss, Probe, ProbeError},
-    sock::DiagSocket,
     state::TcpState,
     tw_event::{TwCause, TwEvent, TwEventKind},
 };
@@ -180,6 +179,7 @@ pub fn kernel_feed(scope: &NetnsScope) -> Result<Feed, FeedError> {
     let lost_w = lost.clone();
     tokio::spawn(async move {
         let mut batch = Vec::with_capacity(4096);
+        let mut unchecked = 0;
         // Loss is read on its own tick, not per drain (five syscalls each).
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         loop {
@@ -198,6 +198,13 @@ pub fn kernel_feed(scope: &NetnsScope) -> Result<Feed, FeedError> {
                 _ = tick.tick() => {
                     if let Ok(l) = source.loss() {
                         lost_w.store(l.lost(), Ordering::Relaxed);
+                        if l.overflow_unchecked > unchecked {
+                            unchecked = l.overflow_unchecked;
+                            tracing::warn!(
+                                "{unchecked} TCP state changes on this host were not checked for a tcp_max_tw_buckets \
+                                 overflow (BPF recursion); the TIME_WAIT table itself is unaffected"
+                            );
+                        }
                     }
                     source.flush_logs();
                 }
@@ -209,29 +216,57 @@ pub fn kernel_feed(scope: &NetnsScope) -> Result<Feed, FeedError> {
         NetnsScope::Current => Some(Vec::new()),
         NetnsScope::Paths(list) => Some(list.iter().map(|n| n.path.clone()).collect()),
     };
-    let dump: DumpFn = Box::new(move || dump_scope(paths.as_deref()).map_err(|e| Box::new(e) as _));
+    let dump: DumpFn = Box::new(move |sink| dump_scope(paths.as_deref(), sink).map_err(|e| Box::new(e) as _));
     Ok(Feed { events, dump, lost: Box::new(move || lost.load(Ordering::Relaxed)), ranges })
 }
 
-/// Every TCP socket of the scope: `None` = all namespaces (enumerated anew each time, so deleted
-/// ones are not held open), empty = the current one.
-fn dump_scope(paths: Option<&[std::path::PathBuf]>) -> Result<Vec<DiagSocket>, DumpError> {
+/// Every TCP socket of the scope into `sink`: `None` = all namespaces (enumerated anew each time,
+/// so deleted ones are not held open), empty = the current one.
+fn dump_scope(paths: Option<&[std::path::PathBuf]>, sink: &mut dyn DumpSink) -> Result<(), DumpError> {
     let targets: Vec<Netns> = match paths {
         None => crate::kill::targets::all().into_iter().filter_map(|t| t.netns).collect(),
-        Some([]) => return diag::dump(&[]).map_err(DumpError::Diag),
+        Some([]) => return dump_here(sink).map_err(DumpError::Diag),
         Some(list) => list.iter().map(|p| Netns::open(p)).collect::<Result<_, _>>().map_err(DumpError::Netns)?,
     };
-    let mut all = Vec::new();
     for ns in &targets {
-        match ns.run(|| diag::dump(&[])) {
-            Ok(Ok(mut v)) => all.append(&mut v),
-            // A namespace that vanished while we looked has no sockets left to count.
+        match ns.run(|| dump_here(&mut *sink)) {
+            Ok(Ok(())) => {}
+            // A namespace that vanished while we looked has no sockets left to count (any it
+            // handed over before vanishing are removed by their netns_gone events).
             Ok(Err(_)) | Err(_) if paths.is_none() => {}
             Ok(Err(e)) => return Err(DumpError::Diag(e)),
             Err(e) => return Err(DumpError::Netns(e)),
         }
     }
-    Ok(all)
+    Ok(())
+}
+
+/// The calling thread's namespace into `sink`, announcing its TIME_WAIT count first.
+fn dump_here(sink: &mut dyn DumpSink) -> Result<(), diag::DiagError> {
+    if let Some(n) = tw_count() {
+        sink.expect_tw(n);
+    }
+    diag::dump_each(&[], |d| sink.socket(d))
+}
+
+/// TIME_WAIT sockets of the calling thread's namespace, as `/proc/net/sockstat` counts them
+/// (`thread-self`: a thread that entered another namespace sees that one's).
+fn tw_count() -> Option<usize> {
+    let text = std::fs::read_to_string("/proc/thread-self/net/sockstat").ok()?;
+    sockstat_tw(&text)
+}
+
+/// The `tw` field of the `TCP:` line of sockstat.
+fn sockstat_tw(text: &str) -> Option<usize> {
+    let fields = text.lines().find_map(|l| l.strip_prefix("TCP:"))?;
+    let mut it = fields.split_whitespace();
+    while let Some(name) = it.next() {
+        let value = it.next()?;
+        if name == "tw" {
+            return value.parse().ok();
+        }
+    }
+    None
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -296,6 +331,15 @@ mod tests {
         assert_eq!(cause_of(Some("inet_twsk_purge")), TwCause::NetnsGone);
         assert_eq!(cause_of(Some("something_else")), TwCause::Other);
         assert_eq!(cause_of(None), TwCause::Other);
+    }
+
+    #[test]
+    fn sockstat_tw_field() {
+        let text = "sockets: used 13\nTCP: inuse 1 orphan 3 tw 128681 alloc 17 mem 186\nUDP: inuse 0 mem 0\n";
+        assert_eq!(sockstat_tw(text), Some(128681));
+        assert_eq!(sockstat_tw("TCP: inuse 1 orphan 0\n"), None);
+        assert_eq!(sockstat_tw(""), None);
+        assert!(tw_count().is_some(), "this kernel's sockstat has a tw count");
     }
 
     #[test]

@@ -209,9 +209,10 @@ mod tests {
         let mut calls = 0;
         let feed = Feed {
             events: rx,
-            dump: Box::new(move || {
+            dump: Box::new(move |sink| {
                 calls += 1;
-                Ok(if calls == 1 { dump.clone() } else { later.clone() })
+                crate::live::replay(if calls == 1 { &dump } else { &later }, sink);
+                Ok(())
             }),
             lost: Box::new(|| 0),
             ranges: PortRanges::default(),

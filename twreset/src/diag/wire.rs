@@ -7,6 +7,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 pub const NETLINK_SOCK_DIAG: i32 = 4;
 pub const SOCK_DIAG_BY_FAMILY: u16 = 20;
 pub const SOCK_DESTROY: u16 = 21;
+/// The original inet_diag request (`inet_diag_req`), still served: it dumps with `AF_UNSPEC`,
+/// i.e. both families in one walk of the kernel's socket hash, and its replies carry this type.
+pub const TCPDIAG_GETSOCK: u16 = 18;
 pub const NLMSG_ERROR: u16 = 2;
 pub const NLMSG_DONE: u16 = 3;
 pub const NLM_F_REQUEST: u16 = 0x1;
@@ -100,6 +103,36 @@ impl Request {
     }
 }
 
+/// `struct inet_diag_req` (the compat request: no family selects both).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReqCompat {
+    pub family: u8,
+    pub src_len: u8,
+    pub dst_len: u8,
+    pub ext: u8,
+    pub id: SockId,
+    pub states: u32,
+    pub dbs: u32,
+}
+const _: () = assert!(size_of::<ReqCompat>() == 60);
+
+/// A compat dump request: header followed by `inet_diag_req`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CompatRequest {
+    pub hdr: NlMsgHdr,
+    pub req: ReqCompat,
+}
+const _: () = assert!(size_of::<CompatRequest>() == 76);
+
+impl CompatRequest {
+    pub fn as_bytes(&self) -> &[u8] {
+        // SAFETY: repr(C), integers and byte arrays only, no implicit padding (sizes asserted).
+        unsafe { std::slice::from_raw_parts((self as *const Self).cast::<u8>(), size_of::<Self>()) }
+    }
+}
+
 /// Kernel state bitmask (`1 << TCP_*`) for the given state numbers; empty = every state.
 pub fn state_mask(states: impl IntoIterator<Item = u32>) -> u32 {
     let mask = states.into_iter().fold(0u32, |m, s| m | (1u32 << s));
@@ -116,6 +149,20 @@ pub fn dump_request(family: u8, states: u32, seq: u32) -> Request {
             pid: 0,
         },
         req: ReqV2 { family, protocol: IPPROTO_TCP, states, ..Default::default() },
+    }
+}
+
+/// A dump of the TCP sockets of both families in one request (see [`TCPDIAG_GETSOCK`]).
+pub fn compat_dump_request(states: u32, seq: u32) -> CompatRequest {
+    CompatRequest {
+        hdr: NlMsgHdr {
+            len: size_of::<CompatRequest>() as u32,
+            kind: TCPDIAG_GETSOCK,
+            flags: NLM_F_REQUEST | NLM_F_DUMP,
+            seq,
+            pid: 0,
+        },
+        req: ReqCompat { states, ..Default::default() },
     }
 }
 
@@ -236,7 +283,7 @@ pub fn walk<'a>(buf: &'a [u8], mut f: impl FnMut(Msg<'a>)) -> Result<(), Malform
                 let e: NlMsgErr = read(payload).ok_or(bad)?;
                 Msg::Error { seq: e.msg.seq, errno: -e.error }
             }
-            SOCK_DIAG_BY_FAMILY => Msg::Diag(read(payload).ok_or(bad)?),
+            SOCK_DIAG_BY_FAMILY | TCPDIAG_GETSOCK => Msg::Diag(read(payload).ok_or(bad)?),
             kind => Msg::Other { kind, payload },
         });
         off += (len + 3) & !3;
@@ -279,6 +326,20 @@ mod tests {
         assert_eq!(&b[60..64], &3u32.to_ne_bytes());
         assert_eq!(&b[64..68], &2u32.to_ne_bytes());
         assert_eq!(&b[68..72], &1u32.to_ne_bytes());
+    }
+
+    #[test]
+    fn compat_request_layout() {
+        let r = compat_dump_request(1 << 6, 5);
+        let b = r.as_bytes();
+        assert_eq!(b.len(), 76);
+        assert_eq!(&b[0..4], &76u32.to_ne_bytes());
+        assert_eq!(&b[4..6], &TCPDIAG_GETSOCK.to_ne_bytes());
+        assert_eq!(&b[6..8], &(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
+        assert_eq!(&b[8..12], &5u32.to_ne_bytes());
+        assert_eq!(b[16], 0, "AF_UNSPEC: both families");
+        assert_eq!(&b[68..72], &(1u32 << 6).to_ne_bytes());
+        assert_eq!(&b[72..76], &[0; 4]);
     }
 
     #[test]

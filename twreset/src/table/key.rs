@@ -15,13 +15,13 @@ use crate::sock::SockKey;
 /// addresses are few, so the ids stay small and the table keys stay compact.
 #[derive(Debug, Clone)]
 pub(crate) struct Interner<T> {
-    ids: HashMap<T, u32>,
+    ids: HashMap<T, u32, super::FastHash>,
     vals: Vec<T>,
 }
 
 impl<T> Default for Interner<T> {
     fn default() -> Self {
-        Self { ids: HashMap::new(), vals: Vec::new() }
+        Self { ids: HashMap::default(), vals: Vec::new() }
     }
 }
 

@@ -11,9 +11,13 @@ mod tests;
 #[cfg(test)]
 mod view_tests;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, hash_map::Entry};
 
 use key::{DestKey, Key, Keys};
+
+/// The hasher of the per-socket maps: SipHash was a third of the time a 200k-socket seed spent
+/// in the table. foldhash is randomly seeded per process (keys come from remote peers).
+pub(crate) type FastHash = foldhash::fast::RandomState;
 pub use pressure::{Connected, Dest, PortRange, PortRanges, Pressure};
 pub use reconcile::Drift;
 pub use view::{By, Group, Row, Snapshot, Sort, Totals, ViewConfig};
@@ -32,32 +36,60 @@ pub const KILL_MEMORY_NS: u64 = 15 * 60 * 1_000_000_000;
 
 const NS_PER_MS: u64 = 1_000_000;
 
-/// One tracked socket (16 bytes): expiry as an offset keeps it small without a wrapping clock.
+/// One tracked socket (12 bytes, alignment 4, so a map entry is 40 bytes with its [`Key`]):
+/// expiry as an offset keeps it small without a wrapping clock, and the flags share its word.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(C, packed(4))]
 pub(crate) struct Slot {
     /// When it entered TIME_WAIT (estimated from the timer for seeded sockets).
     pub created_ns: u64,
-    /// Timer expiry, in ms after `created_ns` (saturating: ~49 days).
-    pub expire_ms: u32,
-    /// Substate FIN_WAIT2 (an orphaned FIN_WAIT2 kept as a tw socket), else TIME_WAIT.
-    pub fin_wait2: bool,
+    /// Timer expiry in ms after `created_ns` (low 30 bits, saturating: ~12 days, far beyond any
+    /// tw timer) plus [`Slot::FIN_WAIT2`] and [`Slot::SEEN`].
+    bits: u32,
 }
 
 impl Slot {
+    const MS_MASK: u32 = (1 << 30) - 1;
+    /// Substate FIN_WAIT2 (an orphaned FIN_WAIT2 kept as a tw socket), else TIME_WAIT.
+    const FIN_WAIT2: u32 = 1 << 30;
+    /// Listed by the dump of the reconcile in progress (cleared when it ends).
+    const SEEN: u32 = 1 << 31;
+
     fn new(created_ns: u64, expires_ns: u64, substate: TcpState) -> Self {
-        let mut s = Self { created_ns, expire_ms: 0, fin_wait2: false };
+        let mut s = Self { created_ns, bits: 0 };
         s.rearm(expires_ns, substate);
         s
     }
 
     fn rearm(&mut self, expires_ns: u64, substate: TcpState) {
         let ms = expires_ns.saturating_sub(self.created_ns) / NS_PER_MS;
-        self.expire_ms = u32::try_from(ms).unwrap_or(u32::MAX);
-        self.fin_wait2 = substate == TcpState::FinWait2;
+        let ms = u32::try_from(ms).unwrap_or(u32::MAX).min(Self::MS_MASK);
+        let fin_wait2 = if substate == TcpState::FinWait2 { Self::FIN_WAIT2 } else { 0 };
+        self.bits = ms | fin_wait2 | (self.bits & Self::SEEN);
+    }
+
+    pub fn expire_ms(&self) -> u32 {
+        self.bits & Self::MS_MASK
+    }
+
+    pub fn fin_wait2(&self) -> bool {
+        self.bits & Self::FIN_WAIT2 != 0
+    }
+
+    fn substate(&self) -> TcpState {
+        if self.fin_wait2() { TcpState::FinWait2 } else { TcpState::TimeWait }
+    }
+
+    fn seen(&self) -> bool {
+        self.bits & Self::SEEN != 0
+    }
+
+    fn set_seen(&mut self, seen: bool) {
+        self.bits = if seen { self.bits | Self::SEEN } else { self.bits & !Self::SEEN };
     }
 
     pub fn expires_ns(&self) -> u64 {
-        self.created_ns.saturating_add(u64::from(self.expire_ms) * NS_PER_MS)
+        self.created_ns.saturating_add(u64::from(self.expire_ms()) * NS_PER_MS)
     }
 }
 
@@ -92,17 +124,19 @@ pub struct Counters {
     pub stray: u64,
 }
 
-/// Keys touched by events since a reconcile's dump started: the dump may predate them.
+/// A reconcile in progress: keys touched by events since its dump started (the dump may predate
+/// them), and the dump's sockets it could not mark in the table (see [`Table::observe`]).
 #[derive(Debug, Default)]
 struct Watch {
     since_ns: u64,
-    touched: HashSet<Key>,
+    touched: HashSet<Key, FastHash>,
+    unmarked: Vec<reconcile::Listed>,
 }
 
 #[derive(Debug, Default)]
 pub struct Table {
     keys: Keys,
-    map: HashMap<Key, Slot>,
+    map: HashMap<Key, Slot, FastHash>,
     kills: HashMap<DestKey, Kills>,
     counters: Counters,
     watch: Option<Watch>,
@@ -158,7 +192,18 @@ impl Table {
                 let k = self.keys.intern(&ev.key);
                 self.touch(ts, k);
                 let expires = ts.saturating_add(u64::from(timeout_ms) * NS_PER_MS);
-                self.map.insert(k, Slot::new(ts, expires, substate));
+                let slot = Slot::new(ts, expires, substate);
+                match self.map.entry(k) {
+                    // A replaced entry that the reconcile's dump listed stays listed.
+                    Entry::Occupied(mut e) => {
+                        let seen = e.get().seen();
+                        e.insert(slot);
+                        e.get_mut().set_seen(seen);
+                    }
+                    Entry::Vacant(e) => {
+                        e.insert(slot);
+                    }
+                }
                 self.counters.created += 1;
             }
             TwEventKind::Rearmed { substate, timeout_ms } => {
@@ -195,8 +240,10 @@ impl Table {
         match self.keys.lookup(key) {
             Some(k) => {
                 self.touch(ts, k);
-                if self.map.remove(&k).is_none() {
-                    self.counters.stray += 1;
+                match self.map.remove(&k) {
+                    Some(slot) if slot.seen() => self.keep_listed(k, slot),
+                    Some(_) => {}
+                    None => self.counters.stray += 1,
                 }
             }
             None => self.counters.stray += 1,

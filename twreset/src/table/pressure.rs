@@ -76,19 +76,22 @@ impl Connected {
     /// Count the dump's full sockets (not tw, not listening or unbound) whose local port lies in
     /// their namespace's ephemeral range: those are the ports `connect()` competes for.
     pub fn from_dump(dump: &[DiagSocket], ranges: &PortRanges) -> Self {
-        let mut m = HashMap::new();
-        for d in dump {
-            if d.timewait || matches!(d.state, TcpState::Listen | TcpState::Close) {
-                continue;
-            }
-            let k = &d.key;
-            if !ranges.of(k.netns_cookie).contains(k.lport) {
-                continue;
-            }
-            let dest = Dest { netns: k.netns_cookie, laddr: k.laddr, raddr: k.raddr, rport: k.rport };
-            *m.entry(dest).or_insert(0) += 1;
+        let mut c = Self::default();
+        dump.iter().for_each(|d| c.add(d, ranges));
+        c
+    }
+
+    /// Count one socket of a dump (tw sockets, listeners and closed ones do not count).
+    pub fn add(&mut self, d: &DiagSocket, ranges: &PortRanges) {
+        if d.timewait || matches!(d.state, TcpState::Listen | TcpState::Close) {
+            return;
         }
-        Self(m)
+        let k = &d.key;
+        if !ranges.of(k.netns_cookie).contains(k.lport) {
+            return;
+        }
+        let dest = Dest { netns: k.netns_cookie, laddr: k.laddr, raddr: k.raddr, rport: k.rport };
+        *self.0.entry(dest).or_insert(0) += 1;
     }
 
     pub fn get(&self, d: &Dest) -> u64 {

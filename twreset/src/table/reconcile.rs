@@ -1,10 +1,17 @@
 //! Seeding from, and reconciling with, a sock_diag dump: the kernel's own list is the truth.
 //!
+//! Both take the dump one socket at a time as it is read ([`Table::seed_one`], [`Table::observe`]),
+//! so no copy of a 200k-socket dump is ever held: the table's own entries are the only per-socket
+//! memory.
+//!
 //! A dump is not atomic with the event stream: events about a socket may be applied while its dump
 //! is in flight. [`Table::begin_reconcile`] marks the dump's start; keys touched by events from
-//! then on are left alone by the reconcile (the events are newer than the dump).
+//! then on are left alone by the reconcile (the events are newer than the dump). The dump's verdict
+//! is only drawn at [`Table::end_reconcile`], after the events older than the dump have landed:
+//! meanwhile each listed socket is marked in its entry (`Slot::SEEN`), and the few
+//! the table lacks (or loses before the end) wait in a side list.
 
-use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 
 use super::{Key, Slot, TW_LEN_NS, Table, Watch};
 use crate::{sock::DiagSocket, state::TcpState};
@@ -26,6 +33,14 @@ impl Drift {
     }
 }
 
+/// A socket of the reconcile's dump that has no marked entry (yet).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Listed {
+    key: Key,
+    expires_ns: u64,
+    substate: TcpState,
+}
+
 fn substate(d: &DiagSocket) -> TcpState {
     if d.state == TcpState::FinWait2 { TcpState::FinWait2 } else { TcpState::TimeWait }
 }
@@ -36,69 +51,140 @@ fn estimated_created(now_ns: u64, expires_ns: u64) -> u64 {
 }
 
 impl Table {
-    /// Add the tw sockets of a dump taken at `now_ns` (only `timewait` entries count). Sockets
-    /// already tracked keep their entry time; their timer is taken from the dump. Returns how many
+    /// Make room for `additional` more entries at once (a dump's expected size), so the map is
+    /// not rehashed, with the old and new bucket arrays both resident, while a seed fills it.
+    pub fn reserve(&mut self, additional: usize) {
+        self.map.reserve(additional);
+    }
+
+    /// Give back a map far larger than its entries: a sizing hint that was too high (a kernel
+    /// whose sockstat counts the tw sockets of every namespace) must not stay resident.
+    pub fn shrink_if_sparse(&mut self) {
+        if self.map.capacity() > 4 * self.map.len().max(1024) {
+            self.map.shrink_to_fit();
+        }
+    }
+
+    /// Add the tw sockets of a dump taken at `now_ns` (see [`Table::seed_one`]). Returns how many
     /// were added.
     pub fn seed(&mut self, now_ns: u64, dump: &[DiagSocket]) -> usize {
-        let mut added = 0;
-        for d in dump.iter().filter(|d| d.timewait) {
-            let k = self.keys.intern(&d.key);
-            let expires = now_ns.saturating_add(u64::from(d.expires_ms) * NS_PER_MS);
-            match self.map.get_mut(&k) {
-                Some(slot) => slot.rearm(expires, substate(d)),
-                None => {
-                    self.map.insert(k, Slot::new(estimated_created(now_ns, expires), expires, substate(d)));
-                    added += 1;
-                }
+        dump.iter().filter(|d| self.seed_one(now_ns, d)).count()
+    }
+
+    /// Add one socket of a dump taken at `now_ns` (only `timewait` entries count). A socket
+    /// already tracked keeps its entry time; its timer is taken from the dump. True if added.
+    pub fn seed_one(&mut self, now_ns: u64, d: &DiagSocket) -> bool {
+        if !d.timewait {
+            return false;
+        }
+        let k = self.keys.intern(&d.key);
+        let expires = now_ns.saturating_add(u64::from(d.expires_ms) * NS_PER_MS);
+        match self.map.entry(k) {
+            Entry::Occupied(mut e) => {
+                e.get_mut().rearm(expires, substate(d));
+                false
+            }
+            Entry::Vacant(e) => {
+                e.insert(Slot::new(estimated_created(now_ns, expires), expires, substate(d)));
+                true
             }
         }
-        added
     }
 
     /// Mark the start of a dump: events with `ts_ns >= now_ns` applied from here until
-    /// [`Table::reconcile`] win over the dump for the sockets they name.
+    /// [`Table::end_reconcile`] win over the dump for the sockets they name.
     pub fn begin_reconcile(&mut self, now_ns: u64) {
-        self.watch = Some(Watch { since_ns: now_ns, touched: Default::default() });
+        self.abort_reconcile();
+        self.watch = Some(Watch { since_ns: now_ns, ..Watch::default() });
     }
 
     /// Forget a started reconcile (its dump failed).
     pub fn abort_reconcile(&mut self) {
-        self.watch = None;
+        if self.watch.take().is_some() {
+            self.map.values_mut().for_each(|s| s.set_seen(false));
+        }
     }
 
-    /// Compare with a dump started at `now_ns`, fix the table to match it, count the drift.
-    pub fn reconcile(&mut self, now_ns: u64, dump: &[DiagSocket]) -> Drift {
-        let touched = self.watch.take().map(|w| w.touched).unwrap_or_default();
-        let mut drift = Drift::default();
-        let mut in_dump: HashMap<Key, (u64, TcpState)> = HashMap::with_capacity(dump.len());
-        for d in dump.iter().filter(|d| d.timewait) {
-            let k = self.keys.intern(&d.key);
-            in_dump.insert(k, (now_ns.saturating_add(u64::from(d.expires_ms) * NS_PER_MS), substate(d)));
+    /// Take one socket of the dump of the reconcile in progress (only `timewait` entries count;
+    /// without [`Table::begin_reconcile`] it is ignored). Its entry takes the dump's timer and is
+    /// marked as listed, unless an event since the dump's start already spoke for it.
+    pub fn observe(&mut self, d: &DiagSocket) {
+        if !d.timewait {
+            return;
         }
-        for (k, (expires, sub)) in &in_dump {
-            if touched.contains(k) {
+        let Some(since) = self.watch.as_ref().map(|w| w.since_ns) else { return };
+        let key = self.keys.intern(&d.key);
+        let w = self.watch.as_mut().expect("checked above");
+        if w.touched.contains(&key) {
+            return;
+        }
+        let expires_ns = since.saturating_add(u64::from(d.expires_ms) * NS_PER_MS);
+        match self.map.get_mut(&key) {
+            Some(slot) => {
+                slot.rearm(expires_ns, substate(d));
+                slot.set_seen(true);
+            }
+            None => w.unmarked.push(Listed { key, expires_ns, substate: substate(d) }),
+        }
+    }
+
+    /// An event removed a listed entry while the reconcile waits: the dump still lists it.
+    pub(super) fn keep_listed(&mut self, key: Key, slot: Slot) {
+        if let Some(w) = &mut self.watch {
+            w.unmarked.push(Listed { key, expires_ns: slot.expires_ns(), substate: slot.substate() });
+        }
+    }
+
+    /// Draw the verdict of the reconcile in progress: add what its dump listed and the table
+    /// lacks, drop what the table holds and the dump did not list, count both as drift. Keys
+    /// touched by events since the dump's start, and entries created after it, are left alone.
+    /// `forced` counts it as a resync (after lost events).
+    pub fn end_reconcile(&mut self, forced: bool) -> Drift {
+        let Watch { since_ns, touched, unmarked } = self.watch.take().unwrap_or_default();
+        let mut drift = Drift::default();
+        for l in unmarked {
+            if touched.contains(&l.key) {
                 continue;
             }
-            match self.map.get_mut(k) {
-                Some(slot) => slot.rearm(*expires, *sub),
+            match self.map.get_mut(&l.key) {
+                Some(slot) => slot.rearm(l.expires_ns, l.substate),
                 None => {
-                    self.map.insert(*k, Slot::new(estimated_created(now_ns, *expires), *expires, *sub));
+                    let created = estimated_created(since_ns, l.expires_ns);
+                    self.map.insert(l.key, Slot::new(created, l.expires_ns, l.substate));
                     drift.missing += 1;
                 }
             }
+            self.map.get_mut(&l.key).expect("just placed").set_seen(true);
         }
         let before = self.map.len();
-        // Entries created after the dump started may simply be newer than it.
-        self.map.retain(|k, s| in_dump.contains_key(k) || touched.contains(k) || s.created_ns > now_ns);
+        self.map.retain(|k, s| {
+            let keep = s.seen() || touched.contains(k) || s.created_ns > since_ns;
+            s.set_seen(false);
+            keep
+        });
         drift.extra = (before - self.map.len()) as u64;
         self.counters.drift += drift.total();
         self.counters.reconciles += 1;
+        self.counters.resyncs += u64::from(forced);
         drift
+    }
+
+    /// Compare with a whole dump started at `now_ns` (which [`Table::begin_reconcile`] may have
+    /// marked already), fix the table to match it, count the drift.
+    pub fn reconcile(&mut self, now_ns: u64, dump: &[DiagSocket]) -> Drift {
+        self.reconcile_with(now_ns, dump, false)
     }
 
     /// A reconcile forced by lost events (counted in `resyncs`).
     pub fn resync(&mut self, now_ns: u64, dump: &[DiagSocket]) -> Drift {
-        self.counters.resyncs += 1;
-        self.reconcile(now_ns, dump)
+        self.reconcile_with(now_ns, dump, true)
+    }
+
+    fn reconcile_with(&mut self, now_ns: u64, dump: &[DiagSocket], forced: bool) -> Drift {
+        if self.watch.is_none() {
+            self.begin_reconcile(now_ns);
+        }
+        dump.iter().for_each(|d| self.observe(d));
+        self.end_reconcile(forced)
     }
 }

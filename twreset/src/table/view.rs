@@ -263,13 +263,13 @@ impl Table {
         let mut fin_wait2 = 0;
         let window_start = now_ns.saturating_sub(cfg.rate_window_ns);
         for (k, s) in &self.map {
-            fin_wait2 += u64::from(s.fin_wait2);
+            fin_wait2 += u64::from(s.fin_wait2());
             if by == By::Dest && !ns_ranges[k.ns as usize].contains(k.lport) {
                 continue;
             }
             let a = acc.entry(self.compact(by, &k.dest(), cfg)).or_insert_with(fresh);
             a.count += 1;
-            a.fin_wait2 += u64::from(s.fin_wait2);
+            a.fin_wait2 += u64::from(s.fin_wait2());
             a.first_ns = a.first_ns.min(s.created_ns);
             a.last_ns = a.last_ns.max(s.created_ns);
             a.recent += u64::from(s.created_ns > window_start && s.created_ns <= now_ns);

@@ -149,6 +149,21 @@ pub struct Measured {
     pub cpu_s: f64,
     pub stdout: String,
     pub stderr: String,
+    /// stderr line by line with its arrival time (seconds since spawn), when asked for.
+    pub stderr_lines: Vec<(f64, String)>,
+}
+
+/// Read lines as they arrive, each stamped with the seconds since `start`.
+fn drain_lines(r: impl Read + Send + 'static, start: Instant) -> thread::JoinHandle<Vec<(f64, String)>> {
+    thread::spawn(move || {
+        use std::io::BufRead;
+        let mut lines = Vec::new();
+        for line in std::io::BufReader::new(r).split(b'\n') {
+            let Ok(line) = line else { break };
+            lines.push((start.elapsed().as_secs_f64(), String::from_utf8_lossy(&line).into_owned()));
+        }
+        lines
+    })
 }
 
 fn drain(mut r: impl Read + Send + 'static) -> thread::JoinHandle<String> {
@@ -168,17 +183,21 @@ pub fn run_measured(cmd: &mut Command, keep_stdout: bool) -> Result<Measured> {
 fn run_measured_with(
     cmd: &mut Command,
     keep_stdout: bool,
-    on_spawn: Option<std::sync::mpsc::Sender<u32>>,
+    on_spawn: Option<std::sync::mpsc::Sender<(u32, Instant)>>,
 ) -> Result<Measured> {
     cmd.stdin(Stdio::null()).stderr(Stdio::piped());
     cmd.stdout(if keep_stdout { Stdio::piped() } else { Stdio::null() });
+    let stamp_lines = on_spawn.is_some();
     let start = Instant::now();
     let mut child: Child = cmd.spawn().with_context(|| format!("spawning {cmd:?}"))?;
     if let Some(tx) = on_spawn {
-        let _ = tx.send(child.id());
+        let _ = tx.send((child.id(), start));
     }
     let out = child.stdout.take().map(drain);
-    let err = child.stderr.take().map(drain);
+    let (err, err_lines) = match child.stderr.take() {
+        Some(e) if stamp_lines => (None, Some(drain_lines(e, start))),
+        e => (e.map(drain), None),
+    };
     let mut status = 0;
     // SAFETY: an all-zero rusage is a valid value for wait4 to fill in.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
@@ -194,34 +213,55 @@ fn run_measured_with(
     if r < 0 {
         bail!("wait4 on {cmd:?}: {}", std::io::Error::last_os_error());
     }
+    let stderr_lines = err_lines.map(|h| h.join().unwrap_or_default()).unwrap_or_default();
+    let stderr = match err {
+        Some(h) => h.join().unwrap_or_default(),
+        None => stderr_lines.iter().map(|(_, l)| format!("{l}\n")).collect(),
+    };
     Ok(Measured {
         status: ExitStatus::from_raw(status),
         wall,
         maxrss_kib: ru.ru_maxrss.max(0) as u64,
         cpu_s: [ru.ru_utime, ru.ru_stime].iter().map(|t| t.tv_sec as f64 + t.tv_usec as f64 / 1e6).sum(),
         stdout: out.map(|h| h.join().unwrap_or_default()).unwrap_or_default(),
-        stderr: err.map(|h| h.join().unwrap_or_default()).unwrap_or_default(),
+        stderr,
+        stderr_lines,
     })
 }
 
-/// Like [`run_measured`], also sampling the child's current RSS (VmRSS) every 50 ms:
-/// `(seconds since spawn, KiB)`, so a figure "while running" can be told from the peak.
-pub fn run_sampled(cmd: &mut Command) -> Result<(Measured, Vec<(f64, u64)>)> {
+/// One reading of a running child's memory.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RssSample {
+    /// Seconds since spawn (the clock of [`Measured::stderr_lines`]).
+    pub t: f64,
+    /// VmRSS: anonymous + file-backed + shmem pages, in KiB.
+    pub rss_kib: u64,
+    /// RssAnon: the heap, stacks and other private memory, in KiB.
+    pub anon_kib: u64,
+}
+
+/// Like [`run_measured`], also sampling the child's VmRSS and RssAnon every 50 ms, so a figure
+/// "while running" can be told from the peak, and stamping each stderr line with its arrival
+/// time on the same clock (see [`Measured::stderr_lines`]).
+pub fn run_sampled(cmd: &mut Command) -> Result<(Measured, Vec<RssSample>)> {
     use std::sync::{Arc, Mutex};
     let samples = Arc::new(Mutex::new(Vec::new()));
-    let (tx, rx) = std::sync::mpsc::channel::<u32>();
+    let (tx, rx) = std::sync::mpsc::channel::<(u32, Instant)>();
     let sink = samples.clone();
     let sampler = thread::spawn(move || {
-        let Ok(pid) = rx.recv() else { return };
-        let start = Instant::now();
+        let Ok((pid, start)) = rx.recv() else { return };
         while let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
-            let kib = status
-                .lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok());
-            match kib {
-                Some(k) => sink.lock().unwrap().push((start.elapsed().as_secs_f64(), k)),
-                None => break, // a zombie has no VmRSS: it has exited
+            let field = |name: &str| {
+                status
+                    .lines()
+                    .find_map(|l| l.strip_prefix(name))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            };
+            match (field("VmRSS:"), field("RssAnon:")) {
+                (Some(rss_kib), Some(anon_kib)) => {
+                    sink.lock().unwrap().push(RssSample { t: start.elapsed().as_secs_f64(), rss_kib, anon_kib })
+                }
+                _ => break, // a zombie has no VmRSS: it has exited
             }
             thread::sleep(Duration::from_millis(50));
         }

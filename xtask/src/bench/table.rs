@@ -1,14 +1,22 @@
 //! Table: twreset's memory while it tracks N TIME_WAIT sockets and the time to seed its table from
-//! them, both as the difference between a snapshot of N sockets and one of an empty namespace.
-//! Memory is read two ways: current RSS sampled while `tw` follows kernel events after its seed
-//! (the tracking cost), and the peak, which also holds the transient sock_diag dumps.
+//! them, each against a snapshot of an empty namespace.
+//!
+//! `tw` runs with `TWRESET_LOG=twreset=info`, whose stderr lines mark its phases; the bench stamps
+//! each line with its arrival time and samples VmRSS and RssAnon every 50 ms on the same clock:
+//! - seed time: from "seeding from a sock_diag dump" to "seeded ..." (dump read straight into
+//!   the table), full minus empty;
+//! - tracking memory: the median of the samples from 1 s after "seeded" to 0.25 s before
+//!   "reconciling with a fresh dump", i.e. while `tw` only follows kernel events (the final
+//!   reconcile's dump and settle come after);
+//! - peak memory: `ru_maxrss` (whole run, including attach) and the highest sample from the
+//!   "seeding" line on (seed and reconcile).
 
 use std::{path::Path, process::Command};
 
 use anyhow::Result;
 use serde_json::{Value, json};
 
-use super::{Caps, churn, ns::Ns, sys};
+use super::{Caps, churn, ns::Ns, sys, sys::RssSample};
 
 const PEERS: [&str; 2] = ["127.0.0.30", "127.0.0.31"];
 
@@ -17,8 +25,18 @@ pub struct Snapshot {
     pub sockets: u64,
     pub wall_s: f64,
     pub maxrss_kib: u64,
-    /// Median VmRSS while `tw` follows events after its seed (see [`SETTLE_S`]).
+    /// Seconds from spawn to the "seeding" and "seeded" lines (see the module doc).
+    pub seeding_at_s: Option<f64>,
+    pub seeded_at_s: Option<f64>,
+    /// The seed's duration as twreset itself reports it in the "seeded" line.
+    pub seed_reported_s: Option<f64>,
+    /// Seconds from spawn to the final reconcile's line.
+    pub reconcile_at_s: Option<f64>,
+    /// Median VmRSS and RssAnon while `tw` follows events between seed and final reconcile.
     pub tracking_rss_kib: Option<u64>,
+    pub tracking_anon_kib: Option<u64>,
+    /// Highest VmRSS sampled from the "seeding" line on (seed, settle, reconcile, output).
+    pub after_attach_peak_kib: Option<u64>,
     /// TIME_WAIT sockets the snapshot itself reported, when its JSON says so.
     pub reported: Option<u64>,
     pub exit: Option<i32>,
@@ -28,8 +46,16 @@ pub struct Snapshot {
 impl Snapshot {
     fn json(&self) -> Value {
         json!({ "time_wait_sockets": self.sockets, "wall_s": self.wall_s, "peak_rss_kib": self.maxrss_kib,
-                "tracking_rss_kib": self.tracking_rss_kib,
+                "seeding_at_s": self.seeding_at_s, "seeded_at_s": self.seeded_at_s,
+                "seed_reported_s": self.seed_reported_s, "reconcile_at_s": self.reconcile_at_s,
+                "tracking_rss_kib": self.tracking_rss_kib, "tracking_anon_kib": self.tracking_anon_kib,
+                "after_attach_peak_rss_kib": self.after_attach_peak_kib,
                 "reported_by_twreset": self.reported, "exit_status": self.exit, "stderr": self.stderr.trim() })
+    }
+
+    /// Seconds from the "seeding" line to the "seeded" line.
+    fn seed_s(&self) -> Option<f64> {
+        Some(self.seeded_at_s? - self.seeding_at_s?)
     }
 }
 
@@ -41,26 +67,60 @@ pub struct Outcome {
 }
 
 impl Outcome {
-    /// Current RSS beyond the base per tracked socket, while tracking.
-    pub fn tracking_bytes_per_socket(&self) -> Option<f64> {
-        let (full, empty) = (self.full.tracking_rss_kib?, self.empty.tracking_rss_kib?);
+    fn per_socket(&self, full: Option<u64>, empty: Option<u64>) -> Option<f64> {
+        let (full, empty) = (full?, empty?);
         (self.na.is_none() && self.full.sockets > 0)
             .then(|| (full as f64 - empty as f64) * 1024.0 / self.full.sockets as f64)
     }
 
-    /// Peak RSS beyond the base per tracked socket (includes the transient dumps).
-    pub fn bytes_per_socket(&self) -> Option<f64> {
-        (self.na.is_none() && self.full.sockets > 0)
-            .then(|| (self.full.maxrss_kib as f64 - self.empty.maxrss_kib as f64) * 1024.0 / self.full.sockets as f64)
+    /// Current RSS (VmRSS) beyond the base per tracked socket, while tracking.
+    pub fn tracking_bytes_per_socket(&self) -> Option<f64> {
+        self.per_socket(self.full.tracking_rss_kib, self.empty.tracking_rss_kib)
     }
-    /// Snapshot time beyond the empty snapshot's (attach and settle cost the same in both).
+
+    /// The same in anonymous memory only (VmRSS also holds file pages: binary, ring buffer).
+    pub fn tracking_anon_bytes_per_socket(&self) -> Option<f64> {
+        self.per_socket(self.full.tracking_anon_kib, self.empty.tracking_anon_kib)
+    }
+
+    /// Peak RSS (`ru_maxrss`, whole run) beyond the base per tracked socket. Attaching (BTF
+    /// parsing) sets the empty run's peak, so this only shows how far the table goes beyond it.
+    pub fn bytes_per_socket(&self) -> Option<f64> {
+        self.per_socket(Some(self.full.maxrss_kib), Some(self.empty.maxrss_kib))
+    }
+
+    /// Highest sampled RSS after attaching (seed and reconcile transients) per tracked socket.
+    pub fn after_attach_peak_bytes_per_socket(&self) -> Option<f64> {
+        self.per_socket(self.full.after_attach_peak_kib, self.empty.after_attach_peak_kib)
+    }
+
+    /// Seed time: "seeding" to "seeded" with N sockets, minus the same with none.
     pub fn seed_s(&self) -> Option<f64> {
+        self.na.is_none().then_some(())?;
+        Some(self.full.seed_s()? - self.empty.seed_s()?)
+    }
+
+    /// Spawn to "seeded", full minus empty: also holds the noise of attaching in two processes.
+    pub fn spawn_to_seeded_s(&self) -> Option<f64> {
+        self.na.is_none().then_some(())?;
+        Some(self.full.seeded_at_s? - self.empty.seeded_at_s?)
+    }
+
+    /// The old figure: whole snapshot wall time, full minus empty. Beyond the seed it holds the
+    /// final reconcile's dump, the JSON output and the teardown of a 200k table.
+    pub fn snapshot_wall_diff_s(&self) -> Option<f64> {
         self.na.is_none().then_some(self.full.wall_s - self.empty.wall_s)
     }
+
     pub fn json(&self) -> Value {
         json!({ "n": self.n, "na": self.na, "empty": self.empty.json(), "full": self.full.json(),
                 "bytes_per_socket": self.bytes_per_socket(),
-                "tracking_bytes_per_socket": self.tracking_bytes_per_socket(), "seed_s": self.seed_s() })
+                "after_attach_peak_bytes_per_socket": self.after_attach_peak_bytes_per_socket(),
+                "tracking_bytes_per_socket": self.tracking_bytes_per_socket(),
+                "tracking_anon_bytes_per_socket": self.tracking_anon_bytes_per_socket(),
+                "seed_s": self.seed_s(), "spawn_to_seeded_s": self.spawn_to_seeded_s(),
+                "seed_reported_by_twreset_s": self.full.seed_reported_s,
+                "snapshot_wall_diff_s": self.snapshot_wall_diff_s() })
     }
 }
 
@@ -98,31 +158,93 @@ fn reported(v: &Value) -> Option<u64> {
     totals(v).or_else(|| first_list_sum(v))
 }
 
-/// How long each snapshot follows kernel events after its seed.
+/// How long each snapshot follows kernel events after its seed (and again after the final dump).
 const SETTLE_S: f64 = 6.0;
 
-/// Median of the RSS samples taken while `tw` followed events: well after the seed (its dump ends
-/// about a second into the settle at 200k) and before the final reconcile's dump (the last second
-/// or so of the run).
-fn tracking_rss(samples: &[(f64, u64)], wall_s: f64) -> Option<u64> {
-    let (from, to) = (wall_s - SETTLE_S + 1.5, wall_s - 1.5);
-    let mut in_window: Vec<u64> = samples.iter().filter(|(t, _)| *t >= from && *t <= to).map(|(_, k)| *k).collect();
-    in_window.sort_unstable();
-    in_window.get(in_window.len() / 2).copied()
+/// `line` without ANSI colour sequences (tracing colours its output even into a pipe).
+fn plain(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // CSI: ESC [ params final-byte
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The phase lines of `tw`'s stderr (see the module doc).
+#[derive(Debug, Default, PartialEq)]
+struct Phases {
+    seeding_at: Option<f64>,
+    seeded_at: Option<f64>,
+    seed_reported_s: Option<f64>,
+    reconcile_at: Option<f64>,
+}
+
+fn phases(lines: &[(f64, String)]) -> Phases {
+    let mut p = Phases::default();
+    for (t, line) in lines {
+        let line = plain(line);
+        if line.contains("seeding from a sock_diag dump") {
+            p.seeding_at.get_or_insert(*t);
+        } else if let Some(rest) = line.split_once("seeded ").map(|(_, r)| r) {
+            p.seeded_at.get_or_insert(*t);
+            // "seeded N sockets in X ms; ..."
+            p.seed_reported_s = rest
+                .split_once(" sockets in ")
+                .and_then(|(_, r)| r.split_once(" ms"))
+                .and_then(|(ms, _)| ms.trim().parse::<f64>().ok())
+                .map(|ms| ms / 1e3);
+        } else if line.contains("reconciling with a fresh dump") {
+            p.reconcile_at.get_or_insert(*t);
+        }
+    }
+    p
+}
+
+fn median(mut v: Vec<u64>) -> Option<u64> {
+    v.sort_unstable();
+    v.get(v.len() / 2).copied()
+}
+
+/// Median VmRSS and RssAnon while `tw` only followed events: 1 s after the seed's line (its
+/// buffers are gone by then) to 0.25 s before the final reconcile's line.
+fn tracking(samples: &[RssSample], p: &Phases) -> (Option<u64>, Option<u64>) {
+    let (Some(seeded), Some(reconcile)) = (p.seeded_at, p.reconcile_at) else { return (None, None) };
+    let window: Vec<&RssSample> = samples.iter().filter(|s| s.t >= seeded + 1.0 && s.t <= reconcile - 0.25).collect();
+    (median(window.iter().map(|s| s.rss_kib).collect()), median(window.iter().map(|s| s.anon_kib).collect()))
 }
 
 fn snapshot(ns: &Ns, twreset: &Path) -> Result<Snapshot> {
     let sockets = ns.time_wait_all()?;
     let mut cmd = Command::new(twreset);
     cmd.args(["tw", "--json", "--settle", &format!("{SETTLE_S}s"), "--netns"]).arg(ns.path());
+    cmd.env("TWRESET_LOG", "twreset=info");
     let (m, samples) = sys::run_sampled(&mut cmd)?;
     sys::check_interrupted()?;
-    let wall_s = m.wall.as_secs_f64();
+    let p = phases(&m.stderr_lines);
+    let (tracking_rss_kib, tracking_anon_kib) = tracking(&samples, &p);
+    let after_attach_peak_kib =
+        p.seeding_at.and_then(|from| samples.iter().filter(|s| s.t >= from).map(|s| s.rss_kib).max());
     Ok(Snapshot {
         sockets,
-        wall_s,
+        wall_s: m.wall.as_secs_f64(),
         maxrss_kib: m.maxrss_kib,
-        tracking_rss_kib: tracking_rss(&samples, wall_s),
+        seeding_at_s: p.seeding_at,
+        seeded_at_s: p.seeded_at,
+        seed_reported_s: p.seed_reported_s,
+        reconcile_at_s: p.reconcile_at,
+        tracking_rss_kib,
+        tracking_anon_kib,
+        after_attach_peak_kib,
         reported: serde_json::from_str::<Value>(&m.stdout).ok().as_ref().and_then(reported),
         exit: m.status.code(),
         stderr: m.stderr.chars().take(2000).collect(),
@@ -177,13 +299,41 @@ pub fn bench(n: u64, churn_bin: &Path, twreset: &Path, caps: &Caps) -> Result<Ou
 mod tests {
     use super::*;
 
+    fn sample(t: f64, rss_kib: u64) -> RssSample {
+        RssSample { t, rss_kib, anon_kib: rss_kib / 2 }
+    }
+
     #[test]
-    fn tracking_rss_is_the_median_inside_the_settle_window() {
-        // wall 8 s, settle 6 s: samples from 3.5 s to 6.5 s count; the seed peak at 2.5 s and the
-        // final reconcile at 7.0 s do not.
-        let samples = [(0.5, 10), (2.5, 900), (3.5, 100), (5.0, 104), (6.5, 102), (7.0, 800)];
-        assert_eq!(tracking_rss(&samples, 8.0), Some(102));
-        assert_eq!(tracking_rss(&[], 5.0), None);
+    fn phases_from_tracing_lines() {
+        let lines = [
+            (0.4, "\u{1b}[2m2026-11-21T13:54:05Z\u{1b}[0m \u{1b}[32m INFO\u{1b}[0m twreset::live: seeding from a sock_diag dump".to_string()),
+            (0.7, "2026-11-21T13:54:05Z  INFO twreset::live: seeded 199996 sockets in 263.3 ms; following kernel events for 6s".to_string()),
+            (6.7, "2026-11-21T13:54:11Z  INFO twreset::live: reconciling with a fresh dump".to_string()),
+            (6.8, "twreset: something else".to_string()),
+        ];
+        let p = phases(&lines);
+        assert_eq!((p.seeding_at, p.seeded_at, p.reconcile_at), (Some(0.4), Some(0.7), Some(6.7)));
+        assert!((p.seed_reported_s.unwrap() - 0.2633).abs() < 1e-9);
+        assert_eq!(phases(&[]), Phases::default());
+    }
+
+    #[test]
+    fn tracking_is_the_median_between_seed_and_reconcile() {
+        // Seeded at 1.0, reconcile at 7.0: samples from 2.0 to 6.75 count; the seed's at 1.5 and
+        // the reconcile's at 6.9 and after do not.
+        let p = Phases { seeded_at: Some(1.0), reconcile_at: Some(7.0), ..Phases::default() };
+        let samples = [
+            sample(0.5, 10),
+            sample(1.5, 900),
+            sample(2.0, 100),
+            sample(4.0, 104),
+            sample(6.5, 102),
+            sample(6.9, 800),
+            sample(9.0, 800),
+        ];
+        assert_eq!(tracking(&samples, &p), (Some(102), Some(51)));
+        assert_eq!(tracking(&samples, &Phases::default()), (None, None), "no lines (an old binary): no figure");
+        assert_eq!(tracking(&[], &p), (None, None));
     }
 
     #[test]
