@@ -74,7 +74,8 @@ pub type LostFn = Box<dyn FnMut() -> u64 + Send>;
 /// What `tw` and `top` read from the kernel. The event source must be attached before the feed
 /// is handed over: the first dump comes after, so no socket falls between the seed and the events.
 pub struct Feed {
-    pub events: mpsc::Receiver<TwEvent>,
+    /// Batches of events in kernel order (one per ring-buffer drain).
+    pub events: mpsc::Receiver<Vec<TwEvent>>,
     pub dump: DumpFn,
     pub lost: LostFn,
     /// `ip_local_port_range` per namespace in scope.
@@ -169,7 +170,7 @@ pub struct Live {
     pub connected: Connected,
     pub ranges: PortRanges,
     pub view: ViewConfig,
-    events: mpsc::Receiver<TwEvent>,
+    events: mpsc::Receiver<Vec<TwEvent>>,
     dump: DumpFn,
     lost: LostFn,
     /// How long to keep applying events after a dump before trusting it (ring-buffer latency).
@@ -231,10 +232,7 @@ impl Live {
         let mut n = 0;
         loop {
             match self.events.try_recv() {
-                Ok(ev) => {
-                    self.table.apply(&ev);
-                    n += 1;
-                }
+                Ok(batch) => n += self.apply(&batch),
                 Err(mpsc::error::TryRecvError::Empty) => return n,
                 Err(mpsc::error::TryRecvError::Disconnected) => {
                     self.closed = true;
@@ -244,6 +242,13 @@ impl Live {
         }
     }
 
+    fn apply(&mut self, batch: &[TwEvent]) -> usize {
+        for ev in batch {
+            self.table.apply(ev);
+        }
+        batch.len()
+    }
+
     /// Wait for the next event and apply it with everything queued behind it. Returns how many;
     /// 0 once the channel closed, after which it never resolves again (it can sit in a `select!`).
     pub async fn next_events(&mut self) -> usize {
@@ -251,10 +256,7 @@ impl Live {
             return std::future::pending().await;
         }
         match self.events.recv().await {
-            Some(ev) => {
-                self.table.apply(&ev);
-                1 + self.pump()
-            }
+            Some(batch) => self.apply(&batch) + self.pump(),
             None => {
                 self.closed = true;
                 0
@@ -341,7 +343,7 @@ mod tests {
         }
     }
 
-    fn feed(dumps: Vec<Vec<DiagSocket>>, lost: Arc<AtomicU64>) -> (mpsc::Sender<TwEvent>, Feed) {
+    fn feed(dumps: Vec<Vec<DiagSocket>>, lost: Arc<AtomicU64>) -> (mpsc::Sender<Vec<TwEvent>>, Feed) {
         let (tx, rx) = mpsc::channel(1024);
         let mut dumps = dumps.into_iter();
         let feed = Feed {
@@ -368,10 +370,10 @@ mod tests {
     async fn seeds_then_follows_events() {
         let lost = Arc::new(AtomicU64::new(0));
         let (tx, feed) = feed(vec![vec![tw(0), tw(1)]], lost.clone());
-        tx.send(created(2)).await.unwrap();
+        tx.send(vec![created(2)]).await.unwrap();
         let mut live = Live::start(feed, ViewConfig::default(), Duration::from_millis(10)).await.unwrap();
         assert_eq!(live.table.len(), 3);
-        tx.send(created(3)).await.unwrap();
+        tx.send(vec![created(3)]).await.unwrap();
         assert_eq!(live.next_events().await, 1);
         assert_eq!(live.snapshot(By::Peer, Sort::Count).rows[0].count, 4);
         drop(tx);
@@ -409,8 +411,8 @@ mod tests {
                     // Events the ring buffer delivers while the dump runs.
                     let old = TwEvent { ts_ns: 1, ..created(0) };
                     let gone = TwEvent { ts_ns: monotonic_ns(), key: key(1), kind: TwEventKind::Expired };
-                    sender.try_send(old).unwrap();
-                    sender.try_send(gone).unwrap();
+                    sender.try_send(vec![old]).unwrap();
+                    sender.try_send(vec![gone]).unwrap();
                 }
                 replay(&d, sink);
                 Ok(())
@@ -419,7 +421,7 @@ mod tests {
             ranges: PortRanges::default(),
         };
         let mut live = Live::start(feed, ViewConfig::default(), Duration::from_millis(20)).await.unwrap();
-        tx.send(created(1)).await.unwrap();
+        tx.send(vec![created(1)]).await.unwrap();
         live.pump();
         assert_eq!(live.table.len(), 1);
         assert_eq!(live.reconcile(false).await.unwrap(), Drift::default());

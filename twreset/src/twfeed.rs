@@ -174,7 +174,8 @@ pub fn kernel_feed(scope: &NetnsScope) -> Result<Feed, FeedError> {
         }
     };
     let mut source = TwFeed::start(cookies)?;
-    let (tx, events) = mpsc::channel(1 << 16);
+    // Batches: at most 256 drains in flight, each as large as the ring buffer held.
+    let (tx, events) = mpsc::channel(256);
     let lost = Arc::new(AtomicU64::new(0));
     let lost_w = lost.clone();
     tokio::spawn(async move {
@@ -189,8 +190,8 @@ pub fn kernel_feed(scope: &NetnsScope) -> Result<Feed, FeedError> {
                         tracing::error!("kernel feed stopped: {e:#}");
                         return;
                     }
-                    for ev in batch.drain(..) {
-                        if tx.send(ev).await.is_err() {
+                    if !batch.is_empty() {
+                        if tx.send(batch.drain(..).collect()).await.is_err() {
                             return; // the table's owner is gone
                         }
                     }

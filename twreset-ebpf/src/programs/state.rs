@@ -46,8 +46,15 @@ pub fn set_state_arm(_ctx: RawTracePointContext) -> i32 {
 
 #[raw_tracepoint(tracepoint = "inet_sock_set_state")]
 pub fn set_state(ctx: RawTracePointContext) -> i32 {
-    set(&BUSY, 1);
     let t = Transition::of(&ctx);
+    if config().flags & filter::OVERFLOW_ONLY != 0 {
+        // Attached alone (a TIME_WAIT table's overflow check): no backup reads the flags.
+        if let Some(cfg) = state_filter(&t) {
+            overflow_check(&t, &cfg);
+        }
+        return 0;
+    }
+    set(&BUSY, 1);
     if let Some(cfg) = state_filter(&t) {
         handle(&t, &cfg);
     }
@@ -122,10 +129,7 @@ fn sk_read<T>(sk: u64, off: u32) -> Result<T, ()> {
 /// no read) drops this transition: a TIME_WAIT-only agent pays almost nothing for the others.
 #[inline(always)]
 fn state_filter(t: &Transition) -> Option<FilterConfig> {
-    let cfg: FilterConfig = match CONFIG.get(0) {
-        Some(c) => *c,
-        None => FilterConfig::default(),
-    };
+    let cfg = config();
     if cfg.flags & filter::STATE != 0 {
         let hit = state_bit(cfg.state_mask, t.old)
             || state_bit(cfg.state_mask, t.new)
@@ -135,6 +139,37 @@ fn state_filter(t: &Transition) -> Option<FilterConfig> {
         }
     }
     Some(cfg)
+}
+
+#[inline(always)]
+fn config() -> FilterConfig {
+    match CONFIG.get(0) {
+        Some(c) => *c,
+        None => FilterConfig::default(),
+    }
+}
+
+/// The overflow check alone (`filter::OVERFLOW_ONLY`): an active close whose TIME_WAIT timer
+/// this CPU just saw start (same ports in `LAST_TW`) created its TIME_WAIT socket, which is all a
+/// TIME_WAIT table needs to know, for one read of the socket. Anything else takes the full path,
+/// which compares the whole 4-tuple and namespace and reports an overflow.
+#[inline(always)]
+fn overflow_check(t: &Transition, cfg: &FilterConfig) {
+    if !t.into_tw() {
+        return;
+    }
+    let off = offsets();
+    if let (Ok(num), Ok(dport_be), Some(slot)) =
+        (read::<u16>(t.sk, off.skc_num), read::<u16>(t.sk, off.skc_dport), LAST_TW.get_ptr_mut(0))
+    {
+        // SAFETY: per-CPU slot, see `active_close`.
+        let last = unsafe { &mut *slot };
+        if last.sport == num && last.dport == u16::from_be(dport_be) && last.netns_cookie != 0 {
+            *last = LastTw::default();
+            return;
+        }
+    }
+    handle(t, cfg);
 }
 
 #[inline(always)]

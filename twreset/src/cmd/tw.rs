@@ -222,7 +222,7 @@ mod tests {
             key: key(2, "10.0.0.2"),
             kind: TwEventKind::Created { substate: TcpState::TimeWait, timeout_ms: 60_000 },
         };
-        tx.send(ev).await.unwrap();
+        tx.send(vec![ev]).await.unwrap();
         drop(tx);
         let cfg = TwConfig {
             scope: NetnsScope::Current,
