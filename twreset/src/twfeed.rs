@@ -190,10 +190,8 @@ pub fn kernel_feed(scope: &NetnsScope) -> Result<Feed, FeedError> {
                         tracing::error!("kernel feed stopped: {e:#}");
                         return;
                     }
-                    if !batch.is_empty() {
-                        if tx.send(batch.drain(..).collect()).await.is_err() {
-                            return; // the table's owner is gone
-                        }
+                    if !batch.is_empty() && tx.send(std::mem::take(&mut batch)).await.is_err() {
+                        return; // the table's owner is gone
                     }
                 }
                 _ = tick.tick() => {
