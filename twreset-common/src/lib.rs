@@ -100,8 +100,25 @@ pub struct FilterConfig {
     /// Bit `1 << state`; bit `TIME_WAIT` matches the active close into TIME_WAIT
     /// (`FIN_WAIT2 -> CLOSE`, `CLOSING -> CLOSE`), which is how the tracepoint shows it.
     pub state_mask: u32,
+    /// With `filter::NETNS`: the one namespace kept, compared directly; 0 when several are kept
+    /// (then `NETNS_FILTER` is looked up).
+    pub netns_cookie: u64,
 }
-const _: () = assert!(size_of::<FilterConfig>() == 8);
+const _: () = assert!(size_of::<FilterConfig>() == 16);
+
+impl FilterConfig {
+    /// Does the namespace filter keep `cookie`? `lookup` consults `NETNS_FILTER` (kernel side).
+    #[inline(always)]
+    pub fn keeps_netns(&self, cookie: u64, lookup: impl FnOnce(u64) -> bool) -> bool {
+        if self.flags & filter::NETNS == 0 {
+            return true;
+        }
+        if self.netns_cookie != 0 {
+            return cookie == self.netns_cookie;
+        }
+        lookup(cookie)
+    }
+}
 
 /// Key of the `PEER_FILTER` LPM trie data: 16 address bytes, IPv4 mapped.
 pub type PeerKey = [u8; 16];
@@ -186,4 +203,21 @@ mod pod {
     unsafe impl aya::Pod for super::FilterConfig {}
     unsafe impl aya::Pod for super::KernelOffsets {}
     unsafe impl aya::Pod for super::LastTw {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn netns_filter_one_direct_several_looked_up() {
+        let none = FilterConfig::default();
+        assert!(none.keeps_netns(7, |_| panic!("no lookup without the filter")));
+        let one = FilterConfig { flags: filter::NETNS, netns_cookie: 7, ..FilterConfig::default() };
+        assert!(one.keeps_netns(7, |_| panic!("one namespace: direct compare")));
+        assert!(!one.keeps_netns(8, |_| true));
+        let several = FilterConfig { flags: filter::NETNS, ..FilterConfig::default() };
+        assert!(several.keeps_netns(8, |c| c == 8));
+        assert!(!several.keeps_netns(9, |c| c == 8));
+    }
 }

@@ -31,7 +31,7 @@ impl<'a> Line<'a> {
 
     pub fn u64(&mut self, k: &str, v: u64) -> &mut Self {
         self.key(k);
-        self.buf.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
+        push_u64(self.buf, v);
         self
     }
 
@@ -53,13 +53,7 @@ impl<'a> Line<'a> {
     pub fn ip(&mut self, k: &str, ip: IpAddr) -> &mut Self {
         self.key(k);
         self.buf.push(b'"');
-        match ip {
-            IpAddr::V4(v4) => push_v4(self.buf, v4),
-            // Display is the canonical RFC 5952 form; IPv6 is not the hot case.
-            IpAddr::V6(v6) => {
-                let _ = write!(self.buf, "{v6}");
-            }
-        }
+        push_ip(self.buf, ip);
         self.buf.push(b'"');
         self
     }
@@ -67,11 +61,8 @@ impl<'a> Line<'a> {
     /// `"0x..."`, as `{:#x}` writes it.
     pub fn hex(&mut self, k: &str, v: u64) -> &mut Self {
         self.key(k);
-        self.buf.extend_from_slice(b"\"0x");
-        let digits = if v == 0 { 1 } else { (64 - v.leading_zeros()).div_ceil(4) };
-        for i in (0..digits).rev() {
-            self.buf.push(b"0123456789abcdef"[((v >> (i * 4)) & 0xf) as usize]);
-        }
+        self.buf.push(b'"');
+        push_hex(self.buf, v);
         self.buf.push(b'"');
         self
     }
@@ -79,6 +70,31 @@ impl<'a> Line<'a> {
     /// Close the object and end the line.
     pub fn end(&mut self) {
         self.buf.extend_from_slice(b"}\n");
+    }
+}
+
+/// Append `v` in decimal.
+pub fn push_u64(buf: &mut Vec<u8>, v: u64) {
+    buf.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
+}
+
+/// Append `ip` (IPv4 dotted, IPv6 in its canonical form), unquoted.
+pub fn push_ip(buf: &mut Vec<u8>, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => push_v4(buf, v4),
+        // Display is the canonical RFC 5952 form; IPv6 is not the hot case.
+        IpAddr::V6(v6) => {
+            let _ = write!(buf, "{v6}");
+        }
+    }
+}
+
+/// Append `0x` and `v` in lowercase hex, as `{:#x}` writes it.
+pub fn push_hex(buf: &mut Vec<u8>, v: u64) {
+    buf.extend_from_slice(b"0x");
+    let digits = if v == 0 { 1 } else { (64 - v.leading_zeros()).div_ceil(4) };
+    for i in (0..digits).rev() {
+        buf.push(b"0123456789abcdef"[((v >> (i * 4)) & 0xf) as usize]);
     }
 }
 

@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 
 use crate::{
     decode::Transition,
-    ndjson::Line,
+    ndjson::{Line, push_hex, push_ip, push_u64},
     tw_event::{TwCause, TwEvent, TwEventKind},
 };
 
@@ -105,19 +105,33 @@ pub fn json(t: &Transition) -> Value {
 /// Append the NDJSON line of [`json`] to `buf`: the same object without a `serde_json::Value`
 /// or core::fmt per event (the hot path of `trace --json`).
 pub fn push_json_line(buf: &mut Vec<u8>, t: &Transition) {
-    Line::new(buf)
-        .u64("ts_ns", t.ts_ns)
-        .u64("netns_cookie", t.netns_cookie)
-        .str("family", t.family.name())
-        .ip("laddr", t.laddr)
-        .u64("lport", t.lport.into())
-        .ip("raddr", t.raddr)
-        .u64("rport", t.rport.into())
-        .str("old", t.old.name())
-        .str("new", t.new.name())
-        .bool("time_wait", t.into_time_wait())
-        .hex("sk", t.skaddr)
-        .end();
+    // Keys as whole literals: one copy per key (the hottest code of `trace --json`).
+    buf.reserve(256);
+    buf.extend_from_slice(b"{\"ts_ns\":");
+    push_u64(buf, t.ts_ns);
+    buf.extend_from_slice(b",\"netns_cookie\":");
+    push_u64(buf, t.netns_cookie);
+    buf.extend_from_slice(b",\"family\":\"");
+    buf.extend_from_slice(t.family.name().as_bytes());
+    buf.extend_from_slice(b"\",\"laddr\":\"");
+    push_ip(buf, t.laddr);
+    buf.extend_from_slice(b"\",\"lport\":");
+    push_u64(buf, t.lport.into());
+    buf.extend_from_slice(b",\"raddr\":\"");
+    push_ip(buf, t.raddr);
+    buf.extend_from_slice(b"\",\"rport\":");
+    push_u64(buf, t.rport.into());
+    buf.extend_from_slice(b",\"old\":\"");
+    buf.extend_from_slice(t.old.name().as_bytes());
+    buf.extend_from_slice(b"\",\"new\":\"");
+    buf.extend_from_slice(t.new.name().as_bytes());
+    buf.extend_from_slice(if t.into_time_wait() {
+        b"\",\"time_wait\":true,\"sk\":\""
+    } else {
+        b"\",\"time_wait\":false,\"sk\":\""
+    });
+    push_hex(buf, t.skaddr);
+    buf.extend_from_slice(b"\"}\n");
 }
 
 /// Append the NDJSON line of [`tw_json`] to `buf` (same object, see [`push_json_line`]).

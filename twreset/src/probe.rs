@@ -235,8 +235,11 @@ impl Probe {
             }
         }
         let mut cfg = FilterConfig::default();
-        if f.netns.is_some() {
+        if let Some(list) = &f.netns {
             cfg.flags |= filter::NETNS;
+            if let [one] = list.as_slice() {
+                cfg.netns_cookie = *one;
+            }
         }
         if !f.peers.is_empty() {
             cfg.flags |= filter::PEER;

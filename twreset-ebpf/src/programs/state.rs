@@ -203,7 +203,7 @@ fn try_handle(t: &Transition, cfg: &FilterConfig) -> Result<(), ()> {
         0
     });
     // SAFETY: read-only lookup of a plain integer.
-    if cfg.flags & filter::NETNS != 0 && unsafe { NETNS_FILTER.get(&cookie) }.is_none() {
+    if !cfg.keeps_netns(cookie, |c| unsafe { NETNS_FILTER.get(&c) }.is_some()) {
         return Ok(());
     }
     let aux = if into_tw { active_close(&off, sk, cookie, &saddr, &daddr, sport, dport) } else { 0 };

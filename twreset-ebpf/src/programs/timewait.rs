@@ -14,7 +14,7 @@ use aya_ebpf::{
     macros::btf_tracepoint,
     programs::BtfTracePointContext,
 };
-use twreset_common::{Event, KernelOffsets, LastTw, filter, kind, stat};
+use twreset_common::{Event, FilterConfig, KernelOffsets, LastTw, kind, stat};
 
 use crate::{
     maps::{CONFIG, LAST_TW, NETNS_FILTER, count, send},
@@ -59,12 +59,12 @@ fn read_tw(o: &KernelOffsets, timer: u64) -> Result<Tw, u32> {
 /// Namespace filter only: the TIME_WAIT table covers whole namespaces.
 #[inline(always)]
 fn wanted(cookie: u64) -> bool {
-    let flags = match CONFIG.get(0) {
-        Some(c) => c.flags,
-        None => 0,
+    let cfg = match CONFIG.get(0) {
+        Some(c) => *c,
+        None => FilterConfig::default(),
     };
     // SAFETY: read-only lookup of a plain integer.
-    flags & filter::NETNS == 0 || unsafe { NETNS_FILTER.get(&cookie) }.is_some()
+    cfg.keeps_netns(cookie, |c| unsafe { NETNS_FILTER.get(&c) }.is_some())
 }
 
 #[inline(always)]
