@@ -117,6 +117,19 @@ pub struct Loss {
 }
 
 impl Loss {
+    /// Account `misses` of the attached program `name`. The primary state program's misses less
+    /// the backup's recoveries are lost; the arming program's and the backup's own misses are
+    /// transitions the primary took. Without the backup the primary only checks for overflow: its
+    /// misses are unchecked closes, not lost events. Any other program's misses are lost.
+    fn add_misses(&mut self, name: &str, misses: u64, backup: bool, recovered: u64) {
+        match name {
+            n if n == STATE_PROGRAMS[1] && !backup => self.overflow_unchecked += misses,
+            n if n == STATE_PROGRAMS[1] => self.recursion_misses += misses.saturating_sub(recovered),
+            n if STATE_PROGRAMS.contains(&n) => {}
+            _ => self.recursion_misses += misses,
+        }
+    }
+
     /// Events that never reached userspace.
     pub fn lost(&self) -> u64 {
         self.ringbuf_full + self.recursion_misses
@@ -323,23 +336,13 @@ impl Probe {
             recursion_misses: 0,
             overflow_unchecked: 0,
         };
+        let backup = self.attached.contains(&STATE_PROGRAMS[2]);
         for &name in &self.attached {
             let prog = self.ebpf.program(name).ok_or(ProbeError::NoProgram { name })?;
             let fd = prog.fd().map_err(|source| ProbeError::Program { name, action: "fd", source })?;
             let misses =
                 recursion_misses(fd.as_fd().as_raw_fd()).map_err(|source| ProbeError::Info { name, source })?;
-            // The primary's misses less the backup's recoveries; the arming program's and the
-            // backup's own misses are transitions the primary took. Without the backup the
-            // primary only checks for overflow: its misses are unchecked closes, not lost events.
-            let backup = self.attached.contains(&STATE_PROGRAMS[2]);
-            match name {
-                n if n == STATE_PROGRAMS[1] && !backup => loss.overflow_unchecked += misses,
-                n if n == STATE_PROGRAMS[1] => {
-                    loss.recursion_misses += misses.saturating_sub(sum(stat::RECOVERED));
-                }
-                n if STATE_PROGRAMS.contains(&n) => {}
-                _ => loss.recursion_misses += misses,
-            }
+            loss.add_misses(name, misses, backup, sum(stat::RECOVERED));
         }
         Ok(loss)
     }
@@ -386,5 +389,30 @@ trait LoadProgram {
 impl LoadProgram for RawTracePoint {
     fn load_program(&mut self) -> Result<(), ProgramError> {
         self.load()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recursion_misses_are_lost_unless_recovered() {
+        let mut l = Loss::default();
+        // Full trace: arm, primary, backup, and a timer program.
+        l.add_misses("set_state_arm", 3, true, 7);
+        l.add_misses("set_state", 9, true, 7);
+        l.add_misses("set_state_nest", 5, true, 7);
+        l.add_misses("timer_start", 2, true, 7);
+        assert_eq!((l.recursion_misses, l.overflow_unchecked, l.lost()), (2 + 2, 0, 4));
+        // The table's overflow check alone: its misses are not lost events.
+        let mut t = Loss::default();
+        t.add_misses("set_state", 6, false, 0);
+        t.add_misses("timer_cancel", 1, false, 0);
+        assert_eq!((t.recursion_misses, t.overflow_unchecked, t.lost()), (1, 6, 1));
+        // The two counters are read a moment apart: more recovered than missed is not negative.
+        let mut r = Loss::default();
+        r.add_misses("set_state", 1, true, 2);
+        assert_eq!(r.lost(), 0);
     }
 }
