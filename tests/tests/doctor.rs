@@ -300,7 +300,7 @@ fn capability_probes_match_what_the_kernel_does() {
 
     // tracepoint: doctor says it loads, and twreset trace really attaches one.
     assert_eq!(caps["bpf_tracepoint"]["available"], true, "{caps:#}");
-    // trace prints this line only after its tracepoint program is loaded and attached. (Its exit
+    // trace prints this line only after its programs are loaded and attached. (Its exit
     // status is not checked: a SIGINT that lands before trace installs its handler kills it.)
     let trace = Running::start(&["trace", "--netns", ns.path().to_str().unwrap()], "tracing TCP state transitions");
     drop(trace);

@@ -312,8 +312,8 @@ pub fn kernel(caps: &Capabilities, recycle_lines: &[ConfigLine], kernel_has_recy
         caps.bpf_tracepoint.available,
         Warning,
         "bpf_tracepoint",
-        format!("tracepoint programs load ({})", caps.bpf_tracepoint.detail),
-        format!("tracepoint programs do not load ({}): twreset trace cannot run", caps.bpf_tracepoint.detail),
+        format!("raw tracepoint programs load ({})", caps.bpf_tracepoint.detail),
+        format!("raw tracepoint programs do not load ({}): twreset trace cannot run", caps.bpf_tracepoint.detail),
         "run as root (or with CAP_BPF and CAP_PERFMON)",
     ));
     out.push(cap(

@@ -14,7 +14,8 @@ use crate::{
 };
 
 const BPF_PROG_LOAD: libc::c_long = 5;
-const BPF_PROG_TYPE_TRACEPOINT: u32 = 5;
+/// What `twreset trace` loads for `inet_sock_set_state`.
+const BPF_PROG_TYPE_RAW_TRACEPOINT: u32 = 17;
 const BPF_PROG_TYPE_TRACING: u32 = 26;
 const BPF_TRACE_FENTRY: u32 = 24;
 /// Kernel functions an fentry probe may attach to (first one found in BTF wins).
@@ -131,9 +132,9 @@ fn probe_tracefs() -> Capability {
 }
 
 fn probe_tracepoint() -> Capability {
-    match prog_load(BPF_PROG_TYPE_TRACEPOINT, 0, 0) {
-        Ok(()) => Capability::yes("BPF_PROG_LOAD of a tracepoint program succeeded"),
-        Err(e) => failed("BPF_PROG_LOAD of a tracepoint program", &e),
+    match prog_load(BPF_PROG_TYPE_RAW_TRACEPOINT, 0, 0) {
+        Ok(()) => Capability::yes("BPF_PROG_LOAD of a raw tracepoint program succeeded"),
+        Err(e) => failed("BPF_PROG_LOAD of a raw tracepoint program", &e),
     }
 }
 
@@ -217,7 +218,7 @@ pub fn capabilities(release: &str) -> Capabilities {
         // EPERM for both says "no privilege", not "this kernel refuses trampolines".
         bpf_fentry
             .detail
-            .push_str("; inconclusive: even a tracepoint program is refused, so this is missing privilege");
+            .push_str("; inconclusive: even a raw tracepoint program is refused, so this is missing privilege");
     }
     let mut sock_destroy_time_wait = probe_sock_destroy(release);
     if sock_destroy_time_wait.available && caps::require_net_admin().is_err() {
