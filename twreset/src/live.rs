@@ -78,6 +78,9 @@ pub struct Feed {
     pub events: mpsc::Receiver<Vec<TwEvent>>,
     pub dump: DumpFn,
     pub lost: LostFn,
+    /// Host state changes the overflow check was skipped for (BPF recursion): an overflow among
+    /// them would go uncounted; the table itself does not depend on them.
+    pub unchecked: LostFn,
     /// `ip_local_port_range` per namespace in scope.
     pub ranges: PortRanges,
 }
@@ -173,6 +176,7 @@ pub struct Live {
     events: mpsc::Receiver<Vec<TwEvent>>,
     dump: DumpFn,
     lost: LostFn,
+    unchecked: LostFn,
     /// How long to keep applying events after a dump before trusting it (ring-buffer latency).
     settle: Duration,
     closed: bool,
@@ -181,7 +185,7 @@ pub struct Live {
 impl Live {
     /// Seed from a dump, then apply what arrives during `settle`.
     pub async fn start(feed: Feed, view: ViewConfig, settle: Duration) -> Result<Self, LiveError> {
-        let Feed { events, dump, lost, ranges } = feed;
+        let Feed { events, dump, lost, unchecked, ranges } = feed;
         let mut live = Self {
             table: Table::new(),
             connected: Connected::default(),
@@ -190,6 +194,7 @@ impl Live {
             events,
             dump,
             lost,
+            unchecked,
             settle,
             closed: false,
         };
@@ -299,6 +304,7 @@ impl Live {
     pub async fn tick(&mut self) -> Result<Option<Drift>, LiveError> {
         self.pump();
         self.table.expire_overdue(monotonic_ns());
+        self.table.set_overflow_unchecked((self.unchecked)());
         let lost = (self.lost)();
         if self.table.set_lost(lost) {
             return self.reconcile(true).await.map(Some);
@@ -353,6 +359,7 @@ mod tests {
                 Ok(())
             }),
             lost: Box::new(move || lost.load(Ordering::Relaxed)),
+            unchecked: Box::new(|| 0),
             ranges: PortRanges::default(),
         };
         (tx, feed)
@@ -418,6 +425,7 @@ mod tests {
                 Ok(())
             }),
             lost: Box::new(move || lost.load(Ordering::Relaxed)),
+            unchecked: Box::new(|| 0),
             ranges: PortRanges::default(),
         };
         let mut live = Live::start(feed, ViewConfig::default(), Duration::from_millis(20)).await.unwrap();
@@ -447,6 +455,7 @@ mod tests {
                 Ok(())
             }),
             lost: Box::new(|| 0),
+            unchecked: Box::new(|| 0),
             ranges: PortRanges::default(),
         };
         let mut live = Live::start(feed, ViewConfig::default(), Duration::ZERO).await.unwrap();
@@ -478,6 +487,7 @@ mod tests {
             events: rx,
             dump: Box::new(|_| Err("netlink says no".into())),
             lost: Box::new(|| 0),
+            unchecked: Box::new(|| 0),
             ranges: PortRanges::default(),
         };
         let e = Live::start(feed, ViewConfig::default(), Duration::ZERO).await.err().unwrap();

@@ -178,9 +178,10 @@ pub fn kernel_feed(scope: &NetnsScope) -> Result<Feed, FeedError> {
     let (tx, events) = mpsc::channel(256);
     let lost = Arc::new(AtomicU64::new(0));
     let lost_w = lost.clone();
+    let unchecked = Arc::new(AtomicU64::new(0));
+    let unchecked_w = unchecked.clone();
     tokio::spawn(async move {
         let mut batch = Vec::with_capacity(4096);
-        let mut unchecked = 0;
         // Loss is read on its own tick, not per drain (five syscalls each).
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         loop {
@@ -197,13 +198,7 @@ pub fn kernel_feed(scope: &NetnsScope) -> Result<Feed, FeedError> {
                 _ = tick.tick() => {
                     if let Ok(l) = source.loss() {
                         lost_w.store(l.lost(), Ordering::Relaxed);
-                        if l.overflow_unchecked > unchecked {
-                            unchecked = l.overflow_unchecked;
-                            tracing::warn!(
-                                "{unchecked} TCP state changes on this host were not checked for a tcp_max_tw_buckets \
-                                 overflow (BPF recursion); the TIME_WAIT table itself is unaffected"
-                            );
-                        }
+                        unchecked_w.store(l.overflow_unchecked, Ordering::Relaxed);
                     }
                     source.flush_logs();
                 }
@@ -216,7 +211,13 @@ pub fn kernel_feed(scope: &NetnsScope) -> Result<Feed, FeedError> {
         NetnsScope::Paths(list) => Some(list.iter().map(|n| n.path.clone()).collect()),
     };
     let dump: DumpFn = Box::new(move |sink| dump_scope(paths.as_deref(), sink).map_err(|e| Box::new(e) as _));
-    Ok(Feed { events, dump, lost: Box::new(move || lost.load(Ordering::Relaxed)), ranges })
+    Ok(Feed {
+        events,
+        dump,
+        lost: Box::new(move || lost.load(Ordering::Relaxed)),
+        unchecked: Box::new(move || unchecked.load(Ordering::Relaxed)),
+        ranges,
+    })
 }
 
 /// Every TCP socket of the scope into `sink`: `None` = all namespaces (enumerated anew each time,

@@ -215,6 +215,7 @@ mod tests {
                 Ok(())
             }),
             lost: Box::new(|| 0),
+            unchecked: Box::new(|| 0),
             ranges: PortRanges::default(),
         };
         let ev = TwEvent {

@@ -112,6 +112,9 @@ pub struct Counters {
     pub overflow: u64,
     /// Kernel events that never reached userspace (set from the probe's loss counters).
     pub lost: u64,
+    /// Host state changes the overflow check was skipped for on BPF recursion (an overflow among
+    /// them would go uncounted in `overflow`; entries are unaffected).
+    pub overflow_unchecked: u64,
     /// Sockets the table had wrong at reconcile time (missing + extra): should stay 0.
     pub drift: u64,
     /// Reconciles forced by lost events.
@@ -174,6 +177,10 @@ impl Table {
         let grew = total > self.counters.lost;
         self.counters.lost = self.counters.lost.max(total);
         grew
+    }
+
+    pub fn set_overflow_unchecked(&mut self, total: u64) {
+        self.counters.overflow_unchecked = self.counters.overflow_unchecked.max(total);
     }
 
     fn touch(&mut self, ts_ns: u64, k: Key) {

@@ -69,6 +69,7 @@ fn totals_json(t: &Totals) -> Value {
         "expired": c.expired,
         "killed": kills(&c.killed),
         "overflow": c.overflow,
+        "overflow_unchecked": c.overflow_unchecked,
         "lost": c.lost,
         "drift": c.drift,
         "resyncs": c.resyncs,
