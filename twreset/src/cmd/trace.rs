@@ -122,6 +122,18 @@ struct Render<'a> {
     kallsyms: Option<&'a Kallsyms>,
 }
 
+impl<'a> Render<'a> {
+    fn new(
+        cfg: &TraceConfig,
+        names: &'a NsNames,
+        clock: &'a WallClock,
+        hz: u64,
+        kallsyms: Option<&'a Kallsyms>,
+    ) -> Self {
+        Self { json: cfg.json, timewait: cfg.timewait, names, clock, hz, kallsyms }
+    }
+}
+
 /// Decode one ring-buffer record and append its line(s) to `out` (no per-event allocation).
 fn render(out: &mut Vec<u8>, bytes: &[u8], r: &Render<'_>) -> Result<(), decode::DecodeError> {
     let ev = decode::parse_event(bytes)?;
@@ -220,14 +232,7 @@ pub async fn run(cfg: TraceConfig, shutdown: impl Future<Output = ()>) -> Result
             _ = drain.tick() => None,
             guard = ring.readable_mut() => Some(guard.context("waiting on the ring buffer")?),
         };
-        let ctx = Render {
-            json: cfg.json,
-            timewait: cfg.timewait,
-            names: &names,
-            clock: &clock,
-            hz,
-            kallsyms: probe.kallsyms(),
-        };
+        let ctx = Render::new(&cfg, &names, &clock, hz, probe.kallsyms());
         let wrote = match guard {
             Some(mut guard) => {
                 let wrote = render_all(&mut out, &mut buf, guard.get_inner_mut(), &ctx, &mut summary);
@@ -242,14 +247,7 @@ pub async fn run(cfg: TraceConfig, shutdown: impl Future<Output = ()>) -> Result
     };
     // What the kernel sent before the stop and no timer tick collected yet.
     let result = result.and_then(|_| {
-        let ctx = Render {
-            json: cfg.json,
-            timewait: cfg.timewait,
-            names: &names,
-            clock: &clock,
-            hz,
-            kallsyms: probe.kallsyms(),
-        };
+        let ctx = Render::new(&cfg, &names, &clock, hz, probe.kallsyms());
         render_all(&mut out, &mut buf, ring.get_mut(), &ctx, &mut summary).map_err(Into::into)
     });
     summary.loss = probe.loss()?;

@@ -179,16 +179,21 @@ pub fn kernel_offsets(btf: &KernelBtf) -> Result<KernelOffsets, BtfError> {
 mod tests {
     use super::*;
 
-    /// The raw tracepoints the programs attach to take what they read (`probe::RAW_TRACEPOINTS`).
-    #[test]
-    fn raw_tracepoint_prototypes_from_running_kernel() {
+    /// The running kernel's BTF; `None` (skip) only outside CI.
+    fn running_kernel_btf() -> Option<KernelBtf> {
         let path = vmlinux_path();
         if !path.exists() {
             assert!(std::env::var("CI").is_err(), "CI needs kernel BTF at {}", path.display());
             eprintln!("skipping: no kernel BTF");
-            return;
+            return None;
         }
-        let btf = KernelBtf::from_path(&path).unwrap();
+        Some(KernelBtf::from_path(&path).unwrap())
+    }
+
+    /// The raw tracepoints the programs attach to take what they read (`probe::RAW_TRACEPOINTS`).
+    #[test]
+    fn raw_tracepoint_prototypes_from_running_kernel() {
+        let Some(btf) = running_kernel_btf() else { return };
         assert_eq!(
             btf.raw_tracepoint_args("inet_sock_set_state").unwrap(),
             ["const struct sock *", "const int", "const int"]
@@ -213,13 +218,7 @@ mod tests {
     /// Reads the real kernel's BTF; the values are those KERNEL.md measured on 6.18.
     #[test]
     fn offsets_from_running_kernel() {
-        let path = vmlinux_path();
-        if !path.exists() {
-            assert!(std::env::var("CI").is_err(), "CI needs kernel BTF at {}", path.display());
-            eprintln!("skipping: no kernel BTF");
-            return;
-        }
-        let btf = KernelBtf::from_path(&path).unwrap();
+        let Some(btf) = running_kernel_btf() else { return };
         let off = kernel_offsets(&btf).unwrap();
         // The 6.18 values KERNEL.md measured; other kernels may differ, so only on 6.18.
         if std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().starts_with("6.18") {
