@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use twreset_tests::{Closer, NetNs, bin, connections, privileged, twreset};
+use twreset_tests::{Closer, NetNs, assert_lossless_or_resynced, bin, connections, privileged, twreset};
 
 #[test]
 fn tw_usage_errors_exit_2() {
@@ -73,18 +73,6 @@ fn tw_json_equals_ss_per_peer() {
     assert_lossless_or_resynced(&v["totals"]);
     for r in v["rows"].as_array().unwrap() {
         assert!(r["oldest_s"].as_f64().unwrap() >= r["newest_s"].as_f64().unwrap(), "{r}");
-    }
-}
-
-/// Without lost events the table is exact (drift 0). This kernel reports BPF recursion misses
-/// under load (tracepoint programs nested on one CPU): then each loss must have forced a resync,
-/// which fixes the table (its drift is what the lost events had broken).
-fn assert_lossless_or_resynced(totals: &serde_json::Value) {
-    let n = |k: &str| totals[k].as_u64().unwrap_or_else(|| panic!("no {k} in {totals}"));
-    if n("lost") == 0 {
-        assert_eq!(n("drift"), 0, "drift without lost events: {totals}");
-    } else {
-        assert!(n("resyncs") > 0, "lost events without a resync: {totals}");
     }
 }
 

@@ -2,6 +2,7 @@
 //! `probe` (kernel) -> `decode` -> tables -> policy -> kill -> `output`.
 pub mod cli;
 pub mod cmd;
+pub mod crosscheck;
 pub mod decode;
 pub mod diag;
 pub mod doctor;

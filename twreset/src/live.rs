@@ -9,6 +9,7 @@ use tokio::sync::mpsc;
 
 use crate::{
     cli::NetnsScope,
+    crosscheck::{self, LastEvents},
     kernel::netns::{self, Netns, NetnsError},
     sock::DiagSocket,
     table::{By, Connected, Drift, PortRange, PortRanges, Snapshot, Sort, Table, ViewConfig, pressure::PressureError},
@@ -71,6 +72,15 @@ impl DumpSink for Observing<'_> {
 /// The probe's cumulative count of events that never reached userspace.
 pub type LostFn = Box<dyn FnMut() -> u64 + Send>;
 
+/// The kernel's own TIME_WAIT count per namespace in scope, as `(cookie, count)`; namespaces it
+/// cannot count (or a kernel whose count is not per namespace) are left out.
+pub type CountFn = Box<dyn FnMut() -> Vec<(u64, usize)> + Send>;
+
+/// How often [`Live::tick`] compares quiet namespaces with the kernel's count.
+const CROSSCHECK_EVERY_NS: u64 = 1_000_000_000;
+/// How long a suspected difference waits for in-flight events before it counts.
+const CROSSCHECK_SETTLE: Duration = Duration::from_millis(100);
+
 /// What `tw` and `top` read from the kernel. The event source must be attached before the feed
 /// is handed over: the first dump comes after, so no socket falls between the seed and the events.
 pub struct Feed {
@@ -81,6 +91,7 @@ pub struct Feed {
     /// Host state changes the overflow check was skipped for (BPF recursion): an overflow among
     /// them would go uncounted; the table itself does not depend on them.
     pub unchecked: LostFn,
+    pub tw_counts: CountFn,
     /// `ip_local_port_range` per namespace in scope.
     pub ranges: PortRanges,
 }
@@ -177,6 +188,9 @@ pub struct Live {
     dump: DumpFn,
     lost: LostFn,
     unchecked: LostFn,
+    tw_counts: CountFn,
+    last_events: LastEvents,
+    next_check_ns: u64,
     /// How long to keep applying events after a dump before trusting it (ring-buffer latency).
     settle: Duration,
     closed: bool,
@@ -185,7 +199,7 @@ pub struct Live {
 impl Live {
     /// Seed from a dump, then apply what arrives during `settle`.
     pub async fn start(feed: Feed, view: ViewConfig, settle: Duration) -> Result<Self, LiveError> {
-        let Feed { events, dump, lost, unchecked, ranges } = feed;
+        let Feed { events, dump, lost, unchecked, tw_counts, ranges } = feed;
         let mut live = Self {
             table: Table::new(),
             connected: Connected::default(),
@@ -195,6 +209,9 @@ impl Live {
             dump,
             lost,
             unchecked,
+            tw_counts,
+            last_events: LastEvents::default(),
+            next_check_ns: 0,
             settle,
             closed: false,
         };
@@ -249,6 +266,7 @@ impl Live {
 
     fn apply(&mut self, batch: &[TwEvent]) -> usize {
         for ev in batch {
+            self.last_events.saw(ev.key.netns_cookie, ev.ts_ns);
             self.table.apply(ev);
         }
         batch.len()
@@ -295,17 +313,55 @@ impl Live {
         // Events older than the dump may still be in flight: let them land first.
         self.drain_for(self.settle).await;
         let drift = self.table.end_reconcile(forced);
+        for (kind, key) in self.table.drift_samples() {
+            tracing::info!("reconcile: {kind:?} {key}");
+        }
         self.connected = connected;
         trim();
         Ok(drift)
     }
 
-    /// Periodic upkeep: drop overdue entries, and resync when the probe lost events.
+    /// Compare the quiet namespaces with the kernel's own count (see [`crate::crosscheck`]) and
+    /// count what differs as unseen. A difference is only trusted after in-flight events had
+    /// time to land; without one the check costs a sockstat read per namespace, no wait.
+    async fn crosscheck(&mut self) {
+        let read_ns = monotonic_ns();
+        let kernel = (self.tw_counts)();
+        let suspects = self.mismatches(&kernel, read_ns);
+        if suspects.is_empty() {
+            return;
+        }
+        self.drain_for(CROSSCHECK_SETTLE).await;
+        for (ns, diff) in self.mismatches(&kernel, read_ns) {
+            tracing::warn!(
+                "namespace {ns}: the kernel counts {diff} TIME_WAIT sockets more or fewer than the events said; resyncing"
+            );
+            self.table.add_unseen(diff);
+        }
+    }
+
+    fn mismatches(&self, kernel: &[(u64, usize)], read_ns: u64) -> Vec<(u64, u64)> {
+        let table = self.table.counts_by_netns();
+        let since = read_ns.saturating_sub(crosscheck::QUIET_NS);
+        crosscheck::mismatches(
+            kernel,
+            |ns| table.get(&ns).copied().unwrap_or(0),
+            |ns| self.last_events.quiet_since(ns, since),
+        )
+    }
+
+    /// Periodic upkeep: drop overdue entries, compare quiet namespaces with the kernel's count,
+    /// and resync when events were lost (or the comparison found changes no event reported).
     pub async fn tick(&mut self) -> Result<Option<Drift>, LiveError> {
         self.pump();
-        self.table.expire_overdue(monotonic_ns());
+        let now = monotonic_ns();
+        self.table.expire_overdue(now);
         self.table.set_overflow_unchecked((self.unchecked)());
-        let lost = (self.lost)();
+        if now >= self.next_check_ns {
+            self.next_check_ns = now + CROSSCHECK_EVERY_NS;
+            self.crosscheck().await;
+        }
+        let lost = (self.lost)() + self.table.counters().unseen;
         if self.table.set_lost(lost) {
             return self.reconcile(true).await.map(Some);
         }
@@ -360,6 +416,7 @@ mod tests {
             }),
             lost: Box::new(move || lost.load(Ordering::Relaxed)),
             unchecked: Box::new(|| 0),
+            tw_counts: Box::new(Vec::new),
             ranges: PortRanges::default(),
         };
         (tx, feed)
@@ -403,6 +460,32 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn quiet_namespace_off_the_kernel_count_is_unseen_loss() {
+        // The kernel holds 0 and 5 in namespace 1, but only 0's events came: no loss counter moved.
+        let lost = Arc::new(AtomicU64::new(0));
+        let (tx, mut feed) = feed(vec![vec![], vec![tw(0), tw(5)]], lost);
+        let counts = Arc::new(AtomicU64::new(2));
+        let kernel = counts.clone();
+        feed.tw_counts = Box::new(move || vec![(1, kernel.load(Ordering::Relaxed) as usize), (9, 0)]);
+        let mut live = Live::start(feed, ViewConfig::default(), Duration::ZERO).await.unwrap();
+        // Busy: an event of namespace 1 just now. Not compared, whatever the counts.
+        tx.send(vec![created(0)]).await.unwrap();
+        assert_eq!(live.tick().await.unwrap(), None);
+        assert_eq!(live.table.counters().unseen, 0);
+        // Quiet for a second: compared, one socket unseen, resynced to the kernel's dump.
+        tokio::time::sleep(Duration::from_millis(1050)).await;
+        let drift = live.tick().await.unwrap().expect("a resync");
+        assert_eq!(drift, Drift { missing: 1, extra: 0 });
+        let c = live.table.counters();
+        assert_eq!((c.unseen, c.lost, c.resyncs), (1, 1, 1));
+        assert_eq!(live.table.len(), 2);
+        // Matching counts later: nothing more is counted (and no wait for a second check yet).
+        live.next_check_ns = 0;
+        assert_eq!(live.tick().await.unwrap(), None);
+        assert_eq!(live.table.counters().unseen, 1);
+    }
+
+    #[tokio::test]
     async fn reconcile_lets_in_flight_events_land() {
         // The kernel at the dump: 0 (its creation event still in flight) and 1 (which expires
         // right after the dump saw it). A naive compare would call both drift.
@@ -426,6 +509,7 @@ mod tests {
             }),
             lost: Box::new(move || lost.load(Ordering::Relaxed)),
             unchecked: Box::new(|| 0),
+            tw_counts: Box::new(Vec::new),
             ranges: PortRanges::default(),
         };
         let mut live = Live::start(feed, ViewConfig::default(), Duration::from_millis(20)).await.unwrap();
@@ -456,6 +540,7 @@ mod tests {
             }),
             lost: Box::new(|| 0),
             unchecked: Box::new(|| 0),
+            tw_counts: Box::new(Vec::new),
             ranges: PortRanges::default(),
         };
         let mut live = Live::start(feed, ViewConfig::default(), Duration::ZERO).await.unwrap();
@@ -488,6 +573,7 @@ mod tests {
             dump: Box::new(|_| Err("netlink says no".into())),
             lost: Box::new(|| 0),
             unchecked: Box::new(|| 0),
+            tw_counts: Box::new(Vec::new),
             ranges: PortRanges::default(),
         };
         let e = Live::start(feed, ViewConfig::default(), Duration::ZERO).await.err().unwrap();

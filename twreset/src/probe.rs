@@ -130,9 +130,9 @@ impl Loss {
         }
     }
 
-    /// Events that never reached userspace.
+    /// Events that never reached userspace: a failed kernel read drops the event it was for.
     pub fn lost(&self) -> u64 {
-        self.ringbuf_full + self.recursion_misses
+        self.ringbuf_full + self.recursion_misses + self.read_errors
     }
 }
 

@@ -15,6 +15,15 @@ pub struct SockKey {
     pub rport: u16,
 }
 
+/// `laddr:lport -> raddr:rport netns N`, addresses as `ss` writes them.
+impl std::fmt::Display for SockKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let l = std::net::SocketAddr::new(self.laddr, self.lport);
+        let r = std::net::SocketAddr::new(self.raddr, self.rport);
+        write!(f, "{l} -> {r} netns {}", self.netns_cookie)
+    }
+}
+
 impl SockKey {
     pub fn family(&self) -> Family {
         if self.laddr.is_ipv4() { Family::Inet } else { Family::Inet6 }

@@ -23,7 +23,7 @@ use crate::{
     diag,
     kernel::kallsyms::Kallsyms,
     kernel::netns::{self, Netns, NetnsError},
-    live::{DumpFn, DumpSink, Feed, LiveError, port_ranges},
+    live::{CountFn, DumpFn, DumpSink, Feed, LiveError, port_ranges},
     probe::{DRAIN_EVERY, Filters, Loss, Probe, ProbeError},
     state::TcpState,
     tw_event::{TwCause, TwEvent, TwEventKind},
@@ -210,12 +210,14 @@ pub fn kernel_feed(scope: &NetnsScope) -> Result<Feed, FeedError> {
         NetnsScope::Current => Some(Vec::new()),
         NetnsScope::Paths(list) => Some(list.iter().map(|n| n.path.clone()).collect()),
     };
+    let tw_counts = tw_counts(paths.clone());
     let dump: DumpFn = Box::new(move |sink| dump_scope(paths.as_deref(), sink).map_err(|e| Box::new(e) as _));
     Ok(Feed {
         events,
         dump,
         lost: Box::new(move || lost.load(Ordering::Relaxed)),
         unchecked: Box::new(move || unchecked.load(Ordering::Relaxed)),
+        tw_counts,
         ranges,
     })
 }
@@ -239,6 +241,25 @@ fn dump_scope(paths: Option<&[std::path::PathBuf]>, sink: &mut dyn DumpSink) -> 
         }
     }
     Ok(())
+}
+
+/// The kernel's TIME_WAIT count of every namespace in scope (see [`crate::crosscheck`]), scope
+/// as in [`dump_scope`]. Before 6.1 a namespace's sockstat could count the host's tw sockets,
+/// which no table of one namespace can match: nothing is compared there.
+fn tw_counts(paths: Option<Vec<std::path::PathBuf>>) -> CountFn {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    if crate::doctor::parse::kernel_version(release.trim()).is_none_or(|v| v < (6, 1)) {
+        return Box::new(Vec::new);
+    }
+    Box::new(move || {
+        let here = || Some((netns::current_cookie().ok()?, tw_count()?));
+        let targets: Vec<Netns> = match paths.as_deref() {
+            None => crate::kill::targets::all().into_iter().filter_map(|t| t.netns).collect(),
+            Some([]) => return here().into_iter().collect(),
+            Some(list) => list.iter().filter_map(|p| Netns::open(p).ok()).collect(),
+        };
+        targets.iter().filter_map(|ns| ns.run(here).ok().flatten()).collect()
+    })
 }
 
 /// The calling thread's namespace into `sink`, announcing its TIME_WAIT count first.

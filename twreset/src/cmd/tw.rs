@@ -216,6 +216,7 @@ mod tests {
             }),
             lost: Box::new(|| 0),
             unchecked: Box::new(|| 0),
+            tw_counts: Box::new(Vec::new),
             ranges: PortRanges::default(),
         };
         let ev = TwEvent {

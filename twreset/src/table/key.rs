@@ -134,7 +134,6 @@ impl Keys {
         unpack(raddr, self.local(laddr).is_ipv4())
     }
 
-    #[cfg(test)]
     pub fn sock_key(&self, k: &Key) -> SockKey {
         SockKey {
             netns_cookie: self.netns(k.ns),

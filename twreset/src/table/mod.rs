@@ -117,6 +117,9 @@ pub struct Counters {
     pub overflow_unchecked: u64,
     /// Sockets the table had wrong at reconcile time (missing + extra): should stay 0.
     pub drift: u64,
+    /// Differences between the table and the kernel's own count in quiet namespaces: changes
+    /// no event reported and no loss counter saw (see [`crate::crosscheck`]). Part of `lost`.
+    pub unseen: u64,
     /// Reconciles forced by lost events.
     pub resyncs: u64,
     /// All reconciles, periodic and forced.
@@ -143,6 +146,8 @@ pub struct Table {
     kills: HashMap<DestKey, Kills>,
     counters: Counters,
     watch: Option<Watch>,
+    /// Some of the sockets the last reconcile found wrong (see [`Table::drift_samples`]).
+    drift_samples: Vec<(reconcile::DriftKind, crate::sock::SockKey)>,
 }
 
 impl Table {
@@ -177,6 +182,18 @@ impl Table {
         let grew = total > self.counters.lost;
         self.counters.lost = self.counters.lost.max(total);
         grew
+    }
+
+    /// Entries per namespace cookie (one pass over the table).
+    pub fn counts_by_netns(&self) -> HashMap<u64, usize, FastHash> {
+        let mut per_id = vec![0usize; self.keys.ns_count() as usize];
+        self.map.keys().for_each(|k| per_id[k.ns as usize] += 1);
+        per_id.into_iter().enumerate().map(|(id, n)| (self.keys.netns(id as u32), n)).collect()
+    }
+
+    /// Count `n` more unseen changes (see [`Counters::unseen`]).
+    pub fn add_unseen(&mut self, n: u64) {
+        self.counters.unseen += n;
     }
 
     pub fn set_overflow_unchecked(&mut self, total: u64) {

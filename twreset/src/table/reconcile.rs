@@ -33,6 +33,19 @@ impl Drift {
     }
 }
 
+/// Which way a socket was wrong at a reconcile.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DriftKind {
+    /// Listed by the kernel, not in the table.
+    Missing,
+    /// In the table, not listed by the kernel.
+    Extra,
+}
+
+/// How many wrong sockets a reconcile keeps as examples: enough to debug by, never a copy of a
+/// table that was wrong wholesale (after lost events).
+const DRIFT_SAMPLES: usize = 8;
+
 /// A socket of the reconcile's dump that has no marked entry (yet).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Listed {
@@ -142,6 +155,7 @@ impl Table {
     pub fn end_reconcile(&mut self, forced: bool) -> Drift {
         let Watch { since_ns, touched, unmarked } = self.watch.take().unwrap_or_default();
         let mut drift = Drift::default();
+        self.drift_samples.clear();
         for l in unmarked {
             if touched.contains(&l.key) {
                 continue;
@@ -152,14 +166,21 @@ impl Table {
                     let created = estimated_created(since_ns, l.expires_ns);
                     self.map.insert(l.key, Slot::new(created, l.expires_ns, l.substate));
                     drift.missing += 1;
+                    if self.drift_samples.len() < DRIFT_SAMPLES {
+                        self.drift_samples.push((DriftKind::Missing, self.keys.sock_key(&l.key)));
+                    }
                 }
             }
             self.map.get_mut(&l.key).expect("just placed").set_seen(true);
         }
         let before = self.map.len();
+        let (keys, samples) = (&self.keys, &mut self.drift_samples);
         self.map.retain(|k, s| {
             let keep = s.seen() || touched.contains(k) || s.created_ns > since_ns;
             s.set_seen(false);
+            if !keep && samples.len() < 2 * DRIFT_SAMPLES {
+                samples.push((DriftKind::Extra, keys.sock_key(k)));
+            }
             keep
         });
         drift.extra = (before - self.map.len()) as u64;
@@ -167,6 +188,12 @@ impl Table {
         self.counters.reconciles += 1;
         self.counters.resyncs += u64::from(forced);
         drift
+    }
+
+    /// Up to a few of the sockets the last reconcile added (missing) or dropped (extra), for the
+    /// log: a drift is a bug or a loss somewhere, and the socket it hit is the first clue.
+    pub fn drift_samples(&self) -> &[(DriftKind, crate::sock::SockKey)] {
+        &self.drift_samples
     }
 
     /// Compare with a whole dump started at `now_ns` (which [`Table::begin_reconcile`] may have

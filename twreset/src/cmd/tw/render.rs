@@ -71,6 +71,7 @@ fn totals_json(t: &Totals) -> Value {
         "overflow": c.overflow,
         "overflow_unchecked": c.overflow_unchecked,
         "lost": c.lost,
+        "unseen": c.unseen,
         "drift": c.drift,
         "resyncs": c.resyncs,
         "reconciles": c.reconciles,
@@ -187,8 +188,15 @@ mod tests {
     }
 
     fn snap(by: By, rows: Vec<Row>) -> Snapshot {
-        let counters =
-            Counters { overflow: 4, lost: 5, drift: 6, resyncs: 7, killed: [1, 0, 0, 0, 2, 0], ..Counters::default() };
+        let counters = Counters {
+            overflow: 4,
+            lost: 5,
+            unseen: 2,
+            drift: 6,
+            resyncs: 7,
+            killed: [1, 0, 0, 0, 2, 0],
+            ..Counters::default()
+        };
         Snapshot { by, rows, totals: Totals { count: 3, fin_wait2: 1, counters } }
     }
 
@@ -219,6 +227,7 @@ mod tests {
             ("fin_wait2", 1),
             ("overflow", 4),
             ("lost", 5),
+            ("unseen", 2),
             ("drift", 6),
             ("resyncs", 7),
         ] {
