@@ -328,6 +328,13 @@ impl Live {
         let read_ns = monotonic_ns();
         let kernel = (self.tw_counts)();
         let suspects = self.mismatches(&kernel, read_ns);
+        let since = read_ns.saturating_sub(crosscheck::QUIET_NS);
+        tracing::debug!(
+            "cross-check: {} namespaces counted, {} quiet, {} differ",
+            kernel.len(),
+            kernel.iter().filter(|(ns, _)| self.last_events.quiet_since(*ns, since)).count(),
+            suspects.len()
+        );
         if suspects.is_empty() {
             return;
         }
