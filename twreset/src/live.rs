@@ -265,9 +265,23 @@ impl Live {
     }
 
     fn apply(&mut self, batch: &[TwEvent]) -> usize {
+        // Newest event per namespace, noted once per run of events of one namespace (a batch is
+        // mostly one): this loop is the table's hot path.
+        let mut run: Option<(u64, u64)> = None;
         for ev in batch {
-            self.last_events.saw(ev.key.netns_cookie, ev.ts_ns);
+            match &mut run {
+                Some((ns, ts)) if *ns == ev.key.netns_cookie => *ts = (*ts).max(ev.ts_ns),
+                _ => {
+                    if let Some((ns, ts)) = run {
+                        self.last_events.saw(ns, ts);
+                    }
+                    run = Some((ev.key.netns_cookie, ev.ts_ns));
+                }
+            }
             self.table.apply(ev);
+        }
+        if let Some((ns, ts)) = run {
+            self.last_events.saw(ns, ts);
         }
         batch.len()
     }
@@ -464,6 +478,17 @@ mod tests {
         let c = live.table.counters();
         assert_eq!((c.lost, c.resyncs, c.drift), (2, 1, 1));
         assert_eq!(live.table.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn every_namespace_of_a_batch_counts_as_busy() {
+        let (_tx, feed) = feed(vec![], Arc::new(AtomicU64::new(0)));
+        let mut live = Live::start(feed, ViewConfig::default(), Duration::ZERO).await.unwrap();
+        let at =
+            |ns: u64, ts_ns: u64| TwEvent { ts_ns, key: SockKey { netns_cookie: ns, ..key(ns as u16) }, ..created(0) };
+        live.apply(&[at(1, 5), at(1, 3), at(2, 7), at(1, 9), at(3, 2)]);
+        let newest = |ns: u64| (0..20).find(|&t| live.last_events.quiet_since(ns, t + 1)).unwrap();
+        assert_eq!((newest(1), newest(2), newest(3)), (9, 7, 2));
     }
 
     #[tokio::test]
