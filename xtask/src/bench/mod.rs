@@ -172,9 +172,9 @@ pub fn run(t: &Tools, quick: bool) -> Result<()> {
     let churn_bin = churn::build(&t.root)?;
     let caps = Caps::detect(&twreset);
     let load_start = loadavg();
-    let stats = sys::BpfStats::enable(); // restored on drop, also on error and Ctrl-C
+    let stats = sys::BpfStats::take(); // restored on drop, also on error and Ctrl-C
     if stats.is_none() {
-        eprintln!("bench: cannot enable kernel.bpf_stats_enabled; in-kernel BPF time will be n/a");
+        eprintln!("bench: cannot set kernel.bpf_stats_enabled; in-kernel BPF time will be n/a");
     }
 
     // TWRESET_BENCH_ONLY=kill,table (any of trace, kill, table) runs only those sections.
@@ -183,7 +183,7 @@ pub fn run(t: &Tools, quick: bool) -> Result<()> {
     let (per, traces) = if want("trace") {
         eprintln!("bench: measuring transitions per connection (bpftrace count, 2000 connections per close side)");
         let per = trace::calibrate(&churn_bin)?;
-        (per, trace::bench(&plan.trace, per, &churn_bin, &twreset, &caps)?)
+        (per, trace::bench(&plan.trace, per, &churn_bin, &twreset, &caps, stats.as_ref())?)
     } else {
         (trace::PerConn { client_close: 0.0, server_close: 0.0 }, trace::skipped())
     };

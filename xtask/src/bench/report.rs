@@ -136,10 +136,24 @@ impl Report<'_> {
                     },
                     num(o.med(|r| r.seen.map(|s| r.expected.saturating_sub(s) as f64)), 0),
                     num(o.med(|r| r.per_million(r.cpu_s)), 3),
-                    num(o.med(|r| r.per_million(r.bpf_s)), 3),
+                    num(o.bpf_per_m(), 3),
                     num(o.cpu_per_m(), 3),
                     num(mib(o.hwm_kib()), 1),
-                    o.runs.iter().map(|r| format!("{:.0}", r.churn.conn_per_s)).collect::<Vec<_>>().join(" "),
+                    {
+                        let each = |timed: bool| {
+                            let v: Vec<String> = o
+                                .runs
+                                .iter()
+                                .filter(|r| r.stats == timed)
+                                .map(|r| format!("{:.0}", r.churn.conn_per_s))
+                                .collect();
+                            v.join(" ")
+                        };
+                        match each(true) {
+                            t if t.is_empty() => each(false),
+                            t => format!("{} (bpf_stats on: {t})", each(false)),
+                        }
+                    },
                     num(o.med(|r| r.others_cpu_s.map(|s| 100.0 * s / r.churn.seconds.max(0.001) / ncpu)), 0),
                 ]
             })
@@ -235,7 +249,7 @@ impl Report<'_> {
         // Until the agent exists: the kernel side of table keeping is the state tracepoint plus
         // the TIME_WAIT lifecycle hooks, which `trace --timewait` loads; its BPF time is that cost.
         let lc = self.variant(Kind::TwresetLifecycle);
-        let lc_bpf = lc.med(|r| r.per_million(r.bpf_s));
+        let lc_bpf = lc.bpf_per_m();
         rows.push(Row {
             figure: "lifecycle hooks (trace --timewait): BPF s per M events".into(),
             twreset: lc.na.as_deref().map_or_else(|| num(lc_bpf, 3), short),

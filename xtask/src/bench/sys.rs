@@ -118,7 +118,8 @@ pub fn bpf_run_time_ns(pid: u32) -> (u64, u32) {
     (ns, progs)
 }
 
-/// Turns `kernel.bpf_stats_enabled` on for the bench and restores the old value on drop.
+/// Owns `kernel.bpf_stats_enabled` for the bench: [`BpfStats::set`] switches it between rounds,
+/// and the old value is restored on drop.
 pub struct BpfStats {
     old: String,
 }
@@ -126,10 +127,15 @@ pub struct BpfStats {
 const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
 
 impl BpfStats {
-    pub fn enable() -> Option<Self> {
+    /// Take it over, switched off; `None` if it cannot be written.
+    pub fn take() -> Option<Self> {
         let old = fs::read_to_string(BPF_STATS).ok()?.trim().to_owned();
-        fs::write(BPF_STATS, "1").ok()?;
+        fs::write(BPF_STATS, "0").ok()?;
         Some(Self { old })
+    }
+
+    pub fn set(&self, on: bool) -> Result<()> {
+        fs::write(BPF_STATS, if on { "1" } else { "0" }).context("writing kernel.bpf_stats_enabled")
     }
 }
 

@@ -76,6 +76,9 @@ impl PerConn {
 /// One measured run of one variant.
 #[derive(Debug, Default, Clone)]
 pub struct Run {
+    /// `kernel.bpf_stats_enabled` was on: the run times the programs (`bpf_s`), and pays for
+    /// that timing, so its rate does not count (see [`bench`]).
+    pub stats: bool,
     pub churn: Churned,
     pub expected: u64,
     pub seen: Option<u64>,
@@ -94,16 +97,12 @@ pub struct Run {
 }
 
 impl Run {
-    /// Host CPU the tracer costs: its own user+sys time plus its programs' in-kernel run time.
-    pub fn total_cpu_s(&self) -> Option<f64> {
-        self.cpu_s.map(|c| c + self.bpf_s.unwrap_or(0.0))
-    }
     pub fn per_million(&self, secs: Option<f64>) -> Option<f64> {
         secs.map(|s| s / (self.expected.max(1) as f64 / 1e6))
     }
     fn json(&self) -> Value {
         json!({
-            "churn": self.churn.json(), "expected_transitions": self.expected, "seen": self.seen, "lost_reported": self.lost,
+            "bpf_stats": self.stats, "churn": self.churn.json(), "expected_transitions": self.expected, "seen": self.seen, "lost_reported": self.lost,
             "tracer_cpu_s": self.cpu_s, "bpf_run_s": self.bpf_s, "bpf_progs": self.bpf_progs, "peak_rss_kib": self.hwm_kib,
             "loss_note": self.loss_note,
             "tw_lifecycle_events": self.tw_events,
@@ -123,11 +122,18 @@ impl Outcome {
     pub fn med(&self, f: impl Fn(&Run) -> Option<f64>) -> Option<f64> {
         median(self.runs.iter().filter_map(f).collect())
     }
+    /// Connections per second of the runs without BPF run-time stats (the production setting).
     pub fn conn_per_s(&self) -> Option<f64> {
-        self.med(|r| Some(r.churn.conn_per_s))
+        self.med(|r| (!r.stats).then_some(r.churn.conn_per_s))
     }
+    /// Tracer CPU (all runs) plus in-kernel BPF time (the runs that timed it), per million
+    /// transitions. Without any timed run (stats unavailable) the tracer's own CPU alone.
     pub fn cpu_per_m(&self) -> Option<f64> {
-        self.med(|r| r.per_million(r.total_cpu_s()))
+        let own = self.med(|r| r.per_million(r.cpu_s))?;
+        Some(own + self.bpf_per_m().unwrap_or(0.0))
+    }
+    pub fn bpf_per_m(&self) -> Option<f64> {
+        self.med(|r| r.per_million(r.bpf_s))
     }
     /// Events not delivered: what the tool says it lost, or what is missing from what it showed,
     /// whichever is larger (median over runs).
@@ -153,7 +159,7 @@ impl Outcome {
             "variant": self.kind.label(), "na": self.na, "runs": self.runs.iter().map(Run::json).collect::<Vec<_>>(),
             "median": { "conn_per_s": self.conn_per_s(), "cpu_s_per_million": self.cpu_per_m(),
                         "tracer_cpu_s_per_million": self.med(|r| r.per_million(r.cpu_s)),
-                        "bpf_s_per_million": self.med(|r| r.per_million(r.bpf_s)),
+                        "bpf_s_per_million": self.bpf_per_m(),
                         "lost": self.lost(), "peak_rss_kib": self.hwm_kib() },
         })
     }
@@ -245,7 +251,7 @@ fn interpret(kind: Kind, out: &Output, err: &Output, run: &mut Run) {
 
 /// One run: fresh namespace, tracer attached and ready, churn for the configured time, a second
 /// for the tracer to drain, then samples and SIGINT.
-fn one(kind: Kind, cfg: &Cfg, per: PerConn, churn_bin: &Path, twreset: &Path, caps: &Caps) -> Result<Run> {
+fn one(kind: Kind, cfg: &Cfg, per: PerConn, churn_bin: &Path, twreset: &Path, caps: &Caps, stats: bool) -> Result<Run> {
     let ns = Ns::new("trace")?;
     let tracer = match command(kind, cfg, &ns, caps, twreset)? {
         Some((mut cmd, lines, ready)) => Some(Tracer::start(&mut cmd, lines, ready)?),
@@ -264,6 +270,7 @@ fn one(kind: Kind, cfg: &Cfg, per: PerConn, churn_bin: &Path, twreset: &Path, ca
         _ => 0.0,
     };
     let mut run = Run {
+        stats,
         others_cpu_s: Some((busy - c.cpu_s - tracer_cpu).max(0.0)),
         expected: per.expected(&c),
         churn: c,
@@ -275,7 +282,7 @@ fn one(kind: Kind, cfg: &Cfg, per: PerConn, churn_bin: &Path, twreset: &Path, ca
         run.hwm_kib = sys::vm_hwm_kib(t.pid).ok();
         run.cpu_s = Some(after.cpu_s - b.cpu_s);
         run.bpf_progs = after.bpf_progs;
-        run.bpf_s = (after.bpf_progs > 0).then(|| after.bpf_ns.saturating_sub(b.bpf_ns) as f64 / 1e9);
+        run.bpf_s = (stats && after.bpf_progs > 0).then(|| after.bpf_ns.saturating_sub(b.bpf_ns) as f64 / 1e9);
         let (out, err) = if kind == Kind::TwresetTable && caps.table_agent_ends() {
             t.wait_exit(Duration::from_secs_f64(settle_s(cfg) + 60.0))?
         } else {
@@ -318,9 +325,20 @@ pub fn skipped() -> Vec<Outcome> {
     KINDS.iter().map(|&kind| Outcome { kind, na: Some("skipped".into()), runs: Vec::new() }).collect()
 }
 
-/// Every variant, `cfg.runs` times, interleaved so slow drift of the machine hits all alike;
-/// the no-tracer reference opens and closes every round.
-pub fn bench(cfg: &Cfg, per: PerConn, churn_bin: &Path, twreset: &Path, caps: &Caps) -> Result<Vec<Outcome>> {
+/// Every variant, `cfg.runs` rounds of two runs each, interleaved so slow drift of the machine
+/// hits all alike. The first run of a round has `kernel.bpf_stats_enabled` off, as in production:
+/// rates, loss and memory. The second has it on, for the in-kernel BPF time only: the stats cost
+/// two clock reads per program run, which slows the host by more than some tracers cost (twreset's
+/// state hook is three programs, bpftrace's one). The no-tracer reference opens and closes every
+/// rate run.
+pub fn bench(
+    cfg: &Cfg,
+    per: PerConn,
+    churn_bin: &Path,
+    twreset: &Path,
+    caps: &Caps,
+    stats: Option<&sys::BpfStats>,
+) -> Result<Vec<Outcome>> {
     let mut outs: Vec<Outcome> = KINDS.iter().map(|&kind| Outcome { kind, na: None, runs: Vec::new() }).collect();
     for o in &mut outs {
         if o.kind == Kind::TwresetTable && caps.table_agent(Path::new("/"), 0.0).is_none() {
@@ -330,22 +348,35 @@ pub fn bench(cfg: &Cfg, per: PerConn, churn_bin: &Path, twreset: &Path, caps: &C
             o.na = Some("n/a (not built): this twreset has no `trace --timewait`".into());
         }
     }
+    let timed: &[bool] = if stats.is_some() { &[false, true] } else { &[false] };
     for r in 0..cfg.runs {
-        for o in outs.iter_mut().filter(|o| o.na.is_none()) {
-            eprintln!("bench: trace run {}/{}: {}", r + 1, cfg.runs, o.kind.label());
-            match one(o.kind, cfg, per, churn_bin, twreset, caps) {
-                Ok(run) => o.runs.push(run),
-                Err(e) => {
-                    sys::check_interrupted()?;
-                    eprintln!("bench: {}: {e:#}", o.kind.label());
-                    o.na = Some(format!("failed: {e:#}"));
+        for &timing in timed {
+            if let Some(s) = stats {
+                s.set(timing)?;
+            }
+            let what = if timing { "BPF time (bpf_stats on)" } else { "rate (bpf_stats off)" };
+            for o in outs.iter_mut().filter(|o| o.na.is_none() && !(timing && o.kind == Kind::NoTracer)) {
+                eprintln!("bench: trace round {}/{}, {what}: {}", r + 1, cfg.runs, o.kind.label());
+                match one(o.kind, cfg, per, churn_bin, twreset, caps, timing) {
+                    Ok(run) => o.runs.push(run),
+                    Err(e) => {
+                        sys::check_interrupted()?;
+                        eprintln!("bench: {}: {e:#}", o.kind.label());
+                        o.na = Some(format!("failed: {e:#}"));
+                    }
                 }
             }
+            if timing {
+                continue;
+            }
+            // The other helpers on a shared machine come and go: a second no-tracer run closes each
+            // rate round, so the reference rate brackets the tracers instead of preceding them only.
+            eprintln!("bench: trace round {}/{}: no tracer (closing the round)", r + 1, cfg.runs);
+            outs[0].runs.push(one(Kind::NoTracer, cfg, per, churn_bin, twreset, caps, false)?);
         }
-        // The other helpers on a shared machine come and go: a second no-tracer run closes each
-        // round, so the reference rate brackets the tracers instead of preceding them only.
-        eprintln!("bench: trace run {}/{}: no tracer (closing the round)", r + 1, cfg.runs);
-        outs[0].runs.push(one(Kind::NoTracer, cfg, per, churn_bin, twreset, caps)?);
+    }
+    if let Some(s) = stats {
+        s.set(false)?;
     }
     Ok(outs)
 }
