@@ -33,16 +33,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let cfg = cmd::trace::TraceConfig::try_from(args)?;
             let s = cmd::trace::run(cfg, shutdown_signal()?).await?;
             eprintln!(
-                "twreset: {} events seen, {} lost (ring buffer full: {}, recursion misses: {}){}{}",
+                "twreset: {} events seen, {} lost ({}){}",
                 s.events,
                 s.loss.lost(),
-                s.loss.ringbuf_full,
-                s.loss.recursion_misses,
-                if s.loss.read_errors > 0 {
-                    format!(", {} kernel read errors", s.loss.read_errors)
-                } else {
-                    String::new()
-                },
+                s.loss.breakdown(),
                 if s.decode_errors > 0 { format!(", {} undecodable", s.decode_errors) } else { String::new() }
             );
             tracing::debug!("kernel side sent {} events", s.loss.sent);

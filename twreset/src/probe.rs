@@ -134,6 +134,14 @@ impl Loss {
     pub fn lost(&self) -> u64 {
         self.ringbuf_full + self.recursion_misses + self.read_errors
     }
+
+    /// What [`Loss::lost`] is made of, for a message.
+    pub fn breakdown(&self) -> String {
+        format!(
+            "ring buffer full: {}, recursion misses: {}, kernel read errors: {}",
+            self.ringbuf_full, self.recursion_misses, self.read_errors
+        )
+    }
 }
 
 pub struct Probe {
@@ -414,5 +422,12 @@ mod tests {
         let mut r = Loss::default();
         r.add_misses("set_state", 1, true, 2);
         assert_eq!(r.lost(), 0);
+    }
+
+    #[test]
+    fn a_failed_kernel_read_is_a_lost_event() {
+        let l = Loss { ringbuf_full: 1, recursion_misses: 2, read_errors: 4, sent: 100, overflow_unchecked: 8 };
+        assert_eq!(l.lost(), 7);
+        assert_eq!(l.breakdown(), "ring buffer full: 1, recursion misses: 2, kernel read errors: 4");
     }
 }

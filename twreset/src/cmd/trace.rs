@@ -102,12 +102,7 @@ fn scope_label(cfg: &TraceConfig) -> String {
 
 fn report_loss(prev: &mut u64, loss: &Loss) {
     if loss.lost() > *prev {
-        eprintln!(
-            "twreset: warning: {} events lost so far (ring buffer full: {}, recursion misses: {})",
-            loss.lost(),
-            loss.ringbuf_full,
-            loss.recursion_misses
-        );
+        eprintln!("twreset: warning: {} events lost so far ({})", loss.lost(), loss.breakdown());
         *prev = loss.lost();
     }
 }

@@ -57,7 +57,7 @@ mod tests {
     fn twreset_exit_summary() {
         let l = lines(&[
             "twreset: tracing TCP state transitions in /run/netns/x (Ctrl-C to stop)",
-            "twreset: 324289 events seen, 7 lost (ring buffer full: 7, recursion misses: 0)",
+            "twreset: 324289 events seen, 7 lost (ring buffer full: 7, recursion misses: 0, kernel read errors: 0)",
         ]);
         assert_eq!(twreset_summary(&l), Some((324289, 7)));
         assert_eq!(twreset_summary(&lines(&["nothing"])), None);
