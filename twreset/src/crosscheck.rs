@@ -33,20 +33,28 @@ impl LastEvents {
     }
 }
 
-/// The quiet namespaces of `kernel` (cookie, kernel count) whose table count differs, with the
-/// size of the difference.
-pub fn mismatches(
-    kernel: &[(u64, usize)],
-    table: impl Fn(u64) -> usize,
-    quiet: impl Fn(u64) -> bool,
-) -> Vec<(u64, u64)> {
+/// A quiet namespace whose table disagrees with the kernel's count.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Mismatch {
+    pub netns: u64,
+    pub kernel: usize,
+    pub table: usize,
+}
+
+impl Mismatch {
+    /// Sockets the table has wrong at least (either way).
+    pub fn size(&self) -> u64 {
+        self.kernel.abs_diff(self.table) as u64
+    }
+}
+
+/// The quiet namespaces of `kernel` (cookie, kernel count) whose table count differs.
+pub fn mismatches(kernel: &[(u64, usize)], table: impl Fn(u64) -> usize, quiet: impl Fn(u64) -> bool) -> Vec<Mismatch> {
     kernel
         .iter()
         .filter(|&&(ns, _)| quiet(ns))
-        .filter_map(|&(ns, k)| {
-            let diff = k.abs_diff(table(ns)) as u64;
-            (diff > 0).then_some((ns, diff))
-        })
+        .map(|&(netns, kernel)| Mismatch { netns, kernel, table: table(netns) })
+        .filter(|m| m.size() > 0)
         .collect()
 }
 
@@ -73,11 +81,14 @@ mod tests {
             3 => 7,
             _ => 0,
         };
+        let m = |netns, kernel, table| Mismatch { netns, kernel, table };
         // 1 matches, 2 is short by 2 (quiet), 3 differs but is busy, 4 has 3 the table lacks.
         let kernel = [(1, 10), (2, 7), (3, 9), (4, 3)];
-        assert_eq!(mismatches(&kernel, table, |ns| ns != 3), vec![(2, 2), (4, 3)]);
+        let found = mismatches(&kernel, table, |ns| ns != 3);
+        assert_eq!(found, vec![m(2, 7, 5), m(4, 3, 0)]);
+        assert_eq!(found.iter().map(Mismatch::size).collect::<Vec<_>>(), vec![2, 3]);
         // More entries than the kernel counts is a difference too.
-        assert_eq!(mismatches(&[(1, 8)], table, |_| true), vec![(1, 2)]);
+        assert_eq!(mismatches(&[(1, 8)], table, |_| true)[0].size(), 2);
         assert_eq!(mismatches(&[], table, |_| true), vec![]);
     }
 }

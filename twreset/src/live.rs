@@ -353,15 +353,18 @@ impl Live {
             return;
         }
         self.drain_for(CROSSCHECK_SETTLE).await;
-        for (ns, diff) in self.mismatches(&kernel, read_ns) {
+        for m in self.mismatches(&kernel, read_ns) {
             tracing::warn!(
-                "namespace {ns}: the kernel counts {diff} TIME_WAIT sockets more or fewer than the events said; resyncing"
+                "namespace {}: the kernel holds {} tw sockets, the table {}, with no event in flight: resyncing",
+                m.netns,
+                m.kernel,
+                m.table
             );
-            self.table.add_unseen(diff);
+            self.table.add_unseen(m.size());
         }
     }
 
-    fn mismatches(&self, kernel: &[(u64, usize)], read_ns: u64) -> Vec<(u64, u64)> {
+    fn mismatches(&self, kernel: &[(u64, usize)], read_ns: u64) -> Vec<crosscheck::Mismatch> {
         let table = self.table.counts_by_netns();
         let since = read_ns.saturating_sub(crosscheck::QUIET_NS);
         crosscheck::mismatches(

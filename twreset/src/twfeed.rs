@@ -243,6 +243,9 @@ fn dump_scope(paths: Option<&[std::path::PathBuf]>, sink: &mut dyn DumpSink) -> 
     Ok(())
 }
 
+/// How often the kernel's counts of all the host's namespaces are read (`--all-netns`).
+const ALL_NETNS_COUNT_EVERY: Duration = Duration::from_secs(10);
+
 /// The kernel's TIME_WAIT count of every namespace in scope (see [`crate::crosscheck`]), scope
 /// as in [`dump_scope`]. Before 6.1 a namespace's sockstat could count the host's tw sockets,
 /// which no table of one namespace can match: nothing is compared there.
@@ -251,10 +254,16 @@ fn tw_counts(paths: Option<Vec<std::path::PathBuf>>) -> CountFn {
     if crate::doctor::parse::kernel_version(release.trim()).is_none_or(|v| v < (6, 1)) {
         return Box::new(Vec::new);
     }
+    // Every namespace of the host means a /proc walk and a thread per namespace: not every second.
+    let mut next_all = std::time::Instant::now();
     Box::new(move || {
         let here = || Some((netns::current_cookie().ok()?, tw_count()?));
         let targets: Vec<Netns> = match paths.as_deref() {
-            None => crate::kill::targets::all().into_iter().filter_map(|t| t.netns).collect(),
+            None if std::time::Instant::now() < next_all => return Vec::new(),
+            None => {
+                next_all = std::time::Instant::now() + ALL_NETNS_COUNT_EVERY;
+                crate::kill::targets::all().into_iter().filter_map(|t| t.netns).collect()
+            }
             Some([]) => return here().into_iter().collect(),
             Some(list) => list.iter().filter_map(|p| Netns::open(p).ok()).collect(),
         };
