@@ -53,6 +53,7 @@ fn creation_matches_ss_per_peer_both_sides_both_families() {
     assert_eq!(code, Some(0), "{err}");
     let starts = tw_events(&out, "tw_start");
     assert!(starts.iter().all(|v| v["substate"] == "TIME_WAIT" && v["timeout_ms"] == 60_000), "{starts:#?}");
+    assert!(starts.iter().all(|v| v["rearm"] == false), "new sockets, not re-arms: {starts:#?}");
     let mut ours: Vec<(SocketAddr, SocketAddr)> = starts.iter().map(tuple).collect();
     ours.sort();
     let mut kernel: Vec<(SocketAddr, SocketAddr)> = ns.time_wait().into_iter().map(|s| (s.local, s.remote)).collect();
@@ -137,6 +138,8 @@ fn fin_wait2_becomes_time_wait_with_a_rearm() {
     let starts = tw_events(&out, "tw_start");
     let subs: Vec<&str> = starts.iter().map(|v| v["substate"].as_str().unwrap()).collect();
     assert_eq!(subs, ["FIN_WAIT2", "TIME_WAIT"], "{out}");
+    // One socket: created, then its timer moved.
+    assert_eq!((&starts[0]["rearm"], &starts[1]["rearm"]), (&Value::Bool(false), &Value::Bool(true)), "{out}");
     assert_eq!(tuple(&starts[0]), tuple(&starts[1]));
     assert_eq!(starts[1]["timeout_ms"], 60_000);
     assert_eq!(ns.ss(&["state", "time-wait"]).len(), 1);

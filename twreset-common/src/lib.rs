@@ -17,6 +17,10 @@ pub mod kind {
     /// A TIME_WAIT socket was removed early (`timer:timer_cancel` from
     /// `inet_twsk_deschedule_put`). `aux`: return address in the function that removed it.
     pub const TW_KILL: u16 = 4;
+    /// A TIME_WAIT socket's pending timer was moved (`timer_cancel` then `timer_start` on one CPU,
+    /// not from a kill): FIN_WAIT2 substate becoming TIME_WAIT, or a segment restarting the timer.
+    /// Fields as [`TW_START`].
+    pub const TW_REARM: u16 = 5;
 }
 
 /// Flags in `Event::aux` of a `STATE` event.

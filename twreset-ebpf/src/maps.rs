@@ -31,6 +31,12 @@ pub static PORT_FILTER: HashMap<u16, u8> = HashMap::with_max_entries(1024, 0);
 #[map]
 pub static LAST_TW: PerCpuArray<LastTw> = PerCpuArray::with_max_entries(1, 0);
 
+/// Per CPU: the TIME_WAIT timer a non-kill `timer_cancel` just detached (0: none). The
+/// `timer_start` right after it on this CPU is then a re-arm, not a new socket; the
+/// `timer_expire_entry` right after an expiry's detach clears it (see `programs::timewait`).
+#[map]
+pub static DETACHED: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
 /// Per CPU: 1 from the arming state program until the primary's end (see `programs::state`).
 #[map]
 pub static PENDING: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);

@@ -154,7 +154,9 @@ pub fn push_tw_json_line(buf: &mut Vec<u8>, ev: &TwEvent) {
         .u64("rport", k.rport.into());
     match ev.kind {
         TwEventKind::Created { substate, timeout_ms } | TwEventKind::Rearmed { substate, timeout_ms } => {
-            l.str("substate", substate.name()).u64("timeout_ms", timeout_ms.into());
+            l.str("substate", substate.name())
+                .u64("timeout_ms", timeout_ms.into())
+                .bool("rearm", matches!(ev.kind, TwEventKind::Rearmed { .. }));
         }
         TwEventKind::Killed { cause } => {
             l.str("cause", cause_name(cause));
@@ -172,7 +174,8 @@ pub fn cause_name(c: TwCause) -> &'static str {
 fn tw_fields(ev: &TwEvent) -> (&'static str, Value) {
     match ev.kind {
         TwEventKind::Created { substate, timeout_ms } | TwEventKind::Rearmed { substate, timeout_ms } => {
-            ("tw_start", json!({"substate": substate.name(), "timeout_ms": timeout_ms}))
+            let rearm = matches!(ev.kind, TwEventKind::Rearmed { .. });
+            ("tw_start", json!({"substate": substate.name(), "timeout_ms": timeout_ms, "rearm": rearm}))
         }
         TwEventKind::Expired => ("tw_expire", json!({})),
         TwEventKind::Killed { cause } => ("tw_kill", json!({"cause": cause_name(cause)})),
@@ -203,8 +206,11 @@ pub fn tw_json(ev: &TwEvent) -> Value {
 /// Human line of a TIME_WAIT lifecycle event, aligned with [`human_line`].
 pub fn tw_human_line(ev: &TwEvent, ns: &NsNames, clock: &WallClock) -> String {
     let what = match ev.kind {
-        TwEventKind::Created { substate, timeout_ms } | TwEventKind::Rearmed { substate, timeout_ms } => {
+        TwEventKind::Created { substate, timeout_ms } => {
             format!("tw armed {substate} {:.1}s", timeout_ms as f64 / 1000.0)
+        }
+        TwEventKind::Rearmed { substate, timeout_ms } => {
+            format!("tw re-armed {substate} {:.1}s", timeout_ms as f64 / 1000.0)
         }
         TwEventKind::Expired => "tw expired".to_owned(),
         TwEventKind::Killed { cause } => format!("tw killed ({})", cause_name(cause)),
@@ -294,6 +300,11 @@ mod tests {
             push_tw_json_line(&mut buf, &ev);
             let parsed: Value = serde_json::from_slice(&buf).unwrap();
             assert_eq!(parsed, tw_json(&ev), "{}", String::from_utf8_lossy(&buf));
+            match kind {
+                TwEventKind::Created { .. } => assert_eq!(parsed["rearm"], false),
+                TwEventKind::Rearmed { .. } => assert_eq!(parsed["rearm"], true),
+                _ => assert!(parsed.get("rearm").is_none()),
+            }
         }
     }
 

@@ -51,10 +51,15 @@ pub fn decode<'a>(
     let kind = match ev.kind {
         kind::STATE if ev.aux & state_aux::OVERFLOW != 0 => TwEventKind::Overflow,
         kind::STATE => return Ok(None),
-        kind::TW_START => TwEventKind::Created {
-            substate: TcpState::try_from(ev.newstate).map_err(DecodeError::State)?,
-            timeout_ms: (ev.aux.saturating_mul(1000) / hz.max(1)).min(u32::MAX as u64) as u32,
-        },
+        kind::TW_START | kind::TW_REARM => {
+            let substate = TcpState::try_from(ev.newstate).map_err(DecodeError::State)?;
+            let timeout_ms = (ev.aux.saturating_mul(1000) / hz.max(1)).min(u32::MAX as u64) as u32;
+            if ev.kind == kind::TW_REARM {
+                TwEventKind::Rearmed { substate, timeout_ms }
+            } else {
+                TwEventKind::Created { substate, timeout_ms }
+            }
+        }
         kind::TW_EXPIRE => TwEventKind::Expired,
         kind::TW_KILL => TwEventKind::Killed { cause: cause_of(resolve(ev.aux)) },
         other => return Err(DecodeError::Kind { kind: other }),
@@ -339,6 +344,8 @@ mod tests {
         assert_eq!(e.kind, TwEventKind::Created { substate: TcpState::TimeWait, timeout_ms: 60_000 });
         assert_eq!(e.key.raddr, "10.0.0.2".parse::<IpAddr>().unwrap());
         assert_eq!((e.key.lport, e.key.rport, e.key.netns_cookie), (40000, 443, 9));
+        let r = decode(&ev(kind::TW_REARM, 15000), 250, none).unwrap().unwrap();
+        assert_eq!(r.kind, TwEventKind::Rearmed { substate: TcpState::TimeWait, timeout_ms: 60_000 });
         assert_eq!(decode(&ev(kind::TW_EXPIRE, 0), 250, none).unwrap().unwrap().kind, TwEventKind::Expired);
         let k = decode(&ev(kind::TW_KILL, 0xffff_1234), 250, |_| Some("tcp_abort")).unwrap().unwrap();
         assert_eq!(k.kind, TwEventKind::Killed { cause: TwCause::SockDestroy });

@@ -1,5 +1,6 @@
 //! TIME_WAIT lifecycle from the timer tracepoints, filtered in BPF on `tw_timer_handler`:
-//! `timer_start` = created or re-armed, `timer_expire_entry` = expired, `timer_cancel` from
+//! `timer_start` = created (or re-armed, when a non-kill `timer_cancel` of the same timer just
+//! preceded it on this CPU), `timer_expire_entry` = expired, `timer_cancel` from
 //! `inet_twsk_deschedule_put` = removed early (the caller address tells why).
 //!
 //! The tracepoint `sock:inet_sock_set_state` never sees TIME_WAIT sockets, and fentry is refused
@@ -17,7 +18,7 @@ use aya_ebpf::{
 use twreset_common::{Event, FilterConfig, KernelOffsets, LastTw, kind, stat};
 
 use crate::{
-    maps::{CONFIG, LAST_TW, NETNS_FILTER, count, send},
+    maps::{CONFIG, DETACHED, LAST_TW, NETNS_FILTER, count, send},
     offsets::{common, net_cookie, netns_cookie, offsets, read, timer_function_offset, tw_timer_fn},
 };
 
@@ -128,8 +129,24 @@ fn tw_behind(ctx: &BtfTracePointContext, o: &KernelOffsets, timer: u64) -> Resul
     })
 }
 
+/// Take this CPU's detached-timer mark if it is `timer`'s: true when the timer event right after a
+/// non-kill cancel is about that same timer.
+#[inline(always)]
+fn take_detached(timer: u64) -> bool {
+    let Some(slot) = DETACHED.get_ptr_mut(0) else { return false };
+    // SAFETY: this CPU's slot; the timer programs never run concurrently on one CPU.
+    unsafe {
+        if *slot != timer {
+            return false;
+        }
+        *slot = 0;
+    }
+    true
+}
+
 fn try_timer_start(ctx: &BtfTracePointContext) -> Result<u32, u32> {
     let Some(timer) = tw_timer(ctx) else { return Ok(0) };
+    let rearm = take_detached(timer);
     let o = offsets();
     let expires: u64 = read(timer, o.timer_expires).inspect_err(|_| count(stat::READ_ERROR))?;
     // SAFETY: helper without preconditions.
@@ -149,7 +166,7 @@ fn try_timer_start(ctx: &BtfTracePointContext) -> Result<u32, u32> {
         }
     }
     if wanted(t.cookie) {
-        emit(&t, kind::TW_START, expires.wrapping_sub(now));
+        emit(&t, if rearm { kind::TW_REARM } else { kind::TW_START }, expires.wrapping_sub(now));
     }
     Ok(0)
 }
@@ -161,6 +178,9 @@ pub fn timer_expire_entry(ctx: BtfTracePointContext) -> u32 {
 
 fn try_timer_expire_entry(ctx: &BtfTracePointContext) -> Result<u32, u32> {
     let Some(timer) = tw_timer(ctx) else { return Ok(0) };
+    // Its detach (expire_timers) marked it: the mark must not outlive the socket, whose memory
+    // the next one may reuse.
+    take_detached(timer);
     let o = offsets();
     let t = tw_behind(ctx, &o, timer)?;
     if wanted(t.cookie) {
@@ -207,6 +227,12 @@ fn try_timer_cancel(ctx: &BtfTracePointContext) -> Result<u32, u32> {
         i += 1;
     }
     if caller == 0 {
+        // A re-arm (__mod_timer) or an expiry (expire_timers) detaching it: the timer event that
+        // follows on this CPU says which.
+        if let Some(slot) = DETACHED.get_ptr_mut(0) {
+            // SAFETY: this CPU's slot, see `take_detached`.
+            unsafe { *slot = timer };
+        }
         return Ok(0);
     }
     let t = tw_behind(ctx, &o, timer)?;
