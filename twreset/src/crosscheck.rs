@@ -1,5 +1,7 @@
-//! The live table against the kernel's own TIME_WAIT count per namespace (`/proc/net/sockstat`,
-//! `tw`): a quiet namespace must hold exactly as many entries as the kernel counts.
+//! The live table against the kernel's own TIME_WAIT counts per namespace: a quiet namespace
+//! must hold exactly as many entries as `/proc/net/sockstat` counts (`tw`), and a busy one must
+//! have had as many creation events as `/proc/net/netstat` counts creations (`TcpExt` `TW` +
+//! `TWKilled`).
 //!
 //! Events alone cannot prove the table whole: on 6.18 about one TIME_WAIT creation in 100k
 //! reaches no BPF program and no miss counter (README, "Events no counter sees"). A namespace with no
@@ -13,6 +15,73 @@ use foldhash::fast::RandomState;
 
 /// How long a namespace must have had no event before its count is compared.
 pub const QUIET_NS: u64 = 1_000_000_000;
+
+/// The kernel's counts of one namespace, read at one moment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NsCount {
+    pub netns: u64,
+    /// TIME_WAIT sockets now (sockstat `tw`).
+    pub tw: usize,
+    /// TIME_WAIT sockets created so far (`TW` + `TWKilled`), if readable.
+    pub created: Option<u64>,
+}
+
+/// Creation events against the kernel's creation counter, per namespace. A namespace's baseline
+/// is taken the first time it is seen, from both sides, so what happened before is not judged. The
+/// counter moves before its event is delivered: a reading is judged only after the events in
+/// flight at that moment have landed (the caller lets them), and a surplus of events (creations
+/// in flight at the baseline) only makes the check more lenient.
+#[derive(Debug, Default)]
+pub struct Creations {
+    /// Creation events applied, per namespace.
+    ours: HashMap<u64, u64, RandomState>,
+    /// Per namespace: kernel counter minus our events at the baseline, and the deficit already
+    /// reported.
+    seen: HashMap<u64, (i128, u64), RandomState>,
+}
+
+impl Creations {
+    /// `n` creation events of namespace `netns` applied.
+    pub fn applied(&mut self, netns: u64, n: u64) {
+        *self.ours.entry(netns).or_default() += n;
+    }
+
+    /// Take a baseline for the namespaces of `kernel` not seen before.
+    pub fn baseline(&mut self, kernel: &[NsCount]) {
+        for c in kernel {
+            if let Some(k) = c.created {
+                let ours = self.ours.get(&c.netns).copied().unwrap_or(0);
+                self.seen.entry(c.netns).or_insert((i128::from(k) - i128::from(ours), 0));
+            }
+        }
+    }
+
+    fn deficits(&self, kernel: &[NsCount]) -> impl Iterator<Item = (u64, u64)> {
+        kernel.iter().filter_map(|c| {
+            let (base, reported) = *self.seen.get(&c.netns)?;
+            let ours = self.ours.get(&c.netns).copied().unwrap_or(0);
+            let deficit = (i128::from(c.created?) - base - i128::from(ours)).max(0) as u64;
+            Some((c.netns, deficit.saturating_sub(reported)))
+        })
+    }
+
+    /// Creations of the reading `kernel` that no event reported (yet), not reported before.
+    pub fn unreported(&self, kernel: &[NsCount]) -> u64 {
+        self.deficits(kernel).map(|(_, d)| d).sum()
+    }
+
+    /// Like [`Creations::unreported`], for a reading whose events have landed: what it returns
+    /// counts as reported from now on.
+    pub fn report(&mut self, kernel: &[NsCount]) -> u64 {
+        let found: Vec<(u64, u64)> = self.deficits(kernel).filter(|&(_, d)| d > 0).collect();
+        for &(ns, d) in &found {
+            if let Some(s) = self.seen.get_mut(&ns) {
+                s.1 += d;
+            }
+        }
+        found.iter().map(|&(_, d)| d).sum()
+    }
+}
 
 /// Newest event time (kernel monotonic ns) per namespace cookie.
 #[derive(Debug, Default)]
@@ -48,12 +117,12 @@ impl Mismatch {
     }
 }
 
-/// The quiet namespaces of `kernel` (cookie, kernel count) whose table count differs.
-pub fn mismatches(kernel: &[(u64, usize)], table: impl Fn(u64) -> usize, quiet: impl Fn(u64) -> bool) -> Vec<Mismatch> {
+/// The quiet namespaces of `kernel` whose table count differs.
+pub fn mismatches(kernel: &[NsCount], table: impl Fn(u64) -> usize, quiet: impl Fn(u64) -> bool) -> Vec<Mismatch> {
     kernel
         .iter()
-        .filter(|&&(ns, _)| quiet(ns))
-        .map(|&(netns, kernel)| Mismatch { netns, kernel, table: table(netns) })
+        .filter(|c| quiet(c.netns))
+        .map(|c| Mismatch { netns: c.netns, kernel: c.tw, table: table(c.netns) })
         .filter(|m| m.size() > 0)
         .collect()
 }
@@ -82,13 +151,40 @@ mod tests {
             _ => 0,
         };
         let m = |netns, kernel, table| Mismatch { netns, kernel, table };
+        let c = |netns, tw| NsCount { netns, tw, created: None };
         // 1 matches, 2 is short by 2 (quiet), 3 differs but is busy, 4 has 3 the table lacks.
-        let kernel = [(1, 10), (2, 7), (3, 9), (4, 3)];
+        let kernel = [c(1, 10), c(2, 7), c(3, 9), c(4, 3)];
         let found = mismatches(&kernel, table, |ns| ns != 3);
         assert_eq!(found, vec![m(2, 7, 5), m(4, 3, 0)]);
         assert_eq!(found.iter().map(Mismatch::size).collect::<Vec<_>>(), vec![2, 3]);
         // More entries than the kernel counts is a difference too.
-        assert_eq!(mismatches(&[(1, 8)], table, |_| true)[0].size(), 2);
+        assert_eq!(mismatches(&[c(1, 8)], table, |_| true)[0].size(), 2);
         assert_eq!(mismatches(&[], table, |_| true), vec![]);
+    }
+
+    #[test]
+    fn creations_missing_from_the_events_count_once() {
+        let read = |created| [NsCount { netns: 7, tw: 0, created: Some(created) }];
+        let mut c = Creations::default();
+        // Baseline: the kernel had made 1000 before, 2 of them already seen as events.
+        c.applied(7, 2);
+        c.baseline(&read(1000));
+        assert_eq!(c.report(&read(1000)), 0);
+        // 50 made, their events still in flight at the reading: a suspicion, not a finding.
+        assert_eq!(c.unreported(&read(1050)), 50);
+        c.applied(7, 50);
+        assert_eq!(c.report(&read(1050)), 0);
+        // 30 more made, only 29 events landed: one unseen, reported once.
+        c.applied(7, 29);
+        assert_eq!(c.report(&read(1080)), 1);
+        assert_eq!(c.report(&read(1080)), 0);
+        assert_eq!(c.unreported(&read(1080)), 0);
+        // A later baseline call does not move a namespace's baseline.
+        c.baseline(&read(5000));
+        c.applied(7, 10);
+        assert_eq!(c.report(&read(1090)), 0);
+        // No counter, or a namespace without a baseline: nothing judged.
+        assert_eq!(c.report(&[NsCount { netns: 7, tw: 0, created: None }]), 0);
+        assert_eq!(c.report(&[NsCount { netns: 8, tw: 0, created: Some(9) }]), 0);
     }
 }

@@ -9,11 +9,11 @@ use tokio::sync::mpsc;
 
 use crate::{
     cli::NetnsScope,
-    crosscheck::{self, LastEvents},
+    crosscheck::{self, Creations, LastEvents, NsCount},
     kernel::netns::{self, Netns, NetnsError},
     sock::DiagSocket,
     table::{By, Connected, Drift, PortRange, PortRanges, Snapshot, Sort, Table, ViewConfig, pressure::PressureError},
-    tw_event::TwEvent,
+    tw_event::{TwEvent, TwEventKind},
 };
 
 /// Where a dump puts the sockets it reads, one at a time as they arrive: nothing is collected,
@@ -72,9 +72,9 @@ impl DumpSink for Observing<'_> {
 /// The probe's cumulative count of events that never reached userspace.
 pub type LostFn = Box<dyn FnMut() -> u64 + Send>;
 
-/// The kernel's own TIME_WAIT count per namespace in scope, as `(cookie, count)`; namespaces it
-/// cannot count (or a kernel whose count is not per namespace) are left out.
-pub type CountFn = Box<dyn FnMut() -> Vec<(u64, usize)> + Send>;
+/// The kernel's own TIME_WAIT counts per namespace in scope; namespaces it cannot count (or a
+/// kernel whose counts are not per namespace) are left out.
+pub type CountFn = Box<dyn FnMut() -> Vec<NsCount> + Send>;
 
 /// How often [`Live::tick`] compares quiet namespaces with the kernel's count.
 const CROSSCHECK_EVERY_NS: u64 = 1_000_000_000;
@@ -190,6 +190,7 @@ pub struct Live {
     unchecked: LostFn,
     tw_counts: CountFn,
     last_events: LastEvents,
+    creations: Creations,
     next_check_ns: u64,
     /// How long to keep applying events after a dump before trusting it (ring-buffer latency).
     settle: Duration,
@@ -211,6 +212,7 @@ impl Live {
             unchecked,
             tw_counts,
             last_events: LastEvents::default(),
+            creations: Creations::default(),
             next_check_ns: 0,
             settle,
             closed: false,
@@ -240,6 +242,9 @@ impl Live {
             started.elapsed().as_secs_f64() * 1e3
         );
         live.table.set_lost(lost_before_seed);
+        // Creations are judged from here: the seed covers what came before.
+        let kernel = (live.tw_counts)();
+        live.creations.baseline(&kernel);
         live.drain_for(settle).await;
         Ok(live)
     }
@@ -265,23 +270,29 @@ impl Live {
     }
 
     fn apply(&mut self, batch: &[TwEvent]) -> usize {
-        // Newest event per namespace, noted once per run of events of one namespace (a batch is
-        // mostly one): this loop is the table's hot path.
-        let mut run: Option<(u64, u64)> = None;
+        // Newest event and creations per namespace, noted once per run of events of one namespace
+        // (a batch is mostly one): this loop is the table's hot path.
+        let mut run: Option<(u64, u64, u64)> = None;
         for ev in batch {
+            let created = u64::from(matches!(ev.kind, TwEventKind::Created { .. }));
             match &mut run {
-                Some((ns, ts)) if *ns == ev.key.netns_cookie => *ts = (*ts).max(ev.ts_ns),
+                Some((ns, ts, n)) if *ns == ev.key.netns_cookie => {
+                    *ts = (*ts).max(ev.ts_ns);
+                    *n += created;
+                }
                 _ => {
-                    if let Some((ns, ts)) = run {
+                    if let Some((ns, ts, n)) = run {
                         self.last_events.saw(ns, ts);
+                        self.creations.applied(ns, n);
                     }
-                    run = Some((ev.key.netns_cookie, ev.ts_ns));
+                    run = Some((ev.key.netns_cookie, ev.ts_ns, created));
                 }
             }
             self.table.apply(ev);
         }
-        if let Some((ns, ts)) = run {
+        if let Some((ns, ts, n)) = run {
             self.last_events.saw(ns, ts);
+            self.creations.applied(ns, n);
         }
         batch.len()
     }
@@ -341,18 +352,27 @@ impl Live {
     async fn crosscheck(&mut self) {
         let read_ns = monotonic_ns();
         let kernel = (self.tw_counts)();
+        self.creations.baseline(&kernel);
         let suspects = self.mismatches(&kernel, read_ns);
         let since = read_ns.saturating_sub(crosscheck::QUIET_NS);
         tracing::debug!(
-            "cross-check: {} namespaces counted, {} quiet, {} differ",
+            "cross-check: {} namespaces counted ({} with creations), {} quiet, {} differ",
             kernel.len(),
-            kernel.iter().filter(|(ns, _)| self.last_events.quiet_since(*ns, since)).count(),
+            kernel.iter().filter(|c| c.created.is_some()).count(),
+            kernel.iter().filter(|c| self.last_events.quiet_since(c.netns, since)).count(),
             suspects.len()
         );
-        if suspects.is_empty() {
+        if suspects.is_empty() && self.creations.unreported(&kernel) == 0 {
             return;
         }
         self.drain_for(CROSSCHECK_SETTLE).await;
+        let uncreated = self.creations.report(&kernel);
+        if uncreated > 0 {
+            tracing::warn!("the kernel created {uncreated} more TIME_WAIT sockets than events said; resyncing");
+            self.table.add_unseen(uncreated);
+            // The same sockets would show in the counts too: compare those after the resync.
+            return;
+        }
         for m in self.mismatches(&kernel, read_ns) {
             tracing::warn!(
                 "namespace {}: the kernel holds {} tw sockets, the table {}, with no event in flight: resyncing",
@@ -364,7 +384,7 @@ impl Live {
         }
     }
 
-    fn mismatches(&self, kernel: &[(u64, usize)], read_ns: u64) -> Vec<crosscheck::Mismatch> {
+    fn mismatches(&self, kernel: &[NsCount], read_ns: u64) -> Vec<crosscheck::Mismatch> {
         let table = self.table.counts_by_netns();
         let since = read_ns.saturating_sub(crosscheck::QUIET_NS);
         crosscheck::mismatches(
@@ -405,7 +425,7 @@ mod tests {
     };
 
     use super::*;
-    use crate::{sock::SockKey, state::TcpState, tw_event::TwEventKind};
+    use crate::{sock::SockKey, state::TcpState};
 
     fn key(n: u16) -> SockKey {
         SockKey {
@@ -495,13 +515,38 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn creations_the_events_missed_are_unseen_loss_even_when_busy() {
+        let (tx, mut feed) = feed(vec![vec![], vec![tw(0), tw(1)]], Arc::new(AtomicU64::new(0)));
+        let made = Arc::new(AtomicU64::new(100));
+        let kernel = made.clone();
+        feed.tw_counts =
+            Box::new(move || vec![NsCount { netns: 1, tw: 0, created: Some(kernel.load(Ordering::Relaxed)) }]);
+        // Baseline at the start: the kernel had made 100 before.
+        let mut live = Live::start(feed, ViewConfig::default(), Duration::ZERO).await.unwrap();
+        // Two made, one event: the namespace is busy, so only the creation count can tell.
+        made.store(102, Ordering::Relaxed);
+        tx.send(vec![created(0)]).await.unwrap();
+        let drift = live.tick().await.unwrap().expect("a resync");
+        assert_eq!(drift, Drift { missing: 1, extra: 0 });
+        let c = live.table.counters();
+        assert_eq!((c.created, c.unseen, c.lost, c.resyncs), (1, 1, 1, 1));
+        // Counted once.
+        live.next_check_ns = 0;
+        assert_eq!(live.tick().await.unwrap(), None);
+        assert_eq!(live.table.counters().unseen, 1);
+    }
+
+    #[tokio::test]
     async fn quiet_namespace_off_the_kernel_count_is_unseen_loss() {
         // The kernel holds 0 and 5 in namespace 1, but only 0's events came: no loss counter moved.
         let lost = Arc::new(AtomicU64::new(0));
         let (tx, mut feed) = feed(vec![vec![], vec![tw(0), tw(5)]], lost);
         let counts = Arc::new(AtomicU64::new(2));
         let kernel = counts.clone();
-        feed.tw_counts = Box::new(move || vec![(1, kernel.load(Ordering::Relaxed) as usize), (9, 0)]);
+        feed.tw_counts = Box::new(move || {
+            let c = |netns, tw| NsCount { netns, tw, created: None };
+            vec![c(1, kernel.load(Ordering::Relaxed) as usize), c(9, 0)]
+        });
         let mut live = Live::start(feed, ViewConfig::default(), Duration::ZERO).await.unwrap();
         // Busy: an event of namespace 1 just now. Not compared, whatever the counts.
         tx.send(vec![created(0)]).await.unwrap();

@@ -19,6 +19,7 @@ use twreset_common::{Event, kind, state_aux};
 
 use crate::{
     cli::NetnsScope,
+    crosscheck::NsCount,
     decode::{DecodeError, parse_event, sock_key},
     diag,
     kernel::kallsyms::Kallsyms,
@@ -262,7 +263,7 @@ fn tw_counts(paths: Option<Vec<std::path::PathBuf>>) -> CountFn {
     // Every namespace of the host means a /proc walk and a thread per namespace: not every second.
     let mut next_all = std::time::Instant::now();
     Box::new(move || {
-        let here = || Some((netns::current_cookie().ok()?, tw_count()?));
+        let here = || Some(NsCount { netns: netns::current_cookie().ok()?, tw: tw_count()?, created: tw_created() });
         let targets: Vec<Netns> = match paths.as_deref() {
             None if std::time::Instant::now() < next_all => return Vec::new(),
             None => {
@@ -289,6 +290,14 @@ fn dump_here(sink: &mut dyn DumpSink) -> Result<(), diag::DiagError> {
 fn tw_count() -> Option<usize> {
     let text = std::fs::read_to_string("/proc/thread-self/net/sockstat").ok()?;
     sockstat_tw(&text)
+}
+
+/// TIME_WAIT sockets the calling thread's namespace has created so far: `TcpExt` `TW` (60 s
+/// timers) + `TWKilled` (short ones), counted once per new socket, never for a re-arm.
+fn tw_created() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/thread-self/net/netstat").ok()?;
+    let ext = crate::doctor::parse::tcp_ext(&text).ok()?;
+    Some(ext.get("TW")? + ext.get("TWKilled")?)
 }
 
 /// The `tw` field of the `TCP:` line of sockstat.

@@ -117,8 +117,8 @@ pub struct Counters {
     pub overflow_unchecked: u64,
     /// Sockets the table had wrong at reconcile time (missing + extra): should stay 0.
     pub drift: u64,
-    /// Differences between the table and the kernel's own count in quiet namespaces: changes
-    /// no event reported and no loss counter saw (see [`crate::crosscheck`]). Part of `lost`.
+    /// Changes no event reported and no loss counter saw, found against the kernel's own counts
+    /// (see [`crate::crosscheck`]). Part of `lost`.
     pub unseen: u64,
     /// Reconciles forced by lost events.
     pub resyncs: u64,
