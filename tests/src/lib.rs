@@ -202,13 +202,28 @@ pub enum Closer {
 /// Inside the current thread's namespace: `n` connections from `client_ip` to `server`, closed by
 /// `closer`, fully finished (the closer's socket is in TIME_WAIT on return).
 /// Returns (client address, server address) of each connection.
+/// A listener on `addr`, waiting out sockets of an earlier listener on the same port: the server
+/// ends of its connections can still be in LAST_ACK (their peer's last ACK not yet processed in
+/// softirq, which lags under load), and `listen` refuses the port until they close.
+pub fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    loop {
+        match TcpListener::bind(addr) {
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            r => return r,
+        }
+    }
+}
+
 pub fn connections(
     server: SocketAddr,
     client_ip: Option<std::net::IpAddr>,
     n: usize,
     closer: Closer,
 ) -> Vec<(SocketAddr, SocketAddr)> {
-    let listener = TcpListener::bind(server).unwrap_or_else(|e| panic!("bind {server}: {e}"));
+    let listener = listen(server).unwrap_or_else(|e| panic!("bind {server}: {e}"));
     let server = listener.local_addr().unwrap();
     let mut out = Vec::with_capacity(n);
     for _ in 0..n {

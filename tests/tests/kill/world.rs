@@ -4,11 +4,11 @@
 use std::{
     collections::BTreeSet,
     io::Read,
-    net::{IpAddr, SocketAddr, TcpListener, TcpStream},
+    net::{IpAddr, SocketAddr, TcpStream},
     time::Duration,
 };
 
-use twreset_tests::{Closer, NetNs, SsSocket, connections, ndjson, twreset};
+use twreset_tests::{Closer, NetNs, SsSocket, connections, listen, ndjson, twreset};
 
 pub type Set = BTreeSet<SsSocket>;
 
@@ -29,7 +29,7 @@ pub fn ip(s: &str) -> Option<IpAddr> {
 
 /// `n` established connections to `server`; both ends are returned and stay open.
 pub fn established(server: SocketAddr, client: &str, n: usize) -> Vec<(TcpStream, TcpStream)> {
-    let l = TcpListener::bind(server).unwrap_or_else(|e| panic!("listen {server}: {e}; {}", ss_here()));
+    let l = listen(server).unwrap_or_else(|e| panic!("listen {server}: {e}; {}", ss_here()));
     (0..n)
         .map(|_| {
             let s = socket2::Socket::new(socket2::Domain::for_address(server), socket2::Type::STREAM, None).unwrap();
@@ -49,7 +49,7 @@ pub fn ss_here() -> String {
 /// Client-closed connections from explicit client ports (no ephemeral-port search, so tens of
 /// thousands are quick): every client socket ends in TIME_WAIT. Returns the client addresses.
 pub fn fast_time_wait(server: SocketAddr, clients: &[&str], n: usize, first_port: u16) -> Vec<SocketAddr> {
-    let l = TcpListener::bind(server).unwrap();
+    let l = listen(server).unwrap();
     (0..n)
         .map(|i| {
             let local = sa(clients[i % clients.len()], first_port + (i / clients.len()) as u16);
