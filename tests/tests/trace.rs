@@ -156,6 +156,10 @@ fn reports_exact_transitions_of_own_sockets_and_nothing_from_bystanders() {
                 Closer::Client => (ACTIVE, PASSIVE_SERVER),
                 Closer::Server => (PASSIVE_CLIENT, ACTIVE_SERVER),
             };
+            // Ports as the kernel's own record gives them, the last transition included (the
+            // client's local port passes to its TIME_WAIT socket before FIN_WAIT2 -> CLOSE).
+            assert!(cl[1..].iter().all(|e| ep(e, "l") == *client && ep(e, "r") == *server), "{cl:#?}");
+            assert!(sv.iter().all(|e| ep(e, "l") == *server), "{sv:#?}");
             assert_eq!(transitions(cl), want_c, "client {client} ({closer:?} closes)");
             assert_eq!(transitions(sv), want_s, "server side of {client} ({closer:?} closes)");
             // Timestamps never go backwards within a socket.

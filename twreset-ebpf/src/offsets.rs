@@ -5,7 +5,7 @@ use aya_ebpf::helpers::bpf_probe_read_kernel;
 use twreset_common::{AF_INET, AF_INET6, KernelOffsets};
 
 #[unsafe(no_mangle)]
-static OFFSETS: KernelOffsets = KernelOffsets {
+pub(crate) static OFFSETS: KernelOffsets = KernelOffsets {
     tw_timer_fn: 0,
     desched_start: 0,
     desched_end: 0,
@@ -36,12 +36,30 @@ pub fn offsets() -> KernelOffsets {
     unsafe { core::ptr::read_volatile(&OFFSETS) }
 }
 
-/// `timer_list.function`, read on its own so the verifier sees a known constant (a load from
-/// the frozen read-only `OFFSETS`), as a direct BTF-checked load needs.
+/// One field of `OFFSETS`, read on its own so the verifier sees a known constant (a load from
+/// the frozen read-only `OFFSETS`), as a direct BTF-checked load needs ([`load`]).
+macro_rules! off {
+    ($field:ident) => {
+        // SAFETY: reading a field of a static the loader patched before the program was loaded.
+        unsafe { core::ptr::read_volatile(&$crate::offsets::OFFSETS.$field) }
+    };
+}
+pub(crate) use off;
+
+/// `timer_list.function`'s offset, for [`load`].
 #[inline(always)]
 pub fn timer_function_offset() -> u32 {
-    // SAFETY: reading a field of a static the loader patched before the program was loaded.
-    unsafe { core::ptr::read_volatile(&OFFSETS.timer_function) }
+    off!(timer_function)
+}
+
+/// Load a `T` at `ptr + off` where `ptr` is a BTF-typed pointer (a `tp_btf` argument, or a
+/// pointer loaded through one) and `off` a known constant ([`off!`]): the verifier checks the
+/// access against the kernel's BTF and turns it into a fault-safe load, with no helper call.
+/// Only members of `ptr`'s own type are reachable this way.
+#[inline(always)]
+pub fn load<T>(ptr: u64, off: u32) -> T {
+    // SAFETY: see above; a fault reads zeros instead of crashing.
+    unsafe { core::ptr::read((ptr + off as u64) as *const T) }
 }
 
 /// `tw_timer_handler`'s address (0: TIME_WAIT tracking off), read on its own: the first test of
@@ -148,4 +166,27 @@ pub fn common(o: &KernelOffsets, sk: u64) -> Result<Common, u32> {
         return Err(0);
     };
     Ok(Common { family, saddr, daddr, num, dport: u16::from_be(dport_be), net })
+}
+
+/// [`Common`] of a full socket through its BTF-typed pointer (`tp_btf`): direct loads only.
+/// `Err` for a family other than IPv4/IPv6.
+#[inline(always)]
+pub fn common_direct(sk: u64) -> Result<Common, u32> {
+    let family: u16 = load(sk, off!(skc_family));
+    let (saddr, daddr) = if family == AF_INET {
+        (mapped4(load(sk, off!(skc_rcv_saddr))), mapped4(load(sk, off!(skc_daddr))))
+    } else if family == AF_INET6 {
+        (load(sk, off!(skc_v6_rcv_saddr)), load(sk, off!(skc_v6_daddr)))
+    } else {
+        return Err(0);
+    };
+    let num: u16 = load(sk, off!(skc_num));
+    let dport_be: u16 = load(sk, off!(skc_dport));
+    Ok(Common { family, saddr, daddr, num, dport: u16::from_be(dport_be), net: load(sk, off!(skc_net)) })
+}
+
+/// `net->net_cookie` through a BTF-typed `struct net *` (loaded from a BTF-typed socket).
+#[inline(always)]
+pub fn net_cookie_direct(net: u64) -> u64 {
+    load(net, off!(net_cookie))
 }

@@ -5,7 +5,7 @@ use std::os::fd::{AsFd, AsRawFd};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, RingBuf, lpm_trie::Key},
-    programs::{BtfTracePoint, ProgramError, RawTracePoint},
+    programs::{BtfTracePoint, ProgramError},
 };
 use ipnet::IpNet;
 use twreset_common::{FilterConfig, KernelOffsets, OFFSETS_GLOBAL, PeerKey, filter, stat, tcp_state};
@@ -204,15 +204,7 @@ impl Probe {
         }
         let btf = aya::Btf::from_sys_fs().map_err(ProbeError::AyaBtf)?;
         for name in TIMER_PROGRAMS {
-            let prog: &mut BtfTracePoint = self
-                .ebpf
-                .program_mut(name)
-                .ok_or(ProbeError::NoProgram { name })?
-                .try_into()
-                .map_err(|source| ProbeError::Program { name, action: "type check", source })?;
-            prog.load(name, &btf).map_err(|source| ProbeError::Program { name, action: "load", source })?;
-            prog.attach().map_err(|source| ProbeError::Program { name, action: "attach", source })?;
-            self.attached.push(name);
+            self.attach_btf(name, name, &btf)?;
         }
         Ok(())
     }
@@ -284,8 +276,9 @@ impl Probe {
     /// kernel calls a tracepoint's programs in attach order, which their protocol relies on.
     /// Detached when the probe is dropped.
     pub fn attach_state(&mut self) -> Result<(), ProbeError> {
+        let btf = aya::Btf::from_sys_fs().map_err(ProbeError::AyaBtf)?;
         for name in STATE_PROGRAMS {
-            self.attach_state_program(name)?;
+            self.attach_btf(name, STATE_TRACEPOINT, &btf)?;
         }
         Ok(())
     }
@@ -296,30 +289,22 @@ impl Probe {
     /// ([`Loss::overflow_unchecked`]) instead of as a lost event; two programs fewer per
     /// transition on the host.
     pub fn attach_state_overflow_check(&mut self) -> Result<(), ProbeError> {
-        self.attach_state_program(STATE_PROGRAMS[1])
+        let btf = aya::Btf::from_sys_fs().map_err(ProbeError::AyaBtf)?;
+        self.attach_btf(STATE_PROGRAMS[1], STATE_TRACEPOINT, &btf)
     }
 
-    fn attach_state_program(&mut self, name: &'static str) -> Result<(), ProbeError> {
-        let prog: &mut RawTracePoint = self.loaded(name)?;
-        prog.attach(STATE_TRACEPOINT).map_err(|source| ProbeError::Program { name, action: "attach", source })?;
-        self.attached.push(name);
-        Ok(())
-    }
-
-    /// Program `name` as its concrete type, loaded into the kernel (verified), not yet attached.
-    fn loaded<T>(&mut self, name: &'static str) -> Result<&mut T, ProbeError>
-    where
-        for<'a> &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
-        T: LoadProgram,
-    {
-        let prog: &mut T = self
+    /// Load (verify) the BTF-typed raw tracepoint program `name` for `tracepoint` and attach it.
+    fn attach_btf(&mut self, name: &'static str, tracepoint: &str, btf: &aya::Btf) -> Result<(), ProbeError> {
+        let prog: &mut BtfTracePoint = self
             .ebpf
             .program_mut(name)
             .ok_or(ProbeError::NoProgram { name })?
             .try_into()
             .map_err(|source| ProbeError::Program { name, action: "type check", source })?;
-        prog.load_program().map_err(|source| ProbeError::Program { name, action: "load", source })?;
-        Ok(prog)
+        prog.load(tracepoint, btf).map_err(|source| ProbeError::Program { name, action: "load", source })?;
+        prog.attach().map_err(|source| ProbeError::Program { name, action: "attach", source })?;
+        self.attached.push(name);
+        Ok(())
     }
 
     /// The event ring buffer; call once.
@@ -387,17 +372,6 @@ fn timewait_symbols(k: &Kallsyms, off: &mut KernelOffsets) -> Result<(), Kallsym
     (off.desched_start, off.desched_end) = k.range("inet_twsk_deschedule_put")?;
     (off.shutdown_start, off.shutdown_end) = k.range("timer_shutdown_sync")?;
     Ok(())
-}
-
-/// The `load()` every aya program type has, under one name so [`Probe::loaded`] can be generic.
-trait LoadProgram {
-    fn load_program(&mut self) -> Result<(), ProgramError>;
-}
-
-impl LoadProgram for RawTracePoint {
-    fn load_program(&mut self) -> Result<(), ProgramError> {
-        self.load()
-    }
 }
 
 #[cfg(test)]

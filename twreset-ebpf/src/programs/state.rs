@@ -17,35 +17,37 @@
 //! once: userspace reports `primary misses - recovered` as lost, which is what nested on the
 //! backup while the primary was skipped too.
 //!
-//! The arguments are `TP_PROTO(const struct sock *sk, const int oldstate, const int newstate)`
-//! (checked against the kernel's BTF by a test); the socket's fields are read through BTF offsets,
-//! the same ones the tracepoint's own record is built from (`inet_sport`, `skc_dport`,
-//! `skc_rcv_saddr`, `skc_daddr` and their IPv6 forms).
+//! The programs are BTF-typed raw tracepoints (`tp_btf`) with the arguments
+//! `TP_PROTO(const struct sock *sk, const int oldstate, const int newstate)` (checked against the
+//! kernel's BTF by a test). Because `sk` is typed, the verifier turns reads of `struct sock` into
+//! plain fault-safe loads, with no helper call: this path runs for every TCP state change on the
+//! host. The fields are the ones the tracepoint's own record is built from (`skc_dport`,
+//! `skc_rcv_saddr`, `skc_daddr` and their IPv6 forms, `inet_sport`). `inet_sport` lies beyond
+//! `struct sock`, where typed loads cannot reach, so [`local_port`] takes `skc_num` when it is set
+//! and pays a helper read only when it is not.
 
 use aya_ebpf::{
     helpers::bpf_ktime_get_ns,
-    macros::raw_tracepoint,
+    macros::btf_tracepoint,
     maps::{PerCpuArray, lpm_trie::Key},
-    programs::RawTracePointContext,
+    programs::BtfTracePointContext,
 };
-use twreset_common::{
-    Event, FilterConfig, IPPROTO_TCP, KernelOffsets, LastTw, filter, kind, stat, state_aux, tcp_state,
-};
+use twreset_common::{Event, FilterConfig, IPPROTO_TCP, LastTw, filter, kind, stat, state_aux, tcp_state};
 
 use crate::{
     maps::{BUSY, CONFIG, LAST_TW, NETNS_FILTER, PEER_FILTER, PENDING, PORT_FILTER, count, send},
-    offsets::{common, net_cookie, offsets, read},
+    offsets::{common_direct, load, net_cookie_direct, off, read},
 };
 
 /// Attached first: marks the primary's run as pending on this CPU.
-#[raw_tracepoint(tracepoint = "inet_sock_set_state")]
-pub fn set_state_arm(_ctx: RawTracePointContext) -> i32 {
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn set_state_arm(_ctx: BtfTracePointContext) -> i32 {
     set(&PENDING, 1);
     0
 }
 
-#[raw_tracepoint(tracepoint = "inet_sock_set_state")]
-pub fn set_state(ctx: RawTracePointContext) -> i32 {
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn set_state(ctx: BtfTracePointContext) -> i32 {
     let t = Transition::of(&ctx);
     if config().flags & filter::OVERFLOW_ONLY != 0 {
         // Attached alone (a TIME_WAIT table's overflow check): no backup reads the flags.
@@ -64,8 +66,8 @@ pub fn set_state(ctx: RawTracePointContext) -> i32 {
 }
 
 /// Attached last; handles the transitions the kernel skipped the primary for.
-#[raw_tracepoint(tracepoint = "inet_sock_set_state")]
-pub fn set_state_nest(ctx: RawTracePointContext) -> i32 {
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn set_state_nest(ctx: BtfTracePointContext) -> i32 {
     if get(&BUSY) == 0 && get(&PENDING) == 0 {
         return 0;
     }
@@ -92,7 +94,7 @@ fn get(flag: &PerCpuArray<u32>) -> u32 {
     flag.get_ptr_mut(0).map_or(0, |p| unsafe { *p })
 }
 
-/// The tracepoint's arguments.
+/// The tracepoint's arguments (`sk` is a BTF-typed pointer to the verifier).
 struct Transition {
     sk: u64,
     old: u32,
@@ -101,7 +103,7 @@ struct Transition {
 
 impl Transition {
     #[inline(always)]
-    fn of(ctx: &RawTracePointContext) -> Self {
+    fn of(ctx: &BtfTracePointContext) -> Self {
         let old: u64 = ctx.arg(1);
         let new: u64 = ctx.arg(2);
         Self { sk: ctx.arg(0), old: old as u32, new: new as u32 }
@@ -117,12 +119,6 @@ impl Transition {
 #[inline(always)]
 fn state_bit(mask: u32, s: u32) -> bool {
     s < 32 && mask & (1 << s) != 0
-}
-
-/// A failed read of the socket: counted, and the transition dropped.
-#[inline(always)]
-fn sk_read<T>(sk: u64, off: u32) -> Result<T, ()> {
-    read(sk, off).map_err(|_| count(stat::READ_ERROR))
 }
 
 /// The filter config, unless the state filter (a function of the arguments only, so it costs
@@ -151,17 +147,16 @@ fn config() -> FilterConfig {
 
 /// The overflow check alone (`filter::OVERFLOW_ONLY`): an active close whose TIME_WAIT timer
 /// this CPU just saw start (same ports in `LAST_TW`) created its TIME_WAIT socket, which is all a
-/// TIME_WAIT table needs to know, for one read of the socket. Anything else takes the full path,
+/// TIME_WAIT table needs to know, for two loads. Anything else takes the full path,
 /// which compares the whole 4-tuple and namespace and reports an overflow.
 #[inline(always)]
 fn overflow_check(t: &Transition, cfg: &FilterConfig) {
     if !t.into_tw() {
         return;
     }
-    let off = offsets();
-    if let (Ok(num), Ok(dport_be), Some(slot)) =
-        (read::<u16>(t.sk, off.skc_num), read::<u16>(t.sk, off.skc_dport), LAST_TW.get_ptr_mut(0))
-    {
+    let num: u16 = load(t.sk, off!(skc_num));
+    let dport_be: u16 = load(t.sk, off!(skc_dport));
+    if let Some(slot) = LAST_TW.get_ptr_mut(0) {
         // SAFETY: per-CPU slot, see `active_close`.
         let last = unsafe { &mut *slot };
         if last.sport == num && last.dport == u16::from_be(dport_be) && last.netns_cookie != 0 {
@@ -180,14 +175,13 @@ fn handle(t: &Transition, cfg: &FilterConfig) {
 #[inline(always)]
 fn try_handle(t: &Transition, cfg: &FilterConfig) -> Result<(), ()> {
     let (sk, oldstate, newstate, into_tw) = (t.sk, t.old, t.new, t.into_tw());
-    let off = offsets();
-    let protocol: u16 = sk_read(sk, off.sk_protocol)?;
+    let protocol: u16 = load(sk, off!(sk_protocol));
     if protocol != IPPROTO_TCP {
         return Ok(());
     }
-    let sport_be: u16 = sk_read(sk, off.inet_sport)?;
-    let c = common(&off, sk).map_err(|_| count(stat::READ_ERROR))?;
-    let (sport, dport, family, saddr, daddr) = (u16::from_be(sport_be), c.dport, c.family, c.saddr, c.daddr);
+    let Ok(c) = common_direct(sk) else { return Ok(()) };
+    let sport = local_port(sk, c.num)?;
+    let (dport, family, saddr, daddr) = (c.dport, c.family, c.saddr, c.daddr);
     if cfg.flags & filter::PORT != 0 {
         // SAFETY: read-only lookups of plain integers.
         let hit = unsafe { PORT_FILTER.get(&sport).is_some() || PORT_FILTER.get(&dport).is_some() };
@@ -198,15 +192,12 @@ fn try_handle(t: &Transition, cfg: &FilterConfig) -> Result<(), ()> {
     if cfg.flags & filter::PEER != 0 && PEER_FILTER.get(&Key::new(128, daddr)).is_none() {
         return Ok(());
     }
-    let cookie = net_cookie(&off, c.net).unwrap_or_else(|_| {
-        count(stat::READ_ERROR);
-        0
-    });
+    let cookie = net_cookie_direct(c.net);
     // SAFETY: read-only lookup of a plain integer.
     if !cfg.keeps_netns(cookie, |c| unsafe { NETNS_FILTER.get(&c) }.is_some()) {
         return Ok(());
     }
-    let aux = if into_tw { active_close(&off, sk, cookie, &saddr, &daddr, sport, dport) } else { 0 };
+    let aux = if into_tw { active_close(sk, cookie, &saddr, &daddr, sport, dport) } else { 0 };
     if cfg.flags & filter::OVERFLOW_ONLY != 0 && aux != state_aux::OVERFLOW {
         return Ok(());
     }
@@ -228,21 +219,29 @@ fn try_handle(t: &Transition, cfg: &FilterConfig) -> Result<(), ()> {
     Ok(())
 }
 
+/// The local port the tracepoint's record reports, `inet_sport`, given `skc_num`. TCP sets the two
+/// together with no state change in between (bind, autobind, connect's port choice, the clone of
+/// a listener) and never clears `inet_sport` alone, so a non-zero `skc_num` is the answer. It is
+/// zero before a port is chosen (CLOSE -> SYN_SENT, where `inet_sport` is zero too) and once the
+/// port has passed to a TIME_WAIT socket (FIN_WAIT2 -> CLOSE, where `inet_sport` still holds it):
+/// then read `inet_sport` itself. The integration tests check every port against the sockets'
+/// own addresses.
+#[inline(always)]
+fn local_port(sk: u64, num: u16) -> Result<u16, ()> {
+    if num != 0 {
+        return Ok(num);
+    }
+    let sport_be: u16 = read(sk, off!(inet_sport)).map_err(|_| count(stat::READ_ERROR))?;
+    Ok(u16::from_be(sport_be))
+}
+
 /// Did this active close create a TIME_WAIT socket? `tcp_time_wait()` arms the TIME_WAIT timer
 /// (recorded in `LAST_TW` by the timer program on this CPU) before `tcp_done()` moves the full
 /// socket to CLOSE, in the same call. No timer and no socket error means the kernel found
 /// `tcp_max_tw_buckets` full.
 #[inline(always)]
-fn active_close(
-    off: &KernelOffsets,
-    sk: u64,
-    cookie: u64,
-    saddr: &[u8; 16],
-    daddr: &[u8; 16],
-    sport: u16,
-    dport: u16,
-) -> u64 {
-    if off.tw_timer_fn == 0 {
+fn active_close(sk: u64, cookie: u64, saddr: &[u8; 16], daddr: &[u8; 16], sport: u16, dport: u16) -> u64 {
+    if off!(tw_timer_fn) == 0 {
         return 0;
     }
     let Some(slot) = LAST_TW.get_ptr_mut(0) else { return 0 };
@@ -257,6 +256,6 @@ fn active_close(
         *last = LastTw::default();
         return state_aux::TW_CREATED;
     }
-    let err: i32 = read(sk, off.sk_err).unwrap_or(1);
+    let err: i32 = load(sk, off!(sk_err));
     if err == 0 { state_aux::OVERFLOW } else { 0 }
 }
