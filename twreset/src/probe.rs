@@ -28,12 +28,12 @@ pub(crate) static EBPF_OBJ: &[u8] = aya::include_bytes_aligned!(env!("TWRESET_EB
 /// quiet stream.
 pub const DRAIN_EVERY: std::time::Duration = std::time::Duration::from_millis(10);
 
-/// The state programs, attached in this order to the raw tracepoint `inet_sock_set_state`: the
-/// arming one, the primary, then the backup that handles what the kernel skipped the primary for
-/// (see twreset-ebpf's `programs::state`).
+/// The state programs, attached in this order to the BTF-typed raw tracepoint (tp_btf)
+/// `inet_sock_set_state`: the arming one, the primary, then the backup that handles what the
+/// kernel skipped the primary for (see twreset-ebpf's `programs::state`).
 const STATE_PROGRAMS: [&str; 3] = ["set_state_arm", "set_state", "set_state_nest"];
 const STATE_TRACEPOINT: &str = "inet_sock_set_state";
-/// The TIME_WAIT lifecycle programs, attached as raw tracepoints of the same names.
+/// The TIME_WAIT lifecycle programs, attached as BTF-typed raw tracepoints of the same names.
 const TIMER_PROGRAMS: [&str; 3] = ["timer_start", "timer_expire_entry", "timer_cancel"];
 
 /// Every raw tracepoint the programs attach to, with the leading `TP_PROTO` arguments they read

@@ -1,8 +1,10 @@
-//! Find a kernel function's BTF type id by walking raw BTF: the fentry probe needs one id, and a
-//! full parse of vmlinux BTF costs ~0.4 s and 40 MB, ten times the rest of `twreset doctor`.
+//! Find a kernel function's (or a tracepoint typedef's) BTF type id by walking raw BTF: the fentry
+//! and tp_btf probes need one id each, and a full parse of vmlinux BTF costs ~0.4 s and 40 MB, ten
+//! times the rest of `twreset doctor`.
 //! Layout: include/uapi/linux/btf.h.
 
 const MAGIC: u16 = 0xeb9f;
+const KIND_TYPEDEF: u32 = 8;
 const KIND_FUNC: u32 = 12;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -33,6 +35,16 @@ fn extra(kind: u32, vlen: usize) -> Option<usize> {
 
 /// Type id of the FUNC named `name`, `Ok(None)` when there is none.
 pub fn func_id(btf: &[u8], name: &str) -> Result<Option<u32>, BtfFuncError> {
+    type_id(btf, KIND_FUNC, name)
+}
+
+/// Type id of the typedef `btf_trace_<tracepoint>` a tp_btf program attaches to, `Ok(None)` when
+/// there is none.
+pub fn tracepoint_id(btf: &[u8], tracepoint: &str) -> Result<Option<u32>, BtfFuncError> {
+    type_id(btf, KIND_TYPEDEF, &format!("btf_trace_{tracepoint}"))
+}
+
+fn type_id(btf: &[u8], want: u32, name: &str) -> Result<Option<u32>, BtfFuncError> {
     let hdr = |at| u32_at(btf, at).ok_or(BtfFuncError::Header);
     if btf.len() < 24 || u16::from_ne_bytes([btf[0], btf[1]]) != MAGIC {
         return Err(BtfFuncError::Header);
@@ -52,7 +64,7 @@ pub fn func_id(btf: &[u8], name: &str) -> Result<Option<u32>, BtfFuncError> {
             return Err(BtfFuncError::Truncated { id });
         };
         let kind = (info >> 24) & 0x1f;
-        if kind == KIND_FUNC && name_at(name_off as usize) == name.as_bytes() {
+        if kind == want && name_at(name_off as usize) == name.as_bytes() {
             return Ok(Some(id));
         }
         let more = extra(kind, (info & 0xffff) as usize).ok_or(BtfFuncError::Kind { id, kind })?;
@@ -122,5 +134,13 @@ mod tests {
                 .find(|id| matches!(btf.resolve_type_by_id(*id), Ok(btf_rs::Type::Func(_))));
             assert_eq!(func_id(&raw, name).unwrap(), want, "{name}");
         }
+        let want = btf
+            .resolve_ids_by_name("btf_trace_inet_sock_set_state")
+            .unwrap()
+            .into_iter()
+            .find(|id| matches!(btf.resolve_type_by_id(*id), Ok(btf_rs::Type::Typedef(_))));
+        assert!(want.is_some());
+        assert_eq!(tracepoint_id(&raw, "inet_sock_set_state").unwrap(), want);
+        assert_eq!(tracepoint_id(&raw, "tcp_close").unwrap(), None, "a function is not a tracepoint");
     }
 }

@@ -303,7 +303,7 @@ pub fn kernel(caps: &Capabilities, recycle_lines: &[ConfigLine], kernel_has_recy
         "tracefs",
         format!("tracefs mounted ({})", caps.tracefs.detail),
         format!(
-            "tracefs not mounted ({}); twreset does not need it (raw tracepoints), other tracers do",
+            "tracefs not mounted ({}); twreset does not need it (BTF-typed raw tracepoints), other tracers do",
             caps.tracefs.detail
         ),
         "mount -t tracefs tracefs /sys/kernel/tracing",
@@ -312,8 +312,11 @@ pub fn kernel(caps: &Capabilities, recycle_lines: &[ConfigLine], kernel_has_recy
         caps.bpf_tracepoint.available,
         Warning,
         "bpf_tracepoint",
-        format!("raw tracepoint programs load ({})", caps.bpf_tracepoint.detail),
-        format!("raw tracepoint programs do not load ({}): twreset trace cannot run", caps.bpf_tracepoint.detail),
+        format!("BTF-typed tracepoint programs (tp_btf) load ({})", caps.bpf_tracepoint.detail),
+        format!(
+            "BTF-typed tracepoint programs (tp_btf) do not load ({}): twreset trace, tw and top cannot run",
+            caps.bpf_tracepoint.detail
+        ),
         "run as root (or with CAP_BPF and CAP_PERFMON)",
     ));
     out.push(cap(

@@ -15,7 +15,7 @@ use crate::{
 
 const BPF_PROG_LOAD: libc::c_long = 5;
 /// What `twreset trace` loads for `inet_sock_set_state`.
-const BPF_PROG_TYPE_RAW_TRACEPOINT: u32 = 17;
+const BPF_TRACE_RAW_TP: u32 = 23;
 const BPF_PROG_TYPE_TRACING: u32 = 26;
 const BPF_TRACE_FENTRY: u32 = 24;
 /// Kernel functions an fentry probe may attach to (first one found in BTF wins).
@@ -131,10 +131,24 @@ fn probe_tracefs() -> Capability {
     }
 }
 
-fn probe_tracepoint() -> Capability {
-    match prog_load(BPF_PROG_TYPE_RAW_TRACEPOINT, 0, 0) {
-        Ok(()) => Capability::yes("BPF_PROG_LOAD of a raw tracepoint program succeeded"),
-        Err(e) => failed("BPF_PROG_LOAD of a raw tracepoint program", &e),
+/// The tracepoint the state programs attach to, as the tp_btf probe's target.
+const STATE_TRACEPOINT: &str = "inet_sock_set_state";
+
+/// Can a BTF-typed raw tracepoint (tp_btf) program load, as every twreset program is?
+fn probe_tracepoint(path: &Path) -> Capability {
+    let btf = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) => return Capability::no(None, format!("tp_btf needs kernel BTF: cannot read {}: {e}", path.display())),
+    };
+    let id = match btf_func::tracepoint_id(&btf, STATE_TRACEPOINT) {
+        Ok(Some(id)) => id,
+        Ok(None) => return Capability::no(None, format!("no btf_trace_{STATE_TRACEPOINT} in kernel BTF")),
+        Err(e) => return Capability::no(None, format!("cannot walk kernel BTF {}: {e}", path.display())),
+    };
+    let what = format!("BPF_PROG_LOAD of a tp_btf program on {STATE_TRACEPOINT}");
+    match prog_load(BPF_PROG_TYPE_TRACING, BPF_TRACE_RAW_TP, id) {
+        Ok(()) => Capability::yes(format!("{what} succeeded")),
+        Err(e) => failed(&what, &e),
     }
 }
 
@@ -212,13 +226,11 @@ pub fn kernel_release() -> String {
 /// Probe everything, in the calling thread's namespace.
 pub fn capabilities(release: &str) -> Capabilities {
     let btf_path = btf::vmlinux_path();
-    let bpf_tracepoint = probe_tracepoint();
+    let bpf_tracepoint = probe_tracepoint(&btf_path);
     let mut bpf_fentry = probe_fentry(&btf_path);
     if !bpf_tracepoint.available && !bpf_fentry.available {
         // EPERM for both says "no privilege", not "this kernel refuses trampolines".
-        bpf_fentry
-            .detail
-            .push_str("; inconclusive: even a raw tracepoint program is refused, so this is missing privilege");
+        bpf_fentry.detail.push_str("; inconclusive: even a tp_btf program is refused, so this is missing privilege");
     }
     let mut sock_destroy_time_wait = probe_sock_destroy(release);
     if sock_destroy_time_wait.available && caps::require_net_admin().is_err() {
