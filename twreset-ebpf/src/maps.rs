@@ -37,13 +37,28 @@ pub static LAST_TW: PerCpuArray<LastTw> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 pub static DETACHED: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
-/// Per CPU: 1 from the arming state program until the primary's end (see `programs::state`).
-#[map]
-pub static PENDING: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+/// Transitions the primary state program took on one CPU, the newest at `next - 1` (see
+/// `programs::state`).
+#[repr(C)]
+pub struct Handled {
+    /// Slot the next transition goes to (modulo [`HANDLED_SLOTS`]).
+    pub next: u64,
+    pub slots: [HandledSlot; HANDLED_SLOTS],
+}
 
-/// Per CPU: 1 while the primary state program's body runs (see `programs::state`).
+/// Nesting on one CPU is two deep at most; a few more slots only outlive stale entries longer.
+pub const HANDLED_SLOTS: usize = 8;
+
+/// One transition: the socket (0: empty) and `oldstate << 8 | newstate`.
+#[repr(C)]
+pub struct HandledSlot {
+    pub sk: u64,
+    pub states: u64,
+}
+
+/// Per CPU: [`Handled`].
 #[map]
-pub static BUSY: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+pub static HANDLED: PerCpuArray<Handled> = PerCpuArray::with_max_entries(1, 0);
 
 /// Per-CPU counters, indexed by `twreset_common::stat`.
 #[map]

@@ -2,6 +2,8 @@
 //! addresses by hand, everything appended to one reusable buffer (core::fmt costs several times
 //! more per event, see the bench's tracer CPU figures).
 
+pub mod line;
+
 use std::{
     io::Write,
     net::{IpAddr, Ipv4Addr},

@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 
 use crate::{
     decode::Transition,
-    ndjson::{Line, push_hex, push_ip, push_u64},
+    ndjson::{Line, line},
     tw_event::{TwCause, TwEvent, TwEventKind},
 };
 
@@ -103,35 +103,45 @@ pub fn json(t: &Transition) -> Value {
 }
 
 /// Append the NDJSON line of [`json`] to `buf`: the same object without a `serde_json::Value`
-/// or core::fmt per event (the hot path of `trace --json`).
+/// or core::fmt per event (the hot path of `trace --json`: keys as whole literals, values written
+/// in place, see [`line`]).
 pub fn push_json_line(buf: &mut Vec<u8>, t: &Transition) {
-    // Keys as whole literals: one copy per key (the hottest code of `trace --json`).
-    buf.reserve(256);
-    buf.extend_from_slice(b"{\"ts_ns\":");
-    push_u64(buf, t.ts_ns);
-    buf.extend_from_slice(b",\"netns_cookie\":");
-    push_u64(buf, t.netns_cookie);
-    buf.extend_from_slice(b",\"family\":\"");
-    buf.extend_from_slice(t.family.name().as_bytes());
-    buf.extend_from_slice(b"\",\"laddr\":\"");
-    push_ip(buf, t.laddr);
-    buf.extend_from_slice(b"\",\"lport\":");
-    push_u64(buf, t.lport.into());
-    buf.extend_from_slice(b",\"raddr\":\"");
-    push_ip(buf, t.raddr);
-    buf.extend_from_slice(b"\",\"rport\":");
-    push_u64(buf, t.rport.into());
-    buf.extend_from_slice(b",\"old\":\"");
-    buf.extend_from_slice(t.old.name().as_bytes());
-    buf.extend_from_slice(b"\",\"new\":\"");
-    buf.extend_from_slice(t.new.name().as_bytes());
-    buf.extend_from_slice(if t.into_time_wait() {
-        b"\",\"time_wait\":true,\"sk\":\""
-    } else {
-        b"\",\"time_wait\":false,\"sk\":\""
+    line::push_line(buf, |w| {
+        w.bytes(b"{\"ts_ns\":");
+        w.u64(t.ts_ns);
+        w.bytes(b",\"netns_cookie\":");
+        w.u64(t.netns_cookie);
+        w.bytes(b",\"family\":\"");
+        w.bytes(t.family.name().as_bytes());
+        w.bytes(b"\",\"laddr\":\"");
+        ip(w, t.laddr);
+        w.bytes(b"\",\"lport\":");
+        w.u64(t.lport.into());
+        w.bytes(b",\"raddr\":\"");
+        ip(w, t.raddr);
+        w.bytes(b"\",\"rport\":");
+        w.u64(t.rport.into());
+        w.bytes(b",\"old\":\"");
+        w.bytes(t.old.name().as_bytes());
+        w.bytes(b"\",\"new\":\"");
+        w.bytes(t.new.name().as_bytes());
+        w.bytes(if t.into_time_wait() {
+            b"\",\"time_wait\":true,\"sk\":\"0x"
+        } else {
+            b"\",\"time_wait\":false,\"sk\":\"0x"
+        });
+        w.hex(t.skaddr);
+        w.bytes(b"\"}\n");
     });
-    push_hex(buf, t.skaddr);
-    buf.extend_from_slice(b"\"}\n");
+}
+
+fn ip(w: &mut line::Writer<'_>, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => w.ipv4(v4),
+        IpAddr::V6(v6) => {
+            let _ = std::fmt::Write::write_fmt(w, format_args!("{v6}"));
+        }
+    }
 }
 
 /// Append the NDJSON line of [`tw_json`] to `buf` (same object, see [`push_json_line`]).

@@ -29,9 +29,9 @@ pub(crate) static EBPF_OBJ: &[u8] = aya::include_bytes_aligned!(env!("TWRESET_EB
 pub const DRAIN_EVERY: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// The state programs, attached in this order to the BTF-typed raw tracepoint (tp_btf)
-/// `inet_sock_set_state`: the arming one, the primary, then the backup that handles what the
-/// kernel skipped the primary for (see twreset-ebpf's `programs::state`).
-const STATE_PROGRAMS: [&str; 3] = ["set_state_arm", "set_state", "set_state_nest"];
+/// `inet_sock_set_state`: the primary, then the backup that handles what the kernel skipped the
+/// primary for (see twreset-ebpf's `programs::state`).
+const STATE_PROGRAMS: [&str; 2] = ["set_state", "set_state_nest"];
 const STATE_TRACEPOINT: &str = "inet_sock_set_state";
 /// The TIME_WAIT lifecycle programs, attached as BTF-typed raw tracepoints of the same names.
 const TIMER_PROGRAMS: [&str; 3] = ["timer_start", "timer_expire_entry", "timer_cancel"];
@@ -118,13 +118,12 @@ pub struct Loss {
 
 impl Loss {
     /// Account `misses` of the attached program `name`. The primary state program's misses less
-    /// the backup's recoveries are lost; the arming program's and the backup's own misses are
-    /// transitions the primary took. Without the backup the primary only checks for overflow: its
+    /// the backup's recoveries are lost; the backup's own misses are transitions the primary took. Without the backup the primary only checks for overflow: its
     /// misses are unchecked closes, not lost events. Any other program's misses are lost.
     fn add_misses(&mut self, name: &str, misses: u64, backup: bool, recovered: u64) {
         match name {
-            n if n == STATE_PROGRAMS[1] && !backup => self.overflow_unchecked += misses,
-            n if n == STATE_PROGRAMS[1] => self.recursion_misses += misses.saturating_sub(recovered),
+            n if n == STATE_PROGRAMS[0] && !backup => self.overflow_unchecked += misses,
+            n if n == STATE_PROGRAMS[0] => self.recursion_misses += misses.saturating_sub(recovered),
             n if STATE_PROGRAMS.contains(&n) => {}
             _ => self.recursion_misses += misses,
         }
@@ -290,7 +289,7 @@ impl Probe {
     /// transition on the host.
     pub fn attach_state_overflow_check(&mut self) -> Result<(), ProbeError> {
         let btf = aya::Btf::from_sys_fs().map_err(ProbeError::AyaBtf)?;
-        self.attach_btf(STATE_PROGRAMS[1], STATE_TRACEPOINT, &btf)
+        self.attach_btf(STATE_PROGRAMS[0], STATE_TRACEPOINT, &btf)
     }
 
     /// Load (verify) the BTF-typed raw tracepoint program `name` for `tracepoint` and attach it.
@@ -329,7 +328,7 @@ impl Probe {
             recursion_misses: 0,
             overflow_unchecked: 0,
         };
-        let backup = self.attached.contains(&STATE_PROGRAMS[2]);
+        let backup = self.attached.contains(&STATE_PROGRAMS[1]);
         for &name in &self.attached {
             let prog = self.ebpf.program(name).ok_or(ProbeError::NoProgram { name })?;
             let fd = prog.fd().map_err(|source| ProbeError::Program { name, action: "fd", source })?;
@@ -381,8 +380,7 @@ mod tests {
     #[test]
     fn recursion_misses_are_lost_unless_recovered() {
         let mut l = Loss::default();
-        // Full trace: arm, primary, backup, and a timer program.
-        l.add_misses("set_state_arm", 3, true, 7);
+        // Full trace: primary, backup, and a timer program.
         l.add_misses("set_state", 9, true, 7);
         l.add_misses("set_state_nest", 5, true, 7);
         l.add_misses("timer_start", 2, true, 7);

@@ -1,21 +1,22 @@
 //! `inet_sock_set_state` (raw tracepoint): one filtered [`Event`] per TCP state transition.
 //!
-//! Three programs attach to the same tracepoint, in this order, so that no transition is lost
-//! to recursion without being counted. The kernel runs each raw tracepoint program at most once
-//! per CPU at a time and skips (counts as a `recursion_miss`) a run that would nest: a state
-//! change in softirq that interrupts a program while it handles one in process context.
-//! - `set_state_arm` raises a per-CPU `PENDING` flag: "the primary is about to run here".
-//! - `set_state` (the primary) raises `BUSY` for its body, handles the transition, then lowers
-//!   both flags.
-//! - `set_state_nest` (the backup) handles a transition only when it finds a flag raised: then
-//!   the primary is in progress in an outer frame on this CPU — including the instructions the
-//!   kernel runs around its body — so the kernel skipped it for this one. The backup lowers
-//!   `PENDING` (so the outer frame's backup does not take the outer transition twice) and counts
-//!   what it took over (`stat::RECOVERED`).
+//! Two programs attach to the same tracepoint, in this order, so that no transition is lost to
+//! recursion without being counted. The kernel runs each raw tracepoint program at most once per
+//! CPU at a time and skips (counts as a `recursion_miss`) a run that would nest: a state change in
+//! softirq that interrupts a program while it handles one in process context.
+//! - `set_state` (the primary) first records the transition it was called for in this CPU's
+//!   [`HANDLED`] slots (the socket and the two states), then handles it.
+//! - `set_state_nest` (the backup) runs right after it for the same transition. When it finds that
+//!   transition in the slots it takes the entry out and stops: the primary had it. When it does
+//!   not, the kernel skipped the primary for this transition: it nested inside the primary's run
+//!   on this CPU, anywhere from the kernel's own instructions before the body to those after it.
+//!   The backup handles it and counts what it took over (`stat::RECOVERED`).
 //!
-//! Nesting is at most one level deep (softirq on process context), so each transition is handled
-//! once: userspace reports `primary misses - recovered` as lost, which is what nested on the
-//! backup while the primary was skipped too.
+//! An entry the backup never takes out (the primary ran nested inside the backup, which the kernel
+//! then skipped) is overwritten when the slots wrap; a later transition of the same socket with the
+//! same two states cannot need the backup before then. Nesting is at most one level deep (softirq
+//! on process context), so each transition is handled once: userspace reports `primary misses -
+//! recovered` as lost, which is what nested on the backup while the primary was skipped too.
 //!
 //! The programs are BTF-typed raw tracepoints (`tp_btf`) with the arguments
 //! `TP_PROTO(const struct sock *sk, const int oldstate, const int newstate)` (checked against the
@@ -27,71 +28,81 @@
 //! and pays a helper read only when it is not.
 
 use aya_ebpf::{
-    helpers::bpf_ktime_get_ns,
-    macros::btf_tracepoint,
-    maps::{PerCpuArray, lpm_trie::Key},
-    programs::BtfTracePointContext,
+    helpers::bpf_ktime_get_ns, macros::btf_tracepoint, maps::lpm_trie::Key, programs::BtfTracePointContext,
 };
 use twreset_common::{Event, FilterConfig, IPPROTO_TCP, LastTw, filter, kind, stat, state_aux, tcp_state};
 
 use crate::{
-    maps::{BUSY, CONFIG, LAST_TW, NETNS_FILTER, PEER_FILTER, PENDING, PORT_FILTER, count, send},
+    maps::{CONFIG, HANDLED, HANDLED_SLOTS, LAST_TW, NETNS_FILTER, PEER_FILTER, PORT_FILTER, count, send},
     offsets::{common_direct, load, net_cookie_direct, off, read},
 };
-
-/// Attached first: marks the primary's run as pending on this CPU.
-#[btf_tracepoint(function = "inet_sock_set_state")]
-pub fn set_state_arm(_ctx: BtfTracePointContext) -> i32 {
-    set(&PENDING, 1);
-    0
-}
 
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn set_state(ctx: BtfTracePointContext) -> i32 {
     let t = Transition::of(&ctx);
     if config().flags & filter::OVERFLOW_ONLY != 0 {
-        // Attached alone (a TIME_WAIT table's overflow check): no backup reads the flags.
+        // Attached alone (a TIME_WAIT table's overflow check): no backup reads the slots.
         if let Some(cfg) = state_filter(&t) {
             overflow_check(&t, &cfg);
         }
         return 0;
     }
-    set(&BUSY, 1);
+    record_handled(&t);
     if let Some(cfg) = state_filter(&t) {
         handle(&t, &cfg);
     }
-    set(&BUSY, 0);
-    set(&PENDING, 0);
     0
 }
 
-/// Attached last; handles the transitions the kernel skipped the primary for.
+/// Attached after the primary; handles the transitions the kernel skipped the primary for.
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn set_state_nest(ctx: BtfTracePointContext) -> i32 {
-    if get(&BUSY) == 0 && get(&PENDING) == 0 {
+    let t = Transition::of(&ctx);
+    if take_handled(&t) {
         return 0;
     }
-    set(&PENDING, 0);
     count(stat::RECOVERED);
-    let t = Transition::of(&ctx);
     if let Some(cfg) = state_filter(&t) {
         handle(&t, &cfg);
     }
     0
 }
 
+/// The primary's first step: note `t` in this CPU's next slot.
 #[inline(always)]
-fn set(flag: &PerCpuArray<u32>, v: u32) {
-    if let Some(p) = flag.get_ptr_mut(0) {
-        // SAFETY: this CPU's slot; the writers on a CPU are ordered by the protocol above.
-        unsafe { *p = v };
+fn record_handled(t: &Transition) {
+    let Some(h) = HANDLED.get_ptr_mut(0) else { return };
+    // SAFETY: this CPU's slots. A backup may interrupt these stores: the socket is cleared first
+    // and set last, so it never matches a half-written slot.
+    unsafe {
+        let slot = &mut (*h).slots[(*h).next as usize % HANDLED_SLOTS];
+        core::ptr::write_volatile(&mut slot.sk, 0);
+        core::ptr::write_volatile(&mut slot.states, t.states());
+        core::ptr::write_volatile(&mut slot.sk, t.sk);
+        (*h).next = (*h).next.wrapping_add(1);
     }
 }
 
+/// The backup's test: did the primary take `t`? Takes its entry out if so. Newest slot first,
+/// where the primary's entry for this very transition normally is.
 #[inline(always)]
-fn get(flag: &PerCpuArray<u32>) -> u32 {
-    // SAFETY: this CPU's slot, read only.
-    flag.get_ptr_mut(0).map_or(0, |p| unsafe { *p })
+fn take_handled(t: &Transition) -> bool {
+    let Some(h) = HANDLED.get_ptr_mut(0) else { return false };
+    let states = t.states();
+    // SAFETY: this CPU's slots; see `record_handled`.
+    unsafe {
+        let next = (*h).next as usize;
+        let mut i = 1;
+        while i <= HANDLED_SLOTS {
+            let slot = &mut (*h).slots[next.wrapping_sub(i) % HANDLED_SLOTS];
+            if core::ptr::read_volatile(&slot.sk) == t.sk && core::ptr::read_volatile(&slot.states) == states {
+                core::ptr::write_volatile(&mut slot.sk, 0);
+                return true;
+            }
+            i += 1;
+        }
+    }
+    false
 }
 
 /// The tracepoint's arguments (`sk` is a BTF-typed pointer to the verifier).
@@ -107,6 +118,12 @@ impl Transition {
         let old: u64 = ctx.arg(1);
         let new: u64 = ctx.arg(2);
         Self { sk: ctx.arg(0), old: old as u32, new: new as u32 }
+    }
+
+    /// The two states as one word, for [`HANDLED`].
+    #[inline(always)]
+    fn states(&self) -> u64 {
+        (self.old as u64) << 8 | self.new as u64
     }
 
     /// The active close into TIME_WAIT, as the tracepoint shows it.
