@@ -34,6 +34,7 @@ fn sigterm_and_sigint_exit_0_with_summary_and_detach() {
         assert_eq!(out.lines().count(), 2 * 10 + 2, "{out}");
         let summary = err.lines().last().unwrap();
         assert!(summary.starts_with("twreset: 22 events seen, 0 lost"), "{sig}: {summary}");
+        assert!(summary.ends_with(" recovered after nesting"), "{sig}: {summary}");
         // The kernel frees a raw tracepoint's program after an RCU grace period once its last
         // fd is closed, so give it a moment; a program still there after 5 s is a leak.
         let deadline = std::time::Instant::now() + Duration::from_secs(5);

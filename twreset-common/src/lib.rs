@@ -3,6 +3,7 @@
 
 use core::mem::size_of;
 
+pub mod handled;
 pub mod iter;
 
 /// Kinds of [`Event`]. Integers on the wire, converted with `TryFrom` in userspace.

@@ -5,7 +5,7 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LpmTrie, PerCpuArray, RingBuf},
 };
-use twreset_common::{Event, FilterConfig, LastTw, PeerKey, stat};
+use twreset_common::{Event, FilterConfig, LastTw, PeerKey, handled::Handled, stat};
 
 /// Events to userspace. 8 MiB absorbs a few hundred thousand events of burst.
 #[map]
@@ -37,26 +37,7 @@ pub static LAST_TW: PerCpuArray<LastTw> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 pub static DETACHED: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
-/// Transitions the primary state program took on one CPU, the newest at `next - 1` (see
-/// `programs::state`).
-#[repr(C)]
-pub struct Handled {
-    /// Slot the next transition goes to (modulo [`HANDLED_SLOTS`]).
-    pub next: u64,
-    pub slots: [HandledSlot; HANDLED_SLOTS],
-}
-
-/// Nesting on one CPU is two deep at most; a few more slots only outlive stale entries longer.
-pub const HANDLED_SLOTS: usize = 8;
-
-/// One transition: the socket (0: empty) and `oldstate << 8 | newstate`.
-#[repr(C)]
-pub struct HandledSlot {
-    pub sk: u64,
-    pub states: u64,
-}
-
-/// Per CPU: [`Handled`].
+/// Per CPU: the state programs' notes of what the primary took (`twreset_common::handled`).
 #[map]
 pub static HANDLED: PerCpuArray<Handled> = PerCpuArray::with_max_entries(1, 0);
 

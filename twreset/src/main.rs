@@ -33,11 +33,12 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let cfg = cmd::trace::TraceConfig::try_from(args)?;
             let s = cmd::trace::run(cfg, shutdown_signal()?).await?;
             eprintln!(
-                "twreset: {} events seen, {} lost ({}){}",
+                "twreset: {} events seen, {} lost ({}){}; {} recovered after nesting",
                 s.events,
                 s.loss.lost(),
                 s.loss.breakdown(),
-                if s.decode_errors > 0 { format!(", {} undecodable", s.decode_errors) } else { String::new() }
+                if s.decode_errors > 0 { format!(", {} undecodable", s.decode_errors) } else { String::new() },
+                s.loss.recovered,
             );
             tracing::debug!("kernel side sent {} events", s.loss.sent);
             Ok(ExitCode::SUCCESS)

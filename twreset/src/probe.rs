@@ -114,6 +114,9 @@ pub struct Loss {
     /// State transitions (any, host-wide) the overflow check alone was skipped for on
     /// recursion (see [`Probe::attach_state_overflow_check`]): not lost events.
     pub overflow_unchecked: u64,
+    /// Transitions the kernel skipped the primary state program for (they nested inside its run)
+    /// that the backup handled: not lost, shown so the recovery is seen working.
+    pub recovered: u64,
 }
 
 impl Loss {
@@ -327,8 +330,12 @@ impl Probe {
             sent: sum(stat::SENT),
             recursion_misses: 0,
             overflow_unchecked: 0,
+            recovered: 0,
         };
         let backup = self.attached.contains(&STATE_PROGRAMS[1]);
+        if backup {
+            loss.recovered = sum(stat::RECOVERED);
+        }
         for &name in &self.attached {
             let prog = self.ebpf.program(name).ok_or(ProbeError::NoProgram { name })?;
             let fd = prog.fd().map_err(|source| ProbeError::Program { name, action: "fd", source })?;
@@ -398,7 +405,14 @@ mod tests {
 
     #[test]
     fn a_failed_kernel_read_is_a_lost_event() {
-        let l = Loss { ringbuf_full: 1, recursion_misses: 2, read_errors: 4, sent: 100, overflow_unchecked: 8 };
+        let l = Loss {
+            ringbuf_full: 1,
+            recursion_misses: 2,
+            read_errors: 4,
+            sent: 100,
+            overflow_unchecked: 8,
+            recovered: 16,
+        };
         assert_eq!(l.lost(), 7);
         assert_eq!(l.breakdown(), "ring buffer full: 1, recursion misses: 2, kernel read errors: 4");
     }

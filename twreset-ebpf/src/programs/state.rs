@@ -1,22 +1,12 @@
-//! `inet_sock_set_state` (raw tracepoint): one filtered [`Event`] per TCP state transition.
+//! `inet_sock_set_state` (BTF-typed raw tracepoint): one filtered [`Event`] per TCP state transition.
 //!
 //! Two programs attach to the same tracepoint, in this order, so that no transition is lost to
-//! recursion without being counted. The kernel runs each raw tracepoint program at most once per
-//! CPU at a time and skips (counts as a `recursion_miss`) a run that would nest: a state change in
-//! softirq that interrupts a program while it handles one in process context.
-//! - `set_state` (the primary) first records the transition it was called for in this CPU's
-//!   [`HANDLED`] slots (the socket and the two states), then handles it.
-//! - `set_state_nest` (the backup) runs right after it for the same transition. When it finds that
-//!   transition in the slots it takes the entry out and stops: the primary had it. When it does
-//!   not, the kernel skipped the primary for this transition: it nested inside the primary's run
-//!   on this CPU, anywhere from the kernel's own instructions before the body to those after it.
-//!   The backup handles it and counts what it took over (`stat::RECOVERED`).
-//!
-//! An entry the backup never takes out (the primary ran nested inside the backup, which the kernel
-//! then skipped) is overwritten when the slots wrap; a later transition of the same socket with the
-//! same two states cannot need the backup before then. Nesting is at most one level deep (softirq
-//! on process context), so each transition is handled once: userspace reports `primary misses -
-//! recovered` as lost, which is what nested on the backup while the primary was skipped too.
+//! recursion without being counted: `set_state` (the primary) and `set_state_nest` (the backup),
+//! which handles a transition only when the kernel skipped the primary for it (a state change in
+//! softirq nesting inside the primary's run in process context). The primary notes each
+//! transition it is called for on entry; the backup takes the note out, or finds none and recovers
+//! the transition (`stat::RECOVERED`). The protocol, with its host tests, is
+//! `twreset_common::handled`; userspace reports `primary misses - recovered` as lost.
 //!
 //! The programs are BTF-typed raw tracepoints (`tp_btf`) with the arguments
 //! `TP_PROTO(const struct sock *sk, const int oldstate, const int newstate)` (checked against the
@@ -30,10 +20,14 @@
 use aya_ebpf::{
     helpers::bpf_ktime_get_ns, macros::btf_tracepoint, maps::lpm_trie::Key, programs::BtfTracePointContext,
 };
-use twreset_common::{Event, FilterConfig, IPPROTO_TCP, LastTw, filter, kind, stat, state_aux, tcp_state};
+use twreset_common::{
+    Event, FilterConfig, IPPROTO_TCP, LastTw, filter,
+    handled::{self, Verdict},
+    kind, stat, state_aux, tcp_state,
+};
 
 use crate::{
-    maps::{CONFIG, HANDLED, HANDLED_SLOTS, LAST_TW, NETNS_FILTER, PEER_FILTER, PORT_FILTER, count, send},
+    maps::{CONFIG, HANDLED, LAST_TW, NETNS_FILTER, PEER_FILTER, PORT_FILTER, count, send},
     offsets::{common_direct, load, net_cookie_direct, off, read},
 };
 
@@ -57,52 +51,27 @@ pub fn set_state(ctx: BtfTracePointContext) -> i32 {
 /// Attached after the primary; handles the transitions the kernel skipped the primary for.
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn set_state_nest(ctx: BtfTracePointContext) -> i32 {
+    let Some(h) = HANDLED.get_ptr_mut(0) else { return 0 };
     let t = Transition::of(&ctx);
-    if take_handled(&t) {
-        return 0;
+    // SAFETY: this CPU's notes; see `handled::take`.
+    if unsafe { handled::take(h, t.sk, handled::states(t.old, t.new)) } == Verdict::Recover {
+        count(stat::RECOVERED);
+        if let Some(cfg) = state_filter(&t) {
+            handle(&t, &cfg);
+        }
     }
-    count(stat::RECOVERED);
-    if let Some(cfg) = state_filter(&t) {
-        handle(&t, &cfg);
-    }
+    // SAFETY: as above.
+    unsafe { handled::done(h) };
     0
 }
 
-/// The primary's first step: note `t` in this CPU's next slot.
+/// The primary's first step: note `t` in this CPU's slots (`handled::record`).
 #[inline(always)]
 fn record_handled(t: &Transition) {
-    let Some(h) = HANDLED.get_ptr_mut(0) else { return };
-    // SAFETY: this CPU's slots. A backup may interrupt these stores: the socket is cleared first
-    // and set last, so it never matches a half-written slot.
-    unsafe {
-        let slot = &mut (*h).slots[(*h).next as usize % HANDLED_SLOTS];
-        core::ptr::write_volatile(&mut slot.sk, 0);
-        core::ptr::write_volatile(&mut slot.states, t.states());
-        core::ptr::write_volatile(&mut slot.sk, t.sk);
-        (*h).next = (*h).next.wrapping_add(1);
+    if let Some(h) = HANDLED.get_ptr_mut(0) {
+        // SAFETY: this CPU's notes; see `handled::record`.
+        unsafe { handled::record(h, t.sk, handled::states(t.old, t.new)) };
     }
-}
-
-/// The backup's test: did the primary take `t`? Takes its entry out if so. Newest slot first,
-/// where the primary's entry for this very transition normally is.
-#[inline(always)]
-fn take_handled(t: &Transition) -> bool {
-    let Some(h) = HANDLED.get_ptr_mut(0) else { return false };
-    let states = t.states();
-    // SAFETY: this CPU's slots; see `record_handled`.
-    unsafe {
-        let next = (*h).next as usize;
-        let mut i = 1;
-        while i <= HANDLED_SLOTS {
-            let slot = &mut (*h).slots[next.wrapping_sub(i) % HANDLED_SLOTS];
-            if core::ptr::read_volatile(&slot.sk) == t.sk && core::ptr::read_volatile(&slot.states) == states {
-                core::ptr::write_volatile(&mut slot.sk, 0);
-                return true;
-            }
-            i += 1;
-        }
-    }
-    false
 }
 
 /// The tracepoint's arguments (`sk` is a BTF-typed pointer to the verifier).
@@ -118,12 +87,6 @@ impl Transition {
         let old: u64 = ctx.arg(1);
         let new: u64 = ctx.arg(2);
         Self { sk: ctx.arg(0), old: old as u32, new: new as u32 }
-    }
-
-    /// The two states as one word, for [`HANDLED`].
-    #[inline(always)]
-    fn states(&self) -> u64 {
-        (self.old as u64) << 8 | self.new as u64
     }
 
     /// The active close into TIME_WAIT, as the tracepoint shows it.

@@ -15,6 +15,12 @@ pub fn twreset_summary(lines: &[String]) -> Option<(u64, u64)> {
     Some((seen, lost))
 }
 
+/// The `; N recovered after nesting` of twreset's exit summary.
+pub fn twreset_recovered(lines: &[String]) -> Option<u64> {
+    let l = lines.iter().rev().find(|l| l.contains(" events seen, "))?;
+    l.split("; ").nth(1)?.strip_suffix(" recovered after nesting")?.parse().ok()
+}
+
 /// Sum of the `@[state]: N` lines bpftrace prints for its count map at exit.
 pub fn map_sum(lines: &[String]) -> u64 {
     lines.iter().filter(|l| l.starts_with("@[")).filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok()).sum()
@@ -57,9 +63,11 @@ mod tests {
     fn twreset_exit_summary() {
         let l = lines(&[
             "twreset: tracing TCP state transitions in /run/netns/x (Ctrl-C to stop)",
-            "twreset: 324289 events seen, 7 lost (ring buffer full: 7, recursion misses: 0, kernel read errors: 0)",
+            "twreset: 324289 events seen, 7 lost (ring buffer full: 7, recursion misses: 0, kernel read errors: 0); 31 recovered after nesting",
         ]);
         assert_eq!(twreset_summary(&l), Some((324289, 7)));
+        assert_eq!(twreset_recovered(&l), Some(31));
+        assert_eq!(twreset_recovered(&lines(&["twreset: 1 events seen, 0 lost (...)"])), None);
         assert_eq!(twreset_summary(&lines(&["nothing"])), None);
     }
 

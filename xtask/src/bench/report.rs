@@ -132,7 +132,11 @@ impl Report<'_> {
                     num(o.med(|r| r.seen.map(|s| s as f64)), 0),
                     {
                         let own = num(o.med(|r| r.lost.map(|l| l as f64)), 0);
-                        if o.kind == Kind::BpftracePrint { format!("{own} records") } else { own }
+                        match o.med(|r| r.recovered.map(|n| n as f64)) {
+                            _ if o.kind == Kind::BpftracePrint => format!("{own} records"),
+                            Some(n) => format!("{own} ({n:.0} nested, recovered)"),
+                            None => own,
+                        }
                     },
                     num(o.med(|r| r.seen.map(|s| r.expected.saturating_sub(s) as f64)), 0),
                     num(o.med(|r| r.per_million(r.cpu_s)), 3),

@@ -12,7 +12,7 @@ use super::{
     churn::{self, Churned},
     median,
     ns::Ns,
-    parse::{bpftrace_lost, map_sum, tw_totals, twreset_summary},
+    parse::{bpftrace_lost, map_sum, tw_totals, twreset_recovered, twreset_summary},
     sys,
     tracer::{self, Lines, Output, Tracer},
 };
@@ -89,6 +89,8 @@ pub struct Run {
     pub hwm_kib: Option<u64>,
     /// The tracer's own closing words about loss (twreset's summary, bpftrace's `Lost` lines).
     pub loss_note: Option<String>,
+    /// Transitions twreset's backup program handled because the kernel skipped the primary.
+    pub recovered: Option<u64>,
     /// TIME_WAIT lifecycle events printed (`trace --timewait`), beside the transitions.
     pub tw_events: Option<u64>,
     /// Host CPU time during the churn not used by the churn or the tracer: the other tenants'
@@ -105,6 +107,7 @@ impl Run {
             "bpf_stats": self.stats, "churn": self.churn.json(), "expected_transitions": self.expected, "seen": self.seen, "lost_reported": self.lost,
             "tracer_cpu_s": self.cpu_s, "bpf_run_s": self.bpf_s, "bpf_progs": self.bpf_progs, "peak_rss_kib": self.hwm_kib,
             "loss_note": self.loss_note,
+            "recovered": self.recovered,
             "tw_lifecycle_events": self.tw_events,
             "others_cpu_s": self.others_cpu_s,
         })
@@ -238,6 +241,7 @@ fn interpret(kind: Kind, out: &Output, err: &Output, run: &mut Run) {
             if let Some((seen, lost)) = twreset_summary(&err.other) {
                 run.seen = Some(run.seen.map_or(seen, |s| s.min(seen)));
                 run.lost = Some(lost);
+                run.recovered = twreset_recovered(&err.other);
             }
             if kind == Kind::TwresetTable
                 && let Some(t) = tw_totals(&out.other.join("\n"))
