@@ -46,12 +46,6 @@ macro_rules! off {
 }
 pub(crate) use off;
 
-/// `timer_list.function`'s offset, for [`load`].
-#[inline(always)]
-pub fn timer_function_offset() -> u32 {
-    off!(timer_function)
-}
-
 /// Load a `T` at `ptr + off` where `ptr` is a BTF-typed pointer (a `tp_btf` argument, or a
 /// pointer loaded through one) and `off` a known constant ([`off!`]): the verifier checks the
 /// access against the kernel's BTF and turns it into a fault-safe load, with no helper call.
@@ -60,14 +54,6 @@ pub fn timer_function_offset() -> u32 {
 pub fn load<T>(ptr: u64, off: u32) -> T {
     // SAFETY: see above; a fault reads zeros instead of crashing.
     unsafe { core::ptr::read((ptr + off as u64) as *const T) }
-}
-
-/// `tw_timer_handler`'s address (0: TIME_WAIT tracking off), read on its own: the first test of
-/// every timer event, before anything else is loaded.
-#[inline(always)]
-pub fn tw_timer_fn() -> u64 {
-    // SAFETY: as above.
-    unsafe { core::ptr::read_volatile(&OFFSETS.tw_timer_fn) }
 }
 
 /// Read a `T` at `base + off` from kernel memory.

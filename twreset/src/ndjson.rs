@@ -1,13 +1,10 @@
-//! Allocation-free NDJSON lines for the hot `trace --json` path: integers with `itoa`, IPv4
-//! addresses by hand, everything appended to one reusable buffer (core::fmt costs several times
-//! more per event, see the bench's tracer CPU figures).
+//! Allocation-free NDJSON lines appended to one reusable buffer: [`Line`] for objects built key by
+//! key, values written by [`line::Writer`] (core::fmt costs several times more per event, see the
+//! bench's tracer CPU figures).
 
 pub mod line;
 
-use std::{
-    io::Write,
-    net::{IpAddr, Ipv4Addr},
-};
+use std::net::IpAddr;
 
 /// One JSON object being appended to `buf`; keys and string values must need no escaping.
 pub struct Line<'a> {
@@ -33,7 +30,7 @@ impl<'a> Line<'a> {
 
     pub fn u64(&mut self, k: &str, v: u64) -> &mut Self {
         self.key(k);
-        push_u64(self.buf, v);
+        line::push_line(self.buf, |w| w.u64(v));
         self
     }
 
@@ -54,58 +51,28 @@ impl<'a> Line<'a> {
 
     pub fn ip(&mut self, k: &str, ip: IpAddr) -> &mut Self {
         self.key(k);
-        self.buf.push(b'"');
-        push_ip(self.buf, ip);
-        self.buf.push(b'"');
+        line::push_line(self.buf, |w| {
+            w.bytes(b"\"");
+            w.ip(ip);
+            w.bytes(b"\"");
+        });
         self
     }
 
     /// `"0x..."`, as `{:#x}` writes it.
     pub fn hex(&mut self, k: &str, v: u64) -> &mut Self {
         self.key(k);
-        self.buf.push(b'"');
-        push_hex(self.buf, v);
-        self.buf.push(b'"');
+        line::push_line(self.buf, |w| {
+            w.bytes(b"\"0x");
+            w.hex(v);
+            w.bytes(b"\"");
+        });
         self
     }
 
     /// Close the object and end the line.
     pub fn end(&mut self) {
         self.buf.extend_from_slice(b"}\n");
-    }
-}
-
-/// Append `v` in decimal.
-pub fn push_u64(buf: &mut Vec<u8>, v: u64) {
-    buf.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
-}
-
-/// Append `ip` (IPv4 dotted, IPv6 in its canonical form), unquoted.
-pub fn push_ip(buf: &mut Vec<u8>, ip: IpAddr) {
-    match ip {
-        IpAddr::V4(v4) => push_v4(buf, v4),
-        // Display is the canonical RFC 5952 form; IPv6 is not the hot case.
-        IpAddr::V6(v6) => {
-            let _ = write!(buf, "{v6}");
-        }
-    }
-}
-
-/// Append `0x` and `v` in lowercase hex, as `{:#x}` writes it.
-pub fn push_hex(buf: &mut Vec<u8>, v: u64) {
-    buf.extend_from_slice(b"0x");
-    let digits = if v == 0 { 1 } else { (64 - v.leading_zeros()).div_ceil(4) };
-    for i in (0..digits).rev() {
-        buf.push(b"0123456789abcdef"[((v >> (i * 4)) & 0xf) as usize]);
-    }
-}
-
-fn push_v4(buf: &mut Vec<u8>, v4: Ipv4Addr) {
-    for (i, o) in v4.octets().into_iter().enumerate() {
-        if i > 0 {
-            buf.push(b'.');
-        }
-        buf.extend_from_slice(itoa::Buffer::new().format(o).as_bytes());
     }
 }
 
@@ -136,8 +103,8 @@ mod tests {
         );
         for ip in ["0.0.0.0", "255.255.255.255", "127.0.0.1", "1.22.123.4"] {
             let mut buf = Vec::new();
-            push_v4(&mut buf, ip.parse().unwrap());
-            assert_eq!(String::from_utf8(buf).unwrap(), ip);
+            Line::new(&mut buf).ip("a", ip.parse().unwrap());
+            assert_eq!(String::from_utf8(buf).unwrap(), format!("{{\"a\":\"{ip}\""));
         }
     }
 }

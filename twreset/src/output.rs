@@ -114,11 +114,11 @@ pub fn push_json_line(buf: &mut Vec<u8>, t: &Transition) {
         w.bytes(b",\"family\":\"");
         w.bytes(t.family.name().as_bytes());
         w.bytes(b"\",\"laddr\":\"");
-        ip(w, t.laddr);
+        w.ip(t.laddr);
         w.bytes(b"\",\"lport\":");
         w.u64(t.lport.into());
         w.bytes(b",\"raddr\":\"");
-        ip(w, t.raddr);
+        w.ip(t.raddr);
         w.bytes(b"\",\"rport\":");
         w.u64(t.rport.into());
         w.bytes(b",\"old\":\"");
@@ -133,15 +133,6 @@ pub fn push_json_line(buf: &mut Vec<u8>, t: &Transition) {
         w.hex(t.skaddr);
         w.bytes(b"\"}\n");
     });
-}
-
-fn ip(w: &mut line::Writer<'_>, ip: IpAddr) {
-    match ip {
-        IpAddr::V4(v4) => w.ipv4(v4),
-        IpAddr::V6(v6) => {
-            let _ = std::fmt::Write::write_fmt(w, format_args!("{v6}"));
-        }
-    }
 }
 
 /// Append the NDJSON line of [`tw_json`] to `buf` (same object, see [`push_json_line`]).

@@ -19,7 +19,7 @@ use twreset_common::{Event, FilterConfig, KernelOffsets, LastTw, kind, stat};
 
 use crate::{
     maps::{CONFIG, DETACHED, LAST_TW, NETNS_FILTER, count, send},
-    offsets::{common, net_cookie, netns_cookie, offsets, read, timer_function_offset, tw_timer_fn},
+    offsets::{common, load, net_cookie, netns_cookie, off, offsets, read},
 };
 
 /// Stack frames examined at `timer_cancel` (detach_if_pending, timer_shutdown_sync,
@@ -95,17 +95,18 @@ pub fn timer_start(ctx: BtfTracePointContext) -> u32 {
 /// The timer's function, read from the timer itself.
 #[inline(always)]
 fn function_of(timer: u64) -> u64 {
-    // SAFETY: `timer` is the tp_btf argument, typed `struct timer_list *` in the kernel's BTF: the
-    // verifier checks this load against that type (the offset is a known constant from the frozen
-    // `OFFSETS`) and turns it into a fault-safe load, without a helper call. This is the test every
-    // timer event on the host goes through, so it must be cheap.
-    unsafe { core::ptr::read((timer + timer_function_offset() as u64) as *const u64) }
+    // `timer` is the tp_btf argument, typed `struct timer_list *` in the kernel's BTF: a typed
+    // load, without a helper call. This is the test every timer event on the host goes through,
+    // so it must be cheap.
+    load(timer, off!(timer_function))
 }
 
 /// The timer (first `TP_PROTO` argument) if it is a TIME_WAIT socket's.
 #[inline(always)]
 fn tw_timer(ctx: &BtfTracePointContext) -> Option<u64> {
-    let tw_timer_fn = tw_timer_fn();
+    // `tw_timer_handler`'s address (0: TIME_WAIT tracking off): the first test of every timer
+    // event on the host, before anything else is loaded.
+    let tw_timer_fn = off!(tw_timer_fn);
     if tw_timer_fn == 0 {
         return None;
     }

@@ -2,7 +2,11 @@
 //! integers and IPv4 addresses with no allocation, no `core::fmt` and no copy call per field.
 //! The hot path of `trace --json`, where formatting used to cost more than reading the event.
 
-use std::{fmt, mem::MaybeUninit, net::Ipv4Addr};
+use std::{
+    fmt,
+    mem::MaybeUninit,
+    net::{IpAddr, Ipv4Addr},
+};
 
 /// Most bytes one line may take; writing more panics.
 pub const CAP: usize = 512;
@@ -111,6 +115,17 @@ impl Writer<'_> {
             o.write(b"0123456789abcdef"[((v >> ((len - 1 - i) * 4)) & 0xf) as usize]);
         }
         self.n += len;
+    }
+
+    /// IPv4 dotted ([`Writer::ipv4`]), IPv6 in its canonical form (core::fmt: not the hot case).
+    #[inline]
+    pub fn ip(&mut self, ip: IpAddr) {
+        match ip {
+            IpAddr::V4(v4) => self.ipv4(v4),
+            IpAddr::V6(v6) => {
+                let _ = fmt::Write::write_fmt(self, format_args!("{v6}"));
+            }
+        }
     }
 
     /// Dotted quad: four fixed-size copies, each octet's dot included (the last one's dot is
