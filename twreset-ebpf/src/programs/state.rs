@@ -4,8 +4,8 @@
 //! recursion without being counted: `set_state` (the primary) and `set_state_nest` (the backup),
 //! which handles a transition only when the kernel skipped the primary for it (a state change in
 //! softirq nesting inside the primary's run in process context). The primary notes each
-//! transition it is called for on entry; the backup takes the note out, or finds none and recovers
-//! the transition (`stat::RECOVERED`). The protocol, with its host tests, is
+//! transition it is called for on entry (unless a backup is running under it on this CPU); the
+//! backup takes the note out, or finds none and recovers the transition (`stat::RECOVERED`). The protocol, with its host tests, is
 //! `twreset_common::handled`; userspace reports `primary misses - recovered` as lost.
 //!
 //! The programs are BTF-typed raw tracepoints (`tp_btf`) with the arguments
@@ -52,9 +52,11 @@ pub fn set_state(ctx: BtfTracePointContext) -> i32 {
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn set_state_nest(ctx: BtfTracePointContext) -> i32 {
     let Some(h) = HANDLED.get_ptr_mut(0) else { return 0 };
+    // SAFETY: this CPU's notes; see `handled::begin` (and `done` below, on every path).
+    unsafe { handled::begin(h) };
     let t = Transition::of(&ctx);
-    // SAFETY: this CPU's notes; see `handled::take`.
-    if unsafe { handled::take(h, t.sk, handled::states(t.old, t.new)) } == Verdict::Recover {
+    // SAFETY: as above.
+    if unsafe { handled::take(h, t.sk, t.key()) } == Verdict::Recover {
         count(stat::RECOVERED);
         if let Some(cfg) = state_filter(&t) {
             handle(&t, &cfg);
@@ -70,7 +72,7 @@ pub fn set_state_nest(ctx: BtfTracePointContext) -> i32 {
 fn record_handled(t: &Transition) {
     if let Some(h) = HANDLED.get_ptr_mut(0) {
         // SAFETY: this CPU's notes; see `handled::record`.
-        unsafe { handled::record(h, t.sk, handled::states(t.old, t.new)) };
+        unsafe { handled::record(h, t.sk, t.key()) };
     }
 }
 
@@ -87,6 +89,15 @@ impl Transition {
         let old: u64 = ctx.arg(1);
         let new: u64 = ctx.arg(2);
         Self { sk: ctx.arg(0), old: old as u32, new: new as u32 }
+    }
+
+    /// What the two programs' notes tell this transition by (`handled::key`): two typed loads of
+    /// the first cache line of the socket.
+    #[inline(always)]
+    fn key(&self) -> u64 {
+        let ports: u32 = load(self.sk, off!(skc_dport)); // skc_portpair
+        let raddr: u32 = load(self.sk, off!(skc_daddr));
+        handled::key(self.old, self.new, ports, raddr)
     }
 
     /// The active close into TIME_WAIT, as the tracepoint shows it.

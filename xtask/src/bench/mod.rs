@@ -34,12 +34,14 @@ pub struct Plan {
 
 impl Plan {
     pub fn new(quick: bool) -> Self {
-        // 4 client threads saturate both CPUs of the reference machine (2 and 8 threads were
-        // slower); 10 s at ~15k conn/s leaves ~150k TIME_WAIT sockets per run, purged with its netns.
+        // The churn's thread count is measured on the machine (`trace::max_churn`); 4 is the
+        // fallback. Short runs, many rounds: the rate of a shared VM drifts by +-10% between runs,
+        // and each round's tracers are compared with the no-tracer runs that bracket them.
+        let candidates = vec![4, 8, 16];
         let trace = if quick {
-            trace::Cfg { runs: 1, seconds: 3.0, threads: 4 }
+            trace::Cfg { runs: 1, timed_runs: 1, seconds: 3.0, threads: 4, candidates, picked_from: Vec::new() }
         } else {
-            trace::Cfg { runs: 3, seconds: 10.0, threads: 4 }
+            trace::Cfg { runs: 7, timed_runs: 3, seconds: 5.0, threads: 4, candidates, picked_from: Vec::new() }
         };
         Self {
             quick,
@@ -163,7 +165,7 @@ fn loadavg() -> String {
 pub fn run(t: &Tools, quick: bool) -> Result<()> {
     sys::install_signal_handlers();
     ns::remove_stale();
-    let plan = Plan::new(quick);
+    let mut plan = Plan::new(quick);
     // TWRESET_BENCH_BIN measures a binary built elsewhere (e.g. a merge candidate) as it is.
     let twreset = match std::env::var_os("TWRESET_BENCH_BIN") {
         Some(p) => PathBuf::from(p),
@@ -183,6 +185,8 @@ pub fn run(t: &Tools, quick: bool) -> Result<()> {
     let (per, traces) = if want("trace") {
         eprintln!("bench: measuring transitions per connection (bpftrace count, 2000 connections per close side)");
         let per = trace::calibrate(&churn_bin)?;
+        let (secs, reps) = if quick { (2.0, 1) } else { (4.0, 2) };
+        trace::max_churn(&churn_bin, &mut plan.trace, secs, reps)?;
         (per, trace::bench(&plan.trace, per, &churn_bin, &twreset, &caps, stats.as_ref())?)
     } else {
         (trace::PerConn { client_close: 0.0, server_close: 0.0 }, trace::skipped())

@@ -105,12 +105,9 @@ impl Report<'_> {
         self.traces.iter().find(|o| o.kind == k).expect("every variant has an outcome")
     }
 
-    fn base_cps(&self) -> Option<f64> {
-        self.variant(Kind::NoTracer).conn_per_s()
-    }
-
+    /// Median over rounds of the variant's rate against its own round's no-tracer runs.
     fn pct_of_base(&self, k: Kind) -> Option<f64> {
-        ratio(self.variant(k).conn_per_s(), self.base_cps()).map(|r| r * 100.0)
+        self.variant(k).pct_of_none(self.variant(Kind::NoTracer))
     }
 
     fn trace_details(&self) -> String {
@@ -121,13 +118,21 @@ impl Report<'_> {
             .map(|o| {
                 if let Some(na) = &o.na {
                     let mut r = vec![o.kind.label().to_owned(), short(na)];
-                    r.resize(13, String::new());
+                    r.resize(14, String::new());
                     return r;
                 }
                 vec![
                     o.kind.label().to_owned(),
                     num(o.conn_per_s(), 0),
                     num(self.pct_of_base(o.kind), 1),
+                    {
+                        let v = o.pct_each_round(self.variant(Kind::NoTracer));
+                        if o.kind == Kind::NoTracer {
+                            "-".to_owned()
+                        } else {
+                            v.iter().map(|p| format!("{p:.0}")).collect::<Vec<_>>().join(" ")
+                        }
+                    },
                     num(o.med(|r| Some(r.expected as f64)), 0),
                     num(o.med(|r| r.seen.map(|s| s as f64)), 0),
                     {
@@ -167,6 +172,7 @@ impl Report<'_> {
                 "variant",
                 "conn/s",
                 "% of none",
+                "% of none, each round",
                 "transitions",
                 "seen",
                 "lost (own count)",
@@ -403,9 +409,26 @@ impl Report<'_> {
         );
         let _ = writeln!(
             s,
-            "Churn: {} client threads, {} s per run, {} run(s) per variant (median). Transitions per connection \
-             (bpftrace count): client-close {:.2}, server-close {:.2}.\n",
-            p.trace.threads, p.trace.seconds, p.trace.runs, self.per.client_close, self.per.server_close
+            "Churn: {} client threads ({}), {} s per run, {} round(s) (medians; \"% of none\" compares each run \
+             with the no-tracer runs that open and close its round), BPF time from the first {}. Transitions \
+             per connection (bpftrace count): client-close {:.2}, server-close {:.2}.\n",
+            p.trace.threads,
+            if p.trace.picked_from.is_empty() {
+                "not calibrated".to_owned()
+            } else {
+                let each: Vec<String> = p
+                    .trace
+                    .picked_from
+                    .iter()
+                    .map(|(t, v)| format!("{t}: {:.0}", v.iter().sum::<f64>() / v.len().max(1) as f64))
+                    .collect();
+                format!("the fastest with no tracer, conn/s {}", each.join(", "))
+            },
+            p.trace.seconds,
+            p.trace.runs,
+            p.trace.timed_runs.min(p.trace.runs),
+            self.per.client_close,
+            self.per.server_close
         );
         s += &self.trace_details();
         s += "\n";
@@ -429,7 +452,9 @@ impl Report<'_> {
             "quick": self.plan.quick,
             "machine": { "cpus": std::thread::available_parallelism().map_or(0, |n| n.get()), "kernel": kernel,
                          "loadavg_start": self.load_start, "loadavg_end": self.load_end },
-            "churn": { "threads": self.plan.trace.threads, "seconds": self.plan.trace.seconds, "runs": self.plan.trace.runs },
+            "churn": { "threads": self.plan.trace.threads, "seconds": self.plan.trace.seconds, "runs": self.plan.trace.runs,
+                       "timed_runs": self.plan.trace.timed_runs,
+                       "threads_conn_per_s": self.plan.trace.picked_from.iter().map(|(t, v)| json!({ "threads": t, "conn_per_s": v })).collect::<Vec<_>>() },
             "transitions_per_connection": { "client_close": self.per.client_close, "server_close": self.per.server_close },
             "trace": self.traces.iter().map(trace::Outcome::json).collect::<Vec<_>>(),
             "kill": kill::json(self.kills),

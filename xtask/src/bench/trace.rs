@@ -54,8 +54,14 @@ impl Kind {
 
 pub struct Cfg {
     pub runs: usize,
+    /// Rounds that also time the programs (`kernel.bpf_stats_enabled` on), the first ones.
+    pub timed_runs: usize,
     pub seconds: f64,
+    /// Client threads of the churn: the fastest of [`Cfg::candidates`] once [`max_churn`] ran.
     pub threads: usize,
+    pub candidates: Vec<usize>,
+    /// What [`max_churn`] measured: conn/s of each run per candidate thread count.
+    pub picked_from: Vec<(usize, Vec<f64>)>,
 }
 
 /// Transitions the state tracepoint reports per connection, by close side, measured once.
@@ -76,6 +82,8 @@ impl PerConn {
 /// One measured run of one variant.
 #[derive(Debug, Default, Clone)]
 pub struct Run {
+    /// The round it belongs to: its rate is compared with the no-tracer runs of the same round.
+    pub round: usize,
     /// `kernel.bpf_stats_enabled` was on: the run times the programs (`bpf_s`), and pays for
     /// that timing, so its rate does not count (see [`bench`]).
     pub stats: bool,
@@ -104,7 +112,7 @@ impl Run {
     }
     fn json(&self) -> Value {
         json!({
-            "bpf_stats": self.stats, "churn": self.churn.json(), "expected_transitions": self.expected, "seen": self.seen, "lost_reported": self.lost,
+            "round": self.round, "bpf_stats": self.stats, "churn": self.churn.json(), "expected_transitions": self.expected, "seen": self.seen, "lost_reported": self.lost,
             "tracer_cpu_s": self.cpu_s, "bpf_run_s": self.bpf_s, "bpf_progs": self.bpf_progs, "peak_rss_kib": self.hwm_kib,
             "loss_note": self.loss_note,
             "recovered": self.recovered,
@@ -128,6 +136,25 @@ impl Outcome {
     /// Connections per second of the runs without BPF run-time stats (the production setting).
     pub fn conn_per_s(&self) -> Option<f64> {
         self.med(|r| (!r.stats).then_some(r.churn.conn_per_s))
+    }
+    /// Each rate run's conn/s as a percentage of the mean no-tracer rate of its own round (`none`
+    /// opens and closes every round), in run order. Pairing within a round cancels the drift of a
+    /// shared machine's speed, which moves whole runs by more than the effect measured here.
+    pub fn pct_each_round(&self, none: &Outcome) -> Vec<f64> {
+        self.runs
+            .iter()
+            .filter(|r| !r.stats)
+            .filter_map(|r| {
+                let base: Vec<f64> =
+                    none.runs.iter().filter(|n| !n.stats && n.round == r.round).map(|n| n.churn.conn_per_s).collect();
+                let mean = base.iter().sum::<f64>() / base.len().max(1) as f64;
+                (mean > 0.0).then(|| 100.0 * r.churn.conn_per_s / mean)
+            })
+            .collect()
+    }
+    /// The median of [`Outcome::pct_each_round`].
+    pub fn pct_of_none(&self, none: &Outcome) -> Option<f64> {
+        median(self.pct_each_round(none))
     }
     /// Tracer CPU (all runs) plus in-kernel BPF time (the runs that timed it), per million
     /// transitions. Without any timed run (stats unavailable) the tracer's own CPU alone.
@@ -255,7 +282,17 @@ fn interpret(kind: Kind, out: &Output, err: &Output, run: &mut Run) {
 
 /// One run: fresh namespace, tracer attached and ready, churn for the configured time, a second
 /// for the tracer to drain, then samples and SIGINT.
-fn one(kind: Kind, cfg: &Cfg, per: PerConn, churn_bin: &Path, twreset: &Path, caps: &Caps, stats: bool) -> Result<Run> {
+#[allow(clippy::too_many_arguments)]
+fn one(
+    kind: Kind,
+    cfg: &Cfg,
+    per: PerConn,
+    churn_bin: &Path,
+    twreset: &Path,
+    caps: &Caps,
+    stats: bool,
+    round: usize,
+) -> Result<Run> {
     let ns = Ns::new("trace")?;
     let tracer = match command(kind, cfg, &ns, caps, twreset)? {
         Some((mut cmd, lines, ready)) => Some(Tracer::start(&mut cmd, lines, ready)?),
@@ -274,6 +311,7 @@ fn one(kind: Kind, cfg: &Cfg, per: PerConn, churn_bin: &Path, twreset: &Path, ca
         _ => 0.0,
     };
     let mut run = Run {
+        round,
         stats,
         others_cpu_s: Some((busy - c.cpu_s - tracer_cpu).max(0.0)),
         expected: per.expected(&c),
@@ -324,17 +362,40 @@ pub fn calibrate(churn_bin: &Path) -> Result<PerConn> {
     Ok(PerConn { client_close: whole(per[0]), server_close: whole(per[1]) })
 }
 
+/// The maximum churn this machine sustains: each candidate client thread count `reps` times,
+/// interleaved, with no tracer; the fastest by mean conn/s. (Too few threads leave a CPU idle
+/// while every thread waits on a handoff; too many spend it switching.)
+pub fn max_churn(churn_bin: &Path, cfg: &mut Cfg, secs: f64, reps: usize) -> Result<()> {
+    let mut rates: Vec<(usize, Vec<f64>)> = cfg.candidates.iter().map(|&t| (t, Vec::new())).collect();
+    let secs = secs.to_string();
+    for _ in 0..reps {
+        for (threads, v) in &mut rates {
+            let ns = Ns::new("maxchurn")?;
+            let c = churn::run(churn_bin, &ns, &["--threads", &threads.to_string(), "--seconds", &secs])?;
+            v.push(c.conn_per_s);
+        }
+    }
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+    if let Some((t, _)) = rates.iter().max_by(|a, b| mean(&a.1).total_cmp(&mean(&b.1))) {
+        cfg.threads = *t;
+    }
+    let each: Vec<String> = rates.iter().map(|(t, v)| format!("{t} threads {:.0}", mean(v))).collect();
+    eprintln!("bench: maximum churn: {} conn/s; using {} threads", each.join(", "), cfg.threads);
+    cfg.picked_from = rates;
+    Ok(())
+}
+
 /// Outcomes of a bench run without the tracing section.
 pub fn skipped() -> Vec<Outcome> {
     KINDS.iter().map(|&kind| Outcome { kind, na: Some("skipped".into()), runs: Vec::new() }).collect()
 }
 
-/// Every variant, `cfg.runs` rounds of two runs each, interleaved so slow drift of the machine
-/// hits all alike. The first run of a round has `kernel.bpf_stats_enabled` off, as in production:
-/// rates, loss and memory. The second has it on, for the in-kernel BPF time only: the stats cost
-/// two clock reads per program run, which slows the host by more than some tracers cost (twreset's
-/// state hook is three programs, bpftrace's one). The no-tracer reference opens and closes every
-/// rate run.
+/// Every variant, `cfg.runs` rounds, interleaved so slow drift of the machine hits all alike.
+/// Each round runs every variant once with `kernel.bpf_stats_enabled` off, as in production
+/// (rates, loss and memory), between two no-tracer runs that are its reference rate. The first
+/// `cfg.timed_runs` rounds then run every tracer once more with the stats on, for the in-kernel
+/// BPF time only: the stats cost two clock reads per program run, which slows the host by more
+/// than some tracers cost.
 pub fn bench(
     cfg: &Cfg,
     per: PerConn,
@@ -354,14 +415,14 @@ pub fn bench(
     }
     let timed: &[bool] = if stats.is_some() { &[false, true] } else { &[false] };
     for r in 0..cfg.runs {
-        for &timing in timed {
+        for &timing in timed.iter().filter(|&&t| !t || r < cfg.timed_runs) {
             if let Some(s) = stats {
                 s.set(timing)?;
             }
             let what = if timing { "BPF time (bpf_stats on)" } else { "rate (bpf_stats off)" };
             for o in outs.iter_mut().filter(|o| o.na.is_none() && !(timing && o.kind == Kind::NoTracer)) {
                 eprintln!("bench: trace round {}/{}, {what}: {}", r + 1, cfg.runs, o.kind.label());
-                match one(o.kind, cfg, per, churn_bin, twreset, caps, timing) {
+                match one(o.kind, cfg, per, churn_bin, twreset, caps, timing, r) {
                     Ok(run) => o.runs.push(run),
                     Err(e) => {
                         sys::check_interrupted()?;
@@ -376,7 +437,7 @@ pub fn bench(
             // The other helpers on a shared machine come and go: a second no-tracer run closes each
             // rate round, so the reference rate brackets the tracers instead of preceding them only.
             eprintln!("bench: trace round {}/{}: no tracer (closing the round)", r + 1, cfg.runs);
-            outs[0].runs.push(one(Kind::NoTracer, cfg, per, churn_bin, twreset, caps, false)?);
+            outs[0].runs.push(one(Kind::NoTracer, cfg, per, churn_bin, twreset, caps, false, r)?);
         }
     }
     if let Some(s) = stats {
@@ -394,6 +455,32 @@ mod tests {
         let per = PerConn { client_close: 10.0, server_close: 10.0 };
         let c = Churned { client_close: 3, server_close: 4, listeners: 8, ..Churned::default() };
         assert_eq!(per.expected(&c), 70 + 16);
+    }
+
+    #[test]
+    fn rates_compare_within_their_round() {
+        let run = |round, cps, stats| Run {
+            round,
+            stats,
+            churn: Churned { conn_per_s: cps, ..Churned::default() },
+            ..Run::default()
+        };
+        let none = Outcome {
+            kind: Kind::NoTracer,
+            na: None,
+            runs: vec![run(0, 100.0, false), run(0, 120.0, false), run(1, 200.0, false), run(1, 200.0, false)],
+        };
+        // A slow round and a fast one: each run is measured against its own round, and timed runs
+        // (bpf_stats on) do not count.
+        let t = Outcome {
+            kind: Kind::TwresetTrace,
+            na: None,
+            runs: vec![run(0, 99.0, false), run(0, 10.0, true), run(1, 190.0, false)],
+        };
+        assert_eq!(t.pct_each_round(&none), vec![90.0, 95.0]);
+        assert_eq!(t.pct_of_none(&none), Some(92.5));
+        let lone = Outcome { kind: Kind::TwresetTrace, na: None, runs: vec![run(5, 50.0, false)] };
+        assert!(lone.pct_each_round(&none).is_empty());
     }
 
     #[test]
