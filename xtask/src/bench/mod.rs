@@ -4,6 +4,7 @@
 //! Benchmarks, not tests: nothing here fails on a number; the table says how far each figure is
 //! from its target.
 
+mod chains;
 mod churn;
 mod kill;
 mod ns;

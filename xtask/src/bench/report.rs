@@ -118,7 +118,7 @@ impl Report<'_> {
             .map(|o| {
                 if let Some(na) = &o.na {
                     let mut r = vec![o.kind.label().to_owned(), short(na)];
-                    r.resize(14, String::new());
+                    r.resize(15, String::new());
                     return r;
                 }
                 vec![
@@ -143,7 +143,11 @@ impl Report<'_> {
                             None => own,
                         }
                     },
-                    num(o.med(|r| r.seen.map(|s| r.expected.saturating_sub(s) as f64)), 0),
+                    num(o.med(|r| r.distinct().map(|s| r.expected.saturating_sub(s) as f64)), 0),
+                    match (o.med(|r| r.chains.map(|c| c.repeated as f64)), o.med(|r| r.chains.map(|c| c.gaps as f64))) {
+                        (Some(rep), Some(gaps)) => format!("{rep:.0} / {gaps:.0}"),
+                        _ => "n/a".into(),
+                    },
                     num(o.med(|r| r.per_million(r.cpu_s)), 3),
                     num(o.bpf_per_m(), 3),
                     num(o.cpu_per_m(), 3),
@@ -177,6 +181,7 @@ impl Report<'_> {
                 "seen",
                 "lost (own count)",
                 "missing",
+                "repeated / chain gaps",
                 "tracer CPU s/M",
                 "BPF s/M",
                 "total s/M",

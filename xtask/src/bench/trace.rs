@@ -101,12 +101,18 @@ pub struct Run {
     pub recovered: Option<u64>,
     /// TIME_WAIT lifecycle events printed (`trace --timewait`), beside the transitions.
     pub tw_events: Option<u64>,
+    /// twreset's printed transitions followed socket by socket (`chains`).
+    pub chains: Option<super::chains::Chains>,
     /// Host CPU time during the churn not used by the churn or the tracer: the other tenants'
     /// share (an estimate; BPF time in softirq may land here too).
     pub others_cpu_s: Option<f64>,
 }
 
 impl Run {
+    /// Distinct transitions shown: printed, less those printed twice.
+    pub fn distinct(&self) -> Option<u64> {
+        self.seen.map(|s| s - self.chains.map_or(0, |c| c.repeated).min(s))
+    }
     pub fn per_million(&self, secs: Option<f64>) -> Option<f64> {
         secs.map(|s| s / (self.expected.max(1) as f64 / 1e6))
     }
@@ -117,6 +123,7 @@ impl Run {
             "loss_note": self.loss_note,
             "recovered": self.recovered,
             "tw_lifecycle_events": self.tw_events,
+            "repeated": self.chains.map(|c| c.repeated), "chain_gaps": self.chains.map(|c| c.gaps),
             "others_cpu_s": self.others_cpu_s,
         })
     }
@@ -165,8 +172,8 @@ impl Outcome {
     pub fn bpf_per_m(&self) -> Option<f64> {
         self.med(|r| r.per_million(r.bpf_s))
     }
-    /// Events not delivered: what the tool says it lost, or what is missing from what it showed,
-    /// whichever is larger (median over runs).
+    /// Events not delivered: what the tool says it lost, or what is missing from the distinct
+    /// transitions it showed, whichever is larger (median over runs).
     pub fn lost(&self) -> Option<f64> {
         // bpftrace's `Lost N events` counts perf records, and tcpstates emits two per transition
         // (time() and printf()): only the independent count is in transitions there.
@@ -174,7 +181,7 @@ impl Outcome {
             if self.kind == Kind::BpftracePrint { None } else { r.lost }
         };
         self.med(|r| {
-            let missing = r.seen.map(|s| r.expected.saturating_sub(s));
+            let missing = r.distinct().map(|s| r.expected.saturating_sub(s));
             match (own(r), missing) {
                 (None, None) => None,
                 (a, b) => Some(a.unwrap_or(0).max(b.unwrap_or(0)) as f64),
@@ -261,6 +268,7 @@ fn interpret(kind: Kind, out: &Output, err: &Output, run: &mut Run) {
         Kind::TwresetTrace | Kind::TwresetLifecycle | Kind::TwresetTable => {
             if kind != Kind::TwresetTable {
                 run.seen = Some(out.event_lines);
+                run.chains = out.chains;
             }
             if kind == Kind::TwresetLifecycle {
                 run.tw_events = Some(out.tw_lines);

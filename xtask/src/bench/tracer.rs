@@ -16,7 +16,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-use super::sys;
+use super::{chains, sys};
 
 /// Which stdout lines are per-event output (counted, not kept).
 #[derive(Clone, Copy)]
@@ -46,6 +46,8 @@ pub struct Output {
     /// twreset NDJSON lines about TIME_WAIT sockets themselves (`trace --timewait`).
     pub tw_lines: u64,
     pub other: Vec<String>,
+    /// twreset NDJSON: each socket's transitions followed in order.
+    pub chains: Option<chains::Chains>,
 }
 
 pub struct Tracer {
@@ -88,12 +90,16 @@ fn read_lines(r: impl Read, kind: Lines, ready: Option<&str>, tx: Option<mpsc::S
         let mut o = Output::default();
         let mut r = BufReader::with_capacity(1 << 16, r);
         let mut line = Vec::new();
+        let mut follow = chains::Follow::default();
         while matches!(r.read_until(b'\n', &mut line), Ok(n) if n > 0) {
             let l = String::from_utf8_lossy(&line);
             if matches!(kind, Lines::Json) && l.contains("\"event\":\"tw_") {
                 o.tw_lines += 1;
             } else if kind.is_event(&l) {
                 o.event_lines += 1;
+                if matches!(kind, Lines::Json) {
+                    follow.line(&l);
+                }
             } else {
                 if let (Some(m), Some(tx)) = (ready, &tx)
                     && l.contains(m)
@@ -105,6 +111,9 @@ fn read_lines(r: impl Read, kind: Lines, ready: Option<&str>, tx: Option<mpsc::S
                 }
             }
             line.clear();
+        }
+        if matches!(kind, Lines::Json) {
+            o.chains = Some(follow.chains);
         }
         o
     }
