@@ -5,8 +5,9 @@
 //! which handles a transition only when the kernel skipped the primary for it (a state change in
 //! softirq nesting inside the primary's run in process context). The primary notes each
 //! transition it is called for on entry (unless a backup is running under it on this CPU); the
-//! backup takes the note out, or finds none and recovers the transition (`stat::RECOVERED`). The protocol, with its host tests, is
-//! `twreset_common::handled`; userspace reports `primary misses - recovered` as lost.
+//! backup takes the note out, or finds none and recovers the transition (`stat::RECOVERED`).
+//! The protocol, with its host tests, is `twreset_common::handled`; userspace reports
+//! `primary misses - recovered` as lost.
 //!
 //! The programs are BTF-typed raw tracepoints (`tp_btf`) with the arguments
 //! `TP_PROTO(const struct sock *sk, const int oldstate, const int newstate)` (checked against the
