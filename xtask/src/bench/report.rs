@@ -415,7 +415,7 @@ impl Report<'_> {
         let _ = writeln!(
             s,
             "Churn: {} client threads ({}), {} s per run, {} round(s) (medians; \"% of none\" compares each run \
-             with the no-tracer runs that open and close its round), BPF time from the first {}. Transitions \
+             with the no-tracer runs just before and after it), BPF time from the first {}. Transitions \
              per connection (bpftrace count): client-close {:.2}, server-close {:.2}.\n",
             p.trace.threads,
             if p.trace.picked_from.is_empty() {

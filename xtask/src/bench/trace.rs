@@ -82,7 +82,8 @@ impl PerConn {
 /// One measured run of one variant.
 #[derive(Debug, Default, Clone)]
 pub struct Run {
-    /// The round it belongs to: its rate is compared with the no-tracer runs of the same round.
+    /// Its bracket: a tracer's rate run with `round` k ran between the no-tracer runs with
+    /// `round` k and k+1, and is compared with them. (Timed runs: `usize::MAX`.)
     pub round: usize,
     /// `kernel.bpf_stats_enabled` was on: the run times the programs (`bpf_s`), and pays for
     /// that timing, so its rate does not count (see [`bench`]).
@@ -144,16 +145,20 @@ impl Outcome {
     pub fn conn_per_s(&self) -> Option<f64> {
         self.med(|r| (!r.stats).then_some(r.churn.conn_per_s))
     }
-    /// Each rate run's conn/s as a percentage of the mean no-tracer rate of its own round (`none`
-    /// opens and closes every round), in run order. Pairing within a round cancels the drift of a
+    /// Each rate run's conn/s as a percentage of the mean rate of the two no-tracer runs just
+    /// before and after it, in run order. Pairing with its neighbours cancels the drift of a
     /// shared machine's speed, which moves whole runs by more than the effect measured here.
     pub fn pct_each_round(&self, none: &Outcome) -> Vec<f64> {
         self.runs
             .iter()
             .filter(|r| !r.stats)
             .filter_map(|r| {
-                let base: Vec<f64> =
-                    none.runs.iter().filter(|n| !n.stats && n.round == r.round).map(|n| n.churn.conn_per_s).collect();
+                let base: Vec<f64> = none
+                    .runs
+                    .iter()
+                    .filter(|n| !n.stats && (n.round == r.round || n.round == r.round.wrapping_add(1)))
+                    .map(|n| n.churn.conn_per_s)
+                    .collect();
                 let mean = base.iter().sum::<f64>() / base.len().max(1) as f64;
                 (mean > 0.0).then(|| 100.0 * r.churn.conn_per_s / mean)
             })
@@ -399,11 +404,11 @@ pub fn skipped() -> Vec<Outcome> {
 }
 
 /// Every variant, `cfg.runs` rounds, interleaved so slow drift of the machine hits all alike.
-/// Each round runs every variant once with `kernel.bpf_stats_enabled` off, as in production
-/// (rates, loss and memory), between two no-tracer runs that are its reference rate. The first
-/// `cfg.timed_runs` rounds then run every tracer once more with the stats on, for the in-kernel
-/// BPF time only: the stats cost two clock reads per program run, which slows the host by more
-/// than some tracers cost.
+/// Each round runs every tracer once with `kernel.bpf_stats_enabled` off, as in production
+/// (rates, loss and memory), each between two no-tracer runs that are its reference rate
+/// (none, A, none, B, none, ...). The first `cfg.timed_runs` rounds then run every tracer once
+/// more with the stats on, for the in-kernel BPF time only: the stats cost two clock reads per
+/// program run, which slows the host by more than some tracers cost.
 pub fn bench(
     cfg: &Cfg,
     per: PerConn,
@@ -421,31 +426,46 @@ pub fn bench(
             o.na = Some("n/a (not built): this twreset has no `trace --timewait`".into());
         }
     }
-    let timed: &[bool] = if stats.is_some() { &[false, true] } else { &[false] };
+    // Bracket numbers: the k-th no-tracer rate run has `round` k, and a tracer's rate run between
+    // no-tracer runs k and k+1 has `round` k (see `Outcome::pct_each_round`).
+    let mut bracket = 0;
     for r in 0..cfg.runs {
-        for &timing in timed.iter().filter(|&&t| !t || r < cfg.timed_runs) {
-            if let Some(s) = stats {
-                s.set(timing)?;
-            }
-            let what = if timing { "BPF time (bpf_stats on)" } else { "rate (bpf_stats off)" };
-            for o in outs.iter_mut().filter(|o| o.na.is_none() && !(timing && o.kind == Kind::NoTracer)) {
-                eprintln!("bench: trace round {}/{}, {what}: {}", r + 1, cfg.runs, o.kind.label());
-                match one(o.kind, cfg, per, churn_bin, twreset, caps, timing, r) {
-                    Ok(run) => o.runs.push(run),
-                    Err(e) => {
-                        sys::check_interrupted()?;
-                        eprintln!("bench: {}: {e:#}", o.kind.label());
-                        o.na = Some(format!("failed: {e:#}"));
-                    }
+        if let Some(s) = stats {
+            s.set(false)?;
+        }
+        // The rate of a shared machine drifts from one run to the next: every tracer's rate run
+        // sits between two no-tracer runs, its reference.
+        let (none, tracers) = outs.split_first_mut().expect("the no-tracer variant comes first");
+        eprintln!("bench: trace round {}/{}, rate (bpf_stats off): no tracer", r + 1, cfg.runs);
+        none.runs.push(one(Kind::NoTracer, cfg, per, churn_bin, twreset, caps, false, bracket)?);
+        for o in tracers.iter_mut().filter(|o| o.na.is_none()) {
+            eprintln!("bench: trace round {}/{}, rate (bpf_stats off): {}", r + 1, cfg.runs, o.kind.label());
+            match one(o.kind, cfg, per, churn_bin, twreset, caps, false, bracket) {
+                Ok(run) => o.runs.push(run),
+                Err(e) => {
+                    sys::check_interrupted()?;
+                    eprintln!("bench: {}: {e:#}", o.kind.label());
+                    o.na = Some(format!("failed: {e:#}"));
+                    continue;
                 }
             }
-            if timing {
-                continue;
+            bracket += 1;
+            eprintln!("bench: trace round {}/{}, rate (bpf_stats off): no tracer", r + 1, cfg.runs);
+            none.runs.push(one(Kind::NoTracer, cfg, per, churn_bin, twreset, caps, false, bracket)?);
+        }
+        bracket += 1;
+        let Some(s) = stats.filter(|_| r < cfg.timed_runs) else { continue };
+        s.set(true)?;
+        for o in tracers.iter_mut().filter(|o| o.na.is_none()) {
+            eprintln!("bench: trace round {}/{}, BPF time (bpf_stats on): {}", r + 1, cfg.runs, o.kind.label());
+            match one(o.kind, cfg, per, churn_bin, twreset, caps, true, usize::MAX) {
+                Ok(run) => o.runs.push(run),
+                Err(e) => {
+                    sys::check_interrupted()?;
+                    eprintln!("bench: {}: {e:#}", o.kind.label());
+                    o.na = Some(format!("failed: {e:#}"));
+                }
             }
-            // The other helpers on a shared machine come and go: a second no-tracer run closes each
-            // rate round, so the reference rate brackets the tracers instead of preceding them only.
-            eprintln!("bench: trace round {}/{}: no tracer (closing the round)", r + 1, cfg.runs);
-            outs[0].runs.push(one(Kind::NoTracer, cfg, per, churn_bin, twreset, caps, false, r)?);
         }
     }
     if let Some(s) = stats {
@@ -466,28 +486,36 @@ mod tests {
     }
 
     #[test]
-    fn rates_compare_within_their_round() {
+    fn rates_compare_with_the_runs_around_them() {
         let run = |round, cps, stats| Run {
             round,
             stats,
             churn: Churned { conn_per_s: cps, ..Churned::default() },
             ..Run::default()
         };
+        // none(0) A(0) none(1) B(1) none(2), then a faster round: none(3) A(3) none(4).
         let none = Outcome {
             kind: Kind::NoTracer,
             na: None,
-            runs: vec![run(0, 100.0, false), run(0, 120.0, false), run(1, 200.0, false), run(1, 200.0, false)],
+            runs: vec![
+                run(0, 100.0, false),
+                run(1, 120.0, false),
+                run(2, 80.0, false),
+                run(3, 200.0, false),
+                run(4, 200.0, false),
+            ],
         };
-        // A slow round and a fast one: each run is measured against its own round, and timed runs
-        // (bpf_stats on) do not count.
-        let t = Outcome {
+        // Each run against its two neighbours; timed runs (bpf_stats on) do not count.
+        let a = Outcome {
             kind: Kind::TwresetTrace,
             na: None,
-            runs: vec![run(0, 99.0, false), run(0, 10.0, true), run(1, 190.0, false)],
+            runs: vec![run(0, 99.0, false), run(usize::MAX, 10.0, true), run(3, 190.0, false)],
         };
-        assert_eq!(t.pct_each_round(&none), vec![90.0, 95.0]);
-        assert_eq!(t.pct_of_none(&none), Some(92.5));
-        let lone = Outcome { kind: Kind::TwresetTrace, na: None, runs: vec![run(5, 50.0, false)] };
+        assert_eq!(a.pct_each_round(&none), vec![90.0, 95.0]);
+        assert_eq!(a.pct_of_none(&none), Some(92.5));
+        let b = Outcome { kind: Kind::BpftraceCount, na: None, runs: vec![run(1, 90.0, false)] };
+        assert_eq!(b.pct_each_round(&none), vec![90.0]);
+        let lone = Outcome { kind: Kind::TwresetTrace, na: None, runs: vec![run(9, 50.0, false)] };
         assert!(lone.pct_each_round(&none).is_empty());
     }
 
