@@ -65,6 +65,11 @@ fn at_least(v: Option<f64>, target: f64, unit: &str) -> String {
     }
 }
 
+/// A median count: whole, or halfway between two runs' counts (shown as such, not rounded to 0).
+fn count(v: Option<f64>) -> String {
+    v.map_or_else(|| "n/a".into(), trim)
+}
+
 /// Whole numbers without decimals (lost events), others with two.
 fn trim(v: f64) -> String {
     if v.fract() == 0.0 { format!("{v:.0}") } else { format!("{v:.2}") }
@@ -107,7 +112,11 @@ impl Report<'_> {
 
     /// Median over rounds of the variant's rate against its own round's no-tracer runs.
     fn pct_of_base(&self, k: Kind) -> Option<f64> {
-        self.variant(k).pct_of_none(self.variant(Kind::NoTracer))
+        let none = self.variant(Kind::NoTracer);
+        if k == Kind::NoTracer {
+            return none.conn_per_s().map(|_| 100.0);
+        }
+        self.variant(k).pct_of_none(none)
     }
 
     fn trace_details(&self) -> String {
@@ -239,8 +248,8 @@ impl Report<'_> {
         });
         rows.push(Row {
             figure: "trace: events lost".into(),
-            twreset: num(tr.lost(), 0),
-            peer: format!("{} (bpftrace print)", num(bp.lost(), 0)),
+            twreset: count(tr.lost()),
+            peer: format!("{} (bpftrace print)", count(bp.lost())),
             ratio: "-".into(),
             target: "0".into(),
             verdict: at_most(tr.lost(), 0.0, ""),
@@ -288,8 +297,8 @@ impl Report<'_> {
         });
         rows.push(Row {
             figure: "table: events lost".into(),
-            twreset: tb.na.as_deref().map_or_else(|| num(tb.lost(), 0), short),
-            peer: format!("{} (bpftrace count)", num(bc.lost(), 0)),
+            twreset: tb.na.as_deref().map_or_else(|| count(tb.lost()), short),
+            peer: format!("{} (bpftrace count)", count(bc.lost())),
             ratio: "-".into(),
             target: "0".into(),
             verdict: at_most(tb.lost(), 0.0, ""),
