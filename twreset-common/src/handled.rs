@@ -287,29 +287,32 @@ mod tests {
         }
     }
 
-    /// Fire `first` with `burst` transitions nesting at `at`; then a few plain ones.
-    fn run(cpu: &mut Cpu, first: u64, at: At, burst: u64) -> Vec<u64> {
+    /// Fire transition `first` with `burst` transitions nesting at `at` (ids `first + 1..`, one
+    /// after another as in softirq, none nesting further). Returns the ids fired.
+    fn fire_nested(cpu: &mut Cpu, first: u64, at: At, burst: u64) -> Vec<u64> {
         let mut fired = vec![first];
         let mut left = burst;
-        let mut id = first + 1;
-        let mut nested = Vec::new();
         cpu.fire(ev(first), &mut |cpu, point| {
-            if point != at || left == 0 {
+            if point != at {
                 return;
             }
-            // Softirq: transitions one after another, none nesting further.
             while left > 0 {
+                let id = first + fired.len() as u64;
                 cpu.fire(ev(id), &mut |_, _| {});
-                nested.push(id);
-                id += 1;
+                fired.push(id);
                 left -= 1;
             }
         });
-        fired.extend(nested);
+        fired
+    }
+
+    /// [`fire_nested`], then a few plain transitions.
+    fn run(cpu: &mut Cpu, first: u64, at: At, burst: u64) -> Vec<u64> {
+        let mut fired = fire_nested(cpu, first, at, burst);
         for _ in 0..3 {
+            let id = first + fired.len() as u64;
             cpu.fire(ev(id), &mut |_, _| {});
             fired.push(id);
-            id += 1;
         }
         fired
     }
@@ -348,21 +351,9 @@ mod tests {
         while id < 20_000 {
             let at = points[rnd(points.len() as u64) as usize];
             let burst = if rnd(4) == 0 { rnd(3 * SLOTS as u64) } else { rnd(3) };
-            fired.push(id);
-            let outer = ev(id);
-            id += 1;
-            let mut left = burst;
-            cpu.fire(outer, &mut |cpu, point| {
-                if left == 0 || point != at {
-                    return;
-                }
-                while left > 0 {
-                    cpu.fire(ev(id), &mut |_, _| {});
-                    fired.push(id);
-                    id += 1;
-                    left -= 1;
-                }
-            });
+            let ids = fire_nested(&mut cpu, id, at, burst);
+            id += ids.len() as u64;
+            fired.extend(ids);
         }
         let lost = cpu.check(&fired, &std::format!("random mix at {points:?}"));
         assert!(cpu.primary_misses > 1000, "the mix nests often: {}", cpu.primary_misses);

@@ -5,7 +5,7 @@ use std::{path::PathBuf, process::Command};
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
-use super::{ns::Ns, sys};
+use super::{mean, ns::Ns, sys};
 use crate::build::target_dir;
 
 /// The churn generator, built in release mode with the default stable toolchain (the one running
@@ -76,6 +76,28 @@ pub fn run(bin: &std::path::Path, ns: &Ns, args: &[&str]) -> Result<Churned> {
     let mut c = parse(m.stdout.lines().last().unwrap_or(""))?;
     c.cpu_s = m.cpu_s;
     Ok(c)
+}
+
+/// Conn/s of each run, per client thread count.
+pub type Rates = Vec<(usize, Vec<f64>)>;
+
+/// The maximum churn this machine sustains: each candidate client thread count `reps` times,
+/// interleaved, with no tracer. Returns the fastest by mean conn/s, and every candidate's rates.
+/// (Too few threads leave a CPU idle while every thread waits on a handoff; too many spend it
+/// switching.)
+pub fn fastest(bin: &std::path::Path, candidates: &[usize], secs: f64, reps: usize) -> Result<(usize, Rates)> {
+    let mut rates: Rates = candidates.iter().map(|&t| (t, Vec::new())).collect();
+    let secs = secs.to_string();
+    for _ in 0..reps {
+        for (threads, v) in &mut rates {
+            let ns = Ns::new("maxchurn")?;
+            v.push(run(bin, &ns, &["--threads", &threads.to_string(), "--seconds", &secs])?.conn_per_s);
+        }
+    }
+    let best = rates.iter().max_by(|a, b| mean(&a.1).total_cmp(&mean(&b.1))).map_or(4, |(t, _)| *t);
+    let each: Vec<String> = rates.iter().map(|(t, v)| format!("{t} threads {:.0}", mean(v))).collect();
+    eprintln!("bench: maximum churn: {} conn/s; using {best} threads", each.join(", "));
+    Ok((best, rates))
 }
 
 #[cfg(test)]

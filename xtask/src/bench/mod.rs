@@ -35,7 +35,7 @@ pub struct Plan {
 
 impl Plan {
     pub fn new(quick: bool) -> Self {
-        // The churn's thread count is measured on the machine (`trace::max_churn`); 4 is the
+        // The churn's thread count is measured on the machine (`churn::fastest`); 4 is the
         // fallback. Short runs, many rounds: the rate of a shared VM drifts by +-10% between runs,
         // and each round's tracers are compared with the no-tracer runs that bracket them.
         let candidates = vec![4, 8, 16];
@@ -145,6 +145,11 @@ impl Caps {
     }
 }
 
+/// The mean; 0 for none.
+pub fn mean(v: &[f64]) -> f64 {
+    v.iter().sum::<f64>() / v.len().max(1) as f64
+}
+
 pub fn median(mut v: Vec<f64>) -> Option<f64> {
     if v.is_empty() {
         return None;
@@ -187,7 +192,8 @@ pub fn run(t: &Tools, quick: bool) -> Result<()> {
         eprintln!("bench: measuring transitions per connection (bpftrace count, 2000 connections per close side)");
         let per = trace::calibrate(&churn_bin)?;
         let (secs, reps) = if quick { (2.0, 1) } else { (4.0, 2) };
-        trace::max_churn(&churn_bin, &mut plan.trace, secs, reps)?;
+        let (threads, rates) = churn::fastest(&churn_bin, &plan.trace.candidates, secs, reps)?;
+        (plan.trace.threads, plan.trace.picked_from) = (threads, rates);
         (per, trace::bench(&plan.trace, per, &churn_bin, &twreset, &caps, stats.as_ref())?)
     } else {
         (trace::PerConn { client_close: 0.0, server_close: 0.0 }, trace::skipped())

@@ -430,12 +430,8 @@ impl Report<'_> {
             if p.trace.picked_from.is_empty() {
                 "not calibrated".to_owned()
             } else {
-                let each: Vec<String> = p
-                    .trace
-                    .picked_from
-                    .iter()
-                    .map(|(t, v)| format!("{t}: {:.0}", v.iter().sum::<f64>() / v.len().max(1) as f64))
-                    .collect();
+                let each: Vec<String> =
+                    p.trace.picked_from.iter().map(|(t, v)| format!("{t}: {:.0}", super::mean(v))).collect();
                 format!("the fastest with no tracer, conn/s {}", each.join(", "))
             },
             p.trace.seconds,

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use super::{
     Caps,
     churn::{self, Churned},
-    median,
+    mean, median,
     ns::Ns,
     parse::{bpftrace_lost, map_sum, tw_totals, twreset_recovered, twreset_summary},
     sys,
@@ -57,11 +57,11 @@ pub struct Cfg {
     /// Rounds that also time the programs (`kernel.bpf_stats_enabled` on), the first ones.
     pub timed_runs: usize,
     pub seconds: f64,
-    /// Client threads of the churn: the fastest of [`Cfg::candidates`] once [`max_churn`] ran.
+    /// Client threads of the churn: the fastest of [`Cfg::candidates`] once `churn::fastest` ran.
     pub threads: usize,
     pub candidates: Vec<usize>,
-    /// What [`max_churn`] measured: conn/s of each run per candidate thread count.
-    pub picked_from: Vec<(usize, Vec<f64>)>,
+    /// What `churn::fastest` measured: conn/s of each run per candidate thread count.
+    pub picked_from: churn::Rates,
 }
 
 /// Transitions the state tracepoint reports per connection, by close side, measured once.
@@ -159,10 +159,23 @@ impl Outcome {
                     .filter(|n| !n.stats && (n.round == r.round || n.round == r.round.wrapping_add(1)))
                     .map(|n| n.churn.conn_per_s)
                     .collect();
-                let mean = base.iter().sum::<f64>() / base.len().max(1) as f64;
+                let mean = mean(&base);
                 (mean > 0.0).then(|| 100.0 * r.churn.conn_per_s / mean)
             })
             .collect()
+    }
+    /// Keep a run, or mark the variant failed (it runs no more); whether it was kept. Ctrl-C
+    /// ends the bench.
+    fn keep(&mut self, run: Result<Run>) -> Result<bool> {
+        match run {
+            Ok(run) => self.runs.push(run),
+            Err(e) => {
+                sys::check_interrupted()?;
+                eprintln!("bench: {}: {e:#}", self.kind.label());
+                self.na = Some(format!("failed: {e:#}"));
+            }
+        }
+        Ok(self.na.is_none())
     }
     /// The median of [`Outcome::pct_each_round`].
     pub fn pct_of_none(&self, none: &Outcome) -> Option<f64> {
@@ -375,29 +388,6 @@ pub fn calibrate(churn_bin: &Path) -> Result<PerConn> {
     Ok(PerConn { client_close: whole(per[0]), server_close: whole(per[1]) })
 }
 
-/// The maximum churn this machine sustains: each candidate client thread count `reps` times,
-/// interleaved, with no tracer; the fastest by mean conn/s. (Too few threads leave a CPU idle
-/// while every thread waits on a handoff; too many spend it switching.)
-pub fn max_churn(churn_bin: &Path, cfg: &mut Cfg, secs: f64, reps: usize) -> Result<()> {
-    let mut rates: Vec<(usize, Vec<f64>)> = cfg.candidates.iter().map(|&t| (t, Vec::new())).collect();
-    let secs = secs.to_string();
-    for _ in 0..reps {
-        for (threads, v) in &mut rates {
-            let ns = Ns::new("maxchurn")?;
-            let c = churn::run(churn_bin, &ns, &["--threads", &threads.to_string(), "--seconds", &secs])?;
-            v.push(c.conn_per_s);
-        }
-    }
-    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
-    if let Some((t, _)) = rates.iter().max_by(|a, b| mean(&a.1).total_cmp(&mean(&b.1))) {
-        cfg.threads = *t;
-    }
-    let each: Vec<String> = rates.iter().map(|(t, v)| format!("{t} threads {:.0}", mean(v))).collect();
-    eprintln!("bench: maximum churn: {} conn/s; using {} threads", each.join(", "), cfg.threads);
-    cfg.picked_from = rates;
-    Ok(())
-}
-
 /// Outcomes of a bench run without the tracing section.
 pub fn skipped() -> Vec<Outcome> {
     KINDS.iter().map(|&kind| Outcome { kind, na: Some("skipped".into()), runs: Vec::new() }).collect()
@@ -440,14 +430,8 @@ pub fn bench(
         none.runs.push(one(Kind::NoTracer, cfg, per, churn_bin, twreset, caps, false, bracket)?);
         for o in tracers.iter_mut().filter(|o| o.na.is_none()) {
             eprintln!("bench: trace round {}/{}, rate (bpf_stats off): {}", r + 1, cfg.runs, o.kind.label());
-            match one(o.kind, cfg, per, churn_bin, twreset, caps, false, bracket) {
-                Ok(run) => o.runs.push(run),
-                Err(e) => {
-                    sys::check_interrupted()?;
-                    eprintln!("bench: {}: {e:#}", o.kind.label());
-                    o.na = Some(format!("failed: {e:#}"));
-                    continue;
-                }
+            if !o.keep(one(o.kind, cfg, per, churn_bin, twreset, caps, false, bracket))? {
+                continue;
             }
             bracket += 1;
             eprintln!("bench: trace round {}/{}, rate (bpf_stats off): no tracer", r + 1, cfg.runs);
@@ -458,14 +442,7 @@ pub fn bench(
         s.set(true)?;
         for o in tracers.iter_mut().filter(|o| o.na.is_none()) {
             eprintln!("bench: trace round {}/{}, BPF time (bpf_stats on): {}", r + 1, cfg.runs, o.kind.label());
-            match one(o.kind, cfg, per, churn_bin, twreset, caps, true, usize::MAX) {
-                Ok(run) => o.runs.push(run),
-                Err(e) => {
-                    sys::check_interrupted()?;
-                    eprintln!("bench: {}: {e:#}", o.kind.label());
-                    o.na = Some(format!("failed: {e:#}"));
-                }
-            }
+            o.keep(one(o.kind, cfg, per, churn_bin, twreset, caps, true, usize::MAX))?;
         }
     }
     if let Some(s) = stats {
