@@ -1,8 +1,9 @@
-//! Allocation-free NDJSON lines appended to one reusable buffer: [`Line`] for objects built key by
-//! key, values written by [`line::Writer`] (core::fmt costs several times more per event, see the
-//! bench's tracer CPU figures).
+//! Allocation-free NDJSON lines appended to one reusable buffer: [`transition`] for `trace`'s
+//! transitions, [`Line`] for other objects built key by key, values written by [`line::Writer`]
+//! (core::fmt costs several times more per event, see the bench's tracer CPU figures).
 
 pub mod line;
+pub mod transition;
 
 use std::net::IpAddr;
 

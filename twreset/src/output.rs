@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 
 use crate::{
     decode::Transition,
-    ndjson::{Line, line},
+    ndjson::Line,
     tw_event::{TwCause, TwEvent, TwEventKind},
 };
 
@@ -102,40 +102,8 @@ pub fn json(t: &Transition) -> Value {
     })
 }
 
-/// Append the NDJSON line of [`json`] to `buf`: the same object without a `serde_json::Value`
-/// or core::fmt per event (the hot path of `trace --json`: keys as whole literals, values written
-/// in place, see [`line`]).
-pub fn push_json_line(buf: &mut Vec<u8>, t: &Transition) {
-    line::push_line(buf, |w| {
-        w.bytes(b"{\"ts_ns\":");
-        w.u64(t.ts_ns);
-        w.bytes(b",\"netns_cookie\":");
-        w.u64(t.netns_cookie);
-        w.bytes(b",\"family\":\"");
-        w.bytes(t.family.name().as_bytes());
-        w.bytes(b"\",\"laddr\":\"");
-        w.ip(t.laddr);
-        w.bytes(b"\",\"lport\":");
-        w.u64(t.lport.into());
-        w.bytes(b",\"raddr\":\"");
-        w.ip(t.raddr);
-        w.bytes(b"\",\"rport\":");
-        w.u64(t.rport.into());
-        w.bytes(b",\"old\":\"");
-        w.bytes(t.old.name().as_bytes());
-        w.bytes(b"\",\"new\":\"");
-        w.bytes(t.new.name().as_bytes());
-        w.bytes(if t.into_time_wait() {
-            b"\",\"time_wait\":true,\"sk\":\"0x"
-        } else {
-            b"\",\"time_wait\":false,\"sk\":\"0x"
-        });
-        w.hex(t.skaddr);
-        w.bytes(b"\"}\n");
-    });
-}
-
-/// Append the NDJSON line of [`tw_json`] to `buf` (same object, see [`push_json_line`]).
+/// Append the NDJSON line of [`tw_json`] to `buf`: the same object without a `serde_json::Value`
+/// per event (transitions have their own writer, `ndjson::transition`).
 pub fn push_tw_json_line(buf: &mut Vec<u8>, ev: &TwEvent) {
     let k = &ev.key;
     let mut l = Line::new(buf);
@@ -305,27 +273,6 @@ mod tests {
                 TwEventKind::Created { .. } => assert_eq!(parsed["rearm"], false),
                 TwEventKind::Rearmed { .. } => assert_eq!(parsed["rearm"], true),
                 _ => assert!(parsed.get("rearm").is_none()),
-            }
-        }
-    }
-
-    #[test]
-    fn fast_json_line_is_the_same_object() {
-        for (old, new) in [(TcpState::FinWait2, TcpState::Close), (TcpState::SynSent, TcpState::Established)] {
-            let mut tr = t();
-            tr.old = old;
-            tr.new = new;
-            for fam in ["v4", "v6"] {
-                if fam == "v4" {
-                    tr.family = crate::decode::Family::Inet;
-                    tr.laddr = "10.0.0.1".parse().unwrap();
-                    tr.raddr = "10.0.0.2".parse().unwrap();
-                }
-                let mut buf = Vec::new();
-                push_json_line(&mut buf, &tr);
-                assert_eq!(buf.last(), Some(&b'\n'));
-                let parsed: Value = serde_json::from_slice(&buf).unwrap();
-                assert_eq!(parsed, json(&tr));
             }
         }
     }

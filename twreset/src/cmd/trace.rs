@@ -16,6 +16,7 @@ use crate::{
     cli::{NetnsArgs, NetnsScope, UsageError, parse_peer, parse_port, parse_state},
     decode,
     kernel::{kallsyms::Kallsyms, netns},
+    ndjson::transition::TransitionLines,
     output::{self, NsNames, WallClock},
     probe::{DRAIN_EVERY, Filters, Loss, Probe},
     state::TcpState,
@@ -130,13 +131,18 @@ impl<'a> Render<'a> {
 }
 
 /// Decode one ring-buffer record and append its line(s) to `out` (no per-event allocation).
-fn render(out: &mut Vec<u8>, bytes: &[u8], r: &Render<'_>) -> Result<(), decode::DecodeError> {
+fn render(
+    out: &mut Vec<u8>,
+    bytes: &[u8],
+    r: &Render<'_>,
+    lines: &mut TransitionLines,
+) -> Result<(), decode::DecodeError> {
     let ev = decode::parse_event(bytes)?;
     if ev.kind == twreset_common::kind::STATE {
-        let t = decode::transition(&ev)?;
         if r.json {
-            output::push_json_line(out, &t);
+            lines.push(out, &ev)?;
         } else {
+            let t = decode::transition(&ev)?;
             out.extend_from_slice(output::human_line(&t, r.names, r.clock).as_bytes());
             out.push(b'\n');
         }
@@ -163,10 +169,11 @@ fn render_all(
     buf: &mut Vec<u8>,
     ring: &mut RingBuf<MapData>,
     ctx: &Render<'_>,
+    lines: &mut TransitionLines,
     summary: &mut Summary,
 ) -> io::Result<()> {
     while let Some(item) = ring.next() {
-        match render(buf, &item, ctx) {
+        match render(buf, &item, ctx, lines) {
             Ok(()) => summary.events += 1,
             Err(e) => {
                 summary.decode_errors += 1;
@@ -203,6 +210,7 @@ pub async fn run(cfg: TraceConfig, shutdown: impl Future<Output = ()>) -> Result
     let stdout = io::stdout();
     let mut out = stdout.lock();
     let mut buf = Vec::with_capacity(2 * WRITE_CHUNK);
+    let mut lines = TransitionLines::new();
     if !cfg.json {
         writeln!(out, "{}", output::human_header())?;
         out.flush()?;
@@ -230,11 +238,11 @@ pub async fn run(cfg: TraceConfig, shutdown: impl Future<Output = ()>) -> Result
         let ctx = Render::new(&cfg, &names, &clock, hz, probe.kallsyms());
         let wrote = match guard {
             Some(mut guard) => {
-                let wrote = render_all(&mut out, &mut buf, guard.get_inner_mut(), &ctx, &mut summary);
+                let wrote = render_all(&mut out, &mut buf, guard.get_inner_mut(), &ctx, &mut lines, &mut summary);
                 guard.clear_ready();
                 wrote
             }
-            None => render_all(&mut out, &mut buf, ring.get_mut(), &ctx, &mut summary),
+            None => render_all(&mut out, &mut buf, ring.get_mut(), &ctx, &mut lines, &mut summary),
         };
         if let Err(e) = wrote {
             break Err(e.into());
@@ -243,7 +251,7 @@ pub async fn run(cfg: TraceConfig, shutdown: impl Future<Output = ()>) -> Result
     // What the kernel sent before the stop and no timer tick collected yet.
     let result = result.and_then(|_| {
         let ctx = Render::new(&cfg, &names, &clock, hz, probe.kallsyms());
-        render_all(&mut out, &mut buf, ring.get_mut(), &ctx, &mut summary).map_err(Into::into)
+        render_all(&mut out, &mut buf, ring.get_mut(), &ctx, &mut lines, &mut summary).map_err(Into::into)
     });
     summary.loss = probe.loss()?;
     drop(probe); // detaches the program before the summary is printed

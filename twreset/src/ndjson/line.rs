@@ -18,6 +18,18 @@ const PAIRS: &[u8; 200] = b"0001020304050607080910111213141516171819\
 6061626364656667686970717273747576777879\
 8081828384858687888990919293949596979899";
 
+/// "00" to "ff".
+const HEX_PAIRS: [[u8; 2]; 256] = {
+    let digits = b"0123456789abcdef";
+    let mut t = [[0u8; 2]; 256];
+    let mut i = 0;
+    while i < 256 {
+        t[i] = [digits[i >> 4], digits[i & 0xf]];
+        i += 1;
+    }
+    t
+};
+
 /// 10^i for i in 0..20.
 const POW10: [u64; 20] = {
     let mut p = [1u64; 20];
@@ -57,6 +69,18 @@ fn dec_len(v: u64) -> usize {
     guess + 1 + usize::from(guess + 1 < 20 && v >= POW10[guess + 1])
 }
 
+/// `v < 10^8` as exactly eight digits, leading zeros included.
+#[inline(always)]
+fn eight(v: u32) -> [u8; 8] {
+    let (hi, lo) = (v / 10_000, v % 10_000);
+    let mut out = [0u8; 8];
+    for (i, d) in [hi / 100, hi % 100, lo / 100, lo % 100].into_iter().enumerate() {
+        out[2 * i] = PAIRS[d as usize * 2];
+        out[2 * i + 1] = PAIRS[d as usize * 2 + 1];
+    }
+    out
+}
+
 /// Append one line to `buf` through `f`; at most [`CAP`] bytes.
 #[inline]
 pub fn push_line(buf: &mut Vec<u8>, f: impl FnOnce(&mut Writer<'_>)) {
@@ -83,38 +107,55 @@ impl Writer<'_> {
         self.n += s.len();
     }
 
-    /// `v` in decimal, digits written from the last one back, two at a time.
-    #[inline]
-    pub fn u64(&mut self, mut v: u64) {
-        let len = dec_len(v);
-        let out = &mut self.out[self.n..self.n + len];
-        let mut i = len;
-        while v >= 100 {
-            let d = (v % 100) as usize * 2;
-            v /= 100;
-            i -= 2;
-            out[i].write(PAIRS[d]);
-            out[i + 1].write(PAIRS[d + 1]);
-        }
-        if v >= 10 {
-            let d = v as usize * 2;
-            out[i - 2].write(PAIRS[d]);
-            out[i - 1].write(PAIRS[d + 1]);
-        } else {
-            out[i - 1].write(b'0' + v as u8);
-        }
-        self.n += len;
+    /// Write all `N` bytes of `src` but count only the first `len`: one fixed-size copy instead
+    /// of a call for a variable one. What lies past `len` is overwritten by what follows, or is
+    /// past the end of the line.
+    #[inline(always)]
+    pub fn padded<const N: usize>(&mut self, src: &[u8; N], len: usize) {
+        debug_assert!(len <= N);
+        self.out[self.n..self.n + N].write_copy_of_slice(src);
+        self.n += len.min(N);
     }
 
-    /// `v` in lowercase hex without leading zeros (`0` for zero), no prefix.
+    /// `v` in decimal, up to 8 digits at a time: a long number (a timestamp) is a few independent
+    /// 32-bit steps rather than one chain of 64-bit divisions.
+    #[inline]
+    pub fn u64(&mut self, v: u64) {
+        const E8: u64 = 100_000_000;
+        if v < E8 {
+            self.upto8(v as u32);
+        } else if v < E8 * E8 {
+            self.upto8((v / E8) as u32);
+            self.padded(&eight((v % E8) as u32), 8);
+        } else {
+            let (hi, rest) = (v / (E8 * E8), v % (E8 * E8));
+            self.upto8(hi as u32);
+            self.padded(&eight((rest / E8) as u32), 8);
+            self.padded(&eight((rest % E8) as u32), 8);
+        }
+    }
+
+    /// `v < 10^8` in decimal without leading zeros.
+    #[inline]
+    fn upto8(&mut self, v: u32) {
+        let len = dec_len(v.into());
+        // Drop the leading zeros by a shift in a register (a load at an offset into the digits
+        // just stored stalls the store forwarding).
+        let digits = u64::from_le_bytes(eight(v)) >> ((8 - len) * 8);
+        self.padded(&digits.to_le_bytes(), len);
+    }
+
+    /// `v` in lowercase hex without leading zeros (`0` for zero), no prefix: all 16 digits a byte
+    /// at a time from a table, the significant ones copied.
     #[inline]
     pub fn hex(&mut self, v: u64) {
         let len = if v == 0 { 1 } else { (64 - v.leading_zeros() as usize).div_ceil(4) };
-        let out = &mut self.out[self.n..self.n + len];
-        for (i, o) in out.iter_mut().enumerate() {
-            o.write(b"0123456789abcdef"[((v >> ((len - 1 - i) * 4)) & 0xf) as usize]);
+        let mut d = [0u8; 16];
+        for (i, b) in v.to_be_bytes().into_iter().enumerate() {
+            d[2 * i..2 * i + 2].copy_from_slice(&HEX_PAIRS[b as usize]);
         }
-        self.n += len;
+        let digits = u128::from_le_bytes(d) >> ((16 - len) * 8);
+        self.padded(&digits.to_le_bytes(), len);
     }
 
     /// IPv4 dotted ([`Writer::ipv4`]), IPv6 in its canonical form (core::fmt: not the hot case).
