@@ -157,7 +157,7 @@ impl Report<'_> {
                         (Some(rep), Some(gaps)) => format!("{rep:.0} / {gaps:.0}"),
                         _ => "n/a".into(),
                     },
-                    num(o.med(|r| r.per_million(r.cpu_s)), 3),
+                    num(o.tracer_per_m(), 3),
                     num(o.bpf_per_m(), 3),
                     num(o.cpu_per_m(), 3),
                     num(mib(o.hwm_kib()), 1),

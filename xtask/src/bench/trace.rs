@@ -14,7 +14,7 @@ use super::{
     ns::Ns,
     parse::{bpftrace_lost, map_sum, tw_totals, twreset_recovered, twreset_summary},
     sys,
-    tracer::{self, Lines, Output, Tracer},
+    tracer::{self, Lines, Output, Sink, Tracer},
 };
 
 const TCPSTATES_BT: &str = include_str!("scripts/tcpstates.bt");
@@ -181,11 +181,15 @@ impl Outcome {
     pub fn pct_of_none(&self, none: &Outcome) -> Option<f64> {
         median(self.pct_each_round(none))
     }
-    /// Tracer CPU (all runs) plus in-kernel BPF time (the runs that timed it), per million
+    /// The tracer process's own CPU per million transitions, from the rate runs: stdout as in
+    /// production (the timed runs also write their lines to a file, which costs CPU).
+    pub fn tracer_per_m(&self) -> Option<f64> {
+        self.med(|r| (!r.stats).then(|| r.per_million(r.cpu_s)).flatten())
+    }
+    /// Tracer CPU (rate runs) plus in-kernel BPF time (the runs that timed it), per million
     /// transitions. Without any timed run (stats unavailable) the tracer's own CPU alone.
     pub fn cpu_per_m(&self) -> Option<f64> {
-        let own = self.med(|r| r.per_million(r.cpu_s))?;
-        Some(own + self.bpf_per_m().unwrap_or(0.0))
+        Some(self.tracer_per_m()? + self.bpf_per_m().unwrap_or(0.0))
     }
     pub fn bpf_per_m(&self) -> Option<f64> {
         self.med(|r| r.per_million(r.bpf_s))
@@ -213,7 +217,7 @@ impl Outcome {
         json!({
             "variant": self.kind.label(), "na": self.na, "runs": self.runs.iter().map(Run::json).collect::<Vec<_>>(),
             "median": { "conn_per_s": self.conn_per_s(), "cpu_s_per_million": self.cpu_per_m(),
-                        "tracer_cpu_s_per_million": self.med(|r| r.per_million(r.cpu_s)),
+                        "tracer_cpu_s_per_million": self.tracer_per_m(),
                         "bpf_s_per_million": self.bpf_per_m(),
                         "lost": self.lost(), "peak_rss_kib": self.hwm_kib() },
         })
@@ -222,6 +226,9 @@ impl Outcome {
 
 fn bpftrace(script: &str, ns: &Ns) -> Result<Command> {
     let mut c = Command::new("bpftrace");
+    if script.contains("system(") {
+        c.arg("--unsafe");
+    }
     c.arg("-e").arg(script.replace("NSINUM", &ns.inum()?.to_string()));
     Ok(c)
 }
@@ -276,23 +283,28 @@ fn interpret(kind: Kind, out: &Output, err: &Output, run: &mut Run) {
     match kind {
         Kind::NoTracer => {}
         Kind::BpftracePrint => {
-            run.seen = Some(out.event_lines);
-            run.lost = Some(bpftrace_lost(&out.other) + bpftrace_lost(&err.other));
+            // Its `Lost` lines are on stdout, with the events.
+            run.seen = out.counted.then_some(out.event_lines);
+            run.lost = out.counted.then(|| bpftrace_lost(&out.other) + bpftrace_lost(&err.other));
         }
         Kind::BpftraceCount => {
             run.seen = Some(map_sum(&out.other));
             run.lost = Some(bpftrace_lost(&out.other) + bpftrace_lost(&err.other));
         }
         Kind::TwresetTrace | Kind::TwresetLifecycle | Kind::TwresetTable => {
-            if kind != Kind::TwresetTable {
+            if kind != Kind::TwresetTable && out.counted {
                 run.seen = Some(out.event_lines);
                 run.chains = out.chains;
             }
-            if kind == Kind::TwresetLifecycle {
+            if kind == Kind::TwresetLifecycle && out.counted {
                 run.tw_events = Some(out.tw_lines);
             }
             if let Some((seen, lost)) = twreset_summary(&err.other) {
-                run.seen = Some(run.seen.map_or(seen, |s| s.min(seen)));
+                // The summary counts every record; with --timewait the lifecycle events too, which
+                // only the counted lines tell apart.
+                if kind == Kind::TwresetTrace || out.counted {
+                    run.seen = Some(run.seen.map_or(seen, |s| s.min(seen)));
+                }
                 run.lost = Some(lost);
                 run.recovered = twreset_recovered(&err.other);
             }
@@ -303,6 +315,17 @@ fn interpret(kind: Kind, out: &Output, err: &Output, run: &mut Run) {
                 run.loss_note = Some(format!("tw totals: lost {}, drift {}, resyncs {}", t.lost, t.drift, t.resyncs));
             }
         }
+    }
+}
+
+/// Where a tracer's stdout goes: the rate runs of the tracers that print every transition write
+/// to /dev/null, as the issue's `> /dev/null` says (a file costs them CPU); the timed runs, and
+/// tracers that print only a summary, write to a file that is read afterwards (lines counted,
+/// each socket's transitions followed).
+fn sink(stats: bool, lines: Lines) -> Sink {
+    match lines {
+        Lines::Tcpstates | Lines::Json if !stats => Sink::Discard,
+        _ => Sink::Count,
     }
 }
 
@@ -321,7 +344,7 @@ fn one(
 ) -> Result<Run> {
     let ns = Ns::new("trace")?;
     let tracer = match command(kind, cfg, &ns, caps, twreset)? {
-        Some((mut cmd, lines, ready)) => Some(Tracer::start(&mut cmd, lines, ready)?),
+        Some((mut cmd, lines, ready)) => Some(Tracer::start(&mut cmd, lines, ready, sink(stats, lines))?),
         None => None,
     };
     thread::sleep(Duration::from_millis(500));
@@ -368,7 +391,7 @@ pub fn calibrate(churn_bin: &Path) -> Result<PerConn> {
     let mut per = [0.0; 2];
     for (i, mode) in ["client", "server"].into_iter().enumerate() {
         let ns = Ns::new("calib")?;
-        let t = Tracer::start(&mut bpftrace(TCPCOUNT_BT, &ns)?, Lines::Keep, Some("Tracing TCP"))?;
+        let t = Tracer::start(&mut bpftrace(TCPCOUNT_BT, &ns)?, Lines::Keep, Some("Tracing TCP"), Sink::Count)?;
         let c = churn::run(churn_bin, &ns, &["--threads", "2", "--count", "2000", "--mode", mode])?;
         thread::sleep(Duration::from_millis(500));
         let (out, _) = t.stop()?;

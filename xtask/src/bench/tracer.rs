@@ -1,8 +1,11 @@
 //! A long-running tracer process under measurement: started, awaited until it says it is ready,
 //! sampled (CPU, BPF run time, peak RSS) around a churn window, stopped with SIGINT like Ctrl-C.
 //!
-//! Its stdout goes to a file in /dev/shm, not to a pipe: as cheap for the tracer as `> /dev/null`
-//! (no reader competing for the 2 CPUs, no back-pressure), yet its lines can be counted afterwards.
+//! Its stdout goes to /dev/null ([`Sink::Discard`], what the rate runs use, as the issue
+//! specifies) or to a file in /dev/shm whose lines are counted and followed afterwards
+//! ([`Sink::Count`]): no pipe, so no reader competes for the 2 CPUs. The file is not free: writing
+//! `trace --json`'s 50 MB/s into tmpfs took 0.13-0.15 s of the tracer's CPU per million
+//! transitions, about as much as decoding and formatting them.
 
 use std::{
     fs::File,
@@ -39,9 +42,20 @@ impl Lines {
     }
 }
 
+/// Where a tracer's stdout goes.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Sink {
+    /// A file, read after the run: event lines counted and followed, other lines kept.
+    Count,
+    /// /dev/null: nothing is read back.
+    Discard,
+}
+
 /// What the tracer wrote: event lines counted, other lines kept (bounded).
 #[derive(Default)]
 pub struct Output {
+    /// The lines were read ([`Sink::Count`]); with [`Sink::Discard`] the counts below are empty.
+    pub counted: bool,
     pub event_lines: u64,
     /// twreset NDJSON lines about TIME_WAIT sockets themselves (`trace --timewait`).
     pub tw_lines: u64,
@@ -54,7 +68,8 @@ pub struct Tracer {
     child: Child,
     pub pid: u32,
     kind: Lines,
-    out_path: PathBuf,
+    /// The file stdout goes to ([`Sink::Count`]).
+    out_path: Option<PathBuf>,
     err: Option<JoinHandle<Output>>,
 }
 
@@ -66,7 +81,7 @@ fn out_path() -> PathBuf {
 
 fn count_lines(path: &std::path::Path, kind: Lines) -> Output {
     match File::open(path) {
-        Ok(f) => read_lines(f, kind, None, None),
+        Ok(f) => Output { counted: true, ..read_lines(f, kind, None, None) },
         Err(_) => Output::default(),
     }
 }
@@ -120,12 +135,15 @@ fn read_lines(r: impl Read, kind: Lines, ready: Option<&str>, tx: Option<mpsc::S
 }
 
 impl Tracer {
-    /// Spawn and wait until `ready` shows up on stdout or stderr (or, without a marker, until the
-    /// process has stayed up for a few seconds).
-    pub fn start(cmd: &mut Command, kind: Lines, ready: Option<&'static str>) -> Result<Self> {
-        let out_path = out_path();
-        let file = File::create(&out_path).with_context(|| format!("creating {}", out_path.display()))?;
-        cmd.stdin(Stdio::null()).stdout(file).stderr(Stdio::piped());
+    /// Spawn and wait until `ready` shows up on stdout (when counted) or stderr (or, without a
+    /// marker, until the process has stayed up for a few seconds).
+    pub fn start(cmd: &mut Command, kind: Lines, ready: Option<&'static str>, sink: Sink) -> Result<Self> {
+        let out_path = (sink == Sink::Count).then(out_path);
+        let stdout = match &out_path {
+            Some(p) => Stdio::from(File::create(p).with_context(|| format!("creating {}", p.display()))?),
+            None => Stdio::null(),
+        };
+        cmd.stdin(Stdio::null()).stdout(stdout).stderr(Stdio::piped());
         let mut child = cmd.spawn().with_context(|| format!("spawning {cmd:?}"))?;
         let (tx, rx) = mpsc::channel();
         let err = reader(child.stderr.take().expect("piped"), Lines::Keep, ready, tx);
@@ -134,7 +152,8 @@ impl Tracer {
         let deadline = Instant::now() + Duration::from_secs(if ready.is_some() { 90 } else { 5 });
         loop {
             sys::check_interrupted()?;
-            if ready.is_some_and(|m| rx.try_recv().is_ok() || file_contains(&t.out_path, m)) {
+            if ready.is_some_and(|m| rx.try_recv().is_ok() || t.out_path.as_ref().is_some_and(|p| file_contains(p, m)))
+            {
                 break;
             }
             if let Some(status) = t.child.try_wait()? {
@@ -155,8 +174,10 @@ impl Tracer {
     /// After exit: stdout's lines counted from the file (then removed), stderr's kept.
     fn finish_readers(&mut self) -> (Output, Output) {
         let err = self.err.take().map(|h| h.join().unwrap_or_default()).unwrap_or_default();
-        let out = count_lines(&self.out_path, self.kind);
-        let _ = std::fs::remove_file(&self.out_path);
+        let out = self.out_path.as_ref().map(|p| count_lines(p, self.kind)).unwrap_or_default();
+        if let Some(p) = &self.out_path {
+            let _ = std::fs::remove_file(p);
+        }
         (out, err)
     }
 
@@ -188,7 +209,9 @@ impl Drop for Tracer {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
-        let _ = std::fs::remove_file(&self.out_path);
+        if let Some(p) = &self.out_path {
+            let _ = std::fs::remove_file(p);
+        }
     }
 }
 
