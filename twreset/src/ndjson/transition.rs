@@ -18,8 +18,8 @@ const STATES: usize = 16;
 
 /// Writes transition lines; keeps the tables and the previous line's namespace.
 pub struct TransitionLines {
-    /// `","old":"A","new":"B","time_wait":..,"sk":"0x` for states `A * STATES + B`; empty for
-    /// numbers that are no state.
+    /// `,"old":"A","new":"B","time_wait":..,"sk":"0x` at `A * STATES + B` (state numbers); empty
+    /// for numbers that are no state.
     pairs: Vec<Box<[u8]>>,
     /// `(netns_cookie, family)` of `head`.
     head_of: Option<(u64, u16)>,
