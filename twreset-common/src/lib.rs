@@ -95,6 +95,9 @@ pub mod filter {
     /// Of the active closes into TIME_WAIT, only those that created no TIME_WAIT socket
     /// (`state_aux::OVERFLOW`): a TIME_WAIT table learns creations from the timer programs.
     pub const OVERFLOW_ONLY: u32 = 1 << 4;
+    /// The `sock_ops` program is attached: it reports the transitions of the sockets it turned
+    /// `BPF_SOCK_OPS_STATE_CB` on for, and the tracepoint programs leave those to it.
+    pub const SOCK_OPS: u32 = 1 << 5;
 }
 
 /// Runtime filter, element 0 of the `CONFIG` array. Userspace may rewrite it while attached.
@@ -139,8 +142,10 @@ pub mod stat {
     /// State transitions the backup state program handled because the kernel skipped the
     /// primary for them (recursion): subtracted from the primary's `recursion_misses`.
     pub const RECOVERED: u32 = 3;
+    /// Events the `sock_ops` program sent (`filter::SOCK_OPS`).
+    pub const SOCK_OPS: u32 = 4;
     /// Number of counters.
-    pub const COUNT: u32 = 4;
+    pub const COUNT: u32 = 5;
 }
 
 /// Kernel facts the programs need, read by userspace from the running kernel's BTF and
@@ -181,8 +186,11 @@ pub struct KernelOffsets {
     pub sk_protocol: u32,
     /// `struct inet_sock.inet_sport` (big-endian u16): the local port the tracepoint reports.
     pub inet_sport: u32,
+    /// `struct tcp_sock.bpf_sock_ops_cb_flags` (u8; 0: unknown, no `sock_ops` source).
+    pub tcp_cb_flags: u32,
+    pub _pad0: u32,
 }
-const _: () = assert!(size_of::<KernelOffsets>() == 104);
+const _: () = assert!(size_of::<KernelOffsets>() == 112);
 
 /// Name of the [`KernelOffsets`] global.
 pub const OFFSETS_GLOBAL: &str = "OFFSETS";

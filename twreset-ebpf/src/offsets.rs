@@ -27,6 +27,8 @@ pub(crate) static OFFSETS: KernelOffsets = KernelOffsets {
     timer_expires: 16,
     sk_protocol: 0,
     inet_sport: 0,
+    tcp_cb_flags: 0,
+    _pad0: 0,
 };
 
 /// The loader-set offsets (volatile: the compiler must not fold the defaults in).

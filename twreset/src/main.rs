@@ -40,6 +40,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 if s.decode_errors > 0 { format!(", {} undecodable", s.decode_errors) } else { String::new() },
                 s.loss.recovered,
             );
+            if s.sock_ops {
+                eprintln!("twreset: {} transitions of established sockets came from sock_ops", s.loss.sock_ops);
+            }
             tracing::debug!("kernel side sent {} events", s.loss.sent);
             Ok(ExitCode::SUCCESS)
         }

@@ -5,7 +5,7 @@ use std::os::fd::{AsFd, AsRawFd};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, RingBuf, lpm_trie::Key},
-    programs::{BtfTracePoint, ProgramError},
+    programs::{BtfTracePoint, ProgramError, SockOps, links::CgroupAttachMode},
 };
 use ipnet::IpNet;
 use twreset_common::{FilterConfig, KernelOffsets, OFFSETS_GLOBAL, PeerKey, filter, stat, tcp_state};
@@ -14,7 +14,7 @@ use crate::{
     decode::mapped,
     kernel::{
         btf::{BtfError, KernelBtf, kernel_offsets},
-        caps,
+        caps, cgroup,
         kallsyms::{Kallsyms, KallsymsError},
     },
     state::TcpState,
@@ -35,6 +35,8 @@ const STATE_PROGRAMS: [&str; 2] = ["set_state", "set_state_nest"];
 const STATE_TRACEPOINT: &str = "inet_sock_set_state";
 /// The TIME_WAIT lifecycle programs, attached as BTF-typed raw tracepoints of the same names.
 const TIMER_PROGRAMS: [&str; 3] = ["timer_start", "timer_expire_entry", "timer_cancel"];
+/// The `sock_ops` program: transitions of established sockets, from `tcp_set_state()` itself.
+const SOCK_OPS_PROGRAM: &str = "sock_state";
 
 /// Every raw tracepoint the programs attach to, with the leading `TP_PROTO` arguments they read
 /// (checked against the kernel's BTF at load time: a kernel that changed them is refused, not
@@ -81,6 +83,16 @@ pub enum ProbeError {
         #[source]
         source: std::io::Error,
     },
+    #[error("no cgroup v2 hierarchy is mounted (sock_ops attaches at its root)")]
+    NoCgroup2,
+    #[error("the kernel's BTF has no tcp_sock.bpf_sock_ops_cb_flags")]
+    NoSockOpsFlags,
+    #[error("opening the cgroup v2 root {path}")]
+    CgroupOpen {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Why the TIME_WAIT lifecycle programs cannot work on this kernel.
@@ -117,6 +129,9 @@ pub struct Loss {
     /// Transitions the kernel skipped the primary state program for (they nested inside its run)
     /// that the backup handled: not lost, shown so the recovery is seen working.
     pub recovered: u64,
+    /// Transitions of established sockets the `sock_ops` program reported (in place of the
+    /// tracepoint, which leaves a few per million undelivered).
+    pub sock_ops: u64,
 }
 
 impl Loss {
@@ -154,6 +169,10 @@ pub struct Probe {
     kallsyms: Option<Kallsyms>,
     /// Kernel-side log records (aya-log), forwarded to `tracing` by [`Probe::flush_logs`].
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
+    /// `tcp_sock.bpf_sock_ops_cb_flags` is known (the `sock_ops` source can work).
+    sock_ops_flags_known: bool,
+    /// The `sock_ops` program is attached and the filter says so (`filter::SOCK_OPS`).
+    sock_ops_on: bool,
 }
 
 impl Probe {
@@ -183,7 +202,15 @@ impl Probe {
                 None
             }
         };
-        Ok(Self { ebpf, attached: Vec::new(), timewait_unavailable, kallsyms, logger })
+        Ok(Self {
+            ebpf,
+            attached: Vec::new(),
+            timewait_unavailable,
+            kallsyms,
+            logger,
+            sock_ops_flags_known: off.tcp_cb_flags != 0,
+            sock_ops_on: false,
+        })
     }
 
     /// Forward pending kernel-side log records to `tracing` (stderr, `TWRESET_LOG`).
@@ -213,7 +240,6 @@ impl Probe {
 
     /// Replace the kernel-side filter; safe while attached (the config word is written last).
     pub fn set_filters(&mut self, f: &Filters) -> Result<(), ProbeError> {
-        let map_err = |name| move |source| ProbeError::Map { name, source };
         {
             let mut m: HashMap<_, u64, u8> =
                 HashMap::try_from(self.map_mut("NETNS_FILTER")?).map_err(map_err("NETNS_FILTER"))?;
@@ -270,8 +296,50 @@ impl Probe {
             cfg.state_mask = f.states.iter().fold(0, |m, s| m | 1 << s.number());
         }
         const { assert!(tcp_state::MAX < 32) };
+        if self.sock_ops_on {
+            cfg.flags |= filter::SOCK_OPS;
+        }
+        self.write_config(&cfg)
+    }
+
+    fn write_config(&mut self, cfg: &FilterConfig) -> Result<(), ProbeError> {
         let mut c: Array<_, FilterConfig> = Array::try_from(self.map_mut("CONFIG")?).map_err(map_err("CONFIG"))?;
-        c.set(0, &cfg, 0).map_err(map_err("CONFIG"))
+        c.set(0, cfg, 0).map_err(map_err("CONFIG"))
+    }
+
+    /// After [`Probe::attach_state`]: attach the `sock_ops` program at the cgroup v2 root, then
+    /// hand it the transitions of established sockets (`filter::SOCK_OPS`; the tracepoint
+    /// programs leave those to it). It turns `BPF_SOCK_OPS_STATE_CB` on for each socket that
+    /// becomes established from now on; older sockets stay with the tracepoint. On error nothing
+    /// changed and the tracepoint keeps reporting everything.
+    pub fn attach_sock_ops(&mut self) -> Result<(), ProbeError> {
+        if !self.sock_ops_flags_known {
+            return Err(ProbeError::NoSockOpsFlags);
+        }
+        let path = cgroup::v2_root().ok_or(ProbeError::NoCgroup2)?;
+        let dir = std::fs::File::open(&path).map_err(|source| ProbeError::CgroupOpen { path, source })?;
+        let name = SOCK_OPS_PROGRAM;
+        let prog: &mut SockOps = self
+            .ebpf
+            .program_mut(name)
+            .ok_or(ProbeError::NoProgram { name })?
+            .try_into()
+            .map_err(|source| ProbeError::Program { name, action: "type check", source })?;
+        prog.load().map_err(|source| ProbeError::Program { name, action: "load", source })?;
+        // aya attaches through a bpf_link, which the kernel always treats as allowing other
+        // programs beside it; it refuses the ALLOW_MULTI flag there (EINVAL).
+        prog.attach(dir, CgroupAttachMode::Single).map_err(|source| ProbeError::Program {
+            name,
+            action: "attach",
+            source,
+        })?;
+        let map = self.ebpf.map("CONFIG").ok_or(ProbeError::NoMap { name: "CONFIG" })?;
+        let c: Array<_, FilterConfig> = Array::try_from(map).map_err(map_err("CONFIG"))?;
+        let mut cfg = c.get(&0, 0).map_err(map_err("CONFIG"))?;
+        cfg.flags |= filter::SOCK_OPS;
+        self.write_config(&cfg)?;
+        self.sock_ops_on = true;
+        Ok(())
     }
 
     /// Attach the state programs to `inet_sock_set_state` in [`STATE_PROGRAMS`] order: the
@@ -331,6 +399,7 @@ impl Probe {
             recursion_misses: 0,
             overflow_unchecked: 0,
             recovered: 0,
+            sock_ops: sum(stat::SOCK_OPS),
         };
         let backup = self.attached.contains(&STATE_PROGRAMS[1]);
         if backup {
@@ -349,6 +418,11 @@ impl Probe {
     fn map_mut(&mut self, name: &'static str) -> Result<&mut aya::maps::Map, ProbeError> {
         self.ebpf.map_mut(name).ok_or(ProbeError::NoMap { name })
     }
+}
+
+/// A map error of `name`, for `map_err`.
+fn map_err(name: &'static str) -> impl Fn(aya::maps::MapError) -> ProbeError {
+    move |source| ProbeError::Map { name, source }
 }
 
 /// `bpf_prog_info.recursion_misses` via `BPF_OBJ_GET_INFO_BY_FD` (aya's ProgramInfo omits it).
@@ -412,6 +486,7 @@ mod tests {
             sent: 100,
             overflow_unchecked: 8,
             recovered: 16,
+            sock_ops: 32,
         };
         assert_eq!(l.lost(), 7);
         assert_eq!(l.breakdown(), "ring buffer full: 1, recursion misses: 2, kernel read errors: 4");

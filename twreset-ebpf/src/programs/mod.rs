@@ -1,4 +1,5 @@
 //! One module per hook family.
 pub mod iter;
+pub mod sockops;
 pub mod state;
 pub mod timewait;

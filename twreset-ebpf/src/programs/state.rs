@@ -19,7 +19,8 @@
 //! and pays a helper read only when it is not.
 
 use aya_ebpf::{
-    helpers::bpf_ktime_get_ns, macros::btf_tracepoint, maps::lpm_trie::Key, programs::BtfTracePointContext,
+    bindings::BPF_SOCK_OPS_STATE_CB_FLAG, helpers::bpf_ktime_get_ns, macros::btf_tracepoint, maps::lpm_trie::Key,
+    programs::BtfTracePointContext,
 };
 use twreset_common::{
     Event, FilterConfig, IPPROTO_TCP, LastTw, filter,
@@ -78,10 +79,10 @@ fn record_handled(t: &Transition) {
 }
 
 /// The tracepoint's arguments (`sk` is a BTF-typed pointer to the verifier).
-struct Transition {
-    sk: u64,
-    old: u32,
-    new: u32,
+pub(crate) struct Transition {
+    pub(crate) sk: u64,
+    pub(crate) old: u32,
+    pub(crate) new: u32,
 }
 
 impl Transition {
@@ -116,7 +117,7 @@ fn state_bit(mask: u32, s: u32) -> bool {
 /// The filter config, unless the state filter (a function of the arguments only, so it costs
 /// no read) drops this transition: a TIME_WAIT-only agent pays almost nothing for the others.
 #[inline(always)]
-fn state_filter(t: &Transition) -> Option<FilterConfig> {
+pub(crate) fn state_filter(t: &Transition) -> Option<FilterConfig> {
     let cfg = config();
     if cfg.flags & filter::STATE != 0 {
         let hit = state_bit(cfg.state_mask, t.old)
@@ -159,39 +160,66 @@ fn overflow_check(t: &Transition, cfg: &FilterConfig) {
     handle(t, cfg);
 }
 
+/// Report `t` unless a filter drops it or (tracepoint side) the `sock_ops` program reports it.
 #[inline(always)]
 fn handle(t: &Transition, cfg: &FilterConfig) {
+    if cfg.flags & filter::SOCK_OPS != 0 && sock_ops_has(t) {
+        return;
+    }
     let _ = try_handle(t, cfg);
 }
 
+/// The `sock_ops` program's report of a transition: `t.sk` is its `tcp_sock`, a BTF pointer
+/// like the tracepoint's argument.
+#[inline(always)]
+pub(crate) fn handle_sock_ops(t: &Transition, cfg: &FilterConfig) {
+    if try_handle(t, cfg).is_ok() {
+        count(stat::SOCK_OPS);
+    }
+}
+
+/// Does the `sock_ops` program report this transition? `tcp_set_state()` calls it, before the
+/// tracepoint, exactly when the socket has `BPF_SOCK_OPS_STATE_CB` on, which it turns on for
+/// every socket at establishment. The flag lies beyond `struct sock` (a helper read); sockets
+/// leaving CLOSE, SYN_SENT or LISTEN are not established yet and never have it (a listener's
+/// clone is made in SYN_RECV by `inet_sk_set_state()`, which calls no `sock_ops`).
+#[inline(always)]
+fn sock_ops_has(t: &Transition) -> bool {
+    if matches!(t.old, tcp_state::SYN_SENT | tcp_state::LISTEN | tcp_state::CLOSE) {
+        return false;
+    }
+    read::<u8>(t.sk, off!(tcp_cb_flags)).is_ok_and(|f| f as u32 & BPF_SOCK_OPS_STATE_CB_FLAG != 0)
+}
+
+/// Send `t` unless a filter drops it: `Ok` when sent.
 #[inline(always)]
 fn try_handle(t: &Transition, cfg: &FilterConfig) -> Result<(), ()> {
     let (sk, oldstate, newstate, into_tw) = (t.sk, t.old, t.new, t.into_tw());
     let protocol: u16 = load(sk, off!(sk_protocol));
     if protocol != IPPROTO_TCP {
-        return Ok(());
+        return Err(());
     }
-    let Ok(c) = common_direct(sk) else { return Ok(()) };
+    let Ok(c) = common_direct(sk) else { return Err(()) };
     let sport = local_port(sk, c.num)?;
     let (dport, family, saddr, daddr) = (c.dport, c.family, c.saddr, c.daddr);
     if cfg.flags & filter::PORT != 0 {
         // SAFETY: read-only lookups of plain integers.
         let hit = unsafe { PORT_FILTER.get(&sport).is_some() || PORT_FILTER.get(&dport).is_some() };
         if !hit {
-            return Ok(());
+            return Err(());
         }
     }
     if cfg.flags & filter::PEER != 0 && PEER_FILTER.get(&Key::new(128, daddr)).is_none() {
-        return Ok(());
+        return Err(());
     }
     let cookie = net_cookie_direct(c.net);
     // SAFETY: read-only lookup of a plain integer.
     if !cfg.keeps_netns(cookie, |c| unsafe { NETNS_FILTER.get(&c) }.is_some()) {
-        return Ok(());
+        return Err(());
     }
     let aux = if into_tw { active_close(sk, cookie, &saddr, &daddr, sport, dport) } else { 0 };
     if cfg.flags & filter::OVERFLOW_ONLY != 0 && aux != state_aux::OVERFLOW {
-        return Ok(());
+        return Err(());
     }
     send(Event {
         // SAFETY: helper without preconditions.

@@ -171,6 +171,8 @@ pub fn kernel_offsets(btf: &KernelBtf) -> Result<KernelOffsets, BtfError> {
         timer_expires: btf.offset("timer_list", "expires")?,
         sk_protocol: btf.offset("sock", "sk_protocol")?,
         inet_sport: btf.offset("inet_sock", "inet_sport")?,
+        // Absent without CONFIG_BPF: then there is no sock_ops source, nothing else changes.
+        tcp_cb_flags: btf.offset("tcp_sock", "bpf_sock_ops_cb_flags").unwrap_or(0),
         ..KernelOffsets::default()
     })
 }
@@ -228,6 +230,7 @@ mod tests {
         assert_eq!((off.timer_expires, off.timer_function), (16, 24));
         assert_eq!(off.sk_protocol, btf.offset("sock", "sk_protocol").unwrap());
         assert!(off.inet_sport > off.sk_protocol, "inet_sock embeds struct sock first");
+        assert!(off.tcp_cb_flags > off.inet_sport, "tcp_sock embeds inet_sock first");
         // Member inside an anonymous union of sock_common.
         assert!(btf.offset("sock_common", "skc_tw_rcv_nxt").is_ok());
         assert!(matches!(btf.offset("sock_common", "no_such_member"), Err(BtfError::NoMember { .. })));

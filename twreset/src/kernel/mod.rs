@@ -1,6 +1,7 @@
 //! Facts read from the running kernel: BTF offsets, tracefs, namespaces, privileges.
 pub mod btf;
 pub mod caps;
+pub mod cgroup;
 pub mod kallsyms;
 pub mod netns;
 pub mod tracefs;
