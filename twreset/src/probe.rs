@@ -307,17 +307,32 @@ impl Probe {
         c.set(0, cfg, 0).map_err(map_err("CONFIG"))
     }
 
-    /// After [`Probe::attach_state`]: attach the `sock_ops` program at the cgroup v2 root, then
+    /// Before [`Probe::attach_state`]: attach the `sock_ops` program at the cgroup v2 root and
     /// hand it the transitions of established sockets (`filter::SOCK_OPS`; the tracepoint
     /// programs leave those to it). It turns `BPF_SOCK_OPS_STATE_CB` on for each socket that
-    /// becomes established from now on; older sockets stay with the tracepoint. On error nothing
-    /// changed and the tracepoint keeps reporting everything.
+    /// becomes established from now on; older sockets stay with the tracepoint. The flag is set
+    /// before the program attaches and the tracepoint programs attach after it, so no
+    /// transition ever sees the two sides disagree (which would lose or double it). On error
+    /// nothing changed and the tracepoint reports everything.
     pub fn attach_sock_ops(&mut self) -> Result<(), ProbeError> {
         if !self.sock_ops_flags_known {
             return Err(ProbeError::NoSockOpsFlags);
         }
+        debug_assert!(self.attached.is_empty(), "attach sock_ops before the tracepoint programs");
         let path = cgroup::v2_root().ok_or(ProbeError::NoCgroup2)?;
         let dir = std::fs::File::open(&path).map_err(|source| ProbeError::CgroupOpen { path, source })?;
+        let before = self.config()?;
+        self.write_config(&FilterConfig { flags: before.flags | filter::SOCK_OPS, ..before })?;
+        let attached = self.load_attach_sock_ops(dir);
+        if attached.is_err() {
+            self.write_config(&before)?;
+        }
+        attached?;
+        self.sock_ops_on = true;
+        Ok(())
+    }
+
+    fn load_attach_sock_ops(&mut self, cgroup_root: std::fs::File) -> Result<(), ProbeError> {
         let name = SOCK_OPS_PROGRAM;
         let prog: &mut SockOps = self
             .ebpf
@@ -328,18 +343,18 @@ impl Probe {
         prog.load().map_err(|source| ProbeError::Program { name, action: "load", source })?;
         // aya attaches through a bpf_link, which the kernel always treats as allowing other
         // programs beside it; it refuses the ALLOW_MULTI flag there (EINVAL).
-        prog.attach(dir, CgroupAttachMode::Single).map_err(|source| ProbeError::Program {
+        prog.attach(cgroup_root, CgroupAttachMode::Single).map_err(|source| ProbeError::Program {
             name,
             action: "attach",
             source,
         })?;
+        Ok(())
+    }
+
+    fn config(&self) -> Result<FilterConfig, ProbeError> {
         let map = self.ebpf.map("CONFIG").ok_or(ProbeError::NoMap { name: "CONFIG" })?;
         let c: Array<_, FilterConfig> = Array::try_from(map).map_err(map_err("CONFIG"))?;
-        let mut cfg = c.get(&0, 0).map_err(map_err("CONFIG"))?;
-        cfg.flags |= filter::SOCK_OPS;
-        self.write_config(&cfg)?;
-        self.sock_ops_on = true;
-        Ok(())
+        c.get(&0, 0).map_err(map_err("CONFIG"))
     }
 
     /// Attach the state programs to `inet_sock_set_state` in [`STATE_PROGRAMS`] order: the

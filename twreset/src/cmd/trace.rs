@@ -201,9 +201,9 @@ pub async fn run(cfg: TraceConfig, shutdown: impl Future<Output = ()>) -> Result
     let mut ring = unsafe { AsyncFd::register(ring) }
         .map_err(|e| e.into_parts().1)
         .context("registering the ring buffer with tokio")?;
-    probe.attach_state()?;
     // Established sockets' transitions from tcp_set_state() itself, which the tracepoint leaves
-    // a few per million of undelivered; without it the tracepoint reports everything.
+    // a few per million of undelivered; without it the tracepoint reports everything. First, so
+    // that the tracepoint programs never run without it (see `Probe::attach_sock_ops`).
     let sock_ops = match probe.attach_sock_ops() {
         Ok(()) => true,
         Err(e) => {
@@ -212,6 +212,7 @@ pub async fn run(cfg: TraceConfig, shutdown: impl Future<Output = ()>) -> Result
             false
         }
     };
+    probe.attach_state()?;
     if cfg.timewait {
         probe.attach_timewait()?;
     }
