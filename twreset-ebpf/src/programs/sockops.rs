@@ -16,7 +16,7 @@ use aya_ebpf::{
 };
 use twreset_common::filter;
 
-use super::state::{Transition, handle_sock_ops, state_filter};
+use super::state::{Transition, handle_sock_ops, sock_ops_may_report, state_filter};
 
 #[sock_ops]
 pub fn sock_state(ctx: SockOpsContext) -> u32 {
@@ -43,7 +43,8 @@ fn state_cb(ctx: &SockOpsContext) {
         return;
     }
     let t = Transition { sk: tp as u64, old: ctx.arg(0), new: ctx.arg(1) };
-    if let Some(cfg) = state_filter(&t)
+    if sock_ops_may_report(t.old)
+        && let Some(cfg) = state_filter(&t)
         && cfg.flags & filter::SOCK_OPS != 0
         && cfg.flags & filter::OVERFLOW_ONLY == 0
     {

@@ -182,15 +182,20 @@ pub(crate) fn handle_sock_ops(t: &Transition, cfg: &FilterConfig) {
 
 /// Does the `sock_ops` program report this transition? `tcp_set_state()` calls it, before the
 /// tracepoint, exactly when the socket has `BPF_SOCK_OPS_STATE_CB` on, which it turns on for
-/// every socket at establishment. The flag lies beyond `struct sock` (a helper read); sockets
-/// leaving CLOSE, SYN_SENT or LISTEN are not established yet and never have it (a listener's
-/// clone is made in SYN_RECV by `inet_sk_set_state()`, which calls no `sock_ops`).
+/// every socket at establishment. The flag lies beyond `struct sock` (a helper read).
 #[inline(always)]
 fn sock_ops_has(t: &Transition) -> bool {
-    if matches!(t.old, tcp_state::SYN_SENT | tcp_state::LISTEN | tcp_state::CLOSE) {
-        return false;
-    }
-    read::<u8>(t.sk, off!(tcp_cb_flags)).is_ok_and(|f| f as u32 & BPF_SOCK_OPS_STATE_CB_FLAG != 0)
+    sock_ops_may_report(t.old)
+        && read::<u8>(t.sk, off!(tcp_cb_flags)).is_ok_and(|f| f as u32 & BPF_SOCK_OPS_STATE_CB_FLAG != 0)
+}
+
+/// Transitions out of CLOSE, SYN_SENT and LISTEN always stay with the tracepoint, on both sides:
+/// our flag is never on then (a listener's clone is made in SYN_RECV by `inet_sk_set_state()`,
+/// which calls no `sock_ops`), and a flag another tool turned on earlier must not make both
+/// sides report one.
+#[inline(always)]
+pub(crate) fn sock_ops_may_report(old: u32) -> bool {
+    !matches!(old, tcp_state::SYN_SENT | tcp_state::LISTEN | tcp_state::CLOSE)
 }
 
 /// Send `t` unless a filter drops it: `Ok` when sent.
