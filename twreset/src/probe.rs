@@ -334,12 +334,7 @@ impl Probe {
 
     fn load_attach_sock_ops(&mut self, cgroup_root: std::fs::File) -> Result<(), ProbeError> {
         let name = SOCK_OPS_PROGRAM;
-        let prog: &mut SockOps = self
-            .ebpf
-            .program_mut(name)
-            .ok_or(ProbeError::NoProgram { name })?
-            .try_into()
-            .map_err(|source| ProbeError::Program { name, action: "type check", source })?;
+        let prog: &mut SockOps = self.program_mut(name)?;
         prog.load().map_err(|source| ProbeError::Program { name, action: "load", source })?;
         // aya attaches through a bpf_link, which the kernel always treats as allowing other
         // programs beside it; it refuses the ALLOW_MULTI flag there (EINVAL).
@@ -349,6 +344,18 @@ impl Probe {
             source,
         })?;
         Ok(())
+    }
+
+    /// The program `name` of the object, as the program type `T` it must be.
+    fn program_mut<'a, T>(&'a mut self, name: &'static str) -> Result<&'a mut T, ProbeError>
+    where
+        &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
+    {
+        self.ebpf
+            .program_mut(name)
+            .ok_or(ProbeError::NoProgram { name })?
+            .try_into()
+            .map_err(|source| ProbeError::Program { name, action: "type check", source })
     }
 
     fn config(&self) -> Result<FilterConfig, ProbeError> {
@@ -380,12 +387,7 @@ impl Probe {
 
     /// Load (verify) the BTF-typed raw tracepoint program `name` for `tracepoint` and attach it.
     fn attach_btf(&mut self, name: &'static str, tracepoint: &str, btf: &aya::Btf) -> Result<(), ProbeError> {
-        let prog: &mut BtfTracePoint = self
-            .ebpf
-            .program_mut(name)
-            .ok_or(ProbeError::NoProgram { name })?
-            .try_into()
-            .map_err(|source| ProbeError::Program { name, action: "type check", source })?;
+        let prog: &mut BtfTracePoint = self.program_mut(name)?;
         prog.load(tracepoint, btf).map_err(|source| ProbeError::Program { name, action: "load", source })?;
         prog.attach().map_err(|source| ProbeError::Program { name, action: "attach", source })?;
         self.attached.push(name);
