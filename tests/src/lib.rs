@@ -399,6 +399,25 @@ pub fn programs_of(pid: u32) -> Vec<u32> {
     ids
 }
 
+/// Fail unless every program of `ours` has left the kernel within 5 s. The kernel frees a
+/// program after an RCU grace period once its last fd is closed; one still there after 5 s is a
+/// leak.
+pub fn assert_programs_freed(ours: &[u32], what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let left = loop {
+        let left: Vec<u32> = aya::programs::loaded_programs()
+            .filter_map(Result::ok)
+            .map(|p| p.id())
+            .filter(|id| ours.contains(id))
+            .collect();
+        if left.is_empty() || Instant::now() > deadline {
+            break left;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(left.is_empty(), "{what}: programs {left:?} left in the kernel");
+}
+
 /// Wait until process `pid` holds `n` BPF programs (attached), panicking after 30 s.
 pub fn wait_for_programs(pid: u32, n: usize) {
     let deadline = Instant::now() + Duration::from_secs(30);

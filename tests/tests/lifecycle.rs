@@ -9,12 +9,7 @@ use std::{
 };
 
 use nix::sys::signal::Signal;
-use twreset_tests::{Closer, NetNs, Running, bin, connections, privileged, programs_of};
-
-/// Ids of every program loaded in the kernel.
-fn loaded() -> Vec<u32> {
-    aya::programs::loaded_programs().filter_map(Result::ok).map(|p| p.id()).collect()
-}
+use twreset_tests::{Closer, NetNs, Running, assert_programs_freed, bin, connections, privileged, programs_of};
 
 #[test]
 fn sigterm_and_sigint_exit_0_with_summary_and_detach() {
@@ -45,17 +40,7 @@ fn sigterm_and_sigint_exit_0_with_summary_and_detach() {
             Some("twreset: 14 transitions of established sockets came from sock_ops"),
             "{err}"
         );
-        // The kernel frees a raw tracepoint's program after an RCU grace period once its last
-        // fd is closed, so give it a moment; a program still there after 5 s is a leak.
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        let left = loop {
-            let left: Vec<u32> = loaded().into_iter().filter(|id| ours.contains(id)).collect();
-            if left.is_empty() || std::time::Instant::now() > deadline {
-                break left;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        };
-        assert!(left.is_empty(), "{sig}: programs {left:?} left in the kernel");
+        assert_programs_freed(&ours, sig.as_ref());
     }
 }
 

@@ -22,6 +22,11 @@ pub mod kind {
     /// not from a kill): FIN_WAIT2 substate becoming TIME_WAIT, or a segment restarting the timer.
     /// Fields as [`TW_START`].
     pub const TW_REARM: u16 = 5;
+    /// A TIME_WAIT socket was created that no `timer_start` reported: the `sock_ops` program saw
+    /// the active close hand its socket over (`filter::TW_TABLE`). `skaddr`: the full socket
+    /// (the TIME_WAIT socket is not reachable from it); `newstate`: substate; `aux`: 0 (timeout
+    /// unknown; the kernel's own are 60 s for TIME_WAIT).
+    pub const TW_BORN: u16 = 6;
 }
 
 /// Flags in `Event::aux` of a `STATE` event.
@@ -92,9 +97,9 @@ pub mod filter {
     pub const PORT: u32 = 1 << 2;
     /// Only transitions whose old or new state bit is in `state_mask`.
     pub const STATE: u32 = 1 << 3;
-    /// Of the active closes into TIME_WAIT, only those that created no TIME_WAIT socket
-    /// (`state_aux::OVERFLOW`): a TIME_WAIT table learns creations from the timer programs.
-    pub const OVERFLOW_ONLY: u32 = 1 << 4;
+    /// A TIME_WAIT table's probe: the timer programs report the TIME_WAIT sockets, and the
+    /// `sock_ops` program only the creations they did not see (`kind::TW_BORN`).
+    pub const TW_TABLE: u32 = 1 << 4;
     /// The `sock_ops` program is attached: it reports the transitions of the sockets it turned
     /// `BPF_SOCK_OPS_STATE_CB` on for, and the tracepoint programs leave those to it.
     pub const SOCK_OPS: u32 = 1 << 5;
@@ -144,8 +149,11 @@ pub mod stat {
     pub const RECOVERED: u32 = 3;
     /// Events the `sock_ops` program sent (`filter::SOCK_OPS`).
     pub const SOCK_OPS: u32 = 4;
+    /// TIME_WAIT creations no `timer_start` reported, sent by the `sock_ops` program
+    /// (`kind::TW_BORN`).
+    pub const TW_BORN: u32 = 5;
     /// Number of counters.
-    pub const COUNT: u32 = 5;
+    pub const COUNT: u32 = 6;
 }
 
 /// Kernel facts the programs need, read by userspace from the running kernel's BTF and
@@ -188,9 +196,13 @@ pub struct KernelOffsets {
     pub inet_sport: u32,
     /// `struct tcp_sock.bpf_sock_ops_cb_flags` (u8; 0: unknown, no `sock_ops` source).
     pub tcp_cb_flags: u32,
+    /// `struct sock_common.skc_node.pprev` (NULL once the socket left the established hash).
+    pub skc_pprev: u32,
+    /// `struct sock.sk_flags` (bit `SOCK_DONE`: the peer's FIN arrived).
+    pub sk_flags: u32,
     pub _pad0: u32,
 }
-const _: () = assert!(size_of::<KernelOffsets>() == 112);
+const _: () = assert!(size_of::<KernelOffsets>() == 120);
 
 /// Name of the [`KernelOffsets`] global.
 pub const OFFSETS_GLOBAL: &str = "OFFSETS";

@@ -28,6 +28,8 @@ pub(crate) static OFFSETS: KernelOffsets = KernelOffsets {
     sk_protocol: 0,
     inet_sport: 0,
     tcp_cb_flags: 0,
+    skc_pprev: 0,
+    sk_flags: 0,
     _pad0: 0,
 };
 

@@ -24,6 +24,31 @@ pub struct NsCount {
     pub tw: usize,
     /// TIME_WAIT sockets created so far (`TW` + `TWKilled`), if readable.
     pub created: Option<u64>,
+    /// Active closes that found `tcp_max_tw_buckets` full so far (`TCPTimeWaitOverflow`), if
+    /// readable.
+    pub overflow: Option<u64>,
+}
+
+/// The kernel's overflow counters against a baseline per namespace: its first reading, which
+/// for the namespaces the probe saw attach is the one taken just before it attached. A deleted
+/// namespace keeps its last reading.
+#[derive(Debug, Default)]
+pub struct Overflows {
+    /// Per namespace: (baseline, last reading).
+    per_ns: HashMap<u64, (u64, u64), RandomState>,
+}
+
+impl Overflows {
+    /// Take in a reading; returns the overflows since the baselines, summed over namespaces.
+    pub fn read(&mut self, kernel: &[NsCount]) -> u64 {
+        for c in kernel {
+            if let Some(v) = c.overflow {
+                let e = self.per_ns.entry(c.netns).or_insert((v, v));
+                e.1 = e.1.max(v);
+            }
+        }
+        self.per_ns.values().map(|&(base, last)| last - base).sum()
+    }
 }
 
 /// Creation events against the kernel's creation counter, per namespace. A namespace's baseline
@@ -151,7 +176,7 @@ mod tests {
             _ => 0,
         };
         let m = |netns, kernel, table| Mismatch { netns, kernel, table };
-        let c = |netns, tw| NsCount { netns, tw, created: None };
+        let c = |netns, tw| NsCount { netns, tw, created: None, overflow: None };
         // 1 matches, 2 is short by 2 (quiet), 3 differs but is busy, 4 has 3 the table lacks.
         let kernel = [c(1, 10), c(2, 7), c(3, 9), c(4, 3)];
         let found = mismatches(&kernel, table, |ns| ns != 3);
@@ -164,7 +189,7 @@ mod tests {
 
     #[test]
     fn creations_missing_from_the_events_count_once() {
-        let read = |created| [NsCount { netns: 7, tw: 0, created: Some(created) }];
+        let read = |created| [NsCount { netns: 7, tw: 0, created: Some(created), overflow: None }];
         let mut c = Creations::default();
         // Baseline: the kernel had made 1000 before, 2 of them already seen as events.
         c.applied(7, 2);
@@ -184,7 +209,21 @@ mod tests {
         c.applied(7, 10);
         assert_eq!(c.report(&read(1090)), 0);
         // No counter, or a namespace without a baseline: nothing judged.
-        assert_eq!(c.report(&[NsCount { netns: 7, tw: 0, created: None }]), 0);
-        assert_eq!(c.report(&[NsCount { netns: 8, tw: 0, created: Some(9) }]), 0);
+        assert_eq!(c.report(&[NsCount { netns: 7, tw: 0, created: None, overflow: None }]), 0);
+        assert_eq!(c.report(&[NsCount { netns: 8, tw: 0, created: Some(9), overflow: None }]), 0);
+    }
+
+    #[test]
+    fn overflows_count_from_each_namespaces_baseline() {
+        let c = |netns, overflow| NsCount { netns, tw: 0, created: None, overflow };
+        let mut o = Overflows::default();
+        // Baselines: 1 had 40 before the probe attached, 2 had 0; 3 is unreadable.
+        assert_eq!(o.read(&[c(1, Some(40)), c(2, Some(0)), c(3, None)]), 0);
+        assert_eq!(o.read(&[c(1, Some(46)), c(2, Some(1))]), 7);
+        // A namespace first seen later starts from that reading; one gone keeps its count.
+        assert_eq!(o.read(&[c(1, Some(46)), c(4, Some(9))]), 7);
+        assert_eq!(o.read(&[c(4, Some(12)), c(3, Some(5))]), 10);
+        // A reading is never older than the last one taken in.
+        assert_eq!(o.read(&[c(4, Some(11))]), 10);
     }
 }

@@ -9,11 +9,11 @@ use tokio::sync::mpsc;
 
 use crate::{
     cli::NetnsScope,
-    crosscheck::{self, Creations, LastEvents, NsCount},
+    crosscheck::{self, Creations, LastEvents, NsCount, Overflows},
     kernel::netns::{self, Netns, NetnsError},
     sock::DiagSocket,
     table::{By, Connected, Drift, PortRange, PortRanges, Snapshot, Sort, Table, ViewConfig, pressure::PressureError},
-    tw_event::{TwEvent, TwEventKind},
+    tw_event::TwEvent,
 };
 
 /// Where a dump puts the sockets it reads, one at a time as they arrive: nothing is collected,
@@ -88,10 +88,10 @@ pub struct Feed {
     pub events: mpsc::Receiver<Vec<TwEvent>>,
     pub dump: DumpFn,
     pub lost: LostFn,
-    /// Host state changes the overflow check was skipped for (BPF recursion): an overflow among
-    /// them would go uncounted; the table itself does not depend on them.
-    pub unchecked: LostFn,
     pub tw_counts: CountFn,
+    /// The kernel's counts just before the event source attached: the baselines of the overflow
+    /// counters (`Counters::overflow`).
+    pub attached_counts: Vec<NsCount>,
     /// `ip_local_port_range` per namespace in scope.
     pub ranges: PortRanges,
 }
@@ -187,10 +187,10 @@ pub struct Live {
     events: mpsc::Receiver<Vec<TwEvent>>,
     dump: DumpFn,
     lost: LostFn,
-    unchecked: LostFn,
     tw_counts: CountFn,
     last_events: LastEvents,
     creations: Creations,
+    overflows: Overflows,
     next_check_ns: u64,
     /// How long to keep applying events after a dump before trusting it (ring-buffer latency).
     settle: Duration,
@@ -200,7 +200,9 @@ pub struct Live {
 impl Live {
     /// Seed from a dump, then apply what arrives during `settle`.
     pub async fn start(feed: Feed, view: ViewConfig, settle: Duration) -> Result<Self, LiveError> {
-        let Feed { events, dump, lost, unchecked, tw_counts, ranges } = feed;
+        let Feed { events, dump, lost, tw_counts, attached_counts, ranges } = feed;
+        let mut overflows = Overflows::default();
+        overflows.read(&attached_counts);
         let mut live = Self {
             table: Table::new(),
             connected: Connected::default(),
@@ -209,10 +211,10 @@ impl Live {
             events,
             dump,
             lost,
-            unchecked,
             tw_counts,
             last_events: LastEvents::default(),
             creations: Creations::default(),
+            overflows,
             next_check_ns: 0,
             settle,
             closed: false,
@@ -245,6 +247,7 @@ impl Live {
         // Creations are judged from here: the seed covers what came before.
         let kernel = (live.tw_counts)();
         live.creations.baseline(&kernel);
+        live.table.set_overflow(live.overflows.read(&kernel));
         live.drain_for(settle).await;
         Ok(live)
     }
@@ -274,7 +277,7 @@ impl Live {
         // (a batch is mostly one): this loop is the table's hot path.
         let mut run: Option<(u64, u64, u64)> = None;
         for ev in batch {
-            let created = u64::from(matches!(ev.kind, TwEventKind::Created { .. }));
+            let created = u64::from(self.table.apply(ev));
             match &mut run {
                 Some((ns, ts, n)) if *ns == ev.key.netns_cookie => {
                     *ts = (*ts).max(ev.ts_ns);
@@ -288,7 +291,6 @@ impl Live {
                     run = Some((ev.key.netns_cookie, ev.ts_ns, created));
                 }
             }
-            self.table.apply(ev);
         }
         if let Some((ns, ts, n)) = run {
             self.last_events.saw(ns, ts);
@@ -353,6 +355,7 @@ impl Live {
         let read_ns = monotonic_ns();
         let kernel = (self.tw_counts)();
         self.creations.baseline(&kernel);
+        self.table.set_overflow(self.overflows.read(&kernel));
         let suspects = self.mismatches(&kernel, read_ns);
         let since = read_ns.saturating_sub(crosscheck::QUIET_NS);
         tracing::debug!(
@@ -400,7 +403,6 @@ impl Live {
         self.pump();
         let now = monotonic_ns();
         self.table.expire_overdue(now);
-        self.table.set_overflow_unchecked((self.unchecked)());
         if now >= self.next_check_ns {
             self.next_check_ns = now + CROSSCHECK_EVERY_NS;
             self.crosscheck().await;

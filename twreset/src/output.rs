@@ -111,6 +111,7 @@ pub fn push_tw_json_line(buf: &mut Vec<u8>, ev: &TwEvent) {
         TwEventKind::Created { .. } | TwEventKind::Rearmed { .. } => "tw_start",
         TwEventKind::Expired => "tw_expire",
         TwEventKind::Killed { .. } => "tw_kill",
+        TwEventKind::Born { .. } => "tw_born",
         TwEventKind::Overflow => "tw_overflow",
     };
     l.str("event", event)
@@ -130,6 +131,9 @@ pub fn push_tw_json_line(buf: &mut Vec<u8>, ev: &TwEvent) {
         TwEventKind::Killed { cause } => {
             l.str("cause", cause_name(cause));
         }
+        TwEventKind::Born { substate } => {
+            l.str("substate", substate.name());
+        }
         TwEventKind::Expired | TwEventKind::Overflow => {}
     }
     l.end();
@@ -148,6 +152,7 @@ fn tw_fields(ev: &TwEvent) -> (&'static str, Value) {
         }
         TwEventKind::Expired => ("tw_expire", json!({})),
         TwEventKind::Killed { cause } => ("tw_kill", json!({"cause": cause_name(cause)})),
+        TwEventKind::Born { substate } => ("tw_born", json!({"substate": substate.name()})),
         TwEventKind::Overflow => ("tw_overflow", json!({})),
     }
 }
@@ -183,6 +188,7 @@ pub fn tw_human_line(ev: &TwEvent, ns: &NsNames, clock: &WallClock) -> String {
         }
         TwEventKind::Expired => "tw expired".to_owned(),
         TwEventKind::Killed { cause } => format!("tw killed ({})", cause_name(cause)),
+        TwEventKind::Born { substate } => format!("tw created {substate} (no timer event; seen by sock_ops)"),
         TwEventKind::Overflow => "tw overflow: tcp_max_tw_buckets full, no TIME_WAIT socket".to_owned(),
     };
     format!(
@@ -251,6 +257,7 @@ mod tests {
             TwEventKind::Rearmed { substate: TcpState::FinWait2, timeout_ms: 1 },
             TwEventKind::Expired,
             TwEventKind::Killed { cause: TwCause::PeerRst },
+            TwEventKind::Born { substate: TcpState::TimeWait },
             TwEventKind::Overflow,
         ];
         for (kind, laddr, raddr) in kinds.into_iter().zip(["10.0.0.1", "fd00::1"].into_iter().cycle()).map(|(k, a)| {

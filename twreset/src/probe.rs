@@ -112,8 +112,9 @@ pub struct Filters {
     pub peers: Vec<IpNet>,
     pub ports: Vec<u16>,
     pub states: Vec<TcpState>,
-    /// Of the active closes into TIME_WAIT, send only those that overflowed (`filter::OVERFLOW_ONLY`).
-    pub overflow_only: bool,
+    /// A TIME_WAIT table's probe (`filter::TW_TABLE`): with the timer programs, and the
+    /// `sock_ops` program reporting only the creations they missed.
+    pub tw_table: bool,
 }
 
 /// Events the kernel side could not deliver, and why.
@@ -123,24 +124,23 @@ pub struct Loss {
     pub recursion_misses: u64,
     pub read_errors: u64,
     pub sent: u64,
-    /// State transitions (any, host-wide) the overflow check alone was skipped for on
-    /// recursion (see [`Probe::attach_state_overflow_check`]): not lost events.
-    pub overflow_unchecked: u64,
     /// Transitions the kernel skipped the primary state program for (they nested inside its run)
     /// that the backup handled: not lost, shown so the recovery is seen working.
     pub recovered: u64,
     /// Transitions of established sockets the `sock_ops` program reported (in place of the
     /// tracepoint, which leaves a few per million undelivered).
     pub sock_ops: u64,
+    /// TIME_WAIT creations no `timer_start` reported, which the `sock_ops` program did
+    /// (`filter::TW_TABLE`).
+    pub tw_born: u64,
 }
 
 impl Loss {
     /// Account `misses` of the attached program `name`. The primary state program's misses less
-    /// the backup's recoveries are lost; the backup's own misses are transitions the primary took. Without the backup the primary only checks for overflow: its
-    /// misses are unchecked closes, not lost events. Any other program's misses are lost.
-    fn add_misses(&mut self, name: &str, misses: u64, backup: bool, recovered: u64) {
+    /// the backup's recoveries are lost; the backup's own misses are transitions the primary
+    /// took. Any other program's misses are lost.
+    fn add_misses(&mut self, name: &str, misses: u64, recovered: u64) {
         match name {
-            n if n == STATE_PROGRAMS[0] && !backup => self.overflow_unchecked += misses,
             n if n == STATE_PROGRAMS[0] => self.recursion_misses += misses.saturating_sub(recovered),
             n if STATE_PROGRAMS.contains(&n) => {}
             _ => self.recursion_misses += misses,
@@ -226,13 +226,14 @@ impl Probe {
     }
 
     /// Attach the TIME_WAIT lifecycle programs (BTF-typed raw tracepoints `timer_start`,
-    /// `timer_expire_entry`, `timer_cancel`, filtered in BPF on `tw_timer_handler`).
-    pub fn attach_timewait(&mut self) -> Result<(), ProbeError> {
+    /// `timer_expire_entry`, `timer_cancel`, filtered in BPF on `tw_timer_handler`), all but
+    /// those named in `skip` (fault injection for tests; empty in normal use).
+    pub fn attach_timewait(&mut self, skip: &[&str]) -> Result<(), ProbeError> {
         if let Some(e) = self.timewait_unavailable.take() {
             return Err(ProbeError::NoTimewait(e));
         }
         let btf = aya::Btf::from_sys_fs().map_err(ProbeError::AyaBtf)?;
-        for name in TIMER_PROGRAMS {
+        for name in TIMER_PROGRAMS.into_iter().filter(|n| !skip.contains(n)) {
             self.attach_btf(name, name, &btf)?;
         }
         Ok(())
@@ -288,8 +289,8 @@ impl Probe {
         if !f.ports.is_empty() {
             cfg.flags |= filter::PORT;
         }
-        if f.overflow_only {
-            cfg.flags |= filter::OVERFLOW_ONLY;
+        if f.tw_table {
+            cfg.flags |= filter::TW_TABLE;
         }
         if !f.states.is_empty() {
             cfg.flags |= filter::STATE;
@@ -309,7 +310,8 @@ impl Probe {
 
     /// Before [`Probe::attach_state`]: attach the `sock_ops` program at the cgroup v2 root and
     /// hand it the transitions of established sockets (`filter::SOCK_OPS`; the tracepoint
-    /// programs leave those to it). It turns `BPF_SOCK_OPS_STATE_CB` on for each socket that
+    /// programs leave those to it). With `filter::TW_TABLE` it reports only the TIME_WAIT
+    /// creations the timer programs missed; then attach it after them. It turns `BPF_SOCK_OPS_STATE_CB` on for each socket that
     /// becomes established from now on; older sockets stay with the tracepoint. The flag is set
     /// before the program attaches and the tracepoint programs attach after it, so no
     /// transition ever sees the two sides disagree (which would lose or double it). On error
@@ -318,7 +320,7 @@ impl Probe {
         if !self.sock_ops_flags_known {
             return Err(ProbeError::NoSockOpsFlags);
         }
-        debug_assert!(self.attached.is_empty(), "attach sock_ops before the tracepoint programs");
+        debug_assert!(!self.attached.contains(&STATE_PROGRAMS[0]), "attach sock_ops before the state programs");
         let path = cgroup::v2_root().ok_or(ProbeError::NoCgroup2)?;
         let dir = std::fs::File::open(&path).map_err(|source| ProbeError::CgroupOpen { path, source })?;
         let before = self.config()?;
@@ -375,16 +377,6 @@ impl Probe {
         Ok(())
     }
 
-    /// Attach the primary state program alone, for a TIME_WAIT table: it only checks active
-    /// closes for overflow (creations come from the timer programs), so a transition the kernel
-    /// skips it for costs at most an overflow check, counted apart
-    /// ([`Loss::overflow_unchecked`]) instead of as a lost event; two programs fewer per
-    /// transition on the host.
-    pub fn attach_state_overflow_check(&mut self) -> Result<(), ProbeError> {
-        let btf = aya::Btf::from_sys_fs().map_err(ProbeError::AyaBtf)?;
-        self.attach_btf(STATE_PROGRAMS[0], STATE_TRACEPOINT, &btf)
-    }
-
     /// Load (verify) the BTF-typed raw tracepoint program `name` for `tracepoint` and attach it.
     fn attach_btf(&mut self, name: &'static str, tracepoint: &str, btf: &aya::Btf) -> Result<(), ProbeError> {
         let prog: &mut BtfTracePoint = self.program_mut(name)?;
@@ -414,20 +406,16 @@ impl Probe {
             read_errors: sum(stat::READ_ERROR),
             sent: sum(stat::SENT),
             recursion_misses: 0,
-            overflow_unchecked: 0,
-            recovered: 0,
+            recovered: sum(stat::RECOVERED),
             sock_ops: sum(stat::SOCK_OPS),
+            tw_born: sum(stat::TW_BORN),
         };
-        let backup = self.attached.contains(&STATE_PROGRAMS[1]);
-        if backup {
-            loss.recovered = sum(stat::RECOVERED);
-        }
         for &name in &self.attached {
             let prog = self.ebpf.program(name).ok_or(ProbeError::NoProgram { name })?;
             let fd = prog.fd().map_err(|source| ProbeError::Program { name, action: "fd", source })?;
             let misses =
                 recursion_misses(fd.as_fd().as_raw_fd()).map_err(|source| ProbeError::Info { name, source })?;
-            loss.add_misses(name, misses, backup, sum(stat::RECOVERED));
+            loss.add_misses(name, misses, loss.recovered);
         }
         Ok(loss)
     }
@@ -479,18 +467,18 @@ mod tests {
     fn recursion_misses_are_lost_unless_recovered() {
         let mut l = Loss::default();
         // Full trace: primary, backup, and a timer program.
-        l.add_misses("set_state", 9, true, 7);
-        l.add_misses("set_state_nest", 5, true, 7);
-        l.add_misses("timer_start", 2, true, 7);
-        assert_eq!((l.recursion_misses, l.overflow_unchecked, l.lost()), (2 + 2, 0, 4));
-        // The table's overflow check alone: its misses are not lost events.
+        l.add_misses("set_state", 9, 7);
+        l.add_misses("set_state_nest", 5, 7);
+        l.add_misses("timer_start", 2, 7);
+        assert_eq!((l.recursion_misses, l.lost()), (2 + 2, 4));
+        // A table's probe: timer programs only; each of their misses is lost.
         let mut t = Loss::default();
-        t.add_misses("set_state", 6, false, 0);
-        t.add_misses("timer_cancel", 1, false, 0);
-        assert_eq!((t.recursion_misses, t.overflow_unchecked, t.lost()), (1, 6, 1));
+        t.add_misses("timer_cancel", 1, 0);
+        t.add_misses("timer_start", 3, 0);
+        assert_eq!((t.recursion_misses, t.lost()), (4, 4));
         // The two counters are read a moment apart: more recovered than missed is not negative.
         let mut r = Loss::default();
-        r.add_misses("set_state", 1, true, 2);
+        r.add_misses("set_state", 1, 2);
         assert_eq!(r.lost(), 0);
     }
 
@@ -501,9 +489,9 @@ mod tests {
             recursion_misses: 2,
             read_errors: 4,
             sent: 100,
-            overflow_unchecked: 8,
             recovered: 16,
             sock_ops: 32,
+            tw_born: 64,
         };
         assert_eq!(l.lost(), 7);
         assert_eq!(l.breakdown(), "ring buffer full: 1, recursion misses: 2, kernel read errors: 4");

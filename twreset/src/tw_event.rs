@@ -51,6 +51,11 @@ pub enum TwEventKind {
     Expired,
     /// Removed before its timer fired.
     Killed { cause: TwCause },
+    /// A tw socket was created that no timer event reported: the `sock_ops` program saw the
+    /// active close hand over to it (the timer tracepoint leaves a few per million undelivered).
+    /// Its timer is unknown: the kernel's are 60 s for TIME_WAIT. May repeat a `Created` of the
+    /// same socket when a nested close on that CPU hid the timer from the check; then it is void.
+    Born { substate: TcpState },
     /// A close found `tcp_max_tw_buckets` full: no TIME_WAIT socket was created.
     Overflow,
 }

@@ -4,19 +4,29 @@
 //! misses"); `sock_ops` sees them. It turns `BPF_SOCK_OPS_STATE_CB` on for each socket once it is
 //! established and from then on reports that socket's transitions; the tracepoint programs leave
 //! those to it (`state::handle`). Transitions before establishment stay with the tracepoint.
+//!
+//! For a TIME_WAIT table (`filter::TW_TABLE`) it reports only what the timer programs missed:
+//! the timer tracepoint leaves the same segments' TIME_WAIT creations undelivered ([`table_close`]).
 
 use aya_ebpf::{
     bindings::{
         BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB,
         BPF_SOCK_OPS_STATE_CB_FLAG,
     },
-    helpers::generated::bpf_skc_to_tcp_sock,
+    helpers::{bpf_ktime_get_ns, generated::bpf_skc_to_tcp_sock},
     macros::sock_ops,
     programs::SockOpsContext,
 };
-use twreset_common::filter;
+use twreset_common::{Event, FilterConfig, filter, kind, stat, tcp_state};
 
-use super::state::{Transition, handle_sock_ops, sock_ops_may_report, state_filter};
+use super::state::{Transition, config, handle_sock_ops, local_port, sock_ops_may_report, state_filter, take_last_tw};
+use crate::{
+    maps::{NETNS_FILTER, count, send},
+    offsets::{common_direct, load, net_cookie_direct, off},
+};
+
+/// `SOCK_DONE` in `sk_flags` (`enum sock_flags`): set by `tcp_fin()` when the peer's FIN arrives.
+const SOCK_DONE: u64 = 1 << 1;
 
 #[sock_ops]
 pub fn sock_state(ctx: SockOpsContext) -> u32 {
@@ -32,22 +42,76 @@ pub fn sock_state(ctx: SockOpsContext) -> u32 {
 
 #[inline(always)]
 fn state_cb(ctx: &SockOpsContext) {
-    // SAFETY: reading the context's socket pointer; null is checked before use.
-    let sk = unsafe { (*ctx.ops).__bindgen_anon_2.sk };
-    if sk.is_null() {
+    let cfg = config();
+    if cfg.flags & filter::TW_TABLE != 0 {
+        let (old, new) = (ctx.arg(0), ctx.arg(1));
+        if new == tcp_state::CLOSE && (old == tcp_state::FIN_WAIT2 || old == tcp_state::CLOSING) {
+            table_close(ctx, &cfg, old);
+        }
         return;
     }
-    // SAFETY: helper on a non-null socket from the context; it returns null for non-TCP.
-    let tp = unsafe { bpf_skc_to_tcp_sock(sk.cast()) };
-    if tp.is_null() {
-        return;
-    }
-    let t = Transition { sk: tp as u64, old: ctx.arg(0), new: ctx.arg(1) };
+    let Some(tp) = tcp_sock(ctx) else { return };
+    let t = Transition { sk: tp, old: ctx.arg(0), new: ctx.arg(1) };
     if sock_ops_may_report(t.old)
         && let Some(cfg) = state_filter(&t)
         && cfg.flags & filter::SOCK_OPS != 0
-        && cfg.flags & filter::OVERFLOW_ONLY == 0
     {
         handle_sock_ops(&t, &cfg);
     }
+}
+
+/// The context's socket as a BTF-typed `tcp_sock` (so the typed loads of `offsets` work).
+#[inline(always)]
+fn tcp_sock(ctx: &SockOpsContext) -> Option<u64> {
+    // SAFETY: reading the context's socket pointer; null is checked before use.
+    let sk = unsafe { (*ctx.ops).__bindgen_anon_2.sk };
+    if sk.is_null() {
+        return None;
+    }
+    // SAFETY: helper on a non-null socket from the context; it returns null for non-TCP.
+    let tp = unsafe { bpf_skc_to_tcp_sock(sk.cast()) };
+    if tp.is_null() { None } else { Some(tp as u64) }
+}
+
+/// An active close (`FIN_WAIT2`/`CLOSING -> CLOSE`) seen by a TIME_WAIT table. `tcp_time_wait()`
+/// arms the new TIME_WAIT socket's timer (the timer program notes it in `LAST_TW` on this CPU)
+/// and takes the full socket out of the established hash, both before `tcp_done()` calls us.
+/// Noted: the timer program reported it. Still hashed: no TIME_WAIT socket was made (an overflow
+/// of `tcp_max_tw_buckets`, or a reset; the kernel counts those). Unhashed and not noted: the
+/// timer tracepoint missed this creation, so report it here.
+#[inline(always)]
+fn table_close(ctx: &SockOpsContext, cfg: &FilterConfig, old: u32) {
+    let Some(tp) = tcp_sock(ctx) else { return };
+    let Ok(c) = common_direct(tp) else { return };
+    let Ok(sport) = local_port(tp, c.num) else { return };
+    let cookie = net_cookie_direct(c.net);
+    if take_last_tw(cookie, &c.saddr, &c.daddr, sport, c.dport) {
+        return;
+    }
+    let pprev: u64 = load(tp, off!(skc_pprev));
+    if pprev != 0 {
+        return;
+    }
+    // SAFETY: read-only lookup of a plain integer.
+    if !cfg.keeps_netns(cookie, |c| unsafe { NETNS_FILTER.get(&c) }.is_some()) {
+        return;
+    }
+    let flags: u64 = load(tp, off!(sk_flags));
+    let substate = if flags & SOCK_DONE != 0 { tcp_state::TIME_WAIT } else { tcp_state::FIN_WAIT2 };
+    send(Event {
+        // SAFETY: helper without preconditions.
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        netns_cookie: cookie,
+        skaddr: tp,
+        saddr: c.saddr,
+        daddr: c.daddr,
+        sport,
+        dport: c.dport,
+        family: c.family,
+        kind: kind::TW_BORN,
+        oldstate: old,
+        newstate: substate,
+        aux: 0,
+    });
+    count(stat::TW_BORN);
 }

@@ -38,13 +38,6 @@ use crate::{
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn set_state(ctx: BtfTracePointContext) -> i32 {
     let t = Transition::of(&ctx);
-    if config().flags & filter::OVERFLOW_ONLY != 0 {
-        // Attached alone (a TIME_WAIT table's overflow check): no backup reads the slots.
-        if let Some(cfg) = state_filter(&t) {
-            overflow_check(&t, &cfg);
-        }
-        return 0;
-    }
     record_handled(&t);
     if let Some(cfg) = state_filter(&t) {
         handle(&t, &cfg);
@@ -106,7 +99,7 @@ impl Transition {
 
     /// The active close into TIME_WAIT, as the tracepoint shows it.
     #[inline(always)]
-    fn into_tw(&self) -> bool {
+    pub(crate) fn into_tw(&self) -> bool {
         self.new == tcp_state::CLOSE && (self.old == tcp_state::FIN_WAIT2 || self.old == tcp_state::CLOSING)
     }
 }
@@ -133,33 +126,11 @@ pub(crate) fn state_filter(t: &Transition) -> Option<FilterConfig> {
 }
 
 #[inline(always)]
-fn config() -> FilterConfig {
+pub(crate) fn config() -> FilterConfig {
     match CONFIG.get(0) {
         Some(c) => *c,
         None => FilterConfig::default(),
     }
-}
-
-/// The overflow check alone (`filter::OVERFLOW_ONLY`): an active close whose TIME_WAIT timer
-/// this CPU just saw start (same ports in `LAST_TW`) created its TIME_WAIT socket, which is all a
-/// TIME_WAIT table needs to know, for two loads. Anything else takes the full path,
-/// which compares the whole 4-tuple and namespace and reports an overflow.
-#[inline(always)]
-fn overflow_check(t: &Transition, cfg: &FilterConfig) {
-    if !t.into_tw() {
-        return;
-    }
-    let num: u16 = load(t.sk, off!(skc_num));
-    let dport_be: u16 = load(t.sk, off!(skc_dport));
-    if let Some(slot) = LAST_TW.get_ptr_mut(0) {
-        // SAFETY: per-CPU slot, see `active_close`.
-        let last = unsafe { &mut *slot };
-        if last.sport == num && last.dport == u16::from_be(dport_be) && last.netns_cookie != 0 {
-            *last = LastTw::default();
-            return;
-        }
-    }
-    handle(t, cfg);
 }
 
 /// Report `t` unless a filter drops it or (tracepoint side) the `sock_ops` program reports it.
@@ -225,9 +196,6 @@ fn try_handle(t: &Transition, cfg: &FilterConfig) -> Result<(), ()> {
         return Err(());
     }
     let aux = if into_tw { active_close(sk, cookie, &saddr, &daddr, sport, dport) } else { 0 };
-    if cfg.flags & filter::OVERFLOW_ONLY != 0 && aux != state_aux::OVERFLOW {
-        return Err(());
-    }
     send(Event {
         // SAFETY: helper without preconditions.
         ts_ns: unsafe { bpf_ktime_get_ns() },
@@ -254,7 +222,7 @@ fn try_handle(t: &Transition, cfg: &FilterConfig) -> Result<(), ()> {
 /// then read `inet_sport` itself. The integration tests check every port against the sockets'
 /// own addresses.
 #[inline(always)]
-fn local_port(sk: u64, num: u16) -> Result<u16, ()> {
+pub(crate) fn local_port(sk: u64, num: u16) -> Result<u16, ()> {
     if num != 0 {
         return Ok(num);
     }
@@ -271,8 +239,20 @@ fn active_close(sk: u64, cookie: u64, saddr: &[u8; 16], daddr: &[u8; 16], sport:
     if off!(tw_timer_fn) == 0 {
         return 0;
     }
-    let Some(slot) = LAST_TW.get_ptr_mut(0) else { return 0 };
-    // SAFETY: per-CPU slot; this program and the timer program on this CPU never run concurrently.
+    if take_last_tw(cookie, saddr, daddr, sport, dport) {
+        return state_aux::TW_CREATED;
+    }
+    let err: i32 = load(sk, off!(sk_err));
+    if err == 0 { state_aux::OVERFLOW } else { 0 }
+}
+
+/// Was the last TIME_WAIT timer this CPU saw start (`LAST_TW`) this socket's? Then take it out.
+#[inline(always)]
+pub(crate) fn take_last_tw(cookie: u64, saddr: &[u8; 16], daddr: &[u8; 16], sport: u16, dport: u16) -> bool {
+    let Some(slot) = LAST_TW.get_ptr_mut(0) else { return false };
+    // SAFETY: this CPU's slot. A timer program in a softirq interrupting this one may rewrite it
+    // meanwhile; then this one close gets a wrong verdict, which a TIME_WAIT table absorbs (a
+    // `TW_BORN` for a socket it has is ignored).
     let last: &mut LastTw = unsafe { &mut *slot };
     if last.netns_cookie == cookie
         && last.sport == sport
@@ -281,8 +261,7 @@ fn active_close(sk: u64, cookie: u64, saddr: &[u8; 16], daddr: &[u8; 16], sport:
         && last.daddr == *daddr
     {
         *last = LastTw::default();
-        return state_aux::TW_CREATED;
+        return true;
     }
-    let err: i32 = load(sk, off!(sk_err));
-    if err == 0 { state_aux::OVERFLOW } else { 0 }
+    false
 }

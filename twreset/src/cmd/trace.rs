@@ -91,7 +91,7 @@ fn filters(cfg: &TraceConfig) -> Result<Filters> {
         peers: cfg.peers.clone(),
         ports: cfg.ports.clone(),
         states: cfg.states.clone(),
-        overflow_only: false,
+        tw_table: false,
     })
 }
 
@@ -214,7 +214,7 @@ pub async fn run(cfg: TraceConfig, shutdown: impl Future<Output = ()>) -> Result
     };
     probe.attach_state()?;
     if cfg.timewait {
-        probe.attach_timewait()?;
+        probe.attach_timewait(&[])?;
     }
     let hz = twfeed::kernel_hz().unwrap_or(250);
 

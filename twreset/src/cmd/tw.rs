@@ -215,7 +215,7 @@ mod tests {
                 Ok(())
             }),
             lost: Box::new(|| 0),
-            unchecked: Box::new(|| 0),
+            attached_counts: Vec::new(),
             tw_counts: Box::new(Vec::new),
             ranges: PortRanges::default(),
         };

@@ -173,6 +173,9 @@ pub fn kernel_offsets(btf: &KernelBtf) -> Result<KernelOffsets, BtfError> {
         inet_sport: btf.offset("inet_sock", "inet_sport")?,
         // Absent without CONFIG_BPF: then there is no sock_ops source, nothing else changes.
         tcp_cb_flags: btf.offset("tcp_sock", "bpf_sock_ops_cb_flags").unwrap_or(0),
+        skc_pprev: sc("skc_node")? + btf.offset("hlist_node", "pprev")?,
+        // `sk_flags` is `__sk_common.skc_flags` since 6.11; a member of `struct sock` before.
+        sk_flags: sc("skc_flags").or_else(|_| btf.offset("sock", "sk_flags"))?,
         ..KernelOffsets::default()
     })
 }
@@ -231,6 +234,13 @@ mod tests {
         assert_eq!(off.sk_protocol, btf.offset("sock", "sk_protocol").unwrap());
         assert!(off.inet_sport > off.sk_protocol, "inet_sock embeds struct sock first");
         assert!(off.tcp_cb_flags > off.inet_sport, "tcp_sock embeds inet_sock first");
+        // skc_node (a union with skc_nulls_node, same layout) opens the hash-linked part.
+        assert_eq!(off.skc_pprev, btf.offset("sock_common", "skc_nulls_node").unwrap() + 8);
+        assert_eq!(off.skc_pprev, btf.offset("sock_common", "skc_node").unwrap() + 8);
+        assert!(off.sk_flags < off.inet_sport && off.sk_flags.is_multiple_of(8), "an unsigned long of struct sock");
+        if std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().starts_with("6.18") {
+            assert_eq!((off.sk_flags, off.skc_pprev), (96, 112), "in sock_common, before its hash links");
+        }
         // Member inside an anonymous union of sock_common.
         assert!(btf.offset("sock_common", "skc_tw_rcv_nxt").is_ok());
         assert!(matches!(btf.offset("sock_common", "no_such_member"), Err(BtfError::NoMember { .. })));

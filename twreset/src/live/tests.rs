@@ -7,7 +7,7 @@ use std::sync::{
 };
 
 use super::*;
-use crate::{sock::SockKey, state::TcpState};
+use crate::{sock::SockKey, state::TcpState, tw_event::TwEventKind};
 
 fn key(n: u16) -> SockKey {
     SockKey {
@@ -41,7 +41,7 @@ fn feed(dumps: Vec<Vec<DiagSocket>>, lost: Arc<AtomicU64>) -> (mpsc::Sender<Vec<
             Ok(())
         }),
         lost: Box::new(move || lost.load(Ordering::Relaxed)),
-        unchecked: Box::new(|| 0),
+        attached_counts: Vec::new(),
         tw_counts: Box::new(Vec::new),
         ranges: PortRanges::default(),
     };
@@ -100,7 +100,9 @@ async fn creations_the_events_missed_are_unseen_loss_even_when_busy() {
     let (tx, mut feed) = feed(vec![vec![], vec![tw(0), tw(1)]], Arc::new(AtomicU64::new(0)));
     let made = Arc::new(AtomicU64::new(100));
     let kernel = made.clone();
-    feed.tw_counts = Box::new(move || vec![NsCount { netns: 1, tw: 0, created: Some(kernel.load(Ordering::Relaxed)) }]);
+    feed.tw_counts = Box::new(move || {
+        vec![NsCount { netns: 1, tw: 0, created: Some(kernel.load(Ordering::Relaxed)), overflow: None }]
+    });
     // Baseline at the start: the kernel had made 100 before.
     let mut live = Live::start(feed, ViewConfig::default(), Duration::ZERO).await.unwrap();
     // Two made, one event: the namespace is busy, so only the creation count can tell.
@@ -124,7 +126,7 @@ async fn quiet_namespace_off_the_kernel_count_is_unseen_loss() {
     let counts = Arc::new(AtomicU64::new(2));
     let kernel = counts.clone();
     feed.tw_counts = Box::new(move || {
-        let c = |netns, tw| NsCount { netns, tw, created: None };
+        let c = |netns, tw| NsCount { netns, tw, created: None, overflow: None };
         vec![c(1, kernel.load(Ordering::Relaxed) as usize), c(9, 0)]
     });
     let mut live = Live::start(feed, ViewConfig::default(), Duration::ZERO).await.unwrap();
@@ -168,7 +170,7 @@ async fn reconcile_lets_in_flight_events_land() {
             Ok(())
         }),
         lost: Box::new(move || lost.load(Ordering::Relaxed)),
-        unchecked: Box::new(|| 0),
+        attached_counts: Vec::new(),
         tw_counts: Box::new(Vec::new),
         ranges: PortRanges::default(),
     };
@@ -199,7 +201,7 @@ async fn a_failed_dump_leaves_the_table_alone() {
             Ok(())
         }),
         lost: Box::new(|| 0),
-        unchecked: Box::new(|| 0),
+        attached_counts: Vec::new(),
         tw_counts: Box::new(Vec::new),
         ranges: PortRanges::default(),
     };
@@ -232,7 +234,7 @@ async fn dump_errors_surface() {
         events: rx,
         dump: Box::new(|_| Err("netlink says no".into())),
         lost: Box::new(|| 0),
-        unchecked: Box::new(|| 0),
+        attached_counts: Vec::new(),
         tw_counts: Box::new(Vec::new),
         ranges: PortRanges::default(),
     };

@@ -108,13 +108,15 @@ pub struct Counters {
     pub expired: u64,
     /// Early kills by [`TwCause::index`].
     pub killed: [u64; 6],
-    /// Closes that found `tcp_max_tw_buckets` full (no TIME_WAIT socket created).
+    /// Closes that found `tcp_max_tw_buckets` full (no TIME_WAIT socket created): the kernel's
+    /// `TCPTimeWaitOverflow` of the namespaces in scope since the table started
+    /// ([`Table::set_overflow`]).
     pub overflow: u64,
     /// Kernel events that never reached userspace (set from the probe's loss counters).
     pub lost: u64,
-    /// Host state changes the overflow check was skipped for on BPF recursion (an overflow among
-    /// them would go uncounted in `overflow`; entries are unaffected).
-    pub overflow_unchecked: u64,
+    /// Creations no timer event reported, learned from the `sock_ops` program
+    /// ([`TwEventKind::Born`]). Part of `created`; not a loss: the table has them.
+    pub born: u64,
     /// Sockets the table had wrong at reconcile time (missing + extra): should stay 0.
     pub drift: u64,
     /// Changes no event reported and no loss counter saw, found against the kernel's own counts
@@ -196,8 +198,9 @@ impl Table {
         self.counters.unseen += n;
     }
 
-    pub fn set_overflow_unchecked(&mut self, total: u64) {
-        self.counters.overflow_unchecked = self.counters.overflow_unchecked.max(total);
+    /// Record the kernel's count of overflows in scope since the table started.
+    pub fn set_overflow(&mut self, total: u64) {
+        self.counters.overflow = self.counters.overflow.max(total);
     }
 
     fn touch(&mut self, ts_ns: u64, k: Key) {
@@ -208,8 +211,9 @@ impl Table {
         }
     }
 
-    /// Apply one kernel event.
-    pub fn apply(&mut self, ev: &TwEvent) {
+    /// Apply one kernel event. True when it added a socket the kernel created (a creation to
+    /// compare with the kernel's count, see [`crate::crosscheck`]).
+    pub fn apply(&mut self, ev: &TwEvent) -> bool {
         let ts = ev.ts_ns;
         match ev.kind {
             TwEventKind::Created { substate, timeout_ms } => {
@@ -229,6 +233,20 @@ impl Table {
                     }
                 }
                 self.counters.created += 1;
+                return true;
+            }
+            TwEventKind::Born { substate } => {
+                let k = self.keys.intern(&ev.key);
+                // Already there: its `Created` came first (same CPU, same call), and this one
+                // only repeats it.
+                if self.map.contains_key(&k) {
+                    return false;
+                }
+                self.touch(ts, k);
+                self.map.insert(k, Slot::new(ts, ts.saturating_add(TW_LEN_NS), substate));
+                self.counters.created += 1;
+                self.counters.born += 1;
+                return true;
             }
             TwEventKind::Rearmed { substate, timeout_ms } => {
                 let k = self.keys.intern(&ev.key);
@@ -256,8 +274,11 @@ impl Table {
                 kills.last_ns = kills.last_ns.max(ts);
                 self.remove(ts, &ev.key);
             }
-            TwEventKind::Overflow => self.counters.overflow += 1,
+            // Counted from the kernel's own counter ([`Table::set_overflow`]); a table's probe
+            // sends none.
+            TwEventKind::Overflow => {}
         }
+        false
     }
 
     fn remove(&mut self, ts: u64, key: &crate::sock::SockKey) {

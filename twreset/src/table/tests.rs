@@ -146,14 +146,37 @@ fn duplicate_create_restarts_the_entry() {
 #[test]
 fn overflow_and_lost_are_totals() {
     let mut t = Table::new();
-    t.apply(&ev(1, client(0, "10.0.0.2"), TwEventKind::Overflow));
-    t.apply(&ev(1, client(1, "10.0.0.2"), TwEventKind::Overflow));
+    // Overflows are the kernel's counter; an overflow event (trace's) changes nothing here.
+    assert!(!t.apply(&ev(1, client(0, "10.0.0.2"), TwEventKind::Overflow)));
+    t.set_overflow(2);
+    t.set_overflow(1);
     assert!(t.is_empty());
     assert!(t.set_lost(3));
     assert!(!t.set_lost(3));
     assert!(!t.set_lost(2), "cumulative: never goes back");
     let s = snap(&t, 2, By::Peer);
     assert_eq!((s.totals.counters.overflow, s.totals.counters.lost), (2, 3));
+}
+
+#[test]
+fn born_adds_what_no_timer_event_reported_and_never_repeats_a_creation() {
+    let mut t = Table::new();
+    let (a, b) = (client(0, "10.0.0.2"), client(1, "10.0.0.2"));
+    // `a`: its timer event came first, so its sock_ops report is void.
+    assert!(t.apply(&created(1, a)));
+    assert!(!t.apply(&ev(1, a, TwEventKind::Born { substate: TcpState::TimeWait })));
+    // `b`: no timer event; the sock_ops report creates it, with the kernel's 60 s timer.
+    assert!(t.apply(&ev(2, b, TwEventKind::Born { substate: TcpState::FinWait2 })));
+    assert!(!t.apply(&ev(2, b, TwEventKind::Born { substate: TcpState::FinWait2 })));
+    assert_eq!(t.len(), 2);
+    let c = t.counters();
+    assert_eq!((c.created, c.born, c.stray), (2, 1, 0));
+    let s = snap(&t, 3, By::Peer);
+    assert_eq!((s.totals.count, s.totals.fin_wait2), (2, 1));
+    // It expires like any other: the expiry removes it, and it is overdue only after 60 s.
+    assert_eq!(t.expire_overdue((2 + 60) * S), 0);
+    assert!(!t.apply(&ev(62, b, TwEventKind::Expired)));
+    assert_eq!(t.len(), 1);
 }
 
 #[test]
@@ -304,12 +327,16 @@ fn streamed_dump_then_late_events_reach_the_same_verdict() {
     let mut streamed = setup();
     streamed.begin_reconcile(10 * S);
     dump.iter().for_each(|d| streamed.observe(d));
-    late.iter().for_each(|e| streamed.apply(e));
+    for e in &late {
+        streamed.apply(e);
+    }
     let d1 = streamed.end_reconcile(false);
 
     let mut whole = setup();
     whole.begin_reconcile(10 * S);
-    late.iter().for_each(|e| whole.apply(e));
+    for e in &late {
+        whole.apply(e);
+    }
     let d2 = whole.reconcile(10 * S, &dump);
 
     assert_eq!(d1, Drift { missing: 2, extra: 1 });

@@ -69,7 +69,7 @@ fn totals_json(t: &Totals) -> Value {
         "expired": c.expired,
         "killed": kills(&c.killed),
         "overflow": c.overflow,
-        "overflow_unchecked": c.overflow_unchecked,
+        "born": c.born,
         "lost": c.lost,
         "unseen": c.unseen,
         "drift": c.drift,
