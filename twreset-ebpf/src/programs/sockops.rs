@@ -19,7 +19,10 @@ use aya_ebpf::{
 };
 use twreset_common::{Event, FilterConfig, filter, kind, stat, tcp_state};
 
-use super::state::{Transition, config, handle_sock_ops, local_port, sock_ops_may_report, state_filter, take_last_tw};
+use super::state::{
+    Transition, config, handle_sock_ops, local_port, note_for_tracepoint, sock_ops_may_report, state_filter,
+    take_last_tw,
+};
 use crate::{
     maps::{NETNS_FILTER, count, send},
     offsets::{common_direct, load, net_cookie_direct, off},
@@ -52,11 +55,12 @@ fn state_cb(ctx: &SockOpsContext) {
     }
     let Some(tp) = tcp_sock(ctx) else { return };
     let t = Transition { sk: tp, old: ctx.arg(0), new: ctx.arg(1) };
-    if sock_ops_may_report(t.old)
-        && let Some(cfg) = state_filter(&t)
-        && cfg.flags & filter::SOCK_OPS != 0
-    {
-        handle_sock_ops(&t, &cfg);
+    if sock_ops_may_report(t.old) && cfg.flags & filter::SOCK_OPS != 0 {
+        // Ours whether the filters keep it or not: the tracepoint's primary leaves it.
+        note_for_tracepoint(&t);
+        if let Some(cfg) = state_filter(&t) {
+            handle_sock_ops(&t, &cfg);
+        }
     }
 }
 

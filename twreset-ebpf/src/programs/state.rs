@@ -10,6 +10,8 @@
 //! `primary misses - recovered` as lost. With `filter::SOCK_OPS`, transitions of sockets the
 //! `sock_ops` program has turned `STATE_CB` on for are its to report (`programs::sockops`), since
 //! the tracepoint leaves a few per million of them undelivered; both programs skip those here.
+//! The primary knows most of them by the per-CPU note `sock_ops` leaves just before the
+//! tracepoint fires, and reads the socket's flag only when there is none.
 //!
 //! The programs are BTF-typed raw tracepoints (`tp_btf`) with the arguments
 //! `TP_PROTO(const struct sock *sk, const int oldstate, const int newstate)` (checked against the
@@ -31,14 +33,18 @@ use twreset_common::{
 };
 
 use crate::{
-    maps::{CONFIG, HANDLED, LAST_TW, NETNS_FILTER, PEER_FILTER, PORT_FILTER, count, send},
+    maps::{CONFIG, HANDLED, LAST_TW, NETNS_FILTER, PEER_FILTER, PORT_FILTER, SOCK_OPS_NOTE, count, send},
     offsets::{common_direct, load, net_cookie_direct, off, read},
 };
 
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn set_state(ctx: BtfTracePointContext) -> i32 {
     let t = Transition::of(&ctx);
-    record_handled(&t);
+    let key = t.key();
+    record_handled(&t, key);
+    if noted_by_sock_ops(&t, key) {
+        return 0;
+    }
     if let Some(cfg) = state_filter(&t) {
         handle(&t, &cfg);
     }
@@ -64,12 +70,43 @@ pub fn set_state_nest(ctx: BtfTracePointContext) -> i32 {
     0
 }
 
-/// The primary's first step: note `t` in this CPU's slots (`handled::record`).
+/// The primary's first step: note `t` (whose `handled::key` is `key`) in this CPU's slots
+/// (`handled::record`).
 #[inline(always)]
-fn record_handled(t: &Transition) {
+fn record_handled(t: &Transition, key: u64) {
     if let Some(h) = HANDLED.get_ptr_mut(0) {
         // SAFETY: this CPU's notes; see `handled::record`.
-        unsafe { handled::record(h, t.sk, t.key()) };
+        unsafe { handled::record(h, t.sk, key) };
+    }
+}
+
+/// Did the `sock_ops` program just report `t` on this CPU? Then take its note out. Without a
+/// note (a transition in softirq replaced it, or the socket is not `sock_ops`'), [`handle`]
+/// still reads the socket's flag: the note only spares that read. A note matches only the
+/// transition it was left for: one whose tracepoint never came stays until the next one of
+/// `sock_ops` replaces it, and no transition `sock_ops` does not report has its socket, states,
+/// ports and remote address (those are sockets established before `trace` started, or
+/// transitions out of CLOSE, SYN_SENT and LISTEN).
+#[inline(always)]
+fn noted_by_sock_ops(t: &Transition, key: u64) -> bool {
+    let Some(n) = SOCK_OPS_NOTE.get_ptr_mut(0) else { return false };
+    // SAFETY: this CPU's note; a program interrupting this one in softirq leaves its own, which
+    // is then not this transition's.
+    unsafe {
+        if (*n)[0] != t.sk || (*n)[1] != key {
+            return false;
+        }
+        (*n)[0] = 0;
+    }
+    true
+}
+
+/// The `sock_ops` program's note of `t`, which it reports (see [`noted_by_sock_ops`]).
+#[inline(always)]
+pub(crate) fn note_for_tracepoint(t: &Transition) {
+    if let Some(n) = SOCK_OPS_NOTE.get_ptr_mut(0) {
+        // SAFETY: this CPU's note, as above.
+        unsafe { *n = [t.sk, t.key()] };
     }
 }
 
@@ -91,7 +128,7 @@ impl Transition {
     /// What the two programs' notes tell this transition by (`handled::key`): two typed loads of
     /// the first cache line of the socket.
     #[inline(always)]
-    fn key(&self) -> u64 {
+    pub(crate) fn key(&self) -> u64 {
         let ports: u32 = load(self.sk, off!(skc_dport)); // skc_portpair
         let raddr: u32 = load(self.sk, off!(skc_daddr));
         handled::key(self.old, self.new, ports, raddr)

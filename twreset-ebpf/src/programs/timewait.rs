@@ -148,8 +148,10 @@ fn take_detached(timer: u64) -> bool {
 fn try_timer_start(ctx: &BtfTracePointContext) -> Result<u32, u32> {
     let Some(timer) = tw_timer(ctx) else { return Ok(0) };
     let rearm = take_detached(timer);
+    // A typed load through the argument itself, as for the function (`timer` is its value as a
+    // plain number).
+    let expires: u64 = load(ctx.arg(0), off!(timer_expires));
     let o = offsets();
-    let expires: u64 = read(timer, o.timer_expires).inspect_err(|_| count(stat::READ_ERROR))?;
     // SAFETY: helper without preconditions.
     let now = unsafe { bpf_jiffies64() };
     let t = tw_behind(ctx, &o, timer)?;
