@@ -283,8 +283,14 @@ pub struct Running {
 impl Running {
     /// Start `twreset args...` and wait until it prints a stderr line containing `ready`.
     pub fn start(args: &[&str], ready: &str) -> Self {
+        Self::start_with_env(args, &[], ready)
+    }
+
+    /// [`Running::start`] with extra environment variables for the child.
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)], ready: &str) -> Self {
         let mut child = Command::new(bin())
             .args(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

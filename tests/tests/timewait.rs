@@ -276,3 +276,49 @@ fn rst_from_the_peer_is_recorded_as_peer_rst() {
     assert_eq!(got, want, "{out}");
     assert!(ns.ss(&["state", "time-wait", "dport", "=", ":7250"]).is_empty());
 }
+
+/// With `timer_start` left out (fault injection), no timer event reports a creation: each one
+/// must come from `sock_ops` as a `tw_born` with the socket's tuple and substate, its close
+/// marked `time_wait`, and none taken for an overflow. The same path reports the few creations
+/// the timer tracepoint leaves undelivered.
+#[test]
+fn creations_without_a_timer_event_come_from_sock_ops() {
+    if !privileged("tw_born_trace") {
+        return;
+    }
+    let ns = NetNs::new("twb");
+    ns.add_lo_addr("fd00::2/128");
+    let path = ns.path();
+    let t = Running::start_with_env(
+        &["trace", "--json", "--timewait", "--netns", path.to_str().unwrap()],
+        &[("TWRESET_FAULT_NO_TIMER_START", "1")],
+        READY,
+    );
+    let fw2 = ns.run(|| {
+        connections("127.0.0.1:7261".parse().unwrap(), None, 4, Closer::Client);
+        connections("[fd00::2]:7262".parse().unwrap(), Some("::1".parse().unwrap()), 3, Closer::Server);
+        orphan_fin_wait2("127.0.0.1:7263".parse().unwrap())
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let (code, out, err) = t.stop();
+    assert_eq!(code, Some(0), "{err}");
+    assert!(tw_events(&out, "tw_start").is_empty(), "timer_start was left out: {out}");
+    assert!(tw_events(&out, "tw_overflow").is_empty(), "{out}");
+    let born = tw_events(&out, "tw_born");
+    let mut ours: Vec<(SocketAddr, SocketAddr)> =
+        born.iter().filter(|v| v["substate"] == "TIME_WAIT").map(tuple).collect();
+    ours.sort();
+    let mut kernel: Vec<(SocketAddr, SocketAddr)> = ns.time_wait().iter().map(|s| (s.local, s.remote)).collect();
+    kernel.sort();
+    assert_eq!(ours, kernel, "tw_born vs `ss state time-wait`");
+    assert_eq!(ours.len(), 7);
+    let orphans: Vec<&Value> = born.iter().filter(|v| v["substate"] == "FIN_WAIT2").collect();
+    assert_eq!(orphans.len(), 1, "{born:#?}");
+    assert_eq!(tuple(orphans[0]).0, fw2.1);
+    // Each active close into a TIME_WAIT socket says so.
+    let closes: Vec<Value> =
+        ndjson(&out).into_iter().filter(|v| v["event"].is_null() && v["time_wait"] == true).collect();
+    assert_eq!(closes.len(), 8, "{out}");
+    assert!(err.contains("twreset: 8 TIME_WAIT creations no timer event reported came from sock_ops"), "{err}");
+    drop(fw2.0);
+}

@@ -36,6 +36,9 @@ pub mod state_aux {
     /// This active close created no TIME_WAIT socket and carried no error:
     /// `tcp_max_tw_buckets` was full (the kernel's `TCPTimeWaitOverflow`).
     pub const OVERFLOW: u64 = 2;
+    /// With [`TW_CREATED`]: no timer event reported that TIME_WAIT socket; the `sock_ops` program
+    /// saw the full socket leave the established hash for it, and a `kind::TW_BORN` follows.
+    pub const TW_UNTIMED: u64 = 4;
 }
 
 /// TCP states exactly as the kernel numbers them (`include/net/tcp_states.h`).
@@ -103,6 +106,9 @@ pub mod filter {
     /// The `sock_ops` program is attached: it reports the transitions of the sockets it turned
     /// `BPF_SOCK_OPS_STATE_CB` on for, and the tracepoint programs leave those to it.
     pub const SOCK_OPS: u32 = 1 << 5;
+    /// The timer programs are attached: active closes are told apart by the CPU's last
+    /// TIME_WAIT timer (`state_aux`).
+    pub const TIMERS: u32 = 1 << 6;
 }
 
 /// Runtime filter, element 0 of the `CONFIG` array. Userspace may rewrite it while attached.

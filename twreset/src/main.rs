@@ -40,6 +40,12 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 if s.decode_errors > 0 { format!(", {} undecodable", s.decode_errors) } else { String::new() },
                 s.loss.recovered,
             );
+            if s.loss.tw_born > 0 {
+                eprintln!(
+                    "twreset: {} TIME_WAIT creations no timer event reported came from sock_ops (tw_born)",
+                    s.loss.tw_born
+                );
+            }
             if s.sock_ops {
                 eprintln!("twreset: {} transitions of established sockets came from sock_ops", s.loss.sock_ops);
             }

@@ -173,6 +173,8 @@ pub struct Probe {
     sock_ops_flags_known: bool,
     /// The `sock_ops` program is attached and the filter says so (`filter::SOCK_OPS`).
     sock_ops_on: bool,
+    /// The timer programs are attached and the filter says so (`filter::TIMERS`).
+    timers_on: bool,
 }
 
 impl Probe {
@@ -210,6 +212,7 @@ impl Probe {
             logger,
             sock_ops_flags_known: off.tcp_cb_flags != 0,
             sock_ops_on: false,
+            timers_on: false,
         })
     }
 
@@ -236,6 +239,9 @@ impl Probe {
         for name in TIMER_PROGRAMS.into_iter().filter(|n| !skip.contains(n)) {
             self.attach_btf(name, name, &btf)?;
         }
+        let cfg = self.config()?;
+        self.write_config(&FilterConfig { flags: cfg.flags | filter::TIMERS, ..cfg })?;
+        self.timers_on = true;
         Ok(())
     }
 
@@ -299,6 +305,9 @@ impl Probe {
         const { assert!(tcp_state::MAX < 32) };
         if self.sock_ops_on {
             cfg.flags |= filter::SOCK_OPS;
+        }
+        if self.timers_on {
+            cfg.flags |= filter::TIMERS;
         }
         self.write_config(&cfg)
     }

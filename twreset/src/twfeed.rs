@@ -99,10 +99,15 @@ pub fn kernel_hz() -> Option<u64> {
     text.lines().find_map(|l| l.strip_prefix("CONFIG_HZ=")).and_then(|v| v.trim().parse().ok())
 }
 
-/// Fault injection for tests: set, the table's probe leaves the `timer_start` program out, so
-/// the `sock_ops` program must report every TIME_WAIT creation ([`TwEventKind::Born`]), as it
-/// does for the few the timer tracepoint leaves undelivered.
+/// Fault injection for tests: set, `tw`, `top` and `trace --timewait` leave the `timer_start`
+/// program out, so the `sock_ops` program must report every TIME_WAIT creation
+/// ([`TwEventKind::Born`]), as it does for the few the timer tracepoint leaves undelivered.
 pub const FAULT_NO_TIMER_START: &str = "TWRESET_FAULT_NO_TIMER_START";
+
+/// The timer programs [`FAULT_NO_TIMER_START`] leaves out: none unless it is set.
+pub fn fault_skip() -> &'static [&'static str] {
+    if std::env::var_os(FAULT_NO_TIMER_START).is_some() { &["timer_start"] } else { &[] }
+}
 
 /// How often the table's reader drains the ring buffer on its own (the kernel side wakes it only
 /// once a quarter MiB is pending). A table is read once a second at most (`top`, the
@@ -131,9 +136,7 @@ impl TwFeed {
         let ring = probe.take_events()?;
         // SAFETY: the RingBuf owns its map fd for as long as the AsyncFd holds it.
         let ring = unsafe { AsyncFd::register(ring) }.map_err(|e| FeedError::Register(e.into_parts().1))?;
-        // Fault injection (tests): without `timer_start`, every creation must come from sock_ops.
-        let skip: &[&str] = if std::env::var_os(FAULT_NO_TIMER_START).is_some() { &["timer_start"] } else { &[] };
-        probe.attach_timewait(skip)?;
+        probe.attach_timewait(fault_skip())?;
         // After the timer programs: before them it would report every creation.
         if let Err(e) = probe.attach_sock_ops() {
             tracing::warn!(

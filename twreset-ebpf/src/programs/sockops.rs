@@ -20,16 +20,13 @@ use aya_ebpf::{
 use twreset_common::{Event, FilterConfig, filter, kind, stat, tcp_state};
 
 use super::state::{
-    Transition, config, handle_sock_ops, local_port, note_for_tracepoint, sock_ops_may_report, state_filter,
-    take_last_tw,
+    Transition, born_substate, config, handle_sock_ops, local_port, note_for_tracepoint, sock_ops_may_report,
+    state_filter, take_last_tw,
 };
 use crate::{
     maps::{NETNS_FILTER, count, send},
     offsets::{common_direct, load, net_cookie_direct, off},
 };
-
-/// `SOCK_DONE` in `sk_flags` (`enum sock_flags`): set by `tcp_fin()` when the peer's FIN arrives.
-const SOCK_DONE: u64 = 1 << 1;
 
 #[sock_ops]
 pub fn sock_state(ctx: SockOpsContext) -> u32 {
@@ -100,8 +97,6 @@ fn table_close(ctx: &SockOpsContext, cfg: &FilterConfig, old: u32) {
     if !cfg.keeps_netns(cookie, |c| unsafe { NETNS_FILTER.get(&c) }.is_some()) {
         return;
     }
-    let flags: u64 = load(tp, off!(sk_flags));
-    let substate = if flags & SOCK_DONE != 0 { tcp_state::TIME_WAIT } else { tcp_state::FIN_WAIT2 };
     send(Event {
         // SAFETY: helper without preconditions.
         ts_ns: unsafe { bpf_ktime_get_ns() },
@@ -114,7 +109,7 @@ fn table_close(ctx: &SockOpsContext, cfg: &FilterConfig, old: u32) {
         family: c.family,
         kind: kind::TW_BORN,
         oldstate: old,
-        newstate: substate,
+        newstate: born_substate(tp),
         aux: 0,
     });
     count(stat::TW_BORN);

@@ -176,14 +176,14 @@ fn handle(t: &Transition, cfg: &FilterConfig) {
     if cfg.flags & filter::SOCK_OPS != 0 && sock_ops_has(t) {
         return;
     }
-    let _ = try_handle(t, cfg);
+    let _ = try_handle(t, cfg, false);
 }
 
 /// The `sock_ops` program's report of a transition: `t.sk` is its `tcp_sock`, a BTF pointer
 /// like the tracepoint's argument.
 #[inline(always)]
 pub(crate) fn handle_sock_ops(t: &Transition, cfg: &FilterConfig) {
-    if try_handle(t, cfg).is_ok() {
+    if try_handle(t, cfg, true).is_ok() {
         count(stat::SOCK_OPS);
     }
 }
@@ -206,9 +206,10 @@ pub(crate) fn sock_ops_may_report(old: u32) -> bool {
     !matches!(old, tcp_state::SYN_SENT | tcp_state::LISTEN | tcp_state::CLOSE)
 }
 
-/// Send `t` unless a filter drops it: `Ok` when sent.
+/// Send `t` unless a filter drops it: `Ok` when sent. `via_sock_ops`: called by the `sock_ops`
+/// program, before `tcp_set_state()` unhashes the socket (see [`active_close`]).
 #[inline(always)]
-fn try_handle(t: &Transition, cfg: &FilterConfig) -> Result<(), ()> {
+fn try_handle(t: &Transition, cfg: &FilterConfig, via_sock_ops: bool) -> Result<(), ()> {
     let (sk, oldstate, newstate, into_tw) = (t.sk, t.old, t.new, t.into_tw());
     let protocol: u16 = load(sk, off!(sk_protocol));
     if protocol != IPPROTO_TCP {
@@ -232,8 +233,12 @@ fn try_handle(t: &Transition, cfg: &FilterConfig) -> Result<(), ()> {
     if !cfg.keeps_netns(cookie, |c| unsafe { NETNS_FILTER.get(&c) }.is_some()) {
         return Err(());
     }
-    let aux = if into_tw { active_close(sk, cookie, &saddr, &daddr, sport, dport) } else { 0 };
-    send(Event {
+    let aux = if into_tw && cfg.flags & filter::TIMERS != 0 {
+        active_close(sk, cookie, &saddr, &daddr, sport, dport, via_sock_ops)
+    } else {
+        0
+    };
+    let event = Event {
         // SAFETY: helper without preconditions.
         ts_ns: unsafe { bpf_ktime_get_ns() },
         netns_cookie: cookie,
@@ -247,8 +252,25 @@ fn try_handle(t: &Transition, cfg: &FilterConfig) -> Result<(), ()> {
         oldstate,
         newstate,
         aux,
-    });
+    };
+    send(event);
+    if aux & state_aux::TW_UNTIMED != 0 {
+        // The TIME_WAIT socket no timer event reported, for `trace --timewait`.
+        send(Event { kind: kind::TW_BORN, newstate: born_substate(sk), aux: 0, ..event });
+        count(stat::TW_BORN);
+    }
     Ok(())
+}
+
+/// `SOCK_DONE` in `sk_flags` (`enum sock_flags`): set by `tcp_fin()` when the peer's FIN arrives.
+const SOCK_DONE: u64 = 1 << 1;
+
+/// The substate of the TIME_WAIT socket an active close of `sk` hands over to: TIME_WAIT once
+/// the peer's FIN arrived, else FIN_WAIT2 (an orphan whose peer has not closed).
+#[inline(always)]
+pub(crate) fn born_substate(sk: u64) -> u32 {
+    let flags: u64 = load(sk, off!(sk_flags));
+    if flags & SOCK_DONE != 0 { tcp_state::TIME_WAIT } else { tcp_state::FIN_WAIT2 }
 }
 
 /// The local port the tracepoint's record reports, `inet_sport`, given `skc_num`. TCP sets the two
@@ -268,16 +290,31 @@ pub(crate) fn local_port(sk: u64, num: u16) -> Result<u16, ()> {
 }
 
 /// Did this active close create a TIME_WAIT socket? `tcp_time_wait()` arms the TIME_WAIT timer
-/// (recorded in `LAST_TW` by the timer program on this CPU) before `tcp_done()` moves the full
-/// socket to CLOSE, in the same call. No timer and no socket error means the kernel found
-/// `tcp_max_tw_buckets` full.
+/// (recorded in `LAST_TW` by the timer program on this CPU) and moves the full socket out of the
+/// established hash before `tcp_done()` moves it to CLOSE, in the same call. `sock_ops` is
+/// called before `tcp_set_state()` unhashes the socket itself: there, unhashed with no timer
+/// noted means a timer event the tracepoint did not deliver (`TW_UNTIMED`). No timer and no
+/// socket error means the kernel found `tcp_max_tw_buckets` full. Only with the timer programs
+/// attached (`filter::TIMERS`).
 #[inline(always)]
-fn active_close(sk: u64, cookie: u64, saddr: &[u8; 16], daddr: &[u8; 16], sport: u16, dport: u16) -> u64 {
+#[allow(clippy::too_many_arguments)]
+fn active_close(
+    sk: u64,
+    cookie: u64,
+    saddr: &[u8; 16],
+    daddr: &[u8; 16],
+    sport: u16,
+    dport: u16,
+    via_sock_ops: bool,
+) -> u64 {
     if off!(tw_timer_fn) == 0 {
         return 0;
     }
     if take_last_tw(cookie, saddr, daddr, sport, dport) {
         return state_aux::TW_CREATED;
+    }
+    if via_sock_ops && load::<u64>(sk, off!(skc_pprev)) == 0 {
+        return state_aux::TW_CREATED | state_aux::TW_UNTIMED;
     }
     let err: i32 = load(sk, off!(sk_err));
     if err == 0 { state_aux::OVERFLOW } else { 0 }

@@ -214,7 +214,7 @@ pub async fn run(cfg: TraceConfig, shutdown: impl Future<Output = ()>) -> Result
     };
     probe.attach_state()?;
     if cfg.timewait {
-        probe.attach_timewait(&[])?;
+        probe.attach_timewait(twfeed::fault_skip())?;
     }
     let hz = twfeed::kernel_hz().unwrap_or(250);
 
