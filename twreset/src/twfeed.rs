@@ -198,10 +198,10 @@ pub fn kernel_feed(scope: &NetnsScope) -> Result<Feed, FeedError> {
             Some(list.iter().map(|n| n.cookie()).collect::<Result<Vec<_>, _>>().map_err(FeedError::Netns)?)
         }
     };
-    let mut tw_counts = tw_counts(paths_of(scope));
     // Overflows are the kernel's counter: read it before the probe attaches, so the table counts
-    // every one from then on.
-    let attached_counts = tw_counts();
+    // every one from then on. A counter of its own: the feed's first reading (the creation
+    // baselines, after the seed) must read every namespace too.
+    let attached_counts = tw_counts(paths_of(scope))();
     let mut source = TwFeed::start(cookies)?;
     // Batches: at most 256 drains in flight, each as large as the ring buffer held.
     let (tx, events) = mpsc::channel(256);
@@ -231,6 +231,7 @@ pub fn kernel_feed(scope: &NetnsScope) -> Result<Feed, FeedError> {
             }
         }
     });
+    let tw_counts = tw_counts(paths_of(scope));
     let paths = paths_of(scope);
     let dump: DumpFn = Box::new(move |sink| dump_scope(paths.as_deref(), sink).map_err(|e| Box::new(e) as _));
     Ok(Feed { events, dump, lost: Box::new(move || lost.load(Ordering::Relaxed)), tw_counts, attached_counts, ranges })

@@ -297,7 +297,6 @@ pub(crate) fn local_port(sk: u64, num: u16) -> Result<u16, ()> {
 /// socket error means the kernel found `tcp_max_tw_buckets` full. Only with the timer programs
 /// attached (`filter::TIMERS`).
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
 fn active_close(
     sk: u64,
     cookie: u64,
