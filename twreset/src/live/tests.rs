@@ -119,6 +119,26 @@ async fn creations_the_events_missed_are_unseen_loss_even_when_busy() {
 }
 
 #[tokio::test]
+async fn overflows_are_the_kernels_counter_since_the_probe_attached() {
+    let lost = Arc::new(AtomicU64::new(0));
+    let (_tx, mut feed) = feed(vec![], lost);
+    let c = |netns, overflow| NsCount { netns, tw: 0, created: None, overflow };
+    // Before attach: namespace 1 had overflowed 10 times; 2 was not readable then.
+    feed.attached_counts = vec![c(1, Some(10)), c(2, None)];
+    let now = Arc::new(AtomicU64::new(13));
+    let kernel = now.clone();
+    feed.tw_counts = Box::new(move || vec![c(1, Some(kernel.load(Ordering::Relaxed))), c(2, Some(4))]);
+    let mut live = Live::start(feed, ViewConfig::default(), Duration::ZERO).await.unwrap();
+    // 3 since the attach; 2's first reading is its baseline.
+    assert_eq!(live.table.counters().overflow, 3);
+    now.store(20, Ordering::Relaxed);
+    live.tick().await.unwrap();
+    assert_eq!(live.table.counters().overflow, 10);
+    // Not an event loss.
+    assert_eq!(live.table.counters().lost, 0);
+}
+
+#[tokio::test]
 async fn quiet_namespace_off_the_kernel_count_is_unseen_loss() {
     // The kernel holds 0 and 5 in namespace 1, but only 0's events came: no loss counter moved.
     let lost = Arc::new(AtomicU64::new(0));
