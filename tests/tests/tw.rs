@@ -80,6 +80,32 @@ fn tw_json_equals_ss_per_peer() {
 }
 
 /// Per-peer TIME_WAIT counts of a `tw --json` document (rows with TIME_WAIT sockets only).
+/// `tw --json --settle SETTLE --netns PATH` with `env` (which must make it log at info), once it
+/// says on stderr that the seed is done and it follows kernel events: the child, the rest of its
+/// stderr, and what it logged so far.
+fn tw_following(
+    path: &std::path::Path,
+    settle: &str,
+    env: &[(&str, &str)],
+) -> (std::process::Child, BufReader<std::process::ChildStderr>, String) {
+    let mut tw = Command::new(bin())
+        .args(["tw", "--json", "--settle", settle, "--netns", path.to_str().unwrap()])
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn twreset tw");
+    let mut stderr = BufReader::new(tw.stderr.take().unwrap());
+    let mut log = String::new();
+    while !log.contains("following kernel events") {
+        let mut line = String::new();
+        assert!(stderr.read_line(&mut line).unwrap() > 0, "tw ended before following events: {log}");
+        log.push_str(&line);
+    }
+    (tw, stderr, log)
+}
+
 fn json_per_peer(v: &serde_json::Value) -> BTreeMap<String, u64> {
     v["rows"]
         .as_array()
@@ -104,21 +130,7 @@ fn tw_follows_churn_exactly() {
     ns.run(|| connections(sa("10.78.1.2:7200"), Some("10.78.1.1".parse().unwrap()), 50, Closer::Client));
     let path = ns.path();
     // TWRESET_LOG=info makes it say on stderr when the seed is done and it follows events.
-    let mut tw = Command::new(bin())
-        .args(["tw", "--json", "--settle", "6s", "--netns", path.to_str().unwrap()])
-        .env("TWRESET_LOG", "info,twreset::live=debug")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn twreset tw");
-    let mut stderr = BufReader::new(tw.stderr.take().unwrap());
-    let mut log = String::new();
-    while !log.contains("following kernel events") {
-        let mut line = String::new();
-        assert!(stderr.read_line(&mut line).unwrap() > 0, "tw ended before following events: {log}");
-        log.push_str(&line);
-    }
+    let (tw, mut stderr, mut log) = tw_following(&path, "6s", &[("TWRESET_LOG", "info,twreset::live=debug")]);
     // Churn while it follows events (well inside its 6 s): both directions, both families.
     let started = Instant::now();
     let mut round = 0u16;
@@ -171,22 +183,8 @@ fn tw_learns_creations_from_sock_ops_when_no_timer_event_comes() {
         ns.add_lo_addr(a);
     }
     let path = ns.path();
-    let mut tw = Command::new(bin())
-        .args(["tw", "--json", "--settle", "3s", "--netns", path.to_str().unwrap()])
-        .env("TWRESET_FAULT_NO_TIMER_START", "1")
-        .env("TWRESET_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn twreset tw");
-    let mut stderr = BufReader::new(tw.stderr.take().unwrap());
-    let mut log = String::new();
-    while !log.contains("following kernel events") {
-        let mut line = String::new();
-        assert!(stderr.read_line(&mut line).unwrap() > 0, "tw ended before following events: {log}");
-        log.push_str(&line);
-    }
+    let (tw, mut stderr, mut log) =
+        tw_following(&path, "3s", &[("TWRESET_FAULT_NO_TIMER_START", "1"), ("TWRESET_LOG", "info")]);
     // The two timer programs left and sock_ops on the cgroup v2 root; freed at exit (below).
     let ours = programs_of(tw.id());
     assert_eq!(ours.len(), 3, "timer_expire_entry, timer_cancel, sock_state");

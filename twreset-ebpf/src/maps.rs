@@ -52,6 +52,23 @@ pub static SOCK_OPS_NOTE: PerCpuArray<[u64; 2]> = PerCpuArray::with_max_entries(
 #[map]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
 
+/// The active filter (element 0 of `CONFIG`).
+#[inline(always)]
+pub fn config() -> FilterConfig {
+    match CONFIG.get(0) {
+        Some(c) => *c,
+        None => FilterConfig::default(),
+    }
+}
+
+/// Does the namespace filter of `cfg` keep `cookie` (looking up `NETNS_FILTER` when several are
+/// kept)?
+#[inline(always)]
+pub fn netns_kept(cfg: &FilterConfig, cookie: u64) -> bool {
+    // SAFETY: read-only lookup of a plain integer.
+    cfg.keeps_netns(cookie, |c| unsafe { NETNS_FILTER.get(&c) }.is_some())
+}
+
 #[inline(always)]
 pub fn count(index: u32) {
     if let Some(p) = STATS.get_ptr_mut(index) {

@@ -20,11 +20,11 @@ use aya_ebpf::{
 use twreset_common::{Event, FilterConfig, filter, kind, stat, tcp_state};
 
 use super::state::{
-    Transition, born_substate, config, handle_sock_ops, local_port, note_for_tracepoint, sock_ops_may_report,
-    state_filter, take_last_tw,
+    Transition, born_substate, handle_sock_ops, local_port, note_for_tracepoint, sock_ops_may_report, state_filter,
+    take_last_tw,
 };
 use crate::{
-    maps::{NETNS_FILTER, count, send},
+    maps::{config, count, netns_kept, send},
     offsets::{common_direct, load, net_cookie_direct, off},
 };
 
@@ -93,8 +93,7 @@ fn table_close(ctx: &SockOpsContext, cfg: &FilterConfig, old: u32) {
     if pprev != 0 {
         return;
     }
-    // SAFETY: read-only lookup of a plain integer.
-    if !cfg.keeps_netns(cookie, |c| unsafe { NETNS_FILTER.get(&c) }.is_some()) {
+    if !netns_kept(cfg, cookie) {
         return;
     }
     send(Event {

@@ -33,7 +33,7 @@ use twreset_common::{
 };
 
 use crate::{
-    maps::{CONFIG, HANDLED, LAST_TW, NETNS_FILTER, PEER_FILTER, PORT_FILTER, SOCK_OPS_NOTE, count, send},
+    maps::{HANDLED, LAST_TW, PEER_FILTER, PORT_FILTER, SOCK_OPS_NOTE, config, count, netns_kept, send},
     offsets::{common_direct, load, net_cookie_direct, off, read},
 };
 
@@ -162,14 +162,6 @@ pub(crate) fn state_filter(t: &Transition) -> Option<FilterConfig> {
     Some(cfg)
 }
 
-#[inline(always)]
-pub(crate) fn config() -> FilterConfig {
-    match CONFIG.get(0) {
-        Some(c) => *c,
-        None => FilterConfig::default(),
-    }
-}
-
 /// Report `t` unless a filter drops it or (tracepoint side) the `sock_ops` program reports it.
 #[inline(always)]
 fn handle(t: &Transition, cfg: &FilterConfig) {
@@ -229,8 +221,7 @@ fn try_handle(t: &Transition, cfg: &FilterConfig, via_sock_ops: bool) -> Result<
         return Err(());
     }
     let cookie = net_cookie_direct(c.net);
-    // SAFETY: read-only lookup of a plain integer.
-    if !cfg.keeps_netns(cookie, |c| unsafe { NETNS_FILTER.get(&c) }.is_some()) {
+    if !netns_kept(cfg, cookie) {
         return Err(());
     }
     let aux = if into_tw && cfg.flags & filter::TIMERS != 0 {

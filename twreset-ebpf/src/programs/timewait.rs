@@ -15,10 +15,10 @@ use aya_ebpf::{
     macros::btf_tracepoint,
     programs::BtfTracePointContext,
 };
-use twreset_common::{Event, FilterConfig, KernelOffsets, LastTw, kind, stat};
+use twreset_common::{Event, KernelOffsets, LastTw, kind, stat};
 
 use crate::{
-    maps::{CONFIG, DETACHED, LAST_TW, NETNS_FILTER, count, send},
+    maps::{DETACHED, LAST_TW, config, count, netns_kept, send},
     offsets::{common, load, net_cookie, netns_cookie, off, offsets, read},
 };
 
@@ -60,12 +60,7 @@ fn read_tw(o: &KernelOffsets, timer: u64) -> Result<Tw, u32> {
 /// Namespace filter only: the TIME_WAIT table covers whole namespaces.
 #[inline(always)]
 fn wanted(cookie: u64) -> bool {
-    let cfg = match CONFIG.get(0) {
-        Some(c) => *c,
-        None => FilterConfig::default(),
-    };
-    // SAFETY: read-only lookup of a plain integer.
-    cfg.keeps_netns(cookie, |c| unsafe { NETNS_FILTER.get(&c) }.is_some())
+    netns_kept(&config(), cookie)
 }
 
 #[inline(always)]
