@@ -13,7 +13,7 @@ use super::{
     mean, median,
     ns::Ns,
     parse::{bpftrace_lost, map_sum, tw_totals, twreset_recovered, twreset_summary},
-    sys,
+    quantile, sys,
     tracer::{self, Lines, Output, Sink, Tracer},
 };
 
@@ -56,6 +56,10 @@ pub struct Cfg {
     pub runs: usize,
     /// Rounds that also time the programs (`kernel.bpf_stats_enabled` on), the first ones.
     pub timed_runs: usize,
+    /// Rounds that run bpftrace printing every transition, the first ones: the slowest variant
+    /// (a quarter of the no-tracer rate, with losses), far from every target, so a few rounds
+    /// tell its figures and the rest go to the rate comparison the targets need.
+    pub print_runs: usize,
     pub seconds: f64,
     /// Client threads of the churn: the fastest of [`Cfg::candidates`] once `churn::fastest` ran.
     pub threads: usize,
@@ -180,6 +184,12 @@ impl Outcome {
     /// The median of [`Outcome::pct_each_round`].
     pub fn pct_of_none(&self, none: &Outcome) -> Option<f64> {
         median(self.pct_each_round(none))
+    }
+    /// The first and third quartiles of [`Outcome::pct_each_round`]: how far the rounds scatter
+    /// around that median.
+    pub fn pct_quartiles(&self, none: &Outcome) -> Option<(f64, f64)> {
+        let v = self.pct_each_round(none);
+        Some((quantile(v.clone(), 0.25)?, quantile(v, 0.75)?))
     }
     /// The tracer process's own CPU per million transitions, from the rate runs: stdout as in
     /// production (the timed runs also write their lines to a file, which costs CPU).
@@ -416,6 +426,11 @@ pub fn skipped() -> Vec<Outcome> {
     KINDS.iter().map(|&kind| Outcome { kind, na: Some("skipped".into()), runs: Vec::new() }).collect()
 }
 
+/// Whether round `r` runs variant `kind` (bpftrace print only in the first `cfg.print_runs`).
+fn in_round(kind: Kind, r: usize, cfg: &Cfg) -> bool {
+    kind != Kind::BpftracePrint || r < cfg.print_runs
+}
+
 /// Every variant, `cfg.runs` rounds, interleaved so slow drift of the machine hits all alike.
 /// Each round runs every tracer once with `kernel.bpf_stats_enabled` off, as in production
 /// (rates, loss and memory), each between two no-tracer runs that are its reference rate
@@ -451,7 +466,7 @@ pub fn bench(
         let (none, tracers) = outs.split_first_mut().expect("the no-tracer variant comes first");
         eprintln!("bench: trace round {}/{}, rate (bpf_stats off): no tracer", r + 1, cfg.runs);
         none.runs.push(one(Kind::NoTracer, cfg, per, churn_bin, twreset, caps, false, bracket)?);
-        for o in tracers.iter_mut().filter(|o| o.na.is_none()) {
+        for o in tracers.iter_mut().filter(|o| o.na.is_none() && in_round(o.kind, r, cfg)) {
             eprintln!("bench: trace round {}/{}, rate (bpf_stats off): {}", r + 1, cfg.runs, o.kind.label());
             if !o.keep(one(o.kind, cfg, per, churn_bin, twreset, caps, false, bracket))? {
                 continue;
@@ -463,7 +478,7 @@ pub fn bench(
         bracket += 1;
         let Some(s) = stats.filter(|_| r < cfg.timed_runs) else { continue };
         s.set(true)?;
-        for o in tracers.iter_mut().filter(|o| o.na.is_none()) {
+        for o in tracers.iter_mut().filter(|o| o.na.is_none() && in_round(o.kind, r, cfg)) {
             eprintln!("bench: trace round {}/{}, BPF time (bpf_stats on): {}", r + 1, cfg.runs, o.kind.label());
             o.keep(one(o.kind, cfg, per, churn_bin, twreset, caps, true, usize::MAX))?;
         }
@@ -513,6 +528,7 @@ mod tests {
         };
         assert_eq!(a.pct_each_round(&none), vec![90.0, 95.0]);
         assert_eq!(a.pct_of_none(&none), Some(92.5));
+        assert_eq!(a.pct_quartiles(&none), Some((91.25, 93.75)));
         let b = Outcome { kind: Kind::BpftraceCount, na: None, runs: vec![run(1, 90.0, false)] };
         assert_eq!(b.pct_each_round(&none), vec![90.0]);
         let lone = Outcome { kind: Kind::TwresetTrace, na: None, runs: vec![run(9, 50.0, false)] };
