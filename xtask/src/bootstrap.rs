@@ -118,8 +118,22 @@ fn ensure_bpf_linker(root: &Path, nightly: &str) -> Result<PathBuf> {
     Ok(bin)
 }
 
+/// Debian packages only the bench uses, installed by it and only when missing: `perf` (linux-perf)
+/// samples what each tracer costs the host. The bench goes on without them (those figures n/a).
+const BENCH_DEB_PACKAGES: &[(&str, &str)] = &[("linux-perf", "perf")];
+
+pub fn ensure_bench_packages() {
+    if let Err(e) = ensure_packages(BENCH_DEB_PACKAGES) {
+        eprintln!("xtask: could not install {BENCH_DEB_PACKAGES:?}: {e:#}");
+    }
+}
+
 fn ensure_debian_packages() -> Result<()> {
-    let missing: Vec<&str> = DEB_PACKAGES
+    ensure_packages(DEB_PACKAGES)
+}
+
+fn ensure_packages(packages: &[(&str, &str)]) -> Result<()> {
+    let missing: Vec<&str> = packages
         .iter()
         .filter(|(_, bin)| {
             Command::new("sh")

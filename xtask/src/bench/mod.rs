@@ -9,6 +9,7 @@ mod churn;
 mod kill;
 mod ns;
 mod parse;
+mod profile;
 mod report;
 mod sys;
 mod table;
@@ -23,7 +24,10 @@ use std::{
 
 use anyhow::{Context, Result};
 
-use crate::{bootstrap::Tools, build};
+use crate::{
+    bootstrap::{self, Tools},
+    build,
+};
 
 /// Sizes and repetitions of one bench run.
 pub struct Plan {
@@ -202,6 +206,7 @@ pub fn run(t: &Tools, quick: bool) -> Result<()> {
         None => build::release(t)?,
     };
     let churn_bin = churn::build(&t.root)?;
+    bootstrap::ensure_bench_packages();
     let caps = Caps::detect(&twreset);
     let load_start = loadavg();
     let stats = sys::BpfStats::take(); // restored on drop, also on error and Ctrl-C

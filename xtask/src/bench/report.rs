@@ -9,7 +9,7 @@ use super::{
     Plan,
     kill::{self, Kill},
     table,
-    trace::{self, Kind, PerConn},
+    trace::{self, Kind, Mode, PerConn},
 };
 
 pub struct Report<'a> {
@@ -75,6 +75,15 @@ fn trim(v: f64) -> String {
     if v.fract() == 0.0 { format!("{v:.0}") } else { format!("{v:.2}") }
 }
 
+/// Verdict of "less than the peer".
+fn below(v: Option<f64>, peer: Option<f64>) -> String {
+    match (v, peer) {
+        (Some(a), Some(b)) if a < b => format!("met ({:.0}% below)", (1.0 - a / b) * 100.0),
+        (Some(a), Some(b)) => format!("missed by {:.3} s/M", a - b),
+        _ => "n/a".into(),
+    }
+}
+
 fn at_most(v: Option<f64>, target: f64, unit: &str) -> String {
     match v {
         None => "n/a".into(),
@@ -136,7 +145,7 @@ impl Report<'_> {
             .map(|o| {
                 if let Some(na) = &o.na {
                     let mut r = vec![o.kind.label().to_owned(), short(na)];
-                    r.resize(15, String::new());
+                    r.resize(16, String::new());
                     return r;
                 }
                 vec![
@@ -169,20 +178,21 @@ impl Report<'_> {
                     num(o.tracer_per_m(), 3),
                     num(o.bpf_per_m(), 3),
                     num(o.cpu_per_m(), 3),
+                    num(o.host_per_m(), 3),
                     num(mib(o.hwm_kib()), 1),
                     {
-                        let each = |timed: bool| {
+                        let each = |mode: Mode| {
                             let v: Vec<String> = o
                                 .runs
                                 .iter()
-                                .filter(|r| r.stats == timed)
+                                .filter(|r| r.mode == mode)
                                 .map(|r| format!("{:.0}", r.churn.conn_per_s))
                                 .collect();
                             v.join(" ")
                         };
-                        match each(true) {
-                            t if t.is_empty() => each(false),
-                            t => format!("{} (bpf_stats on: {t})", each(false)),
+                        match each(Mode::Timed) {
+                            t if t.is_empty() => each(Mode::Rate),
+                            t => format!("{} (bpf_stats on: {t})", each(Mode::Rate)),
                         }
                     },
                     num(o.med(|r| r.others_cpu_s.map(|s| 100.0 * s / r.churn.seconds.max(0.001) / ncpu)), 0),
@@ -203,6 +213,7 @@ impl Report<'_> {
                 "tracer CPU s/M",
                 "BPF s/M",
                 "total s/M",
+                "host s/M (sampled)",
                 "peak RSS MiB",
                 "conn/s of each run",
                 "others' CPU %",
@@ -308,11 +319,25 @@ impl Report<'_> {
             peer: format!("{} (bpftrace count)", num(bc_cpu, 3)),
             ratio: times(ratio(tb_cpu, bc_cpu), 2, ""),
             target: "< bpftrace count".into(),
-            verdict: match (tb_cpu, bc_cpu) {
-                (Some(a), Some(b)) if a < b => format!("met ({:.0}% below)", (1.0 - a / b) * 100.0),
-                (Some(a), Some(b)) => format!("missed by {:.3} s/M", a - b),
-                _ => "n/a".into(),
-            },
+            verdict: below(tb_cpu, bc_cpu),
+        });
+        let (tb_host, bc_host) = (tb.host_per_m(), bc.host_per_m());
+        rows.push(Row {
+            figure: "table: host CPU s per M events (sampled: process + hooks)".into(),
+            twreset: tb.na.as_deref().map_or_else(|| num(tb_host, 3), short),
+            peer: format!("{} (bpftrace count)", num(bc_host, 3)),
+            ratio: times(ratio(tb_host, bc_host), 2, ""),
+            target: "< bpftrace count".into(),
+            verdict: below(tb_host, bc_host),
+        });
+        let (tr_host, bp_host) = (tr.host_per_m(), bp.host_per_m());
+        rows.push(Row {
+            figure: "trace: host CPU s per M events (sampled: process + hooks)".into(),
+            twreset: num(tr_host, 3),
+            peer: format!("{} (bpftrace print), {} (bpftrace count)", num(bp_host, 3), num(bc_host, 3)),
+            ratio: times(ratio(tr_host, bp_host), 2, ""),
+            target: "-".into(),
+            verdict: "-".into(),
         });
         rows.push(Row {
             figure: "table: events lost".into(),

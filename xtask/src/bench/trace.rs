@@ -13,7 +13,7 @@ use super::{
     mean, median,
     ns::Ns,
     parse::{bpftrace_lost, map_sum, tw_totals, twreset_recovered, twreset_summary},
-    quantile, sys,
+    profile, quantile, sys,
     tracer::{self, Lines, Output, Sink, Tracer},
 };
 
@@ -83,15 +83,26 @@ impl PerConn {
     }
 }
 
+/// What a run is for (see [`bench`]).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// As in production (`kernel.bpf_stats_enabled` off, printers to /dev/null): the rates.
+    #[default]
+    Rate,
+    /// `kernel.bpf_stats_enabled` on: the run times the programs (`bpf_s`), and pays for that
+    /// timing, so its rate does not count.
+    Timed,
+    /// Stats off, the host sampled by `perf record` (`sampled`): its rate does not count either.
+    Sampled,
+}
+
 /// One measured run of one variant.
 #[derive(Debug, Default, Clone)]
 pub struct Run {
     /// Its bracket: a tracer's rate run with `round` k ran between the no-tracer runs with
-    /// `round` k and k+1, and is compared with them. (Timed runs: `usize::MAX`.)
+    /// `round` k and k+1, and is compared with them. (Other runs: `usize::MAX`.)
     pub round: usize,
-    /// `kernel.bpf_stats_enabled` was on: the run times the programs (`bpf_s`), and pays for
-    /// that timing, so its rate does not count (see [`bench`]).
-    pub stats: bool,
+    pub mode: Mode,
     pub churn: Churned,
     pub expected: u64,
     pub seen: Option<u64>,
@@ -111,6 +122,8 @@ pub struct Run {
     /// Host CPU time during the churn not used by the churn or the tracer: the other tenants'
     /// share (an estimate; BPF time in softirq may land here too).
     pub others_cpu_s: Option<f64>,
+    /// Host CPU by where it went during the churn (sampled runs).
+    pub sampled: Option<profile::Sampled>,
 }
 
 impl Run {
@@ -118,18 +131,22 @@ impl Run {
     pub fn distinct(&self) -> Option<u64> {
         self.seen.map(|s| s - self.chains.map_or(0, |c| c.repeated).min(s))
     }
+    pub fn is_rate(&self) -> bool {
+        self.mode == Mode::Rate
+    }
     pub fn per_million(&self, secs: Option<f64>) -> Option<f64> {
         secs.map(|s| s / (self.expected.max(1) as f64 / 1e6))
     }
     fn json(&self) -> Value {
         json!({
-            "round": self.round, "bpf_stats": self.stats, "churn": self.churn.json(), "expected_transitions": self.expected, "seen": self.seen, "lost_reported": self.lost,
+            "round": self.round, "mode": format!("{:?}", self.mode).to_lowercase(), "bpf_stats": self.mode == Mode::Timed, "churn": self.churn.json(), "expected_transitions": self.expected, "seen": self.seen, "lost_reported": self.lost,
             "tracer_cpu_s": self.cpu_s, "bpf_run_s": self.bpf_s, "bpf_progs": self.bpf_progs, "peak_rss_kib": self.hwm_kib,
             "loss_note": self.loss_note,
             "recovered": self.recovered,
             "tw_lifecycle_events": self.tw_events,
             "repeated": self.chains.map(|c| c.repeated), "chain_gaps": self.chains.map(|c| c.gaps),
             "others_cpu_s": self.others_cpu_s,
+            "sampled": self.sampled.map(|s| json!({ "total_s": s.total_s, "tracer_process_s": s.tracer_s, "hooks_s": s.hooks_s })),
         })
     }
 }
@@ -147,7 +164,7 @@ impl Outcome {
     }
     /// Connections per second of the runs without BPF run-time stats (the production setting).
     pub fn conn_per_s(&self) -> Option<f64> {
-        self.med(|r| (!r.stats).then_some(r.churn.conn_per_s))
+        self.med(|r| r.is_rate().then_some(r.churn.conn_per_s))
     }
     /// Each rate run's conn/s as a percentage of the mean rate of the two no-tracer runs just
     /// before and after it, in run order. Pairing with its neighbours cancels the drift of a
@@ -155,12 +172,12 @@ impl Outcome {
     pub fn pct_each_round(&self, none: &Outcome) -> Vec<f64> {
         self.runs
             .iter()
-            .filter(|r| !r.stats)
+            .filter(|r| r.is_rate())
             .filter_map(|r| {
                 let base: Vec<f64> = none
                     .runs
                     .iter()
-                    .filter(|n| !n.stats && (n.round == r.round || n.round == r.round.wrapping_add(1)))
+                    .filter(|n| n.is_rate() && (n.round == r.round || n.round == r.round.wrapping_add(1)))
                     .map(|n| n.churn.conn_per_s)
                     .collect();
                 let mean = mean(&base);
@@ -194,12 +211,17 @@ impl Outcome {
     /// The tracer process's own CPU per million transitions, from the rate runs: stdout as in
     /// production (the timed runs also write their lines to a file, which costs CPU).
     pub fn tracer_per_m(&self) -> Option<f64> {
-        self.med(|r| (!r.stats).then(|| r.per_million(r.cpu_s)).flatten())
+        self.med(|r| r.is_rate().then(|| r.per_million(r.cpu_s)).flatten())
     }
     /// Tracer CPU (rate runs) plus in-kernel BPF time (the runs that timed it), per million
     /// transitions. Without any timed run (stats unavailable) the tracer's own CPU alone.
     pub fn cpu_per_m(&self) -> Option<f64> {
         Some(self.tracer_per_m()? + self.bpf_per_m().unwrap_or(0.0))
+    }
+    /// What the host spent on the tracer per million transitions, sampled: its process plus
+    /// everything under the hooks (sampled runs; for no tracer, the hooks alone: about 0).
+    pub fn host_per_m(&self) -> Option<f64> {
+        self.med(|r| r.per_million(r.sampled.map(|s| s.host_s())))
     }
     pub fn bpf_per_m(&self) -> Option<f64> {
         self.med(|r| r.per_million(r.bpf_s))
@@ -229,6 +251,7 @@ impl Outcome {
             "median": { "conn_per_s": self.conn_per_s(), "cpu_s_per_million": self.cpu_per_m(),
                         "tracer_cpu_s_per_million": self.tracer_per_m(),
                         "bpf_s_per_million": self.bpf_per_m(),
+                        "host_s_per_million_sampled": self.host_per_m(),
                         "lost": self.lost(), "peak_rss_kib": self.hwm_kib() },
         })
     }
@@ -349,9 +372,10 @@ fn one(
     churn_bin: &Path,
     twreset: &Path,
     caps: &Caps,
-    stats: bool,
+    mode: Mode,
     round: usize,
 ) -> Result<Run> {
+    let stats = mode == Mode::Timed;
     let ns = Ns::new("trace")?;
     let tracer = match command(kind, cfg, &ns, caps, twreset)? {
         Some((mut cmd, lines, ready)) => Some(Tracer::start(&mut cmd, lines, ready, sink(stats, lines))?),
@@ -361,6 +385,7 @@ fn one(
     let before = tracer.as_ref().map(|t| tracer::sample(t.pid)).transpose()?;
     let threads = cfg.threads.to_string();
     let secs = cfg.seconds.to_string();
+    let sampler = (mode == Mode::Sampled).then(profile::Sampler::start).transpose()?;
     let (busy0, soft0) = (sys::host_busy_s(), sys::ksoftirqd_s());
     let c = churn::run(churn_bin, &ns, &["--threads", &threads, "--seconds", &secs])?;
     // Deferred loopback softirq work belongs to the churn, not to the other tenants.
@@ -369,9 +394,12 @@ fn one(
         (Some(t), Some(b)) => sys::cpu_seconds(t.pid).map_or(0.0, |c| c - b.cpu_s),
         _ => 0.0,
     };
+    // perf script reads the samples after the busy time is taken.
+    let sampled = sampler.map(|s| s.stop(tracer.as_ref().map(|t| t.pid))).transpose()?;
     let mut run = Run {
         round,
-        stats,
+        mode,
+        sampled,
         others_cpu_s: Some((busy - c.cpu_s - tracer_cpu).max(0.0)),
         expected: per.expected(&c),
         churn: c,
@@ -456,6 +484,10 @@ pub fn bench(
     }
     // Bracket numbers: the k-th no-tracer rate run has `round` k, and a tracer's rate run between
     // no-tracer runs k and k+1 has `round` k (see `Outcome::pct_each_round`).
+    let sampling = profile::available();
+    if !sampling {
+        eprintln!("bench: no usable `perf`: the sampled host CPU will be n/a");
+    }
     let mut bracket = 0;
     for r in 0..cfg.runs {
         if let Some(s) = stats {
@@ -465,23 +497,34 @@ pub fn bench(
         // sits between two no-tracer runs, its reference.
         let (none, tracers) = outs.split_first_mut().expect("the no-tracer variant comes first");
         eprintln!("bench: trace round {}/{}, rate (bpf_stats off): no tracer", r + 1, cfg.runs);
-        none.runs.push(one(Kind::NoTracer, cfg, per, churn_bin, twreset, caps, false, bracket)?);
+        none.runs.push(one(Kind::NoTracer, cfg, per, churn_bin, twreset, caps, Mode::Rate, bracket)?);
         for o in tracers.iter_mut().filter(|o| o.na.is_none() && in_round(o.kind, r, cfg)) {
             eprintln!("bench: trace round {}/{}, rate (bpf_stats off): {}", r + 1, cfg.runs, o.kind.label());
-            if !o.keep(one(o.kind, cfg, per, churn_bin, twreset, caps, false, bracket))? {
+            if !o.keep(one(o.kind, cfg, per, churn_bin, twreset, caps, Mode::Rate, bracket))? {
                 continue;
             }
             bracket += 1;
             eprintln!("bench: trace round {}/{}, rate (bpf_stats off): no tracer", r + 1, cfg.runs);
-            none.runs.push(one(Kind::NoTracer, cfg, per, churn_bin, twreset, caps, false, bracket)?);
+            none.runs.push(one(Kind::NoTracer, cfg, per, churn_bin, twreset, caps, Mode::Rate, bracket)?);
         }
         bracket += 1;
-        let Some(s) = stats.filter(|_| r < cfg.timed_runs) else { continue };
+        if r >= cfg.timed_runs {
+            continue;
+        }
+        if sampling {
+            for o in outs.iter_mut().filter(|o| o.na.is_none() && in_round(o.kind, r, cfg)) {
+                eprintln!("bench: trace round {}/{}, host sampled (perf): {}", r + 1, cfg.runs, o.kind.label());
+                o.keep(one(o.kind, cfg, per, churn_bin, twreset, caps, Mode::Sampled, usize::MAX))?;
+            }
+        }
+        let (_, tracers) = outs.split_first_mut().expect("the no-tracer variant comes first");
+        let Some(s) = stats else { continue };
         s.set(true)?;
         for o in tracers.iter_mut().filter(|o| o.na.is_none() && in_round(o.kind, r, cfg)) {
             eprintln!("bench: trace round {}/{}, BPF time (bpf_stats on): {}", r + 1, cfg.runs, o.kind.label());
-            o.keep(one(o.kind, cfg, per, churn_bin, twreset, caps, true, usize::MAX))?;
+            o.keep(one(o.kind, cfg, per, churn_bin, twreset, caps, Mode::Timed, usize::MAX))?;
         }
+        s.set(false)?;
     }
     if let Some(s) = stats {
         s.set(false)?;
@@ -502,9 +545,9 @@ mod tests {
 
     #[test]
     fn rates_compare_with_the_runs_around_them() {
-        let run = |round, cps, stats| Run {
+        let run = |round, cps, stats: bool| Run {
             round,
-            stats,
+            mode: if stats { Mode::Timed } else { Mode::Rate },
             churn: Churned { conn_per_s: cps, ..Churned::default() },
             ..Run::default()
         };
