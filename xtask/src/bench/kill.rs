@@ -35,6 +35,8 @@ pub struct Kill {
     pub bystanders_before: u64,
     pub wall_s: f64,
     pub maxrss_kib: u64,
+    /// The bench's own RSS at spawn, below which `maxrss_kib` cannot go.
+    pub floor_kib: u64,
     pub left: u64,
     pub bystanders_after: u64,
     pub exit: Option<i32>,
@@ -48,7 +50,7 @@ impl Kill {
     pub fn json(&self) -> Value {
         json!({
             "n": self.n, "before": self.before, "bystanders_before": self.bystanders_before, "wall_s": self.wall_s,
-            "peak_rss_kib": self.maxrss_kib, "left_behind": self.left, "bystanders_after": self.bystanders_after,
+            "peak_rss_kib": self.maxrss_kib, "peak_rss_floor_kib": self.floor_kib, "left_behind": self.left, "bystanders_after": self.bystanders_after,
             "exit_status": self.exit, "stderr": self.stderr.trim(),
         })
     }
@@ -102,6 +104,7 @@ fn one(tool: Tool, n: u64, churn_bin: &Path, twreset: &Path, caps: &Caps) -> Res
     sys::check_interrupted()?;
     k.wall_s = m.wall.as_secs_f64();
     k.maxrss_kib = m.maxrss_kib;
+    k.floor_kib = m.floor_kib;
     k.exit = m.status.code();
     k.stderr = m.stderr.chars().take(2000).collect();
     k.left = ns.time_wait_to(PEER)?;

@@ -7,6 +7,7 @@
 //! not move with the machine's speed, which drifts between runs on a shared VM.
 
 use std::{
+    io::{BufRead, BufReader},
     path::PathBuf,
     process::{Child, Command, Stdio},
     thread,
@@ -89,16 +90,22 @@ impl Sampler {
         if !self.path.exists() {
             bail!("perf record wrote nothing ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
         }
-        let script = Command::new("perf")
+        // Read as it comes, not collected: a few seconds of samples are tens of MB of text, and
+        // the bench's own peak RSS must stay small (see `sys::run_measured`).
+        let mut script = Command::new("perf")
             .args(["script", "-F", "comm,pid,tid,period,ip,sym", "-i"])
             .arg(&self.path)
+            .stdout(Stdio::piped())
             .stderr(Stdio::null())
-            .output()
+            .spawn()
             .context("running perf script")?;
-        if !script.status.success() {
-            bail!("perf script failed: {}", script.status);
+        let lines = BufReader::new(script.stdout.take().context("perf script stdout")?).lines().map_while(|l| l.ok());
+        let sampled = charge(lines, tracer);
+        let status = script.wait()?;
+        if !status.success() {
+            bail!("perf script failed: {status}");
         }
-        Ok(charge(&String::from_utf8_lossy(&script.stdout), tracer))
+        Ok(sampled)
     }
 }
 
@@ -127,8 +134,9 @@ fn symbol(line: &str) -> Option<&str> {
     Some(sym.split_once("+0x").map_or(sym, |(s, _)| s))
 }
 
-/// Charge `perf script` output (header line, then indented frames, a blank line between samples).
-pub fn charge(script: &str, tracer: Option<u32>) -> Sampled {
+/// Charge `perf script` output lines (a header line, then indented frames, a blank line between
+/// samples).
+pub fn charge<S: AsRef<str>>(script: impl IntoIterator<Item = S>, tracer: Option<u32>) -> Sampled {
     let mut s = Sampled::default();
     let mut current: Option<(u32, u64, bool)> = None;
     let close = |c: Option<(u32, u64, bool)>, s: &mut Sampled| {
@@ -142,7 +150,8 @@ pub fn charge(script: &str, tracer: Option<u32>) -> Sampled {
             }
         }
     };
-    for line in script.lines() {
+    for line in script {
+        let line = line.as_ref();
         if line.trim().is_empty() {
             close(current.take(), &mut s);
         } else if !line.starts_with(char::is_whitespace) {
@@ -185,7 +194,7 @@ swapper     0/0     1003009
 
     #[test]
     fn samples_are_charged_to_the_tracer_process_or_a_hook() {
-        let s = charge(SCRIPT, Some(777));
+        let s = charge(SCRIPT.lines(), Some(777));
         let close = |a: f64, b: f64| (a - b).abs() < 1e-9;
         assert!(close(s.total_s, 0.006018054), "{s:?}");
         assert!(close(s.tracer_s, 0.002006018), "{s:?}");
@@ -193,7 +202,7 @@ swapper     0/0     1003009
         assert!(close(s.hooks_s, 0.002006018), "{s:?}");
         assert!(close(s.host_s(), 0.004012036), "{s:?}");
         // Without a tracer process only the hooks count.
-        assert!(close(charge(SCRIPT, None).host_s(), 0.002006018));
+        assert!(close(charge(SCRIPT.lines(), None).host_s(), 0.002006018));
     }
 
     #[test]

@@ -151,6 +151,9 @@ pub struct Measured {
     pub status: ExitStatus,
     pub wall: Duration,
     pub maxrss_kib: u64,
+    /// The bench's own peak RSS when it spawned the child, after resetting it: the floor under
+    /// `maxrss_kib` (see [`run_measured`]).
+    pub floor_kib: u64,
     /// User + system CPU time of the child (ru_utime + ru_stime).
     pub cpu_s: f64,
     pub stdout: String,
@@ -182,6 +185,11 @@ fn drain(mut r: impl Read + Send + 'static) -> thread::JoinHandle<String> {
 
 /// Run a command to completion; wall time from spawn to reap, `ru_maxrss` from wait4.
 /// stdout is kept only when `keep_stdout` (a kill listing 200k sockets is thrown away).
+///
+/// A child's `ru_maxrss` is never below the spawning process's own RSS: `exec` records the
+/// peak of the memory it replaces, which for a spawned child is the parent's. So the bench resets
+/// its own peak to its current RSS first (`/proc/self/clear_refs`, 5) and keeps that small: a
+/// figure close to the bench's RSS is a floor, not the child's.
 pub fn run_measured(cmd: &mut Command, keep_stdout: bool) -> Result<Measured> {
     run_measured_with(cmd, keep_stdout, None)
 }
@@ -194,6 +202,8 @@ fn run_measured_with(
     cmd.stdin(Stdio::null()).stderr(Stdio::piped());
     cmd.stdout(if keep_stdout { Stdio::piped() } else { Stdio::null() });
     let stamp_lines = on_spawn.is_some();
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+    let floor_kib = vm_hwm_kib(std::process::id()).unwrap_or(0);
     let start = Instant::now();
     let mut child: Child = cmd.spawn().with_context(|| format!("spawning {cmd:?}"))?;
     if let Some(tx) = on_spawn {
@@ -228,6 +238,7 @@ fn run_measured_with(
         status: ExitStatus::from_raw(status),
         wall,
         maxrss_kib: ru.ru_maxrss.max(0) as u64,
+        floor_kib,
         cpu_s: [ru.ru_utime, ru.ru_stime].iter().map(|t| t.tv_sec as f64 + t.tv_usec as f64 / 1e6).sum(),
         stdout: out.map(|h| h.join().unwrap_or_default()).unwrap_or_default(),
         stderr,
