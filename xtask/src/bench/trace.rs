@@ -385,7 +385,10 @@ fn one(
     let before = tracer.as_ref().map(|t| tracer::sample(t.pid)).transpose()?;
     let threads = cfg.threads.to_string();
     let secs = cfg.seconds.to_string();
-    let sampler = (mode == Mode::Sampled).then(profile::Sampler::start).transpose()?;
+    // A sampling failure costs the run its sampled figure only, never the variant.
+    let sampler = (mode == Mode::Sampled)
+        .then(profile::Sampler::start)
+        .and_then(|s| s.inspect_err(|e| eprintln!("bench: perf record: {e:#}")).ok());
     let (busy0, soft0) = (sys::host_busy_s(), sys::ksoftirqd_s());
     let c = churn::run(churn_bin, &ns, &["--threads", &threads, "--seconds", &secs])?;
     // Deferred loopback softirq work belongs to the churn, not to the other tenants.
@@ -395,7 +398,8 @@ fn one(
         _ => 0.0,
     };
     // perf script reads the samples after the busy time is taken.
-    let sampled = sampler.map(|s| s.stop(tracer.as_ref().map(|t| t.pid))).transpose()?;
+    let sampled = sampler
+        .and_then(|s| s.stop(tracer.as_ref().map(|t| t.pid)).inspect_err(|e| eprintln!("bench: perf: {e:#}")).ok());
     let mut run = Run {
         round,
         mode,
