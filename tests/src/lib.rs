@@ -405,6 +405,19 @@ pub fn programs_of(pid: u32) -> Vec<u32> {
     ids
 }
 
+/// The `link_type` of every BPF link the process `pid` holds, sorted.
+pub fn links_of(pid: u32) -> Vec<String> {
+    let mut types = Vec::new();
+    if let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) {
+        for e in dir.filter_map(Result::ok) {
+            let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+            types.extend(text.lines().filter_map(|l| l.strip_prefix("link_type:")).map(|v| v.trim().to_owned()));
+        }
+    }
+    types.sort_unstable();
+    types
+}
+
 /// Fail unless every program of `ours` has left the kernel within 5 s. The kernel frees a
 /// program after an RCU grace period once its last fd is closed; one still there after 5 s is a
 /// leak.

@@ -9,7 +9,9 @@ use std::{
 };
 
 use nix::sys::signal::Signal;
-use twreset_tests::{Closer, NetNs, Running, assert_programs_freed, bin, connections, privileged, programs_of};
+use twreset_tests::{
+    Closer, NetNs, Running, assert_programs_freed, bin, connections, links_of, privileged, programs_of,
+};
 
 #[test]
 fn sigterm_and_sigint_exit_0_with_summary_and_detach() {
@@ -23,9 +25,13 @@ fn sigterm_and_sigint_exit_0_with_summary_and_detach() {
         let ours = programs_of(t.pid() as u32);
         assert_eq!(
             ours.len(),
-            3,
-            "three programs (the state tracepoint's primary and backup, sock_ops on the cgroup v2 root) while tracing"
+            6,
+            "six programs while tracing: the state tracepoint's primary and backup, sock_ops, \
+             connect4 and connect6, and the iterator that handed older sockets to sock_ops"
         );
+        // The older sockets were handed over, so the tracepoint programs are detached: only the
+        // three cgroup links (sock_ops, connect4, connect6) remain.
+        assert_eq!(links_of(t.pid() as u32), ["cgroup", "cgroup", "cgroup"]);
         ns.run(|| connections("127.0.0.1:0".parse().unwrap(), None, 2, Closer::Client));
         std::thread::sleep(Duration::from_millis(200));
         let (code, out, err) = t.signal(sig);
@@ -34,12 +40,8 @@ fn sigterm_and_sigint_exit_0_with_summary_and_detach() {
         let summary = err.lines().find(|l| l.contains(" events seen, ")).unwrap_or_default();
         assert!(summary.starts_with("twreset: 22 events seen, 0 lost"), "{sig}: {err}");
         assert!(summary.ends_with(" recovered after nesting"), "{sig}: {summary}");
-        // 2 connections, 7 transitions each from establishment on.
-        assert_eq!(
-            err.lines().last(),
-            Some("twreset: 14 transitions of established sockets came from sock_ops"),
-            "{err}"
-        );
+        // 2 connections of 10 transitions and their listener's 2, all from sock_ops.
+        assert_eq!(err.lines().last(), Some("twreset: 22 transitions came from sock_ops"), "{err}");
         assert_programs_freed(&ours, sig.as_ref());
     }
 }

@@ -109,6 +109,13 @@ pub mod filter {
     /// The timer programs are attached: active closes are told apart by the CPU's last
     /// TIME_WAIT timer (`state_aux`).
     pub const TIMERS: u32 = 1 << 6;
+    /// Sockets are `sock_ops`' from birth: the `sock_create` program turns
+    /// `BPF_SOCK_OPS_STATE_CB` on for every new TCP socket (and `iter/tcp` for the older ones),
+    /// listeners pass it to their children, and `sock_ops` reports every transition of a socket
+    /// with the flag, including the two `tcp_set_state()` does not make (`CLOSE -> LISTEN` and a
+    /// child's `LISTEN -> SYN_RECV`), which it synthesises. The tracepoint programs report only
+    /// sockets without the flag.
+    pub const OWN: u32 = 1 << 7;
 }
 
 /// Runtime filter, element 0 of the `CONFIG` array. Userspace may rewrite it while attached.
@@ -206,7 +213,8 @@ pub struct KernelOffsets {
     pub skc_pprev: u32,
     /// `struct sock.sk_flags` (bit `SOCK_DONE`: the peer's FIN arrived).
     pub sk_flags: u32,
-    pub _pad0: u32,
+    /// `struct sock.sk_socket` (NULL until a listener's child is accepted).
+    pub sk_socket: u32,
 }
 const _: () = assert!(size_of::<KernelOffsets>() == 120);
 

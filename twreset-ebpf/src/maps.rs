@@ -48,6 +48,11 @@ pub static HANDLED: PerCpuArray<Handled> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 pub static SOCK_OPS_NOTE: PerCpuArray<[u64; 2]> = PerCpuArray::with_max_entries(1, 0);
 
+/// Listeners whose `CLOSE -> LISTEN` the tracepoint reported (`filter::OWN`): the `sock_ops`
+/// program, called after it by `listen()`, takes the entry out and does not report it again.
+#[map]
+pub static LISTENS: HashMap<u64, u8> = HashMap::with_max_entries(4096, 0);
+
 /// Per-CPU counters, indexed by `twreset_common::stat`.
 #[map]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);

@@ -30,7 +30,7 @@ pub(crate) static OFFSETS: KernelOffsets = KernelOffsets {
     tcp_cb_flags: 0,
     skc_pprev: 0,
     sk_flags: 0,
-    _pad0: 0,
+    sk_socket: 0,
 };
 
 /// The loader-set offsets (volatile: the compiler must not fold the defaults in).

@@ -47,7 +47,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 );
             }
             if s.sock_ops {
-                eprintln!("twreset: {} transitions of established sockets came from sock_ops", s.loss.sock_ops);
+                eprintln!("twreset: {} transitions came from sock_ops", s.loss.sock_ops);
             }
             tracing::debug!("kernel side sent {} events", s.loss.sent);
             Ok(ExitCode::SUCCESS)

@@ -5,7 +5,10 @@ use std::os::fd::{AsFd, AsRawFd};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, RingBuf, lpm_trie::Key},
-    programs::{BtfTracePoint, ProgramError, SockOps, links::CgroupAttachMode},
+    programs::{
+        BtfTracePoint, CgroupSockAddr, Iter, ProgramError, SockOps, links::CgroupAttachMode,
+        tp_btf::BtfTracePointLinkId,
+    },
 };
 use ipnet::IpNet;
 use twreset_common::{FilterConfig, KernelOffsets, OFFSETS_GLOBAL, PeerKey, filter, stat, tcp_state};
@@ -37,6 +40,11 @@ const STATE_TRACEPOINT: &str = "inet_sock_set_state";
 const TIMER_PROGRAMS: [&str; 3] = ["timer_start", "timer_expire_entry", "timer_cancel"];
 /// The `sock_ops` program: transitions of established sockets, from `tcp_set_state()` itself.
 const SOCK_OPS_PROGRAM: &str = "sock_state";
+/// The `cgroup/connect4` and `connect6` programs that give every connecting TCP socket to
+/// `sock_ops` from birth (`filter::OWN`).
+const OWN_PROGRAMS: [&str; 2] = ["connect_own4", "connect_own6"];
+/// The `iter/tcp` program that gives existing sockets to `sock_ops` (`filter::OWN`).
+const OWN_ITER_PROGRAM: &str = "iter_own";
 
 /// Every raw tracepoint the programs attach to, with the leading `TP_PROTO` arguments they read
 /// (checked against the kernel's BTF at load time: a kernel that changed them is refused, not
@@ -83,6 +91,10 @@ pub enum ProbeError {
         #[source]
         source: std::io::Error,
     },
+    #[error("reading the iterator that hands existing sockets to sock_ops failed")]
+    Iterate(#[source] std::io::Error),
+    #[error("{refused} existing sockets refused the sock_ops flag")]
+    OwnRefused { refused: u64 },
     #[error("no cgroup v2 hierarchy is mounted (sock_ops attaches at its root)")]
     NoCgroup2,
     #[error("the kernel's BTF has no tcp_sock.bpf_sock_ops_cb_flags")]
@@ -164,6 +176,8 @@ impl Loss {
 pub struct Probe {
     ebpf: Ebpf,
     attached: Vec<&'static str>,
+    /// The state programs' links, until [`Probe::detach_state`].
+    state_links: Vec<(&'static str, BtfTracePointLinkId)>,
     /// Why the TIME_WAIT programs cannot work here, if they cannot.
     timewait_unavailable: Option<TimewaitUnavailable>,
     kallsyms: Option<Kallsyms>,
@@ -175,6 +189,10 @@ pub struct Probe {
     sock_ops_on: bool,
     /// The timer programs are attached and the filter says so (`filter::TIMERS`).
     timers_on: bool,
+    /// The connect programs are attached and the filter says so (`filter::OWN`).
+    own_on: bool,
+    /// `iter_own` is loaded.
+    own_iter_loaded: bool,
 }
 
 impl Probe {
@@ -207,12 +225,15 @@ impl Probe {
         Ok(Self {
             ebpf,
             attached: Vec::new(),
+            state_links: Vec::new(),
             timewait_unavailable,
             kallsyms,
             logger,
             sock_ops_flags_known: off.tcp_cb_flags != 0,
             sock_ops_on: false,
             timers_on: false,
+            own_on: false,
+            own_iter_loaded: false,
         })
     }
 
@@ -309,6 +330,9 @@ impl Probe {
         if self.timers_on {
             cfg.flags |= filter::TIMERS;
         }
+        if self.own_on {
+            cfg.flags |= filter::OWN;
+        }
         self.write_config(&cfg)
     }
 
@@ -340,6 +364,26 @@ impl Probe {
         }
         attached?;
         self.sock_ops_on = true;
+        Ok(())
+    }
+
+    /// After [`Probe::attach_sock_ops`]: give every TCP socket created from now on to `sock_ops`
+    /// from birth (`filter::OWN`).
+    pub fn attach_own(&mut self) -> Result<(), ProbeError> {
+        let path = cgroup::v2_root().ok_or(ProbeError::NoCgroup2)?;
+        let dir = std::fs::File::open(&path).map_err(|source| ProbeError::CgroupOpen { path, source })?;
+        let before = self.config()?;
+        self.write_config(&FilterConfig { flags: before.flags | filter::OWN, ..before })?;
+        for name in OWN_PROGRAMS {
+            let prog: &mut CgroupSockAddr = self.program_mut(name)?;
+            prog.load().map_err(|source| ProbeError::Program { name, action: "load", source })?;
+            prog.attach(&dir, CgroupAttachMode::Single).map_err(|source| ProbeError::Program {
+                name,
+                action: "attach",
+                source,
+            })?;
+        }
+        self.own_on = true;
         Ok(())
     }
 
@@ -381,18 +425,58 @@ impl Probe {
     pub fn attach_state(&mut self) -> Result<(), ProbeError> {
         let btf = aya::Btf::from_sys_fs().map_err(ProbeError::AyaBtf)?;
         for name in STATE_PROGRAMS {
-            self.attach_btf(name, STATE_TRACEPOINT, &btf)?;
+            let link = self.attach_btf(name, STATE_TRACEPOINT, &btf)?;
+            self.state_links.push((name, link));
+        }
+        Ok(())
+    }
+
+    /// With [`Probe::attach_own`]: give the TCP sockets of the calling thread's namespace that
+    /// existed before to `sock_ops` (`iter_own`). Returns how many full sockets it handed over;
+    /// an error when any refused (then the tracepoint must stay).
+    pub fn own_existing(&mut self) -> Result<u64, ProbeError> {
+        let name = OWN_ITER_PROGRAM;
+        if !self.own_iter_loaded {
+            let btf = aya::Btf::from_sys_fs().map_err(ProbeError::AyaBtf)?;
+            let prog: &mut Iter = self.program_mut(name)?;
+            prog.load("tcp", &btf).map_err(|source| ProbeError::Program { name, action: "load", source })?;
+            self.own_iter_loaded = true;
+        }
+        let prog: &mut Iter = self.program_mut(name)?;
+        let link = prog.attach().map_err(|source| ProbeError::Program { name, action: "attach", source })?;
+        let link = prog.take_link(link).map_err(|source| ProbeError::Program { name, action: "link", source })?;
+        let mut file = link.into_file().map_err(|e| ProbeError::Iterate(std::io::Error::other(e)))?;
+        let mut done = Vec::new();
+        std::io::Read::read_to_end(&mut file, &mut done).map_err(ProbeError::Iterate)?;
+        let refused = done.iter().filter(|&&b| b == 0).count() as u64;
+        if refused > 0 {
+            return Err(ProbeError::OwnRefused { refused });
+        }
+        Ok(done.len() as u64)
+    }
+
+    /// Detach the state programs from the tracepoint once every socket they would report is
+    /// `sock_ops`' (see [`Probe::own_existing`]). Their counters stay readable.
+    pub fn detach_state(&mut self) -> Result<(), ProbeError> {
+        for (name, link) in std::mem::take(&mut self.state_links) {
+            let prog: &mut BtfTracePoint = self.program_mut(name)?;
+            prog.detach(link).map_err(|source| ProbeError::Program { name, action: "detach", source })?;
         }
         Ok(())
     }
 
     /// Load (verify) the BTF-typed raw tracepoint program `name` for `tracepoint` and attach it.
-    fn attach_btf(&mut self, name: &'static str, tracepoint: &str, btf: &aya::Btf) -> Result<(), ProbeError> {
+    fn attach_btf(
+        &mut self,
+        name: &'static str,
+        tracepoint: &str,
+        btf: &aya::Btf,
+    ) -> Result<BtfTracePointLinkId, ProbeError> {
         let prog: &mut BtfTracePoint = self.program_mut(name)?;
         prog.load(tracepoint, btf).map_err(|source| ProbeError::Program { name, action: "load", source })?;
-        prog.attach().map_err(|source| ProbeError::Program { name, action: "attach", source })?;
+        let link = prog.attach().map_err(|source| ProbeError::Program { name, action: "attach", source })?;
         self.attached.push(name);
-        Ok(())
+        Ok(link)
     }
 
     /// The event ring buffer; call once.

@@ -11,7 +11,7 @@
 use aya_ebpf::{
     bindings::{
         BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB,
-        BPF_SOCK_OPS_STATE_CB_FLAG,
+        BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_LISTEN_CB,
     },
     helpers::{bpf_ktime_get_ns, generated::bpf_skc_to_tcp_sock},
     macros::sock_ops,
@@ -24,7 +24,7 @@ use super::state::{
     take_last_tw,
 };
 use crate::{
-    maps::{config, count, netns_kept, send},
+    maps::{LISTENS, config, count, netns_kept, send},
     offsets::{common_direct, load, net_cookie_direct, off},
 };
 
@@ -32,8 +32,12 @@ use crate::{
 pub fn sock_state(ctx: SockOpsContext) -> u32 {
     match ctx.op() {
         BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB | BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => {
-            let _ = ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG) as i32);
+            let flags = ctx.cb_flags();
+            if flags & BPF_SOCK_OPS_STATE_CB_FLAG == 0 {
+                let _ = ctx.set_cb_flags((flags | BPF_SOCK_OPS_STATE_CB_FLAG) as i32);
+            }
         }
+        BPF_SOCK_OPS_TCP_LISTEN_CB => listen_cb(&ctx),
         BPF_SOCK_OPS_STATE_CB => state_cb(&ctx),
         _ => {}
     }
@@ -52,6 +56,16 @@ fn state_cb(ctx: &SockOpsContext) {
     }
     let Some(tp) = tcp_sock(ctx) else { return };
     let t = Transition { sk: tp, old: ctx.arg(0), new: ctx.arg(1) };
+    if cfg.flags & filter::OWN != 0 {
+        if t.old == tcp_state::SYN_RECV && is_child(tp) {
+            synthesize(Transition { sk: tp, old: tcp_state::LISTEN, new: tcp_state::SYN_RECV });
+        }
+        note_for_tracepoint(&t);
+        if let Some(cfg) = state_filter(&t) {
+            handle_sock_ops(&t, &cfg);
+        }
+        return;
+    }
     if sock_ops_may_report(t.old) && cfg.flags & filter::SOCK_OPS != 0 {
         // Ours whether the filters keep it or not: the tracepoint's primary leaves it.
         note_for_tracepoint(&t);
@@ -59,6 +73,49 @@ fn state_cb(ctx: &SockOpsContext) {
             handle_sock_ops(&t, &cfg);
         }
     }
+}
+
+/// `listen()` moved the socket to LISTEN (`inet_csk_listen_start()`, which calls no
+/// `sock_ops`). With `filter::OWN` the socket takes the flag now (its children inherit it), and
+/// the move is reported here unless the tracepoint did: it does for a socket without the flag
+/// while it is attached, and notes it in `LISTENS` (the two may run on different CPUs).
+#[inline(always)]
+fn listen_cb(ctx: &SockOpsContext) {
+    let cfg = config();
+    if cfg.flags & filter::OWN == 0 {
+        return;
+    }
+    let Some(tp) = tcp_sock(ctx) else { return };
+    let flags = ctx.cb_flags();
+    if flags & BPF_SOCK_OPS_STATE_CB_FLAG == 0 {
+        let _ = ctx.set_cb_flags((flags | BPF_SOCK_OPS_STATE_CB_FLAG) as i32);
+        if LISTENS.remove(&tp).is_ok() {
+            return; // the tracepoint reported it
+        }
+    }
+    synthesize(Transition { sk: tp, old: tcp_state::CLOSE, new: tcp_state::LISTEN });
+}
+
+/// Report a transition the socket made without `tcp_set_state()` (so without a `STATE_CB`).
+#[inline(always)]
+fn synthesize(t: Transition) {
+    if let Some(cfg) = state_filter(&t) {
+        handle_sock_ops(&t, &cfg);
+    }
+}
+
+/// `SS_CONNECTING` of `enum socket_state`: a `connect()` is under way.
+const SS_CONNECTING: u32 = 2;
+
+/// Is `tp` (leaving SYN_RECV) a listener's child rather than a simultaneous open? A child is
+/// born in SYN_RECV by a clone that calls no `sock_ops`; it has no `struct socket` until it is
+/// accepted, and then (a Fast Open child, accepted early) one that is connected. A simultaneous
+/// open is a `connect()` under way.
+#[inline(always)]
+fn is_child(tp: u64) -> bool {
+    let socket: u64 = load(tp, off!(sk_socket));
+    // `struct socket.state` is its first member; a typed load through the BTF pointer.
+    socket == 0 || load::<u32>(socket, 0) != SS_CONNECTING
 }
 
 /// The context's socket as a BTF-typed `tcp_sock` (so the typed loads of `offsets` work).

@@ -33,7 +33,7 @@ use twreset_common::{
 };
 
 use crate::{
-    maps::{HANDLED, LAST_TW, PEER_FILTER, PORT_FILTER, SOCK_OPS_NOTE, config, count, netns_kept, send},
+    maps::{HANDLED, LAST_TW, LISTENS, PEER_FILTER, PORT_FILTER, SOCK_OPS_NOTE, config, count, netns_kept, send},
     offsets::{common_direct, load, net_cookie_direct, off, read},
 };
 
@@ -165,10 +165,26 @@ pub(crate) fn state_filter(t: &Transition) -> Option<FilterConfig> {
 /// Report `t` unless a filter drops it or (tracepoint side) the `sock_ops` program reports it.
 #[inline(always)]
 fn handle(t: &Transition, cfg: &FilterConfig) {
-    if cfg.flags & filter::SOCK_OPS != 0 && sock_ops_has(t) {
+    let own = cfg.flags & filter::OWN != 0;
+    if cfg.flags & filter::SOCK_OPS != 0 && sock_ops_has(t, own) {
         return;
     }
+    if own {
+        note_listen(t);
+    }
     let _ = try_handle(t, cfg, false);
+}
+
+/// With `filter::OWN`: a `CLOSE -> LISTEN` of a socket without the flag, which this side
+/// reports, is noted for `sock_ops`' `TCP_LISTEN_CB` (`maps::LISTENS`); a `LISTEN -> CLOSE`
+/// without the flag (a `listen()` that failed, or a listener older than `trace`) clears it.
+#[inline(always)]
+fn note_listen(t: &Transition) {
+    if t.new == tcp_state::LISTEN {
+        let _ = LISTENS.insert(&t.sk, &1, 0);
+    } else if t.old == tcp_state::LISTEN && t.new == tcp_state::CLOSE {
+        let _ = LISTENS.remove(&t.sk);
+    }
 }
 
 /// The `sock_ops` program's report of a transition: `t.sk` is its `tcp_sock`, a BTF pointer
@@ -184,8 +200,8 @@ pub(crate) fn handle_sock_ops(t: &Transition, cfg: &FilterConfig) {
 /// tracepoint, exactly when the socket has `BPF_SOCK_OPS_STATE_CB` on, which it turns on for
 /// every socket at establishment. The flag lies beyond `struct sock` (a helper read).
 #[inline(always)]
-fn sock_ops_has(t: &Transition) -> bool {
-    sock_ops_may_report(t.old)
+fn sock_ops_has(t: &Transition, own: bool) -> bool {
+    (own || sock_ops_may_report(t.old))
         && read::<u8>(t.sk, off!(tcp_cb_flags)).is_ok_and(|f| f as u32 & BPF_SOCK_OPS_STATE_CB_FLAG != 0)
 }
 

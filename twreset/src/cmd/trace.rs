@@ -192,6 +192,27 @@ fn render_all(
     out.flush()
 }
 
+/// Give the sockets of the watched namespaces that existed before `trace` to `sock_ops`, then
+/// detach the tracepoint programs: from then on each transition costs one `sock_ops` call
+/// instead of that and two tracepoint programs. `--all-netns` keeps them: a namespace with no
+/// process or name in it cannot be entered, and its older sockets would go unreported.
+fn hand_over(probe: &mut Probe, scope: &NetnsScope) {
+    let handed = match scope {
+        NetnsScope::All => {
+            eprintln!("twreset: --all-netns: the tracepoint programs stay attached for sockets older than this trace");
+            return;
+        }
+        NetnsScope::Current => probe.own_existing().map_err(anyhow::Error::from),
+        NetnsScope::Paths(list) => {
+            list.iter().try_fold(0, |sum, n| -> Result<u64> { Ok(sum + n.run(|| probe.own_existing())??) })
+        }
+    };
+    match handed.and_then(|n| probe.detach_state().map(|()| n).map_err(anyhow::Error::from)) {
+        Ok(n) => tracing::debug!("{n} existing sockets handed to sock_ops; tracepoint programs detached"),
+        Err(e) => eprintln!("twreset: warning: {e:#}; the tracepoint programs stay attached"),
+    }
+}
+
 /// Run the session until `shutdown` resolves or stdout is closed.
 pub async fn run(cfg: TraceConfig, shutdown: impl Future<Output = ()>) -> Result<Summary> {
     let mut probe = Probe::load()?;
@@ -212,9 +233,23 @@ pub async fn run(cfg: TraceConfig, shutdown: impl Future<Output = ()>) -> Result
             false
         }
     };
+    // Sockets that connect or listen from now on are sock_ops' from birth; the tracepoint
+    // programs report the others until the older sockets are handed over too (`hand_over`).
+    let own = sock_ops
+        && match probe.attach_own() {
+            Ok(()) => true,
+            Err(e) => {
+                let e = anyhow::Error::from(e);
+                eprintln!("twreset: warning: {e:#}; the tracepoint programs stay attached");
+                false
+            }
+        };
     probe.attach_state()?;
     if cfg.timewait {
         probe.attach_timewait(twfeed::fault_skip())?;
+    }
+    if own {
+        hand_over(&mut probe, &cfg.scope);
     }
     let hz = twfeed::kernel_hz().unwrap_or(250);
 

@@ -176,6 +176,7 @@ pub fn kernel_offsets(btf: &KernelBtf) -> Result<KernelOffsets, BtfError> {
         skc_pprev: sc("skc_node")? + btf.offset("hlist_node", "pprev")?,
         // `sk_flags` is `__sk_common.skc_flags` since 6.11; a member of `struct sock` before.
         sk_flags: sc("skc_flags").or_else(|_| btf.offset("sock", "sk_flags"))?,
+        sk_socket: btf.offset("sock", "sk_socket")?,
         ..KernelOffsets::default()
     })
 }
