@@ -48,8 +48,9 @@ pub static HANDLED: PerCpuArray<Handled> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 pub static SOCK_OPS_NOTE: PerCpuArray<[u64; 2]> = PerCpuArray::with_max_entries(1, 0);
 
-/// Listeners whose `CLOSE -> LISTEN` the tracepoint reported (`filter::OWN`): the `sock_ops`
-/// program, called after it by `listen()`, takes the entry out and does not report it again.
+/// Socket cookies of listeners whose `CLOSE -> LISTEN` the tracepoint reported (`filter::OWN`):
+/// the `sock_ops` program, called after it by `listen()`, takes the entry out and does not
+/// report it again.
 #[map]
 pub static LISTENS: HashMap<u64, u8> = HashMap::with_max_entries(4096, 0);
 

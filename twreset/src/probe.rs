@@ -139,8 +139,9 @@ pub struct Loss {
     /// Transitions the kernel skipped the primary state program for (they nested inside its run)
     /// that the backup handled: not lost, shown so the recovery is seen working.
     pub recovered: u64,
-    /// Transitions of established sockets the `sock_ops` program reported (in place of the
-    /// tracepoint, which leaves a few per million undelivered).
+    /// Transitions the `sock_ops` program reported (in place of the tracepoint, which leaves a
+    /// few per million undelivered): established sockets', or with `filter::OWN` all of them
+    /// but the ones of sockets older than the trace until they were handed over.
     pub sock_ops: u64,
     /// TIME_WAIT creations no `timer_start` reported, which the `sock_ops` program did
     /// (`filter::TW_TABLE`).

@@ -36,17 +36,17 @@ static ITER_OFFSETS: IterOffsets = IterOffsets {
 
 /// `struct bpf_iter_meta`.
 #[repr(C)]
-struct IterMeta {
-    seq: *mut seq_file,
+pub(crate) struct IterMeta {
+    pub(crate) seq: *mut seq_file,
     session_id: u64,
     seq_num: u64,
 }
 
 /// `struct bpf_iter__tcp`.
 #[repr(C)]
-struct IterTcp {
-    meta: *const IterMeta,
-    sk_common: *const c_void,
+pub(crate) struct IterTcp {
+    pub(crate) meta: *const IterMeta,
+    pub(crate) sk_common: *const c_void,
     uid: u32,
 }
 

@@ -8,12 +8,14 @@
 use core::ffi::c_void;
 
 use aya_ebpf::{
-    bindings::{BPF_SOCK_OPS_STATE_CB_FLAG, seq_file},
+    bindings::BPF_SOCK_OPS_STATE_CB_FLAG,
     helpers::generated::{bpf_getsockopt, bpf_seq_write, bpf_setsockopt},
     macros::cgroup_sock_addr,
     programs::SockAddrContext,
 };
 use twreset_common::IPPROTO_TCP;
+
+use super::iter::IterTcp;
 
 /// `SOL_TCP`.
 const SOL_TCP: i32 = 6;
@@ -61,22 +63,6 @@ fn add_state_cb(ctx: *mut c_void) -> Result<(), ()> {
     Ok(())
 }
 
-/// `struct bpf_iter_meta`.
-#[repr(C)]
-struct IterMeta {
-    seq: *mut seq_file,
-    session_id: u64,
-    seq_num: u64,
-}
-
-/// `struct bpf_iter__tcp`.
-#[repr(C)]
-struct IterTcp {
-    meta: *const IterMeta,
-    sk_common: *mut c_void,
-    uid: u32,
-}
-
 /// For each full TCP socket of the namespace (the kernel holds its lock meanwhile), turn
 /// `BPF_SOCK_OPS_STATE_CB` on and write one byte: 1 done, 0 failed. TIME_WAIT and request
 /// sockets are skipped: they make no `tcp_set_state()` transitions.
@@ -86,7 +72,7 @@ pub fn iter_own(ctx: *mut c_void) -> i32 {
     // SAFETY: the kernel passes a `bpf_iter__tcp`; the verifier checks these loads against BTF.
     let (meta, sk) = unsafe {
         let c = &*(ctx as *const IterTcp);
-        (c.meta, c.sk_common)
+        (c.meta, c.sk_common.cast_mut())
     };
     if sk.is_null() {
         return 0;

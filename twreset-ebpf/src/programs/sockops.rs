@@ -1,9 +1,21 @@
-//! `sock_ops` on the cgroup v2 root: a second source of TCP state transitions, called by
-//! `tcp_set_state()` itself. The `inet_sock_set_state` tracepoint leaves about 7 transitions per
-//! million undelivered on 6.18 under churn, with no miss counted anywhere (README, "Recursion
-//! misses"); `sock_ops` sees them. It turns `BPF_SOCK_OPS_STATE_CB` on for each socket once it is
-//! established and from then on reports that socket's transitions; the tracepoint programs leave
-//! those to it (`state::handle`). Transitions before establishment stay with the tracepoint.
+//! `sock_ops` on the cgroup v2 root: TCP state transitions from `tcp_set_state()` itself, for
+//! every socket with `BPF_SOCK_OPS_STATE_CB` on. The `inet_sock_set_state` tracepoint leaves
+//! about 7 transitions per million undelivered on 6.18 under churn, with no miss counted anywhere
+//! (README, "Recursion misses"); `sock_ops` sees them, and costs one program run per transition
+//! where the tracepoint costs two.
+//!
+//! Without `filter::OWN` it turns the flag on for each socket once it is established and from
+//! then on reports that socket's transitions; the tracepoint programs leave those to it
+//! (`state::handle`), and transitions before establishment stay with the tracepoint.
+//!
+//! With `filter::OWN` (`trace`), sockets are its from birth: `programs::own` turns the flag on
+//! at `connect()` and for the sockets older than the trace, [`listen_cb`] at `listen()`, and a
+//! listener's children inherit it. It then reports every transition of a flagged socket, and
+//! makes up the two that `tcp_set_state()` never makes: `CLOSE -> LISTEN` ([`listen_cb`]) and a
+//! child's `LISTEN -> SYN_RECV` (just before the child leaves SYN_RECV, [`is_child`]). The
+//! tracepoint programs report only sockets without the flag, and userspace detaches them once
+//! the older sockets are handed over. The one transition pair no hook then sees is a `listen()`
+//! that fails after the socket entered LISTEN (`inet_csk_listen_start()`: port taken).
 //!
 //! For a TIME_WAIT table (`filter::TW_TABLE`) it reports only what the timer programs missed:
 //! the timer tracepoint leaves the same segments' TIME_WAIT creations undelivered ([`table_close`]).
@@ -13,7 +25,10 @@ use aya_ebpf::{
         BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB,
         BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_LISTEN_CB,
     },
-    helpers::{bpf_ktime_get_ns, generated::bpf_skc_to_tcp_sock},
+    helpers::{
+        bpf_ktime_get_ns,
+        generated::{bpf_get_socket_cookie, bpf_skc_to_tcp_sock},
+    },
     macros::sock_ops,
     programs::SockOpsContext,
 };
@@ -78,7 +93,8 @@ fn state_cb(ctx: &SockOpsContext) {
 /// `listen()` moved the socket to LISTEN (`inet_csk_listen_start()`, which calls no
 /// `sock_ops`). With `filter::OWN` the socket takes the flag now (its children inherit it), and
 /// the move is reported here unless the tracepoint did: it does for a socket without the flag
-/// while it is attached, and notes it in `LISTENS` (the two may run on different CPUs).
+/// while it is attached, and notes it in `LISTENS` by socket cookie (`listen()` may move to
+/// another CPU between the two).
 #[inline(always)]
 fn listen_cb(ctx: &SockOpsContext) {
     let cfg = config();
@@ -89,9 +105,13 @@ fn listen_cb(ctx: &SockOpsContext) {
     let flags = ctx.cb_flags();
     if flags & BPF_SOCK_OPS_STATE_CB_FLAG == 0 {
         let _ = ctx.set_cb_flags((flags | BPF_SOCK_OPS_STATE_CB_FLAG) as i32);
-        if LISTENS.remove(&tp).is_ok() {
-            return; // the tracepoint reported it
-        }
+    }
+    // Taken out whatever the flag says now: another tool's `sock_ops`, called before this one,
+    // may have turned it on since the tracepoint saw the socket without it.
+    // SAFETY: helper on the program's own context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.ops.cast()) };
+    if LISTENS.remove(&cookie).is_ok() {
+        return; // the tracepoint reported it
     }
     synthesize(Transition { sk: tp, old: tcp_state::CLOSE, new: tcp_state::LISTEN });
 }

@@ -11,7 +11,9 @@
 //! `sock_ops` program has turned `STATE_CB` on for are its to report (`programs::sockops`), since
 //! the tracepoint leaves a few per million of them undelivered; both programs skip those here.
 //! The primary knows most of them by the per-CPU note `sock_ops` leaves just before the
-//! tracepoint fires, and reads the socket's flag only when there is none.
+//! tracepoint fires, and reads the socket's flag only when there is none. With `filter::OWN`
+//! that is every transition of a flagged socket, since `sock_ops` owns those from birth; these
+//! programs then serve only until userspace has handed the older sockets over, and are detached.
 //!
 //! The programs are BTF-typed raw tracepoints (`tp_btf`) with the arguments
 //! `TP_PROTO(const struct sock *sk, const int oldstate, const int newstate)` (checked against the
@@ -23,7 +25,10 @@
 //! and pays a helper read only when it is not.
 
 use aya_ebpf::{
-    bindings::BPF_SOCK_OPS_STATE_CB_FLAG, helpers::bpf_ktime_get_ns, macros::btf_tracepoint, maps::lpm_trie::Key,
+    bindings::BPF_SOCK_OPS_STATE_CB_FLAG,
+    helpers::{bpf_ktime_get_ns, generated::bpf_get_socket_cookie},
+    macros::btf_tracepoint,
+    maps::lpm_trie::Key,
     programs::BtfTracePointContext,
 };
 use twreset_common::{
@@ -176,15 +181,23 @@ fn handle(t: &Transition, cfg: &FilterConfig) {
 }
 
 /// With `filter::OWN`: a `CLOSE -> LISTEN` of a socket without the flag, which this side
-/// reports, is noted for `sock_ops`' `TCP_LISTEN_CB` (`maps::LISTENS`); a `LISTEN -> CLOSE`
-/// without the flag (a `listen()` that failed, or a listener older than `trace`) clears it.
+/// reports, is noted for `sock_ops`' `TCP_LISTEN_CB` (`maps::LISTENS`, by socket cookie, which
+/// no later socket reuses); a `LISTEN -> CLOSE` without the flag (a `listen()` that failed, or a
+/// listener older than `trace`) clears it.
 #[inline(always)]
 fn note_listen(t: &Transition) {
     if t.new == tcp_state::LISTEN {
-        let _ = LISTENS.insert(&t.sk, &1, 0);
+        let _ = LISTENS.insert(&socket_cookie(t.sk), &1, 0);
     } else if t.old == tcp_state::LISTEN && t.new == tcp_state::CLOSE {
-        let _ = LISTENS.remove(&t.sk);
+        let _ = LISTENS.remove(&socket_cookie(t.sk));
     }
+}
+
+/// The socket cookie of `sk` (a BTF-typed socket pointer).
+#[inline(always)]
+fn socket_cookie(sk: u64) -> u64 {
+    // SAFETY: the helper takes a BTF-typed socket pointer, as `sk` is.
+    unsafe { bpf_get_socket_cookie(sk as *mut core::ffi::c_void) }
 }
 
 /// The `sock_ops` program's report of a transition: `t.sk` is its `tcp_sock`, a BTF pointer
