@@ -95,6 +95,8 @@ pub enum ProbeError {
     Iterate(#[source] std::io::Error),
     #[error("{refused} existing sockets refused the sock_ops flag")]
     OwnRefused { refused: u64 },
+    #[error("kernel {release} cannot hand sockets to sock_ops at connect() (needs Linux >= 6.12)")]
+    OwnKernel { release: String },
     #[error("no cgroup v2 hierarchy is mounted (sock_ops attaches at its root)")]
     NoCgroup2,
     #[error("the kernel's BTF has no tcp_sock.bpf_sock_ops_cb_flags")]
@@ -371,6 +373,12 @@ impl Probe {
     /// After [`Probe::attach_sock_ops`]: give every TCP socket created from now on to `sock_ops`
     /// from birth (`filter::OWN`).
     pub fn attach_own(&mut self) -> Result<(), ProbeError> {
+        // `bpf_setsockopt(TCP_BPF_SOCK_OPS_CB_FLAGS)` is Linux 6.12's; before, the programs
+        // load but the flag would not be set.
+        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+        if crate::doctor::parse::kernel_version(release.trim()).is_none_or(|v| v < (6, 12)) {
+            return Err(ProbeError::OwnKernel { release: release.trim().to_owned() });
+        }
         let path = cgroup::v2_root().ok_or(ProbeError::NoCgroup2)?;
         let dir = std::fs::File::open(&path).map_err(|source| ProbeError::CgroupOpen { path, source })?;
         let before = self.config()?;

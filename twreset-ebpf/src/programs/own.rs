@@ -13,9 +13,10 @@ use aya_ebpf::{
     macros::cgroup_sock_addr,
     programs::SockAddrContext,
 };
-use twreset_common::IPPROTO_TCP;
+use twreset_common::{IPPROTO_TCP, stat};
 
 use super::iter::IterTcp;
+use crate::maps::count;
 
 /// `SOL_TCP`.
 const SOL_TCP: i32 = 6;
@@ -37,8 +38,10 @@ pub fn connect_own6(ctx: SockAddrContext) -> i32 {
 fn own(ctx: &SockAddrContext) -> i32 {
     // SAFETY: the context's `bpf_sock_addr`, read-only.
     let protocol = unsafe { (*ctx.sock_addr).protocol };
-    if protocol == IPPROTO_TCP as u32 {
-        let _ = add_state_cb(ctx.sock_addr.cast());
+    if protocol == IPPROTO_TCP as u32 && add_state_cb(ctx.sock_addr.cast()).is_err() {
+        // This socket's transitions stay unreported once the tracepoint programs are detached:
+        // a loss, counted as one.
+        count(stat::READ_ERROR);
     }
     1
 }
