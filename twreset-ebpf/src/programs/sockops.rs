@@ -12,7 +12,7 @@
 //! at `connect()` and for the sockets older than the trace, [`listen_cb`] at `listen()`, and a
 //! listener's children inherit it. It then reports every transition of a flagged socket, and
 //! makes up the two that `tcp_set_state()` never makes: `CLOSE -> LISTEN` ([`listen_cb`]) and a
-//! child's `LISTEN -> SYN_RECV` (just before the child leaves SYN_RECV, [`is_child`]). The
+//! child's `LISTEN -> SYN_RECV` ([`passive_established`], [`is_child`]). The
 //! tracepoint programs report only sockets without the flag, and userspace detaches them once
 //! the older sockets are handed over. The one transition pair no hook then sees is a `listen()`
 //! that fails after the socket entered LISTEN (`inet_csk_listen_start()`: port taken).
@@ -46,12 +46,13 @@ use crate::{
 #[sock_ops]
 pub fn sock_state(ctx: SockOpsContext) -> u32 {
     match ctx.op() {
-        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB | BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => {
+        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => {
             let flags = ctx.cb_flags();
             if flags & BPF_SOCK_OPS_STATE_CB_FLAG == 0 {
                 let _ = ctx.set_cb_flags((flags | BPF_SOCK_OPS_STATE_CB_FLAG) as i32);
             }
         }
+        BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => passive_established(&ctx),
         BPF_SOCK_OPS_TCP_LISTEN_CB => listen_cb(&ctx),
         BPF_SOCK_OPS_STATE_CB => state_cb(&ctx),
         _ => {}
@@ -72,9 +73,6 @@ fn state_cb(ctx: &SockOpsContext) {
     let Some(tp) = tcp_sock(ctx) else { return };
     let t = Transition { sk: tp, old: ctx.arg(0), new: ctx.arg(1) };
     if cfg.flags & filter::OWN != 0 {
-        if t.old == tcp_state::SYN_RECV && is_child(tp) {
-            synthesize(Transition { sk: tp, old: tcp_state::LISTEN, new: tcp_state::SYN_RECV });
-        }
         note_for_tracepoint(&t);
         if let Some(cfg) = state_filter(&t) {
             handle_sock_ops(&t, &cfg);
@@ -116,6 +114,28 @@ fn listen_cb(ctx: &SockOpsContext) {
     synthesize(Transition { sk: tp, old: tcp_state::CLOSE, new: tcp_state::LISTEN });
 }
 
+/// A passive open is about to leave SYN_RECV (called once, before that `tcp_set_state()`; a Fast
+/// Open child: when it is made). With `filter::OWN`, a listener's child that inherited the flag
+/// had its `LISTEN -> SYN_RECV` left by the tracepoint, so report it here; one without the flag
+/// had it reported by the tracepoint (its listener is older than the trace and not handed over).
+/// Then the flag goes on, as for every established socket.
+#[inline(always)]
+fn passive_established(ctx: &SockOpsContext) {
+    let flags = ctx.cb_flags();
+    if flags & BPF_SOCK_OPS_STATE_CB_FLAG == 0 {
+        let _ = ctx.set_cb_flags((flags | BPF_SOCK_OPS_STATE_CB_FLAG) as i32);
+        return;
+    }
+    if config().flags & filter::OWN == 0 {
+        return;
+    }
+    if let Some(tp) = tcp_sock(ctx)
+        && is_child(tp)
+    {
+        synthesize(Transition { sk: tp, old: tcp_state::LISTEN, new: tcp_state::SYN_RECV });
+    }
+}
+
 /// Report a transition the socket made without `tcp_set_state()` (so without a `STATE_CB`).
 #[inline(always)]
 fn synthesize(t: Transition) {
@@ -127,7 +147,7 @@ fn synthesize(t: Transition) {
 /// `SS_CONNECTING` of `enum socket_state`: a `connect()` is under way.
 const SS_CONNECTING: u32 = 2;
 
-/// Is `tp` (leaving SYN_RECV) a listener's child rather than a simultaneous open? A child is
+/// Is `tp` (in SYN_RECV) a listener's child rather than a simultaneous open? A child is
 /// born in SYN_RECV by a clone that calls no `sock_ops`; it has no `struct socket` until it is
 /// accepted, and then (a Fast Open child, accepted early) one that is connected. A simultaneous
 /// open is a `connect()` under way.
