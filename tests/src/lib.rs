@@ -391,15 +391,7 @@ pub fn ndjson(text: &str) -> Vec<serde_json::Value> {
 
 /// Distinct BPF program ids process `pid` holds (program and link fds both name them).
 pub fn programs_of(pid: u32) -> Vec<u32> {
-    let mut ids = Vec::new();
-    if let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) {
-        for e in dir.filter_map(Result::ok) {
-            let text = std::fs::read_to_string(e.path()).unwrap_or_default();
-            ids.extend(
-                text.lines().filter_map(|l| l.strip_prefix("prog_id:")).filter_map(|v| v.trim().parse::<u32>().ok()),
-            );
-        }
-    }
+    let mut ids: Vec<u32> = fdinfo_values(pid, "prog_id:").iter().filter_map(|v| v.parse().ok()).collect();
     ids.sort_unstable();
     ids.dedup();
     ids
@@ -407,15 +399,20 @@ pub fn programs_of(pid: u32) -> Vec<u32> {
 
 /// The `link_type` of every BPF link the process `pid` holds, sorted.
 pub fn links_of(pid: u32) -> Vec<String> {
-    let mut types = Vec::new();
-    if let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) {
-        for e in dir.filter_map(Result::ok) {
-            let text = std::fs::read_to_string(e.path()).unwrap_or_default();
-            types.extend(text.lines().filter_map(|l| l.strip_prefix("link_type:")).map(|v| v.trim().to_owned()));
-        }
-    }
+    let mut types = fdinfo_values(pid, "link_type:");
     types.sort_unstable();
     types
+}
+
+/// The value of every `key` line in the fdinfo of each of `pid`'s fds.
+fn fdinfo_values(pid: u32, key: &str) -> Vec<String> {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else { return Vec::new() };
+    dir.filter_map(Result::ok)
+        .flat_map(|e| {
+            let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+            text.lines().filter_map(|l| l.strip_prefix(key)).map(|v| v.trim().to_owned()).collect::<Vec<_>>()
+        })
+        .collect()
 }
 
 /// Fail unless every program of `ours` has left the kernel within 5 s. The kernel frees a

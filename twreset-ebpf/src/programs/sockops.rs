@@ -47,10 +47,7 @@ use crate::{
 pub fn sock_state(ctx: SockOpsContext) -> u32 {
     match ctx.op() {
         BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => {
-            let flags = ctx.cb_flags();
-            if flags & BPF_SOCK_OPS_STATE_CB_FLAG == 0 {
-                let _ = ctx.set_cb_flags((flags | BPF_SOCK_OPS_STATE_CB_FLAG) as i32);
-            }
+            add_state_cb(&ctx);
         }
         BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => passive_established(&ctx),
         BPF_SOCK_OPS_TCP_LISTEN_CB => listen_cb(&ctx),
@@ -72,14 +69,9 @@ fn state_cb(ctx: &SockOpsContext) {
     }
     let Some(tp) = tcp_sock(ctx) else { return };
     let t = Transition { sk: tp, old: ctx.arg(0), new: ctx.arg(1) };
-    if cfg.flags & filter::OWN != 0 {
-        note_for_tracepoint(&t);
-        if let Some(cfg) = state_filter(&t) {
-            handle_sock_ops(&t, &cfg);
-        }
-        return;
-    }
-    if sock_ops_may_report(t.old) && cfg.flags & filter::SOCK_OPS != 0 {
+    // With `filter::OWN` every transition of a flagged socket is ours; without, only those
+    // `sock_ops_may_report` allows.
+    if cfg.flags & filter::OWN != 0 || (sock_ops_may_report(t.old) && cfg.flags & filter::SOCK_OPS != 0) {
         // Ours whether the filters keep it or not: the tracepoint's primary leaves it.
         note_for_tracepoint(&t);
         if let Some(cfg) = state_filter(&t) {
@@ -100,10 +92,7 @@ fn listen_cb(ctx: &SockOpsContext) {
         return;
     }
     let Some(tp) = tcp_sock(ctx) else { return };
-    let flags = ctx.cb_flags();
-    if flags & BPF_SOCK_OPS_STATE_CB_FLAG == 0 {
-        let _ = ctx.set_cb_flags((flags | BPF_SOCK_OPS_STATE_CB_FLAG) as i32);
-    }
+    add_state_cb(ctx);
     // Taken out whatever the flag says now: another tool's `sock_ops`, called before this one,
     // may have turned it on since the tracepoint saw the socket without it.
     // SAFETY: helper on the program's own context.
@@ -121,9 +110,7 @@ fn listen_cb(ctx: &SockOpsContext) {
 /// Then the flag goes on, as for every established socket.
 #[inline(always)]
 fn passive_established(ctx: &SockOpsContext) {
-    let flags = ctx.cb_flags();
-    if flags & BPF_SOCK_OPS_STATE_CB_FLAG == 0 {
-        let _ = ctx.set_cb_flags((flags | BPF_SOCK_OPS_STATE_CB_FLAG) as i32);
+    if add_state_cb(ctx) {
         return;
     }
     if config().flags & filter::OWN == 0 {
@@ -134,6 +121,18 @@ fn passive_established(ctx: &SockOpsContext) {
     {
         synthesize(Transition { sk: tp, old: tcp_state::LISTEN, new: tcp_state::SYN_RECV });
     }
+}
+
+/// Turn `BPF_SOCK_OPS_STATE_CB` on for the context's socket, keeping its other flags: `true`
+/// when it was off.
+#[inline(always)]
+fn add_state_cb(ctx: &SockOpsContext) -> bool {
+    let flags = ctx.cb_flags();
+    if flags & BPF_SOCK_OPS_STATE_CB_FLAG != 0 {
+        return false;
+    }
+    let _ = ctx.set_cb_flags((flags | BPF_SOCK_OPS_STATE_CB_FLAG) as i32);
+    true
 }
 
 /// Report a transition the socket made without `tcp_set_state()` (so without a `STATE_CB`).
