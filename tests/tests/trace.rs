@@ -121,7 +121,9 @@ fn sockets_older_than_the_trace_are_handed_to_sock_ops_and_reported_once() {
 
 /// With `--all-netns` the tracepoint programs stay attached and the older listener is not
 /// handed over: its new child's `LISTEN -> SYN_RECV` comes from the tracepoint, and `sock_ops`
-/// (which takes the child at establishment) must not make it up a second time.
+/// (which takes the child at establishment) must not make it up a second time, even when
+/// another tool's `sock_ops`, called before ours, has turned the child's flag on by then: here
+/// a second `twreset trace`, attached first, on a namespace of its own.
 #[test]
 fn all_netns_reports_an_older_listeners_child_once() {
     if !privileged("older_sockets_all_netns") {
@@ -146,6 +148,11 @@ fn older_sockets_traced(all_netns: bool) -> (usize, String) {
     });
     let (listen_at, client_at, server_at) =
         (listener.local_addr().unwrap(), client.local_addr().unwrap(), server.local_addr().unwrap());
+    // With `--all-netns`, the other tool: attached after the sockets were made (its hand-over
+    // covers only its own namespace) and before ours, so its `sock_ops` runs first.
+    let elsewhere = NetNs::new("elsewhere");
+    let other = elsewhere.path();
+    let first = all_netns.then(|| Running::start(&["trace", "--json", "--netns", other.to_str().unwrap()], READY));
     let path = ns.path();
     let scope = if all_netns { vec!["--all-netns"] } else { vec!["--netns", path.to_str().unwrap()] };
     let tracer = Running::start(&[&["trace", "--json"][..], &scope].concat(), READY);
@@ -170,6 +177,10 @@ fn older_sockets_traced(all_netns: bool) -> (usize, String) {
     std::thread::sleep(Duration::from_millis(300));
     let (code, out, err) = tracer.stop();
     assert_eq!(code, Some(0), "stderr: {err}");
+    if let Some(first) = first {
+        let (code, _, first_err) = first.stop();
+        assert_eq!(code, Some(0), "stderr: {first_err}");
+    }
     assert!(err.contains("events seen, 0 lost"), "{err}");
     assert!(!err.contains("warning"), "{err}");
     let all = ndjson(&out);

@@ -3,7 +3,7 @@
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     macros::map,
-    maps::{Array, HashMap, LpmTrie, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use twreset_common::{Event, FilterConfig, LastTw, PeerKey, handled::Handled, stat};
 
@@ -48,11 +48,13 @@ pub static HANDLED: PerCpuArray<Handled> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 pub static SOCK_OPS_NOTE: PerCpuArray<[u64; 2]> = PerCpuArray::with_max_entries(1, 0);
 
-/// Socket cookies of listeners whose `CLOSE -> LISTEN` the tracepoint reported (`filter::OWN`):
-/// the `sock_ops` program, called after it by `listen()`, takes the entry out and does not
-/// report it again.
+/// Socket cookies of sockets whose first transition the tracepoint reported (`filter::OWN`): a
+/// listener's `CLOSE -> LISTEN`, a child's `LISTEN -> SYN_RECV`. The `sock_ops` program, called
+/// after it (`TCP_LISTEN_CB`, `PASSIVE_ESTABLISHED_CB`) and otherwise making that transition up,
+/// takes the entry out and does not report it again. LRU: a child torn down before it is
+/// established leaves its entry behind, and eviction only ever drops such old entries.
 #[map]
-pub static LISTENS: HashMap<u64, u8> = HashMap::with_max_entries(4096, 0);
+pub static TP_FIRST: LruHashMap<u64, u8> = LruHashMap::with_max_entries(8192, 0);
 
 /// Per-CPU counters, indexed by `twreset_common::stat`.
 #[map]

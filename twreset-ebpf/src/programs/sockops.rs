@@ -39,7 +39,7 @@ use super::state::{
     take_last_tw,
 };
 use crate::{
-    maps::{LISTENS, config, count, netns_kept, send},
+    maps::{TP_FIRST, config, count, netns_kept, send},
     offsets::{common_direct, load, net_cookie_direct, off},
 };
 
@@ -82,9 +82,7 @@ fn state_cb(ctx: &SockOpsContext) {
 
 /// `listen()` moved the socket to LISTEN (`inet_csk_listen_start()`, which calls no
 /// `sock_ops`). With `filter::OWN` the socket takes the flag now (its children inherit it), and
-/// the move is reported here unless the tracepoint did: it does for a socket without the flag
-/// while it is attached, and notes it in `LISTENS` by socket cookie (`listen()` may move to
-/// another CPU between the two).
+/// the move is reported here unless the tracepoint did ([`reported_by_tracepoint`]).
 #[inline(always)]
 fn listen_cb(ctx: &SockOpsContext) {
     let cfg = config();
@@ -93,27 +91,25 @@ fn listen_cb(ctx: &SockOpsContext) {
     }
     let Some(tp) = tcp_sock(ctx) else { return };
     add_state_cb(ctx);
-    // Taken out whatever the flag says now: another tool's `sock_ops`, called before this one,
-    // may have turned it on since the tracepoint saw the socket without it.
-    // SAFETY: helper on the program's own context.
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.ops.cast()) };
-    if LISTENS.remove(&cookie).is_ok() {
-        return; // the tracepoint reported it
+    if reported_by_tracepoint(ctx) {
+        return;
     }
     synthesize(Transition { sk: tp, old: tcp_state::CLOSE, new: tcp_state::LISTEN });
 }
 
 /// A passive open is about to leave SYN_RECV (called once, before that `tcp_set_state()`; a Fast
-/// Open child: when it is made). With `filter::OWN`, a listener's child that inherited the flag
-/// had its `LISTEN -> SYN_RECV` left by the tracepoint, so report it here; one without the flag
-/// had it reported by the tracepoint (its listener is older than the trace and not handed over).
-/// Then the flag goes on, as for every established socket.
+/// Open child: when it is made). The flag goes on, as for every established socket. With
+/// `filter::OWN`, a listener's child whose `LISTEN -> SYN_RECV` the tracepoint did not report
+/// (it inherited the flag, so the tracepoint left it to us) has it reported here. A child that
+/// had the flag off was seen by the tracepoint, which reported it if it is in scope.
 #[inline(always)]
 fn passive_established(ctx: &SockOpsContext) {
-    if add_state_cb(ctx) {
+    if add_state_cb(ctx) || config().flags & filter::OWN == 0 {
         return;
     }
-    if config().flags & filter::OWN == 0 {
+    // On: inherited, or turned on just now by another tool's `sock_ops` called before this one,
+    // after the tracepoint reported the child without it.
+    if reported_by_tracepoint(ctx) {
         return;
     }
     if let Some(tp) = tcp_sock(ctx)
@@ -121,6 +117,16 @@ fn passive_established(ctx: &SockOpsContext) {
     {
         synthesize(Transition { sk: tp, old: tcp_state::LISTEN, new: tcp_state::SYN_RECV });
     }
+}
+
+/// Did the tracepoint report the context's socket's first transition (`state::note_first`)?
+/// Takes the note out. By socket cookie: `listen()` may move to another CPU between the two.
+#[inline(always)]
+fn reported_by_tracepoint(ctx: &SockOpsContext) -> bool {
+    // SAFETY: helper on the program's own context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.ops.cast()) };
+    // SAFETY: read-only lookup of a plain integer; only then the (locking) delete.
+    unsafe { TP_FIRST.get(&cookie) }.is_some() && TP_FIRST.remove(&cookie).is_ok()
 }
 
 /// Turn `BPF_SOCK_OPS_STATE_CB` on for the context's socket, keeping its other flags: `true`

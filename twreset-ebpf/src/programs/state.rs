@@ -38,7 +38,7 @@ use twreset_common::{
 };
 
 use crate::{
-    maps::{HANDLED, LAST_TW, LISTENS, PEER_FILTER, PORT_FILTER, SOCK_OPS_NOTE, config, count, netns_kept, send},
+    maps::{HANDLED, LAST_TW, PEER_FILTER, PORT_FILTER, SOCK_OPS_NOTE, TP_FIRST, config, count, netns_kept, send},
     offsets::{common_direct, load, net_cookie_direct, off, read},
 };
 
@@ -175,21 +175,25 @@ fn handle(t: &Transition, cfg: &FilterConfig) {
         return;
     }
     if own {
-        note_listen(t);
+        note_first(t);
     }
     let _ = try_handle(t, cfg, false);
 }
 
-/// With `filter::OWN`: a `CLOSE -> LISTEN` of a socket without the flag, which this side
-/// reports, is noted for `sock_ops`' `TCP_LISTEN_CB` (`maps::LISTENS`, by socket cookie, which
-/// no later socket reuses); a `LISTEN -> CLOSE` without the flag (a `listen()` that failed, or a
-/// listener older than `trace`) clears it.
+/// With `filter::OWN`: the first transition of a socket without the flag, which this side
+/// reports and `sock_ops` would otherwise make up (`CLOSE -> LISTEN` at `TCP_LISTEN_CB`, a
+/// child's `LISTEN -> SYN_RECV` at `PASSIVE_ESTABLISHED_CB`), is noted for it in
+/// `maps::TP_FIRST` by socket cookie, which no later socket reuses. Another tool's `sock_ops`,
+/// called before ours, may turn the flag on in between, so `sock_ops` goes by the note, not the
+/// flag. A move to CLOSE before that callback (a failed `listen()`, a listener older than
+/// `trace`, a child torn down early) clears it.
 #[inline(always)]
-fn note_listen(t: &Transition) {
-    if t.new == tcp_state::LISTEN {
-        let _ = LISTENS.insert(&socket_cookie(t.sk), &1, 0);
-    } else if t.old == tcp_state::LISTEN && t.new == tcp_state::CLOSE {
-        let _ = LISTENS.remove(&socket_cookie(t.sk));
+fn note_first(t: &Transition) {
+    let first = t.new == tcp_state::LISTEN || (t.old == tcp_state::LISTEN && t.new == tcp_state::SYN_RECV);
+    if first {
+        let _ = TP_FIRST.insert(&socket_cookie(t.sk), &1, 0);
+    } else if t.new == tcp_state::CLOSE && (t.old == tcp_state::LISTEN || t.old == tcp_state::SYN_RECV) {
+        let _ = TP_FIRST.remove(&socket_cookie(t.sk));
     }
 }
 
