@@ -51,8 +51,9 @@ pub static SOCK_OPS_NOTE: PerCpuArray<[u64; 2]> = PerCpuArray::with_max_entries(
 /// Socket cookies of sockets whose first transition the tracepoint reported (`filter::OWN`): a
 /// listener's `CLOSE -> LISTEN`, a child's `LISTEN -> SYN_RECV`. The `sock_ops` program, called
 /// after it (`TCP_LISTEN_CB`, `PASSIVE_ESTABLISHED_CB`) and otherwise making that transition up,
-/// takes the entry out and does not report it again. LRU: a child torn down before it is
-/// established leaves its entry behind, and eviction only ever drops such old entries.
+/// takes the entry out and does not report it again; a move to CLOSE before that callback
+/// clears it. LRU: an entry whose callback or close never comes through here (the tracepoint
+/// programs were detached in between) is dropped by eviction, not kept for good.
 #[map]
 pub static TP_FIRST: LruHashMap<u64, u8> = LruHashMap::with_max_entries(8192, 0);
 

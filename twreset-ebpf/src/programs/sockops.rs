@@ -101,15 +101,18 @@ fn listen_cb(ctx: &SockOpsContext) {
 /// Open child: when it is made). The flag goes on, as for every established socket. With
 /// `filter::OWN`, a listener's child whose `LISTEN -> SYN_RECV` the tracepoint did not report
 /// (it inherited the flag, so the tracepoint left it to us) has it reported here. A child that
-/// had the flag off was seen by the tracepoint, which reported it if it is in scope.
+/// had the flag off was seen by the tracepoint, which noted it if it is in scope, unless the
+/// tracepoint programs were detached: then its listener is out of scope, and so is the child.
 #[inline(always)]
 fn passive_established(ctx: &SockOpsContext) {
-    if add_state_cb(ctx) || config().flags & filter::OWN == 0 {
+    let was_off = add_state_cb(ctx);
+    if config().flags & filter::OWN == 0 {
         return;
     }
-    // On: inherited, or turned on just now by another tool's `sock_ops` called before this one,
-    // after the tracepoint reported the child without it.
-    if reported_by_tracepoint(ctx) {
+    // The note first, so that none stays behind. There is one when the tracepoint reported the
+    // child, whatever the flag says now (another tool's `sock_ops`, called before this one, may
+    // have turned it on). Without one, a flag that was already on was inherited.
+    if reported_by_tracepoint(ctx) || was_off {
         return;
     }
     if let Some(tp) = tcp_sock(ctx)
