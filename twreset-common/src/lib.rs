@@ -109,12 +109,13 @@ pub mod filter {
     /// The timer programs are attached: active closes are told apart by the CPU's last
     /// TIME_WAIT timer (`state_aux`).
     pub const TIMERS: u32 = 1 << 6;
-    /// Sockets are `sock_ops`' from birth: the `sock_create` program turns
-    /// `BPF_SOCK_OPS_STATE_CB` on for every new TCP socket (and `iter/tcp` for the older ones),
-    /// listeners pass it to their children, and `sock_ops` reports every transition of a socket
-    /// with the flag, including the two `tcp_set_state()` does not make (`CLOSE -> LISTEN` and a
-    /// child's `LISTEN -> SYN_RECV`), which it synthesises. The tracepoint programs report only
-    /// sockets without the flag.
+    /// Sockets are `sock_ops`' from birth: the `connect4`/`connect6` programs turn
+    /// `BPF_SOCK_OPS_STATE_CB` on for every connecting TCP socket, `sock_ops` itself for every
+    /// listener (`iter/tcp` for the older sockets), listeners pass it to their children, and
+    /// `sock_ops` reports every transition of a socket with the flag, including the two
+    /// `tcp_set_state()` does not make (`CLOSE -> LISTEN` and a child's `LISTEN -> SYN_RECV`),
+    /// which it synthesises unless the tracepoint reported them. The tracepoint programs report
+    /// only sockets without the flag.
     pub const OWN: u32 = 1 << 7;
 }
 
