@@ -117,6 +117,9 @@ pub mod filter {
     /// which it synthesises unless the tracepoint reported them. The tracepoint programs report
     /// only sockets without the flag.
     pub const OWN: u32 = 1 << 7;
+    /// The tracepoint's state programs are detached (`trace` after the hand-over): `sock_ops`
+    /// leaves them no per-CPU note of what it reports.
+    pub const STATE_DETACHED: u32 = 1 << 8;
 }
 
 /// Runtime filter, element 0 of the `CONFIG` array. Userspace may rewrite it while attached.

@@ -1,5 +1,7 @@
 //! Every map of the kernel side: the event ring buffer, runtime filters and loss counters.
 
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
+
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     macros::map,
@@ -56,6 +58,33 @@ pub static SOCK_OPS_NOTE: PerCpuArray<[u64; 2]> = PerCpuArray::with_max_entries(
 /// programs were detached in between) is dropped by eviction, not kept for good.
 #[map]
 pub static TP_FIRST: LruHashMap<u64, u8> = LruHashMap::with_max_entries(8192, 0);
+
+/// Element 0: how many entries the programs put in `TP_FIRST` and have not taken out, updated
+/// atomically. At 0 `sock_ops` skips the lookup (and the socket cookie it needs): the usual case
+/// once the tracepoint programs are detached. An entry the LRU evicted is never taken out, so
+/// the count stays above 0 and every lookup is made: the safe side.
+#[map]
+pub static TP_FIRST_LIVE: Array<u64> = Array::with_max_entries(1, 0);
+
+/// Add `delta` (wrapping) to `TP_FIRST_LIVE`.
+#[inline(always)]
+pub fn tp_first_live_add(delta: u64) {
+    if let Some(p) = TP_FIRST_LIVE.get_ptr_mut(0) {
+        // SAFETY: an aligned map value that lives as long as the program. The target has no
+        // `AtomicU64::fetch_add`; this is the BPF atomic add it would be.
+        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(p, delta) };
+    }
+}
+
+/// Are there entries in `TP_FIRST` (see `TP_FIRST_LIVE`)?
+#[inline(always)]
+pub fn tp_first_live() -> bool {
+    match TP_FIRST_LIVE.get_ptr_mut(0) {
+        // SAFETY: as above; an aligned 8-byte load is atomic.
+        Some(p) => (unsafe { core::ptr::read_volatile(p) }) != 0,
+        None => true,
+    }
+}
 
 /// Per-CPU counters, indexed by `twreset_common::stat`.
 #[map]

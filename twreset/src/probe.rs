@@ -194,6 +194,8 @@ pub struct Probe {
     timers_on: bool,
     /// The connect programs are attached and the filter says so (`filter::OWN`).
     own_on: bool,
+    /// The state programs were detached after the hand-over ([`Probe::detach_state`]).
+    state_detached: bool,
     /// `iter_own` is loaded.
     own_iter_loaded: bool,
 }
@@ -236,6 +238,7 @@ impl Probe {
             sock_ops_on: false,
             timers_on: false,
             own_on: false,
+            state_detached: false,
             own_iter_loaded: false,
         })
     }
@@ -335,6 +338,9 @@ impl Probe {
         }
         if self.own_on {
             cfg.flags |= filter::OWN;
+        }
+        if self.state_detached {
+            cfg.flags |= filter::STATE_DETACHED;
         }
         self.write_config(&cfg)
     }
@@ -465,12 +471,16 @@ impl Probe {
     }
 
     /// Detach the state programs from the tracepoint once every socket they would report is
-    /// `sock_ops`' (see [`Probe::own_existing`]). Their counters stay readable.
+    /// `sock_ops`' (see [`Probe::own_existing`]). Their counters stay readable. Then `sock_ops`
+    /// stops leaving them notes (`filter::STATE_DETACHED`).
     pub fn detach_state(&mut self) -> Result<(), ProbeError> {
         for (name, link) in std::mem::take(&mut self.state_links) {
             let prog: &mut BtfTracePoint = self.program_mut(name)?;
             prog.detach(link).map_err(|source| ProbeError::Program { name, action: "detach", source })?;
         }
+        let before = self.config()?;
+        self.write_config(&FilterConfig { flags: before.flags | filter::STATE_DETACHED, ..before })?;
+        self.state_detached = true;
         Ok(())
     }
 

@@ -9,14 +9,17 @@ use core::ffi::c_void;
 
 use aya_ebpf::{
     bindings::BPF_SOCK_OPS_STATE_CB_FLAG,
-    helpers::generated::{bpf_getsockopt, bpf_seq_write, bpf_setsockopt},
+    helpers::generated::{bpf_getsockopt, bpf_seq_write, bpf_setsockopt, bpf_skc_to_tcp_sock},
     macros::cgroup_sock_addr,
     programs::SockAddrContext,
 };
 use twreset_common::{IPPROTO_TCP, stat};
 
 use super::iter::IterTcp;
-use crate::maps::count;
+use crate::{
+    maps::count,
+    offsets::{load, off},
+};
 
 /// `SOL_TCP`.
 const SOL_TCP: i32 = 6;
@@ -37,8 +40,8 @@ pub fn connect_own6(ctx: SockAddrContext) -> i32 {
 #[inline(always)]
 fn own(ctx: &SockAddrContext) -> i32 {
     // SAFETY: the context's `bpf_sock_addr`, read-only.
-    let protocol = unsafe { (*ctx.sock_addr).protocol };
-    if protocol == IPPROTO_TCP as u32 && add_state_cb(ctx.sock_addr.cast()).is_err() {
+    let (protocol, sk) = unsafe { ((*ctx.sock_addr).protocol, (*ctx.sock_addr).__bindgen_anon_1.sk) };
+    if protocol == IPPROTO_TCP as u32 && add_state_cb(ctx.sock_addr.cast(), sk.cast()).is_err() {
         // This socket's transitions stay unreported once the tracepoint programs are detached:
         // a loss, counted as one.
         count(stat::READ_ERROR);
@@ -46,20 +49,26 @@ fn own(ctx: &SockAddrContext) -> i32 {
     1
 }
 
-/// Turn `BPF_SOCK_OPS_STATE_CB` on for the socket of `ctx`, keeping its other flags.
+/// Turn `BPF_SOCK_OPS_STATE_CB` on for the socket `sk` of `ctx`, keeping its other flags. The
+/// flags are read by a typed load from the socket's `tcp_sock` (no helper call); only a change
+/// goes through `bpf_setsockopt`.
 #[inline(always)]
-fn add_state_cb(ctx: *mut c_void) -> Result<(), ()> {
-    let mut flags: i32 = 0;
-    let len = size_of::<i32>() as i32;
-    // SAFETY: `flags` lives on the stack for the call; the helper checks the option.
-    if unsafe { bpf_getsockopt(ctx, SOL_TCP, TCP_BPF_SOCK_OPS_CB_FLAGS, (&raw mut flags).cast(), len) } != 0 {
+fn add_state_cb(ctx: *mut c_void, sk: *mut c_void) -> Result<(), ()> {
+    if sk.is_null() {
         return Err(());
     }
+    // SAFETY: helper on the context's non-null socket; it returns null for a non-TCP one.
+    let tp = unsafe { bpf_skc_to_tcp_sock(sk) };
+    if tp.is_null() {
+        return Err(());
+    }
+    let mut flags = i32::from(load::<u8>(tp as u64, off!(tcp_cb_flags)));
     if flags & BPF_SOCK_OPS_STATE_CB_FLAG as i32 != 0 {
         return Ok(());
     }
     flags |= BPF_SOCK_OPS_STATE_CB_FLAG as i32;
-    // SAFETY: as above.
+    let len = size_of::<i32>() as i32;
+    // SAFETY: `flags` lives on the stack for the call; the helper checks the option.
     if unsafe { bpf_setsockopt(ctx, SOL_TCP, TCP_BPF_SOCK_OPS_CB_FLAGS, (&raw mut flags).cast(), len) } != 0 {
         return Err(());
     }

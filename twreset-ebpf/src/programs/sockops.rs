@@ -39,7 +39,7 @@ use super::state::{
     take_last_tw,
 };
 use crate::{
-    maps::{TP_FIRST, config, count, netns_kept, send},
+    maps::{TP_FIRST, config, count, netns_kept, send, tp_first_live, tp_first_live_add},
     offsets::{common_direct, load, net_cookie_direct, off},
 };
 
@@ -72,8 +72,11 @@ fn state_cb(ctx: &SockOpsContext) {
     // With `filter::OWN` every transition of a flagged socket is ours; without, only those
     // `sock_ops_may_report` allows.
     if cfg.flags & filter::OWN != 0 || (sock_ops_may_report(t.old) && cfg.flags & filter::SOCK_OPS != 0) {
-        // Ours whether the filters keep it or not: the tracepoint's primary leaves it.
-        note_for_tracepoint(&t);
+        // Ours whether the filters keep it or not: the tracepoint's primary leaves it (once
+        // those programs are detached, nothing reads the note).
+        if cfg.flags & filter::STATE_DETACHED == 0 {
+            note_for_tracepoint(&t);
+        }
         if let Some(cfg) = state_filter(&t) {
             handle_sock_ops(&t, &cfg);
         }
@@ -124,12 +127,20 @@ fn passive_established(ctx: &SockOpsContext) {
 
 /// Did the tracepoint report the context's socket's first transition (`state::note_first`)?
 /// Takes the note out. By socket cookie: `listen()` may move to another CPU between the two.
+/// With no note live (`maps::TP_FIRST_LIVE`) there is nothing to look up.
 #[inline(always)]
 fn reported_by_tracepoint(ctx: &SockOpsContext) -> bool {
+    if !tp_first_live() {
+        return false;
+    }
     // SAFETY: helper on the program's own context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.ops.cast()) };
     // SAFETY: read-only lookup of a plain integer; only then the (locking) delete.
-    unsafe { TP_FIRST.get(&cookie) }.is_some() && TP_FIRST.remove(&cookie).is_ok()
+    let taken = unsafe { TP_FIRST.get(&cookie) }.is_some() && TP_FIRST.remove(&cookie).is_ok();
+    if taken {
+        tp_first_live_add(u64::MAX);
+    }
+    taken
 }
 
 /// Turn `BPF_SOCK_OPS_STATE_CB` on for the context's socket, keeping its other flags: `true`
