@@ -163,16 +163,28 @@ pub fn common(o: &KernelOffsets, sk: u64) -> Result<Common, u32> {
 #[inline(always)]
 pub fn common_direct(sk: u64) -> Result<Common, u32> {
     let family: u16 = load(sk, off!(skc_family));
+    // Whole words, not byte arrays: a `[u8; N]` load is N byte loads (alignment 1), each
+    // fault-checked by the JIT. Both fields are word-aligned in `struct sock_common`.
     let (saddr, daddr) = if family == AF_INET {
-        (mapped4(load(sk, off!(skc_rcv_saddr))), mapped4(load(sk, off!(skc_daddr))))
+        let (s, d): (u32, u32) = (load(sk, off!(skc_rcv_saddr)), load(sk, off!(skc_daddr)));
+        (mapped4(s.to_ne_bytes()), mapped4(d.to_ne_bytes()))
     } else if family == AF_INET6 {
-        (load(sk, off!(skc_v6_rcv_saddr)), load(sk, off!(skc_v6_daddr)))
+        (v6_bytes(load(sk, off!(skc_v6_rcv_saddr))), v6_bytes(load(sk, off!(skc_v6_daddr))))
     } else {
         return Err(0);
     };
     let num: u16 = load(sk, off!(skc_num));
     let dport_be: u16 = load(sk, off!(skc_dport));
     Ok(Common { family, saddr, daddr, num, dport: u16::from_be(dport_be), net: load(sk, off!(skc_net)) })
+}
+
+/// An IPv6 address loaded as two words, in memory order.
+#[inline(always)]
+fn v6_bytes(w: [u64; 2]) -> [u8; 16] {
+    let mut a = [0u8; 16];
+    a[..8].copy_from_slice(&w[0].to_ne_bytes());
+    a[8..].copy_from_slice(&w[1].to_ne_bytes());
+    a
 }
 
 /// `net->net_cookie` through a BTF-typed `struct net *` (loaded from a BTF-typed socket).
