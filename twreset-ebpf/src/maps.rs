@@ -46,7 +46,8 @@ pub static HANDLED: PerCpuArray<Handled> = PerCpuArray::with_max_entries(1, 0);
 /// Per CPU: the transition the `sock_ops` program just reported (socket address, `handled::key`;
 /// 0: none). `tcp_set_state()` calls the tracepoint right after it on this CPU, and the primary
 /// state program, finding its own transition here, leaves it without reading the socket's flags
-/// (`programs::state::noted_by_sock_ops`).
+/// (`programs::state::noted_by_sock_ops`). Not written once those programs are detached
+/// (`filter::STATE_DETACHED`).
 #[map]
 pub static SOCK_OPS_NOTE: PerCpuArray<[u64; 2]> = PerCpuArray::with_max_entries(1, 0);
 
