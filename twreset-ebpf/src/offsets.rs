@@ -178,12 +178,14 @@ pub fn common_direct(sk: u64) -> Result<Common, u32> {
     Ok(Common { family, saddr, daddr, num, dport: u16::from_be(dport_be), net: load(sk, off!(skc_net)) })
 }
 
-/// An IPv6 address loaded as two words, in memory order.
+/// An IPv6 address loaded as four 32-bit words (`struct in6_addr` is 4-byte aligned), in memory
+/// order.
 #[inline(always)]
-fn v6_bytes(w: [u64; 2]) -> [u8; 16] {
+fn v6_bytes(w: [u32; 4]) -> [u8; 16] {
     let mut a = [0u8; 16];
-    a[..8].copy_from_slice(&w[0].to_ne_bytes());
-    a[8..].copy_from_slice(&w[1].to_ne_bytes());
+    for (i, w) in w.into_iter().enumerate() {
+        a[4 * i..4 * i + 4].copy_from_slice(&w.to_ne_bytes());
+    }
     a
 }
 
