@@ -1,7 +1,7 @@
 //! twreset kernel side: modules and the panic handler only (aya-template layout).
 #![no_std]
 #![no_main]
-// `atomic_xadd`: the BPF target has no `fetch_add` on `AtomicU64` (see `maps::tp_first_live_add`).
+// `atomic_xadd`: the BPF target has no `fetch_add` on `AtomicU64` (`maps::tp_first_live_add`).
 #![allow(internal_features)]
 #![feature(core_intrinsics)]
 

@@ -3,7 +3,7 @@
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use aya_ebpf::{
-    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    bindings::{BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     macros::map,
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
@@ -67,9 +67,34 @@ pub static TP_FIRST: LruHashMap<u64, u8> = LruHashMap::with_max_entries(8192, 0)
 #[map]
 pub static TP_FIRST_LIVE: Array<u64> = Array::with_max_entries(1, 0);
 
+/// Note `cookie` in `TP_FIRST`, counting it in `TP_FIRST_LIVE` when it is new.
+#[inline(always)]
+pub fn tp_first_note(cookie: u64) {
+    if TP_FIRST.insert(&cookie, &1, BPF_NOEXIST.into()).is_ok() {
+        tp_first_live_add(1);
+    }
+}
+
+/// Take the note of `cookie` out of `TP_FIRST`: `true` when there was one. With no note live
+/// (`TP_FIRST_LIVE`) there is nothing to look up; otherwise a read-only lookup first, and only
+/// then the (locking) delete.
+#[inline(always)]
+pub fn tp_first_take(cookie: impl FnOnce() -> u64) -> bool {
+    if !tp_first_live() {
+        return false;
+    }
+    let cookie = cookie();
+    // SAFETY: read-only lookup of a plain integer.
+    let taken = unsafe { TP_FIRST.get(&cookie) }.is_some() && TP_FIRST.remove(&cookie).is_ok();
+    if taken {
+        tp_first_live_add(u64::MAX);
+    }
+    taken
+}
+
 /// Add `delta` (wrapping) to `TP_FIRST_LIVE`.
 #[inline(always)]
-pub fn tp_first_live_add(delta: u64) {
+fn tp_first_live_add(delta: u64) {
     if let Some(p) = TP_FIRST_LIVE.get_ptr_mut(0) {
         // SAFETY: an aligned map value that lives as long as the program. The target has no
         // `AtomicU64::fetch_add`; this is the BPF atomic add it would be.
@@ -79,7 +104,7 @@ pub fn tp_first_live_add(delta: u64) {
 
 /// Are there entries in `TP_FIRST` (see `TP_FIRST_LIVE`)?
 #[inline(always)]
-pub fn tp_first_live() -> bool {
+fn tp_first_live() -> bool {
     match TP_FIRST_LIVE.get_ptr_mut(0) {
         // SAFETY: as above; an aligned 8-byte load is atomic.
         Some(p) => (unsafe { core::ptr::read_volatile(p) }) != 0,

@@ -39,7 +39,7 @@ use super::state::{
     take_last_tw,
 };
 use crate::{
-    maps::{TP_FIRST, config, count, netns_kept, send, tp_first_live, tp_first_live_add},
+    maps::{config, count, netns_kept, send, tp_first_take},
     offsets::{common_direct, load, net_cookie_direct, off},
 };
 
@@ -127,20 +127,10 @@ fn passive_established(ctx: &SockOpsContext) {
 
 /// Did the tracepoint report the context's socket's first transition (`state::note_first`)?
 /// Takes the note out. By socket cookie: `listen()` may move to another CPU between the two.
-/// With no note live (`maps::TP_FIRST_LIVE`) there is nothing to look up.
 #[inline(always)]
 fn reported_by_tracepoint(ctx: &SockOpsContext) -> bool {
-    if !tp_first_live() {
-        return false;
-    }
     // SAFETY: helper on the program's own context.
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.ops.cast()) };
-    // SAFETY: read-only lookup of a plain integer; only then the (locking) delete.
-    let taken = unsafe { TP_FIRST.get(&cookie) }.is_some() && TP_FIRST.remove(&cookie).is_ok();
-    if taken {
-        tp_first_live_add(u64::MAX);
-    }
-    taken
+    tp_first_take(|| unsafe { bpf_get_socket_cookie(ctx.ops.cast()) })
 }
 
 /// Turn `BPF_SOCK_OPS_STATE_CB` on for the context's socket, keeping its other flags: `true`

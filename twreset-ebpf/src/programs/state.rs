@@ -25,7 +25,7 @@
 //! and pays a helper read only when it is not.
 
 use aya_ebpf::{
-    bindings::{BPF_NOEXIST, BPF_SOCK_OPS_STATE_CB_FLAG},
+    bindings::BPF_SOCK_OPS_STATE_CB_FLAG,
     helpers::{bpf_ktime_get_ns, generated::bpf_get_socket_cookie},
     macros::btf_tracepoint,
     maps::lpm_trie::Key,
@@ -39,8 +39,8 @@ use twreset_common::{
 
 use crate::{
     maps::{
-        HANDLED, LAST_TW, PEER_FILTER, PORT_FILTER, SOCK_OPS_NOTE, TP_FIRST, config, count, netns_kept, send,
-        tp_first_live, tp_first_live_add,
+        HANDLED, LAST_TW, PEER_FILTER, PORT_FILTER, SOCK_OPS_NOTE, config, count, netns_kept, send, tp_first_note,
+        tp_first_take,
     },
     offsets::{common_direct, load, net_cookie_direct, off, read},
 };
@@ -194,15 +194,9 @@ fn handle(t: &Transition, cfg: &FilterConfig) {
 fn note_first(t: &Transition) {
     let first = t.new == tcp_state::LISTEN || (t.old == tcp_state::LISTEN && t.new == tcp_state::SYN_RECV);
     if first {
-        if TP_FIRST.insert(&socket_cookie(t.sk), &1, BPF_NOEXIST.into()).is_ok() {
-            tp_first_live_add(1);
-        }
-    } else if t.new == tcp_state::CLOSE
-        && (t.old == tcp_state::LISTEN || t.old == tcp_state::SYN_RECV)
-        && tp_first_live()
-        && TP_FIRST.remove(&socket_cookie(t.sk)).is_ok()
-    {
-        tp_first_live_add(u64::MAX);
+        tp_first_note(socket_cookie(t.sk));
+    } else if t.new == tcp_state::CLOSE && (t.old == tcp_state::LISTEN || t.old == tcp_state::SYN_RECV) {
+        tp_first_take(|| socket_cookie(t.sk));
     }
 }
 
