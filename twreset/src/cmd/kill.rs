@@ -13,7 +13,7 @@ use crate::{
     cli::{NetnsArgs, NetnsScope, UsageError, parse_port},
     kill::{
         self, Method, NsRun, Options,
-        audit::{self, AuditError, AuditLog, Record},
+        audit::{self, Actor, AuditError, AuditLog, Record},
         report::{self, Totals},
         select::{self, Endpoint, Selector, StateWord, States},
         targets::{self, Target},
@@ -113,11 +113,16 @@ fn run_target(t: &Target, opts: &Options) -> NsRun {
 
 /// Run the kill; Ok(true) when every selected socket is dead or already gone.
 pub fn run(cfg: KillConfig) -> Result<bool, KillCmdError> {
-    // Opened before anything dies: a kill that cannot be recorded does not happen.
-    let mut audit = if cfg.opts.dry_run { None } else { Some(AuditLog::open(&cfg.audit_log)?) };
-    let targets = targets::resolve(cfg.scope);
     let stdout = io::stdout();
     let mut out = io::BufWriter::new(stdout.lock());
+    Ok(execute(cfg, Actor::current(), &mut out)?.ok())
+}
+
+/// Run the kill for `actor` (recorded in the audit log), writing what `run` prints to `out`.
+pub fn execute(cfg: KillConfig, actor: Actor, out: &mut dyn Write) -> Result<Totals, KillCmdError> {
+    // Opened before anything dies: a kill that cannot be recorded does not happen.
+    let mut audit = if cfg.opts.dry_run { None } else { Some(AuditLog::open_as(&cfg.audit_log, actor)?) };
+    let targets = targets::resolve(cfg.scope);
     let mut totals = Totals::default();
     let mut header = false;
     for t in &targets {
@@ -179,7 +184,7 @@ pub fn run(cfg: KillConfig) -> Result<bool, KillCmdError> {
         writeln!(out, "{}", report::summary_line(&totals, cfg.opts.dry_run))?;
     }
     out.flush()?;
-    Ok(totals.ok())
+    Ok(totals)
 }
 
 /// An error with its sources, `a: b: c`.

@@ -105,12 +105,17 @@ pub struct AuditLog {
 
 impl AuditLog {
     pub fn open(path: &Path) -> Result<Self, AuditError> {
+        Self::open_as(path, Actor::current())
+    }
+
+    /// Open for kills made on behalf of `actor` (the agent's API callers).
+    pub fn open_as(path: &Path, actor: Actor) -> Result<Self, AuditError> {
         let err = |source| AuditError::Open { path: path.to_owned(), source };
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(err)?;
         }
         let file = OpenOptions::new().create(true).append(true).mode(0o640).open(path).map_err(err)?;
-        Ok(Self { path: path.to_owned(), file, actor: Actor::current() })
+        Ok(Self { path: path.to_owned(), file, actor })
     }
 
     /// Append one line (a single `write` on an O_APPEND file, so concurrent runs do not interleave).
