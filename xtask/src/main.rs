@@ -5,6 +5,7 @@
 mod bench;
 mod bootstrap;
 mod build;
+mod mounts;
 
 use std::process::ExitCode;
 
@@ -53,7 +54,10 @@ fn main() -> ExitCode {
         Cmd::BuildEbpf => bootstrap::all().and_then(|t| build::ebpf(&t).map(|_| ())),
         Cmd::Build => bootstrap::all().and_then(|t| build::release(&t).map(|_| ())),
         Cmd::Run { args } => bootstrap::all().and_then(|t| build::run_tool(&t, &args)),
-        Cmd::Test { args } => bootstrap::all().and_then(|t| build::test(&t, &args)),
+        Cmd::Test { args } => bootstrap::all().and_then(|t| {
+            mounts::without_tracefs()?;
+            build::test(&t, &args)
+        }),
         Cmd::Lint => bootstrap::all().and_then(|t| build::lint(&t)),
         Cmd::Bench { quick } => bootstrap::all().and_then(|t| bench::run(&t, quick)),
     };

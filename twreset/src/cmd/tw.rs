@@ -88,9 +88,21 @@ pub enum TwError {
     Write(#[source] std::io::Error),
 }
 
-/// Seed the table from `feed`, follow its events for `settle`, then print one snapshot to `out`.
-pub async fn run(cfg: &TwConfig, feed: Feed, names: &NsNames, out: &mut dyn Write) -> Result<Snapshot, TwError> {
-    let mut live = Live::start(feed, cfg.view, cfg.settle).await.map_err(TwError::Live)?;
+/// How long the final reconcile lets in-flight events land after its dump: the default settle,
+/// or a shorter `--settle`.
+const INFLIGHT: Duration = Duration::from_millis(200);
+
+/// Seed the table from `feed`, follow its events for `settle` or until `stop` resolves (Ctrl-C,
+/// SIGTERM: the table is printed as it is then), then print one snapshot to `out`.
+pub async fn run(
+    cfg: &TwConfig,
+    feed: Feed,
+    names: &NsNames,
+    out: &mut dyn Write,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<Snapshot, TwError> {
+    let mut live = Live::seed(feed, cfg.view, cfg.settle.min(INFLIGHT)).map_err(TwError::Live)?;
+    live.follow_until(cfg.settle, stop).await;
     // A resync if events were lost, else a reconcile: either way the printed table was just
     // compared with the kernel's own dump, and `drift` says how far the events had left it.
     if live.tick().await.map_err(TwError::Live)?.is_none() {
@@ -218,6 +230,7 @@ mod tests {
             attached_counts: Vec::new(),
             tw_counts: Box::new(Vec::new),
             ranges: PortRanges::default(),
+            clock: crate::live::monotonic_ns,
         };
         let ev = TwEvent {
             ts_ns: crate::live::monotonic_ns(),
@@ -235,7 +248,7 @@ mod tests {
             settle: Duration::from_millis(5),
         };
         let mut out = Vec::new();
-        run(&cfg, feed, &NsNames::default(), &mut out).await.unwrap();
+        run(&cfg, feed, &NsNames::default(), &mut out, std::future::pending()).await.unwrap();
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["rows"].as_array().unwrap().len(), 1);
         assert_eq!(v["rows"][0]["raddr"], "10.0.0.2");
