@@ -291,7 +291,7 @@ fn capability_probes_match_what_the_kernel_does() {
     });
     assert_eq!(caps["timewait_timer"]["available"], visible, "{caps:#}");
 
-    // fentry: this kernel refuses the load (KERNEL.md), and doctor says so because loading failed.
+    // fentry: this kernel refuses the load (docs/internals/kernel-abi.md), and doctor says so because loading failed.
     let fentry = &caps["bpf_fentry"];
     assert_eq!(fentry["available"], false, "{fentry:#}");
     assert_eq!(fentry["errno"], "EPERM");

@@ -150,8 +150,8 @@ fn top_reconciles_under_churn_with_zero_drift() {
     assert_eq!(field("overflow"), 0, "{head}");
     // Without lost events nothing may drift. This kernel reports BPF recursion misses under load
     // (tracepoint programs nested on one CPU): then each loss must have forced a resync. It also
-    // drops about one TIME_WAIT creation in 100k with no counter at all (README, "Events no
-    // counter sees"); `top`'s 500 ms reconciles fix such a socket, as drift, before a quiet
+    // drops about one TIME_WAIT creation in 100k with no counter at all (docs/internals/known-gaps.md,
+    // "Events no counter sees"); `top`'s 500 ms reconciles fix such a socket, as drift, before a quiet
     // namespace could be compared with the kernel's count. One of those is tolerated here (this
     // run makes 2,400 connections); the table logic going wrong drifts by many.
     if field("lost") == 0 {

@@ -254,7 +254,7 @@ impl Live {
         let seeded = seeding.added;
         live.table.shrink_if_sparse();
         trim();
-        // The bench times the seed by this line (README, Benchmarks): keep its wording.
+        // The bench times the seed by this line (docs/benchmarks.md, Table): keep its wording.
         tracing::info!(
             "seeded {seeded} sockets in {:.1} ms; following kernel events",
             started.elapsed().as_secs_f64() * 1e3

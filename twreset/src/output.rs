@@ -85,7 +85,7 @@ pub fn human_line(t: &Transition, ns: &NsNames, clock: &WallClock) -> String {
     )
 }
 
-/// The NDJSON object of one transition (schema documented in README.md).
+/// The NDJSON object of one transition (schema documented in docs/guide/trace.md).
 pub fn json(t: &Transition) -> Value {
     json!({
         "ts_ns": t.ts_ns,

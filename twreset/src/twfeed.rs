@@ -30,7 +30,7 @@ use crate::{
     tw_event::{TwCause, TwEvent, TwEventKind},
 };
 
-/// The function that removed a TIME_WAIT socket early tells why (KERNEL.md).
+/// The function that removed a TIME_WAIT socket early tells why (docs/internals/timewait.md).
 pub fn cause_of(function: Option<&str>) -> TwCause {
     match function {
         Some("tcp_abort") => TwCause::SockDestroy,

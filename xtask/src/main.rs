@@ -39,7 +39,7 @@ enum Cmd {
     },
     /// Lints: rustfmt check and clippy with warnings denied, userspace and eBPF.
     Lint,
-    /// Benchmarks against the peers (bpftrace, ss -K) in namespaces of its own; see README.md, Benchmarks.
+    /// Benchmarks against the peers (bpftrace, ss -K) in namespaces of its own; see docs/guide/bench.md.
     Bench {
         /// One short run per figure (10k sockets for kill and table) instead of 3 runs and 200k.
         #[arg(long)]

@@ -38,7 +38,7 @@ const RECYCLE_KEY: &str = "net.ipv4.tcp_tw_recycle";
 pub struct DoctorArgs {
     #[command(flatten)]
     pub netns: NetnsArgs,
-    /// One JSON document with stable keys (see README.md, `twreset doctor`).
+    /// One JSON document with stable keys (see docs/guide/doctor.md).
     #[arg(long)]
     pub json: bool,
     /// Sysctl configuration file or directory to scan instead of the defaults; repeatable (for tests).

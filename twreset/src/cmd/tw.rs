@@ -24,7 +24,7 @@ pub struct TwArgs {
     pub sort: Sort,
     #[command(flatten)]
     pub netns: NetnsArgs,
-    /// One JSON document (schema in the README).
+    /// One JSON document (schema in docs/guide/tw.md).
     #[arg(long)]
     pub json: bool,
     /// Prefix length of IPv4 rows with --by prefix.
