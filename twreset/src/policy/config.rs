@@ -225,7 +225,11 @@ pub fn parse_relief(file: &Path, text: &str) -> Result<ReliefConfig, ConfigError
         reason,
     };
     let raw: AgentFile = toml::from_str(text).map_err(|e| match e.span() {
-        Some(span) => at(span, e.message().trim().to_owned()),
+        Some(span) => {
+            let msg = e.message().trim();
+            let reason = key_at(text, span.start).map_or_else(|| msg.to_owned(), |k| format!("{k}: {msg}"));
+            at(span, reason)
+        }
         None => ConfigError::Unlocated { file: file.to_path_buf(), reason: e.message().trim().to_owned() },
     })?;
     let Some(raw) = raw.relief else { return Ok(ReliefConfig::default()) };
@@ -236,6 +240,22 @@ pub fn parse_relief(file: &Path, text: &str) -> Result<ReliefConfig, ConfigError
 fn line_of(text: &str, offset: usize) -> usize {
     let end = offset.min(text.len());
     text.as_bytes()[..end].iter().filter(|&&b| b == b'\n').count() + 1
+}
+
+/// `table.key` of the `key = value` line holding `offset` (serde's messages do not name it).
+fn key_at(text: &str, offset: usize) -> Option<String> {
+    let start = text.get(..offset.min(text.len()))?.rfind('\n').map_or(0, |i| i + 1);
+    let line = text[start..].lines().next().unwrap_or("");
+    let key = line.split_once('=')?.0.trim();
+    if key.is_empty() || !key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
+        return None;
+    }
+    let header = text[..start].lines().rev().map(str::trim).find(|l| l.starts_with('['));
+    let table = header.and_then(|h| h.rsplit_once(']')).map(|(h, _)| h.trim_matches(|c| c == '[' || c == ']').trim());
+    Some(match table {
+        Some(t) if !t.is_empty() => format!("{t}.{key}"),
+        _ => key.to_owned(),
+    })
 }
 
 type Invalid = (Range<usize>, String);
