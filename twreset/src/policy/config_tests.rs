@@ -84,7 +84,11 @@ fn contract_example_and_agent_keys() {
     assert_eq!(c.mode, Mode::DryRun);
     assert_eq!(c.interval_ns, 250_000_000);
     let r = &c.rules[0];
-    assert_eq!((r.trigger_peer_sockets, r.max_kills_per_minute, r.max_kills_per_cycle), (None, None, None), "0 = unused");
+    assert_eq!(
+        (r.trigger_peer_sockets, r.max_kills_per_minute, r.max_kills_per_cycle),
+        (None, None, None),
+        "0 = unused"
+    );
     assert!(r.local.is_empty() && r.netns.is_empty());
 }
 
@@ -214,7 +218,8 @@ fn unknown_keys_are_errors_inside_relief_only() {
 
 #[test]
 fn duplicate_rule_names() {
-    let text = "[relief]\n[[relief.rule]]\nname = \"a\"\n[[relief.rule]]\nname = \"b\"\n[[relief.rule]]\nname = \" a\"\n";
+    let text =
+        "[relief]\n[[relief.rule]]\nname = \"a\"\n[[relief.rule]]\nname = \"b\"\n[[relief.rule]]\nname = \" a\"\n";
     let (line, msg) = err(text);
     assert_eq!(line, 7);
     assert!(msg.contains("relief.rule \"a\": duplicate rule name"), "{msg}");
@@ -223,8 +228,16 @@ fn duplicate_rule_names() {
 #[test]
 fn bad_cidrs_ports_and_labels() {
     for (text, line, needle) in [
-        ("[relief]\ndeny_remote = [\n  \"10.0.0.0/8\",\n  \"10.0.0.0/33\",\n]\n", 4, "relief.deny_remote: prefix length /33"),
-        ("[relief]\n[[relief.rule]]\nname = \"r\"\nremote = [\"300.1.1.1\"]\n", 4, "relief.rule \"r\": remote: \"300.1.1.1\""),
+        (
+            "[relief]\ndeny_remote = [\n  \"10.0.0.0/8\",\n  \"10.0.0.0/33\",\n]\n",
+            4,
+            "relief.deny_remote: prefix length /33",
+        ),
+        (
+            "[relief]\n[[relief.rule]]\nname = \"r\"\nremote = [\"300.1.1.1\"]\n",
+            4,
+            "relief.rule \"r\": remote: \"300.1.1.1\"",
+        ),
         ("[relief]\n[[relief.rule]]\nname = \"r\"\nlocal = [\"10.0.0.1:80\"]\n", 4, "relief.rule \"r\": local:"),
         ("[relief]\n[[relief.rule]]\nname = \"r\"\nremote_port = [0]\n", 4, "remote_port 0 is out of range"),
         ("[relief]\n[[relief.rule]]\nname = \"r\"\nremote_port = [65536]\n", 4, "remote_port 65536 is out of range"),
@@ -269,7 +282,11 @@ fn bad_types_modes_budgets_and_syntax() {
         ("[relief]\nmax_kills_per_minute = 0\n", 2, "max_kills_per_minute must be at least 1"),
         ("[relief]\nmax_kills_per_cycle = -1\n", 2, "invalid value"),
         ("[relief]\ncooldown = 5\n", 2, "relief.cooldown: invalid type"),
-        ("[relief]\n[[relief.rule]]\nname = \"r\"\ntrigger_pressure = \"0.9\"\n", 4, "relief.rule.trigger_pressure: invalid type"),
+        (
+            "[relief]\n[[relief.rule]]\nname = \"r\"\ntrigger_pressure = \"0.9\"\n",
+            4,
+            "relief.rule.trigger_pressure: invalid type",
+        ),
         ("[relief]\n[[relief.rule]]\nremote = [\"10.0.0.0/8\"]\n", 2, "missing field `name`"),
         ("relief = 3\n", 1, "invalid type"),
         ("[relief]\nmode = \n", 2, ""),
@@ -329,4 +346,3 @@ remote = ["10.0.0.0/8"]
     assert_eq!(name("host", l, "10.0.0.5", 443), Some("wide"), "netns");
     assert_eq!(name(pod, l, "11.0.0.1", 443), None);
 }
-

@@ -189,9 +189,9 @@ fn ratio(holding: u64, range: u32) -> f64 {
 /// at or above `trigger_peer_sockets` TIME_WAIT sockets: either is enough.
 pub fn triggered(rule: &Rule, d: &DestSnapshot, input: &Input) -> bool {
     let by_pressure = rule.trigger_pressure.is_some_and(|t| t.reached_by(d.pressure.holding, d.pressure.range));
-    let by_peer = rule.trigger_peer_sockets.is_some_and(|n| {
-        input.peer_sockets.get(&(d.dest.netns, d.dest.raddr)).copied().unwrap_or(0) >= n
-    });
+    let by_peer = rule
+        .trigger_peer_sockets
+        .is_some_and(|n| input.peer_sockets.get(&(d.dest.netns, d.dest.raddr)).copied().unwrap_or(0) >= n);
     by_pressure || by_peer
 }
 
@@ -287,7 +287,10 @@ fn verdict<'a>(
         (Limit::PerCycle, Some(left(config.max_kills_per_cycle, cycle.total))),
         (Limit::PerMinute, Some(left(config.max_kills_per_minute, state.overall.total().saturating_add(dry_total)))),
         (Limit::RulePerCycle, rule.max_kills_per_cycle.map(|m| left(m, rule_cycle))),
-        (Limit::RulePerMinute, rule.max_kills_per_minute.map(|m| left(m, state.rule_used(name).saturating_add(dry_rule)))),
+        (
+            Limit::RulePerMinute,
+            rule.max_kills_per_minute.map(|m| left(m, state.rule_used(name).saturating_add(dry_rule))),
+        ),
     ];
     let (allowed, limit) = budgets
         .iter()

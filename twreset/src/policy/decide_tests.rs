@@ -19,7 +19,9 @@ pub(super) fn cfg(relief: &str, rules: &str) -> ReliefConfig {
 
 /// One enforce rule on 10.0.0.0/8 at trigger 0.9, target 0.5, min_age 5s, plus `extra` keys.
 pub(super) fn rule(extra: &str) -> String {
-    format!("[[relief.rule]]\nname = \"r\"\nremote = [\"10.0.0.0/8\"]\ntarget_pressure = 0.5\nmin_age = \"5s\"\n{extra}\n")
+    format!(
+        "[[relief.rule]]\nname = \"r\"\nremote = [\"10.0.0.0/8\"]\ntarget_pressure = 0.5\nmin_age = \"5s\"\n{extra}\n"
+    )
 }
 
 pub(super) fn ip(s: &str) -> IpAddr {
@@ -102,9 +104,9 @@ fn min_age_caps_the_count() {
     assert_eq!(d[0].kill_intent(), None);
     // A min_age the agent did not count reads as the next larger one counted, else 0.
     let mut x = dest("10.0.0.3", 950, 0, 1000, 0);
-    x.old_enough = OldEnough::from_counts([(10 * S, 30), (1 * S, 700)]);
+    x.old_enough = OldEnough::from_counts([(10 * S, 30), (S, 700)]);
     assert_eq!(counts(&run(&c, vec![x.clone()], &mut st, 0)), vec![("killed", 30)]);
-    x.old_enough = OldEnough::from_counts([(1 * S, 700)]);
+    x.old_enough = OldEnough::from_counts([(S, 700)]);
     assert_eq!(counts(&run(&c, vec![x], &mut st, 0)), vec![("too_young", 0)]);
 }
 
@@ -133,7 +135,9 @@ fn deny_lists_override_every_rule() {
     assert_eq!(counts(&run(&c, vec![pod], &mut st, 0)), vec![("denied", 0)], "deny wins over pause");
     assert_eq!(st.status(&c, 0).kills_last_minute, 0);
     // Not triggered or not covered: no decision at all, denied or not.
-    assert!(run(&c, vec![dest("10.0.0.7", 10, 0, 1000, 10), dest("11.0.0.7", 999, 0, 1000, 999)], &mut st, 0).is_empty());
+    assert!(
+        run(&c, vec![dest("10.0.0.7", 10, 0, 1000, 10), dest("11.0.0.7", 999, 0, 1000, 999)], &mut st, 0).is_empty()
+    );
 }
 
 #[test]
@@ -148,7 +152,10 @@ fn dry_run_never_kills() {
         // Same numbers as enforce: 490 would die at the hotter one, the cycle budget cuts the other.
         assert_eq!(counts(&d), vec![("would_kill", 490), ("rate_limited", 10)]);
         let Verdict::RateLimited { limit, eligible, partial, dry_run } = &d[1].verdict else { panic!() };
-        assert_eq!((*limit, *eligible, partial.as_ref().map(|i| i.count), *dry_run), (Limit::PerCycle, 450, Some(10), true));
+        assert_eq!(
+            (*limit, *eligible, partial.as_ref().map(|i| i.count), *dry_run),
+            (Limit::PerCycle, 450, Some(10), true)
+        );
         assert_eq!(st.status(&c, t * 60 * S).kills_last_minute, 0, "dry run consumes no budget");
     }
 }
@@ -184,7 +191,10 @@ fn first_covering_rule_owns_the_destination() {
     let mut st = PolicyState::new();
     // 0.9 triggers "wide" but "narrow" covers 10.0.0.1 first and is not triggered: nothing.
     let d = run(&c, vec![dest("10.0.0.1", 900, 0, 1000, 900), dest("10.0.0.2", 900, 0, 1000, 900)], &mut st, 0);
-    assert_eq!(d.iter().map(|d| (d.rule.as_str(), d.dest.raddr, d.count())).collect::<Vec<_>>(), vec![("wide", ip("10.0.0.2"), 800)]);
+    assert_eq!(
+        d.iter().map(|d| (d.rule.as_str(), d.dest.raddr, d.count())).collect::<Vec<_>>(),
+        vec![("wide", ip("10.0.0.2"), 800)]
+    );
     let d = run(&c, vec![dest("10.0.0.1", 960, 0, 1000, 960)], &mut st, 0);
     assert_eq!((d[0].rule.as_str(), d[0].count()), ("narrow", 60));
 }
@@ -222,10 +232,10 @@ fn hottest_destinations_are_served_first() {
     let cool = dest("10.0.0.1", 910, 0, 1000, 910);
     let hot = dest("10.0.0.2", 99, 0, 100, 99);
     let d = run(&c, vec![cool, hot], &mut st, 0);
-    assert_eq!(d.iter().map(|d| (d.dest.raddr, d.label(), d.count())).collect::<Vec<_>>(), vec![
-        (ip("10.0.0.2"), "killed", 49),
-        (ip("10.0.0.1"), "rate_limited", 51)
-    ]);
+    assert_eq!(
+        d.iter().map(|d| (d.dest.raddr, d.label(), d.count())).collect::<Vec<_>>(),
+        vec![(ip("10.0.0.2"), "killed", 49), (ip("10.0.0.1"), "rate_limited", 51)]
+    );
 }
 
 #[test]
@@ -266,7 +276,11 @@ fn labels_and_uncovered_destinations() {
     for (v, label, count) in [
         (Verdict::Kill(i.clone()), "killed", 499),
         (Verdict::WouldKill(i.clone()), "would_kill", 499),
-        (Verdict::RateLimited { limit: Limit::PerMinute, eligible: 9, partial: None, dry_run: false }, "rate_limited", 0),
+        (
+            Verdict::RateLimited { limit: Limit::PerMinute, eligible: 9, partial: None, dry_run: false },
+            "rate_limited",
+            0,
+        ),
         (Verdict::CoolingDown { remaining_ns: 1 }, "cooling_down", 0),
         (Verdict::Denied(Denied::Netns(NetnsPattern("host".into()))), "denied", 0),
         (Verdict::Paused, "paused", 0),
@@ -277,7 +291,8 @@ fn labels_and_uncovered_destinations() {
         assert_eq!(x.pressure_after(), (999 - count) as f64 / 1000.0);
     }
     assert!(with(Verdict::WouldKill(i.clone())).kill_intent().is_none());
-    let partial = |dry_run| Verdict::RateLimited { limit: Limit::PerCycle, eligible: 600, partial: Some(i.clone()), dry_run };
+    let partial =
+        |dry_run| Verdict::RateLimited { limit: Limit::PerCycle, eligible: 600, partial: Some(i.clone()), dry_run };
     assert_eq!(with(partial(false)).kill_intent(), Some(&i));
     assert_eq!(with(partial(true)).kill_intent(), None);
 }
