@@ -13,6 +13,7 @@ use ipnet::IpNet;
 use serde::Deserialize;
 use toml::Spanned;
 
+use super::rule::{NetnsPattern, Ratio, Rule};
 use crate::{cli::parse_peer, kill::select::parse_duration, table::TW_LEN_NS};
 
 /// A config refused at load or reload. Displays as `agent.toml:12: reason`.
@@ -42,88 +43,6 @@ impl Mode {
             Self::DryRun => "dry-run",
             Self::Enforce => "enforce",
         }
-    }
-}
-
-/// A port-pressure ratio kept both as written (for messages) and in parts per million (for exact
-/// integer comparisons: `holding / range >= 0.9` without float rounding at the boundary).
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Ratio {
-    pub value: f64,
-    pub ppm: u64,
-}
-
-impl Ratio {
-    pub const PER: u64 = 1_000_000;
-
-    pub fn new(value: f64) -> Self {
-        Self { value, ppm: (value.clamp(0.0, 1.0) * Self::PER as f64).round() as u64 }
-    }
-
-    /// `holding / range >= self` (a range of 0 counts as 1, like [`crate::table::Pressure`]).
-    pub fn reached_by(&self, holding: u64, range: u32) -> bool {
-        u128::from(holding) * u128::from(Self::PER) >= u128::from(self.ppm) * u128::from(range.max(1))
-    }
-
-    /// `floor(self * range)`: the most ports a destination may hold at this ratio.
-    pub fn ports_of(&self, range: u32) -> u64 {
-        let p = u128::from(self.ppm) * u128::from(range.max(1)) / u128::from(Self::PER);
-        u64::try_from(p).unwrap_or(u64::MAX)
-    }
-}
-
-/// A namespace label (`host`, an `ip netns` name, `pod:<ns>/<pod>`, `container:<name>`,
-/// `netns:<cookie>`), matched exactly, or by prefix when it ends with `*` (`pod:prod/*`).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct NetnsPattern(pub String);
-
-impl NetnsPattern {
-    pub fn matches(&self, label: &str) -> bool {
-        match self.0.strip_suffix('*') {
-            Some(prefix) => label.starts_with(prefix),
-            None => label == self.0,
-        }
-    }
-}
-
-/// One validated `[[relief.rule]]`.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Rule {
-    pub name: String,
-    /// Remote CIDRs (empty = any remote).
-    pub remote: Vec<IpNet>,
-    /// Remote ports (empty = any port).
-    pub remote_port: Vec<u16>,
-    /// Local addresses or CIDRs (empty = any local address).
-    pub local: Vec<IpNet>,
-    /// Namespace labels (empty = any namespace).
-    pub netns: Vec<NetnsPattern>,
-    /// Act when a destination's pressure is at or above this (`None`: only the peer trigger).
-    pub trigger_pressure: Option<Ratio>,
-    /// Act when the peer holds at least this many TIME_WAIT sockets (`None`: unused).
-    pub trigger_peer_sockets: Option<u64>,
-    /// Kill down to this pressure.
-    pub target_pressure: Ratio,
-    /// Never kill a TIME_WAIT socket younger than this.
-    pub min_age_ns: u64,
-    /// Per-rule budgets (`None`: only the overall ones apply).
-    pub max_kills_per_minute: Option<u64>,
-    pub max_kills_per_cycle: Option<u64>,
-}
-
-impl Rule {
-    /// True when the rule covers this destination: every kind given must match (AND), one value
-    /// of a kind is enough (OR). IPv4-mapped IPv6 addresses match as IPv4.
-    pub fn covers(&self, netns: &str, laddr: IpAddr, raddr: IpAddr, rport: u16) -> bool {
-        let (laddr, raddr) = (laddr.to_canonical(), raddr.to_canonical());
-        (self.remote.is_empty() || self.remote.iter().any(|n| n.contains(&raddr)))
-            && (self.remote_port.is_empty() || self.remote_port.contains(&rport))
-            && (self.local.is_empty() || self.local.iter().any(|n| n.contains(&laddr)))
-            && (self.netns.is_empty() || self.netns.iter().any(|p| p.matches(netns)))
-    }
-
-    fn match_is_empty(&self) -> bool {
-        self.remote.is_empty() && self.remote_port.is_empty() && self.local.is_empty() && self.netns.is_empty()
     }
 }
 
@@ -193,7 +112,7 @@ struct AgentFile {
 struct RawRelief {
     mode: Option<Mode>,
     max_kills_per_minute: Option<Spanned<u64>>,
-    max_kills_per_cycle: Option<u64>,
+    max_kills_per_cycle: Option<Spanned<u64>>,
     cooldown: Option<Spanned<String>>,
     interval: Option<Spanned<String>>,
     deny_remote: Option<Vec<Spanned<String>>>,
@@ -262,16 +181,8 @@ type Invalid = (Range<usize>, String);
 
 fn validate(raw: RawRelief) -> Result<ReliefConfig, Invalid> {
     let d = ReliefConfig::default();
-    let max_kills_per_minute = match raw.max_kills_per_minute {
-        Some(m) if *m.get_ref() == 0 => {
-            return Err((
-                m.span(),
-                "relief.max_kills_per_minute must be at least 1 (to kill nothing, use mode = \"dry-run\")".into(),
-            ));
-        }
-        Some(m) => m.into_inner(),
-        None => d.max_kills_per_minute,
-    };
+    let max_kills_per_minute = budget("relief.max_kills_per_minute", raw.max_kills_per_minute)?;
+    let max_kills_per_cycle = budget("relief.max_kills_per_cycle", raw.max_kills_per_cycle)?;
     let interval_ns = match raw.interval {
         Some(s) => {
             let span = s.span();
@@ -304,8 +215,8 @@ fn validate(raw: RawRelief) -> Result<ReliefConfig, Invalid> {
     }
     Ok(ReliefConfig {
         mode,
-        max_kills_per_minute,
-        max_kills_per_cycle: raw.max_kills_per_cycle.unwrap_or(d.max_kills_per_cycle),
+        max_kills_per_minute: max_kills_per_minute.unwrap_or(d.max_kills_per_minute),
+        max_kills_per_cycle: max_kills_per_cycle.unwrap_or(d.max_kills_per_cycle),
         cooldown_ns: raw.cooldown.map(|s| duration("relief.cooldown", s)).transpose()?.unwrap_or(d.cooldown_ns),
         interval_ns,
         deny_remote: cidrs("relief.deny_remote", raw.deny_remote)?,
@@ -324,8 +235,9 @@ fn validate_rule(r: RawRule) -> Result<Rule, Invalid> {
     let trigger_pressure = match r.trigger_pressure {
         Some(t) => {
             let v = *t.get_ref();
-            if !(v > 0.0 && v <= 1.0) {
-                return Err((t.span(), format!("{ctx}: trigger_pressure {v} is outside (0, 1]")));
+            if !(v > 0.0 && v <= 1.0) || Ratio::new(v).ppm == 0 {
+                let why = "is outside (0, 1] (resolution 0.000001)";
+                return Err((t.span(), format!("{ctx}: trigger_pressure {v} {why}")));
             }
             Some((Ratio::new(v), t.span()))
         }
@@ -385,6 +297,16 @@ fn validate_rule(r: RawRule) -> Result<Rule, Invalid> {
         max_kills_per_cycle: r.max_kills_per_cycle.filter(|&n| n > 0),
         name,
     })
+}
+
+/// An overall budget: 0 would block every kill, which is what dry run is for.
+fn budget(key: &str, v: Option<Spanned<u64>>) -> Result<Option<u64>, Invalid> {
+    match v {
+        Some(m) if *m.get_ref() == 0 => {
+            Err((m.span(), format!("{key} must be at least 1 (to kill nothing, use mode = \"dry-run\")")))
+        }
+        other => Ok(other.map(Spanned::into_inner)),
+    }
 }
 
 /// The project's one duration grammar ([`parse_duration`]), in ns. Long strings are refused before

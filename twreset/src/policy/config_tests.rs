@@ -190,6 +190,7 @@ fn thresholds_outside_their_range() {
         ("trigger_pressure = 1.01", "trigger_pressure 1.01 is outside (0, 1]"),
         ("trigger_pressure = nan", "trigger_pressure NaN is outside (0, 1]"),
         ("trigger_pressure = inf", "trigger_pressure inf is outside (0, 1]"),
+        ("trigger_pressure = 0.0000001", "trigger_pressure 0.0000001 is outside (0, 1] (resolution 0.000001)"),
         ("target_pressure = 1", "target_pressure 1 is outside [0, 1)"),
         ("target_pressure = -0.5", "target_pressure -0.5 is outside [0, 1)"),
     ] {
@@ -279,7 +280,9 @@ fn bad_durations() {
 fn bad_types_modes_budgets_and_syntax() {
     for (text, line, needle) in [
         ("[relief]\nmode = \"enforced\"\n", 2, "unknown variant `enforced`"),
-        ("[relief]\nmax_kills_per_minute = 0\n", 2, "max_kills_per_minute must be at least 1"),
+        ("[relief]\nmax_kills_per_minute = 0\n", 2, "relief.max_kills_per_minute must be at least 1"),
+        ("[relief]\n\nmax_kills_per_cycle = 0\n", 3, "relief.max_kills_per_cycle must be at least 1"),
+        ("[relief]\n[relief.rule]\nname = \"r\"\n", 2, "expected a sequence"),
         ("[relief]\nmax_kills_per_cycle = -1\n", 2, "invalid value"),
         ("[relief]\ncooldown = 5\n", 2, "relief.cooldown: invalid type"),
         (

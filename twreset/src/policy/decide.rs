@@ -6,7 +6,8 @@ use std::{collections::HashMap, net::IpAddr, time::Duration};
 use ipnet::IpNet;
 
 use super::{
-    config::{Mode, NetnsPattern, ReliefConfig, Rule},
+    config::{Mode, ReliefConfig},
+    rule::{NetnsPattern, Rule},
     state::PolicyState,
 };
 use crate::{

@@ -57,6 +57,7 @@
 
 mod config;
 mod decide;
+mod rule;
 mod state;
 
 #[cfg(test)]
@@ -66,6 +67,7 @@ mod decide_tests;
 #[cfg(test)]
 mod state_tests;
 
-pub use config::{ConfigError, Mode, NetnsPattern, Ratio, ReliefConfig, Rule, parse_relief};
+pub use config::{ConfigError, Mode, ReliefConfig, parse_relief};
 pub use decide::{Decision, Denied, DestSnapshot, Input, KillIntent, Limit, OldEnough, Verdict, decide, triggered};
+pub use rule::{NetnsPattern, Ratio, Rule};
 pub use state::{LastDecision, PolicyState, ReliefStatus, RuleStatus, WINDOW_NS};
