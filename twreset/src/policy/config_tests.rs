@@ -349,3 +349,16 @@ remote = ["10.0.0.0/8"]
     assert_eq!(name("host", l, "10.0.0.5", 443), Some("wide"), "netns");
     assert_eq!(name(pod, l, "11.0.0.1", 443), None);
 }
+
+#[test]
+fn guide_examples_parse() {
+    let guide = include_str!("../../../docs/guide/relief.md");
+    let blocks: Vec<&str> =
+        guide.split("```toml\n").skip(1).map(|b| b.split("```").next().unwrap_or_default()).collect();
+    assert_eq!(blocks.len(), 3);
+    for b in &blocks {
+        let c = parse(b).unwrap_or_else(|e| panic!("{e}\n{b}"));
+        assert!(!c.rules.is_empty());
+    }
+    assert_eq!(parse(blocks[0]).unwrap(), parse(ISSUE_EXAMPLE).unwrap(), "the guide shows the issue's example");
+}
