@@ -11,6 +11,7 @@ pub mod kill;
 pub mod live;
 pub mod ndjson;
 pub mod output;
+pub mod policy;
 pub mod probe;
 pub mod sock;
 pub mod state;
