@@ -6,6 +6,7 @@ pub mod crosscheck;
 pub mod decode;
 pub mod diag;
 pub mod doctor;
+pub mod duration;
 pub mod kernel;
 pub mod kill;
 pub mod live;

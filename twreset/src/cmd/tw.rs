@@ -38,18 +38,7 @@ pub struct TwArgs {
     pub settle: Duration,
 }
 
-/// `250ms`, `2s`, `1m`, or a bare number of milliseconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let (num, unit) = s.find(|c: char| !c.is_ascii_digit()).map_or((s, "ms"), |i| s.split_at(i));
-    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a duration (e.g. 250ms, 2s, 1m)"))?;
-    let ms = match unit {
-        "ms" => Some(n),
-        "s" => n.checked_mul(1000),
-        "m" => n.checked_mul(60_000),
-        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use ms, s or m)")),
-    };
-    ms.map(Duration::from_millis).ok_or_else(|| format!("{s:?} is too long"))
-}
+pub use crate::duration::parse as parse_duration;
 
 /// `ip netns` names of namespaces, to label destinations.
 pub fn ns_names() -> NsNames {
@@ -168,18 +157,6 @@ mod tests {
             let e = parse(bad).err().unwrap_or_else(|| panic!("{bad:?} accepted"));
             assert_eq!(e.exit_code(), 2, "{bad:?}");
         }
-    }
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert_eq!(parse_duration("250"), Ok(Duration::from_millis(250)));
-        assert_eq!(parse_duration("3s"), Ok(Duration::from_secs(3)));
-        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
-        assert!(parse_duration("1h").unwrap_err().contains("unit"));
-        assert!(parse_duration("").is_err());
-        assert!(parse_duration("s").is_err());
-        assert!(parse_duration("99999999999999999999s").is_err());
     }
 
     fn key(n: u16, r: &str) -> SockKey {
