@@ -14,6 +14,7 @@ pub mod ndjson;
 pub mod output;
 pub mod policy;
 pub mod probe;
+pub mod scope;
 pub mod sock;
 pub mod state;
 pub mod table;

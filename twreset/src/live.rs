@@ -8,9 +8,9 @@ use std::{collections::HashMap, error::Error as StdError, path::Path, time::Dura
 use tokio::sync::mpsc;
 
 use crate::{
-    cli::NetnsScope,
     crosscheck::{self, Creations, LastEvents, NsCount, Overflows},
     kernel::netns::{self, Netns, NetnsError},
+    scope::NetnsScope,
     sock::DiagSocket,
     table::{By, Connected, Drift, PortRange, PortRanges, Snapshot, Sort, Table, ViewConfig, pressure::PressureError},
     tw_event::TwEvent,

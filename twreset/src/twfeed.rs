@@ -18,7 +18,6 @@ use tokio::{
 use twreset_common::{Event, kind, state_aux};
 
 use crate::{
-    cli::NetnsScope,
     crosscheck::NsCount,
     decode::{DecodeError, parse_event, sock_key},
     diag,
@@ -26,6 +25,7 @@ use crate::{
     kernel::netns::{self, Netns, NetnsError},
     live::{CountFn, DumpFn, DumpSink, Feed, LiveError, port_ranges},
     probe::{Filters, Loss, Probe, ProbeError},
+    scope::NetnsScope,
     state::TcpState,
     tw_event::{TwCause, TwEvent, TwEventKind},
 };
@@ -258,7 +258,7 @@ fn paths_of(scope: &NetnsScope) -> Option<Vec<std::path::PathBuf>> {
 /// so deleted ones are not held open), empty = the current one.
 fn dump_scope(paths: Option<&[std::path::PathBuf]>, sink: &mut dyn DumpSink) -> Result<(), DumpError> {
     let targets: Vec<Netns> = match paths {
-        None => crate::kill::targets::all().into_iter().filter_map(|t| t.netns).collect(),
+        None => crate::scope::all().into_iter().filter_map(|t| t.netns).collect(),
         Some([]) => return dump_here(sink).map_err(DumpError::Diag),
         Some(list) => list.iter().map(|p| Netns::open(p)).collect::<Result<_, _>>().map_err(DumpError::Netns)?,
     };
@@ -283,7 +283,7 @@ const ALL_NETNS_COUNT_EVERY: Duration = Duration::from_secs(10);
 /// which no table of one namespace can match: nothing is compared there.
 fn tw_counts(paths: Option<Vec<std::path::PathBuf>>) -> CountFn {
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    if crate::doctor::parse::kernel_version(release.trim()).is_none_or(|v| v < (6, 1)) {
+    if crate::kernel::procfs::kernel_version(release.trim()).is_none_or(|v| v < (6, 1)) {
         return Box::new(Vec::new);
     }
     // Every namespace of the host means a /proc walk and a thread per namespace: not every second.
@@ -297,7 +297,7 @@ fn tw_counts(paths: Option<Vec<std::path::PathBuf>>) -> CountFn {
             None if std::time::Instant::now() < next_all => return Vec::new(),
             None => {
                 next_all = std::time::Instant::now() + ALL_NETNS_COUNT_EVERY;
-                crate::kill::targets::all().into_iter().filter_map(|t| t.netns).collect()
+                crate::scope::all().into_iter().filter_map(|t| t.netns).collect()
             }
             Some([]) => return here().into_iter().collect(),
             Some(list) => list.iter().filter_map(|p| Netns::open(p).ok()).collect(),
@@ -318,7 +318,7 @@ fn dump_here(sink: &mut dyn DumpSink) -> Result<(), diag::DiagError> {
 /// (`thread-self`: a thread that entered another namespace sees that one's).
 fn tw_count() -> Option<usize> {
     let text = std::fs::read_to_string("/proc/thread-self/net/sockstat").ok()?;
-    crate::doctor::parse::sockstat_tw(&text).ok().map(|n| n as usize)
+    crate::kernel::procfs::sockstat_tw(&text).ok().map(|n| n as usize)
 }
 
 /// Of the calling thread's namespace, from `TcpExt`: the TIME_WAIT sockets created so far
@@ -327,7 +327,7 @@ fn tw_count() -> Option<usize> {
 fn tcp_ext_counts() -> (Option<u64>, Option<u64>) {
     let Some(ext) = std::fs::read_to_string("/proc/thread-self/net/netstat")
         .ok()
-        .and_then(|text| crate::doctor::parse::tcp_ext(&text).ok())
+        .and_then(|text| crate::kernel::procfs::tcp_ext(&text).ok())
     else {
         return (None, None);
     };

@@ -5,6 +5,7 @@
 mod bench;
 mod bootstrap;
 mod build;
+mod deps;
 mod mounts;
 
 use std::process::ExitCode;

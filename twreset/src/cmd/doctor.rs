@@ -11,7 +11,7 @@ use std::{
 use clap::Args;
 
 use crate::{
-    cli::{NetnsArgs, NetnsScope, UsageError},
+    cmd::{NetnsArgs, UsageError},
     diag::{self, DiagError},
     doctor::{
         model::{ConfigLine, Counters, Settings},
@@ -20,6 +20,7 @@ use crate::{
         report::{self, NsFacts},
     },
     kernel::netns::{self, Netns, NetnsError},
+    scope::NetnsScope,
     state::{self, TcpState},
 };
 

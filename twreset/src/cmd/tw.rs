@@ -1,16 +1,18 @@
 //! `twreset tw`: a one-shot snapshot of the live TIME_WAIT table (seed, settle, print).
 
-pub mod render;
+/// The table renderers (they live in `output::tw`, shared with `top`).
+pub use crate::output::tw as render;
 
 use std::{io::Write, time::Duration};
 
 use clap::Args;
 
 use crate::{
-    cli::{NetnsArgs, NetnsScope, UsageError},
+    cmd::{NetnsArgs, UsageError},
     kernel::netns,
     live::{Feed, Live, LiveError},
     output::NsNames,
+    scope::NetnsScope,
     table::{By, Snapshot, Sort, ViewConfig},
 };
 
@@ -98,7 +100,11 @@ pub async fn run(
         live.reconcile(false).await.map_err(TwError::Live)?;
     }
     let snap = live.snapshot(cfg.by, cfg.sort);
-    let text = if cfg.json { format!("{}\n", render::render_json(&snap)) } else { render::render_human(&snap, names) };
+    let text = if cfg.json {
+        format!("{}\n", crate::output::tw::render_json(&snap))
+    } else {
+        crate::output::tw::render_human(&snap, names)
+    };
     out.write_all(text.as_bytes()).and_then(|_| out.flush()).map_err(TwError::Write)?;
     Ok(snap)
 }

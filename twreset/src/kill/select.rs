@@ -6,7 +6,7 @@ use std::{net::IpAddr, time::Duration};
 use ipnet::IpNet;
 
 use crate::{
-    cli::{parse_peer, parse_port},
+    scope::{parse_peer, parse_port},
     sock::DiagSocket,
     state::TcpState,
 };

@@ -1,4 +1,6 @@
-//! Pure formatting of transitions: aligned human lines and NDJSON objects.
+//! Pure formatting of transitions: aligned human lines and NDJSON objects; `tw` renders tables.
+
+pub mod tw;
 
 use std::{collections::HashMap, net::IpAddr};
 
@@ -204,7 +206,7 @@ pub fn tw_human_line(ev: &TwEvent, ns: &NsNames, clock: &WallClock) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{decode::Family, state::TcpState};
+    use crate::{sock::Family, state::TcpState};
 
     fn t() -> Transition {
         Transition {
