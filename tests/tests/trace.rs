@@ -5,7 +5,6 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     net::{IpAddr, SocketAddr, TcpListener, TcpStream},
     sync::atomic::{AtomicBool, Ordering},
-    time::Duration,
 };
 
 use serde_json::Value;
@@ -155,7 +154,9 @@ fn older_sockets_traced(all_netns: bool) -> String {
     let path = ns.path();
     let scope = if all_netns { vec!["--all-netns"] } else { vec!["--netns", path.to_str().unwrap()] };
     let tracer = Running::start(&[&["trace", "--json"][..], &scope].concat(), READY);
-    let pause = || std::thread::sleep(Duration::from_millis(100));
+    // Each close is done (its FINs and ACKs processed) before the next starts: the order of the
+    // transitions below is then the kernel's, whatever the machine's speed.
+    let pause = || ns.wait_quiescent();
     // The older pair closes from the client's side.
     drop(client);
     pause();
@@ -173,7 +174,7 @@ fn older_sockets_traced(all_netns: bool) -> String {
     drop(client2);
     pause();
     drop(listener);
-    std::thread::sleep(Duration::from_millis(300));
+    ns.wait_quiescent();
     let (code, out, err) = tracer.stop();
     assert_eq!(code, Some(0), "stderr: {err}");
     if let Some(first) = first {
@@ -228,7 +229,7 @@ fn reports_exact_transitions_of_own_sockets_and_nothing_from_bystanders() {
                 }
             }
         });
-        std::thread::sleep(Duration::from_millis(300));
+        ns.wait_quiescent();
         let (code, out, err) = tracer.stop();
         stop.store(true, Ordering::Relaxed);
         assert_eq!(code, Some(0), "stderr: {err}");
@@ -293,7 +294,7 @@ fn trace_with(ns: &NetNs, filter: &[&str], work: impl FnOnce() + Send) -> Vec<Va
     args.extend_from_slice(filter);
     let tracer = Running::start(&args, READY);
     ns.run(work);
-    std::thread::sleep(Duration::from_millis(300));
+    ns.wait_quiescent();
     let (code, out, err) = tracer.stop();
     assert_eq!(code, Some(0), "stderr: {err}");
     let events = ndjson(&out);
@@ -352,7 +353,7 @@ fn human_output_is_aligned_and_marks_time_wait() {
     let path = ns.path();
     let tracer = Running::start(&["trace", "--netns", path.to_str().unwrap()], READY);
     ns.run(|| connections("127.0.0.1:7100".parse().unwrap(), None, 1, Closer::Client));
-    std::thread::sleep(Duration::from_millis(300));
+    ns.wait_quiescent();
     let (code, out, err) = tracer.stop();
     assert_eq!(code, Some(0), "{err}");
     let lines: Vec<&str> = out.lines().collect();

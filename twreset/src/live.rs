@@ -8,9 +8,9 @@ use std::{collections::HashMap, error::Error as StdError, path::Path, sync::Arc,
 use tokio::sync::{broadcast, mpsc};
 
 use crate::{
-    cli::NetnsScope,
     crosscheck::{self, Creations, LastEvents, NsCount, Overflows},
     kernel::netns::{self, Netns, NetnsError},
+    scope::NetnsScope,
     sock::DiagSocket,
     table::{By, Connected, Drift, PortRange, PortRanges, Snapshot, Sort, Table, ViewConfig, pressure::PressureError},
     tw_event::TwEvent,
@@ -94,7 +94,13 @@ pub struct Feed {
     pub attached_counts: Vec<NsCount>,
     /// `ip_local_port_range` per namespace in scope.
     pub ranges: PortRanges,
+    /// The clock event stamps are on (`CLOCK_MONOTONIC` for the kernel: [`monotonic_ns`]); tests
+    /// pass one that follows tokio's paused time, so none of them sleeps in real time.
+    pub clock: Clock,
 }
+
+/// Nanoseconds on the clock of the feed's event stamps.
+pub type Clock = fn() -> u64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LiveError {
@@ -194,6 +200,7 @@ pub struct Live {
     next_check_ns: u64,
     /// How long to keep applying events after a dump before trusting it (ring-buffer latency).
     settle: Duration,
+    clock: Clock,
     closed: bool,
     /// Where applied batches are copied while anyone listens ([`Live::set_tap`]).
     tap: Option<broadcast::Sender<Arc<[TwEvent]>>>,
@@ -202,7 +209,15 @@ pub struct Live {
 impl Live {
     /// Seed from a dump, then apply what arrives during `settle`.
     pub async fn start(feed: Feed, view: ViewConfig, settle: Duration) -> Result<Self, LiveError> {
-        let Feed { events, dump, lost, tw_counts, attached_counts, ranges } = feed;
+        let mut live = Self::seed(feed, view, settle)?;
+        live.drain_for(settle).await;
+        Ok(live)
+    }
+
+    /// Seed from a dump and return at once; the caller follows events ([`Live::follow_until`]).
+    /// `settle` is how long a reconcile lets in-flight events land after its dump.
+    pub fn seed(feed: Feed, view: ViewConfig, settle: Duration) -> Result<Self, LiveError> {
+        let Feed { events, dump, lost, tw_counts, attached_counts, ranges, clock } = feed;
         let mut overflows = Overflows::default();
         overflows.read(&attached_counts);
         let mut live = Self {
@@ -219,6 +234,7 @@ impl Live {
             overflows,
             next_check_ns: 0,
             settle,
+            clock,
             closed: false,
             tap: None,
         };
@@ -234,16 +250,16 @@ impl Live {
             table: &mut live.table,
             connected: &mut live.connected,
             ranges: &live.ranges,
-            now_ns: monotonic_ns(),
+            now_ns: clock(),
             added: 0,
         };
         (live.dump)(&mut seeding).map_err(|source| LiveError::Dump { source })?;
         let seeded = seeding.added;
         live.table.shrink_if_sparse();
         trim();
-        // The bench times the seed by this line (README, Benchmarks): keep its wording.
+        // The bench times the seed by this line (docs/benchmarks.md, Table): keep its wording.
         tracing::info!(
-            "seeded {seeded} sockets in {:.1} ms; following kernel events for {settle:?}",
+            "seeded {seeded} sockets in {:.1} ms; following kernel events",
             started.elapsed().as_secs_f64() * 1e3
         );
         live.table.set_lost(lost_before_seed);
@@ -251,8 +267,17 @@ impl Live {
         let kernel = (live.tw_counts)();
         live.creations.baseline(&kernel);
         live.table.set_overflow(live.overflows.read(&kernel));
-        live.drain_for(settle).await;
         Ok(live)
+    }
+
+    /// Apply events as they come for `d`, or until `stop` resolves (Ctrl-C ending `tw`'s settle).
+    pub async fn follow_until(&mut self, d: Duration, stop: impl std::future::Future<Output = ()>) {
+        tokio::select! {
+            _ = self.drain_for(d) => {}
+            _ = stop => {
+                self.pump();
+            }
+        }
     }
 
     /// True once the event channel closed (no more kernel events will come).
@@ -365,7 +390,7 @@ impl Live {
         self.pump();
         // The bench ends its "while tracking" memory window at this line: keep its wording.
         tracing::info!("reconciling with a fresh dump");
-        self.table.begin_reconcile(monotonic_ns());
+        self.table.begin_reconcile((self.clock)());
         let mut connected = Connected::default();
         let mut observing = Observing { table: &mut self.table, connected: &mut connected, ranges: &self.ranges };
         if let Err(source) = (self.dump)(&mut observing) {
@@ -387,7 +412,7 @@ impl Live {
     /// count what differs as unseen. A difference is only trusted after in-flight events had
     /// time to land; without one the check costs a sockstat read per namespace, no wait.
     async fn crosscheck(&mut self) {
-        let read_ns = monotonic_ns();
+        let read_ns = (self.clock)();
         let kernel = (self.tw_counts)();
         self.creations.baseline(&kernel);
         self.table.set_overflow(self.overflows.read(&kernel));
@@ -436,7 +461,7 @@ impl Live {
     /// and resync when events were lost (or the comparison found changes no event reported).
     pub async fn tick(&mut self) -> Result<Option<Drift>, LiveError> {
         self.pump();
-        let now = monotonic_ns();
+        let now = (self.clock)();
         self.table.expire_overdue(now);
         if now >= self.next_check_ns {
             self.next_check_ns = now + CROSSCHECK_EVERY_NS;
@@ -450,7 +475,7 @@ impl Live {
     }
 
     pub fn snapshot(&self, by: By, sort: Sort) -> Snapshot {
-        self.table.snapshot(monotonic_ns(), by, sort, &self.view, &self.connected, &self.ranges)
+        self.table.snapshot((self.clock)(), by, sort, &self.view, &self.connected, &self.ranges)
     }
 }
 

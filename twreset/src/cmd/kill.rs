@@ -10,14 +10,15 @@ use std::{
 use clap::Args;
 
 use crate::{
-    cli::{NetnsArgs, NetnsScope, UsageError, parse_port},
+    cmd::{NetnsArgs, UsageError},
     kill::{
         self, Method, NsRun, Options,
         audit::{self, Actor, AuditError, AuditLog, Record},
         report::{self, Totals},
         select::{self, Endpoint, Selector, StateWord, States},
-        targets::{self, Target},
     },
+    scope::{self as targets, Target},
+    scope::{NetnsScope, parse_port},
 };
 
 #[derive(Args, Debug)]

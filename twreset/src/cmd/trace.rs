@@ -13,12 +13,13 @@ use ipnet::IpNet;
 use tokio::{io::unix::AsyncFd, time::MissedTickBehavior};
 
 use crate::{
-    cli::{NetnsArgs, NetnsScope, UsageError, parse_peer, parse_port, parse_state},
+    cmd::{NetnsArgs, UsageError},
     decode,
     kernel::{kallsyms::Kallsyms, netns},
     ndjson::transition::TransitionLines,
     output::{self, NsNames, WallClock},
     probe::{DRAIN_EVERY, Filters, Loss, Probe},
+    scope::{NetnsScope, parse_peer, parse_port, parse_state},
     state::TcpState,
     twfeed,
 };

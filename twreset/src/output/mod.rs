@@ -1,4 +1,6 @@
-//! Pure formatting of transitions: aligned human lines and NDJSON objects.
+//! Pure formatting of transitions: aligned human lines and NDJSON objects; `tw` renders tables.
+
+pub mod tw;
 
 use std::{collections::HashMap, net::IpAddr};
 
@@ -85,7 +87,7 @@ pub fn human_line(t: &Transition, ns: &NsNames, clock: &WallClock) -> String {
     )
 }
 
-/// The NDJSON object of one transition (schema documented in README.md).
+/// The NDJSON object of one transition (schema documented in docs/guide/trace.md).
 pub fn json(t: &Transition) -> Value {
     json!({
         "ts_ns": t.ts_ns,
@@ -204,7 +206,7 @@ pub fn tw_human_line(ev: &TwEvent, ns: &NsNames, clock: &WallClock) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{decode::Family, state::TcpState};
+    use crate::{sock::Family, state::TcpState};
 
     fn t() -> Transition {
         Transition {

@@ -80,7 +80,7 @@ fn totals_json(t: &Totals) -> Value {
     })
 }
 
-/// The `twreset tw --json` document (schema in README.md).
+/// The `twreset tw --json` document (schema in docs/guide/tw.md).
 pub fn render_json(snap: &Snapshot) -> Value {
     json!({
         "by": snap.by.name(),
