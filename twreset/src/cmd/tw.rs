@@ -1,5 +1,6 @@
 //! `twreset tw`: a one-shot snapshot of the live TIME_WAIT table (seed, settle, print).
 
+pub mod parse;
 pub mod render;
 
 use std::{io::Write, time::Duration};
@@ -7,6 +8,10 @@ use std::{io::Write, time::Duration};
 use clap::Args;
 
 use crate::{
+    api::{
+        client::{Agent, AgentArgs, ClientError},
+        query::{Scope, TwParams},
+    },
     cli::{NetnsArgs, NetnsScope, UsageError},
     kernel::netns,
     live::{Feed, Live, LiveError},
@@ -36,6 +41,24 @@ pub struct TwArgs {
     /// How long to follow kernel events after the seeding dump before printing (e.g. 200ms, 2s).
     #[arg(long, value_name = "DURATION", default_value = "200ms", value_parser = parse_duration)]
     pub settle: Duration,
+    #[command(flatten)]
+    pub agent: AgentArgs,
+}
+
+/// The same table from the agent's live one (`GET /v1/tw`, rendered there by the same code).
+pub async fn via_agent(agent: &Agent, a: &TwArgs, out: &mut dyn Write) -> Result<(), ClientError> {
+    let params = TwParams {
+        by: a.by,
+        sort: a.sort,
+        prefix_v4: a.prefix_v4,
+        prefix_v6: a.prefix_v6,
+        scope: Scope::from(&a.netns),
+        text: !a.json,
+    };
+    let body = agent.get(&format!("/v1/tw?{}", params.to_query())).await?;
+    out.write_all(&body)?;
+    out.flush()?;
+    Ok(())
 }
 
 /// `250ms`, `2s`, `1m`, or a bare number of milliseconds.
