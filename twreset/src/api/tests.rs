@@ -203,3 +203,37 @@ async fn silent_and_excess_clients_cost_nothing() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// `tw` through the agent prints what the agent rendered, byte for byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_tw_through_the_agent() {
+    use clap::Parser;
+    #[derive(Parser)]
+    struct T {
+        #[command(flatten)]
+        a: crate::cmd::tw::TwArgs,
+    }
+    let r = start("cli", Limits::default());
+    let args = |extra: &[&str]| T::try_parse_from([&["tw"][..], extra].concat()).unwrap().a;
+    let mut out = Vec::new();
+    crate::cmd::tw::via_agent(&r.agent, &args(&["--json", "--by", "port", "--all-netns"]), &mut out).await.unwrap();
+    assert_eq!(out, format!("{}\n", render_json(&snapshot(By::Port))).into_bytes());
+    let mut out = Vec::new();
+    crate::cmd::tw::via_agent(&r.agent, &args(&[]), &mut out).await.unwrap();
+    let want = crate::cmd::tw::render::render_human(&snapshot(By::Peer), &crate::output::NsNames::default());
+    assert_eq!(String::from_utf8(out).unwrap(), want);
+    let q = r.fake.queries.lock().unwrap();
+    assert_eq!((q[0].by, q[0].netns.is_none(), q[1].netns.is_some()), (By::Port, true, true));
+}
+
+/// A socket file nobody answers on is "unavailable" (the CLI then runs directly).
+#[tokio::test]
+async fn dead_socket_is_unavailable() {
+    let dir = std::env::temp_dir().join(format!("twreset-api-dead-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("agent.sock");
+    drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+    let e = Agent { path }.get("/healthz").await.unwrap_err();
+    assert!(e.unavailable(), "{e}");
+    std::fs::remove_dir_all(dir).unwrap();
+}
