@@ -329,6 +329,26 @@ impl Running {
         self.child.id() as i32
     }
 
+    /// Wait up to `timeout` for a stderr line containing `needle`; returns it.
+    pub fn wait_for_stderr(&mut self, needle: &str, timeout: Duration) -> String {
+        if let Some(l) = self.stderr_seen.iter().find(|l| l.contains(needle)) {
+            return l.clone();
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.stderr_lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.stderr_seen.push(line.clone());
+                    if line.contains(needle) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!("no stderr line with {needle:?} within {timeout:?}; stderr: {:?}", self.stderr_seen),
+            }
+        }
+    }
+
     /// Send SIGINT and collect (exit code, stdout, stderr).
     pub fn stop(mut self) -> (Option<i32>, String, String) {
         self.signal(nix::sys::signal::Signal::SIGINT)

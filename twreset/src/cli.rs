@@ -26,6 +26,8 @@ pub enum Command {
     Kill(cmd::kill::KillArgs),
     /// Explain what this host's sysctls, counters and kernel mean for TIME_WAIT (exit 1 on a critical finding).
     Doctor(cmd::doctor::DoctorArgs),
+    /// Run the node agent: live tables for every namespace, Prometheus metrics, a control API.
+    Agent(cmd::agent::AgentArgs),
 }
 
 /// A usage error found after clap's parsing (exit status 2).

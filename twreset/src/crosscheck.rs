@@ -49,6 +49,11 @@ impl Overflows {
         }
         self.per_ns.values().map(|&(base, last)| last - base).sum()
     }
+
+    /// Overflows since the baseline, per namespace cookie.
+    pub fn per_ns(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.per_ns.iter().map(|(&ns, &(base, last))| (ns, last - base))
+    }
 }
 
 /// Creation events against the kernel's creation counter, per namespace. A namespace's baseline

@@ -1,5 +1,6 @@
 //! twreset: live TIME_WAIT tables and targeted TCP socket kills. Data flows one way:
 //! `probe` (kernel) -> `decode` -> tables -> policy -> kill -> `output`.
+pub mod agent;
 pub mod api;
 pub mod cli;
 pub mod cmd;
@@ -13,6 +14,7 @@ pub mod live;
 pub mod ndjson;
 pub mod output;
 pub mod probe;
+pub mod session;
 pub mod sock;
 pub mod state;
 pub mod table;

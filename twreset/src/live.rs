@@ -3,9 +3,9 @@
 //!
 //! The inputs are parameters so `tw` and `top` run the same way from the kernel or from a test.
 
-use std::{collections::HashMap, error::Error as StdError, path::Path, time::Duration};
+use std::{collections::HashMap, error::Error as StdError, path::Path, sync::Arc, time::Duration};
 
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc};
 
 use crate::{
     cli::NetnsScope,
@@ -123,7 +123,7 @@ pub enum LiveError {
 /// The sysctl that sizes the ephemeral port space; /proc/sys/net shows the reading thread's namespace.
 pub const PORT_RANGE: &str = "/proc/sys/net/ipv4/ip_local_port_range";
 
-fn read_port_range() -> Result<PortRange, LiveError> {
+pub fn read_port_range() -> Result<PortRange, LiveError> {
     let text = std::fs::read_to_string(PORT_RANGE).map_err(|source| LiveError::PortRangeRead { source })?;
     PortRange::parse(&text).map_err(|source| LiveError::PortRange { source })
 }
@@ -195,6 +195,8 @@ pub struct Live {
     /// How long to keep applying events after a dump before trusting it (ring-buffer latency).
     settle: Duration,
     closed: bool,
+    /// Where applied batches are copied while anyone listens ([`Live::set_tap`]).
+    tap: Option<broadcast::Sender<Arc<[TwEvent]>>>,
 }
 
 impl Live {
@@ -218,6 +220,7 @@ impl Live {
             next_check_ns: 0,
             settle,
             closed: false,
+            tap: None,
         };
         // Losses up to the seed are covered by it; any later one must force a resync.
         let lost_before_seed = (live.lost)();
@@ -296,7 +299,39 @@ impl Live {
             self.last_events.saw(ns, ts);
             self.creations.applied(ns, n);
         }
+        if let Some(tap) = &self.tap
+            && tap.receiver_count() > 0
+        {
+            let _ = tap.send(Arc::from(batch));
+        }
         batch.len()
+    }
+
+    /// Copy every batch applied from now on to `tap` (only while it has receivers).
+    pub fn set_tap(&mut self, tap: broadcast::Sender<Arc<[TwEvent]>>) {
+        self.tap = Some(tap);
+    }
+
+    /// Seed one namespace found after the start from a dump made inside it, started at
+    /// `started_ns`. Only a namespace with no event since then is seeded (a dump is not atomic
+    /// with the events; for a busy one the events are the truth and reconciles fix the rest).
+    /// Returns the sockets added, or None when it was not quiet.
+    pub fn seed_netns(&mut self, netns: u64, started_ns: u64, dump: &[DiagSocket]) -> Option<usize> {
+        self.pump();
+        if !self.last_events.quiet_since(netns, started_ns) {
+            return None;
+        }
+        let mut added = 0;
+        for d in dump.iter().filter(|d| d.key.netns_cookie == netns) {
+            added += usize::from(self.table.seed_one(started_ns, d));
+            self.connected.add(d, &self.ranges);
+        }
+        Some(added)
+    }
+
+    /// The kernel's overflow counts per namespace since the table started.
+    pub fn overflows(&self) -> &Overflows {
+        &self.overflows
     }
 
     /// Wait for the next event and apply it with everything queued behind it. Returns how many;

@@ -116,6 +116,11 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
         Command::Doctor(args) => Ok(ExitCode::from(cmd::doctor::run(cmd::doctor::DoctorConfig::try_from(args)?)?)),
+        Command::Agent(args) => {
+            let (config, source) = cmd::agent::load(args)?;
+            twreset::agent::run(config, source, shutdown_signal()?).await?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
@@ -128,11 +133,14 @@ fn main() -> ExitCode {
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_env("TWRESET_LOG"))
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    // A daemon's log is its record: the agent logs at info unless TWRESET_LOG says otherwise.
+    let default = if matches!(cli.command, Command::Agent(_)) { "info" } else { "error" };
+    let filter = tracing_subscriber::EnvFilter::builder()
+        .with_default_directive(default.parse().expect("a valid level"))
+        .with_env_var("TWRESET_LOG")
+        .from_env_lossy();
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

@@ -1,18 +1,11 @@
 //! Kernel TIME_WAIT events to [`TwEvent`]s: pure decoding (cause from the caller's address, timer
 //! jiffies to milliseconds), the probe that produces them, and the [`Feed`] the live table reads.
 
-use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
-    time::Duration,
-};
+use std::time::Duration;
 
 use aya::maps::{MapData, RingBuf};
 use tokio::{
     io::unix::AsyncFd,
-    sync::mpsc,
     time::{Interval, MissedTickBehavior},
 };
 use twreset_common::{Event, kind, state_aux};
@@ -24,8 +17,9 @@ use crate::{
     diag,
     kernel::kallsyms::Kallsyms,
     kernel::netns::{self, Netns, NetnsError},
-    live::{CountFn, DumpFn, DumpSink, Feed, LiveError, port_ranges},
+    live::{CountFn, DumpFn, DumpSink, Feed, LiveError, LostFn, port_ranges},
     probe::{Filters, Loss, Probe, ProbeError},
+    session::TableSession,
     state::TcpState,
     tw_event::{TwCause, TwEvent, TwEventKind},
 };
@@ -181,6 +175,11 @@ impl TwFeed {
         self.probe.flush_logs();
     }
 
+    /// Replace the namespace filter while attached (`None`: every namespace).
+    pub fn set_netns(&mut self, netns: Option<Vec<u64>>) -> Result<(), FeedError> {
+        Ok(self.probe.set_filters(&Filters { netns, tw_table: true, ..Filters::default() })?)
+    }
+
     pub fn loss(&self) -> Result<Loss, FeedError> {
         Ok(self.probe.loss()?)
     }
@@ -188,8 +187,17 @@ impl TwFeed {
 
 /// The kernel feed: the TIME_WAIT lifecycle programs attached and streaming into a channel
 /// (before the first dump, so no socket falls between the seed and the events), a sock_diag dump
-/// of every namespace in scope, and the probe's loss counter.
+/// of every namespace in scope, and the probe's loss counter. The session lives as long as the
+/// table reads its loss count: dropping the table detaches.
 pub fn kernel_feed(scope: &NetnsScope) -> Result<Feed, FeedError> {
+    let (mut feed, session) = kernel_session(scope)?;
+    feed.lost = Box::new(move || session.stats().loss.lost());
+    Ok(feed)
+}
+
+/// Like [`kernel_feed`], with the session handed to the caller (the agent), which keeps it for
+/// its loss breakdown, its namespace filter and its shutdown.
+pub fn kernel_session(scope: &NetnsScope) -> Result<(Feed, TableSession), FeedError> {
     let ranges = port_ranges(scope)?;
     let cookies = match scope {
         NetnsScope::All => None,
@@ -202,39 +210,13 @@ pub fn kernel_feed(scope: &NetnsScope) -> Result<Feed, FeedError> {
     // every one from then on. A counter of its own: the feed's first reading (the creation
     // baselines, after the seed) must read every namespace too.
     let attached_counts = tw_counts(paths_of(scope))();
-    let mut source = TwFeed::start(cookies)?;
-    // Batches: at most 256 drains in flight, each as large as the ring buffer held.
-    let (tx, events) = mpsc::channel(256);
-    let lost = Arc::new(AtomicU64::new(0));
-    let lost_w = lost.clone();
-    tokio::spawn(async move {
-        let mut batch = Vec::with_capacity(4096);
-        // Loss is read on its own tick, not per drain (five syscalls each).
-        let mut tick = tokio::time::interval(Duration::from_millis(100));
-        loop {
-            tokio::select! {
-                r = source.next_batch(&mut batch) => {
-                    if let Err(e) = r {
-                        tracing::error!("kernel feed stopped: {e:#}");
-                        return;
-                    }
-                    if !batch.is_empty() && tx.send(std::mem::take(&mut batch)).await.is_err() {
-                        return; // the table's owner is gone
-                    }
-                }
-                _ = tick.tick() => {
-                    if let Ok(l) = source.loss() {
-                        lost_w.store(l.lost(), Ordering::Relaxed);
-                    }
-                    source.flush_logs();
-                }
-            }
-        }
-    });
+    let (session, events) = TableSession::start(cookies)?;
+    let stats = session.stats_watch();
     let tw_counts = tw_counts(paths_of(scope));
     let paths = paths_of(scope);
     let dump: DumpFn = Box::new(move |sink| dump_scope(paths.as_deref(), sink).map_err(|e| Box::new(e) as _));
-    Ok(Feed { events, dump, lost: Box::new(move || lost.load(Ordering::Relaxed)), tw_counts, attached_counts, ranges })
+    let lost: LostFn = Box::new(move || stats.borrow().loss.lost());
+    Ok((Feed { events, dump, lost, tw_counts, attached_counts, ranges }, session))
 }
 
 /// The namespaces of `scope` as [`dump_scope`] and [`tw_counts`] take them.

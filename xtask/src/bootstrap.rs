@@ -18,9 +18,15 @@ pub struct Tools {
 }
 
 /// Debian packages the tests and the tool's runtime checks use: `ip`/`ss` (iproute2), `tmux` (the
-/// `top` screen test), `setpriv` (util-linux, the unprivileged-user test), `bpftrace` (bench peer).
-const DEB_PACKAGES: &[(&str, &str)] =
-    &[("iproute2", "ss"), ("tmux", "tmux"), ("util-linux", "setpriv"), ("bpftrace", "bpftrace")];
+/// `top` screen test), `setpriv` (util-linux, the unprivileged-user test), `bpftrace` (bench peer), `prometheus`
+/// (the agent test scrapes the agent with a real server).
+const DEB_PACKAGES: &[(&str, &str)] = &[
+    ("iproute2", "ss"),
+    ("tmux", "tmux"),
+    ("util-linux", "setpriv"),
+    ("bpftrace", "bpftrace"),
+    ("prometheus", "prometheus"),
+];
 
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_owned()
@@ -152,7 +158,12 @@ fn ensure_packages(packages: &[(&str, &str)]) -> Result<()> {
     run(Command::new("apt-get")
         .args(["install", "-y", "-qq", "--no-install-recommends"])
         .args(&missing)
-        .env("DEBIAN_FRONTEND", "noninteractive"))
+        .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    // The package's own server (port 9090) may start on install: the tests start their own.
+    if missing.contains(&"prometheus") {
+        let _ = Command::new("sh").args(["-c", "service prometheus stop"]).status();
+    }
+    Ok(())
 }
 
 pub fn all() -> Result<Tools> {

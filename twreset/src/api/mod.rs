@@ -5,6 +5,7 @@ pub mod bind;
 pub mod client;
 pub mod events;
 pub mod kill_req;
+pub mod owner;
 pub mod peer;
 pub mod query;
 pub mod routes;

@@ -19,9 +19,10 @@ use crate::{
     cli::{NetnsArgs, NetnsScope, UsageError, parse_port},
     kill::{
         Method, Options,
-        audit::{self, AuditLog},
+        audit::{self, Actor, AuditLog},
         exec::{self, ExecError, HumanSink, JsonSink, ProblemKind},
         replay::{ReplayError, replay},
+        report::Totals,
         select::{self, Endpoint, Selector, StateWord, States},
         targets,
     },
@@ -135,6 +136,20 @@ pub fn run(cfg: KillConfig) -> Result<bool, KillCmdError> {
         exec::execute(&targets, &cfg.opts, audit.as_mut(), now_ms, &mut HumanSink::new(out))?
     };
     Ok(totals.ok())
+}
+
+/// Run the kill for `actor` (recorded in the audit log), writing what `run` prints to `out`
+/// (problems only there, not on stderr).
+pub fn execute(cfg: KillConfig, actor: Actor, out: &mut dyn Write) -> Result<Totals, KillCmdError> {
+    let mut audit =
+        if cfg.opts.dry_run { None } else { Some(AuditLog::open_as(&cfg.audit_log, actor).map_err(ExecError::from)?) };
+    let targets = targets::resolve(cfg.scope);
+    let totals = if cfg.json {
+        exec::execute(&targets, &cfg.opts, audit.as_mut(), now_ms, &mut JsonSink { out, stderr: false })?
+    } else {
+        exec::execute(&targets, &cfg.opts, audit.as_mut(), now_ms, &mut HumanSink::new(out))?
+    };
+    Ok(totals)
 }
 
 /// The same kill through the agent (`POST /v1/kill`), printed by the same sinks.

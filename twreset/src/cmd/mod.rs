@@ -1,4 +1,5 @@
 //! One module per subcommand: its clap args, validated config and runner.
+pub mod agent;
 pub mod doctor;
 pub mod kill;
 pub mod top;

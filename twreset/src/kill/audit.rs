@@ -128,7 +128,7 @@ impl AuditLog {
         Self::open_as(path, Actor::current())
     }
 
-    /// Open the log for kills done on behalf of `actor`.
+    /// Open for kills made on behalf of `actor` (the agent's API callers).
     pub fn open_as(path: &Path, actor: Actor) -> Result<Self, AuditError> {
         let err = |source| AuditError::Open { path: path.to_owned(), source };
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {

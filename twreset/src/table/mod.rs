@@ -2,6 +2,7 @@
 //! sock_diag seed plus kernel [`TwEvent`]s. Pure: no I/O, time is passed in as CLOCK_MONOTONIC ns.
 
 mod key;
+pub mod per_ns;
 pub mod pressure;
 mod reconcile;
 pub mod view;
@@ -18,6 +19,7 @@ use key::{DestKey, Key, Keys};
 /// The hasher of the per-socket maps: SipHash was a third of the time a 200k-socket seed spent
 /// in the table. foldhash is randomly seeded per process (keys come from remote peers).
 pub(crate) type FastHash = foldhash::fast::RandomState;
+pub use per_ns::{NsCounters, PeerCount};
 pub use pressure::{Connected, Dest, PortRange, PortRanges, Pressure};
 pub use reconcile::Drift;
 pub use view::{By, Group, Row, Snapshot, Sort, Totals, ViewConfig};
@@ -150,6 +152,8 @@ pub struct Table {
     watch: Option<Watch>,
     /// Some of the sockets the last reconcile found wrong (see [`Table::drift_samples`]).
     drift_samples: Vec<(reconcile::DriftKind, crate::sock::SockKey)>,
+    /// Lifecycle counters per interned namespace id (see [`per_ns`]).
+    ns_counters: Vec<NsCounters>,
 }
 
 impl Table {
@@ -233,6 +237,7 @@ impl Table {
                     }
                 }
                 self.counters.created += 1;
+                self.ns_counters_mut(k.ns).created += 1;
                 return true;
             }
             TwEventKind::Born { substate } => {
@@ -246,6 +251,7 @@ impl Table {
                 self.map.insert(k, Slot::new(ts, ts.saturating_add(TW_LEN_NS), substate));
                 self.counters.created += 1;
                 self.counters.born += 1;
+                self.ns_counters_mut(k.ns).created += 1;
                 return true;
             }
             TwEventKind::Rearmed { substate, timeout_ms } => {
@@ -264,11 +270,15 @@ impl Table {
             }
             TwEventKind::Expired => {
                 self.counters.expired += 1;
+                if let Some(k) = self.keys.lookup(&ev.key) {
+                    self.ns_counters_mut(k.ns).expired += 1;
+                }
                 self.remove(ts, &ev.key);
             }
             TwEventKind::Killed { cause } => {
                 self.counters.killed[cause.index()] += 1;
                 let k = self.keys.intern(&ev.key);
+                self.ns_counters_mut(k.ns).killed[cause.index()] += 1;
                 let kills = self.kills.entry(k.dest()).or_default();
                 kills.by_cause[cause.index()] = kills.by_cause[cause.index()].saturating_add(1);
                 kills.last_ns = kills.last_ns.max(ts);

@@ -1,0 +1,457 @@
+//! `twreset agent`: a real Prometheus server scrapes it and its PromQL answers equal `ss` per peer
+//! and per namespace (IPv4 and IPv6), before and after a kill, for a namespace created after the
+//! agent started and until one is deleted; reloads, clean exit, bad configs, and scrapers that
+//! must not stall the table.
+
+use std::{
+    collections::BTreeMap,
+    io::Write,
+    net::{IpAddr, SocketAddr, TcpListener, TcpStream},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use nix::sys::signal::Signal;
+use twreset_tests::{Closer, NetNs, Running, assert_programs_freed, connections, privileged, programs_of, twreset};
+
+/// A port nobody listens on now (the kernel's pick, released at once).
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn http() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(20)))
+        .build()
+        .into()
+}
+
+/// (status, body) of a GET.
+fn get(url: &str) -> (u16, String) {
+    let mut r = http().get(url).call().unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    let status = r.status().as_u16();
+    (status, r.body_mut().read_to_string().unwrap())
+}
+
+/// Poll `f` until it returns Some, up to `timeout`; panics with `what` and the last value seen.
+fn eventually<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Result<T, String>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match f() {
+            Ok(v) => return v,
+            Err(last) if Instant::now() > deadline => panic!("{what}: not within {timeout:?}; last: {last}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
+}
+
+/// A temp dir removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> Self {
+        let p = std::env::temp_dir().join(format!("twreset-agent-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        Self(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A running agent on its own metrics port, with its own config file and socket path.
+struct Agent {
+    run: Running,
+    port: u16,
+    config: PathBuf,
+    socket: PathBuf,
+    _dir: TempDir,
+}
+
+impl Agent {
+    fn start(tag: &str, config: &str) -> Self {
+        let dir = TempDir::new(tag);
+        let port = free_port();
+        let path = dir.0.join("agent.toml");
+        std::fs::write(&path, config).unwrap();
+        let socket = dir.0.join("agent.sock");
+        let listen = format!("127.0.0.1:{port}");
+        let run = Running::start_with_env(
+            &[
+                "agent",
+                "--config",
+                path.to_str().unwrap(),
+                "--metrics-listen",
+                &listen,
+                "--socket",
+                socket.to_str().unwrap(),
+            ],
+            &[("TWRESET_LOG", "info")],
+            "agent ready",
+        );
+        Self { run, port, config: path, socket, _dir: dir }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    fn metrics(&self) -> String {
+        let (status, body) = get(&self.url("/metrics"));
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+}
+
+/// `name{labels} value` series of one family in an exposition, labels parsed.
+fn series(text: &str, name: &str) -> Vec<(BTreeMap<String, String>, f64)> {
+    text.lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix(name)?;
+            let (labels, value) = match rest.strip_prefix('{') {
+                Some(r) => r.split_once("} ")?,
+                None => ("", rest.strip_prefix(' ')?),
+            };
+            let labels = labels
+                .split("\",")
+                .filter(|kv| !kv.is_empty())
+                .filter_map(|kv| {
+                    let (k, v) = kv.split_once("=\"")?;
+                    Some((k.to_owned(), v.trim_end_matches('"').to_owned()))
+                })
+                .collect();
+            Some((labels, value.parse().ok()?))
+        })
+        .collect()
+}
+
+/// The Debian `prometheus` server on 127.0.0.1, scraping one agent every second.
+struct Prometheus {
+    child: Child,
+    port: u16,
+    _dir: TempDir,
+}
+
+impl Prometheus {
+    fn start(tag: &str, target_port: u16) -> Self {
+        let dir = TempDir::new(&format!("prom-{tag}"));
+        let config = dir.0.join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n  - job_name: twreset\n    \
+                 static_configs:\n      - targets: ['127.0.0.1:{target_port}']\n"
+            ),
+        )
+        .unwrap();
+        let port = free_port();
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!("--storage.tsdb.path={}", dir.0.join("data").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn prometheus (Debian package `prometheus`; `cargo xtask` installs it)");
+        let p = Self { child, port, _dir: dir };
+        eventually("prometheus ready", Duration::from_secs(30), || {
+            match http().get(&format!("http://127.0.0.1:{port}/-/ready")).call() {
+                Ok(r) if r.status() == 200 => Ok(()),
+                other => Err(format!("{:?}", other.map(|r| r.status()))),
+            }
+        });
+        p
+    }
+
+    /// An instant query's result: each series' labels and value.
+    fn query(&self, q: &str) -> Vec<(BTreeMap<String, String>, f64)> {
+        let mut r = http()
+            .get(&format!("http://127.0.0.1:{}/api/v1/query", self.port))
+            .query("query", q)
+            .call()
+            .unwrap_or_else(|e| panic!("query {q}: {e}"));
+        let v: serde_json::Value = serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap();
+        assert_eq!(v["status"], "success", "{q}: {v}");
+        v["data"]["result"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                let labels = s["metric"]
+                    .as_object()
+                    .unwrap()
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_owned()))
+                    .collect();
+                (labels, s["value"][1].as_str().unwrap().parse().unwrap())
+            })
+            .collect()
+    }
+
+    /// Values of `q` by the label `by` (one series per value expected).
+    fn by(&self, q: &str, by: &str) -> BTreeMap<String, u64> {
+        self.query(q).into_iter().map(|(l, v)| (l[by].clone(), v as u64)).collect()
+    }
+
+    /// The scrape of the agent is up (the OpenMetrics exposition parsed).
+    fn scrape_ok(&self) -> Result<(), String> {
+        let up = self.query("up{job=\"twreset\"}");
+        match up.first() {
+            Some((_, v)) if *v == 1.0 => Ok(()),
+            other => Err(format!("up = {other:?}")),
+        }
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), Signal::SIGTERM);
+        let _ = self.child.wait();
+    }
+}
+
+/// TIME_WAIT sockets of a namespace per remote IP, as `ss` lists them.
+fn ss_by_peer(ns: &NetNs) -> BTreeMap<String, u64> {
+    let mut m = BTreeMap::new();
+    for s in ns.time_wait() {
+        *m.entry(s.remote.ip().to_string()).or_default() += 1;
+    }
+    m
+}
+
+/// `n` client-closed connections from `client` to each server address in `ns` (the client ends
+/// stay in TIME_WAIT, their peer the server address).
+fn churn(ns: &NetNs, servers: &[SocketAddr], client: IpAddr, n: usize) {
+    ns.run(|| {
+        for s in servers {
+            connections(*s, Some(client), n, Closer::Client);
+        }
+    });
+}
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+const DEADLINE: Duration = Duration::from_secs(30);
+
+#[test]
+fn prometheus_answers_equal_ss_per_peer_and_namespace() {
+    if !privileged("prometheus_answers_equal_ss_per_peer_and_namespace") {
+        return;
+    }
+    let v4 = NetNs::new("agent4");
+    v4.add_lo_addr("10.211.0.1/24");
+    v4.add_lo_addr("10.211.0.2/24");
+    v4.add_lo_addr("10.211.0.3/24");
+    let v6 = NetNs::new("agent6");
+    v6.add_lo_addr("fd00:211::1/64");
+    v6.add_lo_addr("fd00:211::2/64");
+    churn(&v4, &[addr("10.211.0.2:8080")], "10.211.0.1".parse().unwrap(), 3);
+    churn(&v4, &[addr("10.211.0.3:8080")], "10.211.0.1".parse().unwrap(), 5);
+    churn(&v6, &[addr("[fd00:211::2]:8080")], "fd00:211::1".parse().unwrap(), 4);
+
+    let agent = Agent::start("prom", "top_n = 200\nnetns_scan = \"500ms\"\n");
+    let prom = Prometheus::start("prom", agent.port);
+    eventually("the scrape is up", DEADLINE, || prom.scrape_ok());
+
+    let matches = |ns: &NetNs| -> Result<(), String> {
+        let want = ss_by_peer(ns);
+        let q = format!("twreset_timewait_peer_sockets{{netns=\"{}\"}}", ns.name);
+        let got = prom.by(&q, "peer");
+        let total = prom.query(&format!("sum(twreset_timewait_sockets{{netns=\"{}\"}})", ns.name));
+        let total = total.first().map_or(0, |(_, v)| *v as u64);
+        let want_total: u64 = want.values().sum();
+        if got == want && total == want_total {
+            Ok(())
+        } else {
+            Err(format!("{}: ss {want:?}, prometheus {got:?} (total {total})", ns.name))
+        }
+    };
+    eventually("IPv4 counts equal ss", DEADLINE, || matches(&v4));
+    eventually("IPv6 counts equal ss", DEADLINE, || matches(&v6));
+    assert_eq!(ss_by_peer(&v4).values().sum::<u64>(), 8, "8 IPv4 TIME_WAIT sockets made");
+    assert_eq!(ss_by_peer(&v6).values().sum::<u64>(), 4, "4 IPv6 TIME_WAIT sockets made");
+
+    // A kill through the CLI: the killed peer's series goes, the rest still equals ss.
+    let netns_arg = v4.path();
+    let (code, _, err) = twreset(&["kill", "--netns", netns_arg.to_str().unwrap(), "10.211.0.3"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(!ss_by_peer(&v4).contains_key("10.211.0.3"));
+    eventually("counts equal ss after the kill", DEADLINE, || matches(&v4));
+    let killed = format!("twreset_timewait_killed_total{{netns=\"{}\",cause=\"sock_destroy\"}}", v4.name);
+    eventually("the kills are counted by cause", DEADLINE, || match prom.query(&killed).first() {
+        Some((_, v)) if *v == 5.0 => Ok(()),
+        other => Err(format!("{other:?}")),
+    });
+
+    // A namespace made after the agent started appears, seeded and followed...
+    let late = NetNs::new("agentlate");
+    for a in ["10.212.0.1/24", "10.212.0.2/24", "fd00:212::1/64", "fd00:212::2/64"] {
+        late.add_lo_addr(a);
+    }
+    churn(&late, &[addr("10.212.0.2:8080")], "10.212.0.1".parse().unwrap(), 2);
+    churn(&late, &[addr("[fd00:212::2]:8080")], "fd00:212::1".parse().unwrap(), 3);
+    eventually("a new namespace's counts equal ss", DEADLINE, || matches(&late));
+    // ...and once deleted, every series of it is gone.
+    let name = late.name.clone();
+    drop(late);
+    eventually("a deleted namespace's series are gone", DEADLINE, || {
+        let left = prom.query(&format!("{{netns=\"{name}\"}}"));
+        if left.is_empty() { Ok(()) } else { Err(format!("{left:?}")) }
+    });
+    eventually("the others still equal ss", DEADLINE, || matches(&v6));
+
+    let (code, _, err) = { agent }.run.stop();
+    assert_eq!(code, Some(0), "{err}");
+}
+
+#[test]
+fn sighup_applies_a_good_config_and_refuses_a_bad_one() {
+    if !privileged("sighup_applies_a_good_config_and_refuses_a_bad_one") {
+        return;
+    }
+    let ns = NetNs::new("agenthup");
+    for i in 1..=5 {
+        ns.add_lo_addr(&format!("10.213.0.{i}/24"));
+    }
+    let servers: Vec<SocketAddr> = (2..=5).map(|i| addr(&format!("10.213.0.{i}:8080"))).collect();
+    churn(&ns, &servers, "10.213.0.1".parse().unwrap(), 2);
+    let mut agent = Agent::start("hup", "top_n = 100\n");
+    let peers_of = |text: &str| series(text, "twreset_timewait_peer_sockets").len();
+    eventually("the namespace's 4 peers are listed", DEADLINE, || {
+        let m = agent.metrics();
+        let mine = series(&m, "twreset_timewait_peer_sockets").iter().filter(|(l, _)| l["netns"] == ns.name).count();
+        if mine == 4 { Ok(()) } else { Err(m) }
+    });
+
+    // top_n = 1: one row, one per-namespace other row, one overall other row at most.
+    std::fs::write(&agent.config, "top_n = 1\n").unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(agent.run.pid()), Signal::SIGHUP).unwrap();
+    agent.run.wait_for_stderr("configuration reloaded", DEADLINE);
+    let m = agent.metrics();
+    assert!(peers_of(&m) <= 3, "top_n = 1 bounds the peer rows:\n{m}");
+    assert_eq!(series(&m, "twreset_timewait_sockets").len(), 2 * 2, "one namespace shown and other, 2 substates:\n{m}");
+
+    // A bad config: refused, logged, the old one kept, still serving.
+    std::fs::write(&agent.config, "top_n = \"many\"\n").unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(agent.run.pid()), Signal::SIGHUP).unwrap();
+    let line = agent.run.wait_for_stderr("configuration reload refused", DEADLINE);
+    assert!(line.contains(&format!("{}:1: key `top_n`", agent.config.display())), "{line}");
+    let m = agent.metrics();
+    assert!(peers_of(&m) <= 3, "the old top_n still applies:\n{m}");
+    assert_eq!(get(&agent.url("/healthz")).0, 200);
+    let (code, _, err) = agent.run.stop();
+    assert_eq!(code, Some(0), "{err}");
+}
+
+#[test]
+fn sigterm_exits_0_and_leaves_nothing_behind() {
+    if !privileged("sigterm_exits_0_and_leaves_nothing_behind") {
+        return;
+    }
+    for sig in [Signal::SIGTERM, Signal::SIGINT] {
+        let mut agent = Agent::start("term", "");
+        assert_eq!(get(&agent.url("/readyz")), (200, "ready\n".to_owned()));
+        assert_eq!(get(&agent.url("/healthz")).0, 200);
+        assert_eq!(get(&agent.url("/nope")).0, 404);
+        let ours = programs_of(agent.run.pid() as u32);
+        assert!(!ours.is_empty(), "the agent holds its programs");
+        let (code, _, err) = agent.run.signal(sig);
+        assert_eq!(code, Some(0), "{sig}: {err}");
+        assert!(err.contains("programs detached"), "{err}");
+        assert_programs_freed(&ours, sig.as_ref());
+        assert!(!agent.socket.exists(), "no socket file left");
+        assert!(TcpStream::connect(("127.0.0.1", agent.port)).is_err(), "the listener is closed");
+    }
+}
+
+#[test]
+fn malformed_config_exits_2_naming_file_line_and_key() {
+    let dir = TempDir::new("bad");
+    let path = dir.0.join("agent.toml");
+    std::fs::write(&path, "top_n = 3\n\nbogus_key = 1\n").unwrap();
+    let (code, _, err) = twreset(&["agent", "--config", path.to_str().unwrap()]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains(&format!("{}:3: key `bogus_key`", path.display())), "{err}");
+    std::fs::write(&path, "reconcile = \"often\"\n").unwrap();
+    let (code, _, err) = twreset(&["agent", "--config", path.to_str().unwrap()]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains(&format!("{}:1: key `reconcile`", path.display())), "{err}");
+    // Named explicitly and missing: an error too (only the default path may be missing).
+    let missing = dir.0.join("missing.toml");
+    let (code, _, err) = twreset(&["agent", "--config", missing.to_str().unwrap()]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("missing.toml"), "{err}");
+}
+
+#[test]
+fn silent_and_concurrent_scrapers_never_stall_the_table() {
+    if !privileged("silent_and_concurrent_scrapers_never_stall_the_table") {
+        return;
+    }
+    let ns = NetNs::new("agentload");
+    ns.add_lo_addr("10.214.0.1/24");
+    ns.add_lo_addr("10.214.0.2/24");
+    let agent = Agent::start("load", "top_n = 200\n");
+    let peers = |m: &str| -> BTreeMap<String, u64> {
+        series(m, "twreset_timewait_peer_sockets")
+            .into_iter()
+            .filter(|(l, _)| l["netns"] == ns.name)
+            .map(|(l, v)| (l["peer"].clone(), v as u64))
+            .collect()
+    };
+    // A scraper that connects and never sends anything.
+    let silent: Vec<TcpStream> = (0..5).map(|_| TcpStream::connect(("127.0.0.1", agent.port)).unwrap()).collect();
+    // 200 scrapes at once while the namespace churns: a fixed count of each.
+    let url = agent.url("/metrics");
+    let started = Instant::now();
+    let (sizes, times) = std::thread::scope(|s| {
+        let scrapes: Vec<_> = (0..200)
+            .map(|_| {
+                let url = url.clone();
+                s.spawn(move || {
+                    let t = Instant::now();
+                    let (status, body) = get(&url);
+                    assert_eq!(status, 200);
+                    (body.len(), t.elapsed())
+                })
+            })
+            .collect();
+        churn(&ns, &[addr("10.214.0.2:8080")], "10.214.0.1".parse().unwrap(), 50);
+        let out: Vec<(usize, Duration)> = scrapes.into_iter().map(|h| h.join().unwrap()).collect();
+        (out.iter().map(|o| o.0).collect::<Vec<_>>(), out.iter().map(|o| o.1).collect::<Vec<_>>())
+    });
+    let slowest = times.iter().max().unwrap();
+    eprintln!(
+        "200 concurrent scrapes in {:?}: slowest {slowest:?}, exposition {} bytes",
+        started.elapsed(),
+        sizes.iter().max().unwrap()
+    );
+    // The table kept applying events: it equals ss, with the silent scraper still connected.
+    eventually("counts equal ss after the scrapes", DEADLINE, || {
+        let want = ss_by_peer(&ns);
+        let got = peers(&agent.metrics());
+        if got == want && want.values().sum::<u64>() == 50 {
+            Ok(())
+        } else {
+            Err(format!("ss {want:?}, agent {got:?}"))
+        }
+    });
+    let t = Instant::now();
+    let one = agent.metrics();
+    eprintln!("one scrape: {:?}, {} bytes, {} lines", t.elapsed(), one.len(), one.lines().count());
+    // The silent scrapers were never answered nor allowed to hold anything up; close them.
+    for mut c in silent {
+        let _ = c.write_all(b"");
+    }
+    let (code, _, err) = { agent }.run.stop();
+    assert_eq!(code, Some(0), "{err}");
+}
