@@ -1,6 +1,7 @@
 //! twreset: live TIME_WAIT tables and targeted TCP socket kills. Data flows one way:
 //! `probe` (kernel) -> `decode` -> tables -> policy -> kill -> `output`.
 pub mod agent;
+pub mod api;
 pub mod cli;
 pub mod cmd;
 pub mod crosscheck;

@@ -477,6 +477,11 @@ impl Live {
     pub fn snapshot(&self, by: By, sort: Sort) -> Snapshot {
         self.table.snapshot((self.clock)(), by, sort, &self.view, &self.connected, &self.ranges)
     }
+
+    /// A snapshot with its own prefix lengths, of some namespaces only (the agent's API).
+    pub fn snapshot_in(&self, by: By, sort: Sort, view: &ViewConfig, netns: Option<&[u64]>) -> Snapshot {
+        self.table.snapshot_in(monotonic_ns(), by, sort, view, &self.connected, &self.ranges, netns)
+    }
 }
 
 #[cfg(test)]

@@ -4,8 +4,10 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use twreset::{
+    api::client::{Agent, ClientError},
     cli::{Cli, Command, UsageError},
     cmd,
+    output::NsNames,
 };
 
 /// SIGINT or SIGTERM. The handlers are installed when this is called, not when the future is
@@ -25,6 +27,19 @@ fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
 
 fn is_broken_pipe(e: &anyhow::Error) -> bool {
     e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe))
+}
+
+/// The one warning line of a command that finds no agent answering on its socket.
+fn fallback(e: &ClientError) {
+    eprintln!("twreset: warning: {e}; running directly");
+}
+
+/// A 400 from the agent is a usage error (exit 2), as the same mistake on a direct run.
+fn agent_error(e: ClientError) -> anyhow::Error {
+    match e {
+        ClientError::Status { status: http::StatusCode::BAD_REQUEST, message } => UsageError(message).into(),
+        e => e.into(),
+    }
 }
 
 async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -53,6 +68,12 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Tw(args) => {
+            if let Some(agent) = Agent::locate(&args.agent) {
+                match cmd::tw::via_agent(&agent, &args, &mut std::io::stdout().lock()).await {
+                    Err(e) if e.unavailable() => fallback(&e),
+                    r => return r.map(|()| ExitCode::SUCCESS).map_err(agent_error),
+                }
+            }
             let cfg = cmd::tw::TwConfig::try_from(args)?;
             // Before loading: a signal while loading ends the settle, not the process.
             let stop = shutdown_signal()?;
@@ -61,14 +82,38 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Top(args) => {
+            let agent = Agent::locate(&args.agent);
             let cfg = cmd::top::TopConfig::try_from(args)?;
             cmd::top::ensure_terminal()?;
             let shutdown = shutdown_signal()?;
+            if let Some(agent) = agent {
+                match cmd::top::via_agent(&cfg, &agent).await {
+                    Err(e) if e.unavailable() => fallback(&e),
+                    Err(e) => return Err(agent_error(e)),
+                    Ok(source) => {
+                        cmd::top::run(&cfg, source, &NsNames::default(), shutdown).await?;
+                        return Ok(ExitCode::SUCCESS);
+                    }
+                }
+            }
             let feed = twreset::twfeed::kernel_feed(&cfg.scope)?;
-            cmd::top::run(&cfg, feed, &cmd::tw::ns_names(), shutdown).await?;
+            let source = cmd::top::direct(&cfg, feed).await?;
+            cmd::top::run(&cfg, source, &cmd::tw::ns_names(), shutdown).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Kill(args) => {
+            if let Some(agent) = Agent::locate(&args.agent) {
+                match cmd::kill::via_agent(&agent, &args).await {
+                    Err(cmd::kill::KillCmdError::Agent(e))
+                        if e.unavailable() && !matches!(e, ClientError::Timeout { .. }) =>
+                    {
+                        fallback(&e)
+                    }
+                    Err(cmd::kill::KillCmdError::Usage(e)) => return Err(e.into()),
+                    Err(cmd::kill::KillCmdError::Agent(e)) => return Err(agent_error(e)),
+                    r => return Ok(if r? { ExitCode::SUCCESS } else { ExitCode::FAILURE }),
+                }
+            }
             let ok = cmd::kill::run(cmd::kill::KillConfig::try_from(args)?)?;
             Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }

@@ -60,6 +60,10 @@ pub enum Command {
     /// The table grouped `by`, sorted by `sort` (render with `cmd::tw::render::render_json` for
     /// the same document as `tw --json`).
     Tw { by: By, sort: Sort, reply: oneshot::Sender<Snapshot> },
+    /// The table as `GET /v1/tw` asks for it: its own prefix lengths, some namespaces only.
+    TwIn { query: crate::api::TwQuery, reply: oneshot::Sender<Snapshot> },
+    /// A kill the API ran itself (it does not wait for the owner): for `twreset_kills_total`.
+    Killed { trigger: &'static str, totals: crate::kill::report::Totals },
     /// Kill through the same selection, preflight and audit as `twreset kill`; the audit line
     /// names `caller`. Runs off the owner's event loop (events keep flowing meanwhile).
     Kill { req: Box<KillRequest>, caller: Caller, reply: oneshot::Sender<Result<KillReply, CommandError>> },

@@ -221,13 +221,14 @@ pub fn exposition(f: &Figures) -> String {
             ratio: group.iter().map(|d| d.ratio).fold(0.0, f64::max),
         },
     );
-    let dest_labels =
-        |d: &DestFigure| labels(&[
+    let dest_labels = |d: &DestFigure| {
+        labels(&[
             ("netns", d.netns.as_str()),
             ("laddr", d.laddr.as_str()),
             ("raddr", d.raddr.as_str()),
             ("rport", d.rport.as_str()),
-        ]);
+        ])
+    };
     ratio_gauge(
         &mut reg,
         "twreset_destination_port_pressure_ratio",
@@ -241,7 +242,8 @@ pub fn exposition(f: &Figures) -> String {
         dests.iter().map(|d| (dest_labels(d), i(d.held))),
     );
 
-    let per_ns = |get: fn(&NsFigures) -> u64| namespaces.iter().map(move |s| (labels(&[("netns", s.netns.as_str())]), get(s)));
+    let per_ns =
+        |get: fn(&NsFigures) -> u64| namespaces.iter().map(move |s| (labels(&[("netns", s.netns.as_str())]), get(s)));
     counter(&mut reg, "twreset_timewait_created", "Tw sockets created.", per_ns(|s| s.created));
     counter(&mut reg, "twreset_timewait_expired", "Tw sockets whose timer expired.", per_ns(|s| s.expired));
     counter(
@@ -249,7 +251,9 @@ pub fn exposition(f: &Figures) -> String {
         "twreset_timewait_killed",
         "Tw sockets removed before their timer, by cause.",
         namespaces.iter().flat_map(|s| {
-            TwCause::ALL.iter().map(|c| (labels(&[("netns", s.netns.as_str()), ("cause", c.name())]), s.killed[c.index()]))
+            TwCause::ALL
+                .iter()
+                .map(|c| (labels(&[("netns", s.netns.as_str()), ("cause", c.name())]), s.killed[c.index()]))
         }),
     );
     counter(

@@ -56,6 +56,18 @@ pub enum AgentError {
     Signal(#[source] std::io::Error),
     #[error("the table's thread stopped unexpectedly")]
     OwnerGone,
+    #[error(transparent)]
+    Api(#[from] crate::api::server::ServerError),
+}
+
+/// The control API's part of the configuration.
+fn api_config(c: &Config) -> crate::api::ApiConfig {
+    let group = |g: &str| Some(g.to_owned()).filter(|g| !g.trim().is_empty());
+    crate::api::ApiConfig {
+        group: group(&c.socket_group),
+        readonly_group: group(&c.socket_readonly_group),
+        ..crate::api::ApiConfig::new(c.socket.clone(), c.audit_log.clone())
+    }
 }
 
 fn settings(c: &Config) -> Settings {
@@ -97,6 +109,13 @@ pub async fn run(config: Config, source: Source, shutdown: impl Future<Output = 
     let shared = Arc::new(http::Shared { commands: commands.clone(), ready: ready.clone() });
     let mut http_task: JoinHandle<()> = tokio::spawn(http::serve(listener, shared.clone()));
     tracing::info!("metrics on http://{}/metrics", config.metrics_listen);
+    // The control socket too: another agent answering on it, or an unknown group, fails here.
+    let api = crate::api::server::Server::bind(&api_config(&config), commands.clone())?;
+    tracing::info!("control API on {}", api.path().display());
+    let (api_stop, api_stopped) = oneshot::channel::<()>();
+    let api_task = tokio::spawn(api.run(async {
+        let _ = api_stopped.await;
+    }));
 
     let (feed, session) = kernel_session(&NetnsScope::All).map_err(AgentError::Feed)?;
     let scanner = Scanner::new(config.proc_root.clone()).map_err(AgentError::Netns)?;
@@ -183,6 +202,9 @@ pub async fn run(config: Config, source: Source, shutdown: impl Future<Output = 
     notifier.notify("STOPPING=1");
     http_task.abort();
     watch_task.abort();
+    // Stopped, not aborted: the socket file is removed on its way out.
+    let _ = api_stop.send(());
+    let _ = api_task.await;
     let _ = stop_tx.send(());
     let _ = done_rx.await;
     session.shutdown().await;

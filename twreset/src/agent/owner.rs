@@ -147,6 +147,15 @@ impl Owner {
                 Command::Tw { by, sort, reply } => {
                     let _ = reply.send(self.live.snapshot(by, sort));
                 }
+                Command::TwIn { query: q, reply } => {
+                    let _ = reply.send(self.live.snapshot_in(q.by, q.sort, &q.view, q.netns.as_deref()));
+                }
+                Command::Killed { trigger, totals } => {
+                    let mut c = self.kills.lock().expect("kill counts");
+                    *c.entry((trigger, "killed")).or_default() += totals.killed as u64;
+                    *c.entry((trigger, "skipped")).or_default() += totals.gone as u64;
+                    *c.entry((trigger, "failed")).or_default() += totals.failed as u64;
+                }
                 Command::Status { reply } => {
                     let _ = reply.send(Status { ready: self.ready, sockets: self.live.table.len() as u64 });
                 }
@@ -173,7 +182,13 @@ impl Owner {
                 .ok()
                 .flatten()
                 .map_or_else(|| caller.uid.to_string(), |u| u.name);
-            let actor = Actor { uid: caller.uid, user, pid: caller.pid, argv: vec!["twreset-agent-api".into()] };
+            let actor = Actor {
+                uid: caller.uid,
+                user,
+                pid: caller.pid,
+                argv: vec!["twreset-agent-api".into()],
+                trigger: "api",
+            };
             let dry_run = req.opts.dry_run;
             let cfg = KillConfig { opts: req.opts, scope: req.scope, json: true, audit_log };
             let mut out = Vec::new();

@@ -9,12 +9,20 @@ use std::{
 
 use clap::Args;
 
+use http::{Method as HttpMethod, StatusCode};
+
 use crate::{
+    api::{
+        client::{Agent, AgentArgs, ClientError, for_each_line},
+        kill_req::KillRequest,
+    },
     cmd::{NetnsArgs, UsageError},
     kill::{
-        self, Method, NsRun, Options,
-        audit::{self, Actor, AuditError, AuditLog, Record},
-        report::{self, Totals},
+        Method, Options,
+        audit::{self, Actor, AuditLog},
+        exec::{self, ExecError, HumanSink, JsonSink, ProblemKind},
+        replay::{ReplayError, replay},
+        report::Totals,
         select::{self, Endpoint, Selector, StateWord, States},
     },
     scope::{self as targets, Target},
@@ -56,9 +64,12 @@ pub struct KillArgs {
     /// NDJSON: one object per socket, then a summary object.
     #[arg(long)]
     pub json: bool,
-    /// Audit log file (one JSON line per kill batch; also sent to syslog).
+    /// Audit log file (one JSON line per kill batch; also sent to syslog). Through the agent, the
+    /// agent's own audit_log records the kill, with this caller's uid and pid.
     #[arg(long, value_name = "PATH", default_value = audit::DEFAULT_PATH)]
     pub audit_log: PathBuf,
+    #[command(flatten)]
+    pub agent: AgentArgs,
 }
 
 /// Validated kill.
@@ -94,7 +105,17 @@ impl TryFrom<KillArgs> for KillConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum KillCmdError {
     #[error(transparent)]
-    Audit(#[from] AuditError),
+    Exec(#[from] ExecError),
+    #[error(transparent)]
+    Agent(#[from] ClientError),
+    #[error(transparent)]
+    Replay(#[from] ReplayError),
+    #[error("{0}")]
+    Usage(#[from] UsageError),
+    #[error("the agent's kill stopped: {0}")]
+    Fatal(String),
+    #[error("the agent's answer ended before its summary")]
+    Truncated,
     #[error("writing results")]
     Output(#[from] io::Error),
 }
@@ -103,99 +124,70 @@ fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
-fn run_target(t: &Target, opts: &Options) -> NsRun {
-    match &t.netns {
-        None => kill::run_here(opts),
-        Some(ns) => {
-            ns.run(|| kill::run_here(opts)).unwrap_or_else(|e| NsRun { error: Some(e.into()), ..Default::default() })
-        }
-    }
-}
-
-/// Run the kill; Ok(true) when every selected socket is dead or already gone.
+/// Run the kill here; Ok(true) when every selected socket is dead or already gone.
 pub fn run(cfg: KillConfig) -> Result<bool, KillCmdError> {
-    let stdout = io::stdout();
-    let mut out = io::BufWriter::new(stdout.lock());
-    Ok(execute(cfg, Actor::current(), &mut out)?.ok())
+    // Opened before anything dies: a kill that cannot be recorded does not happen.
+    let mut audit =
+        if cfg.opts.dry_run { None } else { Some(AuditLog::open(&cfg.audit_log).map_err(ExecError::from)?) };
+    let targets = targets::resolve(cfg.scope);
+    let out = io::BufWriter::new(io::stdout().lock());
+    let totals = if cfg.json {
+        exec::execute(&targets, &cfg.opts, audit.as_mut(), now_ms, &mut JsonSink { out, stderr: true })?
+    } else {
+        exec::execute(&targets, &cfg.opts, audit.as_mut(), now_ms, &mut HumanSink::new(out))?
+    };
+    Ok(totals.ok())
 }
 
-/// Run the kill for `actor` (recorded in the audit log), writing what `run` prints to `out`.
+/// Run the kill for `actor` (recorded in the audit log), writing what `run` prints to `out`
+/// (problems only there, not on stderr).
 pub fn execute(cfg: KillConfig, actor: Actor, out: &mut dyn Write) -> Result<Totals, KillCmdError> {
-    // Opened before anything dies: a kill that cannot be recorded does not happen.
-    let mut audit = if cfg.opts.dry_run { None } else { Some(AuditLog::open_as(&cfg.audit_log, actor)?) };
+    let mut audit =
+        if cfg.opts.dry_run { None } else { Some(AuditLog::open_as(&cfg.audit_log, actor).map_err(ExecError::from)?) };
     let targets = targets::resolve(cfg.scope);
-    let mut totals = Totals::default();
-    let mut header = false;
-    for t in &targets {
-        let run = run_target(t, &cfg.opts);
-        totals.selected += run.planned.len();
-        if let Some(w) = &run.warning {
-            eprintln!("twreset: warning: netns {}: a real kill would fail: {w}", t.label);
-            if cfg.json {
-                let msg = w.to_string();
-                writeln!(out, "{}", report::problem_json("warning", &t.label, run.cookie, &msg))?;
-            }
-        }
-        if let Some(e) = &run.error {
-            totals.ns_errors += 1;
-            eprintln!("twreset: netns {}: {}", t.label, chain(e));
-            if cfg.json {
-                let msg = chain(e);
-                writeln!(out, "{}", report::problem_json("error", &t.label, run.cookie, &msg))?;
-            }
-        }
-        if let Some(o) = &run.outcomes {
-            totals.add(o);
-        }
-        if let (Some(log), Some(o)) = (audit.as_mut(), &run.outcomes) {
-            let mut t2 = Totals::default();
-            t2.add(o);
-            log.write(&Record {
-                time_ms: now_ms(),
-                netns: t.label.clone(),
-                netns_cookie: run.cookie,
-                method: cfg.opts.method.name(),
-                selector: cfg.opts.selector.describe(),
-                selected: run.planned.len(),
-                killed: t2.killed,
-                gone: t2.gone,
-                failed: t2.failed,
-            })?;
-        }
-        if cfg.json {
-            for (i, e) in run.planned.iter().enumerate() {
-                let outcome = run.outcomes.as_ref().map(|o| o[i]);
-                if cfg.opts.dry_run || outcome.is_some() {
-                    writeln!(out, "{}", report::socket_json(&t.label, e, outcome))?;
-                }
-            }
-        } else if cfg.opts.dry_run {
-            for e in &run.planned {
-                if !header {
-                    writeln!(out, "{}", report::table_header())?;
-                    header = true;
-                }
-                writeln!(out, "{}", report::table_line(&t.label, e))?;
-            }
-        }
-    }
-    if cfg.json {
-        writeln!(out, "{}", report::summary_json(&totals, cfg.opts.dry_run))?;
+    let totals = if cfg.json {
+        exec::execute(&targets, &cfg.opts, audit.as_mut(), now_ms, &mut JsonSink { out, stderr: false })?
     } else {
-        writeln!(out, "{}", report::summary_line(&totals, cfg.opts.dry_run))?;
-    }
-    out.flush()?;
+        exec::execute(&targets, &cfg.opts, audit.as_mut(), now_ms, &mut HumanSink::new(out))?
+    };
     Ok(totals)
 }
 
-/// An error with its sources, `a: b: c`.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(c) = src {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        src = c.source();
-    }
-    s
+/// The same kill through the agent (`POST /v1/kill`), printed by the same sinks.
+pub async fn via_agent(agent: &Agent, args: &KillArgs) -> Result<bool, KillCmdError> {
+    let body = serde_json::to_vec(&KillRequest::from(args)).expect("serializable");
+    let resp = match agent.request(HttpMethod::POST, "/v1/kill", Some(body)).await {
+        Err(ClientError::Status { status: StatusCode::BAD_REQUEST, message }) => return Err(UsageError(message).into()),
+        r => r?,
+    };
+    let mut out = io::BufWriter::new(io::stdout().lock());
+    let mut human = HumanSink::new(io::BufWriter::new(io::stdout()));
+    let mut totals = None;
+    for_each_line(agent.path(), resp, |line| -> Result<(), KillCmdError> {
+        let v: serde_json::Value = serde_json::from_slice(line)
+            .map_err(|e| ClientError::Answer(format!("{e}: {}", String::from_utf8_lossy(line))))?;
+        if v["type"] == "fatal" {
+            return Err(KillCmdError::Fatal(v["message"].as_str().unwrap_or_default().to_owned()));
+        }
+        if !args.json {
+            totals = replay(&v, &mut human)?.or(totals.take());
+            return Ok(());
+        }
+        // JSON: the agent's lines as they are (the same writer made them), problems on stderr too.
+        if let (Some(kind @ ("warning" | "error")), Some(ns), Some(msg)) =
+            (v["type"].as_str(), v["netns"].as_str(), v["message"].as_str())
+        {
+            let kind = if kind == "warning" { ProblemKind::Warning } else { ProblemKind::Error };
+            eprintln!("{}", kind.stderr_line(ns, msg));
+        }
+        if v["type"] == "summary" {
+            totals = replay(&v, &mut exec::NullSink)?;
+        }
+        out.write_all(line)?;
+        out.write_all(b"\n")?;
+        Ok(())
+    })
+    .await?;
+    out.flush()?;
+    totals.map(|t| t.ok()).ok_or(KillCmdError::Truncated)
 }

@@ -15,7 +15,11 @@ use crate::top::{
     term, ui,
 };
 use crate::{
-    cmd::tw::parse_duration,
+    api::{
+        client::{Agent, AgentArgs, ClientError},
+        query::{Scope, TwParams},
+    },
+    cmd::tw::{parse::parse_json, parse_duration},
     cmd::{NetnsArgs, UsageError},
     live::{Feed, Live, LiveError},
     output::NsNames,
@@ -45,11 +49,15 @@ pub struct TopArgs {
     /// Prefix length of IPv6 rows when grouping by prefix.
     #[arg(long = "prefix-v6", value_name = "LEN", default_value_t = 64, value_parser = clap::value_parser!(u8).range(0..=128))]
     pub prefix_v6: u8,
+    #[command(flatten)]
+    pub agent: AgentArgs,
 }
 
 #[derive(Debug)]
 pub struct TopConfig {
     pub scope: NetnsScope,
+    /// The same namespaces as the agent sees them.
+    pub agent_scope: Scope,
     pub by: By,
     pub interval: Duration,
     pub reconcile: Duration,
@@ -63,6 +71,7 @@ impl TryFrom<TopArgs> for TopConfig {
             return Err(UsageError("--interval and --reconcile must be longer than 0".into()));
         }
         Ok(Self {
+            agent_scope: Scope::from(&a.netns),
             scope: NetnsScope::try_from(&a.netns)?,
             by: a.by,
             interval: a.interval,
@@ -80,6 +89,8 @@ pub enum TopError {
     Live(#[source] LiveError),
     #[error("terminal")]
     Terminal(#[source] io::Error),
+    #[error("asking the agent")]
+    Agent(#[source] ClientError),
 }
 
 /// `top` draws on stdout: fail before loading anything when it is not a terminal.
@@ -87,25 +98,102 @@ pub fn ensure_terminal() -> Result<(), TopError> {
     if io::stdout().is_terminal() { Ok(()) } else { Err(TopError::NotATerminal) }
 }
 
-fn snapshots(live: &Live, state: &TopState) -> (Snapshot, Snapshot) {
-    (live.snapshot(state.by, state.sort), live.snapshot(By::Dest, Sort::Pressure))
+/// Where the table comes from: kept here (events + dumps), or the agent's (`GET /v1/tw`).
+pub enum Source {
+    Live(Box<Live>),
+    Agent { agent: Agent, params: TwParams, len: u64 },
+}
+
+/// Seed a table here, before the screen is taken, so a failure prints like any other error.
+pub async fn direct(cfg: &TopConfig, feed: Feed) -> Result<Source, TopError> {
+    Live::start(feed, cfg.view, SETTLE).await.map(|l| Source::Live(Box::new(l))).map_err(TopError::Live)
+}
+
+/// Use the agent's table; fails (so the caller can run directly) when it does not answer.
+pub async fn via_agent(cfg: &TopConfig, agent: &Agent) -> Result<Source, ClientError> {
+    let params = TwParams {
+        by: cfg.by,
+        prefix_v4: cfg.view.prefix_v4,
+        prefix_v6: cfg.view.prefix_v6,
+        scope: cfg.agent_scope.clone(),
+        ..TwParams::default()
+    };
+    let mut source = Source::Agent { agent: agent.clone(), params, len: 0 };
+    source.snapshot(By::Peer, Sort::Count).await.map_err(|e| match e {
+        TopError::Agent(e) => e,
+        e => ClientError::Answer(e.to_string()),
+    })?;
+    Ok(source)
+}
+
+impl Source {
+    async fn snapshot(&mut self, by: By, sort: Sort) -> Result<Snapshot, TopError> {
+        match self {
+            Self::Live(live) => Ok(live.snapshot(by, sort)),
+            Self::Agent { agent, params, len } => {
+                let q = TwParams { by, sort, ..params.clone() }.to_query();
+                let body = agent.get(&format!("/v1/tw?{q}")).await.map_err(TopError::Agent)?;
+                let doc =
+                    serde_json::from_slice(&body).map_err(|e| TopError::Agent(ClientError::Answer(e.to_string())))?;
+                let snap = parse_json(&doc).map_err(|e| TopError::Agent(ClientError::Answer(e.to_string())))?;
+                *len = snap.totals.count;
+                Ok(snap)
+            }
+        }
+    }
+
+    async fn snapshots(&mut self, state: &TopState) -> Result<(Snapshot, Snapshot), TopError> {
+        Ok((self.snapshot(state.by, state.sort).await?, self.snapshot(By::Dest, Sort::Pressure).await?))
+    }
+
+    fn len(&self) -> u64 {
+        match self {
+            Self::Live(live) => live.table.len() as u64,
+            Self::Agent { len, .. } => *len,
+        }
+    }
+
+    async fn tick(&mut self) -> Result<bool, TopError> {
+        match self {
+            Self::Live(live) => {
+                live.tick().await.map_err(TopError::Live)?;
+                Ok(live.closed())
+            }
+            Self::Agent { .. } => Ok(false),
+        }
+    }
+
+    async fn reconcile(&mut self) -> Result<(), TopError> {
+        match self {
+            Self::Live(live) => live.reconcile(false).await.map(drop).map_err(TopError::Live),
+            // The agent reconciles its own table.
+            Self::Agent { .. } => Ok(()),
+        }
+    }
+
+    async fn next_events(&mut self) {
+        match self {
+            Self::Live(live) => {
+                live.next_events().await;
+            }
+            Self::Agent { .. } => std::future::pending().await,
+        }
+    }
 }
 
 /// Run the screen until `q`/Esc/Ctrl-C or `shutdown`. The terminal is restored on every way out.
 pub async fn run(
     cfg: &TopConfig,
-    feed: Feed,
+    mut source: Source,
     names: &NsNames,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), TopError> {
     ensure_terminal()?;
-    // Seed before taking the screen, so a failure prints like any other error.
-    let mut live = Live::start(feed, cfg.view, SETTLE).await.map_err(TopError::Live)?;
     let mut state = TopState::new(cfg.by, cfg.interval);
-    state.sample(live.table.len() as u64);
+    let (mut rows, mut dests) = source.snapshots(&state).await?;
+    state.sample(source.len());
     let mut term = term::Term::enter().map_err(TopError::Terminal)?;
     let mut keys = term::Keys::spawn();
-    let (mut rows, mut dests) = snapshots(&live, &state);
     let mut refresh = interval_at(Instant::now() + state.interval, state.interval);
     refresh.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut reconcile = interval_at(Instant::now() + cfg.reconcile, cfg.reconcile);
@@ -131,7 +219,7 @@ pub async fn run(
                             refresh = interval_at(Instant::now() + state.interval, state.interval);
                             refresh.set_missed_tick_behavior(MissedTickBehavior::Delay);
                         }
-                        (rows, dests) = snapshots(&live, &state);
+                        (rows, dests) = source.snapshots(&state).await?;
                         dirty = true;
                     }
                 },
@@ -139,16 +227,13 @@ pub async fn run(
                 Some(Ok(_)) => {}
             },
             _ = refresh.tick() => {
-                live.tick().await.map_err(TopError::Live)?;
-                state.sample(live.table.len() as u64);
-                state.feed_closed = live.closed();
-                (rows, dests) = snapshots(&live, &state);
+                state.feed_closed = source.tick().await?;
+                (rows, dests) = source.snapshots(&state).await?;
+                state.sample(source.len());
                 dirty = true;
             }
-            _ = reconcile.tick() => {
-                live.reconcile(false).await.map_err(TopError::Live)?;
-            }
-            _ = live.next_events() => {}
+            _ = reconcile.tick() => source.reconcile().await?,
+            _ = source.next_events() => {}
         }
     }
     drop(keys);

@@ -1,13 +1,17 @@
 //! `twreset tw`: a one-shot snapshot of the live TIME_WAIT table (seed, settle, print).
 
-/// The table renderers (they live in `output::tw`, shared with `top`).
-pub use crate::output::tw as render;
+/// The table renderers (they live in `output::tw`, shared with `top`), and their inverse.
+pub use crate::output::{parse, tw as render};
 
 use std::{io::Write, time::Duration};
 
 use clap::Args;
 
 use crate::{
+    api::{
+        client::{Agent, AgentArgs, ClientError},
+        query::{Scope, TwParams},
+    },
     cmd::{NetnsArgs, UsageError},
     kernel::netns,
     live::{Feed, Live, LiveError},
@@ -38,6 +42,24 @@ pub struct TwArgs {
     /// How long to follow kernel events after the seeding dump before printing (e.g. 200ms, 2s).
     #[arg(long, value_name = "DURATION", default_value = "200ms", value_parser = parse_duration)]
     pub settle: Duration,
+    #[command(flatten)]
+    pub agent: AgentArgs,
+}
+
+/// The same table from the agent's live one (`GET /v1/tw`, rendered there by the same code).
+pub async fn via_agent(agent: &Agent, a: &TwArgs, out: &mut dyn Write) -> Result<(), ClientError> {
+    let params = TwParams {
+        by: a.by,
+        sort: a.sort,
+        prefix_v4: a.prefix_v4,
+        prefix_v6: a.prefix_v6,
+        scope: Scope::from(&a.netns),
+        text: !a.json,
+    };
+    let body = agent.get(&format!("/v1/tw?{}", params.to_query())).await?;
+    out.write_all(&body)?;
+    out.flush()?;
+    Ok(())
 }
 
 pub use crate::duration::parse as parse_duration;

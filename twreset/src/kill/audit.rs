@@ -30,21 +30,40 @@ pub enum AuditError {
     },
 }
 
-/// Who ran the kill and with what command line.
+/// Who ran the kill, with what command line, and through what (`cli`, or `api` for a caller of
+/// the agent's socket, whose uid and pid come from its socket's peer credentials).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Actor {
     pub uid: u32,
     pub user: String,
     pub pid: u32,
     pub argv: Vec<String>,
+    pub trigger: &'static str,
 }
 
 impl Actor {
     pub fn current() -> Self {
-        let uid = nix::unistd::getuid();
-        let user = nix::unistd::User::from_uid(uid).ok().flatten().map(|u| u.name).unwrap_or_else(|| uid.to_string());
-        Self { uid: uid.as_raw(), user, pid: std::process::id(), argv: std::env::args().collect() }
+        let uid = nix::unistd::getuid().as_raw();
+        Self { uid, user: user_name(uid), pid: std::process::id(), argv: std::env::args().collect(), trigger: "cli" }
     }
+
+    /// Another process (an API caller): its command line as `/proc` shows it, when it still can.
+    pub fn peer(uid: u32, pid: u32) -> Self {
+        let argv = std::fs::read(format!("/proc/{pid}/cmdline"))
+            .map(|raw| {
+                raw.split(|b| *b == 0)
+                    .filter(|a| !a.is_empty())
+                    .map(|a| String::from_utf8_lossy(a).into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        Self { uid, user: user_name(uid), pid, argv, trigger: "api" }
+    }
+}
+
+fn user_name(uid: u32) -> String {
+    let id = nix::unistd::Uid::from_raw(uid);
+    nix::unistd::User::from_uid(id).ok().flatten().map(|u| u.name).unwrap_or_else(|| uid.to_string())
 }
 
 /// One kill batch.
@@ -86,6 +105,7 @@ pub fn line(actor: &Actor, r: &Record) -> Value {
         "user": actor.user,
         "pid": actor.pid,
         "argv": actor.argv,
+        "trigger": actor.trigger,
         "netns": r.netns,
         "netns_cookie": r.netns_cookie,
         "method": r.method,
@@ -173,6 +193,9 @@ mod tests {
         assert_eq!(lines[0]["killed"], 2);
         assert_eq!(lines[0]["netns"], "ns1");
         assert!(lines[0]["argv"].is_array());
+        assert_eq!(lines[0]["trigger"], "cli");
+        let me = Actor::peer(0, std::process::id());
+        assert_eq!((me.trigger, me.argv.is_empty()), ("api", false));
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

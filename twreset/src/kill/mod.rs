@@ -2,10 +2,12 @@
 //! preflight, then a kill method over exactly the planned sockets.
 
 pub mod audit;
+pub mod exec;
 pub mod killer;
 pub mod packet;
 pub mod plan;
 pub mod preflight;
+pub mod replay;
 pub mod report;
 pub mod rst;
 pub mod select;

@@ -1,5 +1,6 @@
 //! Pure formatting of transitions: aligned human lines and NDJSON objects; `tw` renders tables.
 
+pub mod parse;
 pub mod tw;
 
 use std::{collections::HashMap, net::IpAddr};

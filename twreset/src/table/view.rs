@@ -256,6 +256,25 @@ impl Table {
         connected: &Connected,
         ranges: &PortRanges,
     ) -> Snapshot {
+        self.snapshot_in(now_ns, by, sort, cfg, connected, ranges, None)
+    }
+
+    /// [`Self::snapshot`] of the namespaces whose cookies are in `netns` (None: every one):
+    /// rows and the socket totals cover those only; the history counters stay table-wide.
+    #[allow(clippy::too_many_arguments)]
+    pub fn snapshot_in(
+        &self,
+        now_ns: u64,
+        by: By,
+        sort: Sort,
+        cfg: &ViewConfig,
+        connected: &Connected,
+        ranges: &PortRanges,
+        netns: Option<&[u64]>,
+    ) -> Snapshot {
+        let wanted = |cookie: u64| netns.is_none_or(|l| l.contains(&cookie));
+        let keep: Vec<bool> = (0..self.keys.ns_count()).map(|id| wanted(self.keys.netns(id))).collect();
+        let mut count = 0;
         let fresh = || Acc { first_ns: u64::MAX, ..Acc::default() };
         // Ranges by interned namespace id: one lookup per namespace, not per socket.
         let ns_ranges: Vec<_> = (0..self.keys.ns_count()).map(|id| ranges.of(self.keys.netns(id))).collect();
@@ -263,6 +282,10 @@ impl Table {
         let mut fin_wait2 = 0;
         let window_start = now_ns.saturating_sub(cfg.rate_window_ns);
         for (k, s) in &self.map {
+            if !keep[k.ns as usize] {
+                continue;
+            }
+            count += 1;
             fin_wait2 += u64::from(s.fin_wait2());
             if by == By::Dest && !ns_ranges[k.ns as usize].contains(k.lport) {
                 continue;
@@ -275,6 +298,9 @@ impl Table {
             a.recent += u64::from(s.created_ns > window_start && s.created_ns <= now_ns);
         }
         for (d, kills) in &self.kills {
+            if !keep[d.ns as usize] {
+                continue;
+            }
             let c = self.compact(by, d, cfg);
             // A destination row needs a port holder; kills alone do not make one.
             let a = match (by, acc.get_mut(&c)) {
@@ -290,7 +316,9 @@ impl Table {
         if by == By::Dest {
             let seen: HashSet<Dest> =
                 groups.iter().filter_map(|(g, _)| if let Group::Dest(d) = g { Some(*d) } else { None }).collect();
-            groups.extend(connected.0.keys().filter(|d| !seen.contains(d)).map(|d| (Group::Dest(*d), fresh())));
+            groups.extend(
+                connected.0.keys().filter(|d| !seen.contains(d) && wanted(d.netns)).map(|d| (Group::Dest(*d), fresh())),
+            );
         }
         let age = |ns: u64| now_ns.saturating_sub(ns) as f64 / 1e9;
         let window_s = cfg.rate_window_ns.max(1) as f64 / 1e9;
@@ -318,7 +346,7 @@ impl Table {
             })
             .collect();
         sort_rows(&mut rows, sort);
-        let totals = Totals { count: self.map.len() as u64, fin_wait2, counters: self.counters };
+        let totals = Totals { count, fin_wait2, counters: self.counters };
         Snapshot { by, rows, totals }
     }
 }

@@ -230,3 +230,29 @@ fn seed_feeds_views() {
     assert_eq!(rows[0].oldest_s, Some(30.0));
     assert_eq!(rows[0].pressure.unwrap().rate_per_s, 0.0, "entered 30 s ago: outside the 10 s window");
 }
+
+#[test]
+fn restricted_to_namespaces() {
+    let mut t = mixed();
+    let other = SockKey { netns_cookie: NS + 1, ..key("10.0.0.1", 43000, "10.0.0.2", 443) };
+    created(&mut t, 24, other);
+    let snap = |netns: Option<&[u64]>| {
+        t.snapshot_in(
+            30 * S,
+            By::Peer,
+            Sort::Count,
+            &ViewConfig::default(),
+            &Connected::default(),
+            &PortRanges::default(),
+            netns,
+        )
+    };
+    let all = snap(None);
+    assert_eq!((all.totals.count, all.rows[0].count), (8, 4));
+    let mine = snap(Some(&[NS]));
+    assert_eq!((mine.totals.count, mine.rows[0].count), (7, 3));
+    let theirs = snap(Some(&[NS + 1]));
+    assert_eq!(groups(&theirs.rows), [("10.0.0.2".into(), 1)]);
+    assert_eq!(theirs.totals.count, 1);
+    assert!(snap(Some(&[])).rows.is_empty());
+}
