@@ -72,6 +72,8 @@ pub enum Command {
     Subscribe { reply: oneshot::Sender<broadcast::Receiver<EventBatch>> },
     /// Readiness and size.
     Status { reply: oneshot::Sender<Status> },
+    /// The relief's status (`GET /v1/relief`), after pausing or resuming it if asked.
+    Relief { action: super::relief::ReliefAction, reply: oneshot::Sender<crate::policy::ReliefStatus> },
     /// The figures `GET /metrics` is built from (see `agent::metrics`).
     Metrics { reply: oneshot::Sender<Arc<super::metrics::Figures>> },
 }
@@ -113,6 +115,14 @@ impl Commands {
 
     pub async fn subscribe(&self) -> Result<broadcast::Receiver<EventBatch>, CommandError> {
         self.ask(|reply| Command::Subscribe { reply }).await
+    }
+
+    /// `GET /v1/relief`, `POST /v1/relief/pause`, `POST /v1/relief/resume`.
+    pub async fn relief(
+        &self,
+        action: super::relief::ReliefAction,
+    ) -> Result<crate::policy::ReliefStatus, CommandError> {
+        self.ask(|reply| Command::Relief { action, reply }).await
     }
 
     pub async fn status(&self) -> Result<Status, CommandError> {

@@ -9,7 +9,7 @@ use std::{
 
 use serde::{Deserialize, Deserializer};
 
-use crate::kill::select::parse_duration;
+use crate::{kill::select::parse_duration, policy::ReliefConfig};
 
 /// Where the agent looks for its configuration when no `--config` is given.
 pub const DEFAULT_PATH: &str = "/etc/twreset/agent.toml";
@@ -35,8 +35,11 @@ pub struct Config {
     /// How often new and deleted network namespaces are looked for.
     #[serde(deserialize_with = "duration")]
     pub netns_scan: Duration,
-    /// Auto-relief (the policy module's); accepted and kept as is until that module reads it.
+    /// Auto-relief, as written (validated by [`crate::policy::parse_relief`] into `relief_policy`).
     pub relief: Option<toml::Table>,
+    /// The `[relief]` table once validated.
+    #[serde(skip)]
+    pub relief_policy: ReliefConfig,
 }
 
 impl Default for Config {
@@ -53,6 +56,7 @@ impl Default for Config {
             pods_log_dir: "/var/log/pods".into(),
             netns_scan: Duration::from_secs(2),
             relief: None,
+            relief_policy: ReliefConfig::default(),
         }
     }
 }
@@ -72,6 +76,9 @@ pub enum ConfigError {
     },
     #[error("{}:{line}: key `{key}`: {message}", path.display())]
     Invalid { path: PathBuf, line: usize, key: String, message: String },
+    /// A bad `[relief]` table (file, line and reason).
+    #[error(transparent)]
+    Relief(#[from] crate::policy::ConfigError),
 }
 
 /// Command-line overrides (`None`: the file's value).
@@ -122,7 +129,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         key: key.to_owned(),
         message,
     };
-    let cfg: Config = toml::from_str(text).map_err(|e| {
+    let mut cfg: Config = toml::from_str(text).map_err(|e| {
         let (line, key) = e.span().map_or((1, String::new()), |s| key_at(text, s.start));
         let message = e.message().to_owned();
         // An unknown key's span covers the key itself; the message names it too.
@@ -135,6 +142,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
     positive("top_n", cfg.top_n == 0)?;
     positive("reconcile", cfg.reconcile.is_zero())?;
     positive("netns_scan", cfg.netns_scan.is_zero())?;
+    cfg.relief_policy = crate::policy::parse_relief(path, text)?;
     Ok(cfg)
 }
 

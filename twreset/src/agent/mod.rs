@@ -11,6 +11,8 @@ pub mod metrics;
 pub mod netns_watch;
 pub mod notify;
 pub mod owner;
+pub mod relief;
+pub mod relief_exec;
 
 use std::{
     sync::{Arc, atomic::AtomicBool},
@@ -71,7 +73,7 @@ fn api_config(c: &Config) -> crate::api::ApiConfig {
 }
 
 fn settings(c: &Config) -> Settings {
-    Settings { top_n: c.top_n, reconcile: c.reconcile, audit_log: c.audit_log.clone() }
+    Settings { top_n: c.top_n, reconcile: c.reconcile, audit_log: c.audit_log.clone(), relief: c.relief_policy.clone() }
 }
 
 /// Scan for namespaces every `every` (changeable by a reload), on a blocking thread.

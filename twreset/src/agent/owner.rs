@@ -21,6 +21,7 @@ use super::{
     command::{Caller, Command, CommandError, KillReply, KillRequest, Status},
     metrics::{DestFigure, Figures, NsFigures, PeerFigure},
     netns_watch::{Change, NsIdentity, netns_label},
+    relief::{self, Relief},
 };
 use crate::{
     cmd::kill::{KillConfig, execute},
@@ -42,6 +43,8 @@ pub struct Settings {
     pub top_n: usize,
     pub reconcile: Duration,
     pub audit_log: std::path::PathBuf,
+    /// `[relief]`, validated.
+    pub relief: crate::policy::ReliefConfig,
 }
 
 /// Kills by (trigger, result), shared with the kill workers.
@@ -67,6 +70,7 @@ struct Owner {
     tap: broadcast::Sender<Arc<[crate::tw_event::TwEvent]>>,
     kernel: String,
     ready: bool,
+    relief: Relief,
 }
 
 /// Seed, then serve until `stop` resolves or the kernel feed closes.
@@ -75,6 +79,8 @@ pub async fn run(feed: Feed, mut inputs: Inputs, stop: impl Future<Output = ()>)
     let (tap, _) = broadcast::channel(1024);
     live.set_tap(tap.clone());
     let settings = inputs.settings.borrow_and_update().clone();
+    let (relief_done, mut relief_reports) = mpsc::unbounded_channel();
+    let relief = Relief::new(settings.relief.clone(), relief_done);
     let mut owner = Owner {
         live,
         names: HashMap::new(),
@@ -84,6 +90,7 @@ pub async fn run(feed: Feed, mut inputs: Inputs, stop: impl Future<Output = ()>)
         tap,
         kernel: inputs.kernel,
         ready: true,
+        relief,
     };
     inputs.ready.store(true, Ordering::SeqCst);
     let mut tick = interval(TICK);
@@ -91,6 +98,7 @@ pub async fn run(feed: Feed, mut inputs: Inputs, stop: impl Future<Output = ()>)
     let every = owner.settings.reconcile;
     let mut reconcile = interval_at(Instant::now() + every, every);
     reconcile.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut relief_tick = relief_interval(&owner.relief.config);
     tokio::pin!(stop);
     loop {
         tokio::select! {
@@ -106,7 +114,16 @@ pub async fn run(feed: Feed, mut inputs: Inputs, stop: impl Future<Output = ()>)
                     reconcile = interval_at(Instant::now() + new.reconcile, new.reconcile);
                     reconcile.set_missed_tick_behavior(MissedTickBehavior::Delay);
                 }
+                if new.relief.interval_ns != owner.relief.config.interval_ns {
+                    relief_tick = relief_interval(&new.relief);
+                }
+                owner.relief.reload(new.relief.clone());
                 owner.settings = new;
+            }
+            _ = relief_tick.tick() => owner.relief_cycle(),
+            Some(done) = relief_reports.recv() => {
+                let mut kills = self_kills(&owner.kills);
+                owner.relief.done(&done, &mut kills);
             }
             _ = tick.tick() => {
                 if let Err(e) = owner.live.tick().await {
@@ -131,7 +148,30 @@ pub async fn run(feed: Feed, mut inputs: Inputs, stop: impl Future<Output = ()>)
     Ok(())
 }
 
+fn relief_interval(c: &crate::policy::ReliefConfig) -> tokio::time::Interval {
+    let every = Duration::from_nanos(c.interval_ns.max(1));
+    let mut i = interval_at(Instant::now() + every, every);
+    i.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    i
+}
+
+fn self_kills(k: &KillCounts) -> std::sync::MutexGuard<'_, HashMap<(&'static str, &'static str), u64>> {
+    k.lock().expect("kill counts")
+}
+
 impl Owner {
+    /// One relief cycle on the table as it is now (no rule: nothing to look at).
+    fn relief_cycle(&mut self) {
+        if self.relief.config.rules.is_empty() {
+            return;
+        }
+        self.live.pump();
+        let now = crate::live::monotonic_ns();
+        let input = relief::input(&self.live, &self.relief.config, &|c| self.label(c), now);
+        let decisions = self.relief.cycle(&input, now);
+        self.relief.execute(&decisions, &self.settings.audit_log);
+    }
+
     /// Answer `first` and every command already queued behind it from one moment of the table;
     /// the metrics figures are built at most once for the lot.
     fn commands(&mut self, first: Command, queue: &mut mpsc::Receiver<Command>) {
@@ -155,6 +195,9 @@ impl Owner {
                     *c.entry((trigger, "killed")).or_default() += totals.killed as u64;
                     *c.entry((trigger, "skipped")).or_default() += totals.gone as u64;
                     *c.entry((trigger, "failed")).or_default() += totals.failed as u64;
+                }
+                Command::Relief { action, reply } => {
+                    let _ = reply.send(self.relief.act(action, crate::live::monotonic_ns()));
                 }
                 Command::Status { reply } => {
                     let _ = reply.send(Status { ready: self.ready, sockets: self.live.table.len() as u64 });
@@ -329,7 +372,7 @@ impl Owner {
             drift: c.drift,
             resyncs: c.resyncs,
             kills,
-            relief: Vec::new(),
+            relief: self.relief.decision_counts(),
         }
     }
 }

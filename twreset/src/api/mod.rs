@@ -62,6 +62,14 @@ pub trait Owner: Clone + Send + Sync + 'static {
     fn health(&self) -> impl Future<Output = Result<Health, OwnerGone>> + Send;
     /// A kill ran (`trigger` "api"): for the owner's counters. Must not block.
     fn kills_done(&self, trigger: &'static str, totals: &Totals);
+    /// `GET /v1/relief` (status), `POST /v1/relief/pause` and `/resume`: the relief's status as
+    /// JSON after the action. An owner without a relief answers as gone.
+    fn relief(
+        &self,
+        _action: crate::agent::relief::ReliefAction,
+    ) -> impl Future<Output = Result<serde_json::Value, OwnerGone>> + Send {
+        async { Err(OwnerGone) }
+    }
 }
 
 /// Bounds that keep one client from costing the others.

@@ -3,7 +3,10 @@
 use tokio::sync::broadcast;
 
 use crate::{
-    agent::command::{Command, Commands},
+    agent::{
+        command::{Command, Commands},
+        relief::ReliefAction,
+    },
     api::{EventBatch, Health, Owner, OwnerGone, TwQuery},
     kill::report::Totals,
     table::Snapshot,
@@ -22,6 +25,11 @@ impl Owner for Commands {
         // The owner reports one flag: seeded and attached.
         let s = self.status().await.map_err(|_| OwnerGone)?;
         Ok(Health { seeded: s.ready, attached: s.ready })
+    }
+
+    async fn relief(&self, action: ReliefAction) -> Result<serde_json::Value, OwnerGone> {
+        let status = Commands::relief(self, action).await.map_err(|_| OwnerGone)?;
+        serde_json::to_value(status).map_err(|_| OwnerGone)
     }
 
     fn kills_done(&self, trigger: &'static str, totals: &Totals) {

@@ -1,4 +1,5 @@
-//! Endpoints: `GET /v1/tw`, `POST /v1/kill`, `GET /v1/events`, `GET /healthz`, `GET /readyz`.
+//! Endpoints: `GET /v1/tw`, `POST /v1/kill`, `GET /v1/events`, `GET /v1/relief`,
+//! `POST /v1/relief/pause|resume`, `GET /healthz`, `GET /readyz`.
 //! Errors are JSON `{"error": "..."}` with 400 (bad request), 403 (read-only caller), 404, 405,
 //! 408 (body too slow), 413 (body too large), 500 (audit log) or 503 (owner not answering).
 
@@ -16,6 +17,7 @@ use hyper::body::Incoming;
 use serde_json::{Value, json};
 
 use crate::{
+    agent::relief::ReliefAction,
     api::{
         Owner, OwnerGone, TwQuery,
         events::{self, ChunkWriter},
@@ -82,8 +84,15 @@ pub async fn handle<O: Owner>(req: Request<Incoming>, conn: Arc<Conn<O>>) -> Res
             "read-only access: this caller's group may only GET (kills need root or the agent's socket_group)",
         )),
         ("/v1/kill", _, true) => kill(&conn, req).await,
-        ("/healthz" | "/readyz" | "/v1/tw" | "/v1/events", false, _) => Err(not_allowed("GET")),
-        ("/v1/kill", _, false) => Err(not_allowed("POST")),
+        ("/v1/relief", true, _) => relief(&conn, ReliefAction::Status).await,
+        ("/v1/relief/pause" | "/v1/relief/resume", _, true) if conn.access == Access::ReadOnly => Err(error(
+            StatusCode::FORBIDDEN,
+            "read-only access: this caller's group may only GET (pausing the relief needs root or the agent's socket_group)",
+        )),
+        ("/v1/relief/pause", _, true) => relief(&conn, ReliefAction::Pause).await,
+        ("/v1/relief/resume", _, true) => relief(&conn, ReliefAction::Resume).await,
+        ("/healthz" | "/readyz" | "/v1/tw" | "/v1/events" | "/v1/relief", false, _) => Err(not_allowed("GET")),
+        ("/v1/kill" | "/v1/relief/pause" | "/v1/relief/resume", _, false) => Err(not_allowed("POST")),
         (path, _, _) => Err(error(StatusCode::NOT_FOUND, format!("no such endpoint: {path}"))),
     };
     Ok(r.unwrap_or_else(|e| e))
@@ -120,6 +129,12 @@ async fn tw<O: Owner>(conn: &Conn<O>, query: Option<&str>) -> Result<Response<Bo
     // Names label destination rows only; looking them up enters every named namespace.
     let names = if p.by == By::Dest { blocking(ns_names).await? } else { NsNames::default() };
     Ok(respond(StatusCode::OK, "text/plain; charset=utf-8", render::render_human(&snap, &names)))
+}
+
+/// The relief's status after `action` (`GET /v1/relief`, `POST /v1/relief/pause|resume`).
+async fn relief<O: Owner>(conn: &Conn<O>, action: ReliefAction) -> Result<Response<Body>, Response<Body>> {
+    let status = ask(conn.shared.limits.owner_timeout, conn.shared.owner.relief(action)).await?;
+    Ok(json_response(StatusCode::OK, &status))
 }
 
 async fn events<O: Owner>(conn: &Conn<O>) -> Result<Response<Body>, Response<Body>> {

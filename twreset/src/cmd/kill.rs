@@ -25,7 +25,7 @@ use crate::{
         report::Totals,
         select::{self, Endpoint, Selector, StateWord, States},
     },
-    scope::{self as targets, Target},
+    scope as targets,
     scope::{NetnsScope, parse_port},
 };
 

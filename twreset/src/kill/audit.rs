@@ -121,6 +121,8 @@ pub struct AuditLog {
     path: PathBuf,
     file: File,
     actor: Actor,
+    /// Written on every line after the standard fields (the relief's rule, destination, pressure).
+    extra: serde_json::Map<String, Value>,
 }
 
 impl AuditLog {
@@ -135,12 +137,22 @@ impl AuditLog {
             std::fs::create_dir_all(dir).map_err(err)?;
         }
         let file = OpenOptions::new().create(true).append(true).mode(0o640).open(path).map_err(err)?;
-        Ok(Self { path: path.to_owned(), file, actor })
+        Ok(Self { path: path.to_owned(), file, actor, extra: serde_json::Map::new() })
+    }
+
+    /// Add `fields` to every line this log writes (a policy kill's rule, destination and pressure).
+    pub fn with_fields(mut self, fields: serde_json::Map<String, Value>) -> Self {
+        self.extra = fields;
+        self
     }
 
     /// Append one line (a single `write` on an O_APPEND file, so concurrent runs do not interleave).
     pub fn write(&mut self, r: &Record) -> Result<(), AuditError> {
-        let mut text = line(&self.actor, r).to_string();
+        let mut v = line(&self.actor, r);
+        if let Value::Object(m) = &mut v {
+            m.extend(self.extra.iter().map(|(k, x)| (k.clone(), x.clone())));
+        }
+        let mut text = v.to_string();
         syslog(&text);
         text.push('\n');
         self.file.write_all(text.as_bytes()).map_err(|source| AuditError::Write { path: self.path.clone(), source })

@@ -1,6 +1,7 @@
 //! The live TIME_WAIT table: every tw socket in scope keyed by (namespace, 4-tuple), kept from a
 //! sock_diag seed plus kernel [`TwEvent`]s. Pure: no I/O, time is passed in as CLOCK_MONOTONIC ns.
 
+mod ages;
 mod key;
 pub mod per_ns;
 pub mod pressure;
