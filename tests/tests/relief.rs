@@ -25,9 +25,15 @@ static SERIAL: Mutex<()> = Mutex::new(());
 const RANGE: (u16, u16) = (40000, 40999);
 const RANGE_SIZE: usize = 1000;
 
+/// A port for the agent's metrics listener (host namespace).
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
+
+/// Server ports in the test namespaces: below their ephemeral range, so that no client socket
+/// (or its TIME_WAIT) ever holds them.
+const PORT: u16 = 8080;
+const BYSTANDER_PORT: u16 = 8081;
 
 /// The pause between two connections of the client (load shaping), `TWRESET_RELIEF_PAUSE_US`.
 fn client_pause() -> Duration {
@@ -72,6 +78,9 @@ fn churn_here(listener: &TcpListener, n: usize, pause: Duration) -> Churn {
             Err(e) if e.raw_os_error() == Some(libc::EADDRNOTAVAIL) => {
                 c.eaddrnotavail += 1;
                 c.first_failure.get_or_insert(i);
+                if !pause.is_zero() {
+                    std::thread::sleep(pause);
+                }
                 continue;
             }
             Err(e) => panic!("connect {server}: {e}"),
@@ -147,7 +156,15 @@ impl Agent {
         let (port, socket) = (free_port(), dir.0.join("agent.sock"));
         let listen = format!("127.0.0.1:{port}");
         let run = Running::start_with_env(
-            &["agent", "--config", config.to_str().unwrap(), "--metrics-listen", &listen, "--socket", socket.to_str().unwrap()],
+            &[
+                "agent",
+                "--config",
+                config.to_str().unwrap(),
+                "--metrics-listen",
+                &listen,
+                "--socket",
+                socket.to_str().unwrap(),
+            ],
             &[("TWRESET_LOG", "info")],
             "agent ready",
         );
@@ -228,6 +245,16 @@ fn audit_ms(line: &serde_json::Value) -> u64 {
     ((n(8..10) * 24 + n(11..13)) * 60 + n(14..16)) * 60_000 + n(17..19) * 1000 + n(20..23)
 }
 
+/// Now, as [`audit_ms`] counts.
+fn now_ms_in_month() -> u64 {
+    let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    let day_ms = ms % 86_400_000;
+    // Day of the month from the civil date (the audit's own formula, as `date` would print it).
+    let out = Command::new("date").args(["-u", "-d", &format!("@{}", ms / 1000), "+%d"]).output().unwrap();
+    let day: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    day * 86_400_000 + day_ms
+}
+
 /// The `[relief]` table of one enforce or dry-run rule for `dst`'s port in `ns`, everything in
 /// 127.0.0.3 denied.
 fn relief_config(mode: &str, ns: &NetNs, rport: u16, extra: &str, rule_extra: &str) -> String {
@@ -262,7 +289,7 @@ fn without_the_agent_the_client_runs_out_of_ports() {
     }
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let ns = small_range_ns("rl-none");
-    let dst: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let dst: SocketAddr = format!("127.0.0.1:{PORT}").parse().unwrap();
     let c = churn(&ns, dst, 2 * RANGE_SIZE, client_pause());
     eprintln!("no agent: {c:?}, {:.0} conn/s", c.rate());
     assert!(c.eaddrnotavail > 0, "{c:?}");
@@ -277,9 +304,9 @@ fn enforce_rule_keeps_the_client_going_and_spares_bystanders_and_denied() {
     }
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let ns = small_range_ns("rl-enf");
-    let port = free_port();
+    let port = PORT;
     let dst: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let bystander: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let bystander: SocketAddr = format!("127.0.0.1:{BYSTANDER_PORT}").parse().unwrap();
     let denied: SocketAddr = format!("127.0.0.3:{port}").parse().unwrap();
     let agent = Agent::start("enforce", &relief_config("enforce", &ns, port, GENEROUS, ""));
     // Above the trigger: the rule does not cover the bystander; the denied one it covers.
@@ -326,7 +353,7 @@ fn dry_run_rule_fails_as_before_and_shows_would_kill() {
     }
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let ns = small_range_ns("rl-dry");
-    let port = free_port();
+    let port = PORT;
     let dst: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let agent = Agent::start("dry", &relief_config("dry-run", &ns, port, "cooldown = \"1s\"", ""));
     let c = churn(&ns, dst, 2 * RANGE_SIZE, client_pause());
@@ -350,20 +377,27 @@ fn budgets_and_cooldowns_hold_under_load() {
     }
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let ns = small_range_ns("rl-rate");
-    let port = free_port();
+    let port = PORT;
     let dst: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let (per_minute, per_cycle, cooldown_ms) = (1500u64, 250u64, 1000u64);
+    let (per_minute, per_cycle, cooldown_ms) = (1000u64, 250u64, 1000u64);
     let overall = format!("cooldown = \"{cooldown_ms}ms\"\nmax_kills_per_minute = {per_minute}");
     let rule = format!("max_kills_per_cycle = {per_cycle}");
     let agent = Agent::start("rate", &relief_config("enforce", &ns, port, &overall, &rule));
-    // Far more than the budget allows: the client fails once it is spent.
-    let c = churn(&ns, dst, 4 * RANGE_SIZE, client_pause());
+    // Far more than the budget allows, for several cool-downs: the client fails once it is spent.
+    let c = churn(&ns, dst, 12 * RANGE_SIZE, client_pause());
     eprintln!("rate limited: {c:?}, {:.0} conn/s", c.rate());
     let lines = agent.audit_lines();
     let killed: Vec<u64> = lines.iter().map(|l| l["killed"].as_u64().unwrap()).collect();
     let times: Vec<u64> = lines.iter().map(audit_ms).collect();
     let gaps: Vec<u64> = times.windows(2).map(|w| w[1].saturating_sub(w[0])).collect();
     eprintln!("rate limited: kills per audit line {killed:?}, gaps (ms) {gaps:?}");
+    let t0 = times.first().copied().unwrap_or(0);
+    let mut per_window: BTreeMap<u64, u64> = BTreeMap::new();
+    for (t, k) in times.iter().zip(&killed) {
+        *per_window.entry((t - t0) / cooldown_ms).or_default() += k;
+    }
+    eprintln!("rate limited: kills per {cooldown_ms} ms window from the first kill: {per_window:?}");
+    assert!(per_window.values().all(|&k| k <= per_cycle), "{per_window:?}");
     assert!(lines.len() >= 2, "{lines:?}");
     assert!(killed.iter().all(|&k| k <= per_cycle), "a cycle killed more than {per_cycle}: {killed:?}");
     // The whole run lasts less than the minute window: every kill counts against one budget.
@@ -385,41 +419,46 @@ fn pause_stops_kills_within_a_cycle_and_resume_restarts_them() {
     }
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let ns = small_range_ns("rl-pause");
-    let port = free_port();
+    let port = PORT;
     let dst: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let agent = Agent::start("pause", &relief_config("enforce", &ns, port, GENEROUS, ""));
     let status = agent.api("GET", "/v1/relief");
     assert_eq!((status["mode"].as_str(), status["paused"].as_bool()), (Some("enforce"), Some(false)), "{status}");
-    let agent = &agent.h;
-    ns.run(|| {
-        let l = listen(dst).unwrap();
-        // Kills happen.
-        let c = churn_here(&l, 2 * RANGE_SIZE, client_pause());
-        assert_eq!(c.eaddrnotavail, 0, "{c:?}");
-        poll_until("a policy kill in the audit log", || !agent.audit_lines().is_empty());
-        let asked = Instant::now();
-        let paused = agent.api("POST", "/v1/relief/pause");
-        let answered = asked.elapsed();
-        assert_eq!(paused["paused"], true, "{paused}");
-        let at_pause = agent.audit_lines().len();
-        // Paused: the client fills the range; nothing is killed past the one kill in flight.
-        let c = churn_here(&l, 2 * RANGE_SIZE, client_pause());
-        eprintln!("paused: {c:?}");
-        assert!(c.eaddrnotavail > 0, "{c:?}");
-        let after = agent.audit_lines().len();
-        eprintln!("pause answered in {answered:?}; audit lines at pause {at_pause}, after {after}");
-        assert!(after <= at_pause + 1, "kills went on after the pause: {at_pause} -> {after}");
-        let d = agent.decisions();
-        assert!(d.get("paused").copied().unwrap_or(0.0) > 0.0, "{d:?}");
-        // Resumed: kills restart, the client gets ports again.
-        let resumed_at = Instant::now();
-        let resumed = agent.api("POST", "/v1/relief/resume");
-        assert_eq!(resumed["paused"], false, "{resumed}");
-        poll_until("a policy kill after resume", || agent.audit_lines().len() > after);
-        eprintln!("first kill {:?} after resume", resumed_at.elapsed());
-        let c = churn_here(&l, RANGE_SIZE, client_pause());
-        assert_eq!(c.eaddrnotavail, 0, "{c:?}");
-    });
+    // The listener lives in the namespace; each phase of the client runs there too.
+    let l = ns.run(|| listen(dst).unwrap());
+    let phase = |n: usize| ns.run(|| churn_here(&l, n, client_pause()));
+    // Kills happen.
+    let c = phase(2 * RANGE_SIZE);
+    assert_eq!(c.eaddrnotavail, 0, "{c:?}");
+    poll_until("a policy kill in the audit log", || !agent.audit_lines().is_empty());
+    let asked = Instant::now();
+    let asked_ms = now_ms_in_month();
+    let paused = agent.api("POST", "/v1/relief/pause");
+    let answered = asked.elapsed();
+    assert_eq!(paused["paused"], true, "{paused}");
+    let at_pause = agent.audit_lines().len();
+    // Paused: the client fills the range; nothing is killed past the one kill in flight.
+    let c = phase(2 * RANGE_SIZE);
+    eprintln!("paused: {c:?}");
+    assert!(c.eaddrnotavail > 0, "{c:?}");
+    let after = agent.audit_lines().len();
+    let last_kill = agent.audit_lines().last().map(audit_ms).unwrap();
+    eprintln!(
+        "pause answered in {answered:?}; audit lines at pause {at_pause}, after {after}; last kill {} ms after the pause was asked",
+        last_kill as i64 - asked_ms as i64
+    );
+    assert!(after <= at_pause + 1, "kills went on after the pause: {at_pause} -> {after}");
+    let d = agent.decisions();
+    eprintln!("decisions while paused {d:?}");
+    assert!(d.get("paused").copied().unwrap_or(0.0) > 0.0, "{d:?}");
+    // Resumed: kills restart, the client gets ports again.
+    let resumed_at = Instant::now();
+    let resumed = agent.api("POST", "/v1/relief/resume");
+    assert_eq!(resumed["paused"], false, "{resumed}");
+    poll_until("a policy kill after resume", || agent.audit_lines().len() > after);
+    eprintln!("first kill {:?} after resume", resumed_at.elapsed());
+    let c = phase(RANGE_SIZE);
+    assert_eq!(c.eaddrnotavail, 0, "{c:?}");
     let status = agent.api("GET", "/v1/relief");
     eprintln!("status {status}");
     assert_eq!(status["rules"][0]["rule"], "backend");
