@@ -464,3 +464,35 @@ fn pause_stops_kills_within_a_cycle_and_resume_restarts_them() {
     assert_eq!(status["rules"][0]["rule"], "backend");
     assert!(status["rules"][0]["last_decision"].is_object(), "{status}");
 }
+
+#[test]
+fn sighup_applies_good_relief_rules_and_keeps_the_old_on_a_bad_file() {
+    if !privileged("sighup_applies_good_relief_rules_and_keeps_the_old_on_a_bad_file") {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let ns = small_range_ns("rl-hup");
+    let mut agent = Agent::start("hup", &relief_config("enforce", &ns, PORT, GENEROUS, ""));
+    let config = agent._dir.0.join("agent.toml");
+    let audit = format!("audit_log = {:?}\n", agent.audit.display().to_string());
+    let hup =
+        |pid: i32| nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGHUP).unwrap();
+    // Good: the same rule in dry run.
+    std::fs::write(&config, format!("{audit}{}", relief_config("dry-run", &ns, PORT, GENEROUS, ""))).unwrap();
+    hup(agent.run.pid());
+    agent.run.wait_for_stderr("configuration reloaded", Duration::from_secs(30));
+    poll_until("the reloaded mode", || agent.api("GET", "/v1/relief")["mode"] == "dry-run");
+    // Bad: a target above its trigger, on the line that says so. The dry run stays.
+    let bad =
+        relief_config("enforce", &ns, PORT, GENEROUS, "").replace("target_pressure = 0.1", "target_pressure = 0.95");
+    let text = format!("{audit}{bad}");
+    let line = text.lines().position(|l| l.starts_with("target_pressure")).unwrap() + 1;
+    std::fs::write(&config, text).unwrap();
+    hup(agent.run.pid());
+    let refused = agent.run.wait_for_stderr("reload refused", Duration::from_secs(30));
+    assert!(refused.contains(&format!("agent.toml:{line}:")), "{refused}");
+    assert!(refused.contains("target_pressure"), "{refused}");
+    let status = agent.api("GET", "/v1/relief");
+    assert_eq!(status["mode"], "dry-run", "{status}");
+    assert_eq!(status["rules"][0]["rule"], "backend", "{status}");
+}

@@ -24,13 +24,8 @@ use crate::{
     table::{By, Group, Sort},
 };
 
-/// What `GET /v1/relief` and the pause switch ask of the owner.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ReliefAction {
-    Status,
-    Pause,
-    Resume,
-}
+/// What `GET /v1/relief` and the pause switch ask of the owner (the API's vocabulary).
+pub use crate::api::ReliefAction;
 
 /// The policy's input from the live table at `now_ns`: destinations some rule covers (`label`
 /// names their namespaces), with pressure as `tw --by dest` computes it and their TIME_WAIT

@@ -64,12 +64,17 @@ pub trait Owner: Clone + Send + Sync + 'static {
     fn kills_done(&self, trigger: &'static str, totals: &Totals);
     /// `GET /v1/relief` (status), `POST /v1/relief/pause` and `/resume`: the relief's status as
     /// JSON after the action. An owner without a relief answers as gone.
-    fn relief(
-        &self,
-        _action: crate::agent::relief::ReliefAction,
-    ) -> impl Future<Output = Result<serde_json::Value, OwnerGone>> + Send {
+    fn relief(&self, _action: ReliefAction) -> impl Future<Output = Result<serde_json::Value, OwnerGone>> + Send {
         async { Err(OwnerGone) }
     }
+}
+
+/// What `GET /v1/relief` and `POST /v1/relief/pause|resume` ask of the relief's owner.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReliefAction {
+    Status,
+    Pause,
+    Resume,
 }
 
 /// Bounds that keep one client from costing the others.

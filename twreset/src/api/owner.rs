@@ -3,11 +3,8 @@
 use tokio::sync::broadcast;
 
 use crate::{
-    agent::{
-        command::{Command, Commands},
-        relief::ReliefAction,
-    },
-    api::{EventBatch, Health, Owner, OwnerGone, TwQuery},
+    agent::command::{Command, Commands},
+    api::{EventBatch, Health, Owner, OwnerGone, ReliefAction, TwQuery},
     kill::report::Totals,
     table::Snapshot,
 };

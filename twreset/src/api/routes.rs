@@ -17,9 +17,8 @@ use hyper::body::Incoming;
 use serde_json::{Value, json};
 
 use crate::{
-    agent::relief::ReliefAction,
     api::{
-        Owner, OwnerGone, TwQuery,
+        Owner, OwnerGone, ReliefAction, TwQuery,
         events::{self, ChunkWriter},
         kill_req::{KillPlan, KillRequest},
         peer::Access,

@@ -44,3 +44,44 @@ impl Table {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        sock::SockKey,
+        state::TcpState,
+        tw_event::{TwEvent, TwEventKind},
+    };
+
+    const S: u64 = 1_000_000_000;
+
+    fn created(ts_s: u64, lport: u16, r: &str, substate: TcpState) -> TwEvent {
+        let key = SockKey {
+            netns_cookie: 7,
+            laddr: "10.0.0.1".parse().unwrap(),
+            lport,
+            raddr: r.parse().unwrap(),
+            rport: 443,
+        };
+        TwEvent { ts_ns: ts_s * S, key, kind: TwEventKind::Created { substate, timeout_ms: 60_000 } }
+    }
+
+    #[test]
+    fn counts_per_destination_and_age_tw_only_ephemeral_only() {
+        let mut t = Table::new();
+        for (ts, lport) in [(1, 40001), (5, 40002), (9, 40003)] {
+            t.apply(&created(ts, lport, "10.0.0.2", TcpState::TimeWait));
+        }
+        t.apply(&created(1, 40004, "10.0.0.2", TcpState::FinWait2));
+        t.apply(&created(1, 80, "10.0.0.2", TcpState::TimeWait)); // not an ephemeral port
+        t.apply(&created(2, 40005, "10.0.0.3", TcpState::TimeWait));
+        let ranges = PortRanges::default();
+        let got = t.old_enough_by_dest(10 * S, &[5 * S, 0, 5 * S, 9 * S], &ranges);
+        let dest =
+            |r: &str| Dest { netns: 7, laddr: "10.0.0.1".parse().unwrap(), raddr: r.parse().unwrap(), rport: 443 };
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[&dest("10.0.0.2")], vec![(0, 3), (5 * S, 2), (9 * S, 1)]);
+        assert_eq!(got[&dest("10.0.0.3")], vec![(0, 1), (5 * S, 1), (9 * S, 0)]);
+    }
+}
