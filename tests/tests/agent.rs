@@ -13,9 +13,7 @@ use std::{
 };
 
 use nix::sys::signal::Signal;
-use twreset_tests::{
-    Closer, NetNs, Running, assert_programs_freed, connections, privileged, programs_of, twreset,
-};
+use twreset_tests::{Closer, NetNs, Running, assert_programs_freed, connections, privileged, programs_of, twreset};
 
 /// A port nobody listens on now (the kernel's pick, released at once).
 fn free_port() -> u16 {
@@ -163,12 +161,11 @@ impl Prometheus {
             .spawn()
             .expect("spawn prometheus (Debian package `prometheus`; `cargo xtask` installs it)");
         let p = Self { child, port, _dir: dir };
-        eventually("prometheus ready", Duration::from_secs(30), || match http()
-            .get(&format!("http://127.0.0.1:{port}/-/ready"))
-            .call()
-        {
-            Ok(r) if r.status() == 200 => Ok(()),
-            other => Err(format!("{:?}", other.map(|r| r.status()))),
+        eventually("prometheus ready", Duration::from_secs(30), || {
+            match http().get(&format!("http://127.0.0.1:{port}/-/ready")).call() {
+                Ok(r) if r.status() == 200 => Ok(()),
+                other => Err(format!("{:?}", other.map(|r| r.status()))),
+            }
         });
         p
     }
@@ -246,8 +243,8 @@ fn addr(s: &str) -> SocketAddr {
 const DEADLINE: Duration = Duration::from_secs(30);
 
 #[test]
-fn prometheus_answers_equal_ss_per_peer_and_namespace() {
-    if !privileged("prometheus_answers_equal_ss_per_peer_and_namespace") {
+fn agent_prometheus_answers_equal_ss_per_peer_and_namespace() {
+    if !privileged("agent_prometheus_answers_equal_ss_per_peer_and_namespace") {
         return;
     }
     let v4 = NetNs::new("agent4");
@@ -272,7 +269,11 @@ fn prometheus_answers_equal_ss_per_peer_and_namespace() {
         let total = prom.query(&format!("sum(twreset_timewait_sockets{{netns=\"{}\"}})", ns.name));
         let total = total.first().map_or(0, |(_, v)| *v as u64);
         let want_total: u64 = want.values().sum();
-        if got == want && total == want_total { Ok(()) } else { Err(format!("{}: ss {want:?}, prometheus {got:?} (total {total})", ns.name)) }
+        if got == want && total == want_total {
+            Ok(())
+        } else {
+            Err(format!("{}: ss {want:?}, prometheus {got:?} (total {total})", ns.name))
+        }
     };
     eventually("IPv4 counts equal ss", DEADLINE, || matches(&v4));
     eventually("IPv6 counts equal ss", DEADLINE, || matches(&v6));
@@ -313,8 +314,8 @@ fn prometheus_answers_equal_ss_per_peer_and_namespace() {
 }
 
 #[test]
-fn sighup_applies_a_good_config_and_refuses_a_bad_one() {
-    if !privileged("sighup_applies_a_good_config_and_refuses_a_bad_one") {
+fn agent_sighup_applies_a_good_config_and_refuses_a_bad_one() {
+    if !privileged("agent_sighup_applies_a_good_config_and_refuses_a_bad_one") {
         return;
     }
     let ns = NetNs::new("agenthup");
@@ -352,8 +353,8 @@ fn sighup_applies_a_good_config_and_refuses_a_bad_one() {
 }
 
 #[test]
-fn sigterm_exits_0_and_leaves_nothing_behind() {
-    if !privileged("sigterm_exits_0_and_leaves_nothing_behind") {
+fn agent_sigterm_exits_0_and_leaves_nothing_behind() {
+    if !privileged("agent_sigterm_exits_0_and_leaves_nothing_behind") {
         return;
     }
     for sig in [Signal::SIGTERM, Signal::SIGINT] {
@@ -373,7 +374,7 @@ fn sigterm_exits_0_and_leaves_nothing_behind() {
 }
 
 #[test]
-fn malformed_config_exits_2_naming_file_line_and_key() {
+fn agent_malformed_config_exits_2_naming_file_line_and_key() {
     let dir = TempDir::new("bad");
     let path = dir.0.join("agent.toml");
     std::fs::write(&path, "top_n = 3\n\nbogus_key = 1\n").unwrap();
@@ -392,8 +393,8 @@ fn malformed_config_exits_2_naming_file_line_and_key() {
 }
 
 #[test]
-fn silent_and_concurrent_scrapers_never_stall_the_table() {
-    if !privileged("silent_and_concurrent_scrapers_never_stall_the_table") {
+fn agent_silent_and_concurrent_scrapers_never_stall_the_table() {
+    if !privileged("agent_silent_and_concurrent_scrapers_never_stall_the_table") {
         return;
     }
     let ns = NetNs::new("agentload");
@@ -438,7 +439,11 @@ fn silent_and_concurrent_scrapers_never_stall_the_table() {
     eventually("counts equal ss after the scrapes", DEADLINE, || {
         let want = ss_by_peer(&ns);
         let got = peers(&agent.metrics());
-        if got == want && want.values().sum::<u64>() == 50 { Ok(()) } else { Err(format!("ss {want:?}, agent {got:?}")) }
+        if got == want && want.values().sum::<u64>() == 50 {
+            Ok(())
+        } else {
+            Err(format!("ss {want:?}, agent {got:?}"))
+        }
     });
     let t = Instant::now();
     let one = agent.metrics();
