@@ -455,3 +455,42 @@ fn agent_silent_and_concurrent_scrapers_never_stall_the_table() {
     let (code, _, err) = { agent }.run.stop();
     assert_eq!(code, Some(0), "{err}");
 }
+
+#[test]
+fn agent_notifies_systemd_ready_watchdog_and_stopping() {
+    if !privileged("agent_notifies_systemd_ready_watchdog_and_stopping") {
+        return;
+    }
+    let dir = TempDir::new("notify");
+    let path = dir.0.join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    sock.set_read_timeout(Some(DEADLINE)).unwrap();
+    let port = free_port().to_string();
+    let listen = format!("127.0.0.1:{port}");
+    let config = dir.0.join("none.toml");
+    std::fs::write(&config, "").unwrap();
+    // WatchdogSec=1s: a ping every 500 ms.
+    let mut run = Running::start_with_env(
+        &["agent", "--config", config.to_str().unwrap(), "--metrics-listen", &listen],
+        &[("NOTIFY_SOCKET", path.to_str().unwrap()), ("WATCHDOG_USEC", "1000000"), ("TWRESET_LOG", "info")],
+        "agent ready",
+    );
+    let recv = || {
+        let mut buf = [0u8; 256];
+        let n = sock.recv(&mut buf).expect("a notification within the deadline");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let mut seen = Vec::new();
+    // READY=1 first (after the seed), then watchdog pings; a fixed number of them.
+    while seen.iter().filter(|m: &&String| m.as_str() == "WATCHDOG=1").count() < 2 {
+        seen.push(recv());
+    }
+    assert_eq!(seen[0], "READY=1", "{seen:?}");
+    let (code, _, err) = run.signal(Signal::SIGTERM);
+    assert_eq!(code, Some(0), "{err}");
+    let mut last = recv();
+    while last == "WATCHDOG=1" {
+        last = recv();
+    }
+    assert_eq!(last, "STOPPING=1");
+}
