@@ -243,8 +243,8 @@ fn addr(s: &str) -> SocketAddr {
 const DEADLINE: Duration = Duration::from_secs(30);
 
 #[test]
-fn prometheus_answers_equal_ss_per_peer_and_namespace() {
-    if !privileged("prometheus_answers_equal_ss_per_peer_and_namespace") {
+fn agent_prometheus_answers_equal_ss_per_peer_and_namespace() {
+    if !privileged("agent_prometheus_answers_equal_ss_per_peer_and_namespace") {
         return;
     }
     let v4 = NetNs::new("agent4");
@@ -314,8 +314,8 @@ fn prometheus_answers_equal_ss_per_peer_and_namespace() {
 }
 
 #[test]
-fn sighup_applies_a_good_config_and_refuses_a_bad_one() {
-    if !privileged("sighup_applies_a_good_config_and_refuses_a_bad_one") {
+fn agent_sighup_applies_a_good_config_and_refuses_a_bad_one() {
+    if !privileged("agent_sighup_applies_a_good_config_and_refuses_a_bad_one") {
         return;
     }
     let ns = NetNs::new("agenthup");
@@ -353,8 +353,8 @@ fn sighup_applies_a_good_config_and_refuses_a_bad_one() {
 }
 
 #[test]
-fn sigterm_exits_0_and_leaves_nothing_behind() {
-    if !privileged("sigterm_exits_0_and_leaves_nothing_behind") {
+fn agent_sigterm_exits_0_and_leaves_nothing_behind() {
+    if !privileged("agent_sigterm_exits_0_and_leaves_nothing_behind") {
         return;
     }
     for sig in [Signal::SIGTERM, Signal::SIGINT] {
@@ -374,7 +374,7 @@ fn sigterm_exits_0_and_leaves_nothing_behind() {
 }
 
 #[test]
-fn malformed_config_exits_2_naming_file_line_and_key() {
+fn agent_malformed_config_exits_2_naming_file_line_and_key() {
     let dir = TempDir::new("bad");
     let path = dir.0.join("agent.toml");
     std::fs::write(&path, "top_n = 3\n\nbogus_key = 1\n").unwrap();
@@ -393,8 +393,8 @@ fn malformed_config_exits_2_naming_file_line_and_key() {
 }
 
 #[test]
-fn silent_and_concurrent_scrapers_never_stall_the_table() {
-    if !privileged("silent_and_concurrent_scrapers_never_stall_the_table") {
+fn agent_silent_and_concurrent_scrapers_never_stall_the_table() {
+    if !privileged("agent_silent_and_concurrent_scrapers_never_stall_the_table") {
         return;
     }
     let ns = NetNs::new("agentload");
@@ -454,4 +454,43 @@ fn silent_and_concurrent_scrapers_never_stall_the_table() {
     }
     let (code, _, err) = { agent }.run.stop();
     assert_eq!(code, Some(0), "{err}");
+}
+
+#[test]
+fn agent_notifies_systemd_ready_watchdog_and_stopping() {
+    if !privileged("agent_notifies_systemd_ready_watchdog_and_stopping") {
+        return;
+    }
+    let dir = TempDir::new("notify");
+    let path = dir.0.join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    sock.set_read_timeout(Some(DEADLINE)).unwrap();
+    let port = free_port().to_string();
+    let listen = format!("127.0.0.1:{port}");
+    let config = dir.0.join("none.toml");
+    std::fs::write(&config, "").unwrap();
+    // WatchdogSec=1s: a ping every 500 ms.
+    let mut run = Running::start_with_env(
+        &["agent", "--config", config.to_str().unwrap(), "--metrics-listen", &listen],
+        &[("NOTIFY_SOCKET", path.to_str().unwrap()), ("WATCHDOG_USEC", "1000000"), ("TWRESET_LOG", "info")],
+        "agent ready",
+    );
+    let recv = || {
+        let mut buf = [0u8; 256];
+        let n = sock.recv(&mut buf).expect("a notification within the deadline");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let mut seen = Vec::new();
+    // READY=1 first (after the seed), then watchdog pings; a fixed number of them.
+    while seen.iter().filter(|m: &&String| m.as_str() == "WATCHDOG=1").count() < 2 {
+        seen.push(recv());
+    }
+    assert_eq!(seen[0], "READY=1", "{seen:?}");
+    let (code, _, err) = run.signal(Signal::SIGTERM);
+    assert_eq!(code, Some(0), "{err}");
+    let mut last = recv();
+    while last == "WATCHDOG=1" {
+        last = recv();
+    }
+    assert_eq!(last, "STOPPING=1");
 }
