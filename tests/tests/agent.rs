@@ -243,8 +243,8 @@ fn addr(s: &str) -> SocketAddr {
 const DEADLINE: Duration = Duration::from_secs(30);
 
 #[test]
-fn prometheus_answers_equal_ss_per_peer_and_namespace() {
-    if !privileged("prometheus_answers_equal_ss_per_peer_and_namespace") {
+fn agent_prometheus_answers_equal_ss_per_peer_and_namespace() {
+    if !privileged("agent_prometheus_answers_equal_ss_per_peer_and_namespace") {
         return;
     }
     let v4 = NetNs::new("agent4");
@@ -314,8 +314,8 @@ fn prometheus_answers_equal_ss_per_peer_and_namespace() {
 }
 
 #[test]
-fn sighup_applies_a_good_config_and_refuses_a_bad_one() {
-    if !privileged("sighup_applies_a_good_config_and_refuses_a_bad_one") {
+fn agent_sighup_applies_a_good_config_and_refuses_a_bad_one() {
+    if !privileged("agent_sighup_applies_a_good_config_and_refuses_a_bad_one") {
         return;
     }
     let ns = NetNs::new("agenthup");
@@ -353,8 +353,8 @@ fn sighup_applies_a_good_config_and_refuses_a_bad_one() {
 }
 
 #[test]
-fn sigterm_exits_0_and_leaves_nothing_behind() {
-    if !privileged("sigterm_exits_0_and_leaves_nothing_behind") {
+fn agent_sigterm_exits_0_and_leaves_nothing_behind() {
+    if !privileged("agent_sigterm_exits_0_and_leaves_nothing_behind") {
         return;
     }
     for sig in [Signal::SIGTERM, Signal::SIGINT] {
@@ -374,7 +374,7 @@ fn sigterm_exits_0_and_leaves_nothing_behind() {
 }
 
 #[test]
-fn malformed_config_exits_2_naming_file_line_and_key() {
+fn agent_malformed_config_exits_2_naming_file_line_and_key() {
     let dir = TempDir::new("bad");
     let path = dir.0.join("agent.toml");
     std::fs::write(&path, "top_n = 3\n\nbogus_key = 1\n").unwrap();
@@ -393,8 +393,8 @@ fn malformed_config_exits_2_naming_file_line_and_key() {
 }
 
 #[test]
-fn silent_and_concurrent_scrapers_never_stall_the_table() {
-    if !privileged("silent_and_concurrent_scrapers_never_stall_the_table") {
+fn agent_silent_and_concurrent_scrapers_never_stall_the_table() {
+    if !privileged("agent_silent_and_concurrent_scrapers_never_stall_the_table") {
         return;
     }
     let ns = NetNs::new("agentload");

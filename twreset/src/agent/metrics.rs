@@ -171,7 +171,7 @@ pub fn exposition(f: &Figures) -> String {
     gauge(
         &mut reg,
         "twreset_timewait_sockets",
-        "Tw sockets per namespace now, by substate (time_wait, fin_wait2).",
+        "Tw sockets per namespace now, by substate (time_wait, fin_wait2)",
         namespaces.iter().flat_map(|s| {
             [
                 (labels(&[("netns", s.netns.as_str()), ("substate", "time_wait")]), i(s.time_wait)),
@@ -201,7 +201,7 @@ pub fn exposition(f: &Figures) -> String {
     gauge(
         &mut reg,
         "twreset_timewait_peer_sockets",
-        "Tw sockets per remote peer: the top_n largest, then peer=\"other\" rows.",
+        "Tw sockets per remote peer: the top_n largest, then rows of peer other",
         peers.iter().map(|p| (labels(&[("netns", p.netns.as_str()), ("peer", p.peer.as_str())]), i(p.sockets))),
     );
 
@@ -232,24 +232,24 @@ pub fn exposition(f: &Figures) -> String {
     ratio_gauge(
         &mut reg,
         "twreset_destination_port_pressure_ratio",
-        "Ephemeral ports held towards a destination over the namespace's port range (1 = exhausted); other rows: the highest of the rest.",
+        "Ephemeral ports held towards a destination over the namespace's port range (1 = exhausted); other rows: the highest of the rest",
         dests.iter().map(|d| (dest_labels(d), d.ratio)),
     );
     gauge(
         &mut reg,
         "twreset_destination_ports_held",
-        "Ephemeral ports held towards a destination (tw sockets plus connected ones).",
+        "Ephemeral ports held towards a destination (tw sockets plus connected ones)",
         dests.iter().map(|d| (dest_labels(d), i(d.held))),
     );
 
     let per_ns =
         |get: fn(&NsFigures) -> u64| namespaces.iter().map(move |s| (labels(&[("netns", s.netns.as_str())]), get(s)));
-    counter(&mut reg, "twreset_timewait_created", "Tw sockets created.", per_ns(|s| s.created));
-    counter(&mut reg, "twreset_timewait_expired", "Tw sockets whose timer expired.", per_ns(|s| s.expired));
+    counter(&mut reg, "twreset_timewait_created", "Tw sockets created", per_ns(|s| s.created));
+    counter(&mut reg, "twreset_timewait_expired", "Tw sockets whose timer expired", per_ns(|s| s.expired));
     counter(
         &mut reg,
         "twreset_timewait_killed",
-        "Tw sockets removed before their timer, by cause.",
+        "Tw sockets removed before their timer, by cause",
         namespaces.iter().flat_map(|s| {
             TwCause::ALL
                 .iter()
@@ -259,38 +259,38 @@ pub fn exposition(f: &Figures) -> String {
     counter(
         &mut reg,
         "twreset_timewait_overflow",
-        "Active closes that found tcp_max_tw_buckets full (no tw socket made).",
+        "Active closes that found tcp_max_tw_buckets full (no tw socket made)",
         per_ns(|s| s.overflow),
     );
     counter(
         &mut reg,
         "twreset_events_lost",
-        "Kernel events that never reached the table, by reason.",
+        "Kernel events that never reached the table, by reason",
         f.lost.iter().map(|(r, v)| (labels(&[("reason", *r)]), *v)),
     );
     counter(
         &mut reg,
         "twreset_table_drift_sockets",
-        "Sockets a reconcile found wrong in the table.",
+        "Sockets a reconcile found wrong in the table",
         [(Labels::new(), f.drift)],
     );
-    counter(&mut reg, "twreset_table_resyncs", "Reconciles forced by lost events.", [(Labels::new(), f.resyncs)]);
+    counter(&mut reg, "twreset_table_resyncs", "Reconciles forced by lost events", [(Labels::new(), f.resyncs)]);
     counter(
         &mut reg,
         "twreset_kills",
-        "Socket kills by trigger (cli, api, policy) and result (killed, failed, skipped).",
+        "Socket kills by trigger (cli, api, policy) and result (killed, failed, skipped)",
         f.kills.iter().map(|(t, r, v)| (labels(&[("trigger", *t), ("result", *r)]), *v)),
     );
     counter(
         &mut reg,
         "twreset_relief_decisions",
-        "Auto-relief decisions by rule and decision.",
+        "Auto-relief decisions by rule and decision",
         f.relief.iter().map(|(rule, d, v)| (labels(&[("rule", rule.as_str()), ("decision", d.as_str())]), *v)),
     );
     gauge(
         &mut reg,
         "twreset_build_info",
-        "Always 1: the agent's version and the kernel it runs on.",
+        "Always 1: the agent's version and the kernel it runs on",
         [(labels(&[("version", f.version.as_str()), ("kernel", f.kernel.as_str())]), 1)],
     );
     let mut out = String::with_capacity(16 * 1024);

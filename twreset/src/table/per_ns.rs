@@ -41,7 +41,9 @@ impl Table {
 
     /// Tw sockets per (namespace, peer), TIME_WAIT and FIN_WAIT2 substate apart.
     pub fn peer_counts(&self) -> Vec<PeerCount> {
-        let mut acc: HashMap<(u32, bool, [u8; 16]), (u64, u64), FastHash> = HashMap::default();
+        // (namespace id, IPv4, packed remote) -> (TIME_WAIT, FIN_WAIT2)
+        type Peer = (u32, bool, [u8; 16]);
+        let mut acc: HashMap<Peer, (u64, u64), FastHash> = HashMap::default();
         for (k, s) in &self.map {
             let v4 = self.keys.local(k.laddr).is_ipv4();
             let e = acc.entry((k.ns, v4, k.raddr)).or_default();
