@@ -6,6 +6,7 @@ use std::{
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
+    sync::OnceLock,
     time::{Duration, Instant},
 };
 
@@ -66,6 +67,35 @@ impl Reply {
     }
 }
 
+/// The binary, copied once where any user may run it (the build's directory may not be).
+fn shared_bin() -> PathBuf {
+    static COPY: OnceLock<PathBuf> = OnceLock::new();
+    COPY.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("twr-api-bin-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+        let copy = dir.join("twreset");
+        fs::copy(bin(), &copy).unwrap();
+        fs::set_permissions(&copy, fs::Permissions::from_mode(0o755)).unwrap();
+        copy
+    })
+    .clone()
+}
+
+/// Spawn, retrying while another test thread's fork still holds the fresh copy open for writing
+/// (ETXTBSY until that child reaches exec).
+fn spawn(c: &mut Command) -> Child {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match c.spawn() {
+            Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            r => return r.unwrap_or_else(|e| panic!("spawn {c:?}: {e}")),
+        }
+    }
+}
+
 pub struct Agent {
     child: Child,
     pub dir: PathBuf,
@@ -92,18 +122,16 @@ impl Agent {
             audit.display()
         );
         fs::write(&config, text).unwrap();
-        let copy = dir.join("twreset");
-        fs::copy(bin(), &copy).unwrap();
-        fs::set_permissions(&copy, fs::Permissions::from_mode(0o755)).unwrap();
-        let child = Command::new(&copy)
-            .args(["agent", "--config", config.to_str().unwrap(), "--socket", sock.to_str().unwrap()])
-            .args(["--metrics-listen", "127.0.0.1:0"])
-            .env("TWRESET_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("spawn twreset agent");
+        let copy = shared_bin();
+        let child = spawn(
+            Command::new(&copy)
+                .args(["agent", "--config", config.to_str().unwrap(), "--socket", sock.to_str().unwrap()])
+                .args(["--metrics-listen", "127.0.0.1:0"])
+                .env("TWRESET_LOG", "info")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(fs::File::create(&log).unwrap()),
+        );
         let mut a = Self { child, dir, sock, audit, log, bin: copy };
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
@@ -138,7 +166,7 @@ impl Agent {
             c.args(["-X", "POST", "-H", "Content-Type: application/json", "--data-binary", b]);
         }
         c.arg(format!("http://agent{path}"));
-        let child = c.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn curl");
+        let child = spawn(c.stdout(Stdio::piped()).stderr(Stdio::piped()));
         let pid = child.id();
         let out = child.wait_with_output().unwrap();
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -161,14 +189,13 @@ impl Agent {
             Some(u) => u.command(&self.bin),
             None => Command::new(&self.bin),
         };
-        let child = c
-            .args(args)
-            .env_remove("TWRESET_AGENT_SOCKET")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn twreset");
+        let child = spawn(
+            c.args(args)
+                .env_remove("TWRESET_AGENT_SOCKET")
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped()),
+        );
         let pid = child.id();
         (child.wait_with_output().unwrap(), pid)
     }

@@ -237,3 +237,19 @@ async fn dead_socket_is_unavailable() {
     assert!(e.unavailable(), "{e}");
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// `top` through the agent reads the table documents back (the agent answers before the screen).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_top_source_through_the_agent() {
+    use clap::Parser;
+    #[derive(Parser)]
+    struct T {
+        #[command(flatten)]
+        a: crate::cmd::top::TopArgs,
+    }
+    let r = start("top", Limits::default());
+    let cfg = crate::cmd::top::TopConfig::try_from(T::try_parse_from(["top", "--all-netns"]).unwrap().a).unwrap();
+    assert!(crate::cmd::top::via_agent(&cfg, &r.agent).await.is_ok());
+    let q = r.fake.queries.lock().unwrap();
+    assert_eq!((q.len(), q[0].netns.is_none()), (1, true));
+}
