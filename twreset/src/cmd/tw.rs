@@ -101,7 +101,10 @@ pub async fn run(
     }
     let snap = live.snapshot(cfg.by, cfg.sort);
     let text = if cfg.json {
-        format!("{}\n", crate::output::tw::render_json(&snap))
+        let mut doc = crate::output::tw::render_json(&snap);
+        // What the table did to be exact, for machines rather than log readers (`LiveStats`).
+        doc["live"] = serde_json::to_value(live.stats()).unwrap_or_default();
+        format!("{doc}\n")
     } else {
         crate::output::tw::render_human(&snap, names)
     };
