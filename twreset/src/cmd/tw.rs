@@ -8,7 +8,6 @@ use clap::Args;
 
 use crate::{
     cli::{NetnsArgs, NetnsScope, UsageError},
-    kernel::netns,
     live::{Feed, Live, LiveError},
     output::NsNames,
     table::{By, Snapshot, Sort, ViewConfig},
@@ -51,9 +50,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     ms.map(Duration::from_millis).ok_or_else(|| format!("{s:?} is too long"))
 }
 
-/// `ip netns` names of namespaces, to label destinations.
+/// Identities of namespaces (pods, containers, `ip netns` names), to label destinations.
 pub fn ns_names() -> NsNames {
-    NsNames(netns::named().into_iter().map(|(name, cookie)| (cookie, name)).collect())
+    NsNames::resolve()
 }
 
 #[derive(Debug)]
@@ -97,7 +96,8 @@ pub async fn run(cfg: &TwConfig, feed: Feed, names: &NsNames, out: &mut dyn Writ
         live.reconcile(false).await.map_err(TwError::Live)?;
     }
     let snap = live.snapshot(cfg.by, cfg.sort);
-    let text = if cfg.json { format!("{}\n", render::render_json(&snap)) } else { render::render_human(&snap, names) };
+    let text =
+        if cfg.json { format!("{}\n", render::render_json(&snap, names)) } else { render::render_human(&snap, names) };
     out.write_all(text.as_bytes()).and_then(|_| out.flush()).map_err(TwError::Write)?;
     Ok(snap)
 }
