@@ -226,4 +226,38 @@ mod tests {
         lines.push(&mut buf, &good).unwrap();
         assert!(buf.starts_with(b"kept{\"ts_ns\":"));
     }
+
+    #[test]
+    fn identity_fields_follow_the_cookie_however_long() {
+        use crate::kernel::identity::{Container, Kind, NetnsIdentity, Runtime};
+        let long = "p".repeat(253);
+        let id = NetnsIdentity {
+            cookie: 4097,
+            kind: Kind::Pod {
+                namespace: Some("shop".into()),
+                name: Some(long.clone()),
+                uid: "0b4c2d1e-5f6a-4b7c-8d9e-0f1a2b3c4d5e".into(),
+                containers: vec![Container { runtime: Runtime::Containerd, id: "a".repeat(64), name: Some(long) }],
+            },
+        };
+        let mut lines = TransitionLines::new();
+        lines.set_identities([(4097, id.json_fragment().into())].into());
+        let mut buf = Vec::new();
+        for i in 0..200 {
+            let ev = event(i);
+            buf.clear();
+            lines.push(&mut buf, &ev).unwrap();
+            let parsed: Value = serde_json::from_slice(&buf).unwrap();
+            let mut want = output::json(&decode::transition(&ev).unwrap());
+            if ev.netns_cookie == 4097 {
+                id.insert_into(want.as_object_mut().unwrap());
+                let text = std::str::from_utf8(&buf).unwrap();
+                let at = |k: &str| text.find(&format!("\"{k}\":")).unwrap();
+                assert!(at("netns_cookie") < at("netns") && at("container_id") < at("family"), "{text}");
+            }
+            assert_eq!(parsed, want, "event {i}: {}", String::from_utf8_lossy(&buf));
+        }
+        assert!(lines.identity(4097).starts_with(b",\"netns\":\"pod:shop/"));
+        assert!(lines.identity(4096).is_empty());
+    }
 }

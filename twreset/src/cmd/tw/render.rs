@@ -305,4 +305,33 @@ mod tests {
         assert!(line.starts_with("[blue] 10.0.0.1 -> 10.0.0.2:443"), "{line}");
         assert!(line.contains("10.0%") && line.ends_with("never"), "{line}");
     }
+
+    #[test]
+    fn dest_rows_carry_the_namespace_identity() {
+        use crate::kernel::identity::{Kind, NetnsIdentity};
+        let pod = NetnsIdentity {
+            cookie: 9,
+            kind: Kind::Pod {
+                namespace: Some("shop".into()),
+                name: Some("web-0".into()),
+                uid: "u-1234567".into(),
+                containers: vec![],
+            },
+        };
+        let mut names = NsNames::default();
+        names.0.insert(9, pod.label());
+        names.1.insert(9, pod);
+        let v = render_json(&snap(By::Dest, vec![row(Group::Dest(dest()))]), &names);
+        let r = &v["rows"][0];
+        assert_eq!(
+            (r["netns"].as_str(), r["pod_namespace"].as_str(), r["pod"].as_str()),
+            (Some("pod:shop/web-0"), Some("shop"), Some("web-0"))
+        );
+        assert_eq!(r["netns_cookie"], 9);
+        let text = render_human(&snap(By::Dest, vec![row(Group::Dest(dest()))]), &names);
+        assert!(text.lines().nth(1).unwrap().starts_with("[pod:shop/web-0] 10.0.0.1"), "{text}");
+        // Other groupings span namespaces: no identity on their rows.
+        let v = render_json(&snap(By::Peer, vec![row(Group::Peer("10.0.0.2".parse().unwrap()))]), &names);
+        assert!(v["rows"][0].get("pod").is_none());
+    }
 }

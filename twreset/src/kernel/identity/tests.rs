@@ -78,12 +78,12 @@ struct Unshared(std::process::Child);
 
 impl Unshared {
     fn start() -> Self {
-        let child = Command::new("unshare").args(["-n", "sleep", "60"]).spawn().expect("unshare");
         let me = fs::read_link("/proc/self/ns/net").unwrap();
-        let link = format!("/proc/{}/ns/net", child.id());
+        let u = Self(Command::new("unshare").args(["-n", "sleep", "60"]).spawn().expect("unshare"));
+        let link = format!("/proc/{}/ns/net", u.0.id());
         for _ in 0..200 {
             if fs::read_link(&link).is_ok_and(|l| l != me) {
-                return Self(child);
+                return u;
             }
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
@@ -121,7 +121,14 @@ fn resolves_pods_containers_and_keeps_them() {
         eprintln!("SKIPPED resolves_pods_containers_and_keeps_them: needs root");
         return;
     }
-    let tmp = std::env::temp_dir().join(format!("twr-identity-unit-{}", std::process::id()));
+    struct Tmp(std::path::PathBuf);
+    impl Drop for Tmp {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+    let guard = Tmp(std::env::temp_dir().join(format!("twr-identity-unit-{}", std::process::id())));
+    let tmp = guard.0.clone();
     let _ = fs::remove_dir_all(&tmp);
     let (a, b, c) = (Unshared::start(), Unshared::start(), Unshared::start());
     let uid_ = UID.replace('-', "_");
@@ -182,5 +189,4 @@ fn resolves_pods_containers_and_keeps_them() {
     assert!(r.forget(ca) && !r.forget(ca) && !r.forget(r.own_cookie()));
     assert_eq!(r.label(ca), format!("netns:{ca}"));
     assert!(r.generation() > generation);
-    fs::remove_dir_all(&tmp).unwrap();
 }
