@@ -138,6 +138,9 @@ mod tests {
             (a.by, a.json, a.prefix_v4, a.prefix_v6, a.settle),
             (By::Dest, true, 16, 48, Duration::from_secs(2))
         );
+        let a = parse(&["--pod", "shop/web-0", "--pod", "batch/job-7", "--container", "db"]).unwrap();
+        assert_eq!(a.netns.pods, [("shop".into(), "web-0".into()), ("batch".into(), "job-7".into())]);
+        assert_eq!(a.netns.containers, ["db"]);
         for by in ["peer", "prefix", "port", "local", "dest"] {
             assert_eq!(parse(&["--by", by]).unwrap().by.name(), by);
         }
@@ -152,6 +155,10 @@ mod tests {
             &["--settle", "fast"],
             &["--sort", "size"],
             &["--netns", "a", "--all-netns"],
+            &["--pod", "web-0"],
+            &["--pod", "shop/web/0"],
+            &["--pod", "shop/web-0", "--all-netns"],
+            &["--container", "db", "--netns", "a"],
         ] {
             let e = parse(bad).err().unwrap_or_else(|| panic!("{bad:?} accepted"));
             assert_eq!(e.exit_code(), 2, "{bad:?}");

@@ -178,6 +178,18 @@ impl Resolver {
         gone
     }
 
+    /// Forget every namespace the last scan did not find held (no process, no `ip netns` name)
+    /// unless `keep` says otherwise (e.g. its table still has sockets): the keeping rule for an
+    /// owner that learns of deleted namespaces only by scanning. Returns how many were dropped.
+    pub fn forget_unheld(&mut self, keep: impl Fn(u64) -> bool) -> usize {
+        let own = self.own_cookie;
+        let before = self.entries.len();
+        self.entries.retain(|c, e| *c == own || e.path.is_some() || keep(*c));
+        let dropped = before - self.entries.len();
+        self.generation += u64::from(dropped > 0);
+        dropped
+    }
+
     /// The own (`host`) namespace's cookie.
     pub fn own_cookie(&self) -> u64 {
         self.own_cookie

@@ -124,7 +124,10 @@ impl Names {
         self.known.get(id).cloned()
     }
 
+    /// Read every source anew (what was read before is dropped: names of containers long gone
+    /// do not pile up in a long-running agent; resolved identities keep their own copy).
     fn read_sources(&mut self, paths: &IdentityPaths) {
+        let mut known = HashMap::new();
         // The kubelet's names are read last and win: CRI-O's storage name is `k8s_<container>_...`.
         for root in &paths.storage_roots {
             let Ok(rd) = std::fs::read_dir(root) else { continue };
@@ -132,14 +135,15 @@ impl Names {
                 if e.file_name().to_string_lossy().ends_with("-containers")
                     && let Ok(text) = std::fs::read_to_string(e.path().join("containers.json"))
                 {
-                    self.known.extend(parse::storage_containers(&text));
+                    known.extend(parse::storage_containers(&text));
                 }
             }
         }
         if let Ok(rd) = std::fs::read_dir(&paths.containers_log_dir) {
             let links = rd.filter_map(Result::ok).filter_map(|e| parse::container_log_name(e.file_name().to_str()?));
-            self.known.extend(links.map(|(name, id)| (id, name)));
+            known.extend(links.map(|(name, id)| (id, name)));
         }
+        self.known = known;
     }
 
     /// The containers of `cgroups`, each once, sorted by ID, named where known.

@@ -186,7 +186,11 @@ fn resolves_pods_containers_and_keeps_them() {
     fs::write(tmp.join("netns/cni-1234"), "").unwrap();
     r.refresh();
     assert_eq!(r.label(ca), "pod:shop/web-0");
+    assert_eq!(r.forget_unheld(|c| c == ca), 0, "kept while its table has sockets");
+    assert_eq!(r.label(ca), "pod:shop/web-0");
     assert!(r.forget(ca) && !r.forget(ca) && !r.forget(r.own_cookie()));
+    assert_eq!(r.forget_unheld(|_| false), 0, "the host and held namespaces stay");
+    assert_eq!(r.label(cb), "container:app");
     assert_eq!(r.label(ca), format!("netns:{ca}"));
     assert!(r.generation() > generation);
 }
