@@ -9,7 +9,6 @@ use clap::Args;
 
 use crate::{
     cmd::{NetnsArgs, UsageError},
-    kernel::netns,
     live::{Feed, Live, LiveError},
     output::NsNames,
     scope::NetnsScope,
@@ -42,9 +41,9 @@ pub struct TwArgs {
 
 pub use crate::duration::parse as parse_duration;
 
-/// `ip netns` names of namespaces, to label destinations.
+/// Identities of namespaces (pods, containers, `ip netns` names), to label destinations.
 pub fn ns_names() -> NsNames {
-    NsNames(netns::named().into_iter().map(|(name, cookie)| (cookie, name)).collect())
+    NsNames::resolve()
 }
 
 #[derive(Debug)]
@@ -101,7 +100,7 @@ pub async fn run(
     }
     let snap = live.snapshot(cfg.by, cfg.sort);
     let text = if cfg.json {
-        let mut doc = crate::output::tw::render_json(&snap);
+        let mut doc = crate::output::tw::render_json(&snap, names);
         // What the table did to be exact, for machines rather than log readers (`LiveStats`).
         doc["live"] = serde_json::to_value(live.stats()).unwrap_or_default();
         format!("{doc}\n")
@@ -148,6 +147,9 @@ mod tests {
             (a.by, a.json, a.prefix_v4, a.prefix_v6, a.settle),
             (By::Dest, true, 16, 48, Duration::from_secs(2))
         );
+        let a = parse(&["--pod", "shop/web-0", "--pod", "batch/job-7", "--container", "db"]).unwrap();
+        assert_eq!(a.netns.pods, [("shop".into(), "web-0".into()), ("batch".into(), "job-7".into())]);
+        assert_eq!(a.netns.containers, ["db"]);
         for by in ["peer", "prefix", "port", "local", "dest"] {
             assert_eq!(parse(&["--by", by]).unwrap().by.name(), by);
         }
@@ -162,6 +164,10 @@ mod tests {
             &["--settle", "fast"],
             &["--sort", "size"],
             &["--netns", "a", "--all-netns"],
+            &["--pod", "web-0"],
+            &["--pod", "shop/web/0"],
+            &["--pod", "shop/web-0", "--all-netns"],
+            &["--container", "db", "--netns", "a"],
         ] {
             let e = parse(bad).err().unwrap_or_else(|| panic!("{bad:?} accepted"));
             assert_eq!(e.exit_code(), 2, "{bad:?}");
