@@ -12,10 +12,16 @@ use twreset_tests::{Closer, NetNs, Running, connections, ndjson, privileged};
 
 const READY: &str = "Ctrl-C to stop";
 
+/// The identity fields a line of a named, pod or container namespace adds (docs/guide/namespaces.md).
+const IDENTITY: [&str; 7] = ["netns", "pod_namespace", "pod", "pod_uid", "container", "container_id", "runtime"];
+
 /// Every key of a transition object, with its type checked.
 fn check_schema(v: &Value) {
     let obj = v.as_object().unwrap_or_else(|| panic!("not an object: {v}"));
-    let keys: BTreeSet<&str> = obj.keys().map(String::as_str).collect();
+    for k in IDENTITY.iter().filter(|k| obj.contains_key(**k)) {
+        assert!(obj[*k].is_string(), "{k} of {v}");
+    }
+    let keys: BTreeSet<&str> = obj.keys().map(String::as_str).filter(|k| !IDENTITY.contains(k)).collect();
     let want: BTreeSet<&str> =
         ["ts_ns", "netns_cookie", "family", "laddr", "lport", "raddr", "rport", "old", "new", "time_wait", "sk"]
             .into_iter()

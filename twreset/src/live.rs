@@ -185,6 +185,30 @@ pub fn monotonic_ns() -> u64 {
     t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
 }
 
+/// What `Live` did, for machines (tests, the bench, the agent) rather than log readers. Times are
+/// on the feed's clock (`CLOCK_MONOTONIC` ns for the kernel feed).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct LiveStats {
+    /// When the seeding dump started and ended, and the sockets it added.
+    pub seed_started_ns: u64,
+    pub seed_done_ns: u64,
+    pub seeded: u64,
+    /// When the latest reconcile started (0: none yet).
+    pub reconcile_started_ns: u64,
+    /// The latest cross-check with the kernel's counts.
+    pub crosscheck: CrosscheckStats,
+}
+
+/// One cross-check: namespaces the kernel counted, of which with creation counters, and quiet
+/// ones (no event for [`crosscheck::QUIET_NS`]); those whose counts differed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct CrosscheckStats {
+    pub namespaces: u64,
+    pub with_creations: u64,
+    pub quiet: u64,
+    pub differ: u64,
+}
+
 pub struct Live {
     pub table: Table,
     pub connected: Connected,
@@ -204,6 +228,7 @@ pub struct Live {
     closed: bool,
     /// Where applied batches are copied while anyone listens ([`Live::set_tap`]).
     tap: Option<broadcast::Sender<Arc<[TwEvent]>>>,
+    stats: LiveStats,
 }
 
 impl Live {
@@ -237,15 +262,16 @@ impl Live {
             clock,
             closed: false,
             tap: None,
+            stats: LiveStats::default(),
         };
         // Losses up to the seed are covered by it; any later one must force a resync.
         let lost_before_seed = (live.lost)();
         // Loading and attaching (BTF parsing) leave ~12 MiB of freed heap behind: return it now,
         // so the seed's peak is the table, not the table on top of that.
         trim();
-        // With the "seeded" line below, brackets the seed for the bench: keep the wording.
         tracing::info!("seeding from a sock_diag dump");
         let started = std::time::Instant::now();
+        live.stats.seed_started_ns = clock();
         let mut seeding = Seeding {
             table: &mut live.table,
             connected: &mut live.connected,
@@ -255,9 +281,10 @@ impl Live {
         };
         (live.dump)(&mut seeding).map_err(|source| LiveError::Dump { source })?;
         let seeded = seeding.added;
+        live.stats.seed_done_ns = clock();
+        live.stats.seeded = seeded as u64;
         live.table.shrink_if_sparse();
         trim();
-        // The bench times the seed by this line (docs/benchmarks.md, Table): keep its wording.
         tracing::info!(
             "seeded {seeded} sockets in {:.1} ms; following kernel events",
             started.elapsed().as_secs_f64() * 1e3
@@ -278,6 +305,10 @@ impl Live {
                 self.pump();
             }
         }
+    }
+
+    pub fn stats(&self) -> LiveStats {
+        self.stats
     }
 
     /// True once the event channel closed (no more kernel events will come).
@@ -390,9 +421,9 @@ impl Live {
     /// Compare with a fresh dump and fix the table; `forced` counts it as a resync.
     pub async fn reconcile(&mut self, forced: bool) -> Result<Drift, LiveError> {
         self.pump();
-        // The bench ends its "while tracking" memory window at this line: keep its wording.
         tracing::info!("reconciling with a fresh dump");
-        self.table.begin_reconcile((self.clock)());
+        self.stats.reconcile_started_ns = (self.clock)();
+        self.table.begin_reconcile(self.stats.reconcile_started_ns);
         let mut connected = Connected::default();
         let mut observing = Observing { table: &mut self.table, connected: &mut connected, ranges: &self.ranges };
         if let Err(source) = (self.dump)(&mut observing) {
@@ -420,12 +451,20 @@ impl Live {
         self.table.set_overflow(self.overflows.read(&kernel));
         let suspects = self.mismatches(&kernel, read_ns);
         let since = read_ns.saturating_sub(crosscheck::QUIET_NS);
+        let count = |n: usize| n as u64;
+        self.stats.crosscheck = CrosscheckStats {
+            namespaces: count(kernel.len()),
+            with_creations: count(kernel.iter().filter(|c| c.created.is_some()).count()),
+            quiet: count(kernel.iter().filter(|c| self.last_events.quiet_since(c.netns, since)).count()),
+            differ: count(suspects.len()),
+        };
+        let c = &self.stats.crosscheck;
         tracing::debug!(
             "cross-check: {} namespaces counted ({} with creations), {} quiet, {} differ",
-            kernel.len(),
-            kernel.iter().filter(|c| c.created.is_some()).count(),
-            kernel.iter().filter(|c| self.last_events.quiet_since(c.netns, since)).count(),
-            suspects.len()
+            c.namespaces,
+            c.with_creations,
+            c.quiet,
+            c.differ
         );
         if suspects.is_empty() && self.creations.unreported(&kernel) == 0 {
             return;

@@ -18,14 +18,20 @@ pub struct Tools {
 }
 
 /// Debian packages the tests and the tool's runtime checks use: `ip`/`ss` (iproute2), `tmux` (the
-/// `top` screen test), `setpriv` (util-linux, the unprivileged-user test), `bpftrace` (bench peer), `prometheus`
-/// (the agent test scrapes the agent with a real server).
+/// `top` screen test), `setpriv` (util-linux, the unprivileged-user test), `bpftrace` (bench peer),
+/// `podman`, `runc` and `busybox-static` (the real-container tests in tests/tests/identity.rs run a
+/// container from a busybox root filesystem with runc; crun refuses hybrid cgroup hosts), and
+/// `prometheus` (the agent test scrapes the agent with a real server).
+/// Each as (package, a command it installs).
 const DEB_PACKAGES: &[(&str, &str)] = &[
     ("iproute2", "ss"),
     ("tmux", "tmux"),
     ("util-linux", "setpriv"),
     ("bpftrace", "bpftrace"),
     ("prometheus", "prometheus"),
+    ("podman", "podman"),
+    ("runc", "runc"),
+    ("busybox-static", "busybox"),
 ];
 
 pub fn workspace_root() -> PathBuf {

@@ -87,7 +87,8 @@ pub fn dropped_line(n: u64) -> Bytes {
 pub fn batch_lines(batch: &EventBatch) -> Bytes {
     let mut buf = Vec::with_capacity(batch.len() * 160);
     for ev in batch.iter() {
-        push_tw_json_line(&mut buf, ev);
+        // Without identity fields: the owner's batches carry none (yet).
+        push_tw_json_line(&mut buf, ev, b"");
     }
     Bytes::from(buf)
 }

@@ -86,7 +86,12 @@ impl TryFrom<KillRequest> for KillPlan {
         let selector = Selector::new(peers, ports, locals, States::from_words(&words), older_than, r.all)?;
         Ok(Self {
             opts: Options { selector, limit: r.limit, method, dry_run: r.dry_run, progress: false },
-            netns: NetnsArgs { netns: r.netns.into_iter().map(PathBuf::from).collect(), all_netns: r.all_netns },
+            netns: NetnsArgs {
+                netns: r.netns.into_iter().map(PathBuf::from).collect(),
+                all_netns: r.all_netns,
+                pods: Vec::new(),
+                containers: Vec::new(),
+            },
         })
     }
 }

@@ -123,7 +123,10 @@ async fn tw<O: Owner>(conn: &Conn<O>, query: Option<&str>) -> Result<Response<Bo
     let q = TwQuery { by: p.by, sort: p.sort, view, netns };
     let snap = ask(conn.shared.limits.owner_timeout, conn.shared.owner.tw(q)).await?;
     if !p.text {
-        return Ok(respond(StatusCode::OK, "application/json", format!("{}\n", render::render_json(&snap))));
+        // Identities (pods, containers) on every row, as `tw --json` prints them.
+        let names = blocking(ns_names).await?;
+        let doc = render::render_json(&snap, &names);
+        return Ok(respond(StatusCode::OK, "application/json", format!("{doc}\n")));
     }
     // Names label destination rows only; looking them up enters every named namespace.
     let names = if p.by == By::Dest { blocking(ns_names).await? } else { NsNames::default() };
@@ -177,7 +180,7 @@ async fn kill<O: Owner>(conn: &Conn<O>, req: Request<Incoming>) -> Result<Respon
     let owner = shared.owner.clone();
     tokio::task::spawn_blocking(move || {
         let mut audit = audit;
-        let mut sink = JsonSink { out, stderr: false };
+        let mut sink = JsonSink { out, stderr: false, names: crate::output::NsNames::resolve() };
         match exec::execute(&targets, &plan.opts, audit.as_mut(), now_ms, &mut sink) {
             Ok(totals) => owner.kills_done("api", &totals),
             Err(e) => {

@@ -130,11 +130,13 @@ pub fn run(cfg: KillConfig) -> Result<bool, KillCmdError> {
     let mut audit =
         if cfg.opts.dry_run { None } else { Some(AuditLog::open(&cfg.audit_log).map_err(ExecError::from)?) };
     let targets = targets::resolve(cfg.scope);
+    // Who each namespace belongs to, for labels, JSON and the audit log.
+    let names = crate::output::NsNames::resolve();
     let out = io::BufWriter::new(io::stdout().lock());
     let totals = if cfg.json {
-        exec::execute(&targets, &cfg.opts, audit.as_mut(), now_ms, &mut JsonSink { out, stderr: true })?
+        exec::execute(&targets, &cfg.opts, audit.as_mut(), now_ms, &mut JsonSink { out, stderr: true, names })?
     } else {
-        exec::execute(&targets, &cfg.opts, audit.as_mut(), now_ms, &mut HumanSink::new(out))?
+        exec::execute(&targets, &cfg.opts, audit.as_mut(), now_ms, &mut HumanSink::new(out).with_names(names))?
     };
     Ok(totals.ok())
 }
@@ -146,7 +148,7 @@ pub fn execute(cfg: KillConfig, actor: Actor, out: &mut dyn Write) -> Result<Tot
         if cfg.opts.dry_run { None } else { Some(AuditLog::open_as(&cfg.audit_log, actor).map_err(ExecError::from)?) };
     let targets = targets::resolve(cfg.scope);
     let totals = if cfg.json {
-        exec::execute(&targets, &cfg.opts, audit.as_mut(), now_ms, &mut JsonSink { out, stderr: false })?
+        exec::execute(&targets, &cfg.opts, audit.as_mut(), now_ms, &mut JsonSink::new(out, false))?
     } else {
         exec::execute(&targets, &cfg.opts, audit.as_mut(), now_ms, &mut HumanSink::new(out))?
     };

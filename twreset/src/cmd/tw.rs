@@ -13,7 +13,6 @@ use crate::{
         query::{Scope, TwParams},
     },
     cmd::{NetnsArgs, UsageError},
-    kernel::netns,
     live::{Feed, Live, LiveError},
     output::NsNames,
     scope::NetnsScope,
@@ -64,9 +63,9 @@ pub async fn via_agent(agent: &Agent, a: &TwArgs, out: &mut dyn Write) -> Result
 
 pub use crate::duration::parse as parse_duration;
 
-/// `ip netns` names of namespaces, to label destinations.
+/// Identities of namespaces (pods, containers, `ip netns` names), to label destinations.
 pub fn ns_names() -> NsNames {
-    NsNames(netns::named().into_iter().map(|(name, cookie)| (cookie, name)).collect())
+    NsNames::resolve()
 }
 
 #[derive(Debug)]
@@ -123,7 +122,10 @@ pub async fn run(
     }
     let snap = live.snapshot(cfg.by, cfg.sort);
     let text = if cfg.json {
-        format!("{}\n", crate::output::tw::render_json(&snap))
+        let mut doc = crate::output::tw::render_json(&snap, names);
+        // What the table did to be exact, for machines rather than log readers (`LiveStats`).
+        doc["live"] = serde_json::to_value(live.stats()).unwrap_or_default();
+        format!("{doc}\n")
     } else {
         crate::output::tw::render_human(&snap, names)
     };
@@ -167,6 +169,9 @@ mod tests {
             (a.by, a.json, a.prefix_v4, a.prefix_v6, a.settle),
             (By::Dest, true, 16, 48, Duration::from_secs(2))
         );
+        let a = parse(&["--pod", "shop/web-0", "--pod", "batch/job-7", "--container", "db"]).unwrap();
+        assert_eq!(a.netns.pods, [("shop".into(), "web-0".into()), ("batch".into(), "job-7".into())]);
+        assert_eq!(a.netns.containers, ["db"]);
         for by in ["peer", "prefix", "port", "local", "dest"] {
             assert_eq!(parse(&["--by", by]).unwrap().by.name(), by);
         }
@@ -181,6 +186,10 @@ mod tests {
             &["--settle", "fast"],
             &["--sort", "size"],
             &["--netns", "a", "--all-netns"],
+            &["--pod", "web-0"],
+            &["--pod", "shop/web/0"],
+            &["--pod", "shop/web-0", "--all-netns"],
+            &["--container", "db", "--netns", "a"],
         ] {
             let e = parse(bad).err().unwrap_or_else(|| panic!("{bad:?} accepted"));
             assert_eq!(e.exit_code(), 2, "{bad:?}");

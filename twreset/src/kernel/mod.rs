@@ -2,6 +2,7 @@
 pub mod btf;
 pub mod caps;
 pub mod cgroup;
+pub mod identity;
 pub mod kallsyms;
 pub mod netns;
 pub mod procfs;

@@ -15,6 +15,7 @@ use crate::{
         run_here,
         targets::Target,
     },
+    output::NsNames,
 };
 
 /// A namespace-level problem: an error (nothing was attempted there) or a dry run's warning.
@@ -43,6 +44,11 @@ impl ProblemKind {
 
 /// Where a run's results go, in order: problems and sockets per namespace, then one summary.
 pub trait Sink {
+    /// The label a namespace is shown and audited under: its owner's (pod, container) where the
+    /// sink knows it, else `label` (the `ip netns` name or path).
+    fn label(&self, _cookie: u64, label: &str) -> String {
+        label.to_owned()
+    }
     fn problem(&mut self, kind: ProblemKind, netns: &str, cookie: u64, message: &str) -> io::Result<()>;
     /// A selected socket: `outcome` None in a dry run.
     fn socket(&mut self, netns: &str, e: &Entry, outcome: Option<Outcome>) -> io::Result<()>;
@@ -50,12 +56,26 @@ pub trait Sink {
 }
 
 /// `kill --json`: one object per line; `stderr` also prints problems as the human output does.
+/// Lines of a namespace whose owner `names` knows carry its identity fields (pod, container).
 pub struct JsonSink<W: Write> {
     pub out: W,
     pub stderr: bool,
+    pub names: NsNames,
 }
 
 impl<W: Write> JsonSink<W> {
+    /// Without identities (`names` empty).
+    pub fn new(out: W, stderr: bool) -> Self {
+        Self { out, stderr, names: NsNames::default() }
+    }
+
+    fn with_identity(&self, cookie: u64, mut v: Value) -> Value {
+        if let (Some(i), Some(o)) = (self.names.identity(cookie).filter(|_| cookie != 0), v.as_object_mut()) {
+            i.insert_into(o);
+        }
+        v
+    }
+
     fn line(&mut self, v: &Value) -> io::Result<()> {
         serde_json::to_writer(&mut self.out, v)?;
         self.out.write_all(b"\n")
@@ -63,15 +83,21 @@ impl<W: Write> JsonSink<W> {
 }
 
 impl<W: Write> Sink for JsonSink<W> {
+    fn label(&self, cookie: u64, label: &str) -> String {
+        identity_label(&self.names, cookie, label)
+    }
+
     fn problem(&mut self, kind: ProblemKind, netns: &str, cookie: u64, message: &str) -> io::Result<()> {
         if self.stderr {
             eprintln!("{}", kind.stderr_line(netns, message));
         }
-        self.line(&report::problem_json(kind.name(), netns, cookie, message))
+        let v = self.with_identity(cookie, report::problem_json(kind.name(), netns, cookie, message));
+        self.line(&v)
     }
 
     fn socket(&mut self, netns: &str, e: &Entry, outcome: Option<Outcome>) -> io::Result<()> {
-        self.line(&report::socket_json(netns, e, outcome))
+        let v = self.with_identity(e.sock.key.netns_cookie, report::socket_json(netns, e, outcome));
+        self.line(&v)
     }
 
     fn summary(&mut self, totals: &Totals, dry_run: bool) -> io::Result<()> {
@@ -84,15 +110,31 @@ impl<W: Write> Sink for JsonSink<W> {
 pub struct HumanSink<W: Write> {
     pub out: W,
     header: bool,
+    names: NsNames,
 }
 
 impl<W: Write> HumanSink<W> {
     pub fn new(out: W) -> Self {
-        Self { out, header: false }
+        Self { out, header: false, names: NsNames::default() }
+    }
+
+    /// Namespaces labelled by their owners (pods, containers) where `names` knows them.
+    pub fn with_names(mut self, names: NsNames) -> Self {
+        self.names = names;
+        self
     }
 }
 
+/// The owner's label of namespace `cookie` where `names` knows it, else `label`.
+fn identity_label(names: &NsNames, cookie: u64, label: &str) -> String {
+    names.identity(cookie).filter(|_| cookie != 0).map_or_else(|| label.to_owned(), |i| i.label())
+}
+
 impl<W: Write> Sink for HumanSink<W> {
+    fn label(&self, cookie: u64, label: &str) -> String {
+        identity_label(&self.names, cookie, label)
+    }
+
     fn problem(&mut self, kind: ProblemKind, netns: &str, _cookie: u64, message: &str) -> io::Result<()> {
         eprintln!("{}", kind.stderr_line(netns, message));
         Ok(())
@@ -157,13 +199,14 @@ pub fn execute(
     let mut totals = Totals::default();
     for t in targets {
         let run = run_target(t, opts);
+        let label = sink.label(run.cookie, &t.label);
         totals.selected += run.planned.len();
         if let Some(w) = &run.warning {
-            sink.problem(ProblemKind::Warning, &t.label, run.cookie, &w.to_string())?;
+            sink.problem(ProblemKind::Warning, &label, run.cookie, &w.to_string())?;
         }
         if let Some(e) = &run.error {
             totals.ns_errors += 1;
-            sink.problem(ProblemKind::Error, &t.label, run.cookie, &chain(e))?;
+            sink.problem(ProblemKind::Error, &label, run.cookie, &chain(e))?;
         }
         if let Some(o) = &run.outcomes {
             totals.add(o);
@@ -173,7 +216,7 @@ pub fn execute(
             batch.add(o);
             log.write(&Record {
                 time_ms: now_ms(),
-                netns: t.label.clone(),
+                netns: label.clone(),
                 netns_cookie: run.cookie,
                 method: opts.method.name(),
                 selector: opts.selector.describe(),
@@ -186,7 +229,7 @@ pub fn execute(
         for (i, e) in run.planned.iter().enumerate() {
             let outcome = run.outcomes.as_ref().map(|o| o[i]);
             if opts.dry_run || outcome.is_some() {
-                sink.socket(&t.label, e, outcome)?;
+                sink.socket(&label, e, outcome)?;
             }
         }
     }

@@ -135,9 +135,9 @@ mod tests {
         for (by, g, p) in groups {
             let counters = Counters { created: 5, drift: 1, killed: [0, 1, 0, 0, 0, 0], ..Counters::default() };
             let snap = Snapshot { by, rows: vec![row(g, p)], totals: Totals { count: 3, fin_wait2: 1, counters } };
-            let doc = render_json(&snap);
+            let doc = render_json(&snap, &crate::output::NsNames::default());
             let back = parse_json(&doc).unwrap();
-            assert_eq!(render_json(&back), doc, "{by:?}");
+            assert_eq!(render_json(&back, &crate::output::NsNames::default()), doc, "{by:?}");
         }
         assert_eq!(parse_json(&serde_json::json!({"by": "host"})).unwrap_err().field, "by");
     }
