@@ -494,3 +494,33 @@ fn agent_notifies_systemd_ready_watchdog_and_stopping() {
     }
     assert_eq!(last, "STOPPING=1");
 }
+
+#[test]
+fn agent_expiry_clears_series_and_counts_expired() {
+    if !privileged("agent_expiry_clears_series_and_counts_expired") {
+        return;
+    }
+    let ns = NetNs::new("agentexp");
+    ns.add_lo_addr("10.215.0.1/24");
+    ns.add_lo_addr("fd00:215::1/64");
+    let agent = Agent::start("exp", "top_n = 200\n");
+    let prom = Prometheus::start("exp", agent.port);
+    // Made after the agent started: their creations and expiries are all events it sees.
+    churn(&ns, &[addr("10.215.0.1:8080")], "10.215.0.1".parse().unwrap(), 2);
+    churn(&ns, &[addr("[fd00:215::1]:8080")], "fd00:215::1".parse().unwrap(), 2);
+    let peers = format!("twreset_timewait_peer_sockets{{netns=\"{}\"}}", ns.name);
+    eventually("4 TIME_WAIT sockets listed", DEADLINE, || {
+        let got = prom.by(&peers, "peer");
+        if got == ss_by_peer(&ns) && got.values().sum::<u64>() == 4 { Ok(()) } else { Err(format!("{got:?}")) }
+    });
+    // TIME_WAIT lasts 60 s (TCP_TIMEWAIT_LEN); kernel timers may fire a little late.
+    let expired = format!("twreset_timewait_expired_total{{netns=\"{}\"}}", ns.name);
+    eventually("expired sockets leave, counted as expired", Duration::from_secs(90), || {
+        let left = prom.query(&peers);
+        let n = prom.query(&expired).first().map_or(0.0, |(_, v)| *v);
+        let ss = ns.time_wait().len();
+        if left.is_empty() && n == 4.0 && ss == 0 { Ok(()) } else { Err(format!("{left:?}, expired {n}, ss {ss}")) }
+    });
+    let (code, _, err) = { agent }.run.stop();
+    assert_eq!(code, Some(0), "{err}");
+}

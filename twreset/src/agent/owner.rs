@@ -318,3 +318,7 @@ impl Owner {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "owner_tests.rs"]
+mod tests;
