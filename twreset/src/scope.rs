@@ -46,6 +46,12 @@ pub fn resolve(scope: NetnsScope) -> Vec<Target> {
 /// Every reachable network namespace, named ones first; one entry per namespace (nsfs inode).
 /// Namespaces that vanish or cannot be opened while we look are skipped.
 pub fn all() -> Vec<Target> {
+    all_in(Path::new("/proc"))
+}
+
+/// [`all`], with processes' namespaces looked for under `proc_root` (the host's `/proc` mounted
+/// elsewhere in a container).
+pub fn all_in(proc_root: &Path) -> Vec<Target> {
     let mut seen = HashSet::new();
     let mut out = Vec::new();
     let mut add = |path: &Path, label: String| {
@@ -66,12 +72,12 @@ pub fn all() -> Vec<Target> {
             add(&p, label_of(&p));
         }
     }
-    if let Ok(dir) = std::fs::read_dir("/proc") {
+    if let Ok(dir) = std::fs::read_dir(proc_root) {
         let mut pids: Vec<u32> =
             dir.filter_map(Result::ok).filter_map(|e| e.file_name().to_str()?.parse().ok()).collect();
         pids.sort_unstable();
         for pid in pids {
-            add(&Path::new("/proc").join(pid.to_string()).join("ns/net"), format!("pid:{pid}"));
+            add(&proc_root.join(pid.to_string()).join("ns/net"), format!("pid:{pid}"));
         }
     }
     out

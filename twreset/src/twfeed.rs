@@ -190,14 +190,15 @@ impl TwFeed {
 /// of every namespace in scope, and the probe's loss counter. The session lives as long as the
 /// table reads its loss count: dropping the table detaches.
 pub fn kernel_feed(scope: &NetnsScope) -> Result<Feed, FeedError> {
-    let (mut feed, session) = kernel_session(scope)?;
+    let (mut feed, session) = kernel_session(scope, std::path::Path::new("/proc"))?;
     feed.lost = Box::new(move || session.stats().loss.lost());
     Ok(feed)
 }
 
 /// Like [`kernel_feed`], with the session handed to the caller (the agent), which keeps it for
-/// its loss breakdown, its namespace filter and its shutdown.
-pub fn kernel_session(scope: &NetnsScope) -> Result<(Feed, TableSession), FeedError> {
+/// its loss breakdown, its namespace filter and its shutdown. With [`NetnsScope::All`],
+/// processes' namespaces are looked for under `proc_root`.
+pub fn kernel_session(scope: &NetnsScope, proc_root: &std::path::Path) -> Result<(Feed, TableSession), FeedError> {
     let ranges = port_ranges(scope)?;
     let cookies = match scope {
         NetnsScope::All => None,
@@ -209,12 +210,13 @@ pub fn kernel_session(scope: &NetnsScope) -> Result<(Feed, TableSession), FeedEr
     // Overflows are the kernel's counter: read it before the probe attaches, so the table counts
     // every one from then on. A counter of its own: the feed's first reading (the creation
     // baselines, after the seed) must read every namespace too.
-    let attached_counts = tw_counts(paths_of(scope))();
+    let attached_counts = tw_counts(paths_of(scope), proc_root.to_owned())();
     let (session, events) = TableSession::start(cookies)?;
     let stats = session.stats_watch();
-    let tw_counts = tw_counts(paths_of(scope));
+    let tw_counts = tw_counts(paths_of(scope), proc_root.to_owned());
     let paths = paths_of(scope);
-    let dump: DumpFn = Box::new(move |sink| dump_scope(paths.as_deref(), sink).map_err(|e| Box::new(e) as _));
+    let root = proc_root.to_owned();
+    let dump: DumpFn = Box::new(move |sink| dump_scope(paths.as_deref(), &root, sink).map_err(|e| Box::new(e) as _));
     let lost: LostFn = Box::new(move || stats.borrow().loss.lost());
     Ok((Feed { events, dump, lost, tw_counts, attached_counts, ranges, clock: crate::live::monotonic_ns }, session))
 }
@@ -230,9 +232,13 @@ fn paths_of(scope: &NetnsScope) -> Option<Vec<std::path::PathBuf>> {
 
 /// Every TCP socket of the scope into `sink`: `None` = all namespaces (enumerated anew each time,
 /// so deleted ones are not held open), empty = the current one.
-fn dump_scope(paths: Option<&[std::path::PathBuf]>, sink: &mut dyn DumpSink) -> Result<(), DumpError> {
+fn dump_scope(
+    paths: Option<&[std::path::PathBuf]>,
+    proc_root: &std::path::Path,
+    sink: &mut dyn DumpSink,
+) -> Result<(), DumpError> {
     let targets: Vec<Netns> = match paths {
-        None => crate::scope::all().into_iter().filter_map(|t| t.netns).collect(),
+        None => crate::scope::all_in(proc_root).into_iter().filter_map(|t| t.netns).collect(),
         Some([]) => return dump_here(sink).map_err(DumpError::Diag),
         Some(list) => list.iter().map(|p| Netns::open(p)).collect::<Result<_, _>>().map_err(DumpError::Netns)?,
     };
@@ -255,7 +261,7 @@ const ALL_NETNS_COUNT_EVERY: Duration = Duration::from_secs(10);
 /// The kernel's TIME_WAIT count of every namespace in scope (see [`crate::crosscheck`]), scope
 /// as in [`dump_scope`]. Before 6.1 a namespace's sockstat could count the host's tw sockets,
 /// which no table of one namespace can match: nothing is compared there.
-fn tw_counts(paths: Option<Vec<std::path::PathBuf>>) -> CountFn {
+fn tw_counts(paths: Option<Vec<std::path::PathBuf>>, proc_root: std::path::PathBuf) -> CountFn {
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     if crate::kernel::procfs::kernel_version(release.trim()).is_none_or(|v| v < (6, 1)) {
         return Box::new(Vec::new);
@@ -271,7 +277,7 @@ fn tw_counts(paths: Option<Vec<std::path::PathBuf>>) -> CountFn {
             None if std::time::Instant::now() < next_all => return Vec::new(),
             None => {
                 next_all = std::time::Instant::now() + ALL_NETNS_COUNT_EVERY;
-                crate::scope::all().into_iter().filter_map(|t| t.netns).collect()
+                crate::scope::all_in(&proc_root).into_iter().filter_map(|t| t.netns).collect()
             }
             Some([]) => return here().into_iter().collect(),
             Some(list) => list.iter().filter_map(|p| Netns::open(p).ok()).collect(),

@@ -376,3 +376,7 @@ impl Owner {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "owner_tests.rs"]
+mod tests;
