@@ -71,6 +71,15 @@ impl Reply {
 fn shared_bin() -> PathBuf {
     static COPY: OnceLock<PathBuf> = OnceLock::new();
     COPY.get_or_init(|| {
+        // Copies left by earlier runs (a static is never dropped): those of processes gone.
+        for e in fs::read_dir(std::env::temp_dir()).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if let Some(pid) = name.strip_prefix("twr-api-bin-")
+                && !Path::new("/proc").join(pid).exists()
+            {
+                let _ = fs::remove_dir_all(e.path());
+            }
+        }
         let dir = std::env::temp_dir().join(format!("twr-api-bin-{}", std::process::id()));
         fs::create_dir_all(&dir).unwrap();
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();

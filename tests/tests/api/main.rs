@@ -43,8 +43,8 @@ fn json(text: &str) -> Value {
 }
 
 #[test]
-fn tw_endpoint_equals_cli_direct() {
-    if !privileged("tw_endpoint_equals_cli_direct") {
+fn api_tw_endpoint_equals_cli_direct() {
+    if !privileged("api_tw_endpoint_equals_cli_direct") {
         return;
     }
     let agent = Agent::start("tw", None, None);
@@ -82,8 +82,8 @@ fn tw_endpoint_equals_cli_direct() {
 }
 
 #[test]
-fn kill_through_agent_and_direct_agree() {
-    if !privileged("kill_through_agent_and_direct_agree") {
+fn api_kill_through_agent_and_direct_agree() {
+    if !privileged("api_kill_through_agent_and_direct_agree") {
         return;
     }
     let agent = Agent::start("kill", None, None);
@@ -136,8 +136,8 @@ fn kill_through_agent_and_direct_agree() {
 }
 
 #[test]
-fn group_member_lists_and_kills_without_root() {
-    if !privileged("group_member_lists_and_kills_without_root") {
+fn api_group_member_lists_and_kills_without_root() {
+    if !privileged("api_group_member_lists_and_kills_without_root") {
         return;
     }
     let (rw, ro) = (test_gid(0), test_gid(1));
@@ -182,8 +182,8 @@ fn group_member_lists_and_kills_without_root() {
 }
 
 #[test]
-fn outsider_refused_by_credentials_before_reading() {
-    if !privileged("outsider_refused_by_credentials_before_reading") {
+fn api_outsider_refused_by_credentials_before_reading() {
+    if !privileged("api_outsider_refused_by_credentials_before_reading") {
         return;
     }
     let agent = Agent::start("cred", Some(test_gid(2)), None);
@@ -196,8 +196,8 @@ fn outsider_refused_by_credentials_before_reading() {
 }
 
 #[test]
-fn bad_requests_get_400_json() {
-    if !privileged("bad_requests_get_400_json") {
+fn api_bad_requests_get_400_json() {
+    if !privileged("api_bad_requests_get_400_json") {
         return;
     }
     let agent = Agent::start("bad", None, None);
@@ -226,8 +226,8 @@ fn bad_requests_get_400_json() {
 }
 
 #[test]
-fn dead_socket_falls_back_to_direct_with_one_warning() {
-    if !privileged("dead_socket_falls_back_to_direct_with_one_warning") {
+fn api_dead_socket_falls_back_to_direct_with_one_warning() {
+    if !privileged("api_dead_socket_falls_back_to_direct_with_one_warning") {
         return;
     }
     let ns = world("apidead", 74);
