@@ -146,11 +146,12 @@ async fn kill<O: Owner>(conn: &Conn<O>, req: Request<Incoming>) -> Result<Respon
         .map_err(|e| error(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")))?;
     let plan = KillPlan::try_from(body).map_err(|e| error(StatusCode::BAD_REQUEST, e))?;
     let peer = conn.peer;
+    let audit_log = shared.now.read().expect("API settings").audit_log.clone();
     let audit = match plan.opts.dry_run {
         true => None,
         // Opened before anything dies: a kill that cannot be recorded does not happen.
         false => Some(
-            AuditLog::open_as(&shared.audit_log, Actor::peer(peer.uid, peer.pid.unwrap_or(0)))
+            AuditLog::open_as(&audit_log, Actor::peer(peer.uid, peer.pid.unwrap_or(0)))
                 .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, exec::chain(&e)))?,
         ),
     };
