@@ -79,6 +79,8 @@ fn api_tw_endpoint_equals_cli_direct() {
     let inside = ns.exec(&["curl", "-sS", "--unix-socket", &sock, "http://agent/v1/tw"]);
     assert_eq!(json(&inside)["totals"]["count"], 10, "{inside}");
     assert!(agent.get("/v1/tw?all_netns=1").json()["totals"]["count"].as_u64().unwrap() >= 10);
+    // The names that label destinations, for a client that cannot enter namespaces itself.
+    assert_eq!(agent.get("/v1/netns").json()[ns.cookie().to_string()], ns.name.as_str());
 }
 
 #[test]

@@ -1,4 +1,5 @@
-//! Endpoints: `GET /v1/tw`, `POST /v1/kill`, `GET /v1/events`, `GET /healthz`, `GET /readyz`.
+//! Endpoints: `GET /v1/tw`, `POST /v1/kill`, `GET /v1/events`, `GET /v1/netns`, `GET /healthz`,
+//! `GET /readyz`.
 //! Errors are JSON `{"error": "..."}` with 400 (bad request), 403 (read-only caller), 404, 405,
 //! 408 (body too slow), 413 (body too large), 500 (audit log) or 503 (owner not answering).
 
@@ -77,12 +78,13 @@ pub async fn handle<O: Owner>(req: Request<Incoming>, conn: Arc<Conn<O>>) -> Res
         ("/readyz", true, _) => health(&conn, true).await,
         ("/v1/tw", true, _) => tw(&conn, req.uri().query()).await,
         ("/v1/events", true, _) => events(&conn).await,
+        ("/v1/netns", true, _) => netns_names().await,
         ("/v1/kill", _, true) if conn.access == Access::ReadOnly => Err(error(
             StatusCode::FORBIDDEN,
             "read-only access: this caller's group may only GET (kills need root or the agent's socket_group)",
         )),
         ("/v1/kill", _, true) => kill(&conn, req).await,
-        ("/healthz" | "/readyz" | "/v1/tw" | "/v1/events", false, _) => Err(not_allowed("GET")),
+        ("/healthz" | "/readyz" | "/v1/tw" | "/v1/events" | "/v1/netns", false, _) => Err(not_allowed("GET")),
         ("/v1/kill", _, false) => Err(not_allowed("POST")),
         (path, _, _) => Err(error(StatusCode::NOT_FOUND, format!("no such endpoint: {path}"))),
     };
@@ -120,6 +122,13 @@ async fn tw<O: Owner>(conn: &Conn<O>, query: Option<&str>) -> Result<Response<Bo
     // Names label destination rows only; looking them up enters every named namespace.
     let names = if p.by == By::Dest { blocking(ns_names).await? } else { NsNames::default() };
     Ok(respond(StatusCode::OK, "text/plain; charset=utf-8", render::render_human(&snap, &names)))
+}
+
+/// `ip netns` names by cookie (what labels destinations), for a client that cannot enter them.
+async fn netns_names() -> Result<Response<Body>, Response<Body>> {
+    let names = blocking(ns_names).await?;
+    let o: serde_json::Map<String, Value> = names.0.into_iter().map(|(c, n)| (c.to_string(), Value::from(n))).collect();
+    Ok(json_response(StatusCode::OK, &Value::Object(o)))
 }
 
 async fn events<O: Owner>(conn: &Conn<O>) -> Result<Response<Body>, Response<Body>> {

@@ -251,7 +251,8 @@ async fn cli_top_source_through_the_agent() {
     }
     let r = start("top", Limits::default());
     let cfg = crate::cmd::top::TopConfig::try_from(T::try_parse_from(["top", "--all-netns"]).unwrap().a).unwrap();
-    assert!(crate::cmd::top::via_agent(&cfg, &r.agent).await.is_ok());
+    let (_, names) = crate::cmd::top::via_agent(&cfg, &r.agent).await.unwrap();
+    assert_eq!(names.0, crate::cmd::tw::ns_names().0, "the agent's namespace names");
     let q = r.fake.queries.lock().unwrap();
     assert_eq!((q.len(), q[0].netns.is_none()), (1, true));
 }
