@@ -50,6 +50,12 @@ impl Overflows {
         self.per_ns.values().map(|&(base, last)| last - base).sum()
     }
 
+    /// A namespace made after the probe attached: its counter started at 0 then, so every
+    /// overflow it counts is the table's (a first reading taken later would miss the early ones).
+    pub fn from_zero(&mut self, netns: u64) {
+        self.per_ns.entry(netns).and_modify(|e| e.0 = 0).or_insert((0, 0));
+    }
+
     /// Overflows since the baseline, per namespace cookie.
     pub fn per_ns(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
         self.per_ns.iter().map(|(&ns, &(base, last))| (ns, last - base))
@@ -230,5 +236,10 @@ mod tests {
         assert_eq!(o.read(&[c(4, Some(12)), c(3, Some(5))]), 10);
         // A reading is never older than the last one taken in.
         assert_eq!(o.read(&[c(4, Some(11))]), 10);
+        // A namespace made after the start counts from 0, not from its first reading.
+        o.from_zero(5);
+        assert_eq!(o.read(&[c(5, Some(6))]), 16);
+        o.from_zero(4);
+        assert_eq!(o.read(&[]), 16 + 9);
     }
 }

@@ -315,9 +315,11 @@ impl Live {
     /// Seed one namespace found after the start from a dump made inside it, started at
     /// `started_ns`. Only a namespace with no event since then is seeded (a dump is not atomic
     /// with the events; for a busy one the events are the truth and reconciles fix the rest).
-    /// Returns the sockets added, or None when it was not quiet.
+    /// Its overflow counter counts from 0 (it was made after the probe attached). Returns the
+    /// sockets added, or None when it was not quiet.
     pub fn seed_netns(&mut self, netns: u64, started_ns: u64, dump: &[DiagSocket]) -> Option<usize> {
         self.pump();
+        self.overflows.from_zero(netns);
         if !self.last_events.quiet_since(netns, started_ns) {
             return None;
         }

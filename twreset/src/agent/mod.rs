@@ -171,8 +171,8 @@ pub async fn run(config: Config, source: Source, shutdown: impl Future<Output = 
                     notifier.notify("READY=1");
                 }
             }
-            _ = watchdog.tick(), if watchdog_every.is_some() => {
-                // Only a loop that answers is alive.
+            _ = watchdog.tick(), if watchdog_every.is_some() && announced => {
+                // Only a loop that answers is alive (pings start after READY=1).
                 if let Ok(Ok(_)) = tokio::time::timeout(WATCHDOG_ANSWER, commands.status()).await {
                     notifier.notify("WATCHDOG=1");
                 }

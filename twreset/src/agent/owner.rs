@@ -333,3 +333,7 @@ impl Owner {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "owner_tests.rs"]
+mod tests;

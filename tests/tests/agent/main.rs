@@ -1,221 +1,20 @@
 //! `twreset agent`: a real Prometheus server scrapes it and its PromQL answers equal `ss` per peer
 //! and per namespace (IPv4 and IPv6), before and after a kill, for a namespace created after the
 //! agent started and until one is deleted; reloads, clean exit, bad configs, and scrapers that
-//! must not stall the table.
+//! must not stall the table. The harness (agent, Prometheus, HTTP) is in `harness.rs`.
+
+mod harness;
 
 use std::{
     collections::BTreeMap,
     io::Write,
-    net::{IpAddr, SocketAddr, TcpListener, TcpStream},
-    path::PathBuf,
-    process::{Child, Command, Stdio},
+    net::{IpAddr, SocketAddr, TcpStream},
     time::{Duration, Instant},
 };
 
+use harness::{Agent, Prometheus, TempDir, eventually, free_port, get, series};
 use nix::sys::signal::Signal;
 use twreset_tests::{Closer, NetNs, Running, assert_programs_freed, connections, privileged, programs_of, twreset};
-
-/// A port nobody listens on now (the kernel's pick, released at once).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn http() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(20)))
-        .build()
-        .into()
-}
-
-/// (status, body) of a GET.
-fn get(url: &str) -> (u16, String) {
-    let mut r = http().get(url).call().unwrap_or_else(|e| panic!("GET {url}: {e}"));
-    let status = r.status().as_u16();
-    (status, r.body_mut().read_to_string().unwrap())
-}
-
-/// Poll `f` until it returns Some, up to `timeout`; panics with `what` and the last value seen.
-fn eventually<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Result<T, String>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        match f() {
-            Ok(v) => return v,
-            Err(last) if Instant::now() > deadline => panic!("{what}: not within {timeout:?}; last: {last}"),
-            Err(_) => std::thread::sleep(Duration::from_millis(200)),
-        }
-    }
-}
-
-/// A temp dir removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        let p = std::env::temp_dir().join(format!("twreset-agent-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        Self(p)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A running agent on its own metrics port, with its own config file and socket path.
-struct Agent {
-    run: Running,
-    port: u16,
-    config: PathBuf,
-    socket: PathBuf,
-    _dir: TempDir,
-}
-
-impl Agent {
-    fn start(tag: &str, config: &str) -> Self {
-        let dir = TempDir::new(tag);
-        let port = free_port();
-        let path = dir.0.join("agent.toml");
-        std::fs::write(&path, config).unwrap();
-        let socket = dir.0.join("agent.sock");
-        let listen = format!("127.0.0.1:{port}");
-        let run = Running::start_with_env(
-            &[
-                "agent",
-                "--config",
-                path.to_str().unwrap(),
-                "--metrics-listen",
-                &listen,
-                "--socket",
-                socket.to_str().unwrap(),
-            ],
-            &[("TWRESET_LOG", "info")],
-            "agent ready",
-        );
-        Self { run, port, config: path, socket, _dir: dir }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
-    }
-
-    fn metrics(&self) -> String {
-        let (status, body) = get(&self.url("/metrics"));
-        assert_eq!(status, 200, "{body}");
-        body
-    }
-}
-
-/// `name{labels} value` series of one family in an exposition, labels parsed.
-fn series(text: &str, name: &str) -> Vec<(BTreeMap<String, String>, f64)> {
-    text.lines()
-        .filter_map(|l| {
-            let rest = l.strip_prefix(name)?;
-            let (labels, value) = match rest.strip_prefix('{') {
-                Some(r) => r.split_once("} ")?,
-                None => ("", rest.strip_prefix(' ')?),
-            };
-            let labels = labels
-                .split("\",")
-                .filter(|kv| !kv.is_empty())
-                .filter_map(|kv| {
-                    let (k, v) = kv.split_once("=\"")?;
-                    Some((k.to_owned(), v.trim_end_matches('"').to_owned()))
-                })
-                .collect();
-            Some((labels, value.parse().ok()?))
-        })
-        .collect()
-}
-
-/// The Debian `prometheus` server on 127.0.0.1, scraping one agent every second.
-struct Prometheus {
-    child: Child,
-    port: u16,
-    _dir: TempDir,
-}
-
-impl Prometheus {
-    fn start(tag: &str, target_port: u16) -> Self {
-        let dir = TempDir::new(&format!("prom-{tag}"));
-        let config = dir.0.join("prometheus.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n  - job_name: twreset\n    \
-                 static_configs:\n      - targets: ['127.0.0.1:{target_port}']\n"
-            ),
-        )
-        .unwrap();
-        let port = free_port();
-        let child = Command::new("prometheus")
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!("--storage.tsdb.path={}", dir.0.join("data").display()))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn prometheus (Debian package `prometheus`; `cargo xtask` installs it)");
-        let p = Self { child, port, _dir: dir };
-        eventually("prometheus ready", Duration::from_secs(30), || {
-            match http().get(&format!("http://127.0.0.1:{port}/-/ready")).call() {
-                Ok(r) if r.status() == 200 => Ok(()),
-                other => Err(format!("{:?}", other.map(|r| r.status()))),
-            }
-        });
-        p
-    }
-
-    /// An instant query's result: each series' labels and value.
-    fn query(&self, q: &str) -> Vec<(BTreeMap<String, String>, f64)> {
-        let mut r = http()
-            .get(&format!("http://127.0.0.1:{}/api/v1/query", self.port))
-            .query("query", q)
-            .call()
-            .unwrap_or_else(|e| panic!("query {q}: {e}"));
-        let v: serde_json::Value = serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap();
-        assert_eq!(v["status"], "success", "{q}: {v}");
-        v["data"]["result"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|s| {
-                let labels = s["metric"]
-                    .as_object()
-                    .unwrap()
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_owned()))
-                    .collect();
-                (labels, s["value"][1].as_str().unwrap().parse().unwrap())
-            })
-            .collect()
-    }
-
-    /// Values of `q` by the label `by` (one series per value expected).
-    fn by(&self, q: &str, by: &str) -> BTreeMap<String, u64> {
-        self.query(q).into_iter().map(|(l, v)| (l[by].clone(), v as u64)).collect()
-    }
-
-    /// The scrape of the agent is up (the OpenMetrics exposition parsed).
-    fn scrape_ok(&self) -> Result<(), String> {
-        let up = self.query("up{job=\"twreset\"}");
-        match up.first() {
-            Some((_, v)) if *v == 1.0 => Ok(()),
-            other => Err(format!("up = {other:?}")),
-        }
-    }
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), Signal::SIGTERM);
-        let _ = self.child.wait();
-    }
-}
 
 /// TIME_WAIT sockets of a namespace per remote IP, as `ss` lists them.
 fn ss_by_peer(ns: &NetNs) -> BTreeMap<String, u64> {
@@ -452,6 +251,75 @@ fn agent_silent_and_concurrent_scrapers_never_stall_the_table() {
     for mut c in silent {
         let _ = c.write_all(b"");
     }
+    let (code, _, err) = { agent }.run.stop();
+    assert_eq!(code, Some(0), "{err}");
+}
+
+#[test]
+fn agent_notifies_systemd_ready_watchdog_and_stopping() {
+    if !privileged("agent_notifies_systemd_ready_watchdog_and_stopping") {
+        return;
+    }
+    let dir = TempDir::new("notify");
+    let path = dir.0.join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    sock.set_read_timeout(Some(DEADLINE)).unwrap();
+    let port = free_port().to_string();
+    let listen = format!("127.0.0.1:{port}");
+    let config = dir.0.join("none.toml");
+    std::fs::write(&config, "").unwrap();
+    // WatchdogSec=1s: a ping every 500 ms.
+    let mut run = Running::start_with_env(
+        &["agent", "--config", config.to_str().unwrap(), "--metrics-listen", &listen],
+        &[("NOTIFY_SOCKET", path.to_str().unwrap()), ("WATCHDOG_USEC", "1000000"), ("TWRESET_LOG", "info")],
+        "agent ready",
+    );
+    let recv = || {
+        let mut buf = [0u8; 256];
+        let n = sock.recv(&mut buf).expect("a notification within the deadline");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let mut seen = Vec::new();
+    // READY=1 first (after the seed), then watchdog pings; a fixed number of them.
+    while seen.iter().filter(|m: &&String| m.as_str() == "WATCHDOG=1").count() < 2 {
+        seen.push(recv());
+    }
+    assert_eq!(seen[0], "READY=1", "{seen:?}");
+    let (code, _, err) = run.signal(Signal::SIGTERM);
+    assert_eq!(code, Some(0), "{err}");
+    let mut last = recv();
+    while last == "WATCHDOG=1" {
+        last = recv();
+    }
+    assert_eq!(last, "STOPPING=1");
+}
+
+#[test]
+fn agent_expiry_clears_series_and_counts_expired() {
+    if !privileged("agent_expiry_clears_series_and_counts_expired") {
+        return;
+    }
+    let ns = NetNs::new("agentexp");
+    ns.add_lo_addr("10.215.0.1/24");
+    ns.add_lo_addr("fd00:215::1/64");
+    let agent = Agent::start("exp", "top_n = 200\n");
+    let prom = Prometheus::start("exp", agent.port);
+    // Made after the agent started: their creations and expiries are all events it sees.
+    churn(&ns, &[addr("10.215.0.1:8080")], "10.215.0.1".parse().unwrap(), 2);
+    churn(&ns, &[addr("[fd00:215::1]:8080")], "fd00:215::1".parse().unwrap(), 2);
+    let peers = format!("twreset_timewait_peer_sockets{{netns=\"{}\"}}", ns.name);
+    eventually("4 TIME_WAIT sockets listed", DEADLINE, || {
+        let got = prom.by(&peers, "peer");
+        if got == ss_by_peer(&ns) && got.values().sum::<u64>() == 4 { Ok(()) } else { Err(format!("{got:?}")) }
+    });
+    // TIME_WAIT lasts 60 s (TCP_TIMEWAIT_LEN); kernel timers may fire a little late.
+    let expired = format!("twreset_timewait_expired_total{{netns=\"{}\"}}", ns.name);
+    eventually("expired sockets leave, counted as expired", Duration::from_secs(90), || {
+        let left = prom.query(&peers);
+        let n = prom.query(&expired).first().map_or(0.0, |(_, v)| *v);
+        let ss = ns.time_wait().len();
+        if left.is_empty() && n == 4.0 && ss == 0 { Ok(()) } else { Err(format!("{left:?}, expired {n}, ss {ss}")) }
+    });
     let (code, _, err) = { agent }.run.stop();
     assert_eq!(code, Some(0), "{err}");
 }
