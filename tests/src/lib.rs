@@ -26,6 +26,10 @@ pub fn bin() -> PathBuf {
     p
 }
 
+/// Where `twreset` commands run by the harness look for an agent: nowhere, so they run directly
+/// even on a machine where an agent serves the default socket (the API tests pass their own).
+pub const NO_AGENT: &str = "/nonexistent/twreset-tests/agent.sock";
+
 pub fn on_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
 }
@@ -347,6 +351,7 @@ impl Running {
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)], ready: &str) -> Self {
         let mut child = Command::new(bin())
             .args(args)
+            .env("TWRESET_AGENT_SOCKET", NO_AGENT)
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -517,7 +522,12 @@ pub fn assert_lossless_or_resynced(totals: &serde_json::Value) {
 }
 
 pub fn twreset(args: &[&str]) -> (Option<i32>, String, String) {
-    let out = Command::new(bin()).args(args).stdin(Stdio::null()).output().expect("spawn twreset");
+    let out = Command::new(bin())
+        .args(args)
+        .env("TWRESET_AGENT_SOCKET", NO_AGENT)
+        .stdin(Stdio::null())
+        .output()
+        .expect("spawn twreset");
     (
         out.status.code(),
         String::from_utf8_lossy(&out.stdout).into_owned(),

@@ -7,7 +7,6 @@ use twreset::{
     api::client::{Agent, ClientError},
     cli::{Cli, Command, UsageError},
     cmd,
-    output::NsNames,
 };
 
 /// SIGINT or SIGTERM. The handlers are installed when this is called, not when the future is
@@ -90,8 +89,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 match cmd::top::via_agent(&cfg, &agent).await {
                     Err(e) if e.unavailable() => fallback(&e),
                     Err(e) => return Err(agent_error(e)),
-                    Ok(source) => {
-                        cmd::top::run(&cfg, source, &NsNames::default(), shutdown).await?;
+                    Ok((source, names)) => {
+                        cmd::top::run(&cfg, source, &names, shutdown).await?;
                         return Ok(ExitCode::SUCCESS);
                     }
                 }

@@ -58,6 +58,7 @@ pub struct Reply {
     pub status: u16,
     pub body: String,
     pub curl_exit: i32,
+    pub curl_err: String,
     pub pid: u32,
 }
 
@@ -71,6 +72,15 @@ impl Reply {
 fn shared_bin() -> PathBuf {
     static COPY: OnceLock<PathBuf> = OnceLock::new();
     COPY.get_or_init(|| {
+        // Copies left by earlier runs (a static is never dropped): those of processes gone.
+        for e in fs::read_dir(std::env::temp_dir()).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if let Some(pid) = name.strip_prefix("twr-api-bin-")
+                && !Path::new("/proc").join(pid).exists()
+            {
+                let _ = fs::remove_dir_all(e.path());
+            }
+        }
         let dir = std::env::temp_dir().join(format!("twr-api-bin-{}", std::process::id()));
         fs::create_dir_all(&dir).unwrap();
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
@@ -96,6 +106,16 @@ fn spawn(c: &mut Command) -> Child {
     }
 }
 
+fn write_config(path: &Path, group: Option<u32>, readonly: Option<u32>, audit: &Path) {
+    let text = format!(
+        "socket_group = \"{}\"\nsocket_readonly_group = \"{}\"\naudit_log = \"{}\"\n",
+        group.map_or(String::new(), |g| g.to_string()),
+        readonly.map_or(String::new(), |g| g.to_string()),
+        audit.display()
+    );
+    fs::write(path, text).unwrap();
+}
+
 pub struct Agent {
     child: Child,
     pub dir: PathBuf,
@@ -115,13 +135,7 @@ impl Agent {
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
         let (sock, audit, log, config) =
             (dir.join("run/agent.sock"), dir.join("audit.log"), dir.join("agent.log"), dir.join("agent.toml"));
-        let text = format!(
-            "socket_group = \"{}\"\nsocket_readonly_group = \"{}\"\naudit_log = \"{}\"\n",
-            group.map_or(String::new(), |g| g.to_string()),
-            readonly.map_or(String::new(), |g| g.to_string()),
-            audit.display()
-        );
-        fs::write(&config, text).unwrap();
+        write_config(&config, group, readonly, &audit);
         let copy = shared_bin();
         let child = spawn(
             Command::new(&copy)
@@ -144,6 +158,12 @@ impl Agent {
             assert!(Instant::now() < deadline, "the agent never got ready:\n{}", a.log_text());
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Rewrite the config with these groups and audit log, then SIGHUP.
+    pub fn reload(&self, group: Option<u32>, readonly: Option<u32>, audit: &Path) {
+        write_config(&self.dir.join("agent.toml"), group, readonly, audit);
+        nix::sys::signal::kill(Pid::from_raw(self.child.id() as i32), Signal::SIGHUP).unwrap();
     }
 
     pub fn log_text(&self) -> String {
@@ -175,6 +195,7 @@ impl Agent {
             status: code.trim().parse().unwrap_or(0),
             body: body.to_owned(),
             curl_exit: out.status.code().unwrap_or(-1),
+            curl_err: String::from_utf8_lossy(&out.stderr).into_owned(),
             pid,
         }
     }

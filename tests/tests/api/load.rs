@@ -36,8 +36,8 @@ fn netns_ns(name: &str, base: u8) -> NetNs {
 }
 
 #[test]
-fn silent_and_thousand_clients_do_not_stall_others() {
-    if !privileged("silent_and_thousand_clients_do_not_stall_others") {
+fn api_silent_and_thousand_clients_do_not_stall_others() {
+    if !privileged("api_silent_and_thousand_clients_do_not_stall_others") {
         return;
     }
     raise_nofile(4096);
@@ -79,8 +79,8 @@ fn ident(v: &Value) -> String {
 }
 
 #[test]
-fn events_match_trace_and_a_hang_up_costs_nothing() {
-    if !privileged("events_match_trace_and_a_hang_up_costs_nothing") {
+fn api_events_match_trace_and_a_hang_up_costs_nothing() {
+    if !privileged("api_events_match_trace_and_a_hang_up_costs_nothing") {
         return;
     }
     let agent = Agent::start("events", None, None);

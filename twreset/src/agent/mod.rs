@@ -114,6 +114,7 @@ pub async fn run(config: Config, source: Source, shutdown: impl Future<Output = 
     // The control socket too: another agent answering on it, or an unknown group, fails here.
     let api = crate::api::server::Server::bind(&api_config(&config), commands.clone())?;
     tracing::info!("control API on {}", api.path().display());
+    let api_handle = api.handle();
     let (api_stop, api_stopped) = oneshot::channel::<()>();
     let api_task = tokio::spawn(api.run(async {
         let _ = api_stopped.await;
@@ -181,6 +182,13 @@ pub async fn run(config: Config, source: Source, shutdown: impl Future<Output = 
             _ = hup.recv() => match source.load() {
                 Err(e) => tracing::error!("configuration reload refused, keeping the old one: {e}"),
                 Ok(new) => {
+                    let api_reload = match api_handle.check(&api_config(&new)) {
+                        Ok(r) => r,
+                        Err(e) => {
+                            tracing::error!("configuration reload refused, keeping the old one: {:#}", anyhow::Error::from(e));
+                            continue;
+                        }
+                    };
                     if new.metrics_listen != config.metrics_listen {
                         match http::bind(new.metrics_listen).await {
                             Ok(l) => {
@@ -192,6 +200,9 @@ pub async fn run(config: Config, source: Source, shutdown: impl Future<Output = 
                                 continue;
                             }
                         }
+                    }
+                    if let Err(e) = api_handle.apply(api_reload) {
+                        tracing::error!("control API socket access not updated: {:#}", anyhow::Error::from(e));
                     }
                     let _ = settings_tx.send(settings(&new));
                     let _ = scan_every_tx.send(new.netns_scan);

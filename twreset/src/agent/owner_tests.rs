@@ -66,11 +66,16 @@ fn start() -> Harness {
         tw_counts: Box::new(Vec::new),
         attached_counts: Vec::new(),
         ranges: PortRanges::default(),
+        clock: crate::live::monotonic_ns,
     };
     let (commands, command_rx) = Commands::channel();
     let (netns, netns_rx) = mpsc::channel(4);
-    let settings_value =
-        Settings { top_n: 20, reconcile: Duration::from_secs(3600), audit_log: "/nonexistent/audit.log".into() };
+    let settings_value = Settings {
+        top_n: 20,
+        reconcile: Duration::from_secs(3600),
+        audit_log: "/nonexistent/audit.log".into(),
+        relief: crate::policy::ReliefConfig::default(),
+    };
     let (settings, settings_rx) = watch::channel(settings_value);
     let (_stats_tx, stats) = watch::channel(SessionStats::default());
     let inputs = Inputs {

@@ -86,8 +86,7 @@ fn check_existing(path: &Path) -> Result<(), BindError> {
     }
 }
 
-/// Bind the API socket at `path`: mode 0660, group `group`, and read-write for `readonly_group`
-/// too (it must be able to connect; what it may do is checked per connection).
+/// Bind the API socket at `path` with the access of [`set_access`].
 pub fn bind(
     path: &Path,
     group: Option<Gid>,
@@ -100,22 +99,32 @@ pub fn bind(
     let private = private_dir(parent, &name)?;
     let tmp = private.0.join("sock");
     let listener = UnixListener::bind(&tmp).map_err(io_err("binding", &tmp))?;
-    fs::set_permissions(&tmp, fs::Permissions::from_mode(0o660)).map_err(io_err("setting the mode of", &tmp))?;
-    if let Some(g) = group {
-        std::os::unix::fs::chown(&tmp, None, Some(g.as_raw())).map_err(io_err("changing the group of", &tmp))?;
-    }
-    if let Some(ro) = readonly_group.filter(|ro| Some(*ro) != group)
-        && let Err(e) = set_group_acl(&tmp, ro.as_raw())
-    {
-        // Without ACLs the read-only group could not connect at all; the peer check still
-        // decides what every connection may do.
-        tracing::warn!("no ACL on {} ({e}); socket mode 0666, access checked per connection", path.display());
-        fs::set_permissions(&tmp, fs::Permissions::from_mode(0o666)).map_err(io_err("setting the mode of", &tmp))?;
-    }
+    set_access(&tmp, group, readonly_group)?;
     fs::rename(&tmp, path).map_err(io_err("renaming the socket to", path))?;
     drop(private);
     let m = fs::symlink_metadata(path).map_err(io_err("looking at", path))?;
     Ok((listener, SocketFile { path: path.to_owned(), ino: (m.dev(), m.ino()) }))
+}
+
+/// Mode 0660, group `group` (else the agent's own), and an ACL entry for `readonly_group` (it
+/// must be able to connect; what it may do is checked per connection). Also used on a reload.
+pub fn set_access(path: &Path, group: Option<Gid>, readonly_group: Option<Gid>) -> Result<(), BindError> {
+    fs::set_permissions(path, fs::Permissions::from_mode(0o660)).map_err(io_err("setting the mode of", path))?;
+    let gid = group.unwrap_or_else(nix::unistd::getegid);
+    std::os::unix::fs::chown(path, None, Some(gid.as_raw())).map_err(io_err("changing the group of", path))?;
+    match readonly_group.filter(|ro| Some(*ro) != group) {
+        None => remove_acl(path),
+        Some(ro) => {
+            if let Err(e) = set_group_acl(path, ro.as_raw()) {
+                // Without ACLs the read-only group could not connect at all; the peer check still
+                // decides what every connection may do.
+                tracing::warn!("no ACL on {} ({e}); socket mode 0666, access checked per connection", path.display());
+                fs::set_permissions(path, fs::Permissions::from_mode(0o666))
+                    .map_err(io_err("setting the mode of", path))?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A POSIX access ACL (`system.posix_acl_access`, version 2): owner rw, owning group rw,
@@ -131,6 +140,15 @@ pub fn group_acl(gid: u32) -> Vec<u8> {
         buf.extend_from_slice(&id.to_le_bytes());
     }
     buf
+}
+
+/// Drop an access ACL an earlier configuration set (none there is fine).
+fn remove_acl(path: &Path) {
+    let Ok(p) = CString::new(path.as_os_str().as_bytes()) else { return };
+    // SAFETY: valid C strings.
+    unsafe {
+        libc::removexattr(p.as_ptr(), c"system.posix_acl_access".as_ptr());
+    }
 }
 
 fn set_group_acl(path: &Path, gid: u32) -> io::Result<()> {

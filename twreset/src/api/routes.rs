@@ -1,4 +1,4 @@
-//! Endpoints: `GET /v1/tw`, `POST /v1/kill`, `GET /v1/events`, `GET /v1/relief`,
+//! Endpoints: `GET /v1/tw`, `POST /v1/kill`, `GET /v1/events`, `GET /v1/netns`, `GET /v1/relief`,
 //! `POST /v1/relief/pause|resume`, `GET /healthz`, `GET /readyz`.
 //! Errors are JSON `{"error": "..."}` with 400 (bad request), 403 (read-only caller), 404, 405,
 //! 408 (body too slow), 413 (body too large), 500 (audit log) or 503 (owner not answering).
@@ -78,6 +78,7 @@ pub async fn handle<O: Owner>(req: Request<Incoming>, conn: Arc<Conn<O>>) -> Res
         ("/readyz", true, _) => health(&conn, true).await,
         ("/v1/tw", true, _) => tw(&conn, req.uri().query()).await,
         ("/v1/events", true, _) => events(&conn).await,
+        ("/v1/netns", true, _) => netns_names().await,
         ("/v1/kill", _, true) if conn.access == Access::ReadOnly => Err(error(
             StatusCode::FORBIDDEN,
             "read-only access: this caller's group may only GET (kills need root or the agent's socket_group)",
@@ -90,7 +91,9 @@ pub async fn handle<O: Owner>(req: Request<Incoming>, conn: Arc<Conn<O>>) -> Res
         )),
         ("/v1/relief/pause", _, true) => relief(&conn, ReliefAction::Pause).await,
         ("/v1/relief/resume", _, true) => relief(&conn, ReliefAction::Resume).await,
-        ("/healthz" | "/readyz" | "/v1/tw" | "/v1/events" | "/v1/relief", false, _) => Err(not_allowed("GET")),
+        ("/healthz" | "/readyz" | "/v1/tw" | "/v1/events" | "/v1/netns" | "/v1/relief", false, _) => {
+            Err(not_allowed("GET"))
+        }
         ("/v1/kill" | "/v1/relief/pause" | "/v1/relief/resume", _, false) => Err(not_allowed("POST")),
         (path, _, _) => Err(error(StatusCode::NOT_FOUND, format!("no such endpoint: {path}"))),
     };
@@ -139,6 +142,13 @@ async fn relief<O: Owner>(conn: &Conn<O>, action: ReliefAction) -> Result<Respon
     Ok(json_response(StatusCode::OK, &status))
 }
 
+/// `ip netns` names by cookie (what labels destinations), for a client that cannot enter them.
+async fn netns_names() -> Result<Response<Body>, Response<Body>> {
+    let names = blocking(ns_names).await?;
+    let o: serde_json::Map<String, Value> = names.0.into_iter().map(|(c, n)| (c.to_string(), Value::from(n))).collect();
+    Ok(json_response(StatusCode::OK, &Value::Object(o)))
+}
+
 async fn events<O: Owner>(conn: &Conn<O>) -> Result<Response<Body>, Response<Body>> {
     let rx = ask(conn.shared.limits.owner_timeout, conn.shared.owner.subscribe()).await?;
     Ok(stream("application/x-ndjson", events::stream(rx)))
@@ -163,11 +173,12 @@ async fn kill<O: Owner>(conn: &Conn<O>, req: Request<Incoming>) -> Result<Respon
         .map_err(|e| error(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")))?;
     let plan = KillPlan::try_from(body).map_err(|e| error(StatusCode::BAD_REQUEST, e))?;
     let peer = conn.peer;
+    let audit_log = shared.now.read().expect("API settings").audit_log.clone();
     let audit = match plan.opts.dry_run {
         true => None,
         // Opened before anything dies: a kill that cannot be recorded does not happen.
         false => Some(
-            AuditLog::open_as(&shared.audit_log, Actor::peer(peer.uid, peer.pid.unwrap_or(0)))
+            AuditLog::open_as(&audit_log, Actor::peer(peer.uid, peer.pid.unwrap_or(0)))
                 .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, exec::chain(&e)))?,
         ),
     };

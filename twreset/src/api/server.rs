@@ -4,7 +4,7 @@
 use std::{
     future::Future,
     path::{Path, PathBuf},
-    sync::Arc,
+    sync::{Arc, RwLock},
     time::Duration,
 };
 
@@ -36,11 +36,55 @@ pub enum ServerError {
     },
 }
 
+/// What a configuration reload may change without a new socket.
+#[derive(Clone, Debug)]
+pub struct Reloadable {
+    pub policy: Policy,
+    pub audit_log: PathBuf,
+}
+
+/// Applies reloads to a running server.
+#[derive(Clone, Debug)]
+pub struct ApiHandle {
+    now: Arc<RwLock<Reloadable>>,
+    socket: PathBuf,
+}
+
+/// A reload checked and ready to apply (its groups exist).
+#[derive(Debug)]
+pub struct Reload {
+    now: Reloadable,
+    socket: PathBuf,
+}
+
+impl ApiHandle {
+    /// Check a new configuration without applying it (an unknown group refuses the reload).
+    pub fn check(&self, cfg: &ApiConfig) -> Result<Reload, ServerError> {
+        let policy = Policy::new(cfg.group.as_deref(), cfg.readonly_group.as_deref())?;
+        Ok(Reload { now: Reloadable { policy, audit_log: cfg.audit_log.clone() }, socket: cfg.socket.clone() })
+    }
+
+    /// Take the new groups (the socket file's group and ACL too) and audit log; a new socket
+    /// path needs a restart.
+    pub fn apply(&self, r: Reload) -> Result<(), ServerError> {
+        if r.socket != self.socket {
+            tracing::warn!(
+                "the API socket stays {} until a restart (configured: {})",
+                self.socket.display(),
+                r.socket.display()
+            );
+        }
+        bind::set_access(&self.socket, r.now.policy.group, r.now.policy.readonly_group)?;
+        *self.now.write().expect("API settings") = r.now;
+        Ok(())
+    }
+}
+
 /// What every connection task shares.
 pub struct Shared<O> {
     pub owner: O,
     pub limits: Limits,
-    pub audit_log: PathBuf,
+    pub now: Arc<RwLock<Reloadable>>,
     /// One kill at a time: a thousand POSTs queue here, not in a thousand threads.
     pub kill_lock: Arc<Mutex<()>>,
 }
@@ -55,7 +99,6 @@ pub struct Conn<O> {
 pub struct Server<O> {
     listener: UnixListener,
     file: SocketFile,
-    policy: Policy,
     shared: Arc<Shared<O>>,
 }
 
@@ -81,17 +124,17 @@ impl<O: Owner> Server<O> {
         let listen_err = |source| ServerError::Listen { path: cfg.socket.clone(), source };
         std_listener.set_nonblocking(true).map_err(listen_err)?;
         let listener = UnixListener::from_std(std_listener).map_err(listen_err)?;
-        let shared = Arc::new(Shared {
-            owner,
-            limits: cfg.limits,
-            audit_log: cfg.audit_log.clone(),
-            kill_lock: Arc::new(Mutex::new(())),
-        });
-        Ok(Self { listener, file, policy, shared })
+        let now = Arc::new(RwLock::new(Reloadable { policy, audit_log: cfg.audit_log.clone() }));
+        let shared = Arc::new(Shared { owner, limits: cfg.limits, now, kill_lock: Arc::new(Mutex::new(())) });
+        Ok(Self { listener, file, shared })
     }
 
     pub fn path(&self) -> &Path {
         &self.file.path
+    }
+
+    pub fn handle(&self) -> ApiHandle {
+        ApiHandle { now: self.shared.now.clone(), socket: self.file.path.clone() }
     }
 
     /// Serve until `shutdown`; the socket file is removed on return.
@@ -115,7 +158,8 @@ impl<O: Owner> Server<O> {
                 tracing::debug!("API connection refused: {} connections open", self.shared.limits.max_connections);
                 continue;
             };
-            let Some((peer, access)) = admit(&stream, &self.policy) else { continue };
+            let policy = self.shared.now.read().expect("API settings").policy;
+            let Some((peer, access)) = admit(&stream, &policy) else { continue };
             let conn = Arc::new(Conn { shared: self.shared.clone(), peer, access });
             tokio::spawn(async move {
                 serve(stream, conn).await;

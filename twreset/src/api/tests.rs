@@ -14,7 +14,7 @@ use super::*;
 use crate::{
     api::{
         client::{Agent, ClientError, for_each_line},
-        server::Server,
+        server::{self, Server},
     },
     cmd::tw::render::render_json,
     kill::{report::Totals as KillTotals, select::SelectorError},
@@ -62,6 +62,7 @@ impl Owner for Fake {
 
 struct Running {
     fake: Fake,
+    handle: server::ApiHandle,
     agent: Agent,
     dir: PathBuf,
     stop: Option<oneshot::Sender<()>>,
@@ -82,11 +83,12 @@ fn start(tag: &str, limits: Limits) -> Running {
     let (events, _) = broadcast::channel(64);
     let fake = Fake { events, queries: Arc::default(), kills: Arc::default() };
     let server = Server::bind(&cfg, fake.clone()).unwrap();
+    let handle = server.handle();
     let (stop, stopped) = oneshot::channel::<()>();
     tokio::spawn(server.run(async move {
         let _ = stopped.await;
     }));
-    Running { fake, agent: Agent { path: cfg.socket }, dir, stop: Some(stop) }
+    Running { fake, handle, agent: Agent { path: cfg.socket }, dir, stop: Some(stop) }
 }
 
 fn status_of(e: ClientError) -> (u16, String) {
@@ -249,7 +251,24 @@ async fn cli_top_source_through_the_agent() {
     }
     let r = start("top", Limits::default());
     let cfg = crate::cmd::top::TopConfig::try_from(T::try_parse_from(["top", "--all-netns"]).unwrap().a).unwrap();
-    assert!(crate::cmd::top::via_agent(&cfg, &r.agent).await.is_ok());
+    let (_, names) = crate::cmd::top::via_agent(&cfg, &r.agent).await.unwrap();
+    assert_eq!(names.0, crate::cmd::tw::ns_names().0, "the agent's namespace names");
     let q = r.fake.queries.lock().unwrap();
     assert_eq!((q.len(), q[0].netns.is_none()), (1, true));
+}
+
+/// A reload changes the socket file's group and ACL; an unknown group is refused before anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_groups() {
+    use std::os::unix::fs::MetadataExt;
+    let r = start("reload", Limits::default());
+    let mut cfg = ApiConfig::new(r.agent.path.clone(), r.dir.join("other-audit.log"));
+    cfg.group = Some("4242".into());
+    cfg.readonly_group = Some("4343".into());
+    r.handle.apply(r.handle.check(&cfg).unwrap()).unwrap();
+    let m = std::fs::metadata(&r.agent.path).unwrap();
+    assert_eq!((m.gid(), m.mode() & 0o777 & !0o006), (4242, 0o660));
+    cfg.group = Some("no-such-group-twreset".into());
+    assert!(r.handle.check(&cfg).is_err());
+    assert!(r.agent.get("/healthz").await.is_ok());
 }

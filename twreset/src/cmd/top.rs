@@ -109,8 +109,9 @@ pub async fn direct(cfg: &TopConfig, feed: Feed) -> Result<Source, TopError> {
     Live::start(feed, cfg.view, SETTLE).await.map(|l| Source::Live(Box::new(l))).map_err(TopError::Live)
 }
 
-/// Use the agent's table; fails (so the caller can run directly) when it does not answer.
-pub async fn via_agent(cfg: &TopConfig, agent: &Agent) -> Result<Source, ClientError> {
+/// Use the agent's table, and its namespace names; fails (so the caller can run directly) when
+/// it does not answer.
+pub async fn via_agent(cfg: &TopConfig, agent: &Agent) -> Result<(Source, NsNames), ClientError> {
     let params = TwParams {
         by: cfg.by,
         prefix_v4: cfg.view.prefix_v4,
@@ -123,7 +124,12 @@ pub async fn via_agent(cfg: &TopConfig, agent: &Agent) -> Result<Source, ClientE
         TopError::Agent(e) => e,
         e => ClientError::Answer(e.to_string()),
     })?;
-    Ok(source)
+    let raw = agent.get("/v1/netns").await?;
+    let names: std::collections::HashMap<String, String> =
+        serde_json::from_slice(&raw).map_err(|e| ClientError::Answer(e.to_string()))?;
+    let names =
+        NsNames(names.into_iter().filter_map(|(c, n)| Some((c.parse().ok()?, n))).collect(), Default::default());
+    Ok((source, names))
 }
 
 impl Source {
