@@ -6,281 +6,16 @@
 //! (checked with `ss`); budgets and cool-downs hold under load (counted from the audit log); pause
 //! stops kills within one cycle and resume restarts them (through the control API).
 
+mod support;
+
 use std::{
     collections::BTreeMap,
-    io::Read,
-    net::{SocketAddr, TcpListener, TcpStream},
-    path::PathBuf,
-    process::Command,
-    sync::Mutex,
+    net::SocketAddr,
     time::{Duration, Instant},
 };
 
-use twreset_tests::{NetNs, Running, listen, poll_until, privileged};
-
-/// One agent at a time: each runs a kernel session over every namespace, and the churn is timed.
-static SERIAL: Mutex<()> = Mutex::new(());
-
-/// The port range of the test namespaces: 1,000 ports.
-const RANGE: (u16, u16) = (40000, 40999);
-const RANGE_SIZE: usize = 1000;
-
-/// A port for the agent's metrics listener (host namespace).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// Server ports in the test namespaces: below their ephemeral range, so that no client socket
-/// (or its TIME_WAIT) ever holds them.
-const PORT: u16 = 8080;
-const BYSTANDER_PORT: u16 = 8081;
-
-/// The pause between two connections of the client (load shaping), `TWRESET_RELIEF_PAUSE_US`.
-fn client_pause() -> Duration {
-    let us = std::env::var("TWRESET_RELIEF_PAUSE_US").ok().and_then(|v| v.parse().ok()).unwrap_or(200);
-    Duration::from_micros(us)
-}
-
-/// A namespace with a 1,000-port range and `tcp_tw_reuse=0` (the harness sets the latter).
-fn small_range_ns(tag: &str) -> NetNs {
-    let ns = NetNs::new(tag);
-    ns.sysctl("net.ipv4.ip_local_port_range", &format!("{} {}", RANGE.0, RANGE.1));
-    assert_eq!(ns.read_sysctl("net.ipv4.tcp_tw_reuse").trim(), "0");
-    ns
-}
-
-/// What the client saw.
-#[derive(Debug, Default)]
-struct Churn {
-    ok: usize,
-    eaddrnotavail: usize,
-    first_failure: Option<usize>,
-    elapsed: Duration,
-}
-
-impl Churn {
-    fn rate(&self) -> f64 {
-        (self.ok + self.eaddrnotavail) as f64 / self.elapsed.as_secs_f64().max(1e-9)
-    }
-}
-
-/// `n` short connections to `server`, one after the other, the client closing first (so it holds
-/// the TIME_WAIT socket and its port), `pause` after each. `EADDRNOTAVAIL` is counted, and the
-/// client goes on with the next connection; any other error fails the test.
-fn churn_here(listener: &TcpListener, n: usize, pause: Duration) -> Churn {
-    let server = listener.local_addr().unwrap();
-    let mut c = Churn::default();
-    let start = Instant::now();
-    let mut buf = [0u8; 1];
-    for i in 0..n {
-        let client = match TcpStream::connect(server) {
-            Ok(s) => s,
-            Err(e) if e.raw_os_error() == Some(libc::EADDRNOTAVAIL) => {
-                c.eaddrnotavail += 1;
-                c.first_failure.get_or_insert(i);
-                if !pause.is_zero() {
-                    std::thread::sleep(pause);
-                }
-                continue;
-            }
-            Err(e) => panic!("connect {server}: {e}"),
-        };
-        let (mut accepted, _) = listener.accept().unwrap();
-        client.shutdown(std::net::Shutdown::Write).unwrap();
-        assert_eq!(accepted.read(&mut buf).unwrap(), 0);
-        drop(accepted);
-        // Read the server's FIN before closing: the client ends in TIME_WAIT, not FIN_WAIT2.
-        assert_eq!((&client).read(&mut buf).unwrap(), 0);
-        drop(client);
-        c.ok += 1;
-        if !pause.is_zero() {
-            std::thread::sleep(pause);
-        }
-    }
-    c.elapsed = start.elapsed();
-    c
-}
-
-/// [`churn_here`] in `ns` against a listener of its own on `server`.
-fn churn(ns: &NetNs, server: SocketAddr, n: usize, pause: Duration) -> Churn {
-    ns.run(|| {
-        let l = listen(server).unwrap_or_else(|e| panic!("bind {server}: {e}"));
-        churn_here(&l, n, pause)
-    })
-}
-
-/// TIME_WAIT sockets of `ns` to `dst` (`ss`, the kernel's view).
-fn tw_to(ns: &NetNs, dst: SocketAddr) -> usize {
-    ns.time_wait().iter().filter(|s| s.remote == dst).count()
-}
-
-/// A temp dir removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        let p = std::env::temp_dir().join(format!("twreset-relief-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        Self(p)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A running agent with its own config, metrics port, control socket and audit log.
-struct Agent {
-    run: Running,
-    h: Handle,
-    _dir: TempDir,
-}
-
-/// How to reach an agent (shareable with threads inside a namespace).
-struct Handle {
-    port: u16,
-    socket: PathBuf,
-    audit: PathBuf,
-}
-
-impl Agent {
-    /// `relief` is the `[relief]` part of the config; the audit log is the agent's own.
-    fn start(tag: &str, relief: &str) -> Self {
-        let dir = TempDir::new(tag);
-        let audit = dir.0.join("audit.log");
-        let config = dir.0.join("agent.toml");
-        std::fs::write(&config, format!("audit_log = {:?}\n{relief}", audit.display().to_string())).unwrap();
-        let (port, socket) = (free_port(), dir.0.join("agent.sock"));
-        let listen = format!("127.0.0.1:{port}");
-        let run = Running::start_with_env(
-            &[
-                "agent",
-                "--config",
-                config.to_str().unwrap(),
-                "--metrics-listen",
-                &listen,
-                "--socket",
-                socket.to_str().unwrap(),
-            ],
-            &[("TWRESET_LOG", "info")],
-            "agent ready",
-        );
-        Self { run, h: Handle { port, socket, audit }, _dir: dir }
-    }
-}
-
-impl std::ops::Deref for Agent {
-    type Target = Handle;
-    fn deref(&self) -> &Handle {
-        &self.h
-    }
-}
-
-impl Handle {
-    fn metrics(&self) -> String {
-        let url = format!("http://127.0.0.1:{}/metrics", self.port);
-        let mut r = ureq::get(&url).call().unwrap_or_else(|e| panic!("GET {url}: {e}"));
-        r.body_mut().read_to_string().unwrap()
-    }
-
-    /// `twreset_relief_decisions_total{rule,decision}` summed per decision.
-    fn decisions(&self) -> BTreeMap<String, f64> {
-        let mut out = BTreeMap::new();
-        for (labels, v) in series(&self.metrics(), "twreset_relief_decisions_total") {
-            *out.entry(labels["decision"].clone()).or_insert(0.0) += v;
-        }
-        out
-    }
-
-    /// `twreset_kills_total{trigger="policy",result}`.
-    fn policy_kills(&self) -> BTreeMap<String, f64> {
-        series(&self.metrics(), "twreset_kills_total")
-            .into_iter()
-            .filter(|(l, _)| l["trigger"] == "policy")
-            .map(|(l, v)| (l["result"].clone(), v))
-            .collect()
-    }
-
-    /// A request to the control API (curl over the unix socket): the JSON answer.
-    fn api(&self, method: &str, path: &str) -> serde_json::Value {
-        let out = Command::new("curl")
-            .args(["-sS", "--fail-with-body", "-X", method, "--unix-socket", self.socket.to_str().unwrap()])
-            .arg(format!("http://agent{path}"))
-            .output()
-            .expect("curl");
-        let body = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success(), "{method} {path}: {body} {}", String::from_utf8_lossy(&out.stderr));
-        serde_json::from_str(&body).unwrap_or_else(|e| panic!("{method} {path}: {e}: {body}"))
-    }
-
-    /// The policy's audit lines so far.
-    fn audit_lines(&self) -> Vec<serde_json::Value> {
-        let text = std::fs::read_to_string(&self.audit).unwrap_or_default();
-        text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
-    }
-}
-
-/// `name{labels} value` series of one family, labels parsed.
-fn series(text: &str, name: &str) -> Vec<(BTreeMap<String, String>, f64)> {
-    text.lines()
-        .filter_map(|l| {
-            let (labels, value) = l.strip_prefix(name)?.strip_prefix('{')?.split_once("} ")?;
-            let labels = labels
-                .split("\",")
-                .filter_map(|kv| kv.split_once("=\"").map(|(k, v)| (k.to_owned(), v.trim_end_matches('"').to_owned())))
-                .collect();
-            Some((labels, value.parse().ok()?))
-        })
-        .collect()
-}
-
-/// Milliseconds of an audit line's `time` (RFC 3339, UTC, ms) within its month: enough to measure
-/// the gaps of one test run.
-fn audit_ms(line: &serde_json::Value) -> u64 {
-    let t = line["time"].as_str().unwrap();
-    let n = |r: std::ops::Range<usize>| t[r].parse::<u64>().unwrap();
-    ((n(8..10) * 24 + n(11..13)) * 60 + n(14..16)) * 60_000 + n(17..19) * 1000 + n(20..23)
-}
-
-/// Now, as [`audit_ms`] counts.
-fn now_ms_in_month() -> u64 {
-    let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
-    let day_ms = ms % 86_400_000;
-    // Day of the month from the civil date (the audit's own formula, as `date` would print it).
-    let out = Command::new("date").args(["-u", "-d", &format!("@{}", ms / 1000), "+%d"]).output().unwrap();
-    let day: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
-    day * 86_400_000 + day_ms
-}
-
-/// The `[relief]` table of one enforce or dry-run rule for `dst`'s port in `ns`, everything in
-/// 127.0.0.3 denied.
-fn relief_config(mode: &str, ns: &NetNs, rport: u16, extra: &str, rule_extra: &str) -> String {
-    format!(
-        r#"
-[relief]
-mode = "{mode}"
-interval = "20ms"
-deny_remote = ["127.0.0.3/32"]
-{extra}
-
-[[relief.rule]]
-name = "backend"
-netns = ["{ns}"]
-remote = ["127.0.0.0/8"]
-remote_port = [{rport}]
-trigger_pressure = 0.3
-target_pressure = 0.1
-min_age = "0s"
-{rule_extra}
-"#,
-        ns = ns.name
-    )
-}
-
-const GENEROUS: &str = "cooldown = \"0s\"\nmax_kills_per_minute = 1000000\nmax_kills_per_cycle = 100000";
+use support::*;
+use twreset_tests::{listen, poll_until, privileged};
 
 #[test]
 fn relief_without_the_agent_the_client_runs_out_of_ports() {
@@ -473,7 +208,7 @@ fn relief_sighup_applies_good_relief_rules_and_keeps_the_old_on_a_bad_file() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let ns = small_range_ns("rl-hup");
     let mut agent = Agent::start("hup", &relief_config("enforce", &ns, PORT, GENEROUS, ""));
-    let config = agent._dir.0.join("agent.toml");
+    let config = agent.dir.0.join("agent.toml");
     let audit = format!("audit_log = {:?}\n", agent.audit.display().to_string());
     let hup =
         |pid: i32| nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGHUP).unwrap();
@@ -495,4 +230,44 @@ fn relief_sighup_applies_good_relief_rules_and_keeps_the_old_on_a_bad_file() {
     let status = agent.api("GET", "/v1/relief");
     assert_eq!(status["mode"], "dry-run", "{status}");
     assert_eq!(status["rules"][0]["rule"], "backend", "{status}");
+}
+
+/// Bench, not a test (`-- --ignored relief_bench`): reaction time at the default `interval`
+/// (250 ms) and `cooldown` (5 s), from a destination reaching its trigger to its kills done as
+/// `ss` sees them. Five rounds, each after the cool-down has passed; prints each and the median.
+#[test]
+#[ignore = "bench: run with --ignored"]
+fn relief_bench_reaction_time_at_default_settings() {
+    if !privileged("relief_bench_reaction_time_at_default_settings") {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let ns = small_range_ns("rl-bench");
+    let dst: SocketAddr = format!("127.0.0.1:{PORT}").parse().unwrap();
+    let relief = format!(
+        "[relief]\nmode = \"enforce\"\n\n[[relief.rule]]\nname = \"backend\"\nnetns = [\"{}\"]\nremote_port = [{PORT}]\n\
+         trigger_pressure = 0.5\ntarget_pressure = 0.2\nmin_age = \"0s\"\n",
+        ns.name
+    );
+    let agent = Agent::start("bench", &relief);
+    let l = ns.run(|| listen(dst).unwrap());
+    let mut reactions = Vec::new();
+    for round in 0..5 {
+        let need = (RANGE_SIZE / 2).saturating_sub(tw_to(&ns, dst));
+        let c = ns.run(|| churn_here(&l, need, Duration::ZERO));
+        let crossed = Instant::now();
+        assert_eq!(c.eaddrnotavail, 0);
+        let deadline = crossed + Duration::from_secs(20);
+        while tw_to(&ns, dst) > RANGE_SIZE / 5 {
+            assert!(Instant::now() < deadline, "no relief within 20 s");
+        }
+        let took = crossed.elapsed();
+        eprintln!("round {round}: {need} connections to the trigger, relieved {took:?} after");
+        reactions.push(took);
+        // Past the cool-down (a bench may wait on the clock).
+        std::thread::sleep(Duration::from_secs(6));
+    }
+    reactions.sort();
+    eprintln!("reaction at default settings: median {:?}, max {:?}", reactions[2], reactions[4]);
+    drop(agent);
 }
