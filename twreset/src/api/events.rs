@@ -5,16 +5,18 @@
 //! in the broadcast channel, and its stream says how many lines it lost.
 
 use std::{
+    collections::HashMap,
     convert::Infallible,
     pin::Pin,
     task::{Context, Poll},
+    time::Duration,
 };
 
 use bytes::Bytes;
 use hyper::body::{Body, Frame};
 use tokio::sync::{broadcast, mpsc};
 
-use crate::{api::EventBatch, output::push_tw_json_line};
+use crate::{api::EventBatch, kernel::identity::Resolver, output::push_tw_json_line};
 
 /// Chunks queued per streaming response; past this the producer waits (an event stream's
 /// producer then lags behind the broadcast, which counts the loss).
@@ -83,27 +85,52 @@ pub fn dropped_line(n: u64) -> Bytes {
     Bytes::from(format!("{{\"event\":\"tw_dropped\",\"batches\":{n},\"reason\":\"slow_reader\"}}\n"))
 }
 
+/// Identity fields by namespace cookie (ip-netns name, pod, container), spliced into lines as
+/// `trace --timewait --json` does.
+pub type Fragments = HashMap<u64, Box<[u8]>>;
+
+/// The identities known now (a blocking scan of namespaces and processes).
+pub fn fragments() -> Fragments {
+    match Resolver::from_env() {
+        Ok(r) => r.identities().filter(|i| !i.is_plain()).map(|i| (i.cookie, i.json_fragment().into())).collect(),
+        Err(_) => HashMap::new(),
+    }
+}
+
 /// NDJSON lines of one batch.
-pub fn batch_lines(batch: &EventBatch) -> Bytes {
+pub fn batch_lines(batch: &EventBatch, ids: &Fragments) -> Bytes {
     let mut buf = Vec::with_capacity(batch.len() * 160);
     for ev in batch.iter() {
-        // Without identity fields: the owner's batches carry none (yet).
-        push_tw_json_line(&mut buf, ev, b"");
+        let id = ids.get(&ev.key.netns_cookie).map_or(&[][..], |f| &f[..]);
+        push_tw_json_line(&mut buf, ev, id);
     }
     Bytes::from(buf)
 }
+
+/// How often a stream looks again for the identities of namespaces it has not seen.
+const RESCAN: Duration = Duration::from_secs(1);
 
 /// Forward `events` into a body until the client hangs up or the owner stops.
 pub fn stream(mut events: broadcast::Receiver<EventBatch>) -> ChannelBody {
     let (tx, rx) = mpsc::channel(QUEUE);
     tokio::spawn(async move {
+        let mut ids = tokio::task::spawn_blocking(fragments).await.unwrap_or_default();
+        let mut scanned = tokio::time::Instant::now();
         loop {
             let chunk = tokio::select! {
                 // A client that hung up stops its stream now, not at the next event.
                 _ = tx.closed() => return,
                 r = events.recv() => match r {
                     Ok(batch) if batch.is_empty() => continue,
-                    Ok(batch) => batch_lines(&batch),
+                    Ok(batch) => {
+                        // A namespace not seen before (and not plain): look again, at most every RESCAN.
+                        let unknown = batch.iter().any(|e| !ids.contains_key(&e.key.netns_cookie));
+                        if unknown && scanned.elapsed() >= RESCAN {
+                            ids = tokio::task::spawn_blocking(fragments).await.unwrap_or_default();
+                            scanned = tokio::time::Instant::now();
+                        }
+                        batch_lines(&batch, &ids)
+                    }
                     Err(broadcast::error::RecvError::Lagged(n)) => dropped_line(n),
                     Err(broadcast::error::RecvError::Closed) => return,
                 },
