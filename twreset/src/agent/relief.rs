@@ -104,6 +104,7 @@ impl Relief {
                 holding: d.pressure.holding,
                 range: d.pressure.range,
                 audit_log: audit_log.to_owned(),
+                decided: std::time::Instant::now(),
             };
             if self.jobs.as_ref().is_none_or(|j| j.send(job).is_err()) {
                 self.state.record_kills(intent, 0);

@@ -49,6 +49,8 @@ pub struct Job {
     pub holding: u64,
     pub range: u32,
     pub audit_log: PathBuf,
+    /// When the policy decided it: the audit line's `latency_ms` is the time from there.
+    pub decided: std::time::Instant,
 }
 
 /// What the executor did with a [`Job`].
@@ -123,6 +125,7 @@ pub fn audit_fields(job: &Job, killed: u64) -> serde_json::Map<String, Value> {
         "pressure_after": after,
         "wanted": i.count,
         "min_age_ms": i.min_age_ns / 1_000_000,
+        "latency_ms": job.decided.elapsed().as_millis() as u64,
     });
     match v {
         Value::Object(m) => m,
