@@ -166,10 +166,11 @@ impl Owner {
             return;
         }
         self.live.pump();
-        let now = crate::live::monotonic_ns();
+        // One reading of the clock for the policy and for the audit's latency.
+        let (now, at) = (crate::live::monotonic_ns(), std::time::Instant::now());
         let input = relief::input(&self.live, &self.relief.config, &|c| self.label(c), now);
         let decisions = self.relief.cycle(&input, now);
-        self.relief.execute(&decisions, &self.settings.audit_log);
+        self.relief.execute(&decisions, &self.settings.audit_log, at);
     }
 
     /// Answer `first` and every command already queued behind it from one moment of the table;

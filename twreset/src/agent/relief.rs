@@ -95,7 +95,8 @@ impl Relief {
     }
 
     /// Log each decision and send its kill intent, if any, to the executor.
-    pub fn execute(&mut self, decisions: &[Decision], audit_log: &Path) {
+    /// `decided` is the moment of the cycle's clock reading (its audit lines' `latency_ms` start there).
+    pub fn execute(&mut self, decisions: &[Decision], audit_log: &Path, decided: std::time::Instant) {
         for d in decisions {
             log(d);
             let Some(intent) = d.kill_intent() else { continue };
@@ -104,7 +105,7 @@ impl Relief {
                 holding: d.pressure.holding,
                 range: d.pressure.range,
                 audit_log: audit_log.to_owned(),
-                decided: std::time::Instant::now(),
+                decided,
             };
             if self.jobs.as_ref().is_none_or(|j| j.send(job).is_err()) {
                 self.state.record_kills(intent, 0);
