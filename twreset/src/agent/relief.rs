@@ -85,7 +85,7 @@ impl Relief {
         }
     }
 
-    /// One cycle at `now_ns` on `input`: decide, count, log; returns the intents to execute.
+    /// One cycle at `now_ns` on `input`: decide and count; the decisions, for [`Self::execute`].
     pub fn cycle(&mut self, input: &Input, now_ns: u64) -> Vec<Decision> {
         let decisions = policy::decide(&self.config, input, &mut self.state, now_ns);
         for d in &decisions {
