@@ -158,9 +158,11 @@ async fn kill<O: Owner>(conn: &Conn<O>, req: Request<Incoming>) -> Result<Respon
     let audit_log = shared.now.read().expect("API settings").audit_log.clone();
     let audit = match plan.opts.dry_run {
         true => None,
-        // Opened before anything dies: a kill that cannot be recorded does not happen.
+        // Opened before anything dies: a kill that cannot be recorded does not happen. (The user
+        // name lookup may ask NSS: on the blocking pool.)
         false => Some(
-            AuditLog::open_as(&audit_log, Actor::peer(peer.uid, peer.pid.unwrap_or(0)))
+            blocking(move || AuditLog::open_as(&audit_log, Actor::peer(peer.uid, peer.pid.unwrap_or(0))))
+                .await?
                 .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, exec::chain(&e)))?,
         ),
     };

@@ -159,8 +159,8 @@ pub async fn via_agent(agent: &Agent, args: &KillArgs) -> Result<bool, KillCmdEr
         Err(ClientError::Status { status: StatusCode::BAD_REQUEST, message }) => return Err(UsageError(message).into()),
         r => r?,
     };
-    let mut out = io::BufWriter::new(io::stdout().lock());
-    let mut human = HumanSink::new(io::BufWriter::new(io::stdout()));
+    // Human output goes through the sink; JSON lines are copied to its writer as they came.
+    let mut human = HumanSink::new(io::BufWriter::new(io::stdout().lock()));
     let mut totals = None;
     for_each_line(agent.path(), resp, |line| -> Result<(), KillCmdError> {
         let v: serde_json::Value = serde_json::from_slice(line)
@@ -182,11 +182,11 @@ pub async fn via_agent(agent: &Agent, args: &KillArgs) -> Result<bool, KillCmdEr
         if v["type"] == "summary" {
             totals = replay(&v, &mut exec::NullSink)?;
         }
-        out.write_all(line)?;
-        out.write_all(b"\n")?;
+        human.out.write_all(line)?;
+        human.out.write_all(b"\n")?;
         Ok(())
     })
     .await?;
-    out.flush()?;
+    human.out.flush()?;
     totals.map(|t| t.ok()).ok_or(KillCmdError::Truncated)
 }
