@@ -355,6 +355,49 @@ fn kubernetes_objects_fit_together() {
     }
 }
 
+/// The DaemonSet's agent.toml (in the ConfigMap) has every key of the documented example
+/// (deploy/systemd/agent.toml, the defaults), with the defaults but for where a container differs.
+#[test]
+fn configmap_agent_toml_matches_the_example() {
+    let test = "configmap_agent_toml_matches_the_example";
+    if !have_kubernetes_validate(test)
+        || !have(
+            test,
+            "python3 tomllib",
+            Command::new("python3").args(["-c", "import tomllib"]),
+            "python 3.11 or later",
+        )
+    {
+        return;
+    }
+    let out = run(Command::new("python3").args([
+        "-c",
+        "import json, sys, tomllib, yaml\n\
+         cm = yaml.safe_load(open('deploy/kubernetes/configmap.yaml'))['data']['agent.toml']\n\
+         json.dump([tomllib.load(open('deploy/systemd/agent.toml', 'rb')), tomllib.loads(cm)], sys.stdout)",
+    ]));
+    assert!(out.status.success(), "parsing the two agent.toml files failed:\n{}", text(&out));
+    let [example, cm]: [Value; 2] = serde_json::from_slice(&out.stdout).expect("two TOML documents as JSON");
+    let flat = |v: &Value| -> Vec<(String, Value)> {
+        let mut rows = Vec::new();
+        for (k, v) in v.as_object().expect("a TOML table") {
+            match v.as_object() {
+                Some(t) => rows.extend(t.iter().map(|(k2, v2)| (format!("{k}.{k2}"), v2.clone()))),
+                None => rows.push((k.clone(), v.clone())),
+            }
+        }
+        rows
+    };
+    let (example, cm) = (flat(&example), flat(&cm));
+    let keys = |rows: &[(String, Value)]| rows.iter().map(|(k, _)| k.clone()).collect::<BTreeSet<_>>();
+    assert_eq!(keys(&cm), keys(&example), "configmap.yaml's agent.toml vs deploy/systemd/agent.toml: keys");
+    let differ: BTreeSet<&str> = ["metrics_listen", "proc_root"].into();
+    for (k, v) in &cm {
+        let default = &example.iter().find(|(e, _)| e == k).unwrap().1;
+        assert_eq!(v == default, !differ.contains(k.as_str()), "configmap.yaml: {k} = {v} (example: {default})");
+    }
+}
+
 /// Settings of the systemd unit (`Key=value` lines, comments skipped), all values of `key` in order.
 fn unit_settings(key: &str) -> Vec<String> {
     read(UNIT)
