@@ -76,7 +76,6 @@ pub fn populate(ns: &NetNs) -> Vec<(TcpStream, TcpStream)> {
     }
     ns.add_lo_addr(&format!("{S6}/64"));
     ns.add_lo_addr(&format!("{C6}/64"));
-    ns.wait_v6_local(&[S6, C6]);
     ns.run(|| {
         connections(sa(S1, 80), ip(C), 4, Closer::Client);
         connections(sa(S1, 443), ip(C), 3, Closer::Client);
