@@ -54,15 +54,17 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Tw(args) => {
             let cfg = cmd::tw::TwConfig::try_from(args)?;
-            let feed = twreset::twfeed::kernel_feed(&cfg.scope)?;
-            cmd::tw::run(&cfg, feed, &cmd::tw::ns_names(), &mut std::io::stdout().lock()).await?;
+            // Before loading: a signal while loading ends the settle, not the process.
+            let stop = shutdown_signal()?;
+            let feed = twreset::session::kernel_feed(&cfg.scope)?;
+            cmd::tw::run(&cfg, feed, &cmd::tw::ns_names(), &mut std::io::stdout().lock(), stop).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Top(args) => {
             let cfg = cmd::top::TopConfig::try_from(args)?;
             cmd::top::ensure_terminal()?;
             let shutdown = shutdown_signal()?;
-            let feed = twreset::twfeed::kernel_feed(&cfg.scope)?;
+            let feed = twreset::session::kernel_feed(&cfg.scope)?;
             cmd::top::run(&cfg, feed, &cmd::tw::ns_names(), shutdown).await?;
             Ok(ExitCode::SUCCESS)
         }

@@ -24,10 +24,7 @@ use tokio::{
 };
 
 use crate::{
-    cli::NetnsScope,
-    kernel::netns::NetnsError,
-    live::LiveError,
-    twfeed::{FeedError, kernel_session},
+    kernel::netns::NetnsError, live::LiveError, scope::NetnsScope, session::kernel_session, twfeed::FeedError,
 };
 use command::Commands;
 use config::{Config, Source};

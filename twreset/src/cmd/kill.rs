@@ -2,22 +2,22 @@
 //! exactly those (or list them with --dry-run), with preflight, audit log and per-socket results.
 
 use std::{
-    io::{self, IsTerminal, Write},
+    io::{self, IsTerminal},
     path::PathBuf,
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::Duration,
 };
 
 use clap::Args;
 
 use crate::{
-    cli::{NetnsArgs, NetnsScope, UsageError, parse_port},
+    cmd::{NetnsArgs, UsageError},
     kill::{
-        self, Method, NsRun, Options,
-        audit::{self, Actor, AuditError, AuditLog, Record},
-        report::{self, Totals},
+        Method, Options,
+        audit::{self, Actor},
+        execute::{ExecuteError, Request, execute},
         select::{self, Endpoint, Selector, StateWord, States},
-        targets::{self, Target},
     },
+    scope::{NetnsScope, parse_port},
 };
 
 #[derive(Args, Debug)]
@@ -93,108 +93,13 @@ impl TryFrom<KillArgs> for KillConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum KillCmdError {
     #[error(transparent)]
-    Audit(#[from] AuditError),
-    #[error("writing results")]
-    Output(#[from] io::Error),
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
-
-fn run_target(t: &Target, opts: &Options) -> NsRun {
-    match &t.netns {
-        None => kill::run_here(opts),
-        Some(ns) => {
-            ns.run(|| kill::run_here(opts)).unwrap_or_else(|e| NsRun { error: Some(e.into()), ..Default::default() })
-        }
-    }
+    Execute(#[from] ExecuteError),
 }
 
 /// Run the kill; Ok(true) when every selected socket is dead or already gone.
 pub fn run(cfg: KillConfig) -> Result<bool, KillCmdError> {
     let stdout = io::stdout();
     let mut out = io::BufWriter::new(stdout.lock());
-    Ok(execute(cfg, Actor::current(), &mut out)?.ok())
-}
-
-/// Run the kill for `actor` (recorded in the audit log), writing what `run` prints to `out`.
-pub fn execute(cfg: KillConfig, actor: Actor, out: &mut dyn Write) -> Result<Totals, KillCmdError> {
-    // Opened before anything dies: a kill that cannot be recorded does not happen.
-    let mut audit = if cfg.opts.dry_run { None } else { Some(AuditLog::open_as(&cfg.audit_log, actor)?) };
-    let targets = targets::resolve(cfg.scope);
-    let mut totals = Totals::default();
-    let mut header = false;
-    for t in &targets {
-        let run = run_target(t, &cfg.opts);
-        totals.selected += run.planned.len();
-        if let Some(w) = &run.warning {
-            eprintln!("twreset: warning: netns {}: a real kill would fail: {w}", t.label);
-            if cfg.json {
-                let msg = w.to_string();
-                writeln!(out, "{}", report::problem_json("warning", &t.label, run.cookie, &msg))?;
-            }
-        }
-        if let Some(e) = &run.error {
-            totals.ns_errors += 1;
-            eprintln!("twreset: netns {}: {}", t.label, chain(e));
-            if cfg.json {
-                let msg = chain(e);
-                writeln!(out, "{}", report::problem_json("error", &t.label, run.cookie, &msg))?;
-            }
-        }
-        if let Some(o) = &run.outcomes {
-            totals.add(o);
-        }
-        if let (Some(log), Some(o)) = (audit.as_mut(), &run.outcomes) {
-            let mut t2 = Totals::default();
-            t2.add(o);
-            log.write(&Record {
-                time_ms: now_ms(),
-                netns: t.label.clone(),
-                netns_cookie: run.cookie,
-                method: cfg.opts.method.name(),
-                selector: cfg.opts.selector.describe(),
-                selected: run.planned.len(),
-                killed: t2.killed,
-                gone: t2.gone,
-                failed: t2.failed,
-            })?;
-        }
-        if cfg.json {
-            for (i, e) in run.planned.iter().enumerate() {
-                let outcome = run.outcomes.as_ref().map(|o| o[i]);
-                if cfg.opts.dry_run || outcome.is_some() {
-                    writeln!(out, "{}", report::socket_json(&t.label, e, outcome))?;
-                }
-            }
-        } else if cfg.opts.dry_run {
-            for e in &run.planned {
-                if !header {
-                    writeln!(out, "{}", report::table_header())?;
-                    header = true;
-                }
-                writeln!(out, "{}", report::table_line(&t.label, e))?;
-            }
-        }
-    }
-    if cfg.json {
-        writeln!(out, "{}", report::summary_json(&totals, cfg.opts.dry_run))?;
-    } else {
-        writeln!(out, "{}", report::summary_line(&totals, cfg.opts.dry_run))?;
-    }
-    out.flush()?;
-    Ok(totals)
-}
-
-/// An error with its sources, `a: b: c`.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(c) = src {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        src = c.source();
-    }
-    s
+    let req = Request { opts: &cfg.opts, scope: cfg.scope, json: cfg.json, audit_log: &cfg.audit_log };
+    Ok(execute(req, Actor::current(), &mut out)?.ok())
 }
