@@ -382,7 +382,7 @@ impl Probe {
         // `bpf_setsockopt(TCP_BPF_SOCK_OPS_CB_FLAGS)` is Linux 6.12's; before, the programs
         // load but the flag would not be set.
         let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-        if crate::doctor::parse::kernel_version(release.trim()).is_none_or(|v| v < (6, 12)) {
+        if crate::kernel::procfs::kernel_version(release.trim()).is_none_or(|v| v < (6, 12)) {
             return Err(ProbeError::OwnKernel { release: release.trim().to_owned() });
         }
         let path = cgroup::v2_root().ok_or(ProbeError::NoCgroup2)?;

@@ -11,20 +11,19 @@ use tokio::{
 use twreset_common::{Event, kind, state_aux};
 
 use crate::{
-    cli::NetnsScope,
     crosscheck::NsCount,
     decode::{DecodeError, parse_event, sock_key},
     diag,
     kernel::kallsyms::Kallsyms,
     kernel::netns::{self, Netns, NetnsError},
-    live::{CountFn, DumpFn, DumpSink, Feed, LiveError, LostFn, port_ranges},
+    live::{CountFn, DumpSink, LiveError},
     probe::{Filters, Loss, Probe, ProbeError},
-    session::TableSession,
+    scope::NetnsScope,
     state::TcpState,
     tw_event::{TwCause, TwEvent, TwEventKind},
 };
 
-/// The function that removed a TIME_WAIT socket early tells why (KERNEL.md).
+/// The function that removed a TIME_WAIT socket early tells why (docs/internals/timewait.md).
 pub fn cause_of(function: Option<&str>) -> TwCause {
     match function {
         Some("tcp_abort") => TwCause::SockDestroy,
@@ -185,42 +184,8 @@ impl TwFeed {
     }
 }
 
-/// The kernel feed: the TIME_WAIT lifecycle programs attached and streaming into a channel
-/// (before the first dump, so no socket falls between the seed and the events), a sock_diag dump
-/// of every namespace in scope, and the probe's loss counter. The session lives as long as the
-/// table reads its loss count: dropping the table detaches.
-pub fn kernel_feed(scope: &NetnsScope) -> Result<Feed, FeedError> {
-    let (mut feed, session) = kernel_session(scope)?;
-    feed.lost = Box::new(move || session.stats().loss.lost());
-    Ok(feed)
-}
-
-/// Like [`kernel_feed`], with the session handed to the caller (the agent), which keeps it for
-/// its loss breakdown, its namespace filter and its shutdown.
-pub fn kernel_session(scope: &NetnsScope) -> Result<(Feed, TableSession), FeedError> {
-    let ranges = port_ranges(scope)?;
-    let cookies = match scope {
-        NetnsScope::All => None,
-        NetnsScope::Current => Some(vec![netns::current_cookie().map_err(FeedError::Netns)?]),
-        NetnsScope::Paths(list) => {
-            Some(list.iter().map(|n| n.cookie()).collect::<Result<Vec<_>, _>>().map_err(FeedError::Netns)?)
-        }
-    };
-    // Overflows are the kernel's counter: read it before the probe attaches, so the table counts
-    // every one from then on. A counter of its own: the feed's first reading (the creation
-    // baselines, after the seed) must read every namespace too.
-    let attached_counts = tw_counts(paths_of(scope))();
-    let (session, events) = TableSession::start(cookies)?;
-    let stats = session.stats_watch();
-    let tw_counts = tw_counts(paths_of(scope));
-    let paths = paths_of(scope);
-    let dump: DumpFn = Box::new(move |sink| dump_scope(paths.as_deref(), sink).map_err(|e| Box::new(e) as _));
-    let lost: LostFn = Box::new(move || stats.borrow().loss.lost());
-    Ok((Feed { events, dump, lost, tw_counts, attached_counts, ranges }, session))
-}
-
 /// The namespaces of `scope` as [`dump_scope`] and [`tw_counts`] take them.
-fn paths_of(scope: &NetnsScope) -> Option<Vec<std::path::PathBuf>> {
+pub(crate) fn paths_of(scope: &NetnsScope) -> Option<Vec<std::path::PathBuf>> {
     match scope {
         NetnsScope::All => None,
         NetnsScope::Current => Some(Vec::new()),
@@ -230,9 +195,13 @@ fn paths_of(scope: &NetnsScope) -> Option<Vec<std::path::PathBuf>> {
 
 /// Every TCP socket of the scope into `sink`: `None` = all namespaces (enumerated anew each time,
 /// so deleted ones are not held open), empty = the current one.
-fn dump_scope(paths: Option<&[std::path::PathBuf]>, sink: &mut dyn DumpSink) -> Result<(), DumpError> {
+pub(crate) fn dump_scope(
+    paths: Option<&[std::path::PathBuf]>,
+    proc_root: &std::path::Path,
+    sink: &mut dyn DumpSink,
+) -> Result<(), DumpError> {
     let targets: Vec<Netns> = match paths {
-        None => crate::kill::targets::all().into_iter().filter_map(|t| t.netns).collect(),
+        None => crate::scope::all_in(proc_root).into_iter().filter_map(|t| t.netns).collect(),
         Some([]) => return dump_here(sink).map_err(DumpError::Diag),
         Some(list) => list.iter().map(|p| Netns::open(p)).collect::<Result<_, _>>().map_err(DumpError::Netns)?,
     };
@@ -255,9 +224,9 @@ const ALL_NETNS_COUNT_EVERY: Duration = Duration::from_secs(10);
 /// The kernel's TIME_WAIT count of every namespace in scope (see [`crate::crosscheck`]), scope
 /// as in [`dump_scope`]. Before 6.1 a namespace's sockstat could count the host's tw sockets,
 /// which no table of one namespace can match: nothing is compared there.
-fn tw_counts(paths: Option<Vec<std::path::PathBuf>>) -> CountFn {
+pub(crate) fn tw_counts(paths: Option<Vec<std::path::PathBuf>>, proc_root: std::path::PathBuf) -> CountFn {
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    if crate::doctor::parse::kernel_version(release.trim()).is_none_or(|v| v < (6, 1)) {
+    if crate::kernel::procfs::kernel_version(release.trim()).is_none_or(|v| v < (6, 1)) {
         return Box::new(Vec::new);
     }
     // Every namespace of the host means a /proc walk and a thread per namespace: not every second.
@@ -271,7 +240,7 @@ fn tw_counts(paths: Option<Vec<std::path::PathBuf>>) -> CountFn {
             None if std::time::Instant::now() < next_all => return Vec::new(),
             None => {
                 next_all = std::time::Instant::now() + ALL_NETNS_COUNT_EVERY;
-                crate::kill::targets::all().into_iter().filter_map(|t| t.netns).collect()
+                crate::scope::all_in(&proc_root).into_iter().filter_map(|t| t.netns).collect()
             }
             Some([]) => return here().into_iter().collect(),
             Some(list) => list.iter().filter_map(|p| Netns::open(p).ok()).collect(),
@@ -292,7 +261,7 @@ fn dump_here(sink: &mut dyn DumpSink) -> Result<(), diag::DiagError> {
 /// (`thread-self`: a thread that entered another namespace sees that one's).
 fn tw_count() -> Option<usize> {
     let text = std::fs::read_to_string("/proc/thread-self/net/sockstat").ok()?;
-    crate::doctor::parse::sockstat_tw(&text).ok().map(|n| n as usize)
+    crate::kernel::procfs::sockstat_tw(&text).ok().map(|n| n as usize)
 }
 
 /// Of the calling thread's namespace, from `TcpExt`: the TIME_WAIT sockets created so far
@@ -301,7 +270,7 @@ fn tw_count() -> Option<usize> {
 fn tcp_ext_counts() -> (Option<u64>, Option<u64>) {
     let Some(ext) = std::fs::read_to_string("/proc/thread-self/net/netstat")
         .ok()
-        .and_then(|text| crate::doctor::parse::tcp_ext(&text).ok())
+        .and_then(|text| crate::kernel::procfs::tcp_ext(&text).ok())
     else {
         return (None, None);
     };
@@ -373,18 +342,5 @@ mod tests {
         assert_eq!(cause_of(Some("inet_twsk_purge")), TwCause::NetnsGone);
         assert_eq!(cause_of(Some("something_else")), TwCause::Other);
         assert_eq!(cause_of(None), TwCause::Other);
-    }
-
-    #[test]
-    fn sockstat_tw_field() {
-        // The parser is doctor's (tested there); this is the live read through it.
-        assert!(tw_count().is_some(), "this kernel's sockstat has a tw count");
-    }
-
-    #[test]
-    fn hz_from_this_kernel() {
-        if let Some(hz) = kernel_hz() {
-            assert!([100, 250, 300, 1000].contains(&hz), "{hz}");
-        }
     }
 }

@@ -24,10 +24,7 @@ use tokio::{
 };
 
 use crate::{
-    cli::NetnsScope,
-    kernel::netns::NetnsError,
-    live::LiveError,
-    twfeed::{FeedError, kernel_session},
+    kernel::netns::NetnsError, live::LiveError, scope::NetnsScope, session::kernel_session, twfeed::FeedError,
 };
 use command::Commands;
 use config::{Config, Source};
@@ -118,7 +115,7 @@ pub async fn run(config: Config, source: Source, shutdown: impl Future<Output = 
         let _ = api_stopped.await;
     }));
 
-    let (feed, session) = kernel_session(&NetnsScope::All).map_err(AgentError::Feed)?;
+    let (feed, session) = kernel_session(&NetnsScope::All, &config.proc_root).map_err(AgentError::Feed)?;
     let scanner = Scanner::new(config.proc_root.clone()).map_err(AgentError::Netns)?;
     let (scan_every_tx, scan_every) = watch::channel(config.netns_scan);
     let (netns_tx, netns_rx) = mpsc::channel(64);

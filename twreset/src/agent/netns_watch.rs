@@ -76,10 +76,6 @@ impl Scanner {
         Ok(Self { proc_root, host_cookie: netns::current_cookie()?, known: HashMap::new(), first: true })
     }
 
-    pub fn set_proc_root(&mut self, proc_root: PathBuf) {
-        self.proc_root = proc_root;
-    }
-
     /// Every namespace reachable now, by nsfs inode, with its path and `ip netns` name.
     fn reachable(&self) -> HashMap<(u64, u64), (PathBuf, Option<String>)> {
         let mut out = HashMap::new();

@@ -5,6 +5,7 @@
 //! in the broadcast channel, and its stream says how many lines it lost.
 
 use std::{
+    collections::HashMap,
     convert::Infallible,
     pin::Pin,
     task::{Context, Poll},
@@ -83,17 +84,21 @@ pub fn dropped_line(n: u64) -> Bytes {
     Bytes::from(format!("{{\"event\":\"tw_dropped\",\"batches\":{n},\"reason\":\"slow_reader\"}}\n"))
 }
 
+/// Identity fields (`NetnsIdentity::json_fragment`) by namespace cookie.
+pub type Identities = HashMap<u64, Vec<u8>>;
+
 /// NDJSON lines of one batch.
-pub fn batch_lines(batch: &EventBatch) -> Bytes {
+pub fn batch_lines(batch: &EventBatch, identities: &Identities) -> Bytes {
     let mut buf = Vec::with_capacity(batch.len() * 160);
     for ev in batch.iter() {
-        push_tw_json_line(&mut buf, ev);
+        let id = identities.get(&ev.key.netns_cookie).map_or(&[][..], Vec::as_slice);
+        push_tw_json_line(&mut buf, ev, id);
     }
     Bytes::from(buf)
 }
 
 /// Forward `events` into a body until the client hangs up or the owner stops.
-pub fn stream(mut events: broadcast::Receiver<EventBatch>) -> ChannelBody {
+pub fn stream(mut events: broadcast::Receiver<EventBatch>, identities: Identities) -> ChannelBody {
     let (tx, rx) = mpsc::channel(QUEUE);
     tokio::spawn(async move {
         loop {
@@ -102,7 +107,7 @@ pub fn stream(mut events: broadcast::Receiver<EventBatch>) -> ChannelBody {
                 _ = tx.closed() => return,
                 r = events.recv() => match r {
                     Ok(batch) if batch.is_empty() => continue,
-                    Ok(batch) => batch_lines(&batch),
+                    Ok(batch) => batch_lines(&batch, &identities),
                     Err(broadcast::error::RecvError::Lagged(n)) => dropped_line(n),
                     Err(broadcast::error::RecvError::Closed) => return,
                 },
@@ -141,7 +146,7 @@ mod tests {
     #[tokio::test]
     async fn lines_then_a_drop_count_for_a_slow_reader() {
         let (tx, rx) = broadcast::channel(4);
-        let mut body = stream(rx);
+        let mut body = stream(rx, Identities::new());
         tx.send(batch(1)).unwrap();
         let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
         let v: serde_json::Value = serde_json::from_slice(&first).unwrap();
@@ -170,7 +175,7 @@ mod tests {
     #[tokio::test]
     async fn hang_up_ends_the_task() {
         let (tx, rx) = broadcast::channel::<EventBatch>(4);
-        let body = stream(rx);
+        let body = stream(rx, Identities::new());
         assert_eq!(tx.receiver_count(), 1);
         drop(body);
         for _ in 0..100 {

@@ -9,12 +9,13 @@ use serde_json::Value;
 
 use crate::{
     api::query::Scope,
-    cli::{NetnsArgs, parse_port},
+    cmd::NetnsArgs,
     cmd::kill::KillArgs,
     kill::{
         Method, Options,
         select::{self, Selector, StateWord, States},
     },
+    scope::parse_port,
 };
 
 /// Wire form: strings (or numbers) as typed on a command line; every key optional.
@@ -30,6 +31,10 @@ pub struct KillRequest {
     pub all: bool,
     pub netns: Vec<String>,
     pub all_netns: bool,
+    /// Kubernetes pods, `NAMESPACE/NAME` (as `--pod`).
+    pub pods: Vec<String>,
+    /// Containers by name or ID (as `--container`).
+    pub containers: Vec<String>,
     pub dry_run: bool,
     pub method: Option<String>,
 }
@@ -41,7 +46,7 @@ pub enum KillRequestError {
     Value { field: &'static str, message: String },
     #[error("{0}")]
     Selector(#[from] select::SelectorError),
-    #[error("netns and all_netns cannot be combined")]
+    #[error("netns, all_netns and pods/containers cannot be combined")]
     NetnsConflict,
 }
 
@@ -80,13 +85,21 @@ impl TryFrom<KillRequest> for KillPlan {
                 return Err(KillRequestError::Value { field: "method", message });
             }
         };
-        if r.all_netns && !r.netns.is_empty() {
+        let pods = each("pods", r.pods, crate::kernel::identity::parse::pod_selector)?;
+        if (r.all_netns || !pods.is_empty() || !r.containers.is_empty()) && !r.netns.is_empty()
+            || r.all_netns && (!pods.is_empty() || !r.containers.is_empty())
+        {
             return Err(KillRequestError::NetnsConflict);
         }
         let selector = Selector::new(peers, ports, locals, States::from_words(&words), older_than, r.all)?;
         Ok(Self {
             opts: Options { selector, limit: r.limit, method, dry_run: r.dry_run, progress: false },
-            netns: NetnsArgs { netns: r.netns.into_iter().map(PathBuf::from).collect(), all_netns: r.all_netns },
+            netns: NetnsArgs {
+                netns: r.netns.into_iter().map(PathBuf::from).collect(),
+                all_netns: r.all_netns,
+                pods,
+                containers: r.containers,
+            },
         })
     }
 }
@@ -110,9 +123,11 @@ impl From<&KillArgs> for KillRequest {
             all: a.all,
             netns: match Scope::from(&a.netns) {
                 Scope::Paths(p) => p,
-                Scope::All | Scope::Caller => Vec::new(),
+                Scope::All | Scope::Caller | Scope::Selected { .. } => Vec::new(),
             },
             all_netns: a.netns.all_netns,
+            pods: a.netns.pods.iter().map(|(ns, name)| format!("{ns}/{name}")).collect(),
+            containers: a.netns.containers.clone(),
             dry_run: a.dry_run,
             method: Some(a.method.name().to_owned()),
         }
@@ -159,10 +174,9 @@ mod tests {
         assert!(msg(json!({"all": true, "peers": ["10.0.0.1"]})).contains("--all cannot be combined"));
         assert!(msg(json!({"all": true, "state": ["bogus"]})).starts_with("state: "));
         assert!(msg(json!({"all": true, "method": "nuke"})).contains("destroy or rst"));
-        assert_eq!(
-            msg(json!({"all": true, "netns": ["/x"], "all_netns": true})),
-            "netns and all_netns cannot be combined"
-        );
+        assert!(msg(json!({"all": true, "netns": ["/x"], "all_netns": true})).contains("cannot be combined"));
+        assert!(msg(json!({"all": true, "netns": ["/x"], "pods": ["a/b"]})).contains("cannot be combined"));
+        assert!(msg(json!({"all": true, "pods": ["nope"]})).starts_with("pods: "));
         assert!(serde_json::from_value::<KillRequest>(json!({"peer": []})).is_err(), "unknown keys are refused");
     }
 

@@ -102,7 +102,7 @@ fn status_of(e: ClientError) -> (u16, String) {
 async fn endpoints() {
     let r = start("endpoints", Limits::default());
     let body = r.agent.get("/v1/tw?by=peer&all_netns=1").await.unwrap();
-    assert_eq!(body, format!("{}\n", render_json(&snapshot(By::Peer))).as_bytes());
+    assert_eq!(body, format!("{}\n", render_json(&snapshot(By::Peer), &crate::output::NsNames::default())).as_bytes());
     let body = r.agent.get("/v1/tw?by=prefix&format=text&prefix_v4=16").await.unwrap();
     assert!(String::from_utf8_lossy(&body).starts_with("PREFIX"), "{body:?}");
     {
@@ -219,7 +219,7 @@ async fn cli_tw_through_the_agent() {
     let args = |extra: &[&str]| T::try_parse_from([&["tw"][..], extra].concat()).unwrap().a;
     let mut out = Vec::new();
     crate::cmd::tw::via_agent(&r.agent, &args(&["--json", "--by", "port", "--all-netns"]), &mut out).await.unwrap();
-    assert_eq!(out, format!("{}\n", render_json(&snapshot(By::Port))).into_bytes());
+    assert_eq!(out, format!("{}\n", render_json(&snapshot(By::Port), &crate::output::NsNames::default())).into_bytes());
     let mut out = Vec::new();
     crate::cmd::tw::via_agent(&r.agent, &args(&[]), &mut out).await.unwrap();
     let want = crate::cmd::tw::render::render_human(&snapshot(By::Peer), &crate::output::NsNames::default());

@@ -4,7 +4,7 @@
 use std::{
     io::{self, IsTerminal, Write},
     path::PathBuf,
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::Duration,
 };
 
 use clap::Args;
@@ -16,16 +16,16 @@ use crate::{
         client::{Agent, AgentArgs, ClientError, for_each_line},
         kill_req::KillRequest,
     },
-    cli::{NetnsArgs, NetnsScope, UsageError, parse_port},
+    cmd::{NetnsArgs, UsageError},
     kill::{
         Method, Options,
-        audit::{self, Actor, AuditLog},
-        exec::{self, ExecError, HumanSink, JsonSink, ProblemKind},
+        audit::{self, Actor},
+        exec::{self, HumanSink, ProblemKind},
+        execute::{ExecuteError, Request, execute},
         replay::{ReplayError, replay},
-        report::Totals,
         select::{self, Endpoint, Selector, StateWord, States},
-        targets,
     },
+    scope::{NetnsScope, parse_port},
 };
 
 #[derive(Args, Debug)]
@@ -104,7 +104,7 @@ impl TryFrom<KillArgs> for KillConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum KillCmdError {
     #[error(transparent)]
-    Exec(#[from] ExecError),
+    Execute(#[from] ExecuteError),
     #[error(transparent)]
     Agent(#[from] ClientError),
     #[error(transparent)]
@@ -119,37 +119,12 @@ pub enum KillCmdError {
     Output(#[from] io::Error),
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
-
 /// Run the kill here; Ok(true) when every selected socket is dead or already gone.
 pub fn run(cfg: KillConfig) -> Result<bool, KillCmdError> {
-    // Opened before anything dies: a kill that cannot be recorded does not happen.
-    let mut audit =
-        if cfg.opts.dry_run { None } else { Some(AuditLog::open(&cfg.audit_log).map_err(ExecError::from)?) };
-    let targets = targets::resolve(cfg.scope);
-    let out = io::BufWriter::new(io::stdout().lock());
-    let totals = if cfg.json {
-        exec::execute(&targets, &cfg.opts, audit.as_mut(), now_ms, &mut JsonSink { out, stderr: true })?
-    } else {
-        exec::execute(&targets, &cfg.opts, audit.as_mut(), now_ms, &mut HumanSink::new(out))?
-    };
-    Ok(totals.ok())
-}
-
-/// Run the kill for `actor` (recorded in the audit log), writing what `run` prints to `out`
-/// (problems only there, not on stderr).
-pub fn execute(cfg: KillConfig, actor: Actor, out: &mut dyn Write) -> Result<Totals, KillCmdError> {
-    let mut audit =
-        if cfg.opts.dry_run { None } else { Some(AuditLog::open_as(&cfg.audit_log, actor).map_err(ExecError::from)?) };
-    let targets = targets::resolve(cfg.scope);
-    let totals = if cfg.json {
-        exec::execute(&targets, &cfg.opts, audit.as_mut(), now_ms, &mut JsonSink { out, stderr: false })?
-    } else {
-        exec::execute(&targets, &cfg.opts, audit.as_mut(), now_ms, &mut HumanSink::new(out))?
-    };
-    Ok(totals)
+    let stdout = io::stdout();
+    let mut out = io::BufWriter::new(stdout.lock());
+    let req = Request { opts: &cfg.opts, scope: cfg.scope, json: cfg.json, audit_log: &cfg.audit_log };
+    Ok(execute(req, Actor::current(), &mut out)?.ok())
 }
 
 /// The same kill through the agent (`POST /v1/kill`), printed by the same sinks.

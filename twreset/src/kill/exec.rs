@@ -1,6 +1,6 @@
-//! One kill run over its namespaces, shared by `twreset kill` and the agent's `POST /v1/kill`:
-//! audit first, then each namespace in turn, results handed to a [`Sink`] (JSON lines or the
-//! human table), so both callers print the very same thing.
+//! Where a kill's results go, line by line: the `kill --json` objects or the human table. The
+//! CLI going through the agent replays the agent's lines into [`HumanSink`] (see `replay`), so it
+//! prints what a direct run (`kill::execute`) prints.
 
 use std::io::{self, Write};
 
@@ -8,13 +8,7 @@ use serde_json::Value;
 
 use crate::{
     diag::{Entry, Outcome},
-    kill::{
-        NsRun, Options,
-        audit::{AuditError, AuditLog, Record},
-        report::{self, Totals},
-        run_here,
-        targets::Target,
-    },
+    kill::report::{self, Totals},
 };
 
 /// A namespace-level problem: an error (nothing was attempted there) or a dry run's warning.
@@ -128,70 +122,6 @@ impl Sink for NullSink {
     fn summary(&mut self, _: &Totals, _: bool) -> io::Result<()> {
         Ok(())
     }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum ExecError {
-    #[error(transparent)]
-    Audit(#[from] AuditError),
-    #[error("writing results")]
-    Output(#[from] io::Error),
-}
-
-fn run_target(t: &Target, opts: &Options) -> NsRun {
-    match &t.netns {
-        None => run_here(opts),
-        Some(ns) => ns.run(|| run_here(opts)).unwrap_or_else(|e| NsRun { error: Some(e.into()), ..Default::default() }),
-    }
-}
-
-/// Kill (or list) over `targets`, recording every real batch in `audit` (required unless a dry
-/// run: open it before calling, so a kill that cannot be recorded does not happen).
-pub fn execute(
-    targets: &[Target],
-    opts: &Options,
-    mut audit: Option<&mut AuditLog>,
-    now_ms: impl Fn() -> u64,
-    sink: &mut dyn Sink,
-) -> Result<Totals, ExecError> {
-    let mut totals = Totals::default();
-    for t in targets {
-        let run = run_target(t, opts);
-        totals.selected += run.planned.len();
-        if let Some(w) = &run.warning {
-            sink.problem(ProblemKind::Warning, &t.label, run.cookie, &w.to_string())?;
-        }
-        if let Some(e) = &run.error {
-            totals.ns_errors += 1;
-            sink.problem(ProblemKind::Error, &t.label, run.cookie, &chain(e))?;
-        }
-        if let Some(o) = &run.outcomes {
-            totals.add(o);
-        }
-        if let (Some(log), Some(o)) = (audit.as_deref_mut(), &run.outcomes) {
-            let mut batch = Totals::default();
-            batch.add(o);
-            log.write(&Record {
-                time_ms: now_ms(),
-                netns: t.label.clone(),
-                netns_cookie: run.cookie,
-                method: opts.method.name(),
-                selector: opts.selector.describe(),
-                selected: run.planned.len(),
-                killed: batch.killed,
-                gone: batch.gone,
-                failed: batch.failed,
-            })?;
-        }
-        for (i, e) in run.planned.iter().enumerate() {
-            let outcome = run.outcomes.as_ref().map(|o| o[i]);
-            if opts.dry_run || outcome.is_some() {
-                sink.socket(&t.label, e, outcome)?;
-            }
-        }
-    }
-    sink.summary(&totals, opts.dry_run)?;
-    Ok(totals)
 }
 
 /// An error with its sources, `a: b: c`.

@@ -3,6 +3,7 @@
 
 pub mod audit;
 pub mod exec;
+pub mod execute;
 pub mod killer;
 pub mod packet;
 pub mod plan;
@@ -11,7 +12,8 @@ pub mod replay;
 pub mod report;
 pub mod rst;
 pub mod select;
-pub mod targets;
+/// Namespace discovery (it lives in `scope`, shared with the live table).
+pub use crate::scope as targets;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 

@@ -114,7 +114,7 @@ pub fn parse_json(v: &Value) -> Result<Snapshot, ParseError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cmd::tw::render::render_json;
+    use crate::output::tw::render_json;
 
     fn row(group: Group, pressure: Option<Pressure>) -> Row {
         Row { group, count: 3, fin_wait2: 1, oldest_s: Some(20.5), newest_s: None, kills: [1, 0, 0, 0, 2, 0], pressure }
@@ -135,9 +135,9 @@ mod tests {
         for (by, g, p) in groups {
             let counters = Counters { created: 5, drift: 1, killed: [0, 1, 0, 0, 0, 0], ..Counters::default() };
             let snap = Snapshot { by, rows: vec![row(g, p)], totals: Totals { count: 3, fin_wait2: 1, counters } };
-            let doc = render_json(&snap);
+            let doc = render_json(&snap, &crate::output::NsNames::default());
             let back = parse_json(&doc).unwrap();
-            assert_eq!(render_json(&back), doc, "{by:?}");
+            assert_eq!(render_json(&back, &crate::output::NsNames::default()), doc, "{by:?}");
         }
         assert_eq!(parse_json(&serde_json::json!({"by": "host"})).unwrap_err().field, "by");
     }
