@@ -4,6 +4,7 @@
 //! [`command::Commands`]. SIGHUP reloads the configuration; the `shutdown` future stops it all,
 //! leaving no program or link behind.
 
+pub mod api_owner;
 pub mod command;
 pub mod config;
 pub mod http;

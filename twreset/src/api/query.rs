@@ -5,10 +5,7 @@ use std::fmt::Write as _;
 
 use clap::ValueEnum;
 
-use crate::{
-    cmd::NetnsArgs,
-    table::{By, Sort},
-};
+use crate::table::{By, Sort};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum QueryError {
@@ -33,24 +30,6 @@ pub enum Scope {
         containers: Vec<String>,
     },
     All,
-}
-
-impl From<&NetnsArgs> for Scope {
-    /// The command line's namespaces as the agent must see them (paths made absolute).
-    fn from(a: &NetnsArgs) -> Self {
-        if a.all_netns {
-            return Self::All;
-        }
-        if !a.pods.is_empty() || !a.containers.is_empty() {
-            let pods = a.pods.iter().map(|(ns, name)| format!("{ns}/{name}")).collect();
-            return Self::Selected { pods, containers: a.containers.clone() };
-        }
-        if a.netns.is_empty() {
-            return Self::Caller;
-        }
-        let cwd = std::env::current_dir().unwrap_or_default();
-        Self::Paths(a.netns.iter().map(|p| cwd.join(p).display().to_string()).collect())
-    }
 }
 
 /// `GET /v1/tw` parameters; `format=text` asks for the human table instead of JSON.

@@ -21,13 +21,12 @@ use crate::{
         scope,
         server::Conn,
     },
-    cmd::tw::{ns_names, render},
     kill::{
         audit::{Actor, AuditLog},
         exec,
         execute::{self as run, execute},
     },
-    output::NsNames,
+    output::{NsNames, tw as render},
     table::{By, ViewConfig},
 };
 
@@ -113,7 +112,7 @@ async fn tw<O: Owner>(conn: &Conn<O>, query: Option<&str>) -> Result<Response<Bo
     let q = TwQuery { by: p.by, sort: p.sort, view, netns };
     let snap = ask(conn.shared.limits.owner_timeout, conn.shared.owner.tw(q)).await?;
     // Identities label destination rows only; resolving them reads /proc and cgroups.
-    let names = if p.by == By::Dest { blocking(ns_names).await? } else { NsNames::default() };
+    let names = if p.by == By::Dest { blocking(NsNames::resolve).await? } else { NsNames::default() };
     if !p.text {
         return Ok(respond(StatusCode::OK, "application/json", format!("{}\n", render::render_json(&snap, &names))));
     }
@@ -122,7 +121,7 @@ async fn tw<O: Owner>(conn: &Conn<O>, query: Option<&str>) -> Result<Response<Bo
 
 /// `ip netns` names by cookie (what labels destinations), for a client that cannot enter them.
 async fn netns_names() -> Result<Response<Body>, Response<Body>> {
-    let names = blocking(ns_names).await?;
+    let names = blocking(NsNames::resolve).await?;
     let o: serde_json::Map<String, Value> = names.0.into_iter().map(|(c, n)| (c.to_string(), Value::from(n))).collect();
     Ok(json_response(StatusCode::OK, &Value::Object(o)))
 }
@@ -130,7 +129,7 @@ async fn netns_names() -> Result<Response<Body>, Response<Body>> {
 async fn events<O: Owner>(conn: &Conn<O>) -> Result<Response<Body>, Response<Body>> {
     let rx = ask(conn.shared.limits.owner_timeout, conn.shared.owner.subscribe()).await?;
     // The identity fields `trace --timewait --json` splices in, as the namespaces are now.
-    let names = blocking(ns_names).await?;
+    let names = blocking(NsNames::resolve).await?;
     let identities = names.1.iter().map(|(c, i)| (*c, i.json_fragment())).collect();
     Ok(stream("application/x-ndjson", events::stream(rx, identities)))
 }

@@ -8,8 +8,7 @@ use std::{
 };
 
 use crate::{
-    api::query::Scope,
-    cmd::NetnsArgs,
+    api::{kill_req::Namespaces, query::Scope},
     kernel::netns::{self, Netns, NetnsError},
     scope::NetnsScope,
 };
@@ -60,8 +59,7 @@ pub fn tw_cookies(scope: &Scope, pid: Option<u32>) -> Result<Option<Vec<u64>>, S
                     crate::kernel::identity::parse::pod_selector(p).map_err(|e| ScopeError::Netns(format!("pod: {e}")))
                 })
                 .collect::<Result<Vec<_>, _>>()?;
-            let args = NetnsArgs { pods, containers: containers.clone(), ..NetnsArgs::default() };
-            match NetnsScope::try_from(&args).map_err(|e| ScopeError::Netns(e.to_string()))? {
+            match crate::scope::select(&[], false, &pods, containers).map_err(ScopeError::Netns)? {
                 NetnsScope::Paths(list) => list
                     .iter()
                     .map(|ns| ns.cookie().map_err(|e| ScopeError::Netns(format!("{e:#}"))))
@@ -82,9 +80,9 @@ pub fn tw_cookies(scope: &Scope, pid: Option<u32>) -> Result<Option<Vec<u64>>, S
 
 /// Namespaces a `POST /v1/kill` runs in: by default the caller's (the agent's own is
 /// [`NetnsScope::Current`], as for a direct run there).
-pub fn kill_scope(args: &NetnsArgs, pid: Option<u32>) -> Result<NetnsScope, ScopeError> {
-    if args.all_netns || !args.netns.is_empty() || !args.pods.is_empty() || !args.containers.is_empty() {
-        return NetnsScope::try_from(args).map_err(|e| ScopeError::Netns(e.to_string()));
+pub fn kill_scope(ns: &Namespaces, pid: Option<u32>) -> Result<NetnsScope, ScopeError> {
+    if ns.all || !ns.paths.is_empty() || !ns.pods.is_empty() || !ns.containers.is_empty() {
+        return crate::scope::select(&ns.paths, ns.all, &ns.pods, &ns.containers).map_err(ScopeError::Netns);
     }
     Ok(match caller(pid)? {
         None => NetnsScope::Current,
@@ -102,7 +100,7 @@ mod tests {
         let want = netns::current_cookie().unwrap();
         assert_eq!(tw_cookies(&Scope::Caller, me).unwrap(), Some(vec![want]));
         assert_eq!(tw_cookies(&Scope::All, None).unwrap(), None);
-        assert!(matches!(kill_scope(&NetnsArgs::default(), me).unwrap(), NetnsScope::Current));
+        assert!(matches!(kill_scope(&Namespaces::default(), me).unwrap(), NetnsScope::Current));
         assert!(matches!(tw_cookies(&Scope::Caller, None), Err(ScopeError::NoPid)));
         let e = tw_cookies(&Scope::Paths(vec!["/nonexistent/ns".into()]), me).unwrap_err();
         assert!(e.to_string().contains("/nonexistent/ns"), "{e}");

@@ -127,6 +127,37 @@ pub fn run(cfg: KillConfig) -> Result<bool, KillCmdError> {
     Ok(execute(req, Actor::current(), &mut out)?.ok())
 }
 
+impl From<&KillArgs> for KillRequest {
+    /// The request the agent reads back as these arguments (selectors as typed, paths absolute).
+    fn from(a: &KillArgs) -> Self {
+        Self {
+            peers: a.peers.iter().map(ToString::to_string).collect(),
+            port: a.ports.iter().map(|p| serde_json::Value::from(*p)).collect(),
+            local: a.locals.iter().map(ToString::to_string).collect(),
+            state: a
+                .states
+                .iter()
+                .map(|w| match w {
+                    StateWord::State(s) => s.name().to_owned(),
+                    StateWord::Any => "any".to_owned(),
+                })
+                .collect(),
+            older_than: a.older_than.map(|d| serde_json::Value::from(format!("{}ms", d.as_millis()))),
+            limit: a.limit,
+            all: a.all,
+            netns: match crate::api::query::Scope::from(&a.netns) {
+                crate::api::query::Scope::Paths(p) => p,
+                _ => Vec::new(),
+            },
+            all_netns: a.netns.all_netns,
+            pods: a.netns.pods.iter().map(|(ns, name)| format!("{ns}/{name}")).collect(),
+            containers: a.netns.containers.clone(),
+            dry_run: a.dry_run,
+            method: Some(a.method.name().to_owned()),
+        }
+    }
+}
+
 /// The same kill through the agent (`POST /v1/kill`), printed by the same sinks.
 pub async fn via_agent(agent: &Agent, args: &KillArgs) -> Result<bool, KillCmdError> {
     let body = serde_json::to_vec(&KillRequest::from(args)).expect("serializable");
