@@ -76,7 +76,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let cfg = cmd::tw::TwConfig::try_from(args)?;
             // Before loading: a signal while loading ends the settle, not the process.
             let stop = shutdown_signal()?;
-            let feed = twreset::twfeed::kernel_feed(&cfg.scope)?;
+            let feed = twreset::session::kernel_feed(&cfg.scope)?;
             cmd::tw::run(&cfg, feed, &cmd::tw::ns_names(), &mut std::io::stdout().lock(), stop).await?;
             Ok(ExitCode::SUCCESS)
         }
@@ -95,7 +95,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     }
                 }
             }
-            let feed = twreset::twfeed::kernel_feed(&cfg.scope)?;
+            let feed = twreset::session::kernel_feed(&cfg.scope)?;
             let source = cmd::top::direct(&cfg, feed).await?;
             cmd::top::run(&cfg, source, &cmd::tw::ns_names(), shutdown).await?;
             Ok(ExitCode::SUCCESS)

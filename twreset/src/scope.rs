@@ -33,6 +33,31 @@ fn label_of(path: &Path) -> String {
     }
 }
 
+/// The namespaces `--netns PATH...`, `--all-netns` or `--pod`/`--container` name, opened
+/// (the command line's and the agent API's one reading of them).
+pub fn select(
+    paths: &[std::path::PathBuf],
+    all: bool,
+    pods: &[(String, String)],
+    containers: &[String],
+) -> Result<NetnsScope, String> {
+    if all {
+        return Ok(NetnsScope::All);
+    }
+    if !pods.is_empty() || !containers.is_empty() {
+        let resolver = crate::kernel::identity::Resolver::from_env().map_err(|e| format!("{e:#}"))?;
+        return resolver.open_selected(pods, containers).map(NetnsScope::Paths).map_err(|e| e.to_string());
+    }
+    if paths.is_empty() {
+        return Ok(NetnsScope::Current);
+    }
+    paths
+        .iter()
+        .map(|p| Netns::open(p).map_err(|e| format!("{e:#}")))
+        .collect::<Result<Vec<_>, _>>()
+        .map(NetnsScope::Paths)
+}
+
 pub fn resolve(scope: NetnsScope) -> Vec<Target> {
     match scope {
         NetnsScope::Current => vec![Target { label: "current".into(), netns: None }],

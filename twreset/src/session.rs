@@ -13,9 +13,12 @@ use tokio::{
 };
 
 use crate::{
+    kernel::netns,
+    live::{DumpFn, Feed, LostFn, port_ranges},
     probe::Loss,
+    scope::NetnsScope,
     tw_event::TwEvent,
-    twfeed::{FeedError, TwFeed},
+    twfeed::{FeedError, TwFeed, dump_scope, paths_of, tw_counts},
 };
 
 /// How often the loss counters are read (five syscalls each: not per drain).
@@ -139,4 +142,41 @@ async fn read(
             }
         }
     }
+}
+
+/// The kernel feed: the TIME_WAIT lifecycle programs attached and streaming into a channel
+/// (before the first dump, so no socket falls between the seed and the events), a sock_diag dump
+/// of every namespace in scope, and the probe's loss counter. The session lives as long as the
+/// table reads its loss count: dropping the table detaches.
+pub fn kernel_feed(scope: &NetnsScope) -> Result<Feed, FeedError> {
+    let (mut feed, session) = kernel_session(scope, std::path::Path::new("/proc"))?;
+    feed.lost = Box::new(move || session.stats().loss.lost());
+    Ok(feed)
+}
+
+/// Like [`kernel_feed`], with the session handed to the caller (the agent), which keeps it for
+/// its loss breakdown, its namespace filter and its shutdown. With [`NetnsScope::All`],
+/// processes' namespaces are looked for under `proc_root`.
+pub fn kernel_session(scope: &NetnsScope, proc_root: &std::path::Path) -> Result<(Feed, TableSession), FeedError> {
+    let ranges = port_ranges(scope)?;
+    let cookies = match scope {
+        NetnsScope::All => None,
+        NetnsScope::Current => Some(vec![netns::current_cookie().map_err(FeedError::Netns)?]),
+        NetnsScope::Paths(list) => {
+            Some(list.iter().map(|n| n.cookie()).collect::<Result<Vec<_>, _>>().map_err(FeedError::Netns)?)
+        }
+    };
+    // Overflows are the kernel's counter: read it before the probe attaches, so the table counts
+    // every one from then on. A counter of its own: the feed's first reading (the creation
+    // baselines, after the seed) must read every namespace too.
+    let attached_counts = tw_counts(paths_of(scope), proc_root.to_owned())();
+    let (session, events) = TableSession::start(cookies)?;
+    let stats = session.stats_watch();
+    let tw_counts = tw_counts(paths_of(scope), proc_root.to_owned());
+    let paths = paths_of(scope);
+    let root = proc_root.to_owned();
+    let dump: DumpFn = Box::new(move |sink| dump_scope(paths.as_deref(), &root, sink).map_err(|e| Box::new(e) as _));
+    let lost: LostFn = Box::new(move || stats.borrow().loss.lost());
+    let clock = crate::live::monotonic_ns;
+    Ok((Feed { events, dump, lost, tw_counts, attached_counts, ranges, clock }, session))
 }

@@ -16,10 +16,9 @@ use crate::{
     diag,
     kernel::kallsyms::Kallsyms,
     kernel::netns::{self, Netns, NetnsError},
-    live::{CountFn, DumpFn, DumpSink, Feed, LiveError, LostFn, port_ranges},
+    live::{CountFn, DumpSink, LiveError},
     probe::{Filters, Loss, Probe, ProbeError},
     scope::NetnsScope,
-    session::TableSession,
     state::TcpState,
     tw_event::{TwCause, TwEvent, TwEventKind},
 };
@@ -185,44 +184,8 @@ impl TwFeed {
     }
 }
 
-/// The kernel feed: the TIME_WAIT lifecycle programs attached and streaming into a channel
-/// (before the first dump, so no socket falls between the seed and the events), a sock_diag dump
-/// of every namespace in scope, and the probe's loss counter. The session lives as long as the
-/// table reads its loss count: dropping the table detaches.
-pub fn kernel_feed(scope: &NetnsScope) -> Result<Feed, FeedError> {
-    let (mut feed, session) = kernel_session(scope, std::path::Path::new("/proc"))?;
-    feed.lost = Box::new(move || session.stats().loss.lost());
-    Ok(feed)
-}
-
-/// Like [`kernel_feed`], with the session handed to the caller (the agent), which keeps it for
-/// its loss breakdown, its namespace filter and its shutdown. With [`NetnsScope::All`],
-/// processes' namespaces are looked for under `proc_root`.
-pub fn kernel_session(scope: &NetnsScope, proc_root: &std::path::Path) -> Result<(Feed, TableSession), FeedError> {
-    let ranges = port_ranges(scope)?;
-    let cookies = match scope {
-        NetnsScope::All => None,
-        NetnsScope::Current => Some(vec![netns::current_cookie().map_err(FeedError::Netns)?]),
-        NetnsScope::Paths(list) => {
-            Some(list.iter().map(|n| n.cookie()).collect::<Result<Vec<_>, _>>().map_err(FeedError::Netns)?)
-        }
-    };
-    // Overflows are the kernel's counter: read it before the probe attaches, so the table counts
-    // every one from then on. A counter of its own: the feed's first reading (the creation
-    // baselines, after the seed) must read every namespace too.
-    let attached_counts = tw_counts(paths_of(scope), proc_root.to_owned())();
-    let (session, events) = TableSession::start(cookies)?;
-    let stats = session.stats_watch();
-    let tw_counts = tw_counts(paths_of(scope), proc_root.to_owned());
-    let paths = paths_of(scope);
-    let root = proc_root.to_owned();
-    let dump: DumpFn = Box::new(move |sink| dump_scope(paths.as_deref(), &root, sink).map_err(|e| Box::new(e) as _));
-    let lost: LostFn = Box::new(move || stats.borrow().loss.lost());
-    Ok((Feed { events, dump, lost, tw_counts, attached_counts, ranges, clock: crate::live::monotonic_ns }, session))
-}
-
 /// The namespaces of `scope` as [`dump_scope`] and [`tw_counts`] take them.
-fn paths_of(scope: &NetnsScope) -> Option<Vec<std::path::PathBuf>> {
+pub(crate) fn paths_of(scope: &NetnsScope) -> Option<Vec<std::path::PathBuf>> {
     match scope {
         NetnsScope::All => None,
         NetnsScope::Current => Some(Vec::new()),
@@ -232,7 +195,7 @@ fn paths_of(scope: &NetnsScope) -> Option<Vec<std::path::PathBuf>> {
 
 /// Every TCP socket of the scope into `sink`: `None` = all namespaces (enumerated anew each time,
 /// so deleted ones are not held open), empty = the current one.
-fn dump_scope(
+pub(crate) fn dump_scope(
     paths: Option<&[std::path::PathBuf]>,
     proc_root: &std::path::Path,
     sink: &mut dyn DumpSink,
@@ -261,7 +224,7 @@ const ALL_NETNS_COUNT_EVERY: Duration = Duration::from_secs(10);
 /// The kernel's TIME_WAIT count of every namespace in scope (see [`crate::crosscheck`]), scope
 /// as in [`dump_scope`]. Before 6.1 a namespace's sockstat could count the host's tw sockets,
 /// which no table of one namespace can match: nothing is compared there.
-fn tw_counts(paths: Option<Vec<std::path::PathBuf>>, proc_root: std::path::PathBuf) -> CountFn {
+pub(crate) fn tw_counts(paths: Option<Vec<std::path::PathBuf>>, proc_root: std::path::PathBuf) -> CountFn {
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     if crate::kernel::procfs::kernel_version(release.trim()).is_none_or(|v| v < (6, 1)) {
         return Box::new(Vec::new);

@@ -10,8 +10,8 @@ use std::sync::Arc;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::{
-    cli::NetnsScope,
     kill::Options,
+    scope::NetnsScope,
     table::{By, Snapshot, Sort},
     tw_event::TwEvent,
 };

@@ -9,7 +9,7 @@ use std::{
 
 use serde::{Deserialize, Deserializer};
 
-use crate::{kill::select::parse_duration, policy::ReliefConfig};
+use crate::{duration::parse as parse_duration, policy::ReliefConfig};
 
 /// Where the agent looks for its configuration when no `--config` is given.
 pub const DEFAULT_PATH: &str = "/etc/twreset/agent.toml";

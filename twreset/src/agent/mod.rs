@@ -4,6 +4,7 @@
 //! [`command::Commands`]. SIGHUP reloads the configuration; the `shutdown` future stops it all,
 //! leaving no program or link behind.
 
+pub mod api_owner;
 pub mod command;
 pub mod config;
 pub mod http;
@@ -26,10 +27,7 @@ use tokio::{
 };
 
 use crate::{
-    cli::NetnsScope,
-    kernel::netns::NetnsError,
-    live::LiveError,
-    twfeed::{FeedError, kernel_session},
+    kernel::netns::NetnsError, live::LiveError, scope::NetnsScope, session::kernel_session, twfeed::FeedError,
 };
 use command::Commands;
 use config::{Config, Source};

@@ -24,8 +24,10 @@ use super::{
     relief::{self, Relief},
 };
 use crate::{
-    cmd::kill::{KillConfig, execute},
-    kill::audit::Actor,
+    kill::{
+        audit::Actor,
+        execute::{Request, execute},
+    },
     live::{Feed, Live, LiveError},
     session::SessionStats,
     table::{By, Group, Sort, ViewConfig},
@@ -234,9 +236,9 @@ impl Owner {
                 trigger: "api",
             };
             let dry_run = req.opts.dry_run;
-            let cfg = KillConfig { opts: req.opts, scope: req.scope, json: true, audit_log };
+            let run = Request { opts: &req.opts, scope: req.scope, json: true, audit_log: &audit_log };
             let mut out = Vec::new();
-            let answer = match execute(cfg, actor, &mut out) {
+            let answer = match execute(run, actor, &mut out) {
                 Ok(t) => {
                     if !dry_run {
                         let mut c = counts.lock().expect("kill counts");

@@ -11,12 +11,12 @@ use crate::{
         command::{Commands, KillRequest},
         netns_watch::Found,
     },
-    cli::NetnsScope,
     kill::{
         Method, Options,
         select::{Selector, StateWord, States, parse_endpoint},
     },
     live::{monotonic_ns, replay},
+    scope::NetnsScope,
     session::SessionStats,
     sock::{DiagSocket, SockKey},
     state::TcpState,
@@ -66,7 +66,7 @@ fn start() -> Harness {
         tw_counts: Box::new(Vec::new),
         attached_counts: Vec::new(),
         ranges: PortRanges::default(),
-        clock: crate::live::monotonic_ns,
+        clock: monotonic_ns,
     };
     let (commands, command_rx) = Commands::channel();
     let (netns, netns_rx) = mpsc::channel(4);

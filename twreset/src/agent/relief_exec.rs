@@ -1,7 +1,7 @@
 //! The relief's executor: one thread of its own (never the table's owner) that runs the policy's
-//! kill intents one at a time through the same kill path as `twreset kill` ([`exec::execute`]:
-//! dump, plan oldest first, preflight, SOCK_DESTROY), audited with trigger `policy`, and reports
-//! what was really killed back to the owner.
+//! kill intents one at a time through the same kill path as `twreset kill` ([`kill::run_here`]
+//! in the destination's namespace: dump, plan oldest first, preflight, SOCK_DESTROY), audited in
+//! the same log with trigger `policy`, and reports what was really killed back to the owner.
 
 use std::{
     collections::HashMap,
@@ -20,9 +20,9 @@ use tokio::sync::mpsc;
 use crate::{
     kernel::netns::{self, Netns, NetnsError},
     kill::{
-        Method, Options,
+        self, Method, NsRun, Options,
         audit::{Actor, AuditError, AuditLog, Record},
-        exec::{self, ExecError, NullSink},
+        exec,
         report::Totals,
     },
     policy::KillIntent,
@@ -33,8 +33,8 @@ use crate::{
 pub enum ExecutorError {
     #[error(transparent)]
     Audit(#[from] AuditError),
-    #[error(transparent)]
-    Exec(#[from] ExecError),
+    #[error("namespace {label}: {message}")]
+    Kill { label: String, message: String },
     #[error("namespace {label} (cookie {cookie}) is gone")]
     NoNetns { label: String, cookie: u64 },
     #[error(transparent)]
@@ -151,7 +151,19 @@ fn run(job: &Job, paths: &mut HashMap<u64, PathBuf>) -> Result<Totals, ExecutorE
         dry_run: false,
         progress: false,
     };
-    let totals = exec::execute(std::slice::from_ref(&target), &opts, None, now_ms, &mut NullSink)?;
+    let run = match &target.netns {
+        None => kill::run_here(&opts),
+        Some(ns) => {
+            ns.run(|| kill::run_here(&opts)).unwrap_or_else(|e| NsRun { error: Some(e.into()), ..Default::default() })
+        }
+    };
+    if let Some(e) = &run.error {
+        return Err(ExecutorError::Kill { label: target.label, message: exec::chain(e) });
+    }
+    let mut totals = Totals { selected: run.planned.len(), ..Totals::default() };
+    if let Some(o) = &run.outcomes {
+        totals.add(o);
+    }
     if totals.selected == 0 {
         return Ok(totals);
     }

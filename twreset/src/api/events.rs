@@ -9,14 +9,13 @@ use std::{
     convert::Infallible,
     pin::Pin,
     task::{Context, Poll},
-    time::Duration,
 };
 
 use bytes::Bytes;
 use hyper::body::{Body, Frame};
 use tokio::sync::{broadcast, mpsc};
 
-use crate::{api::EventBatch, kernel::identity::Resolver, output::push_tw_json_line};
+use crate::{api::EventBatch, output::push_tw_json_line};
 
 /// Chunks queued per streaming response; past this the producer waits (an event stream's
 /// producer then lags behind the broadcast, which counts the loss).
@@ -85,52 +84,30 @@ pub fn dropped_line(n: u64) -> Bytes {
     Bytes::from(format!("{{\"event\":\"tw_dropped\",\"batches\":{n},\"reason\":\"slow_reader\"}}\n"))
 }
 
-/// Identity fields by namespace cookie (ip-netns name, pod, container), spliced into lines as
-/// `trace --timewait --json` does.
-pub type Fragments = HashMap<u64, Box<[u8]>>;
-
-/// The identities known now (a blocking scan of namespaces and processes).
-pub fn fragments() -> Fragments {
-    match Resolver::from_env() {
-        Ok(r) => r.identities().filter(|i| !i.is_plain()).map(|i| (i.cookie, i.json_fragment().into())).collect(),
-        Err(_) => HashMap::new(),
-    }
-}
+/// Identity fields (`NetnsIdentity::json_fragment`) by namespace cookie.
+pub type Identities = HashMap<u64, Vec<u8>>;
 
 /// NDJSON lines of one batch.
-pub fn batch_lines(batch: &EventBatch, ids: &Fragments) -> Bytes {
+pub fn batch_lines(batch: &EventBatch, identities: &Identities) -> Bytes {
     let mut buf = Vec::with_capacity(batch.len() * 160);
     for ev in batch.iter() {
-        let id = ids.get(&ev.key.netns_cookie).map_or(&[][..], |f| &f[..]);
+        let id = identities.get(&ev.key.netns_cookie).map_or(&[][..], Vec::as_slice);
         push_tw_json_line(&mut buf, ev, id);
     }
     Bytes::from(buf)
 }
 
-/// How often a stream looks again for the identities of namespaces it has not seen.
-const RESCAN: Duration = Duration::from_secs(1);
-
 /// Forward `events` into a body until the client hangs up or the owner stops.
-pub fn stream(mut events: broadcast::Receiver<EventBatch>) -> ChannelBody {
+pub fn stream(mut events: broadcast::Receiver<EventBatch>, identities: Identities) -> ChannelBody {
     let (tx, rx) = mpsc::channel(QUEUE);
     tokio::spawn(async move {
-        let mut ids = tokio::task::spawn_blocking(fragments).await.unwrap_or_default();
-        let mut scanned = tokio::time::Instant::now();
         loop {
             let chunk = tokio::select! {
                 // A client that hung up stops its stream now, not at the next event.
                 _ = tx.closed() => return,
                 r = events.recv() => match r {
                     Ok(batch) if batch.is_empty() => continue,
-                    Ok(batch) => {
-                        // A namespace not seen before (and not plain): look again, at most every RESCAN.
-                        let unknown = batch.iter().any(|e| !ids.contains_key(&e.key.netns_cookie));
-                        if unknown && scanned.elapsed() >= RESCAN {
-                            ids = tokio::task::spawn_blocking(fragments).await.unwrap_or_default();
-                            scanned = tokio::time::Instant::now();
-                        }
-                        batch_lines(&batch, &ids)
-                    }
+                    Ok(batch) => batch_lines(&batch, &identities),
                     Err(broadcast::error::RecvError::Lagged(n)) => dropped_line(n),
                     Err(broadcast::error::RecvError::Closed) => return,
                 },
@@ -169,7 +146,7 @@ mod tests {
     #[tokio::test]
     async fn lines_then_a_drop_count_for_a_slow_reader() {
         let (tx, rx) = broadcast::channel(4);
-        let mut body = stream(rx);
+        let mut body = stream(rx, Identities::new());
         tx.send(batch(1)).unwrap();
         let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
         let v: serde_json::Value = serde_json::from_slice(&first).unwrap();
@@ -198,7 +175,7 @@ mod tests {
     #[tokio::test]
     async fn hang_up_ends_the_task() {
         let (tx, rx) = broadcast::channel::<EventBatch>(4);
-        let body = stream(rx);
+        let body = stream(rx, Identities::new());
         assert_eq!(tx.receiver_count(), 1);
         drop(body);
         for _ in 0..100 {

@@ -1,6 +1,6 @@
 //! The body of `POST /v1/kill`: the selectors of `twreset kill` as JSON, checked with the very
-//! parsers the command line uses (so a bad selector gets the same message), and built back from
-//! parsed command-line arguments when the CLI goes through the agent.
+//! parsers the command line uses (so a bad selector gets the same message); `cmd::kill` builds it
+//! back from parsed arguments when the CLI goes through the agent.
 
 use std::path::PathBuf;
 
@@ -8,13 +8,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::{
-    api::query::Scope,
-    cli::{NetnsArgs, parse_port},
-    cmd::kill::KillArgs,
     kill::{
         Method, Options,
-        select::{self, Selector, StateWord, States},
+        select::{self, Selector, States},
     },
+    scope::parse_port,
 };
 
 /// Wire form: strings (or numbers) as typed on a command line; every key optional.
@@ -30,6 +28,10 @@ pub struct KillRequest {
     pub all: bool,
     pub netns: Vec<String>,
     pub all_netns: bool,
+    /// Kubernetes pods, `NAMESPACE/NAME` (as `--pod`).
+    pub pods: Vec<String>,
+    /// Containers by name or ID (as `--container`).
+    pub containers: Vec<String>,
     pub dry_run: bool,
     pub method: Option<String>,
 }
@@ -41,15 +43,24 @@ pub enum KillRequestError {
     Value { field: &'static str, message: String },
     #[error("{0}")]
     Selector(#[from] select::SelectorError),
-    #[error("netns and all_netns cannot be combined")]
+    #[error("netns, all_netns and pods/containers cannot be combined")]
     NetnsConflict,
+}
+
+/// Where a request kills, as its keys say (opened by [`crate::api::scope::kill_scope`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Namespaces {
+    pub paths: Vec<PathBuf>,
+    pub all: bool,
+    pub pods: Vec<(String, String)>,
+    pub containers: Vec<String>,
 }
 
 /// A validated request: what to kill and where (namespaces are opened by the caller).
 #[derive(Debug)]
 pub struct KillPlan {
     pub opts: Options,
-    pub netns: NetnsArgs,
+    pub netns: Namespaces,
 }
 
 fn text(v: &Value) -> String {
@@ -80,47 +91,22 @@ impl TryFrom<KillRequest> for KillPlan {
                 return Err(KillRequestError::Value { field: "method", message });
             }
         };
-        if r.all_netns && !r.netns.is_empty() {
+        let pods = each("pods", r.pods, crate::kernel::identity::parse::pod_selector)?;
+        if (r.all_netns || !pods.is_empty() || !r.containers.is_empty()) && !r.netns.is_empty()
+            || r.all_netns && (!pods.is_empty() || !r.containers.is_empty())
+        {
             return Err(KillRequestError::NetnsConflict);
         }
         let selector = Selector::new(peers, ports, locals, States::from_words(&words), older_than, r.all)?;
         Ok(Self {
             opts: Options { selector, limit: r.limit, method, dry_run: r.dry_run, progress: false },
-            netns: NetnsArgs {
-                netns: r.netns.into_iter().map(PathBuf::from).collect(),
-                all_netns: r.all_netns,
-                pods: Vec::new(),
-                containers: Vec::new(),
+            netns: Namespaces {
+                paths: r.netns.into_iter().map(PathBuf::from).collect(),
+                all: r.all_netns,
+                pods,
+                containers: r.containers,
             },
         })
-    }
-}
-
-impl From<&KillArgs> for KillRequest {
-    fn from(a: &KillArgs) -> Self {
-        Self {
-            peers: a.peers.iter().map(ToString::to_string).collect(),
-            port: a.ports.iter().map(|p| Value::from(*p)).collect(),
-            local: a.locals.iter().map(ToString::to_string).collect(),
-            state: a
-                .states
-                .iter()
-                .map(|w| match w {
-                    StateWord::State(s) => s.name().to_owned(),
-                    StateWord::Any => "any".to_owned(),
-                })
-                .collect(),
-            older_than: a.older_than.map(|d| Value::from(format!("{}ms", d.as_millis()))),
-            limit: a.limit,
-            all: a.all,
-            netns: match Scope::from(&a.netns) {
-                Scope::Paths(p) => p,
-                Scope::All | Scope::Caller => Vec::new(),
-            },
-            all_netns: a.netns.all_netns,
-            dry_run: a.dry_run,
-            method: Some(a.method.name().to_owned()),
-        }
     }
 }
 
@@ -145,7 +131,7 @@ mod tests {
             "state time-wait peer 10.0.0.0/8|[fd00::1]:80 dport 443|80 older-than 90000ms"
         );
         assert_eq!((p.opts.limit, p.opts.dry_run, p.opts.method), (Some(5), true, Method::Destroy));
-        assert!(plan(json!({"all": true, "state": ["established"], "all_netns": true})).unwrap().netns.all_netns);
+        assert!(plan(json!({"all": true, "state": ["established"], "all_netns": true})).unwrap().netns.all);
         assert_eq!(
             plan(json!({"all": true, "older_than": 30})).unwrap().opts.selector.older_than.unwrap().as_secs(),
             30
@@ -164,17 +150,16 @@ mod tests {
         assert!(msg(json!({"all": true, "peers": ["10.0.0.1"]})).contains("--all cannot be combined"));
         assert!(msg(json!({"all": true, "state": ["bogus"]})).starts_with("state: "));
         assert!(msg(json!({"all": true, "method": "nuke"})).contains("destroy or rst"));
-        assert_eq!(
-            msg(json!({"all": true, "netns": ["/x"], "all_netns": true})),
-            "netns and all_netns cannot be combined"
-        );
+        assert!(msg(json!({"all": true, "netns": ["/x"], "all_netns": true})).contains("cannot be combined"));
+        assert!(msg(json!({"all": true, "netns": ["/x"], "pods": ["a/b"]})).contains("cannot be combined"));
+        assert!(msg(json!({"all": true, "pods": ["nope"]})).starts_with("pods: "));
         assert!(serde_json::from_value::<KillRequest>(json!({"peer": []})).is_err(), "unknown keys are refused");
     }
 
     #[derive(Parser)]
     struct T {
         #[command(flatten)]
-        a: KillArgs,
+        a: crate::cmd::kill::KillArgs,
     }
 
     /// Arguments parsed by clap, sent as a request and parsed again, select the same sockets.
@@ -213,7 +198,7 @@ mod tests {
         let p = KillPlan::try_from(KillRequest::from(&a)).unwrap();
         assert_eq!(p.opts.selector, want);
         assert_eq!((p.opts.limit, p.opts.dry_run, p.opts.method), (Some(3), true, Method::Rst));
-        assert_eq!(p.netns.netns, vec![PathBuf::from("/run/netns/a")]);
+        assert_eq!(p.netns.paths, vec![PathBuf::from("/run/netns/a")]);
         let a = T::try_parse_from(["kill", "--all", "--state", "any"]).unwrap().a;
         assert_eq!(KillPlan::try_from(KillRequest::from(&a)).unwrap().opts.selector.states, States::Any);
     }

@@ -5,7 +5,6 @@ pub mod bind;
 pub mod client;
 pub mod events;
 pub mod kill_req;
-pub mod owner;
 pub mod peer;
 pub mod query;
 pub mod routes;

@@ -5,10 +5,7 @@ use std::fmt::Write as _;
 
 use clap::ValueEnum;
 
-use crate::{
-    cli::NetnsArgs,
-    table::{By, Sort},
-};
+use crate::table::{By, Sort};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum QueryError {
@@ -16,7 +13,7 @@ pub enum QueryError {
     Unknown { key: String },
     #[error("{key}: {message}")]
     Value { key: &'static str, message: String },
-    #[error("netns and all_netns cannot be combined")]
+    #[error("netns, all_netns and pod/container cannot be combined")]
     NetnsConflict,
 }
 
@@ -27,21 +24,12 @@ pub enum Scope {
     #[default]
     Caller,
     Paths(Vec<String>),
+    /// Kubernetes pods (`NAMESPACE/NAME`) and containers (name or ID), as `--pod`/`--container`.
+    Selected {
+        pods: Vec<String>,
+        containers: Vec<String>,
+    },
     All,
-}
-
-impl From<&NetnsArgs> for Scope {
-    /// The command line's namespaces as the agent must see them (paths made absolute).
-    fn from(a: &NetnsArgs) -> Self {
-        if a.all_netns {
-            return Self::All;
-        }
-        if a.netns.is_empty() {
-            return Self::Caller;
-        }
-        let cwd = std::env::current_dir().unwrap_or_default();
-        Self::Paths(a.netns.iter().map(|p| cwd.join(p).display().to_string()).collect())
-    }
 }
 
 /// `GET /v1/tw` parameters; `format=text` asks for the human table instead of JSON.
@@ -137,7 +125,7 @@ fn prefix(key: &'static str, v: &str, max: u8) -> Result<u8, QueryError> {
 impl TwParams {
     pub fn parse(query: Option<&str>) -> Result<Self, QueryError> {
         let mut p = Self::default();
-        let (mut paths, mut all) = (Vec::new(), false);
+        let (mut paths, mut all, mut pods, mut containers) = (Vec::new(), false, Vec::new(), Vec::new());
         for (k, v) in pairs(query) {
             match k.as_str() {
                 "by" => p.by = choice("by", &v)?,
@@ -145,6 +133,8 @@ impl TwParams {
                 "prefix_v4" => p.prefix_v4 = prefix("prefix_v4", &v, 32)?,
                 "prefix_v6" => p.prefix_v6 = prefix("prefix_v6", &v, 128)?,
                 "netns" => paths.push(v),
+                "pod" => pods.push(v),
+                "container" => containers.push(v),
                 "all_netns" => all = flag("all_netns", &v)?,
                 "format" => {
                     p.text = match v.as_str() {
@@ -156,11 +146,13 @@ impl TwParams {
                 _ => return Err(QueryError::Unknown { key: k }),
             }
         }
-        p.scope = match (paths.is_empty(), all) {
-            (false, true) => return Err(QueryError::NetnsConflict),
-            (true, true) => Scope::All,
-            (false, false) => Scope::Paths(paths),
-            (true, false) => Scope::Caller,
+        let selected = !pods.is_empty() || !containers.is_empty();
+        p.scope = match (paths.is_empty(), all, selected) {
+            (true, false, true) => Scope::Selected { pods, containers },
+            (false, true, _) | (false, _, true) | (_, true, true) => return Err(QueryError::NetnsConflict),
+            (true, true, false) => Scope::All,
+            (false, false, false) => Scope::Paths(paths),
+            (true, false, false) => Scope::Caller,
         };
         Ok(p)
     }
@@ -175,6 +167,14 @@ impl TwParams {
             Scope::Paths(ps) => ps.iter().for_each(|p| {
                 let _ = write!(q, "&netns={}", encode(p));
             }),
+            Scope::Selected { pods, containers } => {
+                pods.iter().for_each(|p| {
+                    let _ = write!(q, "&pod={}", encode(p));
+                });
+                containers.iter().for_each(|c| {
+                    let _ = write!(q, "&container={}", encode(c));
+                });
+            }
         }
         if self.text {
             q.push_str("&format=text");
@@ -199,6 +199,11 @@ mod tests {
         let all = TwParams { scope: Scope::All, ..TwParams::default() };
         assert_eq!(TwParams::parse(Some(&all.to_query())).unwrap(), all);
         assert_eq!(TwParams::parse(Some("all_netns")).unwrap().scope, Scope::All);
+        let sel = TwParams {
+            scope: Scope::Selected { pods: vec!["shop/web-1".into()], containers: vec!["db".into()] },
+            ..TwParams::default()
+        };
+        assert_eq!(TwParams::parse(Some(&sel.to_query())).unwrap(), sel);
     }
 
     #[test]
@@ -212,7 +217,8 @@ mod tests {
         assert!(e("prefix_v4=33").contains("0-32"));
         assert!(e("prefix_v6=x").contains("0-128"));
         assert_eq!(e("bye=peer"), "unknown query parameter \"bye\"");
-        assert_eq!(e("netns=/a&all_netns=1"), "netns and all_netns cannot be combined");
+        assert!(e("netns=/a&all_netns=1").contains("cannot be combined"));
+        assert!(e("netns=/a&pod=x/y").contains("cannot be combined"));
         assert!(e("all_netns=maybe").contains("boolean"));
         assert_eq!(decode("%zz%4"), "%zz%4");
         assert_eq!(encode("/run/netns/a b&c"), "/run/netns/a%20b%26c");

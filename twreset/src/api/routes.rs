@@ -3,12 +3,7 @@
 //! Errors are JSON `{"error": "..."}` with 400 (bad request), 403 (read-only caller), 404, 405,
 //! 408 (body too slow), 413 (body too large), 500 (audit log) or 503 (owner not answering).
 
-use std::{
-    convert::Infallible,
-    future::Future,
-    sync::Arc,
-    time::{Duration, SystemTime, UNIX_EPOCH},
-};
+use std::{convert::Infallible, future::Future, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
@@ -26,12 +21,12 @@ use crate::{
         scope,
         server::Conn,
     },
-    cmd::tw::{ns_names, render},
     kill::{
         audit::{Actor, AuditLog},
-        exec::{self, JsonSink},
+        exec,
+        execute::{self as run, execute},
     },
-    output::NsNames,
+    output::{NsNames, tw as render},
     table::{By, ViewConfig},
 };
 
@@ -125,14 +120,11 @@ async fn tw<O: Owner>(conn: &Conn<O>, query: Option<&str>) -> Result<Response<Bo
     let view = ViewConfig { prefix_v4: p.prefix_v4, prefix_v6: p.prefix_v6, ..ViewConfig::default() };
     let q = TwQuery { by: p.by, sort: p.sort, view, netns };
     let snap = ask(conn.shared.limits.owner_timeout, conn.shared.owner.tw(q)).await?;
+    // Identities label destination rows only; resolving them reads /proc and cgroups.
+    let names = if p.by == By::Dest { blocking(NsNames::resolve).await? } else { NsNames::default() };
     if !p.text {
-        // Identities (pods, containers) on every row, as `tw --json` prints them.
-        let names = blocking(ns_names).await?;
-        let doc = render::render_json(&snap, &names);
-        return Ok(respond(StatusCode::OK, "application/json", format!("{doc}\n")));
+        return Ok(respond(StatusCode::OK, "application/json", format!("{}\n", render::render_json(&snap, &names))));
     }
-    // Names label destination rows only; looking them up enters every named namespace.
-    let names = if p.by == By::Dest { blocking(ns_names).await? } else { NsNames::default() };
     Ok(respond(StatusCode::OK, "text/plain; charset=utf-8", render::render_human(&snap, &names)))
 }
 
@@ -144,14 +136,17 @@ async fn relief<O: Owner>(conn: &Conn<O>, action: ReliefAction) -> Result<Respon
 
 /// `ip netns` names by cookie (what labels destinations), for a client that cannot enter them.
 async fn netns_names() -> Result<Response<Body>, Response<Body>> {
-    let names = blocking(ns_names).await?;
+    let names = blocking(NsNames::resolve).await?;
     let o: serde_json::Map<String, Value> = names.0.into_iter().map(|(c, n)| (c.to_string(), Value::from(n))).collect();
     Ok(json_response(StatusCode::OK, &Value::Object(o)))
 }
 
 async fn events<O: Owner>(conn: &Conn<O>) -> Result<Response<Body>, Response<Body>> {
     let rx = ask(conn.shared.limits.owner_timeout, conn.shared.owner.subscribe()).await?;
-    Ok(stream("application/x-ndjson", events::stream(rx)))
+    // The identity fields `trace --timewait --json` splices in, as the namespaces are now.
+    let names = blocking(NsNames::resolve).await?;
+    let identities = names.1.iter().map(|(c, i)| (*c, i.json_fragment())).collect();
+    Ok(stream("application/x-ndjson", events::stream(rx, identities)))
 }
 
 /// The request body, bounded in size and time.
@@ -174,36 +169,39 @@ async fn kill<O: Owner>(conn: &Conn<O>, req: Request<Incoming>) -> Result<Respon
     let plan = KillPlan::try_from(body).map_err(|e| error(StatusCode::BAD_REQUEST, e))?;
     let peer = conn.peer;
     let audit_log = shared.now.read().expect("API settings").audit_log.clone();
+    // An audit log that cannot be opened is a 500 before anything runs (the run opens it again
+    // before anything dies). The user name lookup may ask NSS: on the blocking pool.
     let audit = match plan.opts.dry_run {
         true => None,
-        // Opened before anything dies: a kill that cannot be recorded does not happen.
-        false => Some(
-            AuditLog::open_as(&audit_log, Actor::peer(peer.uid, peer.pid.unwrap_or(0)))
-                .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, exec::chain(&e)))?,
-        ),
+        false => {
+            let path = audit_log.clone();
+            Some(
+                blocking(move || AuditLog::open_as(&path, Actor::peer(peer.uid, peer.pid.unwrap_or(0))))
+                    .await?
+                    .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, exec::chain(&e)))?,
+            )
+        }
     };
     let lock = shared.kill_lock.clone().lock_owned().await;
     let netns = plan.netns.clone();
-    let targets = blocking(move || scope::kill_targets(&netns, peer.pid))
+    let scope = blocking(move || scope::kill_scope(&netns, peer.pid))
         .await?
         .map_err(|e| error(StatusCode::BAD_REQUEST, exec::chain(&e)))?;
-    let (out, body) = ChunkWriter::new();
+    drop(audit);
+    let (mut out, body) = ChunkWriter::new();
     let owner = shared.owner.clone();
     tokio::task::spawn_blocking(move || {
-        let mut audit = audit;
-        let mut sink = JsonSink { out, stderr: false, names: crate::output::NsNames::resolve() };
-        match exec::execute(&targets, &plan.opts, audit.as_mut(), now_ms, &mut sink) {
+        // The run every caller shares: same selection, preflight, audit and lines as the CLI's.
+        let req = run::Request { opts: &plan.opts, scope, json: true, audit_log: &audit_log };
+        let actor = Actor::peer(peer.uid, peer.pid.unwrap_or(0));
+        match execute(req, actor, &mut out) {
             Ok(totals) => owner.kills_done("api", &totals),
             Err(e) => {
                 let line = json!({"type": "fatal", "message": exec::chain(&e)});
-                let _ = std::io::Write::write_all(&mut sink.out, format!("{line}\n").as_bytes());
+                let _ = std::io::Write::write_all(&mut out, format!("{line}\n").as_bytes());
             }
         }
         drop(lock);
     });
     Ok(stream("application/x-ndjson", body))
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }

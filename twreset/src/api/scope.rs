@@ -8,10 +8,9 @@ use std::{
 };
 
 use crate::{
-    api::query::Scope,
-    cli::{NetnsArgs, NetnsScope},
+    api::{kill_req::Namespaces, query::Scope},
     kernel::netns::{self, Netns, NetnsError},
-    kill::targets::{self, Target},
+    scope::NetnsScope,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +52,22 @@ pub fn tw_cookies(scope: &Scope, pid: Option<u32>) -> Result<Option<Vec<u64>>, S
     match scope {
         Scope::All => Ok(None),
         Scope::Caller => cookie(caller(pid)?.as_ref()).map(|c| Some(vec![c])).map_err(ScopeError::Caller),
+        Scope::Selected { pods, containers } => {
+            let pods = pods
+                .iter()
+                .map(|p| {
+                    crate::kernel::identity::parse::pod_selector(p).map_err(|e| ScopeError::Netns(format!("pod: {e}")))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            match crate::scope::select(&[], false, &pods, containers).map_err(ScopeError::Netns)? {
+                NetnsScope::Paths(list) => list
+                    .iter()
+                    .map(|ns| ns.cookie().map_err(|e| ScopeError::Netns(format!("{e:#}"))))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map(Some),
+                _ => Ok(Some(Vec::new())),
+            }
+        }
         Scope::Paths(paths) => paths
             .iter()
             .map(|p| {
@@ -63,14 +78,16 @@ pub fn tw_cookies(scope: &Scope, pid: Option<u32>) -> Result<Option<Vec<u64>>, S
     }
 }
 
-/// Namespaces a `POST /v1/kill` runs in: the caller's is labelled `current`, as a direct run
-/// labels its own.
-pub fn kill_targets(args: &NetnsArgs, pid: Option<u32>) -> Result<Vec<Target>, ScopeError> {
-    if args.all_netns || !args.netns.is_empty() {
-        let scope = NetnsScope::try_from(args).map_err(|e| ScopeError::Netns(e.to_string()))?;
-        return Ok(targets::resolve(scope));
+/// Namespaces a `POST /v1/kill` runs in: by default the caller's (the agent's own is
+/// [`NetnsScope::Current`], as for a direct run there).
+pub fn kill_scope(ns: &Namespaces, pid: Option<u32>) -> Result<NetnsScope, ScopeError> {
+    if ns.all || !ns.paths.is_empty() || !ns.pods.is_empty() || !ns.containers.is_empty() {
+        return crate::scope::select(&ns.paths, ns.all, &ns.pods, &ns.containers).map_err(ScopeError::Netns);
     }
-    Ok(vec![Target { label: "current".into(), netns: caller(pid)? }])
+    Ok(match caller(pid)? {
+        None => NetnsScope::Current,
+        Some(ns) => NetnsScope::Paths(vec![ns]),
+    })
 }
 
 #[cfg(test)]
@@ -83,8 +100,7 @@ mod tests {
         let want = netns::current_cookie().unwrap();
         assert_eq!(tw_cookies(&Scope::Caller, me).unwrap(), Some(vec![want]));
         assert_eq!(tw_cookies(&Scope::All, None).unwrap(), None);
-        let t = kill_targets(&NetnsArgs::default(), me).unwrap();
-        assert_eq!((t.len(), t[0].label.as_str(), t[0].netns.is_none()), (1, "current", true));
+        assert!(matches!(kill_scope(&Namespaces::default(), me).unwrap(), NetnsScope::Current));
         assert!(matches!(tw_cookies(&Scope::Caller, None), Err(ScopeError::NoPid)));
         let e = tw_cookies(&Scope::Paths(vec!["/nonexistent/ns".into()]), me).unwrap_err();
         assert!(e.to_string().contains("/nonexistent/ns"), "{e}");

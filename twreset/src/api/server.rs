@@ -159,10 +159,12 @@ impl<O: Owner> Server<O> {
                 continue;
             };
             let policy = self.shared.now.read().expect("API settings").policy;
-            let Some((peer, access)) = admit(&stream, &policy) else { continue };
-            let conn = Arc::new(Conn { shared: self.shared.clone(), peer, access });
+            let shared = self.shared.clone();
+            // The check reads /proc (or the user database): in the connection's task, so a slow
+            // lookup never holds up the accept loop. Still before a byte of the request is read.
             tokio::spawn(async move {
-                serve(stream, conn).await;
+                let Some((peer, access)) = admit(&stream, policy).await else { return };
+                serve(stream, Arc::new(Conn { shared, peer, access })).await;
                 drop(slot);
             });
         }
@@ -170,8 +172,9 @@ impl<O: Owner> Server<O> {
     }
 }
 
-/// The peer's credentials and what they allow; None closes the connection unread.
-fn admit(stream: &UnixStream, policy: &Policy) -> Option<(Peer, Access)> {
+/// The peer's credentials and what they allow; None closes the connection unread. Group
+/// lookups (`/proc`, maybe NSS) run on the blocking pool: the API shares one thread.
+async fn admit(stream: &UnixStream, policy: Policy) -> Option<(Peer, Access)> {
     let cred = match stream.peer_cred() {
         Ok(c) => c,
         Err(e) => {
@@ -180,7 +183,10 @@ fn admit(stream: &UnixStream, policy: &Policy) -> Option<(Peer, Access)> {
         }
     };
     let peer = Peer { uid: cred.uid(), gid: cred.gid(), pid: cred.pid().and_then(|p| u32::try_from(p).ok()) };
-    let access = policy.check(&peer);
+    let access = match peer.uid {
+        0 => Some(Access::ReadWrite),
+        _ => tokio::task::spawn_blocking(move || policy.check(&peer)).await.ok().flatten(),
+    };
     if access.is_none() {
         tracing::info!(uid = peer.uid, gid = peer.gid, pid = ?peer.pid, "API connection refused: not root or a member of the API groups");
     }

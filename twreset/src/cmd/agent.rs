@@ -6,7 +6,7 @@ use clap::Args;
 
 use crate::{
     agent::config::{Config, DEFAULT_PATH, Overrides, Source},
-    cli::UsageError,
+    cmd::UsageError,
 };
 
 #[derive(Args, Debug)]

@@ -4,7 +4,7 @@
 use std::{
     io::{self, IsTerminal, Write},
     path::PathBuf,
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::Duration,
 };
 
 use clap::Args;
@@ -19,13 +19,12 @@ use crate::{
     cmd::{NetnsArgs, UsageError},
     kill::{
         Method, Options,
-        audit::{self, Actor, AuditLog},
-        exec::{self, ExecError, HumanSink, JsonSink, ProblemKind},
+        audit::{self, Actor},
+        exec::{self, HumanSink, ProblemKind},
+        execute::{ExecuteError, Request, execute},
         replay::{ReplayError, replay},
-        report::Totals,
         select::{self, Endpoint, Selector, StateWord, States},
     },
-    scope as targets,
     scope::{NetnsScope, parse_port},
 };
 
@@ -105,7 +104,7 @@ impl TryFrom<KillArgs> for KillConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum KillCmdError {
     #[error(transparent)]
-    Exec(#[from] ExecError),
+    Execute(#[from] ExecuteError),
     #[error(transparent)]
     Agent(#[from] ClientError),
     #[error(transparent)]
@@ -120,39 +119,43 @@ pub enum KillCmdError {
     Output(#[from] io::Error),
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
-
 /// Run the kill here; Ok(true) when every selected socket is dead or already gone.
 pub fn run(cfg: KillConfig) -> Result<bool, KillCmdError> {
-    // Opened before anything dies: a kill that cannot be recorded does not happen.
-    let mut audit =
-        if cfg.opts.dry_run { None } else { Some(AuditLog::open(&cfg.audit_log).map_err(ExecError::from)?) };
-    let targets = targets::resolve(cfg.scope);
-    // Who each namespace belongs to, for labels, JSON and the audit log.
-    let names = crate::output::NsNames::resolve();
-    let out = io::BufWriter::new(io::stdout().lock());
-    let totals = if cfg.json {
-        exec::execute(&targets, &cfg.opts, audit.as_mut(), now_ms, &mut JsonSink { out, stderr: true, names })?
-    } else {
-        exec::execute(&targets, &cfg.opts, audit.as_mut(), now_ms, &mut HumanSink::new(out).with_names(names))?
-    };
-    Ok(totals.ok())
+    let stdout = io::stdout();
+    let mut out = io::BufWriter::new(stdout.lock());
+    let req = Request { opts: &cfg.opts, scope: cfg.scope, json: cfg.json, audit_log: &cfg.audit_log };
+    Ok(execute(req, Actor::current(), &mut out)?.ok())
 }
 
-/// Run the kill for `actor` (recorded in the audit log), writing what `run` prints to `out`
-/// (problems only there, not on stderr).
-pub fn execute(cfg: KillConfig, actor: Actor, out: &mut dyn Write) -> Result<Totals, KillCmdError> {
-    let mut audit =
-        if cfg.opts.dry_run { None } else { Some(AuditLog::open_as(&cfg.audit_log, actor).map_err(ExecError::from)?) };
-    let targets = targets::resolve(cfg.scope);
-    let totals = if cfg.json {
-        exec::execute(&targets, &cfg.opts, audit.as_mut(), now_ms, &mut JsonSink::new(out, false))?
-    } else {
-        exec::execute(&targets, &cfg.opts, audit.as_mut(), now_ms, &mut HumanSink::new(out))?
-    };
-    Ok(totals)
+impl From<&KillArgs> for KillRequest {
+    /// The request the agent reads back as these arguments (selectors as typed, paths absolute).
+    fn from(a: &KillArgs) -> Self {
+        Self {
+            peers: a.peers.iter().map(ToString::to_string).collect(),
+            port: a.ports.iter().map(|p| serde_json::Value::from(*p)).collect(),
+            local: a.locals.iter().map(ToString::to_string).collect(),
+            state: a
+                .states
+                .iter()
+                .map(|w| match w {
+                    StateWord::State(s) => s.name().to_owned(),
+                    StateWord::Any => "any".to_owned(),
+                })
+                .collect(),
+            older_than: a.older_than.map(|d| serde_json::Value::from(format!("{}ms", d.as_millis()))),
+            limit: a.limit,
+            all: a.all,
+            netns: match crate::api::query::Scope::from(&a.netns) {
+                crate::api::query::Scope::Paths(p) => p,
+                _ => Vec::new(),
+            },
+            all_netns: a.netns.all_netns,
+            pods: a.netns.pods.iter().map(|(ns, name)| format!("{ns}/{name}")).collect(),
+            containers: a.netns.containers.clone(),
+            dry_run: a.dry_run,
+            method: Some(a.method.name().to_owned()),
+        }
+    }
 }
 
 /// The same kill through the agent (`POST /v1/kill`), printed by the same sinks.
@@ -162,8 +165,8 @@ pub async fn via_agent(agent: &Agent, args: &KillArgs) -> Result<bool, KillCmdEr
         Err(ClientError::Status { status: StatusCode::BAD_REQUEST, message }) => return Err(UsageError(message).into()),
         r => r?,
     };
-    let mut out = io::BufWriter::new(io::stdout().lock());
-    let mut human = HumanSink::new(io::BufWriter::new(io::stdout()));
+    // Human output goes through the sink; JSON lines are copied to its writer as they came.
+    let mut human = HumanSink::new(io::BufWriter::new(io::stdout().lock()));
     let mut totals = None;
     for_each_line(agent.path(), resp, |line| -> Result<(), KillCmdError> {
         let v: serde_json::Value = serde_json::from_slice(line)
@@ -185,11 +188,11 @@ pub async fn via_agent(agent: &Agent, args: &KillArgs) -> Result<bool, KillCmdEr
         if v["type"] == "summary" {
             totals = replay(&v, &mut exec::NullSink)?;
         }
-        out.write_all(line)?;
-        out.write_all(b"\n")?;
+        human.out.write_all(line)?;
+        human.out.write_all(b"\n")?;
         Ok(())
     })
     .await?;
-    out.flush()?;
+    human.out.flush()?;
     totals.map(|t| t.ok()).ok_or(KillCmdError::Truncated)
 }

@@ -10,10 +10,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use crate::{
-    kernel::{identity, netns::Netns},
-    scope::NetnsScope,
-};
+use crate::{kernel::identity, scope::NetnsScope};
 
 /// A usage error found after clap's parsing (exit status 2).
 #[derive(Debug, thiserror::Error)]
@@ -43,23 +40,25 @@ pub struct NetnsArgs {
 impl TryFrom<&NetnsArgs> for NetnsScope {
     type Error = UsageError;
     fn try_from(a: &NetnsArgs) -> Result<Self, Self::Error> {
+        crate::scope::select(&a.netns, a.all_netns, &a.pods, &a.containers).map_err(UsageError)
+    }
+}
+
+impl From<&NetnsArgs> for crate::api::query::Scope {
+    /// The command line's namespaces as the agent must see them (paths made absolute).
+    fn from(a: &NetnsArgs) -> Self {
+        use crate::api::query::Scope;
         if a.all_netns {
-            return Ok(Self::All);
+            return Scope::All;
         }
         if !a.pods.is_empty() || !a.containers.is_empty() {
-            let resolver = identity::Resolver::from_env().map_err(|e| UsageError(format!("{e:#}")))?;
-            return resolver
-                .open_selected(&a.pods, &a.containers)
-                .map(Self::Paths)
-                .map_err(|e| UsageError(e.to_string()));
+            let pods = a.pods.iter().map(|(ns, name)| format!("{ns}/{name}")).collect();
+            return Scope::Selected { pods, containers: a.containers.clone() };
         }
         if a.netns.is_empty() {
-            return Ok(Self::Current);
+            return Scope::Caller;
         }
-        a.netns
-            .iter()
-            .map(|p| Netns::open(p).map_err(|e| UsageError(format!("{e:#}"))))
-            .collect::<Result<Vec<_>, _>>()
-            .map(Self::Paths)
+        let cwd = std::env::current_dir().unwrap_or_default();
+        Scope::Paths(a.netns.iter().map(|p| cwd.join(p).display().to_string()).collect())
     }
 }

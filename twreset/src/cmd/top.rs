@@ -19,10 +19,11 @@ use crate::{
         client::{Agent, AgentArgs, ClientError},
         query::{Scope, TwParams},
     },
-    cmd::tw::{parse::parse_json, parse_duration},
+    cmd::tw::parse_duration,
     cmd::{NetnsArgs, UsageError},
     live::{Feed, Live, LiveError},
     output::NsNames,
+    output::parse::parse_json,
     scope::NetnsScope,
     table::{By, Snapshot, Sort, ViewConfig},
 };
@@ -127,8 +128,8 @@ pub async fn via_agent(cfg: &TopConfig, agent: &Agent) -> Result<(Source, NsName
     let raw = agent.get("/v1/netns").await?;
     let names: std::collections::HashMap<String, String> =
         serde_json::from_slice(&raw).map_err(|e| ClientError::Answer(e.to_string()))?;
-    let names =
-        NsNames(names.into_iter().filter_map(|(c, n)| Some((c.parse().ok()?, n))).collect(), Default::default());
+    let labels = names.into_iter().filter_map(|(c, n)| Some((c.parse().ok()?, n))).collect();
+    let names = NsNames(labels, std::collections::HashMap::new());
     Ok((source, names))
 }
 

@@ -1,7 +1,7 @@
 //! `twreset tw`: a one-shot snapshot of the live TIME_WAIT table (seed, settle, print).
 
-/// The table renderers (they live in `output::tw`, shared with `top`), and their inverse.
-pub use crate::output::{parse, tw as render};
+/// The table renderers (they live in `output::tw`, shared with `top`).
+pub use crate::output::tw as render;
 
 use std::{io::Write, time::Duration};
 

@@ -3,6 +3,7 @@
 
 pub mod audit;
 pub mod exec;
+pub mod execute;
 pub mod killer;
 pub mod packet;
 pub mod plan;

@@ -95,7 +95,7 @@ mod tests {
     /// Lines written by the JSON sink, replayed into another JSON sink, come out identical.
     #[test]
     fn round_trip() {
-        let mut direct = JsonSink::new(Vec::new(), false);
+        let mut direct = JsonSink { out: Vec::new(), stderr: false };
         let tw = Entry { sock: sock("[fd00::1]:4000", "[fd00::2]:80", TcpState::FinWait2, true, 20_000), ifindex: 3 };
         let est = Entry { sock: sock("10.0.0.1:4000", "10.0.0.2:443", TcpState::Established, false, 0), ifindex: 0 };
         direct.problem(ProblemKind::Warning, "ns1", 7, "needs CAP_NET_ADMIN").unwrap();
@@ -106,7 +106,7 @@ mod tests {
         t.add(&[Outcome::Killed, Outcome::Gone, Outcome::Failed { errno: libc::EPERM }]);
         direct.summary(&t, false).unwrap();
         let text = String::from_utf8(direct.out).unwrap();
-        let mut again = JsonSink::new(Vec::new(), false);
+        let mut again = JsonSink { out: Vec::new(), stderr: false };
         let mut last = None;
         for l in text.lines() {
             last = replay(&serde_json::from_str(l).unwrap(), &mut again).unwrap();
@@ -118,7 +118,7 @@ mod tests {
 
     #[test]
     fn bad_lines() {
-        let mut s = JsonSink::new(Vec::new(), false);
+        let mut s = JsonSink { out: Vec::new(), stderr: false };
         assert!(matches!(replay(&serde_json::json!({"type": "x"}), &mut s), Err(ReplayError::Type { .. })));
         let e = replay(&serde_json::json!({"type": "socket", "netns": "a"}), &mut s).unwrap_err();
         assert!(e.to_string().contains("\"local\""), "{e}");

@@ -1,4 +1,5 @@
-//! [`Owner`] for the agent's command channel: each call is one message to the table's owner.
+//! The control API's [`Owner`] for the agent's command channel: each call is one message to the
+//! table's owner.
 
 use tokio::sync::broadcast;
 
