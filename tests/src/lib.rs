@@ -223,6 +223,14 @@ pub fn poll_until(what: &str, mut done: impl FnMut() -> bool) {
     }
 }
 
+/// An IPv4 /24 (`"10.X.Y"`) made of this process's id, which no other test binary running at the
+/// same time uses: for tests that look at every namespace on the host (`--all-netns`), where
+/// another run's sockets would otherwise match. Tests of one binary pick distinct host numbers.
+pub fn private_net() -> String {
+    let pid = std::process::id();
+    format!("10.{}.{}", 100 + (pid >> 8) % 100, pid & 0xff)
+}
+
 /// One line of `ss -Htan`.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct SsSocket {

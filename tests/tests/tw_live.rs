@@ -197,9 +197,14 @@ fn namespace_deletion_is_recorded() {
         return;
     }
     let ns = NetNs::new("twl-gone");
-    ns.add_lo_addr("10.82.0.1/32");
-    ns.add_lo_addr("10.82.0.2/32");
-    ns.run(|| connections("10.82.0.2:7330".parse().unwrap(), Some("10.82.0.1".parse().unwrap()), 3, Closer::Client));
+    // --all-netns: addresses of this process's own, so another run's namespaces cannot match.
+    let (client, server) =
+        (format!("{}.21", twreset_tests::private_net()), format!("{}.22", twreset_tests::private_net()));
+    ns.add_lo_addr(&format!("{client}/32"));
+    ns.add_lo_addr(&format!("{server}/32"));
+    ns.run(|| {
+        connections(SocketAddr::new(server.parse().unwrap(), 7330), Some(client.parse().unwrap()), 3, Closer::Client)
+    });
     let cookie = ns.cookie();
     let tw = spawn_tw(&["--all-netns"]);
     // The kernel purges a deleted namespace's TIME_WAIT sockets later, from a work queue: a
@@ -217,7 +222,7 @@ fn namespace_deletion_is_recorded() {
     drop(trace);
     let v = finish(tw);
     let rows = rows_by(&v, "raddr");
-    let row = rows.get("10.82.0.2");
+    let row = rows.get(&server);
     // Gone from the table, and the kills recorded under the peer's row if it is still listed.
     if let Some(r) = row {
         assert_eq!(r["count"], 0, "{r}");

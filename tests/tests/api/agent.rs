@@ -253,9 +253,13 @@ impl Drop for Agent {
     }
 }
 
-/// Drop what differs between two readings of the same state: ages and rates (time moves on).
+/// Drop what differs between two readings of the same state: ages and rates (time moves on), and
+/// a direct run's own seeding diagnostics (`live`: the agent seeded once, long before).
 pub fn timeless(v: &Value) -> Value {
     let mut v = v.clone();
+    if let Some(o) = v.as_object_mut() {
+        o.remove("live");
+    }
     if let Some(rows) = v["rows"].as_array_mut() {
         for r in rows.iter_mut().filter_map(Value::as_object_mut) {
             for k in ["oldest_s", "newest_s", "rate_per_s", "exhaustion_s"] {

@@ -316,8 +316,7 @@ fn all_netns_covers_every_namespace() {
     }
     // --all-netns sees every namespace on the host, those of other tests and of other runs
     // included: addresses made of this process's id, which nothing else uses at the same time.
-    let pid = std::process::id();
-    let net = format!("10.{}.{}", 100 + (pid >> 8) % 100, pid & 0xff);
+    let net = twreset_tests::private_net();
     let (client, server) = (format!("{net}.1"), format!("{net}.2"));
     let (a, b) = (NetNs::new("kalla"), NetNs::new("kallb"));
     for ns in [&a, &b] {
