@@ -5,6 +5,8 @@
 mod bench;
 mod bootstrap;
 mod build;
+mod matrix;
+mod vm;
 
 use std::process::ExitCode;
 
@@ -32,6 +34,10 @@ enum Cmd {
     },
     /// Build, then run the whole test suite (unit + integration, real kernel).
     Test {
+        /// Run the integration suite in qemu VMs on Debian kernels instead of on this machine's
+        /// kernel: 5.10, 6.1, 6.12, a comma-separated list, or all (see docs/internals/kernels.md).
+        #[arg(long, value_name = "KERNEL")]
+        kernel: Option<String>,
         /// Extra arguments passed to the test binaries (e.g. a test name filter).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
@@ -53,7 +59,8 @@ fn main() -> ExitCode {
         Cmd::BuildEbpf => bootstrap::all().and_then(|t| build::ebpf(&t).map(|_| ())),
         Cmd::Build => bootstrap::all().and_then(|t| build::release(&t).map(|_| ())),
         Cmd::Run { args } => bootstrap::all().and_then(|t| build::run_tool(&t, &args)),
-        Cmd::Test { args } => bootstrap::all().and_then(|t| build::test(&t, &args)),
+        Cmd::Test { kernel: Some(k), args } => bootstrap::all().and_then(|t| vm::test(&t, &k, &args)),
+        Cmd::Test { kernel: None, args } => bootstrap::all().and_then(|t| build::test(&t, &args)),
         Cmd::Lint => bootstrap::all().and_then(|t| build::lint(&t)),
         Cmd::Bench { quick } => bootstrap::all().and_then(|t| bench::run(&t, quick)),
     };

@@ -46,8 +46,9 @@ pub struct KillArgs {
     pub all: bool,
     #[command(flatten)]
     pub netns: NetnsArgs,
-    /// How to kill.
-    #[arg(long, value_enum, default_value = "destroy")]
+    /// How to kill: auto uses SOCK_DESTROY where the kernel can and the exact-sequence RST where
+    /// it cannot (TIME_WAIT before Linux 6.0); the method used is reported per socket.
+    #[arg(long, value_enum, default_value = "auto")]
     pub method: Method,
     /// List exactly what would be killed; kill nothing.
     #[arg(long, visible_alias = "list")]
@@ -148,7 +149,7 @@ pub fn run(cfg: KillConfig) -> Result<bool, KillCmdError> {
                 time_ms: now_ms(),
                 netns: t.label.clone(),
                 netns_cookie: run.cookie,
-                method: cfg.opts.method.name(),
+                method: kill::auto::describe(&run.methods),
                 selector: cfg.opts.selector.describe(),
                 selected: run.planned.len(),
                 killed: t2.killed,
@@ -160,7 +161,8 @@ pub fn run(cfg: KillConfig) -> Result<bool, KillCmdError> {
             for (i, e) in run.planned.iter().enumerate() {
                 let outcome = run.outcomes.as_ref().map(|o| o[i]);
                 if cfg.opts.dry_run || outcome.is_some() {
-                    writeln!(out, "{}", report::socket_json(&t.label, e, outcome))?;
+                    let method = run.methods.get(i).copied();
+                    writeln!(out, "{}", report::socket_json(&t.label, e, outcome, method))?;
                 }
             }
         } else if cfg.opts.dry_run {

@@ -6,6 +6,7 @@ pub mod btf_func;
 pub mod findings;
 pub mod model;
 pub mod parse;
+pub mod paths;
 pub mod pressure;
 pub mod probe;
 pub mod report;
