@@ -23,6 +23,7 @@ use crate::{
 };
 
 /// A Debian kernel of the matrix.
+#[derive(Debug)]
 pub struct Kernel {
     /// What `--kernel` accepts.
     pub short: &'static str,
@@ -246,7 +247,14 @@ fn build_tests(t: &Tools) -> Result<(PathBuf, Vec<(String, PathBuf)>)> {
         let (Some(exe), Some(name)) = (v["executable"].as_str(), v["target"]["name"].as_str()) else { continue };
         if v["profile"]["test"].as_bool() == Some(true) {
             let pkg = v["package_id"].as_str().unwrap_or_default();
-            let label = if pkg.contains("twreset-tests") { name.to_owned() } else { format!("twreset::{name}") };
+            let kind = v["target"]["kind"][0].as_str().unwrap_or("test");
+            let label = match (pkg.contains("twreset-tests"), kind) {
+                (true, "test") => name.to_owned(),
+                // The tool's own integration tests (table memory) do not depend on the kernel.
+                (_, "test") => continue,
+                (true, _) => "harness-unit".to_owned(),
+                (false, kind) => format!("twreset-{kind}-unit"),
+            };
             bins.push((label, PathBuf::from(exe)));
         }
     }
@@ -318,10 +326,10 @@ pub fn test(t: &Tools, spec: &str, extra: &[String]) -> Result<()> {
         };
         eprintln!("xtask: {line}");
         ok &= res.as_ref().is_ok_and(|r| r.failed == 0);
-        if let Ok(r) = res {
-            if extra.is_empty() {
-                matrix::save(&t.root, &r)?;
-            }
+        if let Ok(r) = res
+            && extra.is_empty()
+        {
+            matrix::save(&t.root, &r)?;
         }
         lines.push(line);
     }
