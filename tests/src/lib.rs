@@ -26,6 +26,18 @@ pub fn bin() -> PathBuf {
     p
 }
 
+/// The running kernel's `(major, minor)`, from `/proc/sys/kernel/osrelease`.
+pub fn kernel_version() -> (u32, u32) {
+    let r = std::fs::read_to_string("/proc/sys/kernel/osrelease").expect("reading the kernel release");
+    let mut it = r.trim().split(|c: char| !c.is_ascii_digit()).map(|n| n.parse::<u32>().unwrap_or(0));
+    (it.next().unwrap_or(0), it.next().unwrap_or(0))
+}
+
+/// Is the running kernel at least `major.minor`? (Tests whose expectations follow the kernel.)
+pub fn kernel_at_least(major: u32, minor: u32) -> bool {
+    kernel_version() >= (major, minor)
+}
+
 pub fn on_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
 }

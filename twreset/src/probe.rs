@@ -563,11 +563,19 @@ fn recursion_misses(prog_fd: i32) -> Result<u64, std::io::Error> {
     Ok(info.recursion_misses)
 }
 
+/// The TIME_WAIT programs need these kernel functions' addresses.
+pub const TIMEWAIT_SYMBOLS: [&str; 2] = ["tw_timer_handler", "inet_twsk_deschedule_put"];
+/// The timer function `inet_twsk_deschedule_put` cancels with, in case it is inlined into its
+/// caller: `timer_shutdown_sync` (6.2, and some 6.1 stable kernels), else `timer_delete_sync`
+/// or `del_timer_sync` (5.10). The first one the kernel has is used; none is fine (no fallback).
+pub const SHUTDOWN_SYMBOLS: [&str; 3] = ["timer_shutdown_sync", "timer_delete_sync", "del_timer_sync"];
+
 /// Fill the function addresses the TIME_WAIT programs need.
 fn timewait_symbols(k: &Kallsyms, off: &mut KernelOffsets) -> Result<(), KallsymsError> {
-    off.tw_timer_fn = k.range("tw_timer_handler")?.0;
-    (off.desched_start, off.desched_end) = k.range("inet_twsk_deschedule_put")?;
-    (off.shutdown_start, off.shutdown_end) = k.range("timer_shutdown_sync")?;
+    off.tw_timer_fn = k.range(TIMEWAIT_SYMBOLS[0])?.0;
+    (off.desched_start, off.desched_end) = k.range(TIMEWAIT_SYMBOLS[1])?;
+    (off.shutdown_start, off.shutdown_end) =
+        SHUTDOWN_SYMBOLS.iter().find_map(|name| k.range(name).ok()).unwrap_or((0, 0));
     Ok(())
 }
 
