@@ -38,6 +38,33 @@ pub fn kernel_at_least(major: u32, minor: u32) -> bool {
     kernel_version() >= (major, minor)
 }
 
+/// `trace` gives sockets to `sock_ops` at `connect()` from Linux 6.12 on; before, the tracepoint
+/// programs stay attached and it says so in this one warning line.
+pub const NO_SOCK_OPS_AT_CONNECT: &str = "cannot hand sockets to sock_ops at connect() (needs Linux >= 6.12)";
+
+/// Fail on any warning in a tracer's stderr other than the one the running kernel explains.
+pub fn assert_no_unexpected_warnings(err: &str) {
+    let expected = |l: &str| !kernel_at_least(6, 12) && l.contains(NO_SOCK_OPS_AT_CONNECT);
+    let bad: Vec<&str> = err.lines().filter(|l| l.contains("warning") && !expected(l)).collect();
+    assert!(bad.is_empty(), "unexpected warnings {bad:?} in: {err}");
+}
+
+/// `N` of the tracer's closing line `twreset: N transitions came from sock_ops`.
+pub fn from_sock_ops(err: &str) -> Option<u64> {
+    err.lines().find_map(|l| l.strip_prefix("twreset: ")?.strip_suffix(" transitions came from sock_ops")?.parse().ok())
+}
+
+/// Transitions from `sock_ops`: all `total` where sockets are its from `connect()` (>= 6.12);
+/// before, the tracepoint reports some of them, so at most `total`.
+pub fn assert_from_sock_ops(err: &str, total: u64) {
+    let n = from_sock_ops(err);
+    if kernel_at_least(6, 12) {
+        assert_eq!(n, Some(total), "all {total} transitions from sock_ops: {err}");
+    } else {
+        assert!(n.is_none_or(|n| n <= total), "at most {total} transitions from sock_ops: {err}");
+    }
+}
+
 pub fn on_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
 }

@@ -38,6 +38,9 @@ enum Cmd {
         /// kernel: 5.10, 6.1, 6.12, a comma-separated list, or all (see docs/internals/kernels.md).
         #[arg(long, value_name = "KERNEL")]
         kernel: Option<String>,
+        /// With --kernel: every test (full, minus scale tests) or the CI set (ci).
+        #[arg(long, value_enum, default_value = "full", requires = "kernel")]
+        vm_set: vm::VmSet,
         /// Extra arguments passed to the test binaries (e.g. a test name filter).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
@@ -59,8 +62,8 @@ fn main() -> ExitCode {
         Cmd::BuildEbpf => bootstrap::all().and_then(|t| build::ebpf(&t).map(|_| ())),
         Cmd::Build => bootstrap::all().and_then(|t| build::release(&t).map(|_| ())),
         Cmd::Run { args } => bootstrap::all().and_then(|t| build::run_tool(&t, &args)),
-        Cmd::Test { kernel: Some(k), args } => bootstrap::all().and_then(|t| vm::test(&t, &k, &args)),
-        Cmd::Test { kernel: None, args } => bootstrap::all().and_then(|t| build::test(&t, &args)),
+        Cmd::Test { kernel: Some(k), vm_set, args } => bootstrap::all().and_then(|t| vm::test(&t, &k, vm_set, &args)),
+        Cmd::Test { kernel: None, args, .. } => bootstrap::all().and_then(|t| build::test(&t, &args)),
         Cmd::Lint => bootstrap::all().and_then(|t| build::lint(&t)),
         Cmd::Bench { quick } => bootstrap::all().and_then(|t| bench::run(&t, quick)),
     };

@@ -126,7 +126,7 @@ fn results_dir(root: &Path) -> PathBuf {
 }
 
 /// Write `docs/kernels/<release>.json`.
-pub fn save(root: &Path, r: &KernelRun) -> Result<()> {
+pub fn save(root: &Path, r: &KernelRun, set: &str) -> Result<()> {
     let dir = results_dir(root);
     std::fs::create_dir_all(&dir)?;
     let bins: Vec<Value> = r
@@ -138,7 +138,7 @@ pub fn save(root: &Path, r: &KernelRun) -> Result<()> {
         })
         .collect();
     let v = json!({
-        "kernel": r.short, "release": r.release, "accel": r.accel, "wall_secs": r.wall.as_secs(),
+        "kernel": r.short, "release": r.release, "set": set, "accel": r.accel, "wall_secs": r.wall.as_secs(),
         "passed": r.passed, "failed": r.failed, "ignored": r.ignored, "binaries": bins,
         "paths": r.doctor["kernel"]["paths"],
     });

@@ -179,6 +179,14 @@ pub fn check_kill(w: &World, args: &[&str], selected: impl Fn(&SsSocket) -> bool
     assert_eq!(summary["type"], "summary");
     assert_eq!(summary["killed"], expect.len() as u64, "{out}");
     assert_eq!(summary["failed"], 0);
+    // Each socket says which method killed it: with the default (auto) SOCK_DESTROY, except
+    // TIME_WAIT sockets before Linux 6.0, which the kernel cannot destroy: the exact RST.
+    let auto = !args.contains(&"--method");
+    for l in lines.iter().filter(|l| l["type"] == "socket") {
+        let want = if l["timewait"] == true && !twreset_tests::kernel_at_least(6, 0) { "rst" } else { "destroy" };
+        let method = l["method"].as_str().unwrap_or_else(|| panic!("no method: {l}"));
+        assert!(!auto || method == want, "kill {args:?}: {l} killed by {method}, expected {want}");
+    }
     let after_a = snapshot(&w.a);
     let want: Set = before_a.difference(&expect).cloned().collect();
     assert_eq!(after_a, want, "kill {args:?}: namespace A must lose exactly {expect:#?}");
