@@ -15,6 +15,15 @@ use twreset_tests::{
 
 const READY: &str = "Ctrl-C to stop";
 
+/// Sets the flag when dropped, on panic too.
+struct StopOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
 /// Every key of a transition object, with its type checked.
 fn check_schema(v: &Value) {
     let obj = v.as_object().unwrap_or_else(|| panic!("not an object: {v}"));
@@ -218,6 +227,8 @@ fn reports_exact_transitions_of_own_sockets_and_nothing_from_bystanders() {
     let stop = AtomicBool::new(false);
     std::thread::scope(|s| {
         s.spawn(|| churn(&bystander, &stop));
+        // A failed assertion below must still stop the churn, or the scope waits for it forever.
+        let _stop = StopOnDrop(&stop);
         let path = ns.path();
         let tracer = Running::start(&["trace", "--json", "--netns", path.to_str().unwrap()], READY);
         let mut conns: Vec<(Closer, SocketAddr, SocketAddr)> = Vec::new();

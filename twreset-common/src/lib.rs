@@ -223,7 +223,10 @@ pub struct KernelOffsets {
     /// 1: the identity at `net_cookie` is the 32-bit `ns.inum` (kernels without
     /// `SO_NETNS_COOKIE`); 0: the 64-bit `net_cookie`.
     pub net_id_u32: u32,
-    pub _pad: u32,
+    /// 1: sockets can be given to `sock_ops` at `connect()` (Linux >= 6.12, `filter::OWN`); 0:
+    /// the code for it is dead to the verifier, so older kernels never see its helpers
+    /// (`bpf_get_socket_cookie` is not callable from tracing programs before 5.12).
+    pub own_possible: u32,
 }
 const _: () = assert!(size_of::<KernelOffsets>() == 128);
 

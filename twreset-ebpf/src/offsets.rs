@@ -32,7 +32,7 @@ pub(crate) static OFFSETS: KernelOffsets = KernelOffsets {
     sk_flags: 0,
     sk_socket: 0,
     net_id_u32: 0,
-    _pad: 0,
+    own_possible: 1,
 };
 
 /// The loader-set offsets (volatile: the compiler must not fold the defaults in).

@@ -206,6 +206,7 @@ impl Probe {
         caps::require_bpf()?;
         let btf = KernelBtf::load()?;
         let mut off = kernel_offsets(&btf)?;
+        off.own_possible = u32::from(own_possible());
         let (state, timers) = RAW_TRACEPOINTS.split_at(1);
         btf.check_raw_tracepoint(state[0].0, state[0].1)?;
         let (kallsyms, timewait_unavailable) = match timers
@@ -381,8 +382,8 @@ impl Probe {
     pub fn attach_own(&mut self) -> Result<(), ProbeError> {
         // `bpf_setsockopt(TCP_BPF_SOCK_OPS_CB_FLAGS)` is Linux 6.12's; before, the programs
         // load but the flag would not be set.
-        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-        if crate::doctor::parse::kernel_version(release.trim()).is_none_or(|v| v < (6, 12)) {
+        if !own_possible() {
+            let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
             return Err(ProbeError::OwnKernel { release: release.trim().to_owned() });
         }
         let path = cgroup::v2_root().ok_or(ProbeError::NoCgroup2)?;
@@ -561,6 +562,14 @@ fn recursion_misses(prog_fd: i32) -> Result<u64, std::io::Error> {
         return Err(std::io::Error::last_os_error());
     }
     Ok(info.recursion_misses)
+}
+
+/// Can sockets be given to `sock_ops` at `connect()` (`filter::OWN`)? That needs
+/// `bpf_setsockopt(TCP_BPF_SOCK_OPS_CB_FLAGS)` from cgroup sock_addr programs, Linux 6.12's: the
+/// programs load on older kernels but the flag is not set, so only the version can tell.
+pub fn own_possible() -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    crate::doctor::parse::kernel_version(release.trim()).is_some_and(|v| v >= (6, 12))
 }
 
 /// The TIME_WAIT programs need these kernel functions' addresses.
