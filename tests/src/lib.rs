@@ -100,7 +100,35 @@ impl NetNs {
         ns.ip(&["link", "set", "lo", "up"]);
         // Loopback tests would otherwise recycle TIME_WAIT sockets (default tcp_tw_reuse=2).
         ns.sysctl("net.ipv4.tcp_tw_reuse", "0");
+        // The default limit follows the size of the kernel's established hash, i.e. the machine's
+        // memory: a test that counts sockets must not overflow it on a small machine. Tests of
+        // the overflow set their own limit.
+        ns.sysctl("net.ipv4.tcp_max_tw_buckets", "262144");
         ns
+    }
+
+    /// Wait until no socket of this namespace is between states (a handshake or a close under
+    /// way): every transition the test caused has then happened, softirq work included, so its
+    /// events are in the kernel's ring buffer. Loopback defers that work under load.
+    pub fn wait_quiescent(&self) {
+        poll_until(&format!("{}: handshakes and closes to finish", self.name), || {
+            self.exec(&[
+                "ss",
+                "-Htan",
+                "state",
+                "syn-sent",
+                "state",
+                "syn-recv",
+                "state",
+                "fin-wait-1",
+                "state",
+                "closing",
+                "state",
+                "last-ack",
+            ])
+            .trim()
+            .is_empty()
+        });
     }
 
     pub fn path(&self) -> PathBuf {
@@ -212,6 +240,20 @@ impl NetNs {
 impl Drop for NetNs {
     fn drop(&mut self) {
         let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+    }
+}
+
+/// How long [`poll_until`] waits: generous, since a slow or loaded machine only makes the wait
+/// longer, never the test's work different.
+pub const POLL_DEADLINE: Duration = Duration::from_secs(60);
+
+/// Poll `done` every 20 ms until it holds; panic naming `what` after [`POLL_DEADLINE`]. For
+/// asynchronous kernel work (namespace cleanup, softirq, timers): never a fixed sleep.
+pub fn poll_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + POLL_DEADLINE;
+    while !done() {
+        assert!(Instant::now() < deadline, "waited {POLL_DEADLINE:?} for {what}");
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -327,6 +369,21 @@ pub struct Running {
     child: Child,
     stderr_lines: mpsc::Receiver<String>,
     stderr_seen: Vec<String>,
+    stdout_lines: mpsc::Receiver<String>,
+    stdout_seen: Vec<String>,
+}
+
+/// Lines of `r` sent to a channel by a thread of their own, until EOF.
+fn lines_of(r: impl Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(r).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
 }
 
 impl Running {
@@ -345,17 +402,10 @@ impl Running {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn twreset");
-        let (tx, rx) = mpsc::channel();
-        let err = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(err).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut r = Self { child, stderr_lines: rx, stderr_seen: Vec::new() };
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let stderr_lines = lines_of(child.stderr.take().unwrap());
+        let stdout_lines = lines_of(child.stdout.take().unwrap());
+        let mut r = Self { child, stderr_lines, stderr_seen: Vec::new(), stdout_lines, stdout_seen: Vec::new() };
+        let deadline = Instant::now() + POLL_DEADLINE;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match r.stderr_lines.recv_timeout(left) {
@@ -383,11 +433,26 @@ impl Running {
         self.signal(nix::sys::signal::Signal::SIGINT)
     }
 
+    /// Read stdout until a line satisfies `found` (returning it), panicking naming `what` after
+    /// [`POLL_DEADLINE`]. The lines read stay part of what [`Running::stop`] returns.
+    pub fn wait_stdout(&mut self, what: &str, found: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + POLL_DEADLINE;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = self.stdout_lines.recv_timeout(left).unwrap_or_else(|_| panic!("twreset never printed {what}"));
+            self.stdout_seen.push(line.clone());
+            if found(&line) {
+                return line;
+            }
+        }
+    }
+
     pub fn signal(&mut self, sig: nix::sys::signal::Signal) -> (Option<i32>, String, String) {
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), sig).expect("signal twreset");
-        let mut stdout = String::new();
-        self.child.stdout.take().unwrap().read_to_string(&mut stdout).unwrap();
         let status = self.child.wait().unwrap();
+        // The reader thread ends at EOF, once the process is gone.
+        self.stdout_seen.extend(self.stdout_lines.iter());
+        let stdout: String = self.stdout_seen.iter().map(|l| format!("{l}\n")).collect();
         let mut stderr = self.stderr_seen.join("\n");
         while let Ok(l) = self.stderr_lines.recv_timeout(Duration::from_secs(5)) {
             stderr.push('\n');
@@ -398,6 +463,65 @@ impl Running {
 }
 
 impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `twreset tw --json --settle 10m ARGS...`, returned once it has seeded its table and follows
+/// kernel events (it says so at log level info). The settle is far longer than any test: the test
+/// does a fixed amount of work, then [`TwFollowing::finish`] interrupts it (Ctrl-C ends the
+/// settle and prints the table), so what it sees never depends on the machine's speed.
+pub struct TwFollowing {
+    pub child: Child,
+    stderr: BufReader<std::process::ChildStderr>,
+    /// What it logged until now.
+    pub log: String,
+}
+
+impl TwFollowing {
+    /// `env` may set `TWRESET_LOG`; it must keep info level for `twreset::live`.
+    pub fn start(args: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut child = Command::new(bin())
+            .args(["tw", "--json", "--settle", "10m"])
+            .args(args)
+            .env("TWRESET_LOG", "info")
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn twreset tw");
+        let mut stderr = BufReader::new(child.stderr.take().unwrap());
+        let mut log = String::new();
+        while !log.contains("following kernel events") {
+            let mut line = String::new();
+            assert!(stderr.read_line(&mut line).unwrap() > 0, "tw ended before following events: {log}");
+            log.push_str(&line);
+        }
+        Self { child, stderr, log }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Ctrl-C, then its exit status, its one JSON document and everything it logged.
+    pub fn finish(mut self) -> (std::process::ExitStatus, serde_json::Value, String) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid() as i32), nix::sys::signal::Signal::SIGINT)
+            .expect("SIGINT to twreset tw");
+        let mut stdout = String::new();
+        self.child.stdout.take().unwrap().read_to_string(&mut stdout).unwrap();
+        self.stderr.read_to_string(&mut self.log).unwrap();
+        let status = self.child.wait().unwrap();
+        let v = serde_json::from_str(&stdout)
+            .unwrap_or_else(|e| panic!("tw printed no JSON document ({e}): {status}\n{}", self.log));
+        (status, v, std::mem::take(&mut self.log))
+    }
+}
+
+impl Drop for TwFollowing {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -464,11 +588,11 @@ fn fdinfo_values(pid: u32, key: &str) -> Vec<String> {
         .collect()
 }
 
-/// Fail unless every program of `ours` has left the kernel within 5 s. The kernel frees a
-/// program after an RCU grace period once its last fd is closed; one still there after 5 s is a
-/// leak.
+/// Fail unless every program of `ours` has left the kernel within 30 s. The kernel frees a
+/// program after an RCU grace period once its last fd is closed; one still there after 30 s is a
+/// leak (a loaded machine delays the grace period, so the wait is generous).
 pub fn assert_programs_freed(ours: &[u32], what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + Duration::from_secs(30);
     let left = loop {
         let left: Vec<u32> = aya::programs::loaded_programs()
             .filter_map(Result::ok)
@@ -483,9 +607,9 @@ pub fn assert_programs_freed(ours: &[u32], what: &str) {
     assert!(left.is_empty(), "{what}: programs {left:?} left in the kernel");
 }
 
-/// Wait until process `pid` holds `n` BPF programs (attached), panicking after 30 s.
+/// Wait until process `pid` holds `n` BPF programs (attached), panicking after [`POLL_DEADLINE`].
 pub fn wait_for_programs(pid: u32, n: usize) {
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + POLL_DEADLINE;
     while programs_of(pid).len() < n {
         assert!(Instant::now() < deadline, "process {pid} never attached {n} programs");
         std::thread::sleep(Duration::from_millis(20));

@@ -299,8 +299,8 @@ fn capability_probes_match_what_the_kernel_does() {
     });
     assert_eq!(caps["timewait_timer"]["available"], visible, "{caps:#}");
 
-    // fentry: doctor reports what loading one did. This project's 6.18 machines refuse it (EPERM),
-    // Debian's kernels in the VM matrix allow it.
+    // fentry: doctor reports what loading one did. This project's 6.18 machines refuse it (EPERM,
+    // docs/internals/kernel-abi.md), Debian's kernels in the VM matrix allow it.
     let fentry = &caps["bpf_fentry"];
     assert!(fentry["detail"].as_str().unwrap().contains("BPF_PROG_LOAD of an fentry program"), "{fentry:#}");
     if fentry["available"] == true {
@@ -492,12 +492,19 @@ fn unprivileged_run_blames_privilege_not_the_kernel() {
     }
     let dir = TempDir::new("unpriv");
     let bin = twreset_tests::bin();
-    let out = std::process::Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"])
-        .arg(&bin)
-        .args(["doctor", "--json", "--sysctl-dir", dir.0.to_str().unwrap()])
+    // tracefs mounted (root-only) in a mount namespace of the test's own: doctor run as nobody
+    // must call it there, not missing. Whether the host has it mounted does not matter.
+    let script = format!(
+        "umount -l /sys/kernel/tracing 2>/dev/null; mount -t tracefs nodev /sys/kernel/tracing || exit 97; \
+         exec setpriv --reuid=65534 --regid=65534 --clear-groups --inh-caps=-all {} doctor --json --sysctl-dir {}",
+        bin.display(),
+        dir.0.display()
+    );
+    let out = std::process::Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
         .output()
-        .expect("setpriv");
+        .expect("unshare");
+    assert_ne!(out.status.code(), Some(97), "could not mount tracefs in the test's mount namespace");
     let v: Value =
         serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
     let caps = &v["kernel"]["capabilities"];
@@ -514,4 +521,30 @@ fn unprivileged_run_blames_privilege_not_the_kernel() {
     assert_eq!(v["namespaces"][0]["label"], "current");
     assert!(v["namespaces"][0]["counters"]["timewait_total"].is_u64());
     assert!(v["namespaces"][0]["settings"]["ip_local_port_range"].is_array());
+}
+
+/// On a fresh machine tracefs is often not mounted: doctor says so (and how to mount it) rather
+/// than calling the kernel unable.
+#[test]
+fn missing_tracefs_is_reported_as_not_mounted() {
+    if !privileged("missing_tracefs_is_reported_as_not_mounted") {
+        return;
+    }
+    let dir = TempDir::new("notracefs");
+    let script = format!(
+        "umount -l /sys/kernel/tracing 2>/dev/null; umount -l /sys/kernel/debug 2>/dev/null; \
+         if grep -qw tracefs /proc/self/mountinfo; then exit 97; fi; exec {} doctor --json --sysctl-dir {}",
+        twreset_tests::bin().display(),
+        dir.0.display()
+    );
+    let out = std::process::Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+        .output()
+        .expect("unshare");
+    assert_ne!(out.status.code(), Some(97), "could not unmount tracefs in the test's mount namespace");
+    let v: Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    let t = &v["kernel"]["capabilities"]["tracefs"];
+    assert_eq!(t["available"], false, "{t:#}");
+    assert!(t["detail"].as_str().unwrap().contains("tracefs"), "{t:#}");
 }

@@ -6,7 +6,7 @@ use std::{
     collections::BTreeMap,
     io::Read,
     net::{SocketAddr, TcpListener, TcpStream},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use serde_json::Value;
@@ -48,7 +48,7 @@ fn creation_matches_ss_per_peer_both_sides_both_families() {
         connections("[::1]:7203".parse().unwrap(), None, 2, Closer::Client);
         connections("[fd00::2]:7204".parse().unwrap(), Some("::1".parse().unwrap()), 5, Closer::Server);
     });
-    std::thread::sleep(Duration::from_millis(300));
+    ns.wait_quiescent();
     let (code, out, err) = t.stop();
     assert_eq!(code, Some(0), "{err}");
     let starts = tw_events(&out, "tw_start");
@@ -91,16 +91,12 @@ fn fin_wait2_substate_then_expiry_after_tcp_fin_timeout() {
         std::mem::forget(peer); // the peer never closes: the closer stays in FIN_WAIT2
         local
     });
-    std::thread::sleep(Duration::from_millis(200));
+    ns.wait_quiescent();
     let fw2 = ns.ss(&["state", "fin-wait-2"]);
     assert_eq!(fw2.len(), 1, "ss must show one FIN-WAIT-2 tw socket: {fw2:?}");
-    // tcp_fin_timeout=2: the kernel's timer fires ~2 s later; the entry must leave.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !ns.ss(&["state", "fin-wait-2"]).is_empty() {
-        assert!(Instant::now() < deadline, "FIN_WAIT2 tw socket never expired");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    std::thread::sleep(Duration::from_millis(200));
+    // tcp_fin_timeout=2: the kernel's timer fires ~2 s later; the entry must leave. The expiry
+    // event is written when the timer fires, before the socket leaves `ss`.
+    twreset_tests::poll_until("the FIN_WAIT2 tw socket to expire", || ns.ss(&["state", "fin-wait-2"]).is_empty());
     let (code, out, err) = t.stop();
     assert_eq!(code, Some(0), "{err}");
     let starts = tw_events(&out, "tw_start");
@@ -127,12 +123,13 @@ fn fin_wait2_becomes_time_wait_with_a_rearm() {
     let t = start(&ns);
     ns.run(|| {
         let (mut peer, _) = orphan_fin_wait2("127.0.0.1:7211".parse().unwrap());
-        std::thread::sleep(Duration::from_millis(100));
+        // The orphan has become a tw socket of substate FIN_WAIT2 before its peer closes.
+        twreset_tests::poll_until("the orphan in FIN_WAIT2", || ns.ss(&["state", "fin-wait-2"]).len() == 1);
         let mut b = [0u8; 1];
         assert_eq!(peer.read(&mut b).unwrap(), 0);
         drop(peer); // FIN arrives at the FIN_WAIT2 tw socket: it becomes TIME_WAIT, timer re-armed
     });
-    std::thread::sleep(Duration::from_millis(300));
+    ns.wait_quiescent();
     let (code, out, err) = t.stop();
     assert_eq!(code, Some(0), "{err}");
     let starts = tw_events(&out, "tw_start");
@@ -176,7 +173,9 @@ fn early_removal_causes_sock_destroy_new_syn_and_reuse() {
         assert_eq!(c.read(&mut [0u8; 1]).unwrap(), 0);
         drop(c);
         drop(a); // server side now in TIME_WAIT
-        std::thread::sleep(Duration::from_millis(100));
+        twreset_tests::poll_until("the server side in TIME_WAIT", || {
+            ns.ss(&["state", "time-wait", "sport", "=", ":7221"]).len() == 1
+        });
         let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
         bind(&s);
         s.connect(&"127.0.0.1:7221".parse::<SocketAddr>().unwrap().into()).expect("SYN reuses the 4-tuple");
@@ -195,7 +194,7 @@ fn early_removal_causes_sock_destroy_new_syn_and_reuse() {
         drop(l);
         first
     });
-    std::thread::sleep(Duration::from_millis(300));
+    ns.wait_quiescent();
     let (code, out, err) = t.stop();
     assert_eq!(code, Some(0), "{err}");
     let k = kills(&out);
@@ -218,10 +217,14 @@ fn namespace_deletion_purges_with_cause() {
     let cookie = ns.cookie();
     ns.run(|| connections("127.0.0.1:7230".parse().unwrap(), None, 3, Closer::Client));
     // --all-netns: holding the namespace open would keep it (and its sockets) alive.
-    let t = Running::start(&["trace", "--json", "--timewait", "--all-netns", "--state", "time-wait"], READY);
+    let mut t = Running::start(&["trace", "--json", "--timewait", "--all-netns", "--state", "time-wait"], READY);
     drop(ns);
-    // cleanup_net runs asynchronously in a kernel worker; it purges within a moment.
-    std::thread::sleep(Duration::from_secs(3));
+    // cleanup_net runs asynchronously in a kernel worker: wait for its third kill of ours (a
+    // fourth would show below).
+    let ours = format!("\"netns_cookie\":{cookie},");
+    for _ in 0..3 {
+        t.wait_stdout("a kill of the deleted namespace's sockets", |l| l.contains(&ours) && l.contains("tw_kill"));
+    }
     let (code, mut out, err) = t.stop();
     assert_eq!(code, Some(0), "{err}");
     out = out.lines().filter(|l| l.contains(&format!("\"netns_cookie\":{cookie},"))).collect::<Vec<_>>().join("\n");
@@ -240,7 +243,7 @@ fn overflow_count_equals_kernel_counter() {
     let before = ns.tcp_ext("TCPTimeWaitOverflow");
     let t = start(&ns);
     ns.run(|| connections("127.0.0.1:7240".parse().unwrap(), None, 8, Closer::Client));
-    std::thread::sleep(Duration::from_millis(300));
+    ns.wait_quiescent();
     let (code, out, err) = t.stop();
     assert_eq!(code, Some(0), "{err}");
     let delta = ns.tcp_ext("TCPTimeWaitOverflow") - before;
@@ -265,7 +268,7 @@ fn rst_from_the_peer_is_recorded_as_peer_rst() {
     let (code, _, err) =
         twreset_tests::twreset(&["kill", "--method", "rst", "--netns", path.to_str().unwrap(), "127.0.0.1:7250"]);
     assert_eq!(code, Some(0), "{err}");
-    std::thread::sleep(Duration::from_millis(300));
+    ns.wait_quiescent();
     let (code, out, err) = t.stop();
     assert_eq!(code, Some(0), "{err}");
     let mut got = kills(&out);
@@ -299,7 +302,7 @@ fn creations_without_a_timer_event_come_from_sock_ops() {
         connections("[fd00::2]:7262".parse().unwrap(), Some("::1".parse().unwrap()), 3, Closer::Server);
         orphan_fin_wait2("127.0.0.1:7263".parse().unwrap())
     });
-    std::thread::sleep(Duration::from_millis(300));
+    ns.wait_quiescent();
     let (code, out, err) = t.stop();
     assert_eq!(code, Some(0), "{err}");
     assert!(tw_events(&out, "tw_start").is_empty(), "timer_start was left out: {out}");

@@ -5,7 +5,6 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     net::{IpAddr, SocketAddr, TcpListener, TcpStream},
     sync::atomic::{AtomicBool, Ordering},
-    time::Duration,
 };
 
 use serde_json::Value;
@@ -24,10 +23,16 @@ impl Drop for StopOnDrop<'_> {
     }
 }
 
+/// The identity fields a line of a named, pod or container namespace adds (docs/guide/namespaces.md).
+const IDENTITY: [&str; 7] = ["netns", "pod_namespace", "pod", "pod_uid", "container", "container_id", "runtime"];
+
 /// Every key of a transition object, with its type checked.
 fn check_schema(v: &Value) {
     let obj = v.as_object().unwrap_or_else(|| panic!("not an object: {v}"));
-    let keys: BTreeSet<&str> = obj.keys().map(String::as_str).collect();
+    for k in IDENTITY.iter().filter(|k| obj.contains_key(**k)) {
+        assert!(obj[*k].is_string(), "{k} of {v}");
+    }
+    let keys: BTreeSet<&str> = obj.keys().map(String::as_str).filter(|k| !IDENTITY.contains(k)).collect();
     let want: BTreeSet<&str> =
         ["ts_ns", "netns_cookie", "family", "laddr", "lport", "raddr", "rport", "old", "new", "time_wait", "sk"]
             .into_iter()
@@ -166,7 +171,9 @@ fn older_sockets_traced(all_netns: bool) -> String {
     let path = ns.path();
     let scope = if all_netns { vec!["--all-netns"] } else { vec!["--netns", path.to_str().unwrap()] };
     let tracer = Running::start(&[&["trace", "--json"][..], &scope].concat(), READY);
-    let pause = || std::thread::sleep(Duration::from_millis(100));
+    // Each close is done (its FINs and ACKs processed) before the next starts: the order of the
+    // transitions below is then the kernel's, whatever the machine's speed.
+    let pause = || ns.wait_quiescent();
     // The older pair closes from the client's side.
     drop(client);
     pause();
@@ -184,7 +191,7 @@ fn older_sockets_traced(all_netns: bool) -> String {
     drop(client2);
     pause();
     drop(listener);
-    std::thread::sleep(Duration::from_millis(300));
+    ns.wait_quiescent();
     let (code, out, err) = tracer.stop();
     assert_eq!(code, Some(0), "stderr: {err}");
     if let Some(first) = first {
@@ -241,7 +248,7 @@ fn reports_exact_transitions_of_own_sockets_and_nothing_from_bystanders() {
                 }
             }
         });
-        std::thread::sleep(Duration::from_millis(300));
+        ns.wait_quiescent();
         let (code, out, err) = tracer.stop();
         stop.store(true, Ordering::Relaxed);
         assert_eq!(code, Some(0), "stderr: {err}");
@@ -306,7 +313,7 @@ fn trace_with(ns: &NetNs, filter: &[&str], work: impl FnOnce() + Send) -> Vec<Va
     args.extend_from_slice(filter);
     let tracer = Running::start(&args, READY);
     ns.run(work);
-    std::thread::sleep(Duration::from_millis(300));
+    ns.wait_quiescent();
     let (code, out, err) = tracer.stop();
     assert_eq!(code, Some(0), "stderr: {err}");
     let events = ndjson(&out);
@@ -365,7 +372,7 @@ fn human_output_is_aligned_and_marks_time_wait() {
     let path = ns.path();
     let tracer = Running::start(&["trace", "--netns", path.to_str().unwrap()], READY);
     ns.run(|| connections("127.0.0.1:7100".parse().unwrap(), None, 1, Closer::Client));
-    std::thread::sleep(Duration::from_millis(300));
+    ns.wait_quiescent();
     let (code, out, err) = tracer.stop();
     assert_eq!(code, Some(0), "{err}");
     let lines: Vec<&str> = out.lines().collect();

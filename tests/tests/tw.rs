@@ -1,16 +1,10 @@
 //! `twreset tw`: usage errors, and the table against `ss` in a namespace of its own.
 
-use std::{
-    collections::BTreeMap,
-    io::{BufRead, BufReader, Read},
-    net::SocketAddr,
-    process::{Command, Stdio},
-    time::{Duration, Instant},
-};
+use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 
 use twreset_tests::{
-    Closer, NetNs, assert_lossless_or_resynced, assert_programs_freed, bin, connections, privileged, programs_of,
-    twreset,
+    Closer, NetNs, TwFollowing, assert_lossless_or_resynced, assert_programs_freed, connections, privileged,
+    programs_of, twreset,
 };
 
 #[test]
@@ -80,32 +74,6 @@ fn tw_json_equals_ss_per_peer() {
 }
 
 /// Per-peer TIME_WAIT counts of a `tw --json` document (rows with TIME_WAIT sockets only).
-/// `tw --json --settle SETTLE --netns PATH` with `env` (which must make it log at info), once it
-/// says on stderr that the seed is done and it follows kernel events: the child, the rest of its
-/// stderr, and what it logged so far.
-fn tw_following(
-    path: &std::path::Path,
-    settle: &str,
-    env: &[(&str, &str)],
-) -> (std::process::Child, BufReader<std::process::ChildStderr>, String) {
-    let mut tw = Command::new(bin())
-        .args(["tw", "--json", "--settle", settle, "--netns", path.to_str().unwrap()])
-        .envs(env.iter().copied())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn twreset tw");
-    let mut stderr = BufReader::new(tw.stderr.take().unwrap());
-    let mut log = String::new();
-    while !log.contains("following kernel events") {
-        let mut line = String::new();
-        assert!(stderr.read_line(&mut line).unwrap() > 0, "tw ended before following events: {log}");
-        log.push_str(&line);
-    }
-    (tw, stderr, log)
-}
-
 fn json_per_peer(v: &serde_json::Value) -> BTreeMap<String, u64> {
     v["rows"]
         .as_array()
@@ -129,26 +97,28 @@ fn tw_follows_churn_exactly() {
     // Some sockets exist before the tool starts (the seed must count them).
     ns.run(|| connections(sa("10.78.1.2:7200"), Some("10.78.1.1".parse().unwrap()), 50, Closer::Client));
     let path = ns.path();
-    // TWRESET_LOG=info makes it say on stderr when the seed is done and it follows events.
-    let (tw, mut stderr, mut log) = tw_following(&path, "6s", &[("TWRESET_LOG", "info,twreset::live=debug")]);
-    // Churn while it follows events (well inside its 6 s): both directions, both families.
-    let started = Instant::now();
-    let mut round = 0u16;
-    while started.elapsed() < Duration::from_secs(2) {
+    // It follows until interrupted (the settle is far longer than the test), so the amount of work
+    // below, not the machine's speed, decides what it sees.
+    let tw = TwFollowing::start(&["--netns", path.to_str().unwrap()], &[]);
+    // Churn while it follows events: both directions, both families, a fixed number of rounds.
+    const ROUNDS: u16 = 25;
+    for round in 0..ROUNDS {
         let port = 7201 + round;
         ns.run(|| {
             connections(sa(&format!("10.78.1.2:{port}")), Some("10.78.1.1".parse().unwrap()), 40, Closer::Client);
             connections(sa(&format!("10.78.1.3:{port}")), Some("10.78.1.1".parse().unwrap()), 20, Closer::Server);
             connections(sa(&format!("[fd78:1::2]:{port}")), Some("fd78:1::1".parse().unwrap()), 20, Closer::Client);
         });
-        round += 1;
     }
-    let out = tw.wait_with_output().expect("twreset tw");
-    stderr.read_to_string(&mut log).unwrap();
-    assert!(out.status.success(), "{log}");
+    let round = ROUNDS;
+    ns.wait_quiescent();
+    // The cross-check compares a namespace with the kernel's counts once it has had no event for
+    // a second (its definition of quiet): give it that, then end the settle.
+    std::thread::sleep(Duration::from_millis(1500));
+    let (status, v, log) = tw.finish();
+    assert!(status.success(), "{log}");
     // No socket expires within 60 s and nothing kills or reuses them here: ss now is ss then.
     let want = ss_per_peer(&ns);
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON document");
     assert_eq!(json_per_peer(&v), want, "live table vs ss after {round} rounds of churn");
     let t = &v["totals"];
     assert_eq!(t["time_wait"].as_u64(), Some(want.values().sum::<u64>()));
@@ -166,7 +136,8 @@ fn tw_follows_churn_exactly() {
     // The namespace was quiet for seconds before the end: its counts were read from the kernel
     // (sockstat and netstat in that namespace) and compared, so a loss no counter saw would
     // have shown.
-    assert!(log.contains("cross-check: 1 namespaces counted (1 with creations), 1 quiet"), "{log}");
+    let c = &v["live"]["crosscheck"];
+    assert_eq!((&c["namespaces"], &c["with_creations"], &c["quiet"]), (&1.into(), &1.into(), &1.into()), "{c}\n{log}");
 }
 
 /// The `sock_ops` backstop end to end: with `timer_start` left out (fault injection), no timer
@@ -183,10 +154,9 @@ fn tw_learns_creations_from_sock_ops_when_no_timer_event_comes() {
         ns.add_lo_addr(a);
     }
     let path = ns.path();
-    let (tw, mut stderr, mut log) =
-        tw_following(&path, "3s", &[("TWRESET_FAULT_NO_TIMER_START", "1"), ("TWRESET_LOG", "info")]);
+    let tw = TwFollowing::start(&["--netns", path.to_str().unwrap()], &[("TWRESET_FAULT_NO_TIMER_START", "1")]);
     // The two timer programs left and sock_ops on the cgroup v2 root; freed at exit (below).
-    let ours = programs_of(tw.id());
+    let ours = programs_of(tw.pid());
     assert_eq!(ours.len(), 3, "timer_expire_entry, timer_cancel, sock_state");
     let sa = |s: &str| s.parse::<SocketAddr>().unwrap();
     let v4 = Some("10.78.2.1".parse().unwrap());
@@ -204,10 +174,9 @@ fn tw_learns_creations_from_sock_ops_when_no_timer_event_comes() {
             drop(c);
         }
     });
-    let out = tw.wait_with_output().expect("twreset tw");
-    stderr.read_to_string(&mut log).unwrap();
-    assert!(out.status.success(), "{log}");
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON document");
+    ns.wait_quiescent();
+    let (status, v, log) = tw.finish();
+    assert!(status.success(), "{log}");
     let t = &v["totals"];
     let fw2 = ns.ss_state("fin-wait-2");
     assert_eq!(fw2.len(), 2, "two orphans in FIN_WAIT2: {fw2:?}");

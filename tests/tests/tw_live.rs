@@ -1,37 +1,26 @@
 //! The live table of `twreset tw` while the kernel changes under it: churn then zero drift against
 //! `ss`, expiry, early removal by cause, overflow against TCPTimeWaitOverflow, namespace deletion.
-//! `tw --settle D` seeds, follows kernel events for D, then prints: actions happen during D.
+//! `tw` seeds, follows kernel events until interrupted, then prints: actions happen while it
+//! follows ([`TwFollowing`]), and each test waits for the kernel to finish its part (polling the
+//! kernel's own view) before it interrupts.
 
-use std::{
-    collections::BTreeMap,
-    net::SocketAddr,
-    process::{Child, Command, Stdio},
-    sync::atomic::{AtomicBool, Ordering},
-    time::Duration,
-};
+use std::{collections::BTreeMap, net::SocketAddr, sync::mpsc, time::Duration};
 
 use serde_json::Value;
-use twreset_tests::{Closer, NetNs, assert_lossless_or_resynced, bin, connections, privileged, wait_for_programs};
+use twreset_tests::{
+    Closer, NetNs, Running, TwFollowing, assert_lossless_or_resynced, connections, poll_until, privileged,
+};
 
-/// Start `twreset tw --json --settle D` and return once its four programs are attached (the
-/// state tracepoint and the three timer tracepoints); the seed dump follows right after.
-fn spawn_tw(args: &[&str], settle: &str) -> Child {
-    let child = Command::new(bin())
-        .args(["tw", "--json", "--settle", settle])
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn twreset tw");
-    wait_for_programs(child.id(), 4);
-    child
+/// `tw --json` following events in scope `args`, seeded.
+fn spawn_tw(args: &[&str]) -> TwFollowing {
+    TwFollowing::start(args, &[])
 }
 
-fn finish(child: Child) -> Value {
-    let out = child.wait_with_output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{err}");
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("one JSON document: {e}: {err}"))
+/// Interrupt it and return its JSON document, checking it exited 0.
+fn finish(tw: TwFollowing) -> Value {
+    let (status, v, log) = tw.finish();
+    assert_eq!(status.code(), Some(0), "{log}");
+    v
 }
 
 fn ns_args(ns: &NetNs) -> Vec<String> {
@@ -60,26 +49,40 @@ fn churn_while_running_then_table_equals_ss() {
     for a in ["10.81.0.1/32", "10.81.0.2/32", "10.81.0.3/32", "fd81::1/128", "fd81::2/128"] {
         ns.add_lo_addr(a);
     }
-    let stop = AtomicBool::new(false);
     let sa = |s: &str| s.parse::<SocketAddr>().unwrap();
+    // A fixed amount of churn: ROUNDS rounds of 30 connections, the first SEEDED of them before
+    // `tw` starts (its seed must count them), the rest while it follows events.
+    const ROUNDS: usize = 40;
+    const SEEDED: usize = 5;
+    let (seeded_tx, seeded_rx) = mpsc::channel();
+    let (go_tx, go_rx) = mpsc::channel::<()>();
     let v = std::thread::scope(|s| {
-        let churn = s.spawn(|| {
-            ns.run(|| {
-                let mut n = 0;
-                while !stop.load(Ordering::Relaxed) {
-                    n += connections(sa("10.81.0.2:0"), Some("10.81.0.1".parse().unwrap()), 10, Closer::Client).len();
-                    n += connections(sa("10.81.0.3:0"), Some("10.81.0.1".parse().unwrap()), 10, Closer::Server).len();
-                    n += connections(sa("[fd81::2]:0"), Some("fd81::1".parse().unwrap()), 10, Closer::Client).len();
-                }
-                n
+        let churn = {
+            let ns = &ns;
+            s.spawn(move || {
+                ns.run(move || {
+                    let mut n = 0;
+                    for round in 0..ROUNDS {
+                        if round == SEEDED {
+                            seeded_tx.send(()).unwrap();
+                            go_rx.recv().unwrap();
+                        }
+                        n += connections(sa("10.81.0.2:0"), Some("10.81.0.1".parse().unwrap()), 10, Closer::Client)
+                            .len();
+                        n += connections(sa("10.81.0.3:0"), Some("10.81.0.1".parse().unwrap()), 10, Closer::Server)
+                            .len();
+                        n += connections(sa("[fd81::2]:0"), Some("fd81::1".parse().unwrap()), 10, Closer::Client).len();
+                    }
+                    n
+                })
             })
-        });
-        std::thread::sleep(Duration::from_millis(300)); // sockets exist before the start: seeding
-        let tw = spawn_tw(&ns_args(&ns).iter().map(String::as_str).collect::<Vec<_>>(), "4s");
-        std::thread::sleep(Duration::from_millis(2500));
-        stop.store(true, Ordering::Relaxed);
+        };
+        seeded_rx.recv().unwrap();
+        let tw = spawn_tw(&ns_args(&ns).iter().map(String::as_str).collect::<Vec<_>>());
+        go_tx.send(()).unwrap();
         let made = churn.join().unwrap();
-        assert!(made > 100, "churn made only {made} connections");
+        assert_eq!(made, ROUNDS * 30);
+        ns.wait_quiescent();
         finish(tw)
     });
     let want = ss_per_peer(&ns);
@@ -97,8 +100,8 @@ fn entries_leave_when_the_kernel_timer_fires() {
         return;
     }
     let ns = NetNs::new("twl-exp");
-    // Long enough to be seeded (start-up takes a moment), short enough to fire during --settle.
-    ns.sysctl("net.ipv4.tcp_fin_timeout", "5");
+    // Orphaned FIN_WAIT2 tw sockets live tcp_fin_timeout: short, so the test waits little.
+    ns.sysctl("net.ipv4.tcp_fin_timeout", "3");
     // Two orphaned FIN_WAIT2 sockets (tw substate FIN_WAIT2) whose peers never close.
     let peers = ns.run(|| {
         let l = std::net::TcpListener::bind("127.0.0.1:7301").unwrap();
@@ -111,9 +114,14 @@ fn entries_leave_when_the_kernel_timer_fires() {
             })
             .collect::<Vec<_>>()
     });
-    std::thread::sleep(Duration::from_millis(200));
-    assert_eq!(ns.ss(&["state", "fin-wait-2"]).len(), 2);
-    let v = finish(spawn_tw(&ns_args(&ns).iter().map(String::as_str).collect::<Vec<_>>(), "7s"));
+    ns.wait_quiescent();
+    let tw = spawn_tw(&ns_args(&ns).iter().map(String::as_str).collect::<Vec<_>>());
+    // Seeded with both (the timers cannot have fired yet unless start-up took seconds: then the
+    // count below says so rather than passing by luck).
+    assert_eq!(ns.ss(&["state", "fin-wait-2"]).len(), 2, "both still there after the seed");
+    // The kernel's timer fires the expiry event before the socket leaves `ss`.
+    poll_until("the FIN_WAIT2 timers to fire", || ns.ss(&["state", "fin-wait-2"]).is_empty());
+    let v = finish(tw);
     drop(peers);
     assert_eq!(v["totals"]["count"], 0, "{v}");
     assert_eq!(v["totals"]["expired"], 2, "{}", v["totals"]);
@@ -126,7 +134,7 @@ fn early_removals_are_recorded_by_cause() {
         return;
     }
     let ns = NetNs::new("twl-kill");
-    let tw = spawn_tw(&ns_args(&ns).iter().map(String::as_str).collect::<Vec<_>>(), "4s");
+    let tw = spawn_tw(&ns_args(&ns).iter().map(String::as_str).collect::<Vec<_>>());
     ns.run(|| {
         for port in [7310, 7311] {
             let l = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
@@ -141,18 +149,20 @@ fn early_removals_are_recorded_by_cause() {
             drop(c);
         }
     });
-    std::thread::sleep(Duration::from_millis(100));
+    ns.wait_quiescent();
     ns.exec(&["ss", "-K", "state", "time-wait", "dport", "=", ":7310"]);
     // tcp_tw_reuse: the only ephemeral port is held by a TIME_WAIT socket to :7312.
     ns.sysctl("net.ipv4.tcp_tw_reuse", "1");
     ns.sysctl("net.ipv4.ip_local_port_range", "47400 47400");
     ns.run(|| {
         connections("127.0.0.1:7312".parse().unwrap(), None, 1, Closer::Client);
+        // tcp_tw_reuse takes a TIME_WAIT socket whose last timestamp is at least a second old.
         std::thread::sleep(Duration::from_millis(1100));
         let l = std::net::TcpListener::bind("127.0.0.1:7312").unwrap();
         let _c = std::net::TcpStream::connect("127.0.0.1:7312").expect("connect reusing TIME_WAIT");
         drop(l);
     });
+    ns.wait_quiescent();
     let v = finish(tw);
     let k = &v["totals"]["killed"];
     assert_eq!(k["sock_destroy"], 1, "{}", v["totals"]);
@@ -172,8 +182,11 @@ fn overflow_equals_time_wait_overflow_counter() {
     let ns = NetNs::new("twl-ovf");
     ns.sysctl("net.ipv4.tcp_max_tw_buckets", "4");
     let before = ns.tcp_ext("TCPTimeWaitOverflow");
-    let tw = spawn_tw(&ns_args(&ns).iter().map(String::as_str).collect::<Vec<_>>(), "3s");
+    let tw = spawn_tw(&ns_args(&ns).iter().map(String::as_str).collect::<Vec<_>>());
     ns.run(|| connections("127.0.0.1:7320".parse().unwrap(), None, 10, Closer::Client));
+    ns.wait_quiescent();
+    // The overflow count is the kernel's counter, read by the cross-check once a second.
+    std::thread::sleep(Duration::from_millis(1100));
     let v = finish(tw);
     let delta = ns.tcp_ext("TCPTimeWaitOverflow") - before;
     assert_eq!(delta, 6);
@@ -190,8 +203,21 @@ fn namespace_deletion_is_recorded() {
     ns.add_lo_addr("10.82.0.1/32");
     ns.add_lo_addr("10.82.0.2/32");
     ns.run(|| connections("10.82.0.2:7330".parse().unwrap(), Some("10.82.0.1".parse().unwrap()), 3, Closer::Client));
-    let tw = spawn_tw(&["--all-netns"], "4s");
+    let cookie = ns.cookie();
+    let tw = spawn_tw(&["--all-netns"]);
+    // The kernel purges a deleted namespace's TIME_WAIT sockets later, from a work queue: a
+    // trace of the lifecycle says when (it saw the three kills), then `tw` is interrupted.
+    let mut trace = Running::start(&["trace", "--json", "--timewait", "--all-netns"], "Ctrl-C to stop");
     drop(ns);
+    let mut gone = 0;
+    while gone < 3 {
+        trace.wait_stdout("the namespace's TIME_WAIT sockets purged", |l| {
+            serde_json::from_str::<Value>(l)
+                .is_ok_and(|e| e["event"] == "tw_kill" && e["cause"] == "netns_gone" && e["netns_cookie"] == cookie)
+        });
+        gone += 1;
+    }
+    drop(trace);
     let v = finish(tw);
     let rows = rows_by(&v, "raddr");
     let row = rows.get("10.82.0.2");

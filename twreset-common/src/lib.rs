@@ -175,7 +175,7 @@ pub mod stat {
 
 /// Kernel facts the programs need, read by userspace from the running kernel's BTF and
 /// /proc/kallsyms and set as the global `OFFSETS` at load time (aya-ebpf emits no CO-RE
-/// relocations). Values measured on 6.18 are in KERNEL.md.
+/// relocations). Values measured on 6.18 are in docs/internals/kernel-abi.md.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct KernelOffsets {

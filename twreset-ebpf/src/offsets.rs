@@ -108,7 +108,7 @@ pub struct Common {
 }
 
 /// `struct sock_common` up to `skc_net`, as x86_64 Linux has laid it out since 4.x (6.18: see
-/// KERNEL.md). Used only when the BTF offsets say so ([`head_layout`]): one read instead of six.
+/// docs/internals/kernel-abi.md). Used only when the BTF offsets say so ([`head_layout`]): one read instead of six.
 #[repr(C)]
 struct Head {
     daddr: [u8; 4],

@@ -4,7 +4,7 @@
 //! `TWKilled`).
 //!
 //! Events alone cannot prove the table whole: on 6.18 about one TIME_WAIT creation in 100k
-//! reaches no BPF program and no miss counter (README, "Events no counter sees"). A namespace with no
+//! reaches no BPF program and no miss counter (docs/internals/known-gaps.md). A namespace with no
 //! event for [`QUIET_NS`] before its count was read, and none while in-flight events land after
 //! it, has nothing in motion: any difference then is a loss the probe could not see. It is
 //! counted, and counting it forces a resync like any other loss.

@@ -4,25 +4,11 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use twreset_common::{AF_INET, AF_INET6, Event, kind};
 
+pub use crate::sock::Family;
 use crate::{
     sock::SockKey,
     state::{StateError, TcpState, is_active_close},
 };
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Family {
-    Inet,
-    Inet6,
-}
-
-impl Family {
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Inet => "inet",
-            Self::Inet6 => "inet6",
-        }
-    }
-}
 
 /// One TCP state transition of one socket, as the kernel reported it.
 #[derive(Clone, Debug, PartialEq, Eq)]

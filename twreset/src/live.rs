@@ -8,9 +8,9 @@ use std::{collections::HashMap, error::Error as StdError, path::Path, time::Dura
 use tokio::sync::mpsc;
 
 use crate::{
-    cli::NetnsScope,
     crosscheck::{self, Creations, LastEvents, NsCount, Overflows},
     kernel::netns::{self, Netns, NetnsError},
+    scope::NetnsScope,
     sock::DiagSocket,
     table::{By, Connected, Drift, PortRange, PortRanges, Snapshot, Sort, Table, ViewConfig, pressure::PressureError},
     tw_event::TwEvent,
@@ -94,7 +94,13 @@ pub struct Feed {
     pub attached_counts: Vec<NsCount>,
     /// `ip_local_port_range` per namespace in scope.
     pub ranges: PortRanges,
+    /// The clock event stamps are on (`CLOCK_MONOTONIC` for the kernel: [`monotonic_ns`]); tests
+    /// pass one that follows tokio's paused time, so none of them sleeps in real time.
+    pub clock: Clock,
 }
+
+/// Nanoseconds on the clock of the feed's event stamps.
+pub type Clock = fn() -> u64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LiveError {
@@ -179,6 +185,30 @@ pub fn monotonic_ns() -> u64 {
     t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
 }
 
+/// What `Live` did, for machines (tests, the bench, the agent) rather than log readers. Times are
+/// on the feed's clock (`CLOCK_MONOTONIC` ns for the kernel feed).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct LiveStats {
+    /// When the seeding dump started and ended, and the sockets it added.
+    pub seed_started_ns: u64,
+    pub seed_done_ns: u64,
+    pub seeded: u64,
+    /// When the latest reconcile started (0: none yet).
+    pub reconcile_started_ns: u64,
+    /// The latest cross-check with the kernel's counts.
+    pub crosscheck: CrosscheckStats,
+}
+
+/// One cross-check: namespaces the kernel counted, of which with creation counters, and quiet
+/// ones (no event for [`crosscheck::QUIET_NS`]); those whose counts differed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct CrosscheckStats {
+    pub namespaces: u64,
+    pub with_creations: u64,
+    pub quiet: u64,
+    pub differ: u64,
+}
+
 pub struct Live {
     pub table: Table,
     pub connected: Connected,
@@ -194,13 +224,23 @@ pub struct Live {
     next_check_ns: u64,
     /// How long to keep applying events after a dump before trusting it (ring-buffer latency).
     settle: Duration,
+    clock: Clock,
     closed: bool,
+    stats: LiveStats,
 }
 
 impl Live {
     /// Seed from a dump, then apply what arrives during `settle`.
     pub async fn start(feed: Feed, view: ViewConfig, settle: Duration) -> Result<Self, LiveError> {
-        let Feed { events, dump, lost, tw_counts, attached_counts, ranges } = feed;
+        let mut live = Self::seed(feed, view, settle)?;
+        live.drain_for(settle).await;
+        Ok(live)
+    }
+
+    /// Seed from a dump and return at once; the caller follows events ([`Live::follow_until`]).
+    /// `settle` is how long a reconcile lets in-flight events land after its dump.
+    pub fn seed(feed: Feed, view: ViewConfig, settle: Duration) -> Result<Self, LiveError> {
+        let Feed { events, dump, lost, tw_counts, attached_counts, ranges, clock } = feed;
         let mut overflows = Overflows::default();
         overflows.read(&attached_counts);
         let mut live = Self {
@@ -217,30 +257,33 @@ impl Live {
             overflows,
             next_check_ns: 0,
             settle,
+            clock,
             closed: false,
+            stats: LiveStats::default(),
         };
         // Losses up to the seed are covered by it; any later one must force a resync.
         let lost_before_seed = (live.lost)();
         // Loading and attaching (BTF parsing) leave ~12 MiB of freed heap behind: return it now,
         // so the seed's peak is the table, not the table on top of that.
         trim();
-        // With the "seeded" line below, brackets the seed for the bench: keep the wording.
         tracing::info!("seeding from a sock_diag dump");
         let started = std::time::Instant::now();
+        live.stats.seed_started_ns = clock();
         let mut seeding = Seeding {
             table: &mut live.table,
             connected: &mut live.connected,
             ranges: &live.ranges,
-            now_ns: monotonic_ns(),
+            now_ns: clock(),
             added: 0,
         };
         (live.dump)(&mut seeding).map_err(|source| LiveError::Dump { source })?;
         let seeded = seeding.added;
+        live.stats.seed_done_ns = clock();
+        live.stats.seeded = seeded as u64;
         live.table.shrink_if_sparse();
         trim();
-        // The bench times the seed by this line (README, Benchmarks): keep its wording.
         tracing::info!(
-            "seeded {seeded} sockets in {:.1} ms; following kernel events for {settle:?}",
+            "seeded {seeded} sockets in {:.1} ms; following kernel events",
             started.elapsed().as_secs_f64() * 1e3
         );
         live.table.set_lost(lost_before_seed);
@@ -248,8 +291,21 @@ impl Live {
         let kernel = (live.tw_counts)();
         live.creations.baseline(&kernel);
         live.table.set_overflow(live.overflows.read(&kernel));
-        live.drain_for(settle).await;
         Ok(live)
+    }
+
+    /// Apply events as they come for `d`, or until `stop` resolves (Ctrl-C ending `tw`'s settle).
+    pub async fn follow_until(&mut self, d: Duration, stop: impl std::future::Future<Output = ()>) {
+        tokio::select! {
+            _ = self.drain_for(d) => {}
+            _ = stop => {
+                self.pump();
+            }
+        }
+    }
+
+    pub fn stats(&self) -> LiveStats {
+        self.stats
     }
 
     /// True once the event channel closed (no more kernel events will come).
@@ -328,9 +384,9 @@ impl Live {
     /// Compare with a fresh dump and fix the table; `forced` counts it as a resync.
     pub async fn reconcile(&mut self, forced: bool) -> Result<Drift, LiveError> {
         self.pump();
-        // The bench ends its "while tracking" memory window at this line: keep its wording.
         tracing::info!("reconciling with a fresh dump");
-        self.table.begin_reconcile(monotonic_ns());
+        self.stats.reconcile_started_ns = (self.clock)();
+        self.table.begin_reconcile(self.stats.reconcile_started_ns);
         let mut connected = Connected::default();
         let mut observing = Observing { table: &mut self.table, connected: &mut connected, ranges: &self.ranges };
         if let Err(source) = (self.dump)(&mut observing) {
@@ -352,18 +408,26 @@ impl Live {
     /// count what differs as unseen. A difference is only trusted after in-flight events had
     /// time to land; without one the check costs a sockstat read per namespace, no wait.
     async fn crosscheck(&mut self) {
-        let read_ns = monotonic_ns();
+        let read_ns = (self.clock)();
         let kernel = (self.tw_counts)();
         self.creations.baseline(&kernel);
         self.table.set_overflow(self.overflows.read(&kernel));
         let suspects = self.mismatches(&kernel, read_ns);
         let since = read_ns.saturating_sub(crosscheck::QUIET_NS);
+        let count = |n: usize| n as u64;
+        self.stats.crosscheck = CrosscheckStats {
+            namespaces: count(kernel.len()),
+            with_creations: count(kernel.iter().filter(|c| c.created.is_some()).count()),
+            quiet: count(kernel.iter().filter(|c| self.last_events.quiet_since(c.netns, since)).count()),
+            differ: count(suspects.len()),
+        };
+        let c = &self.stats.crosscheck;
         tracing::debug!(
             "cross-check: {} namespaces counted ({} with creations), {} quiet, {} differ",
-            kernel.len(),
-            kernel.iter().filter(|c| c.created.is_some()).count(),
-            kernel.iter().filter(|c| self.last_events.quiet_since(c.netns, since)).count(),
-            suspects.len()
+            c.namespaces,
+            c.with_creations,
+            c.quiet,
+            c.differ
         );
         if suspects.is_empty() && self.creations.unreported(&kernel) == 0 {
             return;
@@ -401,7 +465,7 @@ impl Live {
     /// and resync when events were lost (or the comparison found changes no event reported).
     pub async fn tick(&mut self) -> Result<Option<Drift>, LiveError> {
         self.pump();
-        let now = monotonic_ns();
+        let now = (self.clock)();
         self.table.expire_overdue(now);
         if now >= self.next_check_ns {
             self.next_check_ns = now + CROSSCHECK_EVERY_NS;
@@ -415,7 +479,7 @@ impl Live {
     }
 
     pub fn snapshot(&self, by: By, sort: Sort) -> Snapshot {
-        self.table.snapshot(monotonic_ns(), by, sort, &self.view, &self.connected, &self.ranges)
+        self.table.snapshot((self.clock)(), by, sort, &self.view, &self.connected, &self.ranges)
     }
 }
 

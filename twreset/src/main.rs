@@ -54,8 +54,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Tw(args) => {
             let cfg = cmd::tw::TwConfig::try_from(args)?;
+            // Before loading: a signal while loading ends the settle, not the process.
+            let stop = shutdown_signal()?;
             let feed = twreset::twfeed::kernel_feed(&cfg.scope)?;
-            cmd::tw::run(&cfg, feed, &cmd::tw::ns_names(), &mut std::io::stdout().lock()).await?;
+            cmd::tw::run(&cfg, feed, &cmd::tw::ns_names(), &mut std::io::stdout().lock(), stop).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Top(args) => {

@@ -41,6 +41,13 @@ impl<'a> Line<'a> {
         self
     }
 
+    /// Fields already written as JSON, each starting with `,` (nothing for an empty slice).
+    pub fn raw(&mut self, fields: &[u8]) -> &mut Self {
+        debug_assert!(fields.is_empty() || (!self.first && fields[0] == b','));
+        self.buf.extend_from_slice(fields);
+        self
+    }
+
     /// A string known to need no escaping (names, addresses, hex).
     pub fn str(&mut self, k: &str, v: &str) -> &mut Self {
         self.key(k);

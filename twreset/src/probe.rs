@@ -569,7 +569,7 @@ fn recursion_misses(prog_fd: i32) -> Result<u64, std::io::Error> {
 /// programs load on older kernels but the flag is not set, so only the version can tell.
 pub fn own_possible() -> bool {
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    crate::doctor::parse::kernel_version(release.trim()).is_some_and(|v| v >= (6, 12))
+    crate::kernel::procfs::kernel_version(release.trim()).is_some_and(|v| v >= (6, 12))
 }
 
 /// The TIME_WAIT programs need these kernel functions' addresses.

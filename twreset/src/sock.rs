@@ -2,7 +2,23 @@
 
 use std::net::IpAddr;
 
-use crate::{decode::Family, state::TcpState};
+use crate::state::TcpState;
+
+/// An address family, as output names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    Inet,
+    Inet6,
+}
+
+impl Family {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Inet => "inet",
+            Self::Inet6 => "inet6",
+        }
+    }
+}
 
 /// A TCP connection in a namespace: the key of every table (the socket cookie of a TIME_WAIT
 /// socket is often 0, so the 4-tuple plus namespace cookie is the identity).

@@ -18,7 +18,6 @@ use tokio::{
 use twreset_common::{Event, kind, state_aux};
 
 use crate::{
-    cli::NetnsScope,
     crosscheck::NsCount,
     decode::{DecodeError, parse_event, sock_key},
     diag,
@@ -26,11 +25,12 @@ use crate::{
     kernel::netns::{self, Netns, NetnsError},
     live::{CountFn, DumpFn, DumpSink, Feed, LiveError, port_ranges},
     probe::{Filters, Loss, Probe, ProbeError},
+    scope::NetnsScope,
     state::TcpState,
     tw_event::{TwCause, TwEvent, TwEventKind},
 };
 
-/// The function that removed a TIME_WAIT socket early tells why (KERNEL.md).
+/// The function that removed a TIME_WAIT socket early tells why (docs/internals/timewait.md).
 pub fn cause_of(function: Option<&str>) -> TwCause {
     match function {
         Some("tcp_abort") => TwCause::SockDestroy,
@@ -234,7 +234,15 @@ pub fn kernel_feed(scope: &NetnsScope) -> Result<Feed, FeedError> {
     let tw_counts = tw_counts(paths_of(scope));
     let paths = paths_of(scope);
     let dump: DumpFn = Box::new(move |sink| dump_scope(paths.as_deref(), sink).map_err(|e| Box::new(e) as _));
-    Ok(Feed { events, dump, lost: Box::new(move || lost.load(Ordering::Relaxed)), tw_counts, attached_counts, ranges })
+    Ok(Feed {
+        events,
+        dump,
+        lost: Box::new(move || lost.load(Ordering::Relaxed)),
+        tw_counts,
+        attached_counts,
+        ranges,
+        clock: crate::live::monotonic_ns,
+    })
 }
 
 /// The namespaces of `scope` as [`dump_scope`] and [`tw_counts`] take them.
@@ -250,7 +258,7 @@ fn paths_of(scope: &NetnsScope) -> Option<Vec<std::path::PathBuf>> {
 /// so deleted ones are not held open), empty = the current one.
 fn dump_scope(paths: Option<&[std::path::PathBuf]>, sink: &mut dyn DumpSink) -> Result<(), DumpError> {
     let targets: Vec<Netns> = match paths {
-        None => crate::kill::targets::all().into_iter().filter_map(|t| t.netns).collect(),
+        None => crate::scope::all().into_iter().filter_map(|t| t.netns).collect(),
         Some([]) => return dump_here(sink).map_err(DumpError::Diag),
         Some(list) => list.iter().map(|p| Netns::open(p)).collect::<Result<_, _>>().map_err(DumpError::Netns)?,
     };
@@ -275,7 +283,7 @@ const ALL_NETNS_COUNT_EVERY: Duration = Duration::from_secs(10);
 /// which no table of one namespace can match: nothing is compared there.
 fn tw_counts(paths: Option<Vec<std::path::PathBuf>>) -> CountFn {
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    if crate::doctor::parse::kernel_version(release.trim()).is_none_or(|v| v < (6, 1)) {
+    if crate::kernel::procfs::kernel_version(release.trim()).is_none_or(|v| v < (6, 1)) {
         return Box::new(Vec::new);
     }
     // Every namespace of the host means a /proc walk and a thread per namespace: not every second.
@@ -289,7 +297,7 @@ fn tw_counts(paths: Option<Vec<std::path::PathBuf>>) -> CountFn {
             None if std::time::Instant::now() < next_all => return Vec::new(),
             None => {
                 next_all = std::time::Instant::now() + ALL_NETNS_COUNT_EVERY;
-                crate::kill::targets::all().into_iter().filter_map(|t| t.netns).collect()
+                crate::scope::all().into_iter().filter_map(|t| t.netns).collect()
             }
             Some([]) => return here().into_iter().collect(),
             Some(list) => list.iter().filter_map(|p| Netns::open(p).ok()).collect(),
@@ -310,7 +318,7 @@ fn dump_here(sink: &mut dyn DumpSink) -> Result<(), diag::DiagError> {
 /// (`thread-self`: a thread that entered another namespace sees that one's).
 fn tw_count() -> Option<usize> {
     let text = std::fs::read_to_string("/proc/thread-self/net/sockstat").ok()?;
-    crate::doctor::parse::sockstat_tw(&text).ok().map(|n| n as usize)
+    crate::kernel::procfs::sockstat_tw(&text).ok().map(|n| n as usize)
 }
 
 /// Of the calling thread's namespace, from `TcpExt`: the TIME_WAIT sockets created so far
@@ -319,7 +327,7 @@ fn tw_count() -> Option<usize> {
 fn tcp_ext_counts() -> (Option<u64>, Option<u64>) {
     let Some(ext) = std::fs::read_to_string("/proc/thread-self/net/netstat")
         .ok()
-        .and_then(|text| crate::doctor::parse::tcp_ext(&text).ok())
+        .and_then(|text| crate::kernel::procfs::tcp_ext(&text).ok())
     else {
         return (None, None);
     };
@@ -391,18 +399,5 @@ mod tests {
         assert_eq!(cause_of(Some("inet_twsk_purge")), TwCause::NetnsGone);
         assert_eq!(cause_of(Some("something_else")), TwCause::Other);
         assert_eq!(cause_of(None), TwCause::Other);
-    }
-
-    #[test]
-    fn sockstat_tw_field() {
-        // The parser is doctor's (tested there); this is the live read through it.
-        assert!(tw_count().is_some(), "this kernel's sockstat has a tw count");
-    }
-
-    #[test]
-    fn hz_from_this_kernel() {
-        if let Some(hz) = kernel_hz() {
-            assert!([100, 250, 300, 1000].contains(&hz), "{hz}");
-        }
     }
 }

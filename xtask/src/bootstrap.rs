@@ -18,9 +18,19 @@ pub struct Tools {
 }
 
 /// Debian packages the tests and the tool's runtime checks use: `ip`/`ss` (iproute2), `tmux` (the
-/// `top` screen test), `setpriv` (util-linux, the unprivileged-user test), `bpftrace` (bench peer).
-const DEB_PACKAGES: &[(&str, &str)] =
-    &[("iproute2", "ss"), ("tmux", "tmux"), ("util-linux", "setpriv"), ("bpftrace", "bpftrace")];
+/// `top` screen test), `setpriv` (util-linux, the unprivileged-user test), `bpftrace` (bench peer),
+/// `podman`, `runc` and `busybox-static` (the real-container tests in tests/tests/identity.rs run a
+/// container from a busybox root filesystem with runc; crun refuses hybrid cgroup hosts).
+/// Each as (package, a command it installs).
+const DEB_PACKAGES: &[(&str, &str)] = &[
+    ("iproute2", "ss"),
+    ("tmux", "tmux"),
+    ("util-linux", "setpriv"),
+    ("bpftrace", "bpftrace"),
+    ("podman", "podman"),
+    ("runc", "runc"),
+    ("busybox-static", "busybox"),
+];
 
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_owned()

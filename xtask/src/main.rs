@@ -7,6 +7,8 @@ mod bootstrap;
 mod build;
 mod matrix;
 mod vm;
+mod deps;
+mod mounts;
 
 use std::process::ExitCode;
 
@@ -47,7 +49,7 @@ enum Cmd {
     },
     /// Lints: rustfmt check and clippy with warnings denied, userspace and eBPF.
     Lint,
-    /// Benchmarks against the peers (bpftrace, ss -K) in namespaces of its own; see README.md, Benchmarks.
+    /// Benchmarks against the peers (bpftrace, ss -K) in namespaces of its own; see docs/guide/bench.md.
     Bench {
         /// One short run per figure (10k sockets for kill and table) instead of 3 runs and 200k.
         #[arg(long)]
@@ -63,7 +65,10 @@ fn main() -> ExitCode {
         Cmd::Build => bootstrap::all().and_then(|t| build::release(&t).map(|_| ())),
         Cmd::Run { args } => bootstrap::all().and_then(|t| build::run_tool(&t, &args)),
         Cmd::Test { kernel: Some(k), vm_set, args } => bootstrap::all().and_then(|t| vm::test(&t, &k, vm_set, &args)),
-        Cmd::Test { kernel: None, args, .. } => bootstrap::all().and_then(|t| build::test(&t, &args)),
+        Cmd::Test { kernel: None, args, .. } => bootstrap::all().and_then(|t| {
+            mounts::without_tracefs()?;
+            build::test(&t, &args)
+        }),
         Cmd::Lint => bootstrap::all().and_then(|t| build::lint(&t)),
         Cmd::Bench { quick } => bootstrap::all().and_then(|t| bench::run(&t, quick)),
     };

@@ -101,12 +101,15 @@ fn older_than_and_limit_pick_the_oldest() {
         return;
     }
     let w = world("kage");
-    // World sockets are old by now; three fresh ones to another port are young.
-    std::thread::sleep(Duration::from_millis(2500));
+    // World sockets are old by now; three fresh ones to another port are young. The margins
+    // are wide on both sides (world sockets 5 s old or more, fresh ones under 2.5 s when the
+    // kill reads their timers), so a slow or loaded machine does not move a socket across.
+    std::thread::sleep(Duration::from_secs(5));
     w.a.run(|| connections(sa(S2, 9999), ip(C), 3, Closer::Client));
     let fresh = |s: &SsSocket| s.remote == sa(S2, 9999);
-    check_kill(&w, &["--older-than", "1500ms", S2], |s| tw(s) && s.remote.ip() == sa(S2, 0).ip() && !fresh(s));
+    check_kill(&w, &["--older-than", "2500ms", S2], |s| tw(s) && s.remote.ip() == sa(S2, 0).ip() && !fresh(s));
     // --limit takes the oldest first: of 2 old (C2 -> S1:80) and 3 young ones, the old ones go.
+    // (Age order needs no margin: the old ones are seconds older.)
     std::thread::sleep(Duration::from_millis(1500));
     w.a.run(|| connections(sa(S1, 9998), ip(C2), 3, Closer::Client));
     check_kill(&w, &["--limit", "2", "--local", C2], |s| {
@@ -228,17 +231,19 @@ fn churn_to_other_peers_during_a_large_kill() {
     // can skip entries while other sockets of the namespace are being freed, so let the server
     // side settle before counting.
     let count = || ns.ss(&[]).iter().filter(|s| tw(s) && s.remote == target).count();
+    ns.wait_quiescent();
     let mut n = count();
-    for _ in 0..50 {
-        if n == 20_000 {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
+    twreset_tests::poll_until("20000 TIME_WAIT sockets in the dump", || {
         n = count();
-    }
+        n == 20_000
+    });
     assert_eq!(n, 20_000, "tw overflow {}", ns.tcp_ext("TCPTimeWaitOverflow"));
     let held = ns.run(|| established(target, clients[0], 3));
+    // Churn to another peer during the kill: a fixed number of connections at most (it stops
+    // earlier when the kill is done); the kill starts once some exist.
+    const CHURN_MAX: usize = 20_000;
     let stop = Arc::new(AtomicBool::new(false));
+    let (started_tx, started_rx) = std::sync::mpsc::channel();
     let churn = {
         let (stop, path) = (stop.clone(), ns.path());
         std::thread::spawn(move || {
@@ -247,7 +252,10 @@ fn churn_to_other_peers_during_a_large_kill() {
             let l = TcpListener::bind(other).unwrap();
             let mut made = Vec::new();
             let mut live = Vec::new();
-            while !stop.load(Ordering::Relaxed) {
+            while !stop.load(Ordering::Relaxed) && made.len() < CHURN_MAX {
+                if made.len() == 50 {
+                    started_tx.send(()).unwrap();
+                }
                 let c = TcpStream::connect(other).unwrap();
                 let (mut a, _) = l.accept().unwrap();
                 made.push(c.local_addr().unwrap());
@@ -264,10 +272,9 @@ fn churn_to_other_peers_during_a_large_kill() {
             (made, live)
         })
     };
-    std::thread::sleep(Duration::from_millis(100));
+    started_rx.recv().expect("churn started");
     let (code, out, err) =
         twreset(&["kill", "--netns", ns.path().to_str().unwrap(), "--audit-log", "/dev/null", "--json", "10.78.1.1"]);
-    std::thread::sleep(Duration::from_millis(100));
     stop.store(true, Ordering::Relaxed);
     let (made, live) = churn.join().unwrap();
     assert_eq!(code, Some(0), "{err}");
@@ -285,8 +292,8 @@ fn churn_to_other_peers_during_a_large_kill() {
     // The snapshot is one dump taken while churn frees sockets next to the doomed ones, and a
     // sock_diag dump can skip a few entries then (as `ss` can): those are left alone, not lost.
     assert!(killed.len() >= 19_000, "the snapshot saw {} of 20000", killed.len());
-    assert!(made.len() > 10, "churn ran during the kill ({} connections)", made.len());
-    std::thread::sleep(Duration::from_millis(500)); // let the churn's last closes settle
+    assert!(made.len() >= 50, "the kill started after 50 churn connections ({} made)", made.len());
+    ns.wait_quiescent(); // the churn's last closes
     let after: Vec<SsSocket> = ns.ss(&[]);
     let left: BTreeSet<SocketAddr> = after.iter().filter(|s| tw(s) && s.remote == target).map(|s| s.local).collect();
     assert!(left.is_disjoint(&killed), "every killed socket is gone");
@@ -307,23 +314,28 @@ fn all_netns_covers_every_namespace() {
     if !privileged("all_netns_covers_every_namespace") {
         return;
     }
-    // Addresses no other test uses: --all-netns sees every namespace on the host.
+    // --all-netns sees every namespace on the host, those of other tests and of other runs
+    // included: addresses made of this process's id, which nothing else uses at the same time.
+    let pid = std::process::id();
+    let net = format!("10.{}.{}", 100 + (pid >> 8) % 100, pid & 0xff);
+    let (client, server) = (format!("{net}.1"), format!("{net}.2"));
     let (a, b) = (NetNs::new("kalla"), NetNs::new("kallb"));
     for ns in [&a, &b] {
-        ns.add_lo_addr("10.79.0.1/24");
-        ns.add_lo_addr("10.79.0.2/24");
-        ns.run(|| connections(sa("10.79.0.2", 80), ip("10.79.0.1"), 3, Closer::Client));
+        ns.add_lo_addr(&format!("{client}/24"));
+        ns.add_lo_addr(&format!("{server}/24"));
+        ns.run(|| connections(sa(&server, 80), ip(&client), 3, Closer::Client));
         assert_eq!(ns.ss(&[]).iter().filter(|s| tw(s)).count(), 3);
     }
-    let (code, out, err) = twreset(&["kill", "--all-netns", "--dry-run", "--json", "10.79.0.2:80"]);
+    let target = format!("{server}:80");
+    let (code, out, err) = twreset(&["kill", "--all-netns", "--dry-run", "--json", &target]);
     assert_eq!(code, Some(0), "{err}");
     let names: BTreeSet<String> = ndjson(&out)
         .iter()
         .filter(|v| v["type"] == "socket")
         .map(|v| v["netns"].as_str().unwrap().to_owned())
         .collect();
-    assert!(names.contains(&a.name) && names.contains(&b.name), "{names:?}");
-    let (code, _, err) = twreset(&["kill", "--all-netns", "--audit-log", "/dev/null", "10.79.0.2:80"]);
+    assert_eq!(names, BTreeSet::from([a.name.clone(), b.name.clone()]), "exactly the two namespaces");
+    let (code, _, err) = twreset(&["kill", "--all-netns", "--audit-log", "/dev/null", &target]);
     assert_eq!(code, Some(0), "{err}");
     for ns in [&a, &b] {
         assert!(!ns.ss(&[]).iter().any(tw), "{}: TIME_WAIT left", ns.name);

@@ -1,7 +1,7 @@
 //! `sock_ops` on the cgroup v2 root: TCP state transitions from `tcp_set_state()` itself, for
 //! every socket with `BPF_SOCK_OPS_STATE_CB` on. The `inet_sock_set_state` tracepoint leaves
 //! about 7 transitions per million undelivered on 6.18 under churn, with no miss counted anywhere
-//! (README, "Recursion misses"); `sock_ops` sees them, and costs one program run per transition
+//! (docs/internals/capture.md); `sock_ops` sees them, and costs one program run per transition
 //! where the tracepoint costs two.
 //!
 //! Without `filter::OWN` it turns the flag on for each socket once it is established and from

@@ -4,7 +4,7 @@
 //! `inet_twsk_deschedule_put` = removed early (the caller address tells why).
 //!
 //! The tracepoint `sock:inet_sock_set_state` never sees TIME_WAIT sockets, and fentry is refused
-//! on the kernels we must support, so this is the exact path (KERNEL.md). These attach as raw
+//! on the kernels we must support, so this is the exact path (docs/internals/timewait.md). These attach as raw
 //! tracepoints (`TP_PROTO` arguments: the `struct timer_list *` first): raw tracepoints guard
 //! recursion per program, while classic tracepoint programs share one per-CPU guard with every
 //! other tracing program, so the busy timer hooks would make the state program miss events.

@@ -11,7 +11,7 @@ use std::{
 use clap::Args;
 
 use crate::{
-    cli::{NetnsArgs, NetnsScope, UsageError},
+    cmd::{NetnsArgs, UsageError},
     diag::{self, DiagError},
     doctor::{
         model::{ConfigLine, Counters, Settings},
@@ -20,6 +20,7 @@ use crate::{
         report::{self, NsFacts},
     },
     kernel::netns::{self, Netns, NetnsError},
+    scope::NetnsScope,
     state::{self, TcpState},
 };
 
@@ -38,7 +39,7 @@ const RECYCLE_KEY: &str = "net.ipv4.tcp_tw_recycle";
 pub struct DoctorArgs {
     #[command(flatten)]
     pub netns: NetnsArgs,
-    /// One JSON document with stable keys (see README.md, `twreset doctor`).
+    /// One JSON document with stable keys (see docs/guide/doctor.md).
     #[arg(long)]
     pub json: bool,
     /// Sysctl configuration file or directory to scan instead of the defaults; repeatable (for tests).

@@ -10,14 +10,15 @@ use std::{
 use clap::Args;
 
 use crate::{
-    cli::{NetnsArgs, NetnsScope, UsageError, parse_port},
+    cmd::{NetnsArgs, UsageError},
     kill::{
         self, Method, NsRun, Options,
         audit::{self, AuditError, AuditLog, Record},
         report::{self, Totals},
         select::{self, Endpoint, Selector, StateWord, States},
-        targets::{self, Target},
     },
+    scope::{self as targets, Target},
+    scope::{NetnsScope, parse_port},
 };
 
 #[derive(Args, Debug)]
@@ -117,26 +118,36 @@ pub fn run(cfg: KillConfig) -> Result<bool, KillCmdError> {
     // Opened before anything dies: a kill that cannot be recorded does not happen.
     let mut audit = if cfg.opts.dry_run { None } else { Some(AuditLog::open(&cfg.audit_log)?) };
     let targets = targets::resolve(cfg.scope);
+    // Who each namespace belongs to, for labels, JSON and the audit log.
+    let names = crate::output::NsNames::resolve();
     let stdout = io::stdout();
     let mut out = io::BufWriter::new(stdout.lock());
     let mut totals = Totals::default();
     let mut header = false;
     for t in &targets {
         let run = run_target(t, &cfg.opts);
+        let identity = names.identity(run.cookie).filter(|_| run.cookie != 0);
+        let label = identity.map_or_else(|| t.label.clone(), |i| i.label());
+        let with_identity = |mut v: serde_json::Value| {
+            if let (Some(i), Some(o)) = (identity, v.as_object_mut()) {
+                i.insert_into(o);
+            }
+            v
+        };
         totals.selected += run.planned.len();
         if let Some(w) = &run.warning {
-            eprintln!("twreset: warning: netns {}: a real kill would fail: {w}", t.label);
+            eprintln!("twreset: warning: netns {}: a real kill would fail: {w}", label);
             if cfg.json {
                 let msg = w.to_string();
-                writeln!(out, "{}", report::problem_json("warning", &t.label, run.cookie, &msg))?;
+                writeln!(out, "{}", with_identity(report::problem_json("warning", &label, run.cookie, &msg)))?;
             }
         }
         if let Some(e) = &run.error {
             totals.ns_errors += 1;
-            eprintln!("twreset: netns {}: {}", t.label, chain(e));
+            eprintln!("twreset: netns {}: {}", label, chain(e));
             if cfg.json {
                 let msg = chain(e);
-                writeln!(out, "{}", report::problem_json("error", &t.label, run.cookie, &msg))?;
+                writeln!(out, "{}", with_identity(report::problem_json("error", &label, run.cookie, &msg)))?;
             }
         }
         if let Some(o) = &run.outcomes {
@@ -147,7 +158,7 @@ pub fn run(cfg: KillConfig) -> Result<bool, KillCmdError> {
             t2.add(o);
             log.write(&Record {
                 time_ms: now_ms(),
-                netns: t.label.clone(),
+                netns: label.clone(),
                 netns_cookie: run.cookie,
                 method: kill::auto::describe(&run.methods),
                 selector: cfg.opts.selector.describe(),
@@ -162,7 +173,7 @@ pub fn run(cfg: KillConfig) -> Result<bool, KillCmdError> {
                 let outcome = run.outcomes.as_ref().map(|o| o[i]);
                 if cfg.opts.dry_run || outcome.is_some() {
                     let method = run.methods.get(i).copied();
-                    writeln!(out, "{}", report::socket_json(&t.label, e, outcome, method))?;
+                    writeln!(out, "{}", with_identity(report::socket_json(&label, e, outcome, method)))?;
                 }
             }
         } else if cfg.opts.dry_run {
@@ -171,7 +182,7 @@ pub fn run(cfg: KillConfig) -> Result<bool, KillCmdError> {
                     writeln!(out, "{}", report::table_header())?;
                     header = true;
                 }
-                writeln!(out, "{}", report::table_line(&t.label, e))?;
+                writeln!(out, "{}", report::table_line(&label, e))?;
             }
         }
     }

@@ -15,10 +15,11 @@ use crate::top::{
     term, ui,
 };
 use crate::{
-    cli::{NetnsArgs, NetnsScope, UsageError},
     cmd::tw::parse_duration,
+    cmd::{NetnsArgs, UsageError},
     live::{Feed, Live, LiveError},
     output::NsNames,
+    scope::NetnsScope,
     table::{By, Snapshot, Sort, ViewConfig},
 };
 

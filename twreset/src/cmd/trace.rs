@@ -13,12 +13,17 @@ use ipnet::IpNet;
 use tokio::{io::unix::AsyncFd, time::MissedTickBehavior};
 
 use crate::{
-    cli::{NetnsArgs, NetnsScope, UsageError, parse_peer, parse_port, parse_state},
+    cmd::{NetnsArgs, UsageError},
     decode,
-    kernel::{kallsyms::Kallsyms, netns},
+    kernel::{
+        identity::{IdentityPaths, Resolver},
+        kallsyms::Kallsyms,
+        netns,
+    },
     ndjson::transition::TransitionLines,
     output::{self, NsNames, WallClock},
     probe::{DRAIN_EVERY, Filters, Loss, Probe},
+    scope::{NetnsScope, parse_peer, parse_port, parse_state},
     state::TcpState,
     twfeed,
 };
@@ -153,7 +158,7 @@ fn render(
         && let Some(tw) = twfeed::decode(&ev, r.hz, |a| r.kallsyms.and_then(|k| k.resolve(a)))?
     {
         if r.json {
-            output::push_tw_json_line(out, &tw);
+            output::push_tw_json_line(out, &tw, lines.identity(tw.key.netns_cookie));
         } else {
             out.extend_from_slice(output::tw_human_line(&tw, r.names, r.clock).as_bytes());
             out.push(b'\n');
@@ -213,6 +218,50 @@ fn hand_over(probe: &mut Probe, scope: &NetnsScope) {
     }
 }
 
+/// Namespace identities for the session's output, rescanned every [`IDENTITY_SCAN`] with
+/// `--all-netns`. Kept for the whole session: a trace's namespaces are few next to its events.
+struct Identities {
+    resolver: Option<Resolver>,
+    next: std::time::Instant,
+}
+
+/// How often an `--all-netns` trace looks for new namespaces (the agent's `netns_scan` default).
+const IDENTITY_SCAN: Duration = Duration::from_secs(2);
+
+impl Identities {
+    fn start() -> Self {
+        let resolver = Resolver::new(IdentityPaths::from_env())
+            .map(|mut r| {
+                r.refresh();
+                r
+            })
+            .map_err(|e| tracing::debug!("namespace identities: {e:#}"))
+            .ok();
+        Self { resolver, next: std::time::Instant::now() + IDENTITY_SCAN }
+    }
+
+    /// Rescan when due; true when an identity changed.
+    fn refresh(&mut self) -> bool {
+        let Some(r) = self.resolver.as_mut().filter(|_| std::time::Instant::now() >= self.next) else {
+            return false;
+        };
+        self.next = std::time::Instant::now() + IDENTITY_SCAN;
+        r.refresh().changed > 0
+    }
+
+    fn names(&self) -> NsNames {
+        match &self.resolver {
+            Some(r) => NsNames::from_resolver(r),
+            None => NsNames(netns::named().into_iter().map(|(n, c)| (c, n)).collect(), Default::default()),
+        }
+    }
+
+    fn fragments(&self) -> std::collections::HashMap<u64, Box<[u8]>> {
+        let Some(r) = &self.resolver else { return Default::default() };
+        r.identities().filter(|i| !i.is_plain()).map(|i| (i.cookie, i.json_fragment().into())).collect()
+    }
+}
+
 /// Run the session until `shutdown` resolves or stdout is closed.
 pub async fn run(cfg: TraceConfig, shutdown: impl Future<Output = ()>) -> Result<Summary> {
     let mut probe = Probe::load()?;
@@ -253,12 +302,14 @@ pub async fn run(cfg: TraceConfig, shutdown: impl Future<Output = ()>) -> Result
     }
     let hz = twfeed::kernel_hz().unwrap_or(250);
 
-    let names = NsNames(netns::named().into_iter().map(|(n, c)| (c, n)).collect());
+    let mut ids = Identities::start();
+    let mut names = ids.names();
     let clock = WallClock::now();
     let stdout = io::stdout();
     let mut out = stdout.lock();
     let mut buf = Vec::with_capacity(2 * WRITE_CHUNK);
     let mut lines = TransitionLines::new();
+    lines.set_identities(ids.fragments());
     if !cfg.json {
         writeln!(out, "{}", output::human_header())?;
         out.flush()?;
@@ -278,6 +329,11 @@ pub async fn run(cfg: TraceConfig, shutdown: impl Future<Output = ()>) -> Result
             _ = tick.tick() => {
                 probe.flush_logs();
                 report_loss(&mut reported, &probe.loss()?);
+                // New pods and containers appear while an --all-netns trace runs.
+                if matches!(cfg.scope, NetnsScope::All) && ids.refresh() {
+                    names = ids.names();
+                    lines.set_identities(ids.fragments());
+                }
                 continue;
             }
             _ = drain.tick() => None,

@@ -1,16 +1,17 @@
 //! `twreset tw`: a one-shot snapshot of the live TIME_WAIT table (seed, settle, print).
 
-pub mod render;
+/// The table renderers (they live in `output::tw`, shared with `top`).
+pub use crate::output::tw as render;
 
 use std::{io::Write, time::Duration};
 
 use clap::Args;
 
 use crate::{
-    cli::{NetnsArgs, NetnsScope, UsageError},
-    kernel::netns,
+    cmd::{NetnsArgs, UsageError},
     live::{Feed, Live, LiveError},
     output::NsNames,
+    scope::NetnsScope,
     table::{By, Snapshot, Sort, ViewConfig},
 };
 
@@ -24,7 +25,7 @@ pub struct TwArgs {
     pub sort: Sort,
     #[command(flatten)]
     pub netns: NetnsArgs,
-    /// One JSON document (schema in the README).
+    /// One JSON document (schema in docs/guide/tw.md).
     #[arg(long)]
     pub json: bool,
     /// Prefix length of IPv4 rows with --by prefix.
@@ -38,22 +39,11 @@ pub struct TwArgs {
     pub settle: Duration,
 }
 
-/// `250ms`, `2s`, `1m`, or a bare number of milliseconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let (num, unit) = s.find(|c: char| !c.is_ascii_digit()).map_or((s, "ms"), |i| s.split_at(i));
-    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a duration (e.g. 250ms, 2s, 1m)"))?;
-    let ms = match unit {
-        "ms" => Some(n),
-        "s" => n.checked_mul(1000),
-        "m" => n.checked_mul(60_000),
-        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use ms, s or m)")),
-    };
-    ms.map(Duration::from_millis).ok_or_else(|| format!("{s:?} is too long"))
-}
+pub use crate::duration::parse as parse_duration;
 
-/// `ip netns` names of namespaces, to label destinations.
+/// Identities of namespaces (pods, containers, `ip netns` names), to label destinations.
 pub fn ns_names() -> NsNames {
-    NsNames(netns::named().into_iter().map(|(name, cookie)| (cookie, name)).collect())
+    NsNames::resolve()
 }
 
 #[derive(Debug)]
@@ -88,16 +78,35 @@ pub enum TwError {
     Write(#[source] std::io::Error),
 }
 
-/// Seed the table from `feed`, follow its events for `settle`, then print one snapshot to `out`.
-pub async fn run(cfg: &TwConfig, feed: Feed, names: &NsNames, out: &mut dyn Write) -> Result<Snapshot, TwError> {
-    let mut live = Live::start(feed, cfg.view, cfg.settle).await.map_err(TwError::Live)?;
+/// How long the final reconcile lets in-flight events land after its dump: the default settle,
+/// or a shorter `--settle`.
+const INFLIGHT: Duration = Duration::from_millis(200);
+
+/// Seed the table from `feed`, follow its events for `settle` or until `stop` resolves (Ctrl-C,
+/// SIGTERM: the table is printed as it is then), then print one snapshot to `out`.
+pub async fn run(
+    cfg: &TwConfig,
+    feed: Feed,
+    names: &NsNames,
+    out: &mut dyn Write,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<Snapshot, TwError> {
+    let mut live = Live::seed(feed, cfg.view, cfg.settle.min(INFLIGHT)).map_err(TwError::Live)?;
+    live.follow_until(cfg.settle, stop).await;
     // A resync if events were lost, else a reconcile: either way the printed table was just
     // compared with the kernel's own dump, and `drift` says how far the events had left it.
     if live.tick().await.map_err(TwError::Live)?.is_none() {
         live.reconcile(false).await.map_err(TwError::Live)?;
     }
     let snap = live.snapshot(cfg.by, cfg.sort);
-    let text = if cfg.json { format!("{}\n", render::render_json(&snap)) } else { render::render_human(&snap, names) };
+    let text = if cfg.json {
+        let mut doc = crate::output::tw::render_json(&snap, names);
+        // What the table did to be exact, for machines rather than log readers (`LiveStats`).
+        doc["live"] = serde_json::to_value(live.stats()).unwrap_or_default();
+        format!("{doc}\n")
+    } else {
+        crate::output::tw::render_human(&snap, names)
+    };
     out.write_all(text.as_bytes()).and_then(|_| out.flush()).map_err(TwError::Write)?;
     Ok(snap)
 }
@@ -138,6 +147,9 @@ mod tests {
             (a.by, a.json, a.prefix_v4, a.prefix_v6, a.settle),
             (By::Dest, true, 16, 48, Duration::from_secs(2))
         );
+        let a = parse(&["--pod", "shop/web-0", "--pod", "batch/job-7", "--container", "db"]).unwrap();
+        assert_eq!(a.netns.pods, [("shop".into(), "web-0".into()), ("batch".into(), "job-7".into())]);
+        assert_eq!(a.netns.containers, ["db"]);
         for by in ["peer", "prefix", "port", "local", "dest"] {
             assert_eq!(parse(&["--by", by]).unwrap().by.name(), by);
         }
@@ -152,22 +164,14 @@ mod tests {
             &["--settle", "fast"],
             &["--sort", "size"],
             &["--netns", "a", "--all-netns"],
+            &["--pod", "web-0"],
+            &["--pod", "shop/web/0"],
+            &["--pod", "shop/web-0", "--all-netns"],
+            &["--container", "db", "--netns", "a"],
         ] {
             let e = parse(bad).err().unwrap_or_else(|| panic!("{bad:?} accepted"));
             assert_eq!(e.exit_code(), 2, "{bad:?}");
         }
-    }
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert_eq!(parse_duration("250"), Ok(Duration::from_millis(250)));
-        assert_eq!(parse_duration("3s"), Ok(Duration::from_secs(3)));
-        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
-        assert!(parse_duration("1h").unwrap_err().contains("unit"));
-        assert!(parse_duration("").is_err());
-        assert!(parse_duration("s").is_err());
-        assert!(parse_duration("99999999999999999999s").is_err());
     }
 
     fn key(n: u16, r: &str) -> SockKey {
@@ -218,6 +222,7 @@ mod tests {
             attached_counts: Vec::new(),
             tw_counts: Box::new(Vec::new),
             ranges: PortRanges::default(),
+            clock: crate::live::monotonic_ns,
         };
         let ev = TwEvent {
             ts_ns: crate::live::monotonic_ns(),
@@ -235,7 +240,7 @@ mod tests {
             settle: Duration::from_millis(5),
         };
         let mut out = Vec::new();
-        run(&cfg, feed, &NsNames::default(), &mut out).await.unwrap();
+        run(&cfg, feed, &NsNames::default(), &mut out, std::future::pending()).await.unwrap();
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["rows"].as_array().unwrap().len(), 1);
         assert_eq!(v["rows"][0]["raddr"], "10.0.0.2");

@@ -19,7 +19,7 @@ use crate::{
 pub use wire::Tuple;
 use wire::{Msg, Request};
 
-/// SOCK_DESTROY requests per `send` (KERNEL.md: 512 with acks ~510k sockets/s).
+/// SOCK_DESTROY requests per `send` (docs/internals/kernel-abi.md: 512 with acks ~510k sockets/s).
 pub const BATCH: usize = 512;
 /// Receive buffer: 512 acks must fit without the kernel dropping one (ENOBUFS).
 const RCVBUF: libc::c_int = 8 << 20;
@@ -301,7 +301,7 @@ impl Diag {
     /// Only the last request of a batch asks for an ack: the kernel answers the others only when
     /// they fail, and it handles a netlink send synchronously, in order, so once the last ack is
     /// read every failure of the batch has been read too and silence means "killed". This is
-    /// about twice as fast as one ack per request (KERNEL.md) with the same per-socket results.
+    /// about twice as fast as one ack per request (docs/internals/kernel-abi.md) with the same per-socket results.
     pub fn destroy(&mut self, tuples: &[Tuple], mut progress: impl FnMut(usize)) -> Result<Vec<Outcome>, DiagError> {
         let mut out = Vec::with_capacity(tuples.len());
         // One reusable batch buffer: BATCH requests, one send.

@@ -1,7 +1,7 @@
 //! The rules: settings, counters, port pressure and kernel capabilities in, findings out. Pure.
 //!
 //! Every message states what the setting really does (much folk advice is wrong, see
-//! README.md, `twreset doctor`) and every non-ok finding says what to do.
+//! docs/guide/doctor.md) and every non-ok finding says what to do.
 
 use std::net::{IpAddr, SocketAddr};
 

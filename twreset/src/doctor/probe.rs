@@ -127,7 +127,11 @@ fn probe_tracefs() -> Capability {
     match (mounts.is_empty(), tracefs::mounted()) {
         (_, true) => Capability::yes("events found under /sys/kernel/tracing or /sys/kernel/debug/tracing"),
         (false, false) => Capability::yes(format!("mounted at {} (not readable by this user)", mounts.join(", "))),
-        (true, false) => Capability::no(None, "no tracefs in /proc/self/mountinfo"),
+        (true, false) => Capability::no(
+            None,
+            "no tracefs in /proc/self/mountinfo (twreset does not need it; tools such as bpftrace do: \
+             mount -t tracefs nodev /sys/kernel/tracing)",
+        ),
     }
 }
 

@@ -1,4 +1,4 @@
-//! The doctor report: one JSON document with stable keys (README.md, `twreset doctor`) or readable sections
+//! The doctor report: one JSON document with stable keys (docs/guide/doctor.md) or readable sections
 //! with one line per finding. Pure: built from gathered facts, rendered to a String.
 
 use std::{fmt::Write, path::PathBuf};

@@ -234,12 +234,12 @@ mod tests {
         assert!(err.to_string().contains("CONFIG_DEBUG_INFO_BTF"), "{err}");
     }
 
-    /// Reads the real kernel's BTF; the values are those KERNEL.md measured on 6.18.
+    /// Reads the real kernel's BTF; the values are those measured on 6.18 (docs/internals/kernel-abi.md).
     #[test]
     fn offsets_from_running_kernel() {
         let Some(btf) = running_kernel_btf() else { return };
         let off = kernel_offsets(&btf).unwrap();
-        // The 6.18 values KERNEL.md measured; other kernels may differ, so only on 6.18.
+        // The 6.18 values in docs/internals/kernel-abi.md; other kernels may differ, so only on 6.18.
         if std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().starts_with("6.18") {
             assert_eq!((off.skc_daddr, off.skc_rcv_saddr, off.skc_dport, off.skc_num, off.skc_net), (0, 4, 12, 14, 48));
             assert_eq!((off.tw_substate, off.tw_timer, off.net_cookie), (140, 160, 4160));

@@ -10,7 +10,8 @@ pub mod preflight;
 pub mod report;
 pub mod rst;
 pub mod select;
-pub mod targets;
+/// Namespace discovery (it lives in `scope`, shared with the live table).
+pub use crate::scope as targets;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 

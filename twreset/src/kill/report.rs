@@ -98,7 +98,7 @@ pub fn summary_json(t: &Totals, dry_run: bool) -> Value {
 }
 
 pub fn table_header() -> String {
-    format!("{:<16} {:<11} {:<46} {:<46} {:>7}", "NETNS", "STATE", "LOCAL", "REMOTE", "AGE")
+    format!("{:<24} {:<11} {:<46} {:<46} {:>7}", "NETNS", "STATE", "LOCAL", "REMOTE", "AGE")
 }
 
 pub fn table_line(netns: &str, e: &Entry) -> String {
@@ -110,7 +110,7 @@ pub fn table_line(netns: &str, e: &Entry) -> String {
     };
     let age = age(s).map_or_else(|| "-".to_owned(), |d| format!("{:.1}s", d.as_secs_f64()));
     format!(
-        "{:<16} {:<11} {:<46} {:<46} {:>7}",
+        "{:<24} {:<11} {:<46} {:<46} {:>7}",
         netns,
         state,
         addr(s.key.laddr, s.key.lport),

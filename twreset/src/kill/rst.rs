@@ -265,7 +265,7 @@ mod tests {
             return;
         }
         let off = offsets(&KernelBtf::from_path(&path).unwrap()).unwrap();
-        // KERNEL.md, Linux 6.18: tw rcv_nxt 124, snd_nxt 132; dport 12, num 14.
+        // docs/internals/kernel-abi.md, Linux 6.18: tw rcv_nxt 124, snd_nxt 132; dport 12, num 14.
         assert_eq!((off.dport, off.num, off.tw_rcv_nxt, off.tw_snd_nxt), (12, 14, 124, 132));
         assert!(off.rcv_nxt > 1000 && off.snd_nxt > 1000);
     }

@@ -6,7 +6,7 @@ use std::{net::IpAddr, time::Duration};
 use ipnet::IpNet;
 
 use crate::{
-    cli::{parse_peer, parse_port},
+    scope::{parse_peer, parse_port},
     sock::DiagSocket,
     state::TcpState,
 };
@@ -78,37 +78,7 @@ pub fn parse_endpoint(s: &str, allow_bare_port: bool) -> Result<Endpoint, String
     }
 }
 
-/// A duration like `30s`, `1500ms`, `2m`, `1m30s` or a plain number of seconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let bad = || format!("{s:?} is not a duration (examples: 30s, 500ms, 2m, 1m30s)");
-    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
-        return s.parse::<u64>().map(Duration::from_secs).map_err(|_| bad());
-    }
-    let mut total = Duration::ZERO;
-    let mut rest = s;
-    if rest.is_empty() {
-        return Err(bad());
-    }
-    while !rest.is_empty() {
-        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
-        if digits == 0 {
-            return Err(bad());
-        }
-        let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
-        rest = &rest[digits..];
-        let unit = rest.bytes().take_while(u8::is_ascii_alphabetic).count();
-        let d = match &rest[..unit] {
-            "ms" => Duration::from_millis(n),
-            "s" => Duration::from_secs(n),
-            "m" | "min" => Duration::from_secs(n * 60),
-            "h" => Duration::from_secs(n * 3600),
-            _ => return Err(bad()),
-        };
-        total += d;
-        rest = &rest[unit..];
-    }
-    Ok(total)
-}
+pub use crate::duration::parse as parse_duration;
 
 /// Which states a kill covers.
 #[derive(Clone, Debug, PartialEq, Eq)]

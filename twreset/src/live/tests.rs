@@ -1,5 +1,5 @@
 //! `Live` against scripted feeds: seeding, resyncs on loss, in-flight events at a reconcile, and
-//! the cross-checks with the kernel's counts.
+//! the cross-checks with the kernel's counts. Time is tokio's, paused: sleeps cost nothing.
 
 use std::sync::{
     Arc,
@@ -8,6 +8,17 @@ use std::sync::{
 
 use super::*;
 use crate::{sock::SockKey, state::TcpState, tw_event::TwEventKind};
+
+thread_local! {
+    /// Each test runs on a thread of its own, with a runtime whose time is paused.
+    static EPOCH: tokio::time::Instant = tokio::time::Instant::now();
+}
+
+/// The tests' clock: tokio's paused time (sleeps advance it at once), from a start far from 0
+/// as `CLOCK_MONOTONIC`'s is. No test waits in real time.
+fn now_ns() -> u64 {
+    1_000_000_000_000 + EPOCH.with(|e| e.elapsed().as_nanos() as u64)
+}
 
 fn key(n: u16) -> SockKey {
     SockKey {
@@ -44,19 +55,20 @@ fn feed(dumps: Vec<Vec<DiagSocket>>, lost: Arc<AtomicU64>) -> (mpsc::Sender<Vec<
         attached_counts: Vec::new(),
         tw_counts: Box::new(Vec::new),
         ranges: PortRanges::default(),
+        clock: now_ns,
     };
     (tx, feed)
 }
 
 fn created(n: u16) -> TwEvent {
     TwEvent {
-        ts_ns: monotonic_ns(),
+        ts_ns: now_ns(),
         key: key(n),
         kind: TwEventKind::Created { substate: TcpState::TimeWait, timeout_ms: 60_000 },
     }
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn seeds_then_follows_events() {
     let lost = Arc::new(AtomicU64::new(0));
     let (tx, feed) = feed(vec![vec![tw(0), tw(1)]], lost.clone());
@@ -71,7 +83,7 @@ async fn seeds_then_follows_events() {
     assert!(live.closed());
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn loss_forces_a_resync_against_the_kernel() {
     let lost = Arc::new(AtomicU64::new(0));
     let (_tx, feed) = feed(vec![vec![tw(0)], vec![tw(0), tw(5)]], lost.clone());
@@ -85,7 +97,7 @@ async fn loss_forces_a_resync_against_the_kernel() {
     assert_eq!(live.table.len(), 2);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn every_namespace_of_a_batch_counts_as_busy() {
     let (_tx, feed) = feed(vec![], Arc::new(AtomicU64::new(0)));
     let mut live = Live::start(feed, ViewConfig::default(), Duration::ZERO).await.unwrap();
@@ -95,7 +107,7 @@ async fn every_namespace_of_a_batch_counts_as_busy() {
     assert_eq!((newest(1), newest(2), newest(3)), (9, 7, 2));
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn creations_the_events_missed_are_unseen_loss_even_when_busy() {
     let (tx, mut feed) = feed(vec![vec![], vec![tw(0), tw(1)]], Arc::new(AtomicU64::new(0)));
     let made = Arc::new(AtomicU64::new(100));
@@ -118,7 +130,7 @@ async fn creations_the_events_missed_are_unseen_loss_even_when_busy() {
     assert_eq!(live.table.counters().unseen, 1);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn overflows_are_the_kernels_counter_since_the_probe_attached() {
     let lost = Arc::new(AtomicU64::new(0));
     let (_tx, mut feed) = feed(vec![], lost);
@@ -138,7 +150,7 @@ async fn overflows_are_the_kernels_counter_since_the_probe_attached() {
     assert_eq!(live.table.counters().lost, 0);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn quiet_namespace_off_the_kernel_count_is_unseen_loss() {
     // The kernel holds 0 and 5 in namespace 1, but only 0's events came: no loss counter moved.
     let lost = Arc::new(AtomicU64::new(0));
@@ -167,7 +179,7 @@ async fn quiet_namespace_off_the_kernel_count_is_unseen_loss() {
     assert_eq!(live.table.counters().unseen, 1);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn reconcile_lets_in_flight_events_land() {
     // The kernel at the dump: 0 (its creation event still in flight) and 1 (which expires
     // right after the dump saw it). A naive compare would call both drift.
@@ -182,7 +194,7 @@ async fn reconcile_lets_in_flight_events_land() {
             if d.len() == 2 {
                 // Events the ring buffer delivers while the dump runs.
                 let old = TwEvent { ts_ns: 1, ..created(0) };
-                let gone = TwEvent { ts_ns: monotonic_ns(), key: key(1), kind: TwEventKind::Expired };
+                let gone = TwEvent { ts_ns: now_ns(), key: key(1), kind: TwEventKind::Expired };
                 sender.try_send(vec![old]).unwrap();
                 sender.try_send(vec![gone]).unwrap();
             }
@@ -193,6 +205,7 @@ async fn reconcile_lets_in_flight_events_land() {
         attached_counts: Vec::new(),
         tw_counts: Box::new(Vec::new),
         ranges: PortRanges::default(),
+        clock: now_ns,
     };
     let mut live = Live::start(feed, ViewConfig::default(), Duration::from_millis(20)).await.unwrap();
     tx.send(vec![created(1)]).await.unwrap();
@@ -204,7 +217,7 @@ async fn reconcile_lets_in_flight_events_land() {
     assert_eq!(live.table.counters().reconciles, 1);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_failed_dump_leaves_the_table_alone() {
     let (_tx, rx) = mpsc::channel(1);
     let mut calls = 0;
@@ -224,6 +237,7 @@ async fn a_failed_dump_leaves_the_table_alone() {
         attached_counts: Vec::new(),
         tw_counts: Box::new(Vec::new),
         ranges: PortRanges::default(),
+        clock: now_ns,
     };
     let mut live = Live::start(feed, ViewConfig::default(), Duration::ZERO).await.unwrap();
     assert!(matches!(live.reconcile(false).await, Err(LiveError::Dump { .. })));
@@ -231,7 +245,7 @@ async fn a_failed_dump_leaves_the_table_alone() {
     assert_eq!(live.table.counters().reconciles, 0);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn loss_during_the_settle_is_not_absorbed_by_the_seed() {
     let lost = Arc::new(AtomicU64::new(3));
     let (tx, feed) = feed(vec![vec![tw(0)], vec![tw(0)]], lost.clone());
@@ -247,7 +261,7 @@ async fn loss_during_the_settle_is_not_absorbed_by_the_seed() {
     assert_eq!((live.table.counters().lost, live.table.counters().resyncs), (4, 1));
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn dump_errors_surface() {
     let (_tx, rx) = mpsc::channel(1);
     let feed = Feed {
@@ -257,6 +271,7 @@ async fn dump_errors_surface() {
         attached_counts: Vec::new(),
         tw_counts: Box::new(Vec::new),
         ranges: PortRanges::default(),
+        clock: now_ns,
     };
     let e = Live::start(feed, ViewConfig::default(), Duration::ZERO).await.err().unwrap();
     assert!(matches!(e, LiveError::Dump { .. }));

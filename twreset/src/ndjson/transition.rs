@@ -1,9 +1,9 @@
 //! `trace --json`'s hot path: a transition's NDJSON line written straight from the kernel's
 //! [`Event`], the object [`crate::output::json`] describes. What repeats from line to line is
 //! copied whole: the states and `time_wait` (one literal per state pair, built once) and the
-//! namespace and family (kept from the previous line).
+//! namespace and family (kept from the previous line), the namespace's identity included.
 
-use std::net::Ipv6Addr;
+use std::{collections::HashMap, net::Ipv6Addr};
 
 use twreset_common::{AF_INET, AF_INET6, Event, kind};
 
@@ -16,6 +16,9 @@ use crate::{
 /// State numbers below this index the pair table (the kernel's are 1 to 13).
 const STATES: usize = 16;
 
+/// A head at most this long (no identity fields) is copied within the line's one bounded write.
+const HEAD_INLINE: usize = 64;
+
 /// Writes transition lines; keeps the tables and the previous line's namespace.
 pub struct TransitionLines {
     /// `,"old":"A","new":"B","time_wait":..,"sk":"0x` at `A * STATES + B` (state numbers); empty
@@ -23,8 +26,10 @@ pub struct TransitionLines {
     pairs: Vec<Box<[u8]>>,
     /// `(netns_cookie, family)` of `head`.
     head_of: Option<(u64, u16)>,
-    /// `,"netns_cookie":N,"family":"F","laddr":"`.
+    /// `,"netns_cookie":N<identity>,"family":"F","laddr":"`.
     head: Vec<u8>,
+    /// Identity fields of non-host namespaces by cookie, each `,"netns":"..",...`.
+    identities: HashMap<u64, Box<[u8]>>,
 }
 
 impl Default for TransitionLines {
@@ -47,7 +52,19 @@ impl TransitionLines {
                 pairs[old.number() as usize * STATES + new.number() as usize] = text.into_bytes().into();
             }
         }
-        Self { pairs, head_of: None, head: Vec::new() }
+        Self { pairs, head_of: None, head: Vec::new(), identities: HashMap::new() }
+    }
+
+    /// Replace the identity fields spliced into lines after `netns_cookie` (from
+    /// [`crate::kernel::identity::NetnsIdentity::json_fragment`]).
+    pub fn set_identities(&mut self, identities: HashMap<u64, Box<[u8]>>) {
+        self.identities = identities;
+        self.head_of = None;
+    }
+
+    /// The identity fields of a namespace; empty when it has none.
+    pub fn identity(&self, netns_cookie: u64) -> &[u8] {
+        self.identities.get(&netns_cookie).map_or(&[], |f| f)
     }
 
     /// Where the literal for these states is in `pairs`, or which number is no state.
@@ -73,9 +90,13 @@ impl TransitionLines {
         let pair = self.pair(ev.oldstate, ev.newstate)?;
         if self.head_of != Some((ev.netns_cookie, ev.family)) {
             self.head.clear();
+            let identity = self.identities.get(&ev.netns_cookie).map_or(&[][..], |f| f);
+            self.head.extend_from_slice(b",\"netns_cookie\":");
             line::push_line(&mut self.head, |w| {
-                w.bytes(b",\"netns_cookie\":");
                 w.u64(ev.netns_cookie);
+            });
+            self.head.extend_from_slice(identity);
+            line::push_line(&mut self.head, |w| {
                 w.bytes(b",\"family\":\"");
                 w.bytes(family.as_bytes());
                 w.bytes(b"\",\"laddr\":\"");
@@ -84,10 +105,7 @@ impl TransitionLines {
         }
         let (head, pair) = (&self.head[..], &self.pairs[pair][..]);
         let v4 = ev.family == AF_INET;
-        line::push_line(out, |w| {
-            w.bytes(b"{\"ts_ns\":");
-            w.u64(ev.ts_ns);
-            w.bytes(head);
+        let rest = |w: &mut Writer<'_>| {
             addr(w, v4, &ev.saddr);
             w.bytes(b"\",\"lport\":");
             w.u64(ev.sport.into());
@@ -98,7 +116,23 @@ impl TransitionLines {
             w.bytes(pair);
             w.hex(ev.skaddr);
             w.bytes(b"\"}\n");
-        });
+        };
+        if head.len() <= HEAD_INLINE {
+            line::push_line(out, |w| {
+                w.bytes(b"{\"ts_ns\":");
+                w.u64(ev.ts_ns);
+                w.bytes(head);
+                rest(w);
+            });
+        } else {
+            // A namespace with an identity: its fields may be long, the line is written in parts.
+            line::push_line(out, |w| {
+                w.bytes(b"{\"ts_ns\":");
+                w.u64(ev.ts_ns);
+            });
+            out.extend_from_slice(head);
+            line::push_line(out, rest);
+        }
         Ok(())
     }
 }
@@ -191,5 +225,39 @@ mod tests {
         assert_eq!(tcp_state::BOUND_INACTIVE, 13);
         lines.push(&mut buf, &good).unwrap();
         assert!(buf.starts_with(b"kept{\"ts_ns\":"));
+    }
+
+    #[test]
+    fn identity_fields_follow_the_cookie_however_long() {
+        use crate::kernel::identity::{Container, Kind, NetnsIdentity, Runtime};
+        let long = "p".repeat(253);
+        let id = NetnsIdentity {
+            cookie: 4097,
+            kind: Kind::Pod {
+                namespace: Some("shop".into()),
+                name: Some(long.clone()),
+                uid: "0b4c2d1e-5f6a-4b7c-8d9e-0f1a2b3c4d5e".into(),
+                containers: vec![Container { runtime: Runtime::Containerd, id: "a".repeat(64), name: Some(long) }],
+            },
+        };
+        let mut lines = TransitionLines::new();
+        lines.set_identities([(4097, id.json_fragment().into())].into());
+        let mut buf = Vec::new();
+        for i in 0..200 {
+            let ev = event(i);
+            buf.clear();
+            lines.push(&mut buf, &ev).unwrap();
+            let parsed: Value = serde_json::from_slice(&buf).unwrap();
+            let mut want = output::json(&decode::transition(&ev).unwrap());
+            if ev.netns_cookie == 4097 {
+                id.insert_into(want.as_object_mut().unwrap());
+                let text = std::str::from_utf8(&buf).unwrap();
+                let at = |k: &str| text.find(&format!("\"{k}\":")).unwrap();
+                assert!(at("netns_cookie") < at("netns") && at("container_id") < at("family"), "{text}");
+            }
+            assert_eq!(parsed, want, "event {i}: {}", String::from_utf8_lossy(&buf));
+        }
+        assert!(lines.identity(4097).starts_with(b",\"netns\":\"pod:shop/"));
+        assert!(lines.identity(4096).is_empty());
     }
 }

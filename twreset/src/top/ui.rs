@@ -10,8 +10,8 @@ use ratatui::{
 
 use super::state::TopState;
 use crate::{
-    cmd::tw::render::{age, group_heading, group_label},
     output::NsNames,
+    output::tw::{age, group_heading, group_label},
     table::{By, Pressure, Snapshot},
 };
 

@@ -197,8 +197,10 @@ fn loadavg() -> String {
 }
 
 pub fn run(t: &Tools, quick: bool) -> Result<()> {
-    sys::install_signal_handlers();
     ns::remove_stale();
+    // Before any thread: a new mount namespace needs a single-threaded process.
+    crate::mounts::with_tracefs()?;
+    sys::install_signal_handlers();
     let mut plan = Plan::new(quick);
     // TWRESET_BENCH_BIN measures a binary built elsewhere (e.g. a merge candidate) as it is.
     let twreset = match std::env::var_os("TWRESET_BENCH_BIN") {

@@ -158,21 +158,9 @@ pub struct Measured {
     pub cpu_s: f64,
     pub stdout: String,
     pub stderr: String,
-    /// stderr line by line with its arrival time (seconds since spawn), when asked for.
-    pub stderr_lines: Vec<(f64, String)>,
-}
-
-/// Read lines as they arrive, each stamped with the seconds since `start`.
-fn drain_lines(r: impl Read + Send + 'static, start: Instant) -> thread::JoinHandle<Vec<(f64, String)>> {
-    thread::spawn(move || {
-        use std::io::BufRead;
-        let mut lines = Vec::new();
-        for line in std::io::BufReader::new(r).split(b'\n') {
-            let Ok(line) = line else { break };
-            lines.push((start.elapsed().as_secs_f64(), String::from_utf8_lossy(&line).into_owned()));
-        }
-        lines
-    })
+    /// `CLOCK_MONOTONIC` at spawn, in ns: the zero of every "seconds since spawn" here, so times
+    /// the child reports on that clock (`tw --json`'s `live`) convert to it.
+    pub spawned_mono_ns: u64,
 }
 
 fn drain(mut r: impl Read + Send + 'static) -> thread::JoinHandle<String> {
@@ -201,19 +189,16 @@ fn run_measured_with(
 ) -> Result<Measured> {
     cmd.stdin(Stdio::null()).stderr(Stdio::piped());
     cmd.stdout(if keep_stdout { Stdio::piped() } else { Stdio::null() });
-    let stamp_lines = on_spawn.is_some();
     let _ = std::fs::write("/proc/self/clear_refs", "5");
     let floor_kib = vm_hwm_kib(std::process::id()).unwrap_or(0);
     let start = Instant::now();
+    let spawned_mono_ns = mono_ns();
     let mut child: Child = cmd.spawn().with_context(|| format!("spawning {cmd:?}"))?;
     if let Some(tx) = on_spawn {
         let _ = tx.send((child.id(), start));
     }
     let out = child.stdout.take().map(drain);
-    let (err, err_lines) = match child.stderr.take() {
-        Some(e) if stamp_lines => (None, Some(drain_lines(e, start))),
-        e => (e.map(drain), None),
-    };
+    let err = child.stderr.take().map(drain);
     let mut status = 0;
     // SAFETY: an all-zero rusage is a valid value for wait4 to fill in.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
@@ -229,11 +214,7 @@ fn run_measured_with(
     if r < 0 {
         bail!("wait4 on {cmd:?}: {}", std::io::Error::last_os_error());
     }
-    let stderr_lines = err_lines.map(|h| h.join().unwrap_or_default()).unwrap_or_default();
-    let stderr = match err {
-        Some(h) => h.join().unwrap_or_default(),
-        None => stderr_lines.iter().map(|(_, l)| format!("{l}\n")).collect(),
-    };
+    let stderr = err.map(|h| h.join().unwrap_or_default()).unwrap_or_default();
     Ok(Measured {
         status: ExitStatus::from_raw(status),
         wall,
@@ -242,14 +223,22 @@ fn run_measured_with(
         cpu_s: [ru.ru_utime, ru.ru_stime].iter().map(|t| t.tv_sec as f64 + t.tv_usec as f64 / 1e6).sum(),
         stdout: out.map(|h| h.join().unwrap_or_default()).unwrap_or_default(),
         stderr,
-        stderr_lines,
+        spawned_mono_ns,
     })
+}
+
+/// `CLOCK_MONOTONIC` in ns (the clock of `Instant` on Linux, and of `bpf_ktime_get_ns`).
+pub fn mono_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime fills the timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// One reading of a running child's memory.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct RssSample {
-    /// Seconds since spawn (the clock of [`Measured::stderr_lines`]).
+    /// Seconds since spawn (the clock of [`Measured::spawned_mono_ns`]).
     pub t: f64,
     /// VmRSS: anonymous + file-backed + shmem pages, in KiB.
     pub rss_kib: u64,
@@ -258,8 +247,8 @@ pub struct RssSample {
 }
 
 /// Like [`run_measured`], also sampling the child's VmRSS and RssAnon every 50 ms, so a figure
-/// "while running" can be told from the peak, and stamping each stderr line with its arrival
-/// time on the same clock (see [`Measured::stderr_lines`]).
+/// "while running" can be told from the peak, on a clock that starts at the spawn
+/// ([`Measured::spawned_mono_ns`]).
 pub fn run_sampled(cmd: &mut Command) -> Result<(Measured, Vec<RssSample>)> {
     use std::sync::{Arc, Mutex};
     let samples = Arc::new(Mutex::new(Vec::new()));

@@ -1,15 +1,15 @@
 //! Table: twreset's memory while it tracks N TIME_WAIT sockets and the time to seed its table from
 //! them, each against a snapshot of an empty namespace.
 //!
-//! `tw` runs with `TWRESET_LOG=twreset=info`, whose stderr lines mark its phases; the bench stamps
-//! each line with its arrival time and samples VmRSS and RssAnon every 50 ms on the same clock:
-//! - seed time: from "seeding from a sock_diag dump" to "seeded ..." (dump read straight into
-//!   the table), full minus empty;
-//! - tracking memory: the median of the samples from 1 s after "seeded" to 0.25 s before
-//!   "reconciling with a fresh dump", i.e. while `tw` only follows kernel events (the final
-//!   reconcile's dump and settle come after);
+//! `tw --json` reports when its phases happened (`live`: `CLOCK_MONOTONIC` ns); the bench samples
+//! VmRSS and RssAnon every 50 ms on the same clock (seconds since spawn):
+//! - seed time: from `seed_started_ns` to `seed_done_ns` (dump read straight into the table),
+//!   full minus empty;
+//! - tracking memory: the median of the samples from 1 s after the seed to 0.25 s before
+//!   `reconcile_started_ns`, i.e. while `tw` only follows kernel events (the final reconcile's
+//!   dump and settle come after);
 //! - peak memory: `ru_maxrss` (whole run, including attach) and the highest sample from the
-//!   "seeding" line on (seed and reconcile).
+//!   seed's start on (seed and reconcile).
 
 use std::{path::Path, process::Command};
 
@@ -161,26 +161,7 @@ fn reported(v: &Value) -> Option<u64> {
 /// How long each snapshot follows kernel events after its seed (and again after the final dump).
 const SETTLE_S: f64 = 6.0;
 
-/// `line` without ANSI colour sequences (tracing colours its output even into a pipe).
-fn plain(line: &str) -> String {
-    let mut out = String::with_capacity(line.len());
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            // CSI: ESC [ params final-byte
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
-/// The phase lines of `tw`'s stderr (see the module doc).
+/// `tw`'s phases in seconds since spawn (see the module doc).
 #[derive(Debug, Default, PartialEq)]
 struct Phases {
     seeding_at: Option<f64>,
@@ -189,25 +170,16 @@ struct Phases {
     reconcile_at: Option<f64>,
 }
 
-fn phases(lines: &[(f64, String)]) -> Phases {
-    let mut p = Phases::default();
-    for (t, line) in lines {
-        let line = plain(line);
-        if line.contains("seeding from a sock_diag dump") {
-            p.seeding_at.get_or_insert(*t);
-        } else if let Some(rest) = line.split_once("seeded ").map(|(_, r)| r) {
-            p.seeded_at.get_or_insert(*t);
-            // "seeded N sockets in X ms; ..."
-            p.seed_reported_s = rest
-                .split_once(" sockets in ")
-                .and_then(|(_, r)| r.split_once(" ms"))
-                .and_then(|(ms, _)| ms.trim().parse::<f64>().ok())
-                .map(|ms| ms / 1e3);
-        } else if line.contains("reconciling with a fresh dump") {
-            p.reconcile_at.get_or_insert(*t);
-        }
+/// Read from the `live` object of `tw --json`'s document, its times made relative to the spawn.
+fn phases(doc: &Value, spawned_mono_ns: u64) -> Phases {
+    let ns = |k: &str| doc["live"][k].as_u64().filter(|&ns| ns > 0);
+    let at = |k: &str| ns(k).map(|ns| ns.saturating_sub(spawned_mono_ns) as f64 / 1e9);
+    Phases {
+        seeding_at: at("seed_started_ns"),
+        seeded_at: at("seed_done_ns"),
+        seed_reported_s: ns("seed_done_ns").zip(ns("seed_started_ns")).map(|(b, a)| b.saturating_sub(a) as f64 / 1e9),
+        reconcile_at: at("reconcile_started_ns"),
     }
-    p
 }
 
 fn median(mut v: Vec<u64>) -> Option<u64> {
@@ -230,7 +202,8 @@ fn snapshot(ns: &Ns, twreset: &Path) -> Result<Snapshot> {
     cmd.env("TWRESET_LOG", "twreset=info");
     let (m, samples) = sys::run_sampled(&mut cmd)?;
     sys::check_interrupted()?;
-    let p = phases(&m.stderr_lines);
+    let doc = serde_json::from_str::<Value>(&m.stdout).unwrap_or(Value::Null);
+    let p = phases(&doc, m.spawned_mono_ns);
     let (tracking_rss_kib, tracking_anon_kib) = tracking(&samples, &p);
     let after_attach_peak_kib =
         p.seeding_at.and_then(|from| samples.iter().filter(|s| s.t >= from).map(|s| s.rss_kib).max());
@@ -245,7 +218,7 @@ fn snapshot(ns: &Ns, twreset: &Path) -> Result<Snapshot> {
         tracking_rss_kib,
         tracking_anon_kib,
         after_attach_peak_kib,
-        reported: serde_json::from_str::<Value>(&m.stdout).ok().as_ref().and_then(reported),
+        reported: reported(&doc),
         exit: m.status.code(),
         stderr: m.stderr.chars().take(2000).collect(),
     })
@@ -304,17 +277,14 @@ mod tests {
     }
 
     #[test]
-    fn phases_from_tracing_lines() {
-        let lines = [
-            (0.4, "\u{1b}[2m2026-11-21T13:54:05Z\u{1b}[0m \u{1b}[32m INFO\u{1b}[0m twreset::live: seeding from a sock_diag dump".to_string()),
-            (0.7, "2026-11-21T13:54:05Z  INFO twreset::live: seeded 199996 sockets in 263.3 ms; following kernel events for 6s".to_string()),
-            (6.7, "2026-11-21T13:54:11Z  INFO twreset::live: reconciling with a fresh dump".to_string()),
-            (6.8, "twreset: something else".to_string()),
-        ];
-        let p = phases(&lines);
-        assert_eq!((p.seeding_at, p.seeded_at, p.reconcile_at), (Some(0.4), Some(0.7), Some(6.7)));
+    fn phases_from_the_live_object() {
+        let doc = json!({"live": {"seed_started_ns": 5_400_000_000u64, "seed_done_ns": 5_663_300_000u64,
+                                  "seeded": 199996, "reconcile_started_ns": 11_000_000_000u64}});
+        let p = phases(&doc, 5_000_000_000);
+        assert_eq!((p.seeding_at, p.reconcile_at), (Some(0.4), Some(6.0)));
+        assert!((p.seeded_at.unwrap() - 0.6633).abs() < 1e-9);
         assert!((p.seed_reported_s.unwrap() - 0.2633).abs() < 1e-9);
-        assert_eq!(phases(&[]), Phases::default());
+        assert_eq!(phases(&Value::Null, 1), Phases::default());
     }
 
     #[test]

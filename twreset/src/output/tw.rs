@@ -19,7 +19,7 @@ fn kills<T: Copy + Into<u64>>(by_cause: &[T; 6]) -> Value {
     Value::Object(TwCause::ALL.iter().map(|c| (c.name().to_owned(), json!(by_cause[c.index()].into()))).collect())
 }
 
-fn row_json(r: &Row) -> Value {
+fn row_json(r: &Row, names: &NsNames) -> Value {
     let mut o = Map::new();
     match r.group {
         Group::Peer(ip) => {
@@ -36,6 +36,9 @@ fn row_json(r: &Row) -> Value {
         }
         Group::Dest(d) => {
             o.insert("netns_cookie".into(), json!(d.netns));
+            if let Some(id) = names.identity(d.netns) {
+                id.insert_into(&mut o);
+            }
             o.insert("laddr".into(), json!(d.laddr.to_string()));
             o.insert("raddr".into(), json!(d.raddr.to_string()));
             o.insert("rport".into(), json!(d.rport));
@@ -80,11 +83,12 @@ fn totals_json(t: &Totals) -> Value {
     })
 }
 
-/// The `twreset tw --json` document (schema in README.md).
-pub fn render_json(snap: &Snapshot) -> Value {
+/// The `twreset tw --json` document (schema in docs/guide/tw.md); destination rows of a pod's,
+/// container's or named namespace carry its identity (`netns`, `pod_namespace`, `pod`, ...).
+pub fn render_json(snap: &Snapshot, names: &NsNames) -> Value {
     json!({
         "by": snap.by.name(),
-        "rows": snap.rows.iter().map(row_json).collect::<Vec<_>>(),
+        "rows": snap.rows.iter().map(|r| row_json(r, names)).collect::<Vec<_>>(),
         "totals": totals_json(&snap.totals),
     })
 }
@@ -200,13 +204,17 @@ mod tests {
         Snapshot { by, rows, totals: Totals { count: 3, fin_wait2: 1, counters } }
     }
 
+    fn render_json_plain(s: &Snapshot) -> Value {
+        render_json(s, &NsNames::default())
+    }
+
     fn dest() -> Dest {
         Dest { netns: 9, laddr: "10.0.0.1".parse().unwrap(), raddr: "10.0.0.2".parse().unwrap(), rport: 443 }
     }
 
     #[test]
     fn json_by_peer() {
-        let v = render_json(&snap(By::Peer, vec![row(Group::Peer("10.0.0.2".parse().unwrap()))]));
+        let v = render_json_plain(&snap(By::Peer, vec![row(Group::Peer("10.0.0.2".parse().unwrap()))]));
         assert_eq!(v["by"], "peer");
         let r = &v["rows"][0];
         assert_eq!(r["raddr"], "10.0.0.2");
@@ -238,13 +246,13 @@ mod tests {
 
     #[test]
     fn json_group_fields() {
-        let one = |g| render_json(&snap(By::Peer, vec![row(g)]))["rows"][0].clone();
+        let one = |g| render_json_plain(&snap(By::Peer, vec![row(g)]))["rows"][0].clone();
         assert_eq!(one(Group::Prefix("10.0.0.0/24".parse().unwrap()))["prefix"], "10.0.0.0/24");
         assert_eq!(one(Group::Port(443))["rport"], 443);
         assert_eq!(one(Group::Local("fd00::1".parse().unwrap()))["laddr"], "fd00::1");
         let mut r = row(Group::Dest(dest()));
         r.pressure = Some(Pressure::compute(3, 7, 100, 2.0));
-        let v = render_json(&snap(By::Dest, vec![r]));
+        let v = render_json_plain(&snap(By::Dest, vec![r]));
         let r = &v["rows"][0];
         assert_eq!(
             (r["netns_cookie"].as_u64(), r["laddr"].as_str(), r["raddr"].as_str(), r["rport"].as_u64()),
@@ -260,7 +268,7 @@ mod tests {
         let mut idle = row(Group::Dest(dest()));
         idle.pressure = Some(Pressure::compute(0, 1, 100, 0.0));
         idle.oldest_s = None;
-        let v = render_json(&snap(By::Dest, vec![idle]));
+        let v = render_json_plain(&snap(By::Dest, vec![idle]));
         assert!(v["rows"][0]["exhaustion_s"].is_null());
         assert!(v["rows"][0]["oldest_s"].is_null());
     }
@@ -296,5 +304,34 @@ mod tests {
         let line = text.lines().nth(1).unwrap();
         assert!(line.starts_with("[blue] 10.0.0.1 -> 10.0.0.2:443"), "{line}");
         assert!(line.contains("10.0%") && line.ends_with("never"), "{line}");
+    }
+
+    #[test]
+    fn dest_rows_carry_the_namespace_identity() {
+        use crate::kernel::identity::{Kind, NetnsIdentity};
+        let pod = NetnsIdentity {
+            cookie: 9,
+            kind: Kind::Pod {
+                namespace: Some("shop".into()),
+                name: Some("web-0".into()),
+                uid: "u-1234567".into(),
+                containers: vec![],
+            },
+        };
+        let mut names = NsNames::default();
+        names.0.insert(9, pod.label());
+        names.1.insert(9, pod);
+        let v = render_json(&snap(By::Dest, vec![row(Group::Dest(dest()))]), &names);
+        let r = &v["rows"][0];
+        assert_eq!(
+            (r["netns"].as_str(), r["pod_namespace"].as_str(), r["pod"].as_str()),
+            (Some("pod:shop/web-0"), Some("shop"), Some("web-0"))
+        );
+        assert_eq!(r["netns_cookie"], 9);
+        let text = render_human(&snap(By::Dest, vec![row(Group::Dest(dest()))]), &names);
+        assert!(text.lines().nth(1).unwrap().starts_with("[pod:shop/web-0] 10.0.0.1"), "{text}");
+        // Other groupings span namespaces: no identity on their rows.
+        let v = render_json(&snap(By::Peer, vec![row(Group::Peer("10.0.0.2".parse().unwrap()))]), &names);
+        assert!(v["rows"][0].get("pod").is_none());
     }
 }

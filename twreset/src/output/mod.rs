@@ -1,4 +1,6 @@
-//! Pure formatting of transitions: aligned human lines and NDJSON objects.
+//! Pure formatting of transitions: aligned human lines and NDJSON objects; `tw` renders tables.
+
+pub mod tw;
 
 use std::{collections::HashMap, net::IpAddr};
 
@@ -6,15 +8,40 @@ use serde_json::{Value, json};
 
 use crate::{
     decode::Transition,
+    kernel::identity::{NetnsIdentity, Resolver},
     ndjson::Line,
     tw_event::{TwCause, TwEvent, TwEventKind},
 };
 
-/// Labels namespace cookies with `ip netns` names where known.
+/// Labels of namespace cookies where known (pods, containers, `ip netns` names; not the host,
+/// which human output leaves as its cookie), and the identities behind them for JSON output.
 #[derive(Clone, Debug, Default)]
-pub struct NsNames(pub HashMap<u64, String>);
+pub struct NsNames(pub HashMap<u64, String>, pub HashMap<u64, NetnsIdentity>);
 
 impl NsNames {
+    /// Every identity of `r` other than the host's and unknown ones.
+    pub fn from_resolver(r: &Resolver) -> Self {
+        let ids: HashMap<u64, NetnsIdentity> =
+            r.identities().filter(|i| !i.is_plain()).map(|i| (i.cookie, i.clone())).collect();
+        Self(ids.iter().map(|(c, i)| (*c, i.label())).collect(), ids)
+    }
+
+    /// Identities from [`Resolver::from_env`]; only `ip netns` names where it cannot run.
+    pub fn resolve() -> Self {
+        match Resolver::from_env() {
+            Ok(r) => Self::from_resolver(&r),
+            Err(e) => {
+                tracing::debug!("namespace identities: {e:#}");
+                Self(crate::kernel::netns::named().into_iter().map(|(n, c)| (c, n)).collect(), HashMap::new())
+            }
+        }
+    }
+
+    /// The identity of a non-host namespace, where known.
+    pub fn identity(&self, cookie: u64) -> Option<&NetnsIdentity> {
+        self.1.get(&cookie)
+    }
+
     pub fn label(&self, cookie: u64) -> String {
         match self.0.get(&cookie) {
             Some(name) => name.clone(),
@@ -85,7 +112,7 @@ pub fn human_line(t: &Transition, ns: &NsNames, clock: &WallClock) -> String {
     )
 }
 
-/// The NDJSON object of one transition (schema documented in README.md).
+/// The NDJSON object of one transition (schema documented in docs/guide/trace.md).
 pub fn json(t: &Transition) -> Value {
     json!({
         "ts_ns": t.ts_ns,
@@ -104,7 +131,8 @@ pub fn json(t: &Transition) -> Value {
 
 /// Append the NDJSON line of [`tw_json`] to `buf`: the same object without a `serde_json::Value`
 /// per event (transitions have their own writer, `ndjson::transition`).
-pub fn push_tw_json_line(buf: &mut Vec<u8>, ev: &TwEvent) {
+/// `identity` is spliced in after `netns_cookie` (see [`NetnsIdentity::json_fragment`]).
+pub fn push_tw_json_line(buf: &mut Vec<u8>, ev: &TwEvent, identity: &[u8]) {
     let k = &ev.key;
     let mut l = Line::new(buf);
     let event = match ev.kind {
@@ -117,6 +145,7 @@ pub fn push_tw_json_line(buf: &mut Vec<u8>, ev: &TwEvent) {
     l.str("event", event)
         .u64("ts_ns", ev.ts_ns)
         .u64("netns_cookie", k.netns_cookie)
+        .raw(identity)
         .str("family", k.family().name())
         .ip("laddr", k.laddr)
         .u64("lport", k.lport.into())
@@ -204,7 +233,7 @@ pub fn tw_human_line(ev: &TwEvent, ns: &NsNames, clock: &WallClock) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{decode::Family, state::TcpState};
+    use crate::{sock::Family, state::TcpState};
 
     fn t() -> Transition {
         Transition {
@@ -273,7 +302,7 @@ mod tests {
             };
             let ev = TwEvent { ts_ns: 123, key, kind };
             let mut buf = Vec::new();
-            push_tw_json_line(&mut buf, &ev);
+            push_tw_json_line(&mut buf, &ev, b"");
             let parsed: Value = serde_json::from_slice(&buf).unwrap();
             assert_eq!(parsed, tw_json(&ev), "{}", String::from_utf8_lossy(&buf));
             match kind {

@@ -1,4 +1,5 @@
-//! Pure parsers for the text the kernel and sysctl configuration files hand us.
+//! Pure parsers for the text procfs, sysfs and sysctl configuration files hand us (doctor, the live
+//! table's cross-checks, the kernel's version).
 
 use std::collections::HashMap;
 
