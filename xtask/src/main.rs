@@ -5,10 +5,10 @@
 mod bench;
 mod bootstrap;
 mod build;
-mod matrix;
-mod vm;
 mod deps;
+mod matrix;
 mod mounts;
+mod vm;
 
 use std::process::ExitCode;
 
