@@ -38,7 +38,7 @@ fn sigterm_and_sigint_exit_0_with_summary_and_detach() {
             // No sock_ops at connect() before 6.12: the tracepoint's primary and backup stay
             // attached beside sock_ops.
             assert_eq!(ours.len(), 3, "tracepoint primary and backup, sock_ops");
-            assert_eq!(links_of(t.pid() as u32), ["cgroup", "tracing", "tracing"]);
+            assert_eq!(links_of(t.pid() as u32), ["cgroup", "raw_tracepoint", "raw_tracepoint"]);
         }
         ns.run(|| connections("127.0.0.1:0".parse().unwrap(), None, 2, Closer::Client));
         ns.wait_quiescent();

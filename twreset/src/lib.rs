@@ -17,6 +17,7 @@ pub mod probe;
 pub mod scope;
 pub mod sock;
 pub mod state;
+pub mod synrecv;
 pub mod table;
 pub mod top;
 pub mod tw_event;
