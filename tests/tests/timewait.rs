@@ -153,9 +153,25 @@ fn early_removal_causes_sock_destroy_new_syn_and_reuse() {
     }
     let ns = NetNs::new("twk");
     let t = start(&ns);
-    // 1. SOCK_DESTROY via `ss -K`.
+    // 1. SOCK_DESTROY via `ss -K` (Linux >= 6.0); before, the kernel cannot destroy TIME_WAIT
+    // sockets, and `twreset kill` sends them the exact RST instead: cause `peer_rst`.
     let killed = ns.run(|| connections("127.0.0.1:7220".parse().unwrap(), None, 2, Closer::Client));
-    ns.exec(&["ss", "-K", "state", "time-wait", "dport", "=", ":7220"]);
+    let destroy_cause = if twreset_tests::kernel_at_least(6, 0) {
+        ns.exec(&["ss", "-K", "state", "time-wait", "dport", "=", ":7220"]);
+        "sock_destroy"
+    } else {
+        let path = ns.path();
+        let (code, _, err) = twreset_tests::twreset(&[
+            "kill",
+            "--netns",
+            path.to_str().unwrap(),
+            "--audit-log",
+            "/dev/null",
+            "127.0.0.1:7220",
+        ]);
+        assert_eq!(code, Some(0), "{err}");
+        "peer_rst"
+    };
     assert!(ns.ss(&["state", "time-wait", "dport", "=", ":7220"]).is_empty());
     // 2. A new SYN on the 4-tuple of a server-side TIME_WAIT socket.
     let syn_tuple = ns.run(|| {
@@ -199,7 +215,7 @@ fn early_removal_causes_sock_destroy_new_syn_and_reuse() {
     assert_eq!(code, Some(0), "{err}");
     let k = kills(&out);
     let mut want: Vec<(String, (SocketAddr, SocketAddr))> =
-        killed.iter().map(|(c, s)| ("sock_destroy".to_owned(), (*c, *s))).collect();
+        killed.iter().map(|(c, s)| (destroy_cause.to_owned(), (*c, *s))).collect();
     want.push(("new_syn".into(), syn_tuple));
     want.push(("reuse".into(), reuse));
     let mut got = k.clone();
