@@ -247,12 +247,20 @@ impl Drop for NetNs {
 /// longer, never the test's work different.
 pub const POLL_DEADLINE: Duration = Duration::from_secs(60);
 
+/// [`POLL_DEADLINE`] times `TWRESET_TEST_SLOWDOWN` (default 1): `cargo xtask test --kernel`
+/// sets it for guests under qemu's TCG, where loading the programs alone can take a minute.
+pub fn poll_deadline() -> Duration {
+    let factor = std::env::var("TWRESET_TEST_SLOWDOWN").ok().and_then(|v| v.parse().ok()).unwrap_or(1u32);
+    POLL_DEADLINE * factor.max(1)
+}
+
 /// Poll `done` every 20 ms until it holds; panic naming `what` after [`POLL_DEADLINE`]. For
 /// asynchronous kernel work (namespace cleanup, softirq, timers): never a fixed sleep.
 pub fn poll_until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + POLL_DEADLINE;
+    let limit = poll_deadline();
+    let deadline = Instant::now() + limit;
     while !done() {
-        assert!(Instant::now() < deadline, "waited {POLL_DEADLINE:?} for {what}");
+        assert!(Instant::now() < deadline, "waited {limit:?} for {what}");
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -405,7 +413,7 @@ impl Running {
         let stderr_lines = lines_of(child.stderr.take().unwrap());
         let stdout_lines = lines_of(child.stdout.take().unwrap());
         let mut r = Self { child, stderr_lines, stderr_seen: Vec::new(), stdout_lines, stdout_seen: Vec::new() };
-        let deadline = Instant::now() + POLL_DEADLINE;
+        let deadline = Instant::now() + poll_deadline();
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match r.stderr_lines.recv_timeout(left) {
@@ -436,7 +444,7 @@ impl Running {
     /// Read stdout until a line satisfies `found` (returning it), panicking naming `what` after
     /// [`POLL_DEADLINE`]. The lines read stay part of what [`Running::stop`] returns.
     pub fn wait_stdout(&mut self, what: &str, found: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + POLL_DEADLINE;
+        let deadline = Instant::now() + poll_deadline();
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let line = self.stdout_lines.recv_timeout(left).unwrap_or_else(|_| panic!("twreset never printed {what}"));
@@ -609,7 +617,7 @@ pub fn assert_programs_freed(ours: &[u32], what: &str) {
 
 /// Wait until process `pid` holds `n` BPF programs (attached), panicking after [`POLL_DEADLINE`].
 pub fn wait_for_programs(pid: u32, n: usize) {
-    let deadline = Instant::now() + POLL_DEADLINE;
+    let deadline = Instant::now() + poll_deadline();
     while programs_of(pid).len() < n {
         assert!(Instant::now() < deadline, "process {pid} never attached {n} programs");
         std::thread::sleep(Duration::from_millis(20));

@@ -88,7 +88,7 @@ fn closed_pipe_exits_quietly_with_0() {
         reader.read_line(&mut first).unwrap();
         assert!(first.starts_with('{'), "{first}");
         drop(reader);
-        let deadline = Instant::now() + twreset_tests::POLL_DEADLINE;
+        let deadline = Instant::now() + twreset_tests::poll_deadline();
         let status = loop {
             if let Some(st) = child.try_wait().unwrap() {
                 break Some(st);

@@ -325,7 +325,7 @@ fn rank(label: &str) -> usize {
 }
 
 /// The guest's script: run every test binary with a limit, results into `out`, then a marker.
-fn guest_script(out: &Path, bin: &Path, bins: &[(String, PathBuf)], extra: &[String], set: VmSet) -> String {
+fn guest_script(out: &Path, bin: &Path, bins: &[(String, PathBuf)], extra: &[String], set: VmSet, kvm: bool) -> String {
     let q = |s: &str| format!("'{}'", s.replace('\'', r"'\''"));
     let mut extra: Vec<String> = extra.iter().map(|a| q(a)).collect();
     for (name, _) in VM_SKIP {
@@ -342,6 +342,8 @@ fn guest_script(out: &Path, bin: &Path, bins: &[(String, PathBuf)], extra: &[Str
         q(&out.display().to_string()),
         q(&bin.display().to_string())
     );
+    // Under TCG everything is 10-40x slower: the harness's waits for the tool grow accordingly.
+    s += &format!("export TWRESET_TEST_SLOWDOWN={}\n", if kvm { 1 } else { 5 });
     s += "uname -r > \"$OUT/uname\"\n";
     s += "for m in tcp_diag inet_diag udp_diag; do modprobe $m 2>/dev/null; done\n";
     s += "\"$TWRESET_BIN\" doctor --json > \"$OUT/doctor.json\" 2> \"$OUT/doctor.err\"\n";
@@ -386,7 +388,7 @@ pub fn test(t: &Tools, spec: &str, set: VmSet, extra: &[String]) -> Result<()> {
             None => *kvm.insert(use_kvm(&kimg, &out)?),
         };
         let script = out.join("run.sh");
-        std::fs::write(&script, guest_script(&out, &bin, &bins, extra, set))?;
+        std::fs::write(&script, guest_script(&out, &bin, &bins, extra, set, kvm))?;
         eprintln!("xtask: {} ({}): booting ({}), {} test binaries", k.short, k.release, accel(kvm), bins.len());
         let t0 = Instant::now();
         let status = run_limited(&mut vng(&kimg, kvm, &out, &script, &t.root), VM_TIMEOUT, &out.join("console.log"))?;
@@ -443,13 +445,14 @@ mod tests {
             &[("kill".into(), PathBuf::from("/t/kill-1")), ("tw".into(), PathBuf::from("/t/tw-2"))],
             &["it's".into()],
             VmSet::Full,
+            false,
         );
         assert!(s.contains("'/t/kill-1' --test-threads=1 'it'\\''s' --skip"), "{s}");
         assert!(s.find("/t/tw-2").unwrap() < s.find("/t/kill-1").unwrap(), "tw runs before kill: {s}");
         assert!(s.contains("echo \"tw $rc"), "{s}");
         assert!(s.trim_end().ends_with("echo done > \"$OUT/finished\""), "{s}");
         let bins = [("kill".into(), PathBuf::from("/t/kill-1")), ("lib".into(), PathBuf::from("/t/lib-3"))];
-        let ci = guest_script(Path::new("/o"), Path::new("/b"), &bins, &[], VmSet::Ci);
+        let ci = guest_script(Path::new("/o"), Path::new("/b"), &bins, &[], VmSet::Ci, false);
         assert!(ci.contains("'kill_ipv6'") && ci.contains("--exact"), "{ci}");
         assert!(!ci.contains("/t/lib-3"), "binaries outside the CI set do not run: {ci}");
     }
