@@ -184,13 +184,24 @@ impl NetNs {
         self.exec(&["sysctl", "-n", key]).trim().to_owned()
     }
 
-    /// Add an address to `lo` (IPv6 with `nodad`, usable at once).
+    /// Add an address to `lo` (IPv6 with `nodad`), and return once it is usable: an IPv6
+    /// address is, when addrconf's work queue has installed its local route, which lags behind
+    /// `ip addr add` on a loaded machine (a connect before that fails with ENETUNREACH).
     pub fn add_lo_addr(&self, cidr: &str) {
         if cidr.contains(':') {
             self.ip(&["-6", "addr", "add", cidr, "dev", "lo", "nodad"]);
+            self.wait_v6_local(&[cidr.split('/').next().unwrap_or(cidr)]);
         } else {
             self.ip(&["addr", "add", cidr, "dev", "lo"]);
         }
+    }
+
+    /// Wait until every IPv6 address of `addrs` has its local route (see [`NetNs::add_lo_addr`]).
+    pub fn wait_v6_local(&self, addrs: &[&str]) {
+        poll_until(&format!("{}: local routes of {addrs:?}", self.name), || {
+            let routes = self.exec(&["ip", "-6", "route", "show", "table", "local"]);
+            addrs.iter().all(|a| routes.lines().any(|l| l.split_whitespace().nth(1) == Some(a)))
+        });
     }
 
     /// Run `f` on a thread inside this namespace; sockets it creates live here.

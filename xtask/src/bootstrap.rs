@@ -19,8 +19,10 @@ pub struct Tools {
 
 /// Debian packages the tests and the tool's runtime checks use: `ip`/`ss` (iproute2), `tmux` (the
 /// `top` screen test), `setpriv` (util-linux, the unprivileged-user test), `bpftrace` (bench peer),
-/// `podman`, `runc` and `busybox-static` (the real-container tests in tests/tests/identity.rs run a
-/// container from a busybox root filesystem with runc; crun refuses hybrid cgroup hosts).
+/// `podman`, `runc` and `busybox-static` (the real-container tests in tests/tests/identity run a
+/// container from a busybox root filesystem with runc; crun refuses hybrid cgroup hosts),
+/// `promtool` (prometheus: the alert rules in deploy/prometheus), `systemd-analyze` (systemd: the unit
+/// in deploy/systemd), `python3` and `pip3` (python3-pip: [`ensure_python_packages`]).
 /// Each as (package, a command it installs).
 const DEB_PACKAGES: &[(&str, &str)] = &[
     ("iproute2", "ss"),
@@ -30,7 +32,21 @@ const DEB_PACKAGES: &[(&str, &str)] = &[
     ("podman", "podman"),
     ("runc", "runc"),
     ("busybox-static", "busybox"),
+    ("prometheus", "promtool"),
+    ("systemd", "systemd-analyze"),
+    ("python3", "python3"),
+    ("python3-pip", "pip3"),
 ];
+
+/// Services Debian starts when their package is installed, which the tests do not want running: a
+/// Prometheus server on :9090 (the suite starts its own, on its own port, when it needs one). Stopped
+/// and disabled only right after this bootstrap installed the package, and only under systemd.
+const DEB_SERVICES_NOT_WANTED: &[(&str, &str)] = &[("prometheus", "prometheus.service")];
+
+/// PyPI packages the tests use, as (module to import, requirement to install): `kubernetes-validate`
+/// validates deploy/kubernetes offline against the API schemas it bundles (1.25 to 1.37 in 1.37.0,
+/// the versions tests/tests/deploy.rs names), and brings PyYAML.
+const PYPI_PACKAGES: &[(&str, &str)] = &[("kubernetes_validate", "kubernetes-validate==1.37.0")];
 
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_owned()
@@ -162,7 +178,49 @@ pub fn ensure_packages(packages: &[(&str, &str)]) -> Result<()> {
     run(Command::new("apt-get")
         .args(["install", "-y", "-qq", "--no-install-recommends"])
         .args(&missing)
-        .env("DEBIAN_FRONTEND", "noninteractive"))
+        .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    for (pkg, service) in DEB_SERVICES_NOT_WANTED {
+        if missing.contains(pkg) && Path::new("/run/systemd/system").is_dir() {
+            eprintln!("xtask: stopping and disabling {service}, started by installing {pkg}");
+            if let Err(e) = run(Command::new("systemctl").args(["disable", "--now", service])) {
+                eprintln!("xtask: could not stop {service}: {e:#}");
+            }
+        }
+    }
+    Ok(())
+}
+
+fn python_imports(module: &str) -> bool {
+    Command::new("python3").args(["-c", &format!("import {module}")]).output().is_ok_and(|o| o.status.success())
+}
+
+/// PyPI packages ([`PYPI_PACKAGES`]) for the python3 on PATH, installed only when their module does not
+/// import. A Debian python3 refuses system-wide pip installs (PEP 668, "externally-managed-environment"):
+/// then the install is repeated with `--break-system-packages`.
+fn ensure_python_packages() -> Result<()> {
+    for (module, requirement) in PYPI_PACKAGES {
+        if python_imports(module) {
+            continue;
+        }
+        eprintln!("xtask: installing PyPI package {requirement}");
+        let pip = || {
+            let mut cmd = Command::new("python3");
+            cmd.args(["-m", "pip", "install", "--quiet", requirement]);
+            cmd
+        };
+        let out = pip().output().with_context(|| format!("spawning {:?}", pip()))?;
+        if !out.status.success() {
+            let err = String::from_utf8_lossy(&out.stderr);
+            if !err.contains("externally-managed-environment") {
+                bail!("{:?} failed: {}", pip(), err.trim());
+            }
+            run(pip().arg("--break-system-packages"))?;
+        }
+        if !python_imports(module) {
+            bail!("{requirement} installed, but python3 still cannot import {module}");
+        }
+    }
+    Ok(())
 }
 
 pub fn all() -> Result<Tools> {
@@ -173,5 +231,6 @@ pub fn all() -> Result<Tools> {
     ensure_toolchain(&nightly, &["rust-src"])?;
     let linker_bin = ensure_bpf_linker(&root, &nightly)?;
     ensure_debian_packages()?;
+    ensure_python_packages()?;
     Ok(Tools { root, stable, nightly, linker_bin })
 }

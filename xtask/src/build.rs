@@ -80,6 +80,7 @@ pub fn test(t: &Tools, extra: &[String]) -> Result<()> {
 
 pub fn lint(t: &Tools) -> Result<()> {
     crate::deps::check(&t.root.join("twreset"))?;
+    crate::layout::check(&t.root)?;
     let obj = ebpf(t)?;
     run(cargo(&t.stable).current_dir(&t.root).args(["fmt", "--all", "--check"]))?;
     run(cargo(&t.stable)

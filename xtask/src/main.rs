@@ -6,6 +6,7 @@ mod bench;
 mod bootstrap;
 mod build;
 mod deps;
+mod layout;
 mod matrix;
 mod mounts;
 mod vm;

@@ -76,7 +76,6 @@ pub fn populate(ns: &NetNs) -> Vec<(TcpStream, TcpStream)> {
     }
     ns.add_lo_addr(&format!("{S6}/64"));
     ns.add_lo_addr(&format!("{C6}/64"));
-    wait_v6_local(ns, &[S6, C6]);
     ns.run(|| {
         connections(sa(S1, 80), ip(C), 4, Closer::Client);
         connections(sa(S1, 443), ip(C), 3, Closer::Client);
@@ -91,19 +90,6 @@ pub fn populate(ns: &NetNs) -> Vec<(TcpStream, TcpStream)> {
         held.extend(established(sa(S6, 80), C6, 1));
         held
     })
-}
-
-/// IPv6 addresses become usable when addrconf's work queue installs their local routes, which
-/// lags behind `ip addr add` on a loaded machine: wait for them.
-pub fn wait_v6_local(ns: &NetNs, addrs: &[&str]) {
-    for _ in 0..500 {
-        let routes = ns.exec(&["ip", "-6", "route", "show", "table", "local"]);
-        if addrs.iter().all(|a| routes.lines().any(|l| l.split_whitespace().nth(1) == Some(a))) {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    panic!("{}: IPv6 addresses {addrs:?} never became usable", ns.name);
 }
 
 pub struct World {

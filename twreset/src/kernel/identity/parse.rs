@@ -95,13 +95,15 @@ fn pod_of(seg: &str) -> Option<String> {
 }
 
 /// Container and pod named by one cgroup path (`/kubepods/burstable/pod<uid>/<id>`, ...).
-/// `kubepods` may sit anywhere in the path (a nested or test hierarchy).
+/// `kubepods` may sit anywhere in the path (a nested or test hierarchy). A path that climbs with
+/// `..` is seen from inside a cgroup namespace (an agent in a pod reads its host's `/proc`): the
+/// ancestors, `kubepods` among them, are hidden, so its `pod<uid>` segments count without it.
 pub fn cgroup_path(path: &str) -> CgroupIds {
     let mut ids = CgroupIds::default();
     let mut kube = false;
     let mut prev = None;
     for seg in path.split('/').filter(|s| !s.is_empty()) {
-        if seg == "kubepods" || (seg.starts_with("kubepods") && seg.ends_with(".slice")) {
+        if seg == ".." || seg == "kubepods" || (seg.starts_with("kubepods") && seg.ends_with(".slice")) {
             kube = true;
         }
         if kube && let Some(uid) = pod_of(seg) {

@@ -154,3 +154,16 @@ fn links_and_selectors() {
         assert!(pod_selector(bad).unwrap_err().contains("NAMESPACE/NAME"), "{bad}");
     }
 }
+
+#[test]
+fn paths_seen_from_inside_a_cgroup_namespace() {
+    // An agent in a pod reads a neighbour's /proc/PID/cgroup relative to its own cgroup
+    // namespace: `kubepods` is above the root it sees.
+    let uid = "1c2d3e4f-0000-4a4a-8b8b-0123456789ab";
+    let id = "a".repeat(64);
+    let ids = cgroup_path(&format!("/../../pod{uid}/{id}"));
+    assert_eq!(ids.pod_uid.as_deref(), Some(uid));
+    assert_eq!(ids.container, Some((Runtime::Cri, id.clone())));
+    // Without `..` or `kubepods`, a bare pod-like segment names nothing.
+    assert_eq!(cgroup_path(&format!("/pod{uid}/{id}")).pod_uid, None);
+}
