@@ -170,7 +170,8 @@ fn cell(run: &Value, bins: &[&str], path_key: Option<&str>) -> String {
     }
     let n = |k: &str| mine.iter().map(|b| b[k].as_u64().unwrap_or(0)).sum::<u64>();
     let (p, f) = (n("passed"), n("failed"));
-    let mut s = if f == 0 { format!("works ({p} tests)") } else { format!("**fails** ({f} of {})", p + f) };
+    let tests = |n: u64| if n == 1 { "1 test".to_owned() } else { format!("{n} tests") };
+    let mut s = if f == 0 { format!("works ({})", tests(p)) } else { format!("**fails** ({f} of {})", tests(p + f)) };
     if let Some(path) = path_key.and_then(|k| run["paths"][k]["path"].as_str()) {
         s.push_str(&format!("; path: {path}"));
     }
