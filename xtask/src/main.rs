@@ -48,6 +48,9 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Render docs/internals/kernels.md's kernel x command table from docs/kernels/*.json (what
+    /// `test --kernel` does after a run).
+    KernelTable,
     /// Lints: rustfmt check and clippy with warnings denied, userspace and eBPF.
     Lint,
     /// Benchmarks against the peers (bpftrace, ss -K) in namespaces of its own; see docs/guide/bench.md.
@@ -70,6 +73,7 @@ fn main() -> ExitCode {
             mounts::without_tracefs()?;
             build::test(&t, &args)
         }),
+        Cmd::KernelTable => matrix::render(&bootstrap::workspace_root()),
         Cmd::Lint => bootstrap::all().and_then(|t| build::lint(&t)),
         Cmd::Bench { quick } => bootstrap::all().and_then(|t| bench::run(&t, quick)),
     };
