@@ -28,6 +28,13 @@ fn tuple(v: &Value) -> (SocketAddr, SocketAddr) {
     (a("l"), a("r"))
 }
 
+/// A fresh TIME_WAIT timer: 60 s, measured at the tracepoint as `expires - jiffies`, so a jiffy
+/// that ticks between the kernel arming the timer and the tracepoint (seen under qemu's TCG)
+/// shows as one jiffy less (at most 10 ms for HZ >= 100).
+fn full_timeout(v: &Value) -> bool {
+    v["timeout_ms"].as_u64().is_some_and(|ms| (59_990..=60_000).contains(&ms))
+}
+
 fn start(ns: &NetNs) -> Running {
     let path = ns.path();
     Running::start(&["trace", "--json", "--timewait", "--netns", path.to_str().unwrap()], READY)
@@ -52,7 +59,7 @@ fn creation_matches_ss_per_peer_both_sides_both_families() {
     let (code, out, err) = t.stop();
     assert_eq!(code, Some(0), "{err}");
     let starts = tw_events(&out, "tw_start");
-    assert!(starts.iter().all(|v| v["substate"] == "TIME_WAIT" && v["timeout_ms"] == 60_000), "{starts:#?}");
+    assert!(starts.iter().all(|v| v["substate"] == "TIME_WAIT" && full_timeout(v)), "{starts:#?}");
     assert!(starts.iter().all(|v| v["rearm"] == false), "new sockets, not re-arms: {starts:#?}");
     let mut ours: Vec<(SocketAddr, SocketAddr)> = starts.iter().map(tuple).collect();
     ours.sort();
@@ -138,7 +145,7 @@ fn fin_wait2_becomes_time_wait_with_a_rearm() {
     // One socket: created, then its timer moved.
     assert_eq!((&starts[0]["rearm"], &starts[1]["rearm"]), (&Value::Bool(false), &Value::Bool(true)), "{out}");
     assert_eq!(tuple(&starts[0]), tuple(&starts[1]));
-    assert_eq!(starts[1]["timeout_ms"], 60_000);
+    assert!(full_timeout(&starts[1]), "{:#?}", starts[1]);
     assert_eq!(ns.ss(&["state", "time-wait"]).len(), 1);
 }
 
