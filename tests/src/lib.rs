@@ -29,6 +29,44 @@ pub fn bin() -> PathBuf {
 /// Where `twreset` commands run by the harness look for an agent: nowhere, so they run directly
 /// even on a machine where an agent serves the default socket (the API tests pass their own).
 pub const NO_AGENT: &str = "/nonexistent/twreset-tests/agent.sock";
+/// The running kernel's `(major, minor)`, from `/proc/sys/kernel/osrelease`.
+pub fn kernel_version() -> (u32, u32) {
+    let r = std::fs::read_to_string("/proc/sys/kernel/osrelease").expect("reading the kernel release");
+    let mut it = r.trim().split(|c: char| !c.is_ascii_digit()).map(|n| n.parse::<u32>().unwrap_or(0));
+    (it.next().unwrap_or(0), it.next().unwrap_or(0))
+}
+
+/// Is the running kernel at least `major.minor`? (Tests whose expectations follow the kernel.)
+pub fn kernel_at_least(major: u32, minor: u32) -> bool {
+    kernel_version() >= (major, minor)
+}
+
+/// `trace` gives sockets to `sock_ops` at `connect()` from Linux 6.12 on; before, the tracepoint
+/// programs stay attached and it says so in this one warning line.
+pub const NO_SOCK_OPS_AT_CONNECT: &str = "cannot hand sockets to sock_ops at connect() (needs Linux >= 6.12)";
+
+/// Fail on any warning in a tracer's stderr other than the one the running kernel explains.
+pub fn assert_no_unexpected_warnings(err: &str) {
+    let expected = |l: &str| !kernel_at_least(6, 12) && l.contains(NO_SOCK_OPS_AT_CONNECT);
+    let bad: Vec<&str> = err.lines().filter(|l| l.contains("warning") && !expected(l)).collect();
+    assert!(bad.is_empty(), "unexpected warnings {bad:?} in: {err}");
+}
+
+/// `N` of the tracer's closing line `twreset: N transitions came from sock_ops`.
+pub fn from_sock_ops(err: &str) -> Option<u64> {
+    err.lines().find_map(|l| l.strip_prefix("twreset: ")?.strip_suffix(" transitions came from sock_ops")?.parse().ok())
+}
+
+/// Transitions from `sock_ops`: all `total` where sockets are its from `connect()` (>= 6.12);
+/// before, the tracepoint reports some of them, so at most `total`.
+pub fn assert_from_sock_ops(err: &str, total: u64) {
+    let n = from_sock_ops(err);
+    if kernel_at_least(6, 12) {
+        assert_eq!(n, Some(total), "all {total} transitions from sock_ops: {err}");
+    } else {
+        assert!(n.is_none_or(|n| n <= total), "at most {total} transitions from sock_ops: {err}");
+    }
+}
 
 pub fn on_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
@@ -100,13 +138,15 @@ impl NetNs {
         PathBuf::from("/run/netns").join(&self.name)
     }
 
-    /// `SO_NETNS_COOKIE` of this namespace (what twreset reports as `netns_cookie`).
+    /// Identity of this namespace, what twreset reports as `netns_cookie`, from the same source
+    /// the tool asks: `SO_NETNS_COOKIE` where the kernel has it (Linux >= 5.14), else the inode
+    /// number of the namespace file (`net->ns.inum`).
     pub fn cookie(&self) -> u64 {
-        self.run(|| {
+        let cookie = self.run(|| {
             let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None).unwrap();
             let mut cookie: u64 = 0;
             let mut len = size_of::<u64>() as libc::socklen_t;
-            // SAFETY: getsockopt into a u64 of the right size.
+            // SAFETY: getsockopt into a u64 of the right size (71 = SO_NETNS_COOKIE).
             let rc = unsafe {
                 libc::getsockopt(
                     std::os::fd::AsRawFd::as_raw_fd(&s),
@@ -116,8 +156,16 @@ impl NetNs {
                     &mut len,
                 )
             };
-            assert_eq!(rc, 0, "SO_NETNS_COOKIE");
-            cookie
+            let err = std::io::Error::last_os_error();
+            match rc {
+                0 => Some(cookie),
+                _ if err.raw_os_error() == Some(libc::ENOPROTOOPT) => None,
+                _ => panic!("SO_NETNS_COOKIE: {err}"),
+            }
+        });
+        cookie.unwrap_or_else(|| {
+            use std::os::unix::fs::MetadataExt;
+            std::fs::metadata(self.path()).unwrap_or_else(|e| panic!("stat {}: {e}", self.path().display())).ino()
         })
     }
 
@@ -213,12 +261,20 @@ impl Drop for NetNs {
 /// longer, never the test's work different.
 pub const POLL_DEADLINE: Duration = Duration::from_secs(60);
 
+/// [`POLL_DEADLINE`] times `TWRESET_TEST_SLOWDOWN` (default 1): `cargo xtask test --kernel`
+/// sets it for guests under qemu's TCG, where loading the programs alone can take a minute.
+pub fn poll_deadline() -> Duration {
+    let factor = std::env::var("TWRESET_TEST_SLOWDOWN").ok().and_then(|v| v.parse().ok()).unwrap_or(1u32);
+    POLL_DEADLINE * factor.max(1)
+}
+
 /// Poll `done` every 20 ms until it holds; panic naming `what` after [`POLL_DEADLINE`]. For
 /// asynchronous kernel work (namespace cleanup, softirq, timers): never a fixed sleep.
 pub fn poll_until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + POLL_DEADLINE;
+    let limit = poll_deadline();
+    let deadline = Instant::now() + limit;
     while !done() {
-        assert!(Instant::now() < deadline, "waited {POLL_DEADLINE:?} for {what}");
+        assert!(Instant::now() < deadline, "waited {limit:?} for {what}");
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -380,7 +436,7 @@ impl Running {
         let stderr_lines = lines_of(child.stderr.take().unwrap());
         let stdout_lines = lines_of(child.stdout.take().unwrap());
         let mut r = Self { child, stderr_lines, stderr_seen: Vec::new(), stdout_lines, stdout_seen: Vec::new() };
-        let deadline = Instant::now() + POLL_DEADLINE;
+        let deadline = Instant::now() + poll_deadline();
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match r.stderr_lines.recv_timeout(left) {
@@ -431,7 +487,7 @@ impl Running {
     /// Read stdout until a line satisfies `found` (returning it), panicking naming `what` after
     /// [`POLL_DEADLINE`]. The lines read stay part of what [`Running::stop`] returns.
     pub fn wait_stdout(&mut self, what: &str, found: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + POLL_DEADLINE;
+        let deadline = Instant::now() + poll_deadline();
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let line = self.stdout_lines.recv_timeout(left).unwrap_or_else(|_| panic!("twreset never printed {what}"));
@@ -609,7 +665,7 @@ pub fn assert_programs_freed(ours: &[u32], what: &str) {
 
 /// Wait until process `pid` holds `n` BPF programs (attached), panicking after [`POLL_DEADLINE`].
 pub fn wait_for_programs(pid: u32, n: usize) {
-    let deadline = Instant::now() + POLL_DEADLINE;
+    let deadline = Instant::now() + poll_deadline();
     while programs_of(pid).len() < n {
         assert!(Instant::now() < deadline, "process {pid} never attached {n} programs");
         std::thread::sleep(Duration::from_millis(20));

@@ -9,7 +9,7 @@ use std::{
 };
 
 use serde_json::Value;
-use twreset_tests::{Closer, NetNs, Running, connections, privileged, twreset};
+use twreset_tests::{Closer, NetNs, Running, connections, kernel_at_least, privileged, twreset};
 
 /// A temporary sysctl.d-like directory, removed on drop.
 struct TempDir(PathBuf);
@@ -97,6 +97,11 @@ fn good_sysctls_give_ok_findings_and_exit_0() {
     for key in
         ["tcp_tw_reuse", "tcp_timestamps", "tcp_fin_timeout", "tcp_rfc1337", "tcp_max_tw_buckets", "tcp_tw_reuse_delay"]
     {
+        // tcp_tw_reuse_delay is newer than 5.10 and 6.1: absent there, and doctor says null.
+        if !Path::new(&format!("/proc/sys/net/ipv4/{key}")).exists() {
+            assert!(n["settings"][key].is_null(), "{key} is absent on this kernel: {}", n["settings"]);
+            continue;
+        }
         let want: u64 = ns.read_sysctl(&format!("net.ipv4.{key}")).parse().unwrap();
         assert_eq!(n["settings"][key], want, "{key}");
     }
@@ -137,8 +142,11 @@ fn bad_sysctls_are_flagged_with_their_severity() {
     assert!(finding(n, "tcp_timestamps")["message"].as_str().unwrap().contains("no effect"));
     assert_eq!(severity(n, "tcp_fin_timeout"), "info");
     assert!(finding(n, "tcp_fin_timeout")["message"].as_str().unwrap().contains("does NOT shorten TIME_WAIT"));
-    // SOCK_DESTROY works on this kernel, so rfc1337 only rules out the RST fallback.
-    assert_eq!(severity(n, "tcp_rfc1337"), "info");
+    // Where SOCK_DESTROY kills TIME_WAIT (>= 6.0) rfc1337 only rules out the RST fallback;
+    // before 6.0 nothing can kill TIME_WAIT sockets then.
+    let destroy_tw = v["kernel"]["capabilities"]["sock_destroy_time_wait"]["available"] == true;
+    assert_eq!(destroy_tw, kernel_at_least(6, 0), "{}", v["kernel"]["capabilities"]);
+    assert_eq!(severity(n, "tcp_rfc1337"), if destroy_tw { "info" } else { "warning" });
     assert_eq!(n["rst_kill_possible"], false);
     assert_eq!(severity(n, "tcp_max_tw_buckets"), "critical");
     let overflow = ns.tcp_ext("TCPTimeWaitOverflow");
@@ -283,7 +291,7 @@ fn capability_probes_match_what_the_kernel_does() {
 
     // TIME_WAIT timer symbols: what /proc/kallsyms really shows (non-zero addresses as root).
     let kallsyms = std::fs::read_to_string("/proc/kallsyms").unwrap();
-    let visible = ["tw_timer_handler", "inet_twsk_deschedule_put", "timer_shutdown_sync"].iter().all(|name| {
+    let visible = ["tw_timer_handler", "inet_twsk_deschedule_put"].iter().all(|name| {
         kallsyms.lines().any(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
             f.len() >= 3 && f[2] == *name && f[0].chars().any(|c| c != '0')
@@ -291,12 +299,16 @@ fn capability_probes_match_what_the_kernel_does() {
     });
     assert_eq!(caps["timewait_timer"]["available"], visible, "{caps:#}");
 
-    // fentry: this kernel refuses the load (docs/internals/kernel-abi.md), and doctor says so because loading failed.
+    // fentry: doctor reports what loading one did. This project's 6.18 machines refuse it (EPERM,
+    // docs/internals/kernel-abi.md), Debian's kernels in the VM matrix allow it.
     let fentry = &caps["bpf_fentry"];
-    assert_eq!(fentry["available"], false, "{fentry:#}");
-    assert_eq!(fentry["errno"], "EPERM");
-    assert!(fentry["detail"].as_str().unwrap().contains("BPF_PROG_LOAD of an fentry program"));
-    assert_eq!(finding(&v["kernel"], "bpf_fentry")["severity"], "info");
+    assert!(fentry["detail"].as_str().unwrap().contains("BPF_PROG_LOAD of an fentry program"), "{fentry:#}");
+    if fentry["available"] == true {
+        assert!(fentry["errno"].is_null(), "{fentry:#}");
+    } else {
+        assert_eq!(fentry["errno"], "EPERM");
+        assert_eq!(finding(&v["kernel"], "bpf_fentry")["severity"], "info");
+    }
 
     // tracepoint: doctor says it loads, and twreset trace really attaches one.
     assert_eq!(caps["bpf_tracepoint"]["available"], true, "{caps:#}");
@@ -305,13 +317,16 @@ fn capability_probes_match_what_the_kernel_does() {
     let trace = Running::start(&["trace", "--netns", ns.path().to_str().unwrap()], "tracing TCP state transitions");
     drop(trace);
 
-    // SOCK_DESTROY: doctor says TIME_WAIT sockets can be destroyed; `ss -K` really does it.
+    // SOCK_DESTROY: doctor says whether TIME_WAIT sockets can be destroyed; `ss -K` agrees.
     let sd = &caps["sock_destroy_time_wait"];
-    assert_eq!(sd["available"], true, "{sd:#}");
+    let can = sd["available"] == true;
+    assert_eq!(can, kernel_at_least(6, 0), "{sd:#}");
     time_wait_to(&ns, 8081, 3);
     assert_eq!(ns.ss_state("time-wait").len(), 3);
+    // `ss -K` exits 0 even when the kernel refuses.
     ns.exec(&["ss", "-K", "state", "time-wait", "dport", "=", ":8081"]);
-    assert_eq!(ns.ss_state("time-wait").len(), 0, "SOCK_DESTROY killed the TIME_WAIT sockets");
+    let left = ns.ss_state("time-wait").len();
+    assert_eq!(left, if can { 0 } else { 3 }, "doctor says SOCK_DESTROY on TIME_WAIT: {can}; ss -K left {left}");
 }
 
 #[test]
@@ -328,9 +343,12 @@ fn human_output_has_sections_and_one_line_per_finding() {
     assert!(out.contains("== kernel "), "{out}");
     assert!(out.contains(&format!("== namespace {} ({})", ns.name, path.display())), "{out}");
     assert!(out.contains("settings: ip_local_port_range="));
-    assert!(out.lines().any(|l| l.starts_with("  [info    ] fentry unavailable")), "{out}");
-    assert!(out.lines().any(|l| l.starts_with("  [ok      ] tcp_tw_recycle does not exist")), "{out}");
     let (_, v) = doctor(&ns, &dir.0, &[]);
+    if v["kernel"]["capabilities"]["bpf_fentry"]["available"] == false {
+        assert!(out.lines().any(|l| l.starts_with("  [info    ] fentry unavailable")), "{out}");
+    }
+    assert!(out.contains("paths on this kernel:\n  trace: "), "{out}");
+    assert!(out.lines().any(|l| l.starts_with("  [ok      ] tcp_tw_recycle does not exist")), "{out}");
     let findings = v["kernel"]["findings"].as_array().unwrap().len() + the_ns(&v)["findings"].as_array().unwrap().len();
     assert_eq!(out.lines().filter(|l| l.starts_with("  [")).count(), findings);
 }
@@ -496,7 +514,9 @@ fn unprivileged_run_blames_privilege_not_the_kernel() {
     assert!(caps["bpf_fentry"]["detail"].as_str().unwrap().contains("missing privilege"), "{caps:#}");
     // tracefs is mounted (root-only), not missing.
     assert_eq!(caps["tracefs"]["available"], true, "{caps:#}");
-    assert!(caps["sock_destroy_time_wait"]["detail"].as_str().unwrap().contains("CAP_NET_ADMIN"));
+    if kernel_at_least(6, 0) {
+        assert!(caps["sock_destroy_time_wait"]["detail"].as_str().unwrap().contains("CAP_NET_ADMIN"), "{caps:#}");
+    }
     // The namespace facts (sysctls, counters, sock_diag dump) need no privilege.
     assert_eq!(v["namespaces"][0]["label"], "current");
     assert!(v["namespaces"][0]["counters"]["timewait_total"].is_u64());

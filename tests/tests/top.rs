@@ -37,7 +37,7 @@ impl Tmux {
 
     /// Wait until the screen satisfies `ok`, or panic showing the last screen.
     fn wait_for(&self, what: &str, ok: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + twreset_tests::POLL_DEADLINE;
+        let deadline = Instant::now() + twreset_tests::poll_deadline();
         loop {
             let s = self.screen();
             if ok(&s) {

@@ -196,7 +196,8 @@ pub struct KernelOffsets {
     pub skc_family: u32,
     pub skc_v6_daddr: u32,
     pub skc_v6_rcv_saddr: u32,
-    /// `struct net.net_cookie`.
+    /// Offset in `struct net` of the namespace identity: `net_cookie` (u64) where the kernel has
+    /// `SO_NETNS_COOKIE`, else `ns.inum` (u32, see [`Self::net_id_u32`]).
     pub net_cookie: u32,
     /// `struct inet_timewait_sock` members.
     pub tw_substate: u32,
@@ -219,8 +220,15 @@ pub struct KernelOffsets {
     pub sk_flags: u32,
     /// `struct sock.sk_socket` (NULL until a listener's child is accepted).
     pub sk_socket: u32,
+    /// 1: the identity at `net_cookie` is the 32-bit `ns.inum` (kernels without
+    /// `SO_NETNS_COOKIE`); 0: the 64-bit `net_cookie`.
+    pub net_id_u32: u32,
+    /// 1: sockets can be given to `sock_ops` at `connect()` (Linux >= 6.12, `filter::OWN`); 0:
+    /// the code for it is dead to the verifier, so older kernels never see its helpers
+    /// (`bpf_get_socket_cookie` is not callable from tracing programs before 5.12).
+    pub own_possible: u32,
 }
-const _: () = assert!(size_of::<KernelOffsets>() == 120);
+const _: () = assert!(size_of::<KernelOffsets>() == 128);
 
 /// Name of the [`KernelOffsets`] global.
 pub const OFFSETS_GLOBAL: &str = "OFFSETS";

@@ -31,6 +31,8 @@ pub(crate) static OFFSETS: KernelOffsets = KernelOffsets {
     skc_pprev: 0,
     sk_flags: 0,
     sk_socket: 0,
+    net_id_u32: 0,
+    own_possible: 1,
 };
 
 /// The loader-set offsets (volatile: the compiler must not fold the defaults in).
@@ -67,17 +69,18 @@ pub fn read<T>(base: u64, off: u32) -> Result<T, u32> {
     unsafe { bpf_probe_read_kernel((base + off as u64) as *const T) }.map_err(|_| 0u32)
 }
 
-/// Namespace cookie of the socket (full or TIME_WAIT) at `sk`: `skc_net.net->net_cookie`.
+/// Namespace identity of the socket (full or TIME_WAIT) at `sk`: `skc_net.net->net_cookie`, or
+/// `skc_net.net->ns.inum` on kernels without `SO_NETNS_COOKIE` (`net_id_u32`).
 #[inline(always)]
 pub fn netns_cookie(o: &KernelOffsets, sk: u64) -> Result<u64, u32> {
     let net: u64 = read(sk, o.skc_net)?;
     net_cookie(o, net)
 }
 
-/// `net->net_cookie`.
+/// `net->net_cookie` (or `net->ns.inum`, see [`netns_cookie`]).
 #[inline(always)]
 pub fn net_cookie(o: &KernelOffsets, net: u64) -> Result<u64, u32> {
-    read(net, o.net_cookie)
+    if o.net_id_u32 != 0 { read::<u32>(net, o.net_cookie).map(u64::from) } else { read(net, o.net_cookie) }
 }
 
 /// IPv4 addresses in the IPv4-mapped IPv6 form every event uses (`::ffff:a.b.c.d`).
@@ -189,8 +192,10 @@ fn v6_bytes(w: [u32; 4]) -> [u8; 16] {
     a
 }
 
-/// `net->net_cookie` through a BTF-typed `struct net *` (loaded from a BTF-typed socket).
+/// `net->net_cookie` (or the u32 `net->ns.inum`) through a BTF-typed `struct net *` (loaded from
+/// a BTF-typed socket). The verifier knows `net_id_u32` and checks only the load it will run: a
+/// u64 load at a u32 member would be refused.
 #[inline(always)]
 pub fn net_cookie_direct(net: u64) -> u64 {
-    load(net, off!(net_cookie))
+    if off!(net_id_u32) != 0 { u64::from(load::<u32>(net, off!(net_cookie))) } else { load(net, off!(net_cookie)) }
 }

@@ -20,6 +20,7 @@ pub mod scope;
 pub mod session;
 pub mod sock;
 pub mod state;
+pub mod synrecv;
 pub mod table;
 pub mod top;
 pub mod tw_event;

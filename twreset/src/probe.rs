@@ -206,6 +206,7 @@ impl Probe {
         caps::require_bpf()?;
         let btf = KernelBtf::load()?;
         let mut off = kernel_offsets(&btf)?;
+        off.own_possible = u32::from(own_possible());
         let (state, timers) = RAW_TRACEPOINTS.split_at(1);
         btf.check_raw_tracepoint(state[0].0, state[0].1)?;
         let (kallsyms, timewait_unavailable) = match timers
@@ -381,8 +382,8 @@ impl Probe {
     pub fn attach_own(&mut self) -> Result<(), ProbeError> {
         // `bpf_setsockopt(TCP_BPF_SOCK_OPS_CB_FLAGS)` is Linux 6.12's; before, the programs
         // load but the flag would not be set.
-        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-        if crate::kernel::procfs::kernel_version(release.trim()).is_none_or(|v| v < (6, 12)) {
+        if !own_possible() {
+            let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
             return Err(ProbeError::OwnKernel { release: release.trim().to_owned() });
         }
         let path = cgroup::v2_root().ok_or(ProbeError::NoCgroup2)?;
@@ -563,11 +564,27 @@ fn recursion_misses(prog_fd: i32) -> Result<u64, std::io::Error> {
     Ok(info.recursion_misses)
 }
 
+/// Can sockets be given to `sock_ops` at `connect()` (`filter::OWN`)? That needs
+/// `bpf_setsockopt(TCP_BPF_SOCK_OPS_CB_FLAGS)` from cgroup sock_addr programs, Linux 6.12's: the
+/// programs load on older kernels but the flag is not set, so only the version can tell.
+pub fn own_possible() -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    crate::kernel::procfs::kernel_version(release.trim()).is_some_and(|v| v >= (6, 12))
+}
+
+/// The TIME_WAIT programs need these kernel functions' addresses.
+pub const TIMEWAIT_SYMBOLS: [&str; 2] = ["tw_timer_handler", "inet_twsk_deschedule_put"];
+/// The timer function `inet_twsk_deschedule_put` cancels with, in case it is inlined into its
+/// caller: `timer_shutdown_sync` (6.2, and some 6.1 stable kernels), else `timer_delete_sync`
+/// or `del_timer_sync` (5.10). The first one the kernel has is used; none is fine (no fallback).
+pub const SHUTDOWN_SYMBOLS: [&str; 3] = ["timer_shutdown_sync", "timer_delete_sync", "del_timer_sync"];
+
 /// Fill the function addresses the TIME_WAIT programs need.
 fn timewait_symbols(k: &Kallsyms, off: &mut KernelOffsets) -> Result<(), KallsymsError> {
-    off.tw_timer_fn = k.range("tw_timer_handler")?.0;
-    (off.desched_start, off.desched_end) = k.range("inet_twsk_deschedule_put")?;
-    (off.shutdown_start, off.shutdown_end) = k.range("timer_shutdown_sync")?;
+    off.tw_timer_fn = k.range(TIMEWAIT_SYMBOLS[0])?.0;
+    (off.desched_start, off.desched_end) = k.range(TIMEWAIT_SYMBOLS[1])?;
+    (off.shutdown_start, off.shutdown_end) =
+        SHUTDOWN_SYMBOLS.iter().find_map(|name| k.range(name).ok()).unwrap_or((0, 0));
     Ok(())
 }
 

@@ -79,7 +79,7 @@ fn output(cmd: &mut Command) -> Result<String> {
 }
 
 /// Built tools live in cargo's home (shared by every clone and work tree), not in the checkout.
-fn tools_dir() -> PathBuf {
+pub fn tools_dir() -> PathBuf {
     let home = std::env::var_os("CARGO_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
@@ -158,7 +158,7 @@ fn ensure_debian_packages() -> Result<()> {
     ensure_packages(DEB_PACKAGES)
 }
 
-fn ensure_packages(packages: &[(&str, &str)]) -> Result<()> {
+pub fn ensure_packages(packages: &[(&str, &str)]) -> Result<()> {
     let missing: Vec<&str> = packages
         .iter()
         .filter(|(_, bin)| {

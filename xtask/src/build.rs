@@ -11,7 +11,7 @@ use anyhow::{Context, Result};
 use crate::bootstrap::{Tools, run};
 
 /// Environment variable through which `twreset/build.rs` learns where the eBPF object is.
-const OBJ_ENV: &str = "TWRESET_EBPF_OBJ";
+pub const OBJ_ENV: &str = "TWRESET_EBPF_OBJ";
 
 /// `CARGO_TARGET_DIR` if set (parallel work trees), else `<root>/target`.
 pub fn target_dir(root: &Path) -> PathBuf {
@@ -22,7 +22,7 @@ fn path_with(dir: &Path) -> String {
     format!("{}:{}", dir.display(), std::env::var("PATH").unwrap_or_default())
 }
 
-fn cargo(toolchain: &str) -> Command {
+pub fn cargo(toolchain: &str) -> Command {
     let mut cmd = Command::new("rustup");
     cmd.args(["run", toolchain, "cargo"]);
     // The outer `cargo xtask` (default stable) leaks these into children; they would pin the wrong rustc.

@@ -7,7 +7,9 @@ mod bootstrap;
 mod build;
 mod deps;
 mod layout;
+mod matrix;
 mod mounts;
+mod vm;
 
 use std::process::ExitCode;
 
@@ -35,10 +37,20 @@ enum Cmd {
     },
     /// Build, then run the whole test suite (unit + integration, real kernel).
     Test {
+        /// Run the integration suite in qemu VMs on Debian kernels instead of on this machine's
+        /// kernel: 5.10, 6.1, 6.12, a comma-separated list, or all (see docs/internals/kernels.md).
+        #[arg(long, value_name = "KERNEL")]
+        kernel: Option<String>,
+        /// With --kernel: every test (full, minus scale tests) or the CI set (ci).
+        #[arg(long, value_enum, default_value = "full", requires = "kernel")]
+        vm_set: vm::VmSet,
         /// Extra arguments passed to the test binaries (e.g. a test name filter).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Render docs/internals/kernels.md's kernel x command table from docs/kernels/*.json (what
+    /// `test --kernel` does after a run).
+    KernelTable,
     /// Lints: rustfmt check and clippy with warnings denied, userspace and eBPF.
     Lint,
     /// Benchmarks against the peers (bpftrace, ss -K) in namespaces of its own; see docs/guide/bench.md.
@@ -56,10 +68,12 @@ fn main() -> ExitCode {
         Cmd::BuildEbpf => bootstrap::all().and_then(|t| build::ebpf(&t).map(|_| ())),
         Cmd::Build => bootstrap::all().and_then(|t| build::release(&t).map(|_| ())),
         Cmd::Run { args } => bootstrap::all().and_then(|t| build::run_tool(&t, &args)),
-        Cmd::Test { args } => bootstrap::all().and_then(|t| {
+        Cmd::Test { kernel: Some(k), vm_set, args } => bootstrap::all().and_then(|t| vm::test(&t, &k, vm_set, &args)),
+        Cmd::Test { kernel: None, args, .. } => bootstrap::all().and_then(|t| {
             mounts::without_tracefs()?;
             build::test(&t, &args)
         }),
+        Cmd::KernelTable => matrix::render(&bootstrap::workspace_root()),
         Cmd::Lint => bootstrap::all().and_then(|t| build::lint(&t)),
         Cmd::Bench { quick } => bootstrap::all().and_then(|t| bench::run(&t, quick)),
     };

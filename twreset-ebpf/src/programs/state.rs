@@ -173,7 +173,9 @@ pub(crate) fn state_filter(t: &Transition) -> Option<FilterConfig> {
 /// Report `t` unless a filter drops it or (tracepoint side) the `sock_ops` program reports it.
 #[inline(always)]
 fn handle(t: &Transition, cfg: &FilterConfig) {
-    let own = cfg.flags & filter::OWN != 0;
+    // `own_possible` first: a known constant, so on kernels without OWN the verifier never
+    // walks (and never refuses) `note_first`'s helper.
+    let own = off!(own_possible) != 0 && cfg.flags & filter::OWN != 0;
     if cfg.flags & filter::SOCK_OPS != 0 && sock_ops_has(t, own) {
         return;
     }

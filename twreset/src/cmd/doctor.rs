@@ -16,7 +16,7 @@ use crate::{
     doctor::{
         model::{ConfigLine, Counters, Settings},
         parse::{self, ParseError},
-        probe,
+        paths, probe,
         report::{self, NsFacts},
     },
     kernel::netns::{self, Netns, NetnsError},
@@ -271,7 +271,16 @@ pub fn run(cfg: DoctorConfig) -> Result<u8, DoctorError> {
             v
         }
     };
-    let r = report::build(release, caps, cfg.sysctl_paths, recycle, facts);
+    let version = parse::kernel_version(&release);
+    let path_facts = paths::PathFacts {
+        version,
+        caps: &caps,
+        cgroup2: crate::kernel::cgroup::v2_root().is_some(),
+        id: netns::id_kind(),
+    };
+    let decided = paths::decide(&path_facts);
+    let mut r = report::build(release, caps, cfg.sysctl_paths, recycle, facts);
+    r.kernel.paths = Some(decided);
     let text = if cfg.json { report::json(&r) + "\n" } else { report::human(&r) };
     let mut out = io::stdout().lock();
     out.write_all(text.as_bytes()).and_then(|_| out.flush()).map_err(|source| DoctorError::Output { source })?;

@@ -54,8 +54,9 @@ pub struct KillArgs {
     pub all: bool,
     #[command(flatten)]
     pub netns: NetnsArgs,
-    /// How to kill.
-    #[arg(long, value_enum, default_value = "destroy")]
+    /// How to kill: auto uses SOCK_DESTROY where the kernel can and the exact-sequence RST where
+    /// it cannot (TIME_WAIT before Linux 6.0); the method used is reported per socket.
+    #[arg(long, value_enum, default_value = "auto")]
     pub method: Method,
     /// List exactly what would be killed; kill nothing.
     #[arg(long, visible_alias = "list")]

@@ -25,6 +25,7 @@ use crate::{
     probe::{DRAIN_EVERY, Filters, Loss, Probe},
     scope::{NetnsScope, parse_peer, parse_port, parse_state},
     state::TcpState,
+    synrecv::ChildAddrs,
     twfeed,
 };
 
@@ -137,14 +138,26 @@ impl<'a> Render<'a> {
     }
 }
 
-/// Decode one ring-buffer record and append its line(s) to `out` (no per-event allocation).
+/// Decode one ring-buffer record and append its line(s) to `out` (no per-event allocation); a
+/// child's event without its addresses waits for them in `kids` (`synrecv`).
 fn render(
     out: &mut Vec<u8>,
     bytes: &[u8],
     r: &Render<'_>,
     lines: &mut TransitionLines,
+    kids: &mut ChildAddrs,
 ) -> Result<(), decode::DecodeError> {
     let ev = decode::parse_event(bytes)?;
+    kids.feed(ev, &mut |ev| render_event(out, ev, r, lines))
+}
+
+fn render_event(
+    out: &mut Vec<u8>,
+    ev: &twreset_common::Event,
+    r: &Render<'_>,
+    lines: &mut TransitionLines,
+) -> Result<(), decode::DecodeError> {
+    let ev = *ev;
     if ev.kind == twreset_common::kind::STATE {
         if r.json {
             lines.push(out, &ev)?;
@@ -178,9 +191,10 @@ fn render_all(
     ctx: &Render<'_>,
     lines: &mut TransitionLines,
     summary: &mut Summary,
+    kids: &mut ChildAddrs,
 ) -> io::Result<()> {
     while let Some(item) = ring.next() {
-        match render(buf, &item, ctx, lines) {
+        match render(buf, &item, ctx, lines, kids) {
             Ok(()) => summary.events += 1,
             Err(e) => {
                 summary.decode_errors += 1;
@@ -317,6 +331,7 @@ pub async fn run(cfg: TraceConfig, shutdown: impl Future<Output = ()>) -> Result
     eprintln!("twreset: tracing TCP state transitions in {} (Ctrl-C to stop)", scope_label(&cfg));
 
     let mut summary = Summary::default();
+    let mut kids = ChildAddrs::default();
     let mut reported = 0;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut drain = tokio::time::interval(DRAIN_EVERY);
@@ -342,11 +357,12 @@ pub async fn run(cfg: TraceConfig, shutdown: impl Future<Output = ()>) -> Result
         let ctx = Render::new(&cfg, &names, &clock, hz, probe.kallsyms());
         let wrote = match guard {
             Some(mut guard) => {
-                let wrote = render_all(&mut out, &mut buf, guard.get_inner_mut(), &ctx, &mut lines, &mut summary);
+                let wrote =
+                    render_all(&mut out, &mut buf, guard.get_inner_mut(), &ctx, &mut lines, &mut summary, &mut kids);
                 guard.clear_ready();
                 wrote
             }
-            None => render_all(&mut out, &mut buf, ring.get_mut(), &ctx, &mut lines, &mut summary),
+            None => render_all(&mut out, &mut buf, ring.get_mut(), &ctx, &mut lines, &mut summary, &mut kids),
         };
         if let Err(e) = wrote {
             break Err(e.into());
@@ -355,7 +371,9 @@ pub async fn run(cfg: TraceConfig, shutdown: impl Future<Output = ()>) -> Result
     // What the kernel sent before the stop and no timer tick collected yet.
     let result = result.and_then(|_| {
         let ctx = Render::new(&cfg, &names, &clock, hz, probe.kallsyms());
-        render_all(&mut out, &mut buf, ring.get_mut(), &ctx, &mut lines, &mut summary).map_err(Into::into)
+        render_all(&mut out, &mut buf, ring.get_mut(), &ctx, &mut lines, &mut summary, &mut kids)?;
+        kids.flush(&mut |ev| render_event(&mut buf, ev, &ctx, &mut lines)).map_err(io::Error::other)?;
+        out.write_all(&buf).and_then(|_| out.flush()).map_err(Into::into)
     });
     summary.loss = probe.loss()?;
     summary.sock_ops = sock_ops;

@@ -7,6 +7,7 @@ pub mod findings;
 pub mod model;
 /// The procfs parsers (they live in `kernel::procfs`; doctor is their main reader).
 pub use crate::kernel::procfs as parse;
+pub mod paths;
 pub mod pressure;
 pub mod probe;
 pub mod report;

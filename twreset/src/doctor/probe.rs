@@ -211,13 +211,18 @@ fn sock_destroy_verdict(errno: i32, release: &str) -> Capability {
     }
 }
 
-/// Functions the TIME_WAIT lifecycle programs need addresses of (see crate::probe).
-const TIMEWAIT_SYMBOLS: [&str; 3] = ["tw_timer_handler", "inet_twsk_deschedule_put", "timer_shutdown_sync"];
-
 fn probe_timewait_timer() -> Capability {
-    let found = Kallsyms::load().and_then(|k| TIMEWAIT_SYMBOLS.iter().try_for_each(|name| k.range(name).map(|_| ())));
+    use crate::probe::{SHUTDOWN_SYMBOLS, TIMEWAIT_SYMBOLS};
+    let found = Kallsyms::load().and_then(|k| {
+        TIMEWAIT_SYMBOLS.iter().try_for_each(|name| k.range(name).map(|_| ()))?;
+        Ok(SHUTDOWN_SYMBOLS.iter().find(|name| k.range(name).is_ok()))
+    });
     match found {
-        Ok(()) => Capability::yes(format!("{} found in /proc/kallsyms", TIMEWAIT_SYMBOLS.join(", "))),
+        Ok(cancel) => Capability::yes(format!(
+            "{} found in /proc/kallsyms (timer cancel: {})",
+            TIMEWAIT_SYMBOLS.join(", "),
+            cancel.map_or("none found", |n| n)
+        )),
         Err(e) => Capability::no(None, e.to_string()),
     }
 }

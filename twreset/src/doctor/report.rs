@@ -8,6 +8,7 @@ use serde::Serialize;
 use crate::doctor::{
     findings::{self, NsContext},
     model::{Capabilities, Capability, ConfigLine, Counters, Destination, Finding, Settings, Severity},
+    paths::Paths,
     pressure,
 };
 
@@ -25,6 +26,8 @@ pub struct KernelReport {
     pub sysctl_paths: Vec<PathBuf>,
     pub tcp_tw_recycle_config: Vec<ConfigLine>,
     pub findings: Vec<Finding>,
+    /// Which path each command takes on this kernel and why (set by the command, see `paths`).
+    pub paths: Option<Paths>,
 }
 
 /// One network namespace.
@@ -103,6 +106,7 @@ pub fn build(
             sysctl_paths,
             tcp_tw_recycle_config: recycle,
             findings: kfind,
+            paths: None,
         },
         namespaces,
         worst,
@@ -151,6 +155,12 @@ pub fn human(r: &Report) -> String {
     cap_line(&mut o, "BPF fentry", &c.bpf_fentry);
     cap_line(&mut o, "SOCK_DESTROY TIME_WAIT", &c.sock_destroy_time_wait);
     cap_line(&mut o, "TIME_WAIT timer symbols", &c.timewait_timer);
+    if let Some(p) = &k.paths {
+        o.push_str("paths on this kernel:\n");
+        for (cmd, p) in [("trace", &p.trace), ("kill", &p.kill), ("netns identity", &p.netns_identity)] {
+            let _ = writeln!(o, "  {cmd}: {} ({})", p.path, p.reason);
+        }
+    }
     let paths: Vec<String> = k.sysctl_paths.iter().map(|p| p.display().to_string()).collect();
     let _ = writeln!(o, "  sysctl files scanned: {}", paths.join(" "));
     o.push_str("findings:\n");
@@ -268,7 +278,7 @@ mod tests {
         assert_eq!(keys(&v), ["exit_code", "kernel", "namespaces", "schema_version", "worst"]);
         assert_eq!(
             keys(&v["kernel"]),
-            ["capabilities", "findings", "release", "sysctl_paths", "tcp_tw_recycle_config"]
+            ["capabilities", "findings", "paths", "release", "sysctl_paths", "tcp_tw_recycle_config"]
         );
         assert_eq!(
             keys(&v["kernel"]["capabilities"]),

@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use btf_rs::{Btf, BtfType, Type};
 use twreset_common::KernelOffsets;
 
+use crate::kernel::netns::{IdKind, id_kind};
+
 /// Where the kernel exposes its BTF; `TWRESET_BTF` overrides it (tests, unusual systems).
 pub fn vmlinux_path() -> PathBuf {
     std::env::var_os("TWRESET_BTF").map(PathBuf::from).unwrap_or_else(|| "/sys/kernel/btf/vmlinux".into())
@@ -151,9 +153,19 @@ impl KernelBtf {
     }
 }
 
+/// Offset in `struct net` of the namespace identity `kind` names (`netns::IdKind`).
+pub fn net_id_offset(btf: &KernelBtf, kind: IdKind) -> Result<u32, BtfError> {
+    match kind {
+        IdKind::Cookie => btf.offset("net", "net_cookie"),
+        IdKind::Inode => Ok(btf.offset("net", "ns")? + btf.offset("ns_common", "inum")?),
+    }
+}
+
 /// Fill the struct offsets of [`KernelOffsets`] from BTF (function addresses stay 0: kallsyms).
+/// The namespace identity is the one the running kernel supports (`netns::id_kind`).
 pub fn kernel_offsets(btf: &KernelBtf) -> Result<KernelOffsets, BtfError> {
     let sc = |m: &str| btf.offset("sock_common", m);
+    let id = id_kind();
     Ok(KernelOffsets {
         skc_net: sc("skc_net")?,
         skc_daddr: sc("skc_daddr")?,
@@ -163,7 +175,8 @@ pub fn kernel_offsets(btf: &KernelBtf) -> Result<KernelOffsets, BtfError> {
         skc_family: sc("skc_family")?,
         skc_v6_daddr: sc("skc_v6_daddr")?,
         skc_v6_rcv_saddr: sc("skc_v6_rcv_saddr")?,
-        net_cookie: btf.offset("net", "net_cookie")?,
+        net_cookie: net_id_offset(btf, id)?,
+        net_id_u32: u32::from(id.btf_field().1),
         tw_substate: btf.offset("inet_timewait_sock", "tw_substate")?,
         tw_timer: btf.offset("inet_timewait_sock", "tw_timer")?,
         timer_function: btf.offset("timer_list", "function")?,
@@ -230,6 +243,7 @@ mod tests {
         if std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().starts_with("6.18") {
             assert_eq!((off.skc_daddr, off.skc_rcv_saddr, off.skc_dport, off.skc_num, off.skc_net), (0, 4, 12, 14, 48));
             assert_eq!((off.tw_substate, off.tw_timer, off.net_cookie), (140, 160, 4160));
+            assert_eq!(off.net_id_u32, 0, "6.18 has SO_NETNS_COOKIE");
         }
         assert_eq!((off.timer_expires, off.timer_function), (16, 24));
         assert_eq!(off.sk_protocol, btf.offset("sock", "sk_protocol").unwrap());
@@ -242,6 +256,9 @@ mod tests {
         if std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().starts_with("6.18") {
             assert_eq!((off.sk_flags, off.skc_pprev), (96, 112), "in sock_common, before its hash links");
         }
+        // Both identities resolve on every kernel in the matrix; `ns.inum` is a u32 inside struct net.
+        let inum = net_id_offset(&btf, IdKind::Inode).unwrap();
+        assert!(inum > 0 && inum < btf.offset("net", "net_cookie").unwrap_or(u32::MAX));
         // Member inside an anonymous union of sock_common.
         assert!(btf.offset("sock_common", "skc_tw_rcv_nxt").is_ok());
         assert!(matches!(btf.offset("sock_common", "no_such_member"), Err(BtfError::NoMember { .. })));

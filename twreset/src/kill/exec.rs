@@ -65,7 +65,7 @@ impl<W: Write> Sink for JsonSink<W> {
     }
 
     fn socket(&mut self, netns: &str, e: &Entry, outcome: Option<Outcome>) -> io::Result<()> {
-        self.line(&report::socket_json(netns, e, outcome))
+        self.line(&report::socket_json(netns, e, outcome, None))
     }
 
     fn summary(&mut self, totals: &Totals, dry_run: bool) -> io::Result<()> {

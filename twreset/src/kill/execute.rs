@@ -96,7 +96,7 @@ pub fn execute(req: Request<'_>, actor: Actor, out: &mut dyn Write) -> Result<To
                 time_ms: now_ms(),
                 netns: label.clone(),
                 netns_cookie: run.cookie,
-                method: cfg.opts.method.name(),
+                method: kill::auto::describe(&run.methods),
                 selector: cfg.opts.selector.describe(),
                 selected: run.planned.len(),
                 killed: t2.killed,
@@ -108,7 +108,8 @@ pub fn execute(req: Request<'_>, actor: Actor, out: &mut dyn Write) -> Result<To
             for (i, e) in run.planned.iter().enumerate() {
                 let outcome = run.outcomes.as_ref().map(|o| o[i]);
                 if cfg.opts.dry_run || outcome.is_some() {
-                    writeln!(out, "{}", with_identity(report::socket_json(&label, e, outcome)))?;
+                    let method = run.methods.get(i).copied();
+                    writeln!(out, "{}", with_identity(report::socket_json(&label, e, outcome, method)))?;
                 }
             }
         } else if cfg.opts.dry_run {

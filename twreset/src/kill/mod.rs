@@ -2,6 +2,7 @@
 //! preflight, then a kill method over exactly the planned sockets.
 
 pub mod audit;
+pub mod auto;
 pub mod exec;
 pub mod execute;
 pub mod killer;
@@ -34,6 +35,9 @@ pub const PROGRESS_MIN: usize = 10_000;
 /// How sockets are killed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Method {
+    /// SOCK_DESTROY where the kernel can, the exact-sequence RST where it cannot (TIME_WAIT
+    /// sockets before Linux 6.0, or CONFIG_INET_DIAG_DESTROY off); probed, reported per socket.
+    Auto,
     /// netlink SOCK_DESTROY, batched (what `ss -K` does, much faster).
     Destroy,
     /// A RST carrying the sequence number the kernel expects.
@@ -43,6 +47,7 @@ pub enum Method {
 impl Method {
     pub fn name(self) -> &'static str {
         match self {
+            Self::Auto => "auto",
             Self::Destroy => "destroy",
             Self::Rst => "rst",
         }
@@ -80,6 +85,8 @@ pub struct NsRun {
     pub planned: Vec<Entry>,
     /// One outcome per planned socket; None for a dry run or when nothing was attempted.
     pub outcomes: Option<Vec<Outcome>>,
+    /// The method that acted on each planned socket (with `outcomes`).
+    pub methods: Vec<Method>,
     /// Why nothing (more) could be done here.
     pub error: Option<NsError>,
     /// Dry run: why a real run would fail.
@@ -122,12 +129,21 @@ fn try_run_here(opts: &Options, run: &mut NsRun) -> Result<(), NsError> {
     let t2 = std::time::Instant::now();
     let mut tick = |done: usize| bar.set_position(done as u64);
     let result = match opts.method {
-        Method::Destroy => DestroyKiller { diag: &mut diag }.kill(&run.planned, &mut tick),
-        Method::Rst => RstKiller.kill(&run.planned, &mut tick),
+        Method::Auto => auto::kill(&mut diag, &facts, &run.planned, &mut tick).map(|r| {
+            run.error = r.blocked.map(NsError::from);
+            (r.outcomes, r.methods)
+        }),
+        m @ Method::Destroy => DestroyKiller { diag: &mut diag }.kill(&run.planned, &mut tick).map(|o| (o, vec![m])),
+        m @ Method::Rst => RstKiller.kill(&run.planned, &mut tick).map(|o| (o, vec![m])),
     };
     bar.finish_and_clear();
     tracing::debug!(preflight = ?(t2 - t1), kill = ?t2.elapsed(), "kill");
-    run.outcomes = Some(result?);
+    let (outcomes, mut methods) = result?;
+    if methods.len() != outcomes.len() {
+        methods = vec![methods[0]; outcomes.len()];
+    }
+    run.outcomes = Some(outcomes);
+    run.methods = methods;
     Ok(())
 }
 

@@ -28,13 +28,13 @@ pub enum PreflightError {
     )]
     NoNetAdmin,
     #[error(
-        "this kernel cannot destroy TCP sockets over netlink (SOCK_DESTROY answered EOPNOTSUPP: CONFIG_INET_DIAG_DESTROY is off); use --method rst"
+        "this kernel cannot destroy TCP sockets over netlink (SOCK_DESTROY answered EOPNOTSUPP: CONFIG_INET_DIAG_DESTROY is off); use --method rst or auto"
     )]
     DestroyUnsupported,
     #[error("SOCK_DESTROY probe failed: {reason}")]
     DestroyProbe { reason: String },
     #[error(
-        "Linux {release} cannot destroy TIME_WAIT sockets with SOCK_DESTROY (that needs Linux >= 6.0); use --method rst"
+        "Linux {release} cannot destroy TIME_WAIT sockets with SOCK_DESTROY (that needs Linux >= 6.0); use --method auto (the default) or rst"
     )]
     OldKernel { release: String },
     #[error(
@@ -61,17 +61,13 @@ pub fn check(method: Method, facts: &Facts, timewait: bool) -> Result<(), Prefli
         return Err(PreflightError::NoNetAdmin);
     }
     match method {
+        // SOCK_DESTROY unsupported altogether: every socket needs the RST.
+        Method::Auto if facts.destroy_probe == Some(libc::EOPNOTSUPP) => return check(Method::Rst, facts, timewait),
+        // Whether TIME_WAIT sockets need the RST is probed on the first of them (`kill::auto`).
+        Method::Auto => return check_destroy_probe(facts),
         Method::Destroy => {
-            match facts.destroy_probe {
-                Some(libc::ENOENT) | None => {}
-                Some(libc::EOPNOTSUPP) => return Err(PreflightError::DestroyUnsupported),
-                Some(libc::EPERM) => return Err(PreflightError::NoNetAdmin),
-                Some(e) => {
-                    return Err(PreflightError::DestroyProbe {
-                        reason: std::io::Error::from_raw_os_error(e).to_string(),
-                    });
-                }
-            }
+            check_destroy_probe(facts)?;
+            // Explicit `--method destroy` refuses up front on a kernel that cannot do it.
             if timewait && version(&facts.release).is_none_or(|v| v < (6, 0)) {
                 return Err(PreflightError::OldKernel { release: facts.release.clone() });
             }
@@ -87,6 +83,16 @@ pub fn check(method: Method, facts: &Facts, timewait: bool) -> Result<(), Prefli
     Ok(())
 }
 
+/// What the SOCK_DESTROY probe answered, as a preflight verdict.
+fn check_destroy_probe(facts: &Facts) -> Result<(), PreflightError> {
+    match facts.destroy_probe {
+        Some(libc::ENOENT) | None => Ok(()),
+        Some(libc::EOPNOTSUPP) => Err(PreflightError::DestroyUnsupported),
+        Some(libc::EPERM) => Err(PreflightError::NoNetAdmin),
+        Some(e) => Err(PreflightError::DestroyProbe { reason: std::io::Error::from_raw_os_error(e).to_string() }),
+    }
+}
+
 fn read_trimmed(path: &str) -> Option<String> {
     std::fs::read_to_string(path).ok().map(|s| s.trim().to_owned())
 }
@@ -96,7 +102,7 @@ fn read_trimmed(path: &str) -> Option<String> {
 pub fn gather(method: Method, diag: &mut Diag) -> Facts {
     let destroy_probe = match method {
         // The probe itself is a SOCK_DESTROY; a failure to even send it shows as its errno.
-        Method::Destroy => Some(diag::probe_destroy(diag).unwrap_or_else(|e| match e {
+        Method::Destroy | Method::Auto => Some(diag::probe_destroy(diag).unwrap_or_else(|e| match e {
             diag::DiagError::Send { source } | diag::DiagError::Recv { source } => {
                 source.raw_os_error().unwrap_or(libc::EIO)
             }
@@ -150,6 +156,19 @@ mod tests {
         let old = Facts { release: "5.15.0".into(), ..ok_facts() };
         assert!(matches!(check(Method::Destroy, &old, true), Err(PreflightError::OldKernel { .. })));
         assert_eq!(check(Method::Destroy, &old, false), Ok(()), "established sockets die on old kernels too");
+    }
+
+    #[test]
+    fn auto_decisions() {
+        assert_eq!(check(Method::Auto, &ok_facts(), true), Ok(()));
+        let old = Facts { release: "5.10.0-32-amd64".into(), rfc1337: Some(1), ..ok_facts() };
+        assert_eq!(check(Method::Auto, &old, true), Ok(()), "TIME_WAIT support is probed on the sockets");
+        let f = Facts { destroy_probe: Some(libc::EOPNOTSUPP), ..ok_facts() };
+        assert_eq!(check(Method::Auto, &f, true), Ok(()), "falls back to the RST");
+        let f = Facts { destroy_probe: Some(libc::EOPNOTSUPP), rfc1337: Some(1), ..ok_facts() };
+        assert_eq!(check(Method::Auto, &f, true), Err(PreflightError::Rfc1337));
+        let f = Facts { net_admin: false, ..ok_facts() };
+        assert_eq!(check(Method::Auto, &f, false), Err(PreflightError::NoNetAdmin));
     }
 
     #[test]

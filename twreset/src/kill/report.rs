@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 
 use crate::{
     diag::{Entry, Outcome},
-    kill::{killer::failure, select::age},
+    kill::{Method, killer::failure, select::age},
 };
 
 /// Counts over every namespace of a run.
@@ -47,8 +47,9 @@ fn addr(ip: std::net::IpAddr, port: u16) -> String {
     SocketAddr::new(ip, port).to_string()
 }
 
-/// One NDJSON object per socket; `outcome: None` means dry run ("would_kill").
-pub fn socket_json(netns: &str, e: &Entry, outcome: Option<Outcome>) -> Value {
+/// One NDJSON object per socket; `outcome: None` means dry run ("would_kill"); `method` is the
+/// one that acted on the socket (`destroy` or `rst`).
+pub fn socket_json(netns: &str, e: &Entry, outcome: Option<Outcome>, method: Option<Method>) -> Value {
     let s = &e.sock;
     let (result, error) = match outcome {
         None => ("would_kill", None),
@@ -68,6 +69,9 @@ pub fn socket_json(netns: &str, e: &Entry, outcome: Option<Outcome>) -> Value {
         "expires_ms": s.expires_ms,
         "result": result,
     });
+    if let Some(m) = method {
+        v["method"] = m.name().into();
+    }
     if let Some(err) = error {
         v["error"] = err.into();
     }
@@ -165,7 +169,8 @@ mod tests {
 
     #[test]
     fn socket_objects() {
-        let j = socket_json("ns", &e(true), Some(Outcome::Failed { errno: libc::EOPNOTSUPP }));
+        let j = socket_json("ns", &e(true), Some(Outcome::Failed { errno: libc::EOPNOTSUPP }), Some(Method::Destroy));
+        assert_eq!(j["method"], "destroy");
         assert_eq!(j["local"], "[fd00::1]:4000");
         assert_eq!(j["remote"], "[fd00::2]:80");
         assert_eq!(j["state"], "FIN_WAIT2");
@@ -173,7 +178,8 @@ mod tests {
         assert_eq!(j["age_ms"], 40_000);
         assert_eq!(j["result"], "failed");
         assert!(j["error"].as_str().unwrap().contains("Linux 6.0"));
-        let j = socket_json("ns", &e(false), None);
+        let j = socket_json("ns", &e(false), None, None);
+        assert!(j.get("method").is_none(), "a dry run names no method");
         assert_eq!(j["result"], "would_kill");
         assert!(j["age_ms"].is_null());
         assert!(j.get("error").is_none());
