@@ -131,13 +131,20 @@ impl Outcome {
                 "agent_exit_status": self.agent_exit, "agent_stderr": self.agent_stderr.trim() })
     }
 
-    pub const DETAILS_HEADER: [&'static str; 7] =
-        ["N (peers)", "side", "scrape ms (median, min-max)", "bytes", "series", "TIME_WAIT seen", "ss"];
+    pub const DETAILS_HEADER: [&'static str; 7] = [
+        "N (peers)",
+        "side",
+        "scrape ms (median, min-max)",
+        "bytes",
+        "series",
+        "TIME_WAIT seen",
+        "ss: before -> after",
+    ];
 
     /// Rows of the details table.
     pub fn details(&self) -> Vec<Vec<String>> {
         let n = format!("{} ({})", self.n, self.peers);
-        let ss = format!("{} -> {}", self.sockets, self.sockets_after);
+        let ss = format!("{} ({} peers) -> {}", self.sockets, self.distinct_peers, self.sockets_after);
         [("twreset agent", &self.agent), ("node-exporter tcpstat", &self.exporter)]
             .into_iter()
             .map(|(name, s)| match s {
@@ -166,7 +173,7 @@ impl Outcome {
 
     /// Summary rows: figure, twreset, peer, ratio, target, verdict.
     pub fn summary(&self) -> Vec<[String; 6]> {
-        let at = format!("{}k TIME_WAIT over {}k peers", self.n / 1000, self.peers as f64 / 1000.0);
+        let at = format!("{}k TIME_WAIT over {} peers", self.n / 1000, self.peers);
         let na = |s: &Side| s.as_ref().err().map(|e| e.chars().take(60).collect::<String>());
         let tw = |v: Option<f64>, d: usize| na(&self.agent).unwrap_or_else(|| opt(v, d));
         let pe = |v: Option<f64>, d: usize| {
@@ -427,7 +434,8 @@ pub fn bench(n: u64, churn_bin: &Path, twreset: &Path, caps: &Caps) -> Result<Ou
         let mut cmd = Command::new(twreset);
         cmd.args(["agent", "--config", "/dev/null", "--metrics-listen", &format!("127.0.0.1:{port}"), "--socket"])
             .arg(&socket)
-            .env("TWRESET_LOG", "twreset=info");
+            .env("TWRESET_LOG", "twreset=info")
+            .env("NO_COLOR", "1");
         let start = Instant::now();
         let mut d = Daemon::spawn(&mut cmd)?;
         let base = format!("http://127.0.0.1:{port}");
