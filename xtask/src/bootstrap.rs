@@ -41,7 +41,8 @@ const DEB_PACKAGES: &[(&str, &str)] = &[
 /// Services Debian starts when their package is installed, which the tests do not want running: a
 /// Prometheus server on :9090 (the suite starts its own, on its own port, when it needs one). Stopped
 /// and disabled only right after this bootstrap installed the package, and only under systemd.
-const DEB_SERVICES_NOT_WANTED: &[(&str, &str)] = &[("prometheus", "prometheus.service")];
+const DEB_SERVICES_NOT_WANTED: &[(&str, &str)] =
+    &[("prometheus", "prometheus.service"), ("prometheus-node-exporter", "prometheus-node-exporter.service")];
 
 /// PyPI packages the tests use, as (module to import, requirement to install): `kubernetes-validate`
 /// validates deploy/kubernetes offline against the API schemas it bundles (1.25 to 1.37 in 1.37.0,
@@ -146,7 +147,8 @@ fn ensure_bpf_linker(root: &Path, nightly: &str) -> Result<PathBuf> {
 
 /// Debian packages only the bench uses, installed by it and only when missing: `perf` (linux-perf)
 /// samples what each tracer costs the host. The bench goes on without them (those figures n/a).
-const BENCH_DEB_PACKAGES: &[(&str, &str)] = &[("linux-perf", "perf")];
+const BENCH_DEB_PACKAGES: &[(&str, &str)] =
+    &[("linux-perf", "perf"), ("prometheus-node-exporter", "prometheus-node-exporter")];
 
 pub fn ensure_bench_packages() {
     if let Err(e) = ensure_packages(BENCH_DEB_PACKAGES) {

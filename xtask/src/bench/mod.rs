@@ -4,6 +4,7 @@
 //! Benchmarks, not tests: nothing here fails on a number; the table says how far each figure is
 //! from its target.
 
+mod agent;
 mod chains;
 mod churn;
 mod kill;
@@ -35,6 +36,8 @@ pub struct Plan {
     pub trace: trace::Cfg,
     pub kill_sizes: Vec<u64>,
     pub table_n: u64,
+    /// TIME_WAIT sockets (over a twentieth as many peers) the agent section scrapes.
+    pub agent_n: u64,
 }
 
 impl Plan {
@@ -71,6 +74,7 @@ impl Plan {
             trace,
             kill_sizes: if quick { vec![10_000] } else { vec![10_000, 50_000, 200_000] },
             table_n: if quick { 10_000 } else { 200_000 },
+            agent_n: if quick { 10_000 } else { 200_000 },
         }
     }
 }
@@ -81,6 +85,8 @@ pub struct Caps {
     kill_yes: bool,
     pub tw: bool,
     pub trace_timewait: bool,
+    /// A real `twreset agent` subcommand.
+    pub agent_cmd: bool,
     agent: Option<Vec<String>>,
 }
 
@@ -117,7 +123,18 @@ impl Caps {
         let agent = if let Ok(cmdline) = std::env::var("TWRESET_BENCH_AGENT") {
             Some(cmdline.split_whitespace().map(str::to_owned).collect())
         } else if has("agent") {
-            Some(vec!["agent".into(), "--netns".into(), NETNS_HOLE.into()])
+            // It covers every namespace, the bench's included; an empty config is all defaults,
+            // and the metrics port and API socket are its own so it never meets an installed one.
+            let socket = std::env::temp_dir().join(format!("twbench-{}-table-agent.sock", std::process::id()));
+            Some(vec![
+                "agent".into(),
+                "--config".into(),
+                "/dev/null".into(),
+                "--metrics-listen".into(),
+                "127.0.0.1:0".into(),
+                "--socket".into(),
+                socket.to_string_lossy().into_owned(),
+            ])
         } else if tw && help(bin, &["tw"]).is_some_and(|h| h.contains("--watch")) {
             Some(vec!["tw".into(), "--watch".into(), "--json".into(), "--netns".into(), NETNS_HOLE.into()])
         } else if tw && help(bin, &["tw"]).is_some_and(|h| h.contains("--settle")) {
@@ -133,7 +150,7 @@ impl Caps {
             None
         };
         let trace_timewait = help(bin, &["trace"]).is_some_and(|h| h.contains("--timewait"));
-        Self { kill, kill_yes, tw, trace_timewait, agent }
+        Self { kill, kill_yes, tw, trace_timewait, agent_cmd: has("agent"), agent }
     }
 
     /// Arguments of the table-keeping mode for one namespace, if the binary has one.
@@ -163,7 +180,7 @@ impl Caps {
     }
 
     fn json(&self) -> serde_json::Value {
-        serde_json::json!({ "kill": self.kill, "tw": self.tw, "trace_timewait": self.trace_timewait, "agent": self.agent })
+        serde_json::json!({ "kill": self.kill, "tw": self.tw, "trace_timewait": self.trace_timewait, "agent_command": self.agent_cmd, "agent": self.agent })
     }
 }
 
@@ -216,7 +233,7 @@ pub fn run(t: &Tools, quick: bool) -> Result<()> {
         eprintln!("bench: cannot set kernel.bpf_stats_enabled; in-kernel BPF time will be n/a");
     }
 
-    // TWRESET_BENCH_ONLY=kill,table (any of trace, kill, table) runs only those sections.
+    // TWRESET_BENCH_ONLY=kill,table (any of trace, kill, table, agent) runs only those sections.
     let only = std::env::var("TWRESET_BENCH_ONLY").ok();
     let want = |s: &str| only.as_deref().is_none_or(|o| o.split(',').any(|x| x.trim() == s));
     let (per, traces) = if want("trace") {
@@ -235,6 +252,11 @@ pub fn run(t: &Tools, quick: bool) -> Result<()> {
     } else {
         table::skipped(plan.table_n)
     };
+    let agt = if want("agent") {
+        agent::bench(plan.agent_n, &churn_bin, &twreset, &caps)?
+    } else {
+        agent::skipped(plan.agent_n)
+    };
     drop(stats);
 
     let r = report::Report {
@@ -243,6 +265,7 @@ pub fn run(t: &Tools, quick: bool) -> Result<()> {
         traces: &traces,
         kills: &kills,
         table: &tbl,
+        agent: &agt,
         load_start,
         load_end: loadavg(),
     };

@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use serde_json::{Value, json};
 
 use super::{
-    Plan,
+    Plan, agent,
     kill::{self, Kill},
     table,
     trace::{self, Kind, Mode, PerConn},
@@ -18,6 +18,7 @@ pub struct Report<'a> {
     pub traces: &'a [trace::Outcome],
     pub kills: &'a [kill::Outcome],
     pub table: &'a table::Outcome,
+    pub agent: &'a agent::Outcome,
     pub load_start: String,
     pub load_end: String,
 }
@@ -464,6 +465,16 @@ impl Report<'_> {
             target: "< 0.5 s".into(),
             verdict: at_most(t.seed_s(), 0.5, " s"),
         });
+        if self.agent.na.as_deref() != Some("skipped") {
+            rows.extend(self.agent.summary().into_iter().map(|[figure, twreset, peer, ratio, target, verdict]| Row {
+                figure,
+                twreset,
+                peer,
+                ratio,
+                target,
+                verdict,
+            }));
+        }
         rows
     }
 
@@ -503,6 +514,10 @@ impl Report<'_> {
         s += "\n";
         s += &self.kill_details();
         s += "\n";
+        if self.agent.na.as_deref() != Some("skipped") {
+            s += &markdown(&agent::Outcome::DETAILS_HEADER, &self.agent.details());
+            s += "\n";
+        }
         let rows: Vec<Vec<String>> =
             self.rows().into_iter().map(|r| vec![r.figure, r.twreset, r.peer, r.ratio, r.target, r.verdict]).collect();
         s += &markdown(&["figure", "twreset", "peer", "ratio twreset/peer", "target", "verdict"], &rows);
@@ -528,6 +543,7 @@ impl Report<'_> {
             "trace": self.traces.iter().map(trace::Outcome::json).collect::<Vec<_>>(),
             "kill": kill::json(self.kills),
             "table": self.table.json(),
+            "agent": self.agent.json(),
             "summary": self.rows().into_iter().map(|r| json!({ "figure": r.figure, "twreset": r.twreset, "peer": r.peer,
                 "ratio": r.ratio, "target": r.target, "verdict": r.verdict })).collect::<Vec<_>>(),
         })
