@@ -147,7 +147,7 @@ fn run(job: &Job, paths: &mut HashMap<u64, PathBuf>) -> Result<Totals, ExecutorE
     let opts = Options {
         selector: i.selector(),
         limit: Some(usize::try_from(i.count).unwrap_or(usize::MAX)),
-        method: Method::Destroy,
+        method: Method::Auto,
         dry_run: false,
         progress: false,
     };
@@ -172,7 +172,7 @@ fn run(job: &Job, paths: &mut HashMap<u64, PathBuf>) -> Result<Totals, ExecutorE
         time_ms: now_ms(),
         netns: i.netns.clone(),
         netns_cookie: i.dest.netns,
-        method: opts.method.name(),
+        method: kill::auto::describe(&run.methods),
         selector: opts.selector.describe(),
         selected: totals.selected,
         killed: totals.killed,

@@ -84,10 +84,11 @@ impl TryFrom<KillRequest> for KillPlan {
         let words = each("state", r.state, select::parse_state_word)?;
         let older_than = each("older_than", r.older_than.as_ref().map(text), select::parse_duration)?.pop();
         let method = match r.method.as_deref() {
-            None | Some("destroy") => Method::Destroy,
+            None | Some("auto") => Method::Auto,
+            Some("destroy") => Method::Destroy,
             Some("rst") => Method::Rst,
             Some(m) => {
-                let message = format!("{m:?} is not a kill method (destroy or rst)");
+                let message = format!("{m:?} is not a kill method (auto, destroy or rst)");
                 return Err(KillRequestError::Value { field: "method", message });
             }
         };
@@ -130,7 +131,7 @@ mod tests {
             p.opts.selector.describe(),
             "state time-wait peer 10.0.0.0/8|[fd00::1]:80 dport 443|80 older-than 90000ms"
         );
-        assert_eq!((p.opts.limit, p.opts.dry_run, p.opts.method), (Some(5), true, Method::Destroy));
+        assert_eq!((p.opts.limit, p.opts.dry_run, p.opts.method), (Some(5), true, Method::Auto));
         assert!(plan(json!({"all": true, "state": ["established"], "all_netns": true})).unwrap().netns.all);
         assert_eq!(
             plan(json!({"all": true, "older_than": 30})).unwrap().opts.selector.older_than.unwrap().as_secs(),
@@ -149,7 +150,7 @@ mod tests {
         assert_eq!(msg(json!({})), select::SelectorError::Empty.to_string());
         assert!(msg(json!({"all": true, "peers": ["10.0.0.1"]})).contains("--all cannot be combined"));
         assert!(msg(json!({"all": true, "state": ["bogus"]})).starts_with("state: "));
-        assert!(msg(json!({"all": true, "method": "nuke"})).contains("destroy or rst"));
+        assert!(msg(json!({"all": true, "method": "nuke"})).contains("auto, destroy or rst"));
         assert!(msg(json!({"all": true, "netns": ["/x"], "all_netns": true})).contains("cannot be combined"));
         assert!(msg(json!({"all": true, "netns": ["/x"], "pods": ["a/b"]})).contains("cannot be combined"));
         assert!(msg(json!({"all": true, "pods": ["nope"]})).starts_with("pods: "));
