@@ -82,6 +82,9 @@ pub struct Figures {
     pub kills: Vec<(&'static str, &'static str, u64)>,
     /// Relief decisions by (rule, decision).
     pub relief: Vec<(String, String, u64)>,
+    /// Namespaces that belong to a pod or a container: their identity fields (`netns`,
+    /// `pod_namespace`, `pod`, `container`, `container_id`, ...), one series each.
+    pub owners: Vec<Vec<(String, String)>>,
 }
 
 type Labels = Vec<(String, String)>;
@@ -286,6 +289,15 @@ pub fn exposition(f: &Figures) -> String {
         "twreset_relief_decisions",
         "Auto-relief decisions by rule and decision",
         f.relief.iter().map(|(rule, d, v)| (labels(&[("rule", rule.as_str()), ("decision", d.as_str())]), *v)),
+    );
+    gauge(
+        &mut reg,
+        "twreset_netns_info",
+        "Always 1: the pod or container a namespace label stands for",
+        f.owners.iter().map(|fields| {
+            let wanted = ["netns", "pod_namespace", "pod", "container", "container_id"];
+            (fields.iter().filter(|(k, _)| wanted.contains(&k.as_str())).cloned().collect::<Labels>(), 1)
+        }),
     );
     gauge(
         &mut reg,

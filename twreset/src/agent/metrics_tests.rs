@@ -119,3 +119,29 @@ fn label_values_are_escaped() {
     assert!(text.contains(r#"twreset_timewait_peer_sockets{netns="a\"b\\c\nd",peer="fd00::1"} 1"#), "{text}");
     assert!(text.lines().all(|l| !l.starts_with('d')), "no raw newline inside a label:\n{text}");
 }
+
+#[test]
+fn pods_and_containers_get_one_info_series_each() {
+    let mut f = figures(20);
+    let pair = |k: &str, v: &str| (k.to_owned(), v.to_owned());
+    f.owners.push(vec![
+        pair("netns", "pod:web/api-0"),
+        pair("pod_namespace", "web"),
+        pair("pod", "api-0"),
+        pair("pod_uid", "0b4c2d1e-5f6a-4b7c-8d9e-0f1a2b3c4d5e"),
+        pair("container", "api"),
+        pair("container_id", "5003e4a2794c"),
+        pair("runtime", "containerd"),
+    ]);
+    f.owners.push(vec![pair("netns", "container:db"), pair("container", "db"), pair("container_id", "a1b2c3d4e5f6")]);
+    let text = exposition(&f);
+    let info = series(&text, "twreset_netns_info");
+    assert_eq!(info.len(), 2, "{text}");
+    let pod = info.iter().find(|(h, _)| h.contains("netns=\"pod:web/api-0\"")).expect("the pod's series");
+    for want in ["pod_namespace=\"web\"", "pod=\"api-0\"", "container=\"api\"", "container_id=\"5003e4a2794c\""] {
+        assert!(pod.0.contains(want), "{want} in {}", pod.0);
+    }
+    // Unbounded values (the pod UID, the runtime) stay out of the labels.
+    assert!(!pod.0.contains("pod_uid") && !pod.0.contains("runtime"), "{}", pod.0);
+    assert_eq!(pod.1, 1.0);
+}

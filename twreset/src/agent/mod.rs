@@ -119,7 +119,8 @@ pub async fn run(config: Config, source: Source, shutdown: impl Future<Output = 
     }));
 
     let (feed, session) = kernel_session(&NetnsScope::All, &config.proc_root).map_err(AgentError::Feed)?;
-    let scanner = Scanner::new(config.proc_root.clone()).map_err(AgentError::Netns)?;
+    let scanner =
+        Scanner::with_pods(config.proc_root.clone(), config.pods_log_dir.clone()).map_err(AgentError::Netns)?;
     let (scan_every_tx, scan_every) = watch::channel(config.netns_scan);
     let (netns_tx, netns_rx) = mpsc::channel(64);
     let watch_task = tokio::spawn(watch_netns(scanner, scan_every, netns_tx));

@@ -11,14 +11,17 @@ use std::{
 
 use crate::{
     diag,
-    kernel::netns::{self, NAMED_DIR, Netns},
+    kernel::{
+        identity::{IdentityPaths, Kind, Resolver},
+        netns::{self, NAMED_DIR, Netns},
+    },
     live::{monotonic_ns, read_port_range},
     sock::DiagSocket,
     table::PortRange,
 };
 
-/// What is known of a namespace's identity. The identity module (pods, containers) extends this;
-/// [`netns_label`] is the one place that turns it into the `netns` label.
+/// What is known of a namespace's identity; [`netns_label`] is the one place that turns it into
+/// the `netns` label.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct NsIdentity {
     pub cookie: u64,
@@ -26,14 +29,19 @@ pub struct NsIdentity {
     pub host: bool,
     /// Its `ip netns` name, if it has one.
     pub ip_netns: Option<String>,
+    /// The pod or container it belongs to (`kernel::identity`): its label (`pod:NS/NAME`,
+    /// `container:NAME`) and its fields (`pod_namespace`, `pod`, `container`, ...).
+    pub owner: Option<(String, Vec<(String, String)>)>,
 }
 
-/// The `netns` label of the metrics: `host`, the `ip netns` name, else `netns:<cookie>`.
+/// The `netns` label of the metrics: `host`, the pod or container (`pod:NS/NAME`,
+/// `container:NAME`), the `ip netns` name, else `netns:<cookie>`.
 pub fn netns_label(id: &NsIdentity) -> String {
-    match (&id.ip_netns, id.host) {
-        (_, true) => "host".into(),
-        (Some(name), false) => name.clone(),
-        (None, false) => format!("netns:{}", id.cookie),
+    match (&id.owner, &id.ip_netns, id.host) {
+        (_, _, true) => "host".into(),
+        (Some((label, _)), _, false) => label.clone(),
+        (None, Some(name), false) => name.clone(),
+        (None, None, false) => format!("netns:{}", id.cookie),
     }
 }
 
@@ -63,17 +71,37 @@ struct Known {
     identity: NsIdentity,
 }
 
-/// The scanner's memory: namespaces by nsfs inode.
+/// The scanner's memory: namespaces by nsfs inode, and who they belong to.
 pub struct Scanner {
     proc_root: PathBuf,
     host_cookie: u64,
     known: HashMap<(u64, u64), Known>,
     first: bool,
+    /// Pods and containers (`None` when it cannot start: labels then stay plain).
+    owners: Option<Resolver>,
 }
 
 impl Scanner {
     pub fn new(proc_root: PathBuf) -> Result<Self, netns::NetnsError> {
-        Ok(Self { proc_root, host_cookie: netns::current_cookie()?, known: HashMap::new(), first: true })
+        Self::with_pods(proc_root, IdentityPaths::default().pods_log_dir)
+    }
+
+    /// With the kubelet's pod log directories at `pods_log_dir` (pod namespace and name).
+    pub fn with_pods(proc_root: PathBuf, pods_log_dir: PathBuf) -> Result<Self, netns::NetnsError> {
+        let paths = IdentityPaths { proc_root: proc_root.clone(), pods_log_dir, ..IdentityPaths::default() };
+        let owners =
+            Resolver::new(paths).inspect_err(|e| tracing::warn!("pods and containers will not be named: {e:#}")).ok();
+        Ok(Self { proc_root, host_cookie: netns::current_cookie()?, known: HashMap::new(), first: true, owners })
+    }
+
+    /// The pod or container owning `cookie`, from the latest refresh.
+    fn owner_of(&self, cookie: u64) -> Option<(String, Vec<(String, String)>)> {
+        let id = self.owners.as_ref()?.get(cookie)?;
+        let pod_or_container = matches!(id.kind, Kind::Pod { .. } | Kind::Container(_));
+        pod_or_container.then(|| {
+            let fields = id.fields().into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+            (id.label(), fields)
+        })
     }
 
     /// Every namespace reachable now, by nsfs inode, with its path and `ip netns` name.
@@ -104,19 +132,34 @@ impl Scanner {
     /// Look again (blocking: opens and enters each new namespace).
     pub fn scan(&mut self) -> Vec<Change> {
         let first = std::mem::take(&mut self.first);
+        if let Some(r) = self.owners.as_mut() {
+            r.refresh();
+        }
         let now = self.reachable();
         let mut changes = Vec::new();
+        let mut gone = Vec::new();
         self.known.retain(|id, k| {
             let keep = now.contains_key(id);
             if !keep {
+                gone.push(k.identity.cookie);
                 changes.push(Change::Gone { cookie: k.identity.cookie });
             }
             keep
         });
+        // An owner is kept while the namespace lives (its sockets outlive the container).
+        if let Some(r) = self.owners.as_mut() {
+            gone.into_iter().for_each(|c| {
+                r.forget(c);
+            });
+        }
         for (id, (path, name)) in now {
+            let owner = self.known.get(&id).and_then(|k| self.owner_of(k.identity.cookie));
             if let Some(k) = self.known.get_mut(&id) {
-                if k.identity.ip_netns != name {
+                // A pod's owner, once known, stays until the namespace is gone.
+                let owner = owner.or_else(|| k.identity.owner.clone());
+                if k.identity.ip_netns != name || k.identity.owner != owner {
                     k.identity.ip_netns = name;
+                    k.identity.owner = owner;
                     changes.push(Change::Renamed(k.identity.clone()));
                 }
                 continue;
@@ -145,7 +188,7 @@ impl Scanner {
                 Some((cookie, range, dump))
             })
             .ok()??;
-        let identity = NsIdentity { cookie, host: cookie == self.host_cookie, ip_netns };
+        let identity = NsIdentity { cookie, host: cookie == self.host_cookie, ip_netns, owner: self.owner_of(cookie) };
         Some(Found { identity, range, dump })
     }
 }
@@ -156,11 +199,20 @@ mod tests {
 
     #[test]
     fn labels() {
-        let id = |cookie, host, name: Option<&str>| NsIdentity { cookie, host, ip_netns: name.map(str::to_owned) };
+        let id = |cookie, host, name: Option<&str>| NsIdentity {
+            cookie,
+            host,
+            ip_netns: name.map(str::to_owned),
+            owner: None,
+        };
         assert_eq!(netns_label(&id(1, true, None)), "host");
         assert_eq!(netns_label(&id(1, true, Some("x"))), "host");
         assert_eq!(netns_label(&id(7, false, Some("blue"))), "blue");
         assert_eq!(netns_label(&id(4099, false, None)), "netns:4099");
+        // A pod or container names the namespace before its ip-netns name does.
+        let pod = NsIdentity { owner: Some(("pod:web/api-0".into(), Vec::new())), ..id(9, false, Some("x")) };
+        assert_eq!(netns_label(&pod), "pod:web/api-0");
+        assert_eq!(netns_label(&NsIdentity { host: true, ..pod }), "host");
     }
 
     #[test]

@@ -294,7 +294,7 @@ impl Owner {
     fn label(&self, cookie: u64) -> String {
         match self.names.get(&cookie) {
             Some(id) => netns_label(id),
-            None => netns_label(&NsIdentity { cookie, host: false, ip_netns: None }),
+            None => netns_label(&NsIdentity { cookie, ..NsIdentity::default() }),
         }
     }
 
@@ -376,6 +376,7 @@ impl Owner {
             resyncs: c.resyncs,
             kills,
             relief: self.relief.decision_counts(),
+            owners: self.names.values().filter_map(|id| id.owner.as_ref().map(|(_, fields)| fields.clone())).collect(),
         }
     }
 }

@@ -113,7 +113,7 @@ async fn every_command_is_answered_from_the_table() {
     assert_eq!(f.namespaces.len(), 1);
     assert_eq!((f.namespaces[0].netns.as_str(), f.namespaces[0].time_wait), ("netns:7", 3));
     assert_eq!(f.namespaces[0].created, 2, "events count as creations; the seed does not");
-    let identity = NsIdentity { cookie: 7, host: false, ip_netns: Some("blue".into()) };
+    let identity = NsIdentity { cookie: 7, host: false, ip_netns: Some("blue".into()), owner: None };
     h.netns.send(vec![Change::Added(Found { identity, range: None, dump: None })]).await.unwrap();
     let f = eventually_metrics(&h.commands, |f| f.namespaces.iter().any(|n| n.netns == "blue")).await;
     assert_eq!(f.peers.iter().filter(|p| p.netns == "blue").map(|p| p.sockets).sum::<u64>(), 3);
