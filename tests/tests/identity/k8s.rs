@@ -151,6 +151,8 @@ fn a_kubernetes_shaped_node_is_labelled_selected_and_kept() {
         assert_eq!(rows.iter().map(|r| r["count"].as_u64().unwrap()).sum::<u64>(), count, "{out}");
         rows.iter().for_each(|r| assert_pod(r, ns, name, pod));
     }
+    // The agent's metrics name the pods too.
+    agent_names_the_pods(&logs.0, &[("shop", "web-0", 3), ("batch", "job-7", 2)]);
     // --pod selects the pod's namespace alone.
     let (code, out, err) = twreset_env(&["tw", "--pod", "shop/web-0", "--json"], &env);
     assert_eq!(code, Some(0), "{err}");
@@ -201,4 +203,50 @@ fn a_kubernetes_shaped_node_is_labelled_selected_and_kept() {
     drop(held);
     let (code, _, err) = twreset_env(&["kill", "--pod", "shop/web-0", "--all"], &env);
     assert_eq!(code, Some(2), "{err}");
+}
+
+/// `twreset agent` with the pod log directories at `logs`: its metrics label each pod's namespace
+/// `pod:NS/NAME`, with its TIME_WAIT count, and give one `twreset_netns_info` series per pod.
+fn agent_names_the_pods(logs: &Path, pods: &[(&str, &str, u64)]) {
+    let dir = TempDir::new("agent");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let config = dir.0.join("agent.toml");
+    std::fs::write(&config, format!("pods_log_dir = {:?}\n", logs.display().to_string())).unwrap();
+    let socket = dir.0.join("agent.sock");
+    let listen = format!("127.0.0.1:{port}");
+    let mut agent = Running::start_with_env(
+        &[
+            "agent",
+            "--config",
+            config.to_str().unwrap(),
+            "--metrics-listen",
+            &listen,
+            "--socket",
+            socket.to_str().unwrap(),
+        ],
+        &[("TWRESET_LOG", "info")],
+        "agent ready",
+    );
+    let url = format!("http://{listen}/metrics");
+    let scrape = || {
+        let out = Command::new("curl").args(["-s", "--max-time", "10", &url]).output().expect("curl");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let mut text = String::new();
+    twreset_tests::poll_until("the agent's metrics to name every pod", || {
+        text = scrape();
+        pods.iter().all(|(ns, name, count)| {
+            let info = text.lines().any(|l| {
+                l.starts_with("twreset_netns_info{")
+                    && l.contains(&format!("netns=\"pod:{ns}/{name}\""))
+                    && l.contains(&format!("pod_namespace=\"{ns}\""))
+                    && l.contains(&format!("pod=\"{name}\""))
+            });
+            let sockets =
+                format!("twreset_timewait_sockets{{netns=\"pod:{ns}/{name}\",substate=\"time_wait\"}} {count}");
+            info && text.lines().any(|l| l == sockets)
+        })
+    });
+    let (code, _, err) = agent.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(code, Some(0), "agent: {err}\nlast scrape:\n{text}");
 }
