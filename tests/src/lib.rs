@@ -142,31 +142,7 @@ impl NetNs {
     /// the tool asks: `SO_NETNS_COOKIE` where the kernel has it (Linux >= 5.14), else the inode
     /// number of the namespace file (`net->ns.inum`).
     pub fn cookie(&self) -> u64 {
-        let cookie = self.run(|| {
-            let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None).unwrap();
-            let mut cookie: u64 = 0;
-            let mut len = size_of::<u64>() as libc::socklen_t;
-            // SAFETY: getsockopt into a u64 of the right size (71 = SO_NETNS_COOKIE).
-            let rc = unsafe {
-                libc::getsockopt(
-                    std::os::fd::AsRawFd::as_raw_fd(&s),
-                    libc::SOL_SOCKET,
-                    71,
-                    (&raw mut cookie).cast(),
-                    &mut len,
-                )
-            };
-            let err = std::io::Error::last_os_error();
-            match rc {
-                0 => Some(cookie),
-                _ if err.raw_os_error() == Some(libc::ENOPROTOOPT) => None,
-                _ => panic!("SO_NETNS_COOKIE: {err}"),
-            }
-        });
-        cookie.unwrap_or_else(|| {
-            use std::os::unix::fs::MetadataExt;
-            std::fs::metadata(self.path()).unwrap_or_else(|e| panic!("stat {}: {e}", self.path().display())).ino()
-        })
+        netns_id(&self.path())
     }
 
     /// `ip netns exec NAME cmd...`, asserting success.
@@ -209,15 +185,7 @@ impl NetNs {
 
     /// Run `f` on a thread inside this namespace; sockets it creates live here.
     pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-        let file = std::fs::File::open(self.path()).expect("open netns");
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                setns(file.as_fd(), CloneFlags::CLONE_NEWNET).expect("setns");
-                f()
-            })
-            .join()
-            .expect("thread in netns panicked")
-        })
+        run_in(&self.path(), f)
     }
 
     /// `ss -Htan <filter...>` inside the namespace, parsed.
@@ -254,6 +222,71 @@ impl NetNs {
 impl Drop for NetNs {
     fn drop(&mut self) {
         let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+    }
+}
+
+/// The namespace's id as twreset reports it (`netns_cookie`): `SO_NETNS_COOKIE` where the
+/// kernel has it (Linux >= 5.14), else the nsfs inode, the rule the tool itself follows.
+pub fn netns_id(path: &std::path::Path) -> u64 {
+    let cookie = run_in(path, || {
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None).unwrap();
+        let mut cookie: u64 = 0;
+        let mut len = size_of::<u64>() as libc::socklen_t;
+        // SAFETY: getsockopt into a u64 of the right size (71 = SO_NETNS_COOKIE).
+        let rc = unsafe {
+            libc::getsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(&s),
+                libc::SOL_SOCKET,
+                71,
+                (&raw mut cookie).cast(),
+                &mut len,
+            )
+        };
+        let err = std::io::Error::last_os_error();
+        match rc {
+            0 => Some(cookie),
+            _ if err.raw_os_error() == Some(libc::ENOPROTOOPT) => None,
+            _ => panic!("SO_NETNS_COOKIE: {err}"),
+        }
+    });
+    cookie.unwrap_or_else(|| {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(path).unwrap_or_else(|e| panic!("stat {}: {e}", path.display())).ino()
+    })
+}
+
+/// Run `f` on a thread inside the network namespace at `path`.
+fn run_in<T: Send>(path: &std::path::Path, f: impl FnOnce() -> T + Send) -> T {
+    let file = std::fs::File::open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            setns(file.as_fd(), CloneFlags::CLONE_NEWNET).expect("setns");
+            f()
+        })
+        .join()
+        .expect("thread in netns panicked")
+    })
+}
+
+/// A directory of its own under the system's temp dir, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        let p = std::env::temp_dir().join(format!(
+            "twreset-test-{tag}-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap_or_else(|e| panic!("creating {}: {e}", p.display()));
+        Self(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 

@@ -5,29 +5,13 @@
 
 use std::{
     net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream},
-    path::{Path, PathBuf},
+    path::Path,
 };
 
 use serde_json::Value;
 use twreset_tests::{Closer, NetNs, Running, connections, kernel_at_least, privileged, twreset};
 
-/// A temporary sysctl.d-like directory, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        let p = std::env::temp_dir().join(format!("twr-doctor-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        Self(p)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use twreset_tests::TempDir;
 
 /// `twreset doctor --json --netns NS` with an empty sysctl dir (the host's /etc stays out of it):
 /// (exit code, report).

@@ -8,7 +8,7 @@ mod podman;
 use std::{
     fs::File,
     os::fd::AsFd,
-    path::{Path, PathBuf},
+    path::Path,
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
@@ -29,25 +29,9 @@ pub fn in_netns<T: Send>(path: &Path, f: impl FnOnce() -> T + Send) -> T {
     })
 }
 
-/// `SO_NETNS_COOKIE` of the namespace at `path` (what twreset reports as `netns_cookie`).
+/// The namespace at `path` as twreset names it (`netns_cookie`).
 pub fn cookie(path: &Path) -> u64 {
-    in_netns(path, || {
-        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None).unwrap();
-        let mut cookie: u64 = 0;
-        let mut len = size_of::<u64>() as libc::socklen_t;
-        // SAFETY: getsockopt into a u64 of the right size.
-        let rc = unsafe {
-            libc::getsockopt(
-                std::os::fd::AsRawFd::as_raw_fd(&s),
-                libc::SOL_SOCKET,
-                71,
-                (&raw mut cookie).cast(),
-                &mut len,
-            )
-        };
-        assert_eq!(rc, 0, "SO_NETNS_COOKIE");
-        cookie
-    })
+    twreset_tests::netns_id(path)
 }
 
 /// `nsenter --net=PATH cmd...`, asserting success; its stdout.
@@ -95,22 +79,7 @@ pub fn unique(tag: &str) -> String {
     format!("twr-{tag}-{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed))
 }
 
-/// A temporary directory, removed on drop.
-pub struct TempDir(pub PathBuf);
-
-impl TempDir {
-    pub fn new(tag: &str) -> Self {
-        let p = std::env::temp_dir().join(unique(tag));
-        std::fs::create_dir_all(&p).unwrap();
-        Self(p)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+pub use twreset_tests::TempDir;
 
 /// Poll `f` until it holds or `secs` pass.
 pub fn wait_until(secs: u64, what: &str, mut f: impl FnMut() -> bool) {

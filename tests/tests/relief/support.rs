@@ -109,23 +109,7 @@ pub fn tw_to(ns: &NetNs, dst: SocketAddr) -> usize {
     ns.time_wait().iter().filter(|s| s.remote == dst).count()
 }
 
-/// A temp dir removed on drop.
-pub struct TempDir(pub PathBuf);
-
-impl TempDir {
-    pub fn new(tag: &str) -> Self {
-        let p = std::env::temp_dir().join(format!("twreset-relief-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        Self(p)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+pub use twreset_tests::TempDir;
 
 /// A running agent with its own config, metrics port, control socket and audit log.
 pub struct Agent {
