@@ -153,6 +153,13 @@ fn a_kubernetes_shaped_node_is_labelled_selected_and_kept() {
     }
     // The agent's metrics name the pods too.
     agent_names_the_pods(&logs.0, &[("shop", "web-0", 3), ("batch", "job-7", 2)]);
+    // So does doctor, for the pod it is pointed at.
+    let (code, out, err) = twreset_env(&["doctor", "--json", "--pod", "shop/web-0"], &env);
+    assert!(code == Some(0) || code == Some(1), "{err}");
+    let doc: Value = serde_json::from_str(&out).unwrap();
+    let ns0 = &doc["namespaces"][0];
+    assert_eq!((ns0["label"].as_str(), ns0["cookie"].as_u64()), (Some("pod:shop/web-0"), Some(ca)), "{ns0}");
+    assert_eq!((ns0["pod_namespace"].as_str(), ns0["pod"].as_str()), (Some("shop"), Some("web-0")), "{ns0}");
     // --pod selects the pod's namespace alone.
     let (code, out, err) = twreset_env(&["tw", "--pod", "shop/web-0", "--json"], &env);
     assert_eq!(code, Some(0), "{err}");

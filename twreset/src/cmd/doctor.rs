@@ -162,7 +162,7 @@ fn gather_here(label: String, path: Option<PathBuf>) -> Result<NsFacts, DoctorEr
         tw_recycled: ext.get("TWRecycled").copied(),
     };
     let cookie = netns::current_cookie().map_err(|source| DoctorError::Netns { label: label.clone(), source })?;
-    Ok(NsFacts { label, path, cookie, settings, counters, sockets })
+    Ok(NsFacts { label, path, cookie, owner: Default::default(), settings, counters, sockets })
 }
 
 fn gather_in(ns: &Netns, label: String) -> Result<NsFacts, DoctorError> {
@@ -271,6 +271,20 @@ pub fn run(cfg: DoctorConfig) -> Result<u8, DoctorError> {
             v
         }
     };
+    // A pod's or a container's namespace is named after it.
+    let mut facts = facts;
+    let names = crate::output::NsNames::resolve();
+    for f in &mut facts {
+        if let Some(id) = names.identity(f.cookie).filter(|id| !id.is_plain()) {
+            if matches!(
+                id.kind,
+                crate::kernel::identity::Kind::Pod { .. } | crate::kernel::identity::Kind::Container(_)
+            ) {
+                f.label = id.label();
+            }
+            f.owner = id.fields().into_iter().filter(|(k, _)| *k != "netns").collect();
+        }
+    }
     let version = parse::kernel_version(&release);
     let path_facts = paths::PathFacts {
         version,

@@ -33,10 +33,15 @@ pub struct KernelReport {
 /// One network namespace.
 #[derive(Clone, Debug, Serialize)]
 pub struct NsReport {
-    /// `current`, an `ip netns` name, or `pid N`.
+    /// `current`, the pod or container (`pod:NS/NAME`, `container:NAME`), an `ip netns` name, or
+    /// `pid N`.
     pub label: String,
     pub path: Option<PathBuf>,
     pub cookie: u64,
+    /// Who the namespace belongs to, where known: `pod_namespace`, `pod`, `pod_uid`, `container`,
+    /// `container_id`, `runtime` (see docs/guide/namespaces.md).
+    #[serde(flatten)]
+    pub owner: std::collections::BTreeMap<&'static str, String>,
     pub settings: Settings,
     pub ports_per_destination: Option<u32>,
     pub counters: Counters,
@@ -62,6 +67,8 @@ pub struct NsFacts {
     pub label: String,
     pub path: Option<PathBuf>,
     pub cookie: u64,
+    /// The pod or container the namespace belongs to (identity fields but `netns`), if any.
+    pub owner: std::collections::BTreeMap<&'static str, String>,
     pub settings: Settings,
     pub counters: Counters,
     pub sockets: Vec<crate::sock::DiagSocket>,
@@ -88,6 +95,7 @@ pub fn build(
                 label: f.label,
                 path: f.path,
                 cookie: f.cookie,
+                owner: f.owner,
                 ports_per_destination: f.settings.ports_per_destination(),
                 rst_kill_possible: f.settings.tcp_rfc1337 == Some(0),
                 settings: f.settings,
@@ -250,6 +258,7 @@ mod tests {
             label: "web".into(),
             path: Some("/run/netns/web".into()),
             cookie: 9,
+            owner: Default::default(),
             settings: Settings {
                 ip_local_port_range: Some((40000, 40099)),
                 tcp_tw_reuse: Some(0),
