@@ -153,6 +153,13 @@ impl Source {
         Ok((self.snapshot(state.by, state.sort).await?, self.snapshot(By::Dest, Sort::Pressure).await?))
     }
 
+    /// The agent's relief in one line; `None` when there is no agent or no rule.
+    async fn relief(&self) -> Option<String> {
+        let Self::Agent { agent, .. } = self else { return None };
+        let body = agent.get("/v1/relief").await.ok()?;
+        ui::relief_line(&serde_json::from_slice(&body).ok()?)
+    }
+
     fn len(&self) -> u64 {
         match self {
             Self::Live(live) => live.table.len() as u64,
@@ -198,6 +205,7 @@ pub async fn run(
     ensure_terminal()?;
     let mut state = TopState::new(cfg.by, cfg.interval);
     let (mut rows, mut dests) = source.snapshots(&state).await?;
+    let mut relief = source.relief().await;
     state.sample(source.len());
     let mut term = term::Term::enter().map_err(TopError::Terminal)?;
     let mut keys = term::Keys::spawn();
@@ -209,7 +217,8 @@ pub async fn run(
     tokio::pin!(shutdown);
     loop {
         if dirty {
-            let screen = ui::Screen { state: &state, rows: &rows, dests: &dests, names };
+            let relief_text = relief.as_deref();
+            let screen = ui::Screen { state: &state, rows: &rows, dests: &dests, names, relief: relief_text };
             term.terminal.draw(|f| ui::draw(f, &screen)).map_err(TopError::Terminal)?;
             dirty = false;
         }
@@ -236,6 +245,7 @@ pub async fn run(
             _ = refresh.tick() => {
                 state.feed_closed = source.tick().await?;
                 (rows, dests) = source.snapshots(&state).await?;
+                relief = source.relief().await;
                 state.sample(source.len());
                 dirty = true;
             }

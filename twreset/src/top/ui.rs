@@ -45,6 +45,29 @@ pub struct Screen<'a> {
     /// Destinations by pressure, for the pressure panel.
     pub dests: &'a Snapshot,
     pub names: &'a NsNames,
+    /// The agent's auto-relief in one line ([`relief_line`]), when `top` runs through an agent
+    /// that has rules.
+    pub relief: Option<&'a str>,
+}
+
+/// `GET /v1/relief` in one line: mode, pause, budget left, each rule's last decision.
+pub fn relief_line(status: &serde_json::Value) -> Option<String> {
+    let rules = status["rules"].as_array().filter(|r| !r.is_empty())?;
+    let mut line = format!(
+        "relief {}{}  budget {}/min left",
+        status["mode"].as_str().unwrap_or("?"),
+        if status["paused"] == true { " PAUSED" } else { "" },
+        status["budget_left_this_minute"]
+    );
+    for r in rules {
+        let last = &r["last_decision"];
+        let what = match last["decision"].as_str() {
+            Some(d) => format!("{d} {} to {}:{}", last["count"], last["raddr"].as_str().unwrap_or("?"), last["rport"]),
+            None => "no decision yet".into(),
+        };
+        line.push_str(&format!(" | {}: {what}", r["rule"].as_str().unwrap_or("?")));
+    }
+    Some(line)
 }
 
 pub fn draw(f: &mut Frame, s: &Screen) {
@@ -56,6 +79,17 @@ pub fn draw(f: &mut Frame, s: &Screen) {
         Constraint::Length(1),
     ])
     .areas(f.area());
+    let head = match s.relief {
+        // The relief line takes the sparkline's top row.
+        Some(text) => {
+            let [h, r] =
+                Layout::vertical([Constraint::Length(1), Constraint::Length(1)]).areas(Rect { height: 2, ..head });
+            f.render_widget(Paragraph::new(Line::from(text.to_owned()).style(Style::new().fg(Color::Yellow))), r);
+            h
+        }
+        None => head,
+    };
+    let spark = if s.relief.is_some() { Rect { y: spark.y + 1, height: spark.height - 1, ..spark } } else { spark };
     f.render_widget(Paragraph::new(header(s)), head);
     draw_sparkline(f, s, spark);
     draw_rows(f, s, main);

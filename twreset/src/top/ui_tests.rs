@@ -66,7 +66,7 @@ fn render(t: &Table, state: &TopState, ranges: &PortRanges, connected: &Connecte
     let dests = t.snapshot(30 * S, By::Dest, Sort::Pressure, &ViewConfig::default(), connected, ranges);
     let mut term = Terminal::new(TestBackend::new(80, 24)).unwrap();
     let names = NsNames::default();
-    term.draw(|f| ui::draw(f, &Screen { state, rows: &rows, dests: &dests, names: &names })).unwrap();
+    term.draw(|f| ui::draw(f, &Screen { state, rows: &rows, dests: &dests, names: &names, relief: None })).unwrap();
     term.backend().buffer().clone()
 }
 
@@ -175,6 +175,41 @@ fn tiny_and_huge_terminals_do_not_panic() {
     let names = NsNames::default();
     for (w, h) in [(1, 1), (20, 5), (40, 10), (80, 24), (300, 100)] {
         let mut term = Terminal::new(TestBackend::new(w, h)).unwrap();
-        term.draw(|f| ui::draw(f, &Screen { state: &state, rows: &rows, dests: &rows, names: &names })).unwrap();
+        term.draw(|f| ui::draw(f, &Screen { state: &state, rows: &rows, dests: &rows, names: &names, relief: None }))
+            .unwrap();
     }
+}
+
+#[test]
+fn the_agents_relief_shows_in_one_line_under_the_totals() {
+    let status = serde_json::json!({
+        "mode": "enforce", "paused": true, "max_kills_per_minute": 60000, "kills_last_minute": 120,
+        "budget_left_this_minute": 59880,
+        "rules": [
+            {"rule": "backend", "kills_last_minute": 120, "max_kills_per_minute": null, "budget_left_this_minute": 59880,
+             "last_decision": {"decision": "killed", "at_ns": 1, "netns": "host", "laddr": "10.0.0.1",
+                               "raddr": "10.1.2.3", "rport": 443, "pressure": 0.91, "pressure_after": 0.5,
+                               "wanted": 120, "count": 120}},
+            {"rule": "idle", "kills_last_minute": 0, "max_kills_per_minute": null, "budget_left_this_minute": 59880,
+             "last_decision": null}
+        ]
+    });
+    let line = ui::relief_line(&status).expect("rules: a line");
+    assert_eq!(
+        line,
+        "relief enforce PAUSED  budget 59880/min left | backend: killed 120 to 10.1.2.3:443 | idle: no decision yet"
+    );
+    assert_eq!(ui::relief_line(&serde_json::json!({"mode": "dry-run", "rules": []})), None, "no rule, no line");
+    // Drawn on the second row, the totals stay on the first.
+    let t = fed();
+    let state = TopState::new(By::Peer, std::time::Duration::from_secs(1));
+    let (ranges, connected) = (PortRanges::default(), Connected::default());
+    let rows = t.snapshot(30 * S, state.by, state.sort, &ViewConfig::default(), &connected, &ranges);
+    let mut term = Terminal::new(TestBackend::new(80, 24)).unwrap();
+    let names = NsNames::default();
+    let relief = Some(line.as_str());
+    term.draw(|f| ui::draw(f, &Screen { state: &state, rows: &rows, dests: &rows, names: &names, relief })).unwrap();
+    let lines = text(term.backend().buffer());
+    assert!(lines[0].starts_with("tw "), "{}", lines.join("\n"));
+    assert!(lines[1].starts_with("relief enforce PAUSED"), "{}", lines.join("\n"));
 }
