@@ -256,7 +256,7 @@ pub fn netns_id(path: &std::path::Path) -> u64 {
 }
 
 /// Run `f` on a thread inside the network namespace at `path`.
-fn run_in<T: Send>(path: &std::path::Path, f: impl FnOnce() -> T + Send) -> T {
+pub fn run_in<T: Send>(path: &std::path::Path, f: impl FnOnce() -> T + Send) -> T {
     let file = std::fs::File::open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
     std::thread::scope(|s| {
         s.spawn(|| {
@@ -266,6 +266,24 @@ fn run_in<T: Send>(path: &std::path::Path, f: impl FnOnce() -> T + Send) -> T {
         .join()
         .expect("thread in netns panicked")
     })
+}
+
+/// `twreset agent` with its config file, metrics listener and control socket, returned once it
+/// says it is ready (seeded and serving).
+pub fn run_agent(config: &std::path::Path, metrics_listen: &str, socket: &std::path::Path) -> Running {
+    Running::start_with_env(
+        &[
+            "agent",
+            "--config",
+            config.to_str().expect("a UTF-8 path"),
+            "--metrics-listen",
+            metrics_listen,
+            "--socket",
+            socket.to_str().expect("a UTF-8 path"),
+        ],
+        &[("TWRESET_LOG", "info")],
+        "agent ready",
+    )
 }
 
 /// A directory of its own under the system's temp dir, removed on drop.

@@ -62,19 +62,7 @@ impl Agent {
         std::fs::write(&path, config).unwrap();
         let socket = dir.0.join("agent.sock");
         let listen = format!("127.0.0.1:{port}");
-        let run = Running::start_with_env(
-            &[
-                "agent",
-                "--config",
-                path.to_str().unwrap(),
-                "--metrics-listen",
-                &listen,
-                "--socket",
-                socket.to_str().unwrap(),
-            ],
-            &[("TWRESET_LOG", "info")],
-            "agent ready",
-        );
+        let run = twreset_tests::run_agent(&path, &listen, &socket);
         Self { run, port, config: path, socket, _dir: dir }
     }
 

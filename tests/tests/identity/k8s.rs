@@ -221,19 +221,7 @@ fn agent_names_the_pods(logs: &Path, pods: &[(&str, &str, u64)]) {
     std::fs::write(&config, format!("pods_log_dir = {:?}\n", logs.display().to_string())).unwrap();
     let socket = dir.0.join("agent.sock");
     let listen = format!("127.0.0.1:{port}");
-    let mut agent = Running::start_with_env(
-        &[
-            "agent",
-            "--config",
-            config.to_str().unwrap(),
-            "--metrics-listen",
-            &listen,
-            "--socket",
-            socket.to_str().unwrap(),
-        ],
-        &[("TWRESET_LOG", "info")],
-        "agent ready",
-    );
+    let mut agent = twreset_tests::run_agent(&config, &listen, &socket);
     let url = format!("http://{listen}/metrics");
     let scrape = || {
         let out = Command::new("curl").args(["-s", "--max-time", "10", &url]).output().expect("curl");

@@ -6,27 +6,16 @@ mod k8s;
 mod podman;
 
 use std::{
-    fs::File,
-    os::fd::AsFd,
     path::Path,
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
-use nix::sched::{CloneFlags, setns};
 use twreset_tests::{Closer, bin, connections};
 
 /// Run `f` on a thread inside the network namespace at `path`.
 pub fn in_netns<T: Send>(path: &Path, f: impl FnOnce() -> T + Send) -> T {
-    let file = File::open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            setns(file.as_fd(), CloneFlags::CLONE_NEWNET).expect("setns");
-            f()
-        })
-        .join()
-        .expect("thread in netns panicked")
-    })
+    twreset_tests::run_in(path, f)
 }
 
 /// The namespace at `path` as twreset names it (`netns_cookie`).

@@ -134,19 +134,7 @@ impl Agent {
         std::fs::write(&config, format!("audit_log = {:?}\n{relief}", audit.display().to_string())).unwrap();
         let (port, socket) = (free_port(), dir.0.join("agent.sock"));
         let listen = format!("127.0.0.1:{port}");
-        let run = Running::start_with_env(
-            &[
-                "agent",
-                "--config",
-                config.to_str().unwrap(),
-                "--metrics-listen",
-                &listen,
-                "--socket",
-                socket.to_str().unwrap(),
-            ],
-            &[("TWRESET_LOG", "info")],
-            "agent ready",
-        );
+        let run = twreset_tests::run_agent(&config, &listen, &socket);
         Self { run, h: Handle { port, socket, audit }, dir }
     }
 }
