@@ -12,6 +12,7 @@ use crate::{
     kill::{
         self, NsRun, Options,
         audit::{Actor, AuditError, AuditLog, Record},
+        exec::chain,
         report::{self, Totals},
     },
     scope::{self as targets, NetnsScope, Target},
@@ -129,16 +130,4 @@ pub fn execute(req: Request<'_>, actor: Actor, out: &mut dyn Write) -> Result<To
     }
     out.flush()?;
     Ok(totals)
-}
-
-/// An error with its sources, `a: b: c`.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(c) = src {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        src = c.source();
-    }
-    s
 }
