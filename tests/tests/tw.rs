@@ -3,8 +3,8 @@
 use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 
 use twreset_tests::{
-    Closer, NetNs, TwFollowing, assert_lossless_or_resynced, assert_programs_freed, connections, privileged,
-    programs_of, twreset,
+    Closer, NetNs, TwFollowing, assert_lossless_or_resynced, assert_programs_freed, connections, kernel_at_least,
+    privileged, programs_of, twreset,
 };
 
 #[test]
@@ -137,7 +137,14 @@ fn tw_follows_churn_exactly() {
     // (sockstat and netstat in that namespace) and compared, so a loss no counter saw would
     // have shown.
     let c = &v["live"]["crosscheck"];
-    assert_eq!((&c["namespaces"], &c["with_creations"], &c["quiet"]), (&1.into(), &1.into(), &1.into()), "{c}\n{log}");
+    // Before 6.1 the kernel counts a TIME_WAIT socket in `TcpExt` when it ends, not when it is
+    // created: no creation count to compare there (the socket count still is).
+    let creations = u64::from(kernel_at_least(6, 1));
+    assert_eq!(
+        (&c["namespaces"], &c["with_creations"], &c["quiet"]),
+        (&1.into(), &creations.into(), &1.into()),
+        "{c}\n{log}"
+    );
 }
 
 /// The `sock_ops` backstop end to end: with `timer_start` left out (fault injection), no timer

@@ -4,6 +4,10 @@
 //! That event is held back until the child's next transition (which has the right tuple, a few
 //! microseconds later) and given its addresses then. On kernels that set the state after the
 //! addresses nothing is ever held.
+//!
+//! With peer or port filters on, the kernel passes such an event without checking them (it cannot
+//! yet) and filters the child's later transitions: a held event whose next transition never comes
+//! belonged to a child the filters drop, so it is dropped too ([`ChildAddrs::filtered`]).
 
 use std::collections::HashMap;
 
@@ -13,10 +17,17 @@ use twreset_common::{Event, kind, tcp_state};
 /// a child leaves SYN_RECV in the same softirq).
 const MAX_HELD: usize = 4096;
 
+/// A held event older than this (kernel time) when its socket's next event comes belongs to an
+/// earlier child at the same address (filtered mode only: otherwise every next event arrives).
+const STALE_NS: u64 = 1_000_000_000;
+
 /// Held `LISTEN -> SYN_RECV` events by socket address.
 #[derive(Debug, Default)]
 pub struct ChildAddrs {
     held: HashMap<u64, Event>,
+    /// The kernel's peer or port filter is on: a held event is only ever emitted with its
+    /// child's next transition (which passed the filters), never unchanged.
+    filtered: bool,
 }
 
 fn unaddressed(ev: &Event) -> bool {
@@ -32,11 +43,17 @@ fn is_mapped_zero(a: &[u8; 16]) -> bool {
 }
 
 impl ChildAddrs {
+    /// For a session whose kernel side filters by peer or port (see the module doc).
+    pub fn filtered() -> Self {
+        Self { held: HashMap::new(), filtered: true }
+    }
+
     /// Pass `ev` on through `emit`, after the held event of the same socket (given `ev`'s
     /// addresses); a child's unaddressed `LISTEN -> SYN_RECV` is held instead.
     pub fn feed<E>(&mut self, ev: Event, emit: &mut impl FnMut(&Event) -> Result<(), E>) -> Result<(), E> {
         if ev.kind == kind::STATE
             && let Some(mut held) = self.held.remove(&ev.skaddr)
+            && !(self.filtered && ev.ts_ns.saturating_sub(held.ts_ns) > STALE_NS)
         {
             held.saddr = ev.saddr;
             held.daddr = ev.daddr;
@@ -44,16 +61,29 @@ impl ChildAddrs {
             held.sport = ev.sport;
             emit(&held)?;
         }
-        if unaddressed(&ev) && self.held.len() < MAX_HELD {
-            self.held.insert(ev.skaddr, ev);
-            return Ok(());
+        if unaddressed(&ev) {
+            if self.filtered && self.held.len() >= MAX_HELD {
+                self.held.retain(|_, h| ev.ts_ns.saturating_sub(h.ts_ns) <= STALE_NS);
+            }
+            if self.held.len() < MAX_HELD {
+                self.held.insert(ev.skaddr, ev);
+                return Ok(());
+            }
+            if self.filtered {
+                // Cannot tell whether it matches the filters: never shown unchecked.
+                return Ok(());
+            }
         }
         emit(&ev)
     }
 
-    /// Pass on whatever is still held, unchanged (at the end of a session), oldest first.
+    /// Pass on whatever is still held, unchanged (at the end of a session), oldest first; in
+    /// filtered mode drop it (those children never passed the filters).
     pub fn flush<E>(&mut self, emit: &mut impl FnMut(&Event) -> Result<(), E>) -> Result<(), E> {
         let mut rest: Vec<Event> = self.held.drain().map(|(_, e)| e).collect();
+        if self.filtered {
+            return Ok(());
+        }
         rest.sort_by_key(|e| e.ts_ns);
         rest.iter().try_for_each(emit)
     }
@@ -109,6 +139,42 @@ mod tests {
                 (3, tcp_state::SYN_RECV, 8, 5000),
                 (4, tcp_state::SYN_RECV, 0, 0),
             ]
+        );
+    }
+
+    #[test]
+    fn filtered_mode_drops_children_whose_next_transition_never_comes() {
+        let mut f = ChildAddrs::filtered();
+        let mut out = Vec::new();
+        let mut emit = |e: &Event| -> Result<(), ()> {
+            out.push(*e);
+            Ok(())
+        };
+        // Child 1 matches: its next transition passed the kernel's filters.
+        f.feed(ev(1, tcp_state::LISTEN, tcp_state::SYN_RECV, 0, 0), &mut emit).unwrap();
+        let mut next = ev(1, tcp_state::SYN_RECV, tcp_state::ESTABLISHED, 7, 4000);
+        next.ts_ns = 2;
+        f.feed(next, &mut emit).unwrap();
+        // Child 5 does not (its next transition never arrives); child 6 reuses its address
+        // after more than a second: 5's held event is not given 6's addresses.
+        let mut old = ev(5, tcp_state::LISTEN, tcp_state::SYN_RECV, 0, 0);
+        old.skaddr = 9;
+        f.feed(old, &mut emit).unwrap();
+        let mut late = ev(5 + STALE_NS + 1, tcp_state::CLOSE, tcp_state::SYN_SENT, 8, 5000);
+        late.skaddr = 9;
+        f.feed(late, &mut emit).unwrap();
+        // Child 3 never shows again: dropped at the end, not shown with the listener's tuple.
+        f.feed(ev(3, tcp_state::LISTEN, tcp_state::SYN_RECV, 0, 0), &mut emit).unwrap();
+        f.flush(&mut emit).unwrap();
+        let got: Vec<(u64, u32, u8, u16)> = out.iter().map(|e| (e.skaddr, e.newstate, e.daddr[15], e.dport)).collect();
+        assert_eq!(
+            got,
+            [
+                (1, tcp_state::SYN_RECV, 7, 4000),
+                (1, tcp_state::ESTABLISHED, 7, 4000),
+                (9, tcp_state::SYN_SENT, 8, 5000)
+            ],
+            "{out:?}"
         );
     }
 }

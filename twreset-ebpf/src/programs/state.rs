@@ -248,14 +248,19 @@ fn try_handle(t: &Transition, cfg: &FilterConfig, via_sock_ops: bool) -> Result<
     let Ok(c) = common_direct(sk) else { return Err(()) };
     let sport = local_port(sk, c.num)?;
     let (dport, family, saddr, daddr) = (c.dport, c.family, c.saddr, c.daddr);
-    if cfg.flags & filter::PORT != 0 {
+    // A listener's child before its addresses are copied in (5.10 sets SYN_RECV first; remote
+    // port 0): only its next transition says whether it matches the peer and port filters, so
+    // it goes to userspace, which holds it until then and drops it if that never comes
+    // (`synrecv.rs` in the userspace crate).
+    let unaddressed = oldstate == tcp_state::LISTEN && newstate == tcp_state::SYN_RECV && dport == 0;
+    if cfg.flags & filter::PORT != 0 && !unaddressed {
         // SAFETY: read-only lookups of plain integers.
         let hit = unsafe { PORT_FILTER.get(&sport).is_some() || PORT_FILTER.get(&dport).is_some() };
         if !hit {
             return Err(());
         }
     }
-    if cfg.flags & filter::PEER != 0 && PEER_FILTER.get(&Key::new(128, daddr)).is_none() {
+    if cfg.flags & filter::PEER != 0 && !unaddressed && PEER_FILTER.get(&Key::new(128, daddr)).is_none() {
         return Err(());
     }
     let cookie = net_cookie_direct(c.net);

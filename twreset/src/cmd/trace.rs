@@ -331,7 +331,9 @@ pub async fn run(cfg: TraceConfig, shutdown: impl Future<Output = ()>) -> Result
     eprintln!("twreset: tracing TCP state transitions in {} (Ctrl-C to stop)", scope_label(&cfg));
 
     let mut summary = Summary::default();
-    let mut kids = ChildAddrs::default();
+    // With peer or port filters the kernel passes a child's unaddressed first event unchecked.
+    let mut kids =
+        if cfg.peers.is_empty() && cfg.ports.is_empty() { ChildAddrs::default() } else { ChildAddrs::filtered() };
     let mut reported = 0;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut drain = tokio::time::interval(DRAIN_EVERY);
