@@ -315,8 +315,13 @@ pub const POLL_DEADLINE: Duration = Duration::from_secs(60);
 /// [`POLL_DEADLINE`] times `TWRESET_TEST_SLOWDOWN` (default 1): `cargo xtask test --kernel`
 /// sets it for guests under qemu's TCG, where loading the programs alone can take a minute.
 pub fn poll_deadline() -> Duration {
-    let factor = std::env::var("TWRESET_TEST_SLOWDOWN").ok().and_then(|v| v.parse().ok()).unwrap_or(1u32);
-    POLL_DEADLINE * factor.max(1)
+    POLL_DEADLINE * slowdown()
+}
+
+/// `TWRESET_TEST_SLOWDOWN` (at least 1): how many times slower than a normal machine the tool
+/// runs here (5 in a VM under qemu's TCG). Only for margins between two ages the test makes.
+pub fn slowdown() -> u32 {
+    std::env::var("TWRESET_TEST_SLOWDOWN").ok().and_then(|v| v.parse().ok()).unwrap_or(1u32).max(1)
 }
 
 /// Poll `done` every 20 ms until it holds; panic naming `what` after [`POLL_DEADLINE`]. For

@@ -125,9 +125,9 @@ fn results_dir(root: &Path) -> PathBuf {
     root.join("docs/kernels")
 }
 
-/// Write `docs/kernels/<release>.json`.
+/// Write `docs/kernels/<set>/<release>.json` (`set`: `full` or `ci`).
 pub fn save(root: &Path, r: &KernelRun, set: &str) -> Result<()> {
-    let dir = results_dir(root);
+    let dir = results_dir(root).join(set);
     std::fs::create_dir_all(&dir)?;
     let bins: Vec<Value> = r
         .binaries
@@ -155,6 +155,11 @@ const COMMANDS: &[(&str, &[&str])] = &[
     ("kill", &["kill"]),
     ("doctor", &["doctor"]),
     ("CLI errors", &["cli_errors"]),
+    ("agent (metrics via Prometheus, SIGHUP, SIGTERM)", &["agent"]),
+    ("agent API and the CLI through it", &["api"]),
+    ("auto-relief", &["relief"]),
+    ("pods and containers", &["identity"]),
+    ("deploy files (systemd, Kubernetes, alerts)", &["deploy"]),
     ("unit tests reading the kernel", &["twreset-lib-unit"]),
 ];
 
@@ -178,11 +183,10 @@ fn cell(run: &Value, bins: &[&str], path_key: Option<&str>) -> String {
     s
 }
 
-/// Render the table from every `docs/kernels/*.json` into `docs/internals/kernels.md` between the
-/// markers (the rest of that file is prose).
-pub fn render(root: &Path) -> Result<()> {
+/// The runs saved in `dir`, oldest kernel first.
+fn read_runs(dir: &Path) -> Result<Vec<Value>> {
     let mut runs: BTreeMap<String, Value> = BTreeMap::new();
-    if let Ok(dir) = std::fs::read_dir(results_dir(root)) {
+    if let Ok(dir) = std::fs::read_dir(dir) {
         for e in dir.filter_map(Result::ok) {
             let p = e.path();
             if p.extension().is_some_and(|x| x == "json") {
@@ -192,13 +196,15 @@ pub fn render(root: &Path) -> Result<()> {
             }
         }
     }
-    let runs: Vec<&Value> = {
-        let mut v: Vec<&Value> = runs.values().collect();
-        v.sort_by_key(|r| version_key(r["kernel"].as_str().unwrap_or("")));
-        v
-    };
-    let mut t = String::new();
-    t += &format!(
+    let mut v: Vec<Value> = runs.into_values().collect();
+    v.sort_by_key(|r| version_key(r["kernel"].as_str().unwrap_or("")));
+    Ok(v)
+}
+
+/// One set's kernel x command table into `t`, its failures (and with `paths` each command's path)
+/// into `why`.
+fn table(runs: &[Value], t: &mut String, why: &mut String, paths: bool) {
+    *t += &format!(
         "| command | {} |\n|---|{}\n",
         runs.iter().map(|r| r["release"].as_str().unwrap_or("?")).collect::<Vec<_>>().join(" | "),
         "---|".repeat(runs.len())
@@ -209,48 +215,67 @@ pub fn render(root: &Path) -> Result<()> {
             "kill" => Some("kill"),
             _ => None,
         };
-        t += &format!("| {cmd} | {} |\n", runs.iter().map(|r| cell(r, bins, key)).collect::<Vec<_>>().join(" | "));
+        *t += &format!("| {cmd} | {} |\n", runs.iter().map(|r| cell(r, bins, key)).collect::<Vec<_>>().join(" | "));
     }
-    t += &format!(
+    *t += &format!(
         "| netns identity | {} |\n",
         runs.iter()
             .map(|r| r["paths"]["netns_identity"]["path"].as_str().unwrap_or("?").to_owned())
             .collect::<Vec<_>>()
             .join(" | ")
     );
-    t += &format!(
+    *t += &format!(
         "| total | {} |\n",
         runs.iter()
             .map(|r| format!(
-                "{} passed, {} failed, {} s ({})",
+                "{} passed, {} failed, {} s ({}, {} set)",
                 r["passed"],
                 r["failed"],
                 r["wall_secs"],
-                r["accel"].as_str().unwrap_or("?")
+                r["accel"].as_str().unwrap_or("?"),
+                r["set"].as_str().unwrap_or("?")
             ))
             .collect::<Vec<_>>()
             .join(" | ")
     );
-    let mut why = String::new();
-    for r in &runs {
+    for r in runs {
         for b in r["binaries"].as_array().into_iter().flatten() {
             for f in b["failures"].as_array().into_iter().flatten() {
-                why += &format!(
-                    "- {}: `{}` {}\n",
+                *why += &format!(
+                    "- {} ({} set): `{}` {}\n",
                     r["release"].as_str().unwrap_or("?"),
+                    r["set"].as_str().unwrap_or("?"),
                     b["name"].as_str().unwrap_or("?"),
                     f.as_str().unwrap_or("?")
                 );
             }
         }
-        for (k, p) in r["paths"].as_object().into_iter().flatten() {
-            why += &format!(
+        for (k, p) in r["paths"].as_object().into_iter().flatten().filter(|_| paths) {
+            *why += &format!(
                 "- {}: {k} takes {}: {}\n",
                 r["release"].as_str().unwrap_or("?"),
                 p["path"].as_str().unwrap_or("?"),
                 p["reason"].as_str().unwrap_or("?")
             );
         }
+    }
+}
+
+/// Render the tables from every `docs/kernels/<set>/*.json` into `docs/internals/kernels.md`
+/// between the markers (the rest of that file is prose): one per set, the full suite first.
+pub fn render(root: &Path) -> Result<()> {
+    let mut t = String::new();
+    let mut why = String::new();
+    let mut first = true;
+    for (set, title) in [("full", "Full suite"), ("ci", "CI set (what `.ci/run` runs)")] {
+        let runs = read_runs(&results_dir(root).join(set))?;
+        if runs.is_empty() {
+            continue;
+        }
+        t += &format!("### {title}\n\n");
+        table(&runs, &mut t, &mut why, first);
+        first = false;
+        t += "\n";
     }
     let body = format!("{BEGIN}\n{t}\n{why}{END}");
     let doc = root.join("docs/internals/kernels.md");

@@ -283,8 +283,9 @@ pub enum VmSet {
 
 /// The CI set: per test binary, the tests it runs (exact names). Together they load every eBPF
 /// program (state tracepoint, sock_ops, connect hooks where the kernel has them, timer programs,
-/// both iterators) and check trace, tw, top, kill (SOCK_DESTROY and RST), doctor and the CLI's
-/// errors against `ss` and the kernel's counters.
+/// both iterators) and check trace, tw, top, kill (SOCK_DESTROY and RST), doctor, the agent (its
+/// metrics through a real Prometheus, its API, auto-relief, pod labels) and the CLI's errors
+/// against `ss` and the kernel's counters.
 pub const CI_SET: &[(&str, &[&str])] = &[
     (
         "trace",
@@ -314,6 +315,19 @@ pub const CI_SET: &[(&str, &[&str])] = &[
     ("top", &["top_shows_peers_regroups_and_restores_the_terminal"]),
     ("doctor", &["capability_probes_match_what_the_kernel_does", "good_sysctls_give_ok_findings_and_exit_0"]),
     ("cli_errors", &["usage_errors_exit_2"]),
+    // The agent: a real Prometheus scrape equal to `ss` per peer and namespace (namespaces made
+    // and deleted while it runs), and SIGTERM leaving no program behind; a kill through its API
+    // equal to a direct one; a relief rule that keeps a client going; pod and container labels.
+    (
+        "agent",
+        &[
+            "agent_prometheus_answers_equal_ss_per_peer_and_namespace",
+            "agent_sigterm_exits_0_and_leaves_nothing_behind",
+        ],
+    ),
+    ("api", &["api_kill_through_agent_and_direct_agree"]),
+    ("relief", &["relief_enforce_rule_keeps_the_client_going_and_spares_bystanders_and_denied"]),
+    ("identity", &["k8s::a_kubernetes_shaped_node_is_labelled_selected_and_kept"]),
     ("twreset-lib-unit", &[]),
 ];
 
@@ -323,8 +337,22 @@ pub const CI_SET: &[(&str, &[&str])] = &[
 const UNIT_ON_KERNEL: &[&str] = &["kernel::", "kill::rst::", "probe::", "diag::"];
 
 /// Order in the guest: the kernel-dependent commands first, so a timeout costs the least.
-const ORDER: &[&str] =
-    &["trace", "lifecycle", "timewait", "tw", "tw_live", "kill", "top", "doctor", "cli_errors", "twreset-lib-unit"];
+const ORDER: &[&str] = &[
+    "trace",
+    "lifecycle",
+    "timewait",
+    "tw",
+    "tw_live",
+    "kill",
+    "top",
+    "doctor",
+    "cli_errors",
+    "agent",
+    "api",
+    "relief",
+    "identity",
+    "twreset-lib-unit",
+];
 
 fn rank(label: &str) -> usize {
     ORDER.iter().position(|o| *o == label).unwrap_or(ORDER.len())
