@@ -272,10 +272,14 @@ fn build_tests(t: &Tools) -> Result<(PathBuf, Vec<(String, PathBuf)>)> {
 pub const VM_SKIP: &[(&str, &str)] =
     &[("churn_to_other_peers_during_a_large_kill", "20,000 TIME_WAIT sockets plus churn: over 10 minutes under TCG")];
 
+/// Test binaries that check no kernel behaviour (the deploy files against systemd, promtool and
+/// the Kubernetes schemas, tools that live on the host): the host suite runs them, VMs do not.
+pub const HOST_ONLY: &[&str] = &["deploy"];
+
 /// Which tests a VM runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum VmSet {
-    /// Every test binary, except the scale tests of [`VM_SKIP`].
+    /// Every test binary, except the scale tests of [`VM_SKIP`] and the binaries of [`HOST_ONLY`].
     Full,
     /// [`CI_SET`]: loads every program and checks every command against `ss`, in CI's budget.
     Ci,
@@ -366,7 +370,7 @@ fn guest_script(out: &Path, bin: &Path, bins: &[(String, PathBuf)], extra: &[Str
         extra.push(format!("--skip {}", q(name)));
     }
     let mut bins: Vec<&(String, PathBuf)> = match set {
-        VmSet::Full => bins.iter().collect(),
+        VmSet::Full => bins.iter().filter(|(l, _)| !HOST_ONLY.contains(&l.as_str())).collect(),
         VmSet::Ci => bins.iter().filter(|(l, _)| CI_SET.iter().any(|(b, _)| b == l)).collect(),
     };
     bins.sort_by_key(|(label, _)| rank(label));
@@ -488,6 +492,12 @@ mod tests {
         assert!(s.find("/t/tw-2").unwrap() < s.find("/t/kill-1").unwrap(), "tw runs before kill: {s}");
         assert!(s.contains("echo \"tw $rc"), "{s}");
         assert!(s.trim_end().ends_with("echo done > \"$OUT/finished\""), "{s}");
+        let with_deploy = [("deploy".into(), PathBuf::from("/t/deploy-4")), ("tw".into(), PathBuf::from("/t/tw-2"))];
+        let full = guest_script(Path::new("/o"), Path::new("/b"), &with_deploy, &[], VmSet::Full, false);
+        assert!(
+            !full.contains("/t/deploy-4") && full.contains("/t/tw-2"),
+            "host-only binaries stay on the host: {full}"
+        );
         let bins = [("kill".into(), PathBuf::from("/t/kill-1")), ("lib".into(), PathBuf::from("/t/lib-3"))];
         let ci = guest_script(Path::new("/o"), Path::new("/b"), &bins, &[], VmSet::Ci, false);
         assert!(ci.contains("'kill_ipv6'") && ci.contains("--exact"), "{ci}");

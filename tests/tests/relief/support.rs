@@ -30,9 +30,12 @@ pub fn free_port() -> u16 {
 pub const PORT: u16 = 8080;
 pub const BYSTANDER_PORT: u16 = 8081;
 
-/// The pause between two connections of the client (load shaping), `TWRESET_RELIEF_PAUSE_US`.
+/// The pause between two connections of the client (load shaping), `TWRESET_RELIEF_PAUSE_US`;
+/// by default 200 us times the harness's slowdown (a VM under TCG runs the agent's kills five
+/// times slower, not the client's pauses).
 pub fn client_pause() -> Duration {
-    let us = std::env::var("TWRESET_RELIEF_PAUSE_US").ok().and_then(|v| v.parse().ok()).unwrap_or(200);
+    let default = 200 * u64::from(twreset_tests::slowdown());
+    let us = std::env::var("TWRESET_RELIEF_PAUSE_US").ok().and_then(|v| v.parse().ok()).unwrap_or(default);
     Duration::from_micros(us)
 }
 

@@ -15,7 +15,7 @@ use std::{
     time::Duration,
 };
 
-use aya::{EbpfLoader, programs::Iter};
+use aya::{Ebpf, EbpfLoader, programs::Iter};
 use twreset_common::{
     AF_INET,
     iter::{IterOffsets, OFFSETS_GLOBAL, SeqRecord},
@@ -80,9 +80,13 @@ pub fn parse_records(bytes: &[u8]) -> HashMap<Tuple4, (u32, u32)> {
         .collect()
 }
 
-/// Run the iterator in the calling thread's namespace (the iterator walks the namespace that is
-/// current when its file is created).
-fn read_sequences() -> Result<HashMap<Tuple4, (u32, u32)>, KillError> {
+/// The object with the iterator program loaded, kept for the life of the process: loading it
+/// parses the kernel's BTF twice and creates every map of the object (tens of milliseconds here,
+/// seconds in a VM under TCG), and the agent's relief may kill every cycle. Each read attaches a
+/// fresh link (the walk covers the namespace current when its file is made), closed after it.
+static LOADED: std::sync::Mutex<Option<Ebpf>> = std::sync::Mutex::new(None);
+
+fn load_iter() -> Result<Ebpf, KillError> {
     let btf = KernelBtf::load().map_err(|source| KillError::Btf { source })?;
     let off = offsets(&btf).map_err(|source| KillError::Btf { source })?;
     let mut ebpf = EbpfLoader::new()
@@ -95,6 +99,20 @@ fn read_sequences() -> Result<HashMap<Tuple4, (u32, u32)>, KillError> {
         |source: aya::programs::ProgramError| KillError::Iter { what: "program type", source: source.into() },
     )?;
     prog.load("tcp", &kbtf).map_err(|source| KillError::Iter { what: "load", source: source.into() })?;
+    Ok(ebpf)
+}
+
+/// Run the iterator in the calling thread's namespace (the iterator walks the namespace that is
+/// current when its file is created).
+fn read_sequences() -> Result<HashMap<Tuple4, (u32, u32)>, KillError> {
+    let mut loaded = LOADED.lock().unwrap_or_else(|e| e.into_inner());
+    if loaded.is_none() {
+        *loaded = Some(load_iter()?);
+    }
+    let ebpf = loaded.as_mut().expect("loaded just above");
+    let prog: &mut Iter = ebpf.program_mut(PROGRAM).ok_or(KillError::NoProgram)?.try_into().map_err(
+        |source: aya::programs::ProgramError| KillError::Iter { what: "program type", source: source.into() },
+    )?;
     let link = prog.attach().map_err(|source| KillError::Iter { what: "attach", source: source.into() })?;
     let link = prog.take_link(link).map_err(|source| KillError::Iter { what: "link", source: source.into() })?;
     let mut file = link.into_file().map_err(|source| KillError::Iter { what: "iterator", source: source.into() })?;
