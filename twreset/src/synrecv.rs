@@ -53,13 +53,19 @@ impl ChildAddrs {
     pub fn feed<E>(&mut self, ev: Event, emit: &mut impl FnMut(&Event) -> Result<(), E>) -> Result<(), E> {
         if ev.kind == kind::STATE
             && let Some(mut held) = self.held.remove(&ev.skaddr)
-            && !(self.filtered && ev.ts_ns.saturating_sub(held.ts_ns) > STALE_NS)
         {
-            held.saddr = ev.saddr;
-            held.daddr = ev.daddr;
-            held.dport = ev.dport;
-            held.sport = ev.sport;
-            emit(&held)?;
+            // Another unaddressed first event at the same address is a new child: the held one
+            // was an earlier child whose later transitions never came (filtered out).
+            let stale = self.filtered && ev.ts_ns.saturating_sub(held.ts_ns) > STALE_NS;
+            if !unaddressed(&ev) && !stale {
+                held.saddr = ev.saddr;
+                held.daddr = ev.daddr;
+                held.dport = ev.dport;
+                held.sport = ev.sport;
+                emit(&held)?;
+            } else if !self.filtered {
+                emit(&held)?;
+            }
         }
         if unaddressed(&ev) {
             if self.filtered && self.held.len() >= MAX_HELD {
@@ -163,6 +169,13 @@ mod tests {
         let mut late = ev(5 + STALE_NS + 1, tcp_state::CLOSE, tcp_state::SYN_SENT, 8, 5000);
         late.skaddr = 9;
         f.feed(late, &mut emit).unwrap();
+        // Child 7's transitions are filtered out; child 8 gets its address at once: neither shows.
+        let mut first = ev(10, tcp_state::LISTEN, tcp_state::SYN_RECV, 0, 0);
+        first.skaddr = 7;
+        f.feed(first, &mut emit).unwrap();
+        let mut second = ev(11, tcp_state::LISTEN, tcp_state::SYN_RECV, 0, 0);
+        second.skaddr = 7;
+        f.feed(second, &mut emit).unwrap();
         // Child 3 never shows again: dropped at the end, not shown with the listener's tuple.
         f.feed(ev(3, tcp_state::LISTEN, tcp_state::SYN_RECV, 0, 0), &mut emit).unwrap();
         f.flush(&mut emit).unwrap();

@@ -29,7 +29,7 @@ use crate::{
         killer::{KillError, Killer},
         packet,
     },
-    sock::SockKey,
+    sock::{DiagSocket, SockKey},
 };
 
 const PROGRAM: &str = "iter_tcp";
@@ -216,19 +216,23 @@ impl Killer for RstKiller {
 
 /// A sent RST is only a claim: a fresh dump says which sockets are really gone. Loopback RSTs
 /// are processed in softirq, which can lag under load, so survivors get a few short retries.
+/// A killed socket frees its port, and a busy client may take it for a new connection to the
+/// same peer at once: the dump then shows the same 4-tuple again. So a socket with the target's
+/// tuple counts as the target only if it can be: the same cookie where both have one, else for a
+/// TIME_WAIT target a TIME_WAIT socket whose timer has no more time left than the target's had
+/// at the plan (a new one starts a full 60 s).
 fn confirm(targets: &[Entry], out: &mut [Outcome]) -> Result<(), KillError> {
     let mut diag = Diag::open().map_err(|source| KillError::Destroy { source })?;
     for attempt in 0..10 {
-        let alive: std::collections::HashSet<Tuple4> = diag
-            .dump(&[])
-            .map_err(|source| KillError::Destroy { source })?
-            .iter()
-            .map(|e| tuple(&e.sock.key))
-            .collect();
+        let mut alive: HashMap<Tuple4, Vec<DiagSocket>> = HashMap::new();
+        for e in diag.dump(&[]).map_err(|source| KillError::Destroy { source })? {
+            alive.entry(tuple(&e.sock.key)).or_default().push(e.sock);
+        }
         let mut survivors = 0;
         for (e, o) in targets.iter().zip(out.iter_mut()) {
             if matches!(o, Outcome::Killed | Outcome::Survived) {
-                *o = if alive.contains(&tuple(&e.sock.key)) { Outcome::Survived } else { Outcome::Killed };
+                let same = alive.get(&tuple(&e.sock.key)).is_some_and(|l| l.iter().any(|a| may_be(&e.sock, a)));
+                *o = if same { Outcome::Survived } else { Outcome::Killed };
                 survivors += usize::from(*o == Outcome::Survived);
             }
         }
@@ -240,9 +244,22 @@ fn confirm(targets: &[Entry], out: &mut [Outcome]) -> Result<(), KillError> {
     Ok(())
 }
 
+/// Whether `alive` (same 4-tuple, in a later dump) may be the socket `target` was (see
+/// [`confirm`]).
+fn may_be(target: &DiagSocket, alive: &DiagSocket) -> bool {
+    if target.cookie != 0 && alive.cookie != 0 {
+        return target.cookie == alive.cookie;
+    }
+    if target.timewait {
+        return alive.timewait && alive.expires_ms <= target.expires_ms;
+    }
+    true
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::state::TcpState;
 
     #[test]
     fn parses_records() {
@@ -286,5 +303,33 @@ mod tests {
         // docs/internals/kernel-abi.md, Linux 6.18: tw rcv_nxt 124, snd_nxt 132; dport 12, num 14.
         assert_eq!((off.dport, off.num, off.tw_rcv_nxt, off.tw_snd_nxt), (12, 14, 124, 132));
         assert!(off.rcv_nxt > 1000 && off.snd_nxt > 1000);
+    }
+
+    #[test]
+    fn a_new_socket_on_a_killed_ones_tuple_is_not_a_survivor() {
+        let key = SockKey {
+            netns_cookie: 1,
+            laddr: "10.0.0.1".parse().unwrap(),
+            lport: 40000,
+            raddr: "10.0.0.2".parse().unwrap(),
+            rport: 80,
+        };
+        let sock = |timewait, expires_ms, cookie| DiagSocket {
+            key,
+            state: if timewait { TcpState::TimeWait } else { TcpState::Established },
+            timewait,
+            expires_ms,
+            cookie,
+            inode: 0,
+            uid: 0,
+        };
+        // A TIME_WAIT target with 30 s left: a TIME_WAIT socket with 59 s is a new one.
+        assert!(!may_be(&sock(true, 30_000, 0), &sock(true, 59_000, 0)));
+        assert!(may_be(&sock(true, 30_000, 0), &sock(true, 29_900, 0)));
+        // A new established connection on the tuple is not the TIME_WAIT target.
+        assert!(!may_be(&sock(true, 30_000, 0), &sock(false, 0, 7)));
+        // Cookies decide where both have one.
+        assert!(may_be(&sock(false, 0, 7), &sock(false, 0, 7)));
+        assert!(!may_be(&sock(false, 0, 7), &sock(false, 0, 8)));
     }
 }
