@@ -54,10 +54,11 @@ impl ChildAddrs {
         if ev.kind == kind::STATE
             && let Some(mut held) = self.held.remove(&ev.skaddr)
         {
-            // Another unaddressed first event at the same address is a new child: the held one
+            // The child's own next transition leaves SYN_RECV. Anything else at its address
+            // (another unaddressed child, a client socket) is a newer socket there: the held one
             // was an earlier child whose later transitions never came (filtered out).
             let stale = self.filtered && ev.ts_ns.saturating_sub(held.ts_ns) > STALE_NS;
-            if !unaddressed(&ev) && !stale {
+            if ev.oldstate == tcp_state::SYN_RECV && !stale {
                 held.saddr = ev.saddr;
                 held.daddr = ev.daddr;
                 held.dport = ev.dport;
@@ -176,6 +177,14 @@ mod tests {
         let mut second = ev(11, tcp_state::LISTEN, tcp_state::SYN_RECV, 0, 0);
         second.skaddr = 7;
         f.feed(second, &mut emit).unwrap();
+        // Child 12 is filtered out; a client socket then gets its address and passes: the
+        // held event is not given the client's tuple.
+        let mut child = ev(20, tcp_state::LISTEN, tcp_state::SYN_RECV, 0, 0);
+        child.skaddr = 12;
+        f.feed(child, &mut emit).unwrap();
+        let mut client = ev(21, tcp_state::CLOSE, tcp_state::SYN_SENT, 6, 7004);
+        client.skaddr = 12;
+        f.feed(client, &mut emit).unwrap();
         // Child 3 never shows again: dropped at the end, not shown with the listener's tuple.
         f.feed(ev(3, tcp_state::LISTEN, tcp_state::SYN_RECV, 0, 0), &mut emit).unwrap();
         f.flush(&mut emit).unwrap();
@@ -185,7 +194,8 @@ mod tests {
             [
                 (1, tcp_state::SYN_RECV, 7, 4000),
                 (1, tcp_state::ESTABLISHED, 7, 4000),
-                (9, tcp_state::SYN_SENT, 8, 5000)
+                (9, tcp_state::SYN_SENT, 8, 5000),
+                (12, tcp_state::SYN_SENT, 6, 7004)
             ],
             "{out:?}"
         );
