@@ -5,8 +5,6 @@
 pub mod btf_func;
 pub mod findings;
 pub mod model;
-/// The procfs parsers (they live in `kernel::procfs`; doctor is their main reader).
-pub use crate::kernel::procfs as parse;
 pub mod paths;
 pub mod pressure;
 pub mod probe;
