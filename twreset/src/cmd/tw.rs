@@ -135,9 +135,9 @@ mod tests {
 
     use super::*;
     use crate::{
+        ports::PortSpaces,
         sock::{DiagSocket, SockKey},
         state::TcpState,
-        table::PortRanges,
         tw_event::{TwEvent, TwEventKind},
     };
 
@@ -238,7 +238,7 @@ mod tests {
             lost: Box::new(|| 0),
             attached_counts: Vec::new(),
             tw_counts: Box::new(Vec::new),
-            ranges: PortRanges::default(),
+            ranges: PortSpaces::default(),
             clock: crate::live::monotonic_ns,
         };
         let ev = TwEvent {
