@@ -47,8 +47,8 @@ pub struct TraceSpec<'a> {
 pub enum TraceError {
     #[error(transparent)]
     Probe(#[from] ProbeError),
-    #[error("learning the namespaces' cookies")]
-    Netns(#[source] crate::kernel::netns::NetnsError),
+    #[error(transparent)]
+    Netns(crate::kernel::netns::NetnsError),
     #[error("registering the ring buffer with tokio")]
     Register(#[source] std::io::Error),
 }
