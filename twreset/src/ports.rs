@@ -1,4 +1,6 @@
-//! the one port-pressure model of `tw --by dest`, `top`, `doctor` and the relief policy: a namespace's ephemeral ports, the sockets holding them per destination, pressure, `tcp_tw_reuse`; pure
+//! The one port-pressure model of `tw --by dest`, `top`, `doctor` and the relief policy: a
+//! namespace's ephemeral ports, the sockets holding them per destination, pressure, `tcp_tw_reuse`;
+//! pure.
 //!
 //! `connect()` runs out of local ports per destination (local IP, remote IP, remote port), not
 //! per host. The model, decided once for every reader:

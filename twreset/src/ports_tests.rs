@@ -1,4 +1,5 @@
-//! unit tests of the port-pressure model: port spaces with reserved ports, the counting rule, per-namespace spaces, pressure math, `tcp_tw_reuse`
+//! Unit tests of the port-pressure model: port spaces with reserved ports, the counting rule,
+//! per-namespace spaces, pressure math, `tcp_tw_reuse`.
 
 use super::*;
 use crate::sock::SockKey;

@@ -1,4 +1,5 @@
-//! The kernel sessions that attach the eBPF object to watch: table mode here, trace mode in `session/trace.rs` ([`trace::TraceSession`]); the only code that attaches either mode.
+//! The kernel sessions that attach the eBPF object to watch: table mode here, trace mode in
+//! `session/trace.rs` ([`trace::TraceSession`]); the only code that attaches either mode.
 //!
 //! [`TableSession::start`] loads, filters and attaches in the order the table relies on (timer
 //! programs, then `sock_ops`: see [`TwFeed::start`]) and streams decoded events into a channel;

@@ -1,4 +1,5 @@
-//! doctor's view of the one port-pressure model ([`crate::ports`]): a namespace's dump counted per destination (IPv4-mapped addresses folded), busiest first
+//! Doctor's view of the one port-pressure model ([`crate::ports`]): a namespace's dump counted per
+//! destination (IPv4-mapped addresses folded), busiest first.
 //!
 //! Which sockets hold a port, the ports per destination and what `tcp_tw_reuse` frees are the
 //! model's; this file only groups one namespace's dump and ranks it for the report.

@@ -1,4 +1,6 @@
-//! the kernel session in trace mode: loads and attaches in the protocol's order, hands older sockets over to `sock_ops`, reads the full loss breakdown, changes the namespace filter at run time; dropping it detaches
+//! The kernel session in trace mode: loads and attaches in the protocol's order, hands older
+//! sockets over to `sock_ops`, reads the full loss breakdown, changes the namespace filter at run
+//! time; dropping it detaches.
 //!
 //! Attach order is part of the capture protocol (the kernel calls a hook's programs in attach
 //! order, and a transition must never see the two sides disagree); [`TraceSession::start`] is
