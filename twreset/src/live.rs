@@ -152,13 +152,13 @@ fn sysctl<T>(path: &str, parse: impl FnOnce(&str) -> Result<T, ParseError>) -> R
 /// The ephemeral ports of the calling thread's namespace: its `ip_local_port_range` and
 /// `ip_local_reserved_ports` (see [`crate::ports`]).
 pub fn read_port_space() -> Result<PortSpace, LiveError> {
-    let (lo, hi) = sysctl(PORT_RANGE, procfs::port_range)?;
+    let range = sysctl(PORT_RANGE, PortRange::parse)?;
     // Older kernels share it between namespaces, and some have none: no file, nothing reserved.
     let reserved = match sysctl(RESERVED_PORTS, procfs::reserved_ports) {
         Err(LiveError::SysctlRead { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => Vec::new(),
         r => r?,
     };
-    Ok(PortSpace { range: PortRange { lo, hi }, reserved })
+    Ok(PortSpace { range, reserved })
 }
 
 fn space_in(ns: &Netns) -> Result<(u64, PortSpace), LiveError> {

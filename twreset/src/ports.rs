@@ -30,6 +30,7 @@ use std::{
 };
 
 use crate::{
+    kernel::procfs::{self, ParseError},
     sock::DiagSocket,
     state::{TW_LEN_NS, TcpState},
 };
@@ -56,6 +57,19 @@ impl PortRange {
 
     pub fn contains(&self, port: u16) -> bool {
         (self.lo..=self.hi).contains(&port)
+    }
+
+    /// `/proc/sys/net/ipv4/ip_local_port_range` ("32768\t60999\n", [`procfs::port_range`]), low
+    /// not above high.
+    pub fn parse(text: &str) -> Result<Self, ParseError> {
+        match procfs::port_range(text)? {
+            (lo, hi) if lo <= hi => Ok(Self { lo, hi }),
+            _ => Err(ParseError::Format {
+                what: "ip_local_port_range",
+                expected: "the low port, then a high one",
+                text: text.trim().to_owned(),
+            }),
+        }
     }
 }
 

@@ -9,11 +9,25 @@ fn space(lo: u16, hi: u16, reserved: &[(u16, u16)]) -> PortSpace {
 }
 
 #[test]
-fn range_sizes() {
+fn parses_proc_range() {
+    assert_eq!(PortRange::parse("32768\t60999\n"), Ok(PortRange { lo: 32768, hi: 60999 }));
+    assert_eq!(PortRange::parse("1024 1024"), Ok(PortRange { lo: 1024, hi: 1024 }));
+    for bad in ["", "1", "2 1", "1 2 3", "a b", "1 70000"] {
+        assert!(PortRange::parse(bad).is_err(), "{bad:?}");
+    }
     assert_eq!(PortRange::default().size(), 28232);
     assert_eq!(PortRange { lo: 1, hi: 1 }.size(), 1);
     assert_eq!(PortRange { lo: 0, hi: 65535 }.size(), 65536);
+    // Never parsed (the kernel refuses it too), but a range written high to low holds nothing.
     assert_eq!(PortRange { lo: 2, hi: 1 }.size(), 0);
+}
+
+#[test]
+fn ranges_per_namespace() {
+    let mut r = PortSpaces::default();
+    r.per_ns.insert(7, space(40000, 40009, &[]));
+    assert_eq!(r.of(7).range.size(), 10);
+    assert_eq!(r.of(8).range, PortRange::default());
 }
 
 #[test]
