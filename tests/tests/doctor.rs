@@ -532,3 +532,101 @@ fn missing_tracefs_is_reported_as_not_mounted() {
     assert_eq!(t["available"], false, "{t:#}");
     assert!(t["detail"].as_str().unwrap().contains("tracefs"), "{t:#}");
 }
+
+/// A namespace with no name (a pod's, say): a process's only, reached through
+/// `/proc/PID/ns/net`. The process is killed on drop, which frees the namespace.
+struct Unnamed {
+    child: std::process::Child,
+}
+
+impl Unnamed {
+    fn new() -> Self {
+        let child = std::process::Command::new("unshare").args(["-n", "sleep", "600"]).spawn().expect("spawn unshare");
+        let mine = std::fs::read_link("/proc/self/ns/net").unwrap();
+        let link = format!("/proc/{}/ns/net", child.id());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !std::fs::read_link(&link).is_ok_and(|l| l != mine) {
+            assert!(std::time::Instant::now() < deadline, "unshare -n: no namespace of its own within 10 s");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        Self { child }
+    }
+
+    fn path(&self) -> std::path::PathBuf {
+        format!("/proc/{}/ns/net", self.child.id()).into()
+    }
+
+    fn sysctl(&self, key: &str, value: &str) {
+        let file = format!("/proc/sys/{}", key.replace('.', "/"));
+        twreset_tests::run_in(&self.path(), || std::fs::write(&file, value))
+            .unwrap_or_else(|e| panic!("{key} = {value}: {e}"));
+    }
+}
+
+impl Drop for Unnamed {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One port-pressure model with each namespace's own ports: a namespace without a name, whose
+/// range is narrower than the host's and partly reserved, gets the pressure of its own 15 ports
+/// in `tw --by dest --all-netns` (which used to fall back to the host's range there) and in
+/// `doctor --all-netns`, the two agreeing.
+#[test]
+fn unnamed_namespace_pressure_uses_its_own_ports_in_tw_and_doctor() {
+    if !privileged("unnamed_namespace_pressure_uses_its_own_ports_in_tw_and_doctor") {
+        return;
+    }
+    let ns = Unnamed::new();
+    let path = ns.path();
+    let status = std::process::Command::new("nsenter")
+        .args([&format!("--net={}", path.display()), "ip", "link", "set", "lo", "up"])
+        .status()
+        .unwrap();
+    assert!(status.success(), "lo up");
+    ns.sysctl("net.ipv4.tcp_tw_reuse", "0");
+    ns.sysctl("net.ipv4.tcp_max_tw_buckets", "262144");
+    ns.sysctl("net.ipv4.ip_local_port_range", "40000 40019");
+    ns.sysctl("net.ipv4.ip_local_reserved_ports", "40010-40014");
+    // Six client-closed connections (TIME_WAIT) and one held open (connected), to 127.0.0.1:8091.
+    let server = SocketAddr::new(IpAddr::from([127, 0, 0, 1]), 8091);
+    let tw = twreset_tests::run_in(&path, || connections(server, None, 6, Closer::Client));
+    let held = twreset_tests::run_in(&path, || {
+        let l = TcpListener::bind(server).unwrap();
+        let c = TcpStream::connect(server).unwrap();
+        let (a, _) = l.accept().unwrap();
+        (l, c, a)
+    });
+    let ports: Vec<u16> = tw.iter().map(|(c, _)| c.port()).chain([held.1.local_addr().unwrap().port()]).collect();
+    assert!(ports.iter().all(|p| (40000..40010).contains(p) || (40015..40020).contains(p)), "{ports:?}");
+    let cookie = twreset_tests::netns_id(&path);
+    let host_range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap();
+    assert_ne!(host_range.split_whitespace().collect::<Vec<_>>(), ["40000", "40019"], "the host's range differs");
+
+    let (code, out, err) = twreset(&["tw", "--by", "dest", "--all-netns", "--json"]);
+    assert_eq!(code, Some(0), "{err}");
+    let v: Value = serde_json::from_str(&out).expect("one JSON document");
+    let rows: Vec<&Value> = v["rows"].as_array().unwrap().iter().filter(|r| r["netns_cookie"] == cookie).collect();
+    assert_eq!(rows.len(), 1, "one destination in the unnamed namespace: {v:#}");
+    let r = rows[0];
+    assert_eq!((r["raddr"].as_str(), r["rport"].as_u64()), (Some("127.0.0.1"), Some(8091)), "{r}");
+    assert_eq!((r["time_wait"].as_u64(), r["connected"].as_u64(), r["holding"].as_u64()), (Some(6), Some(1), Some(7)));
+    // 40000-40019 less the five reserved: 15 ports, not the host's.
+    assert_eq!(r["port_range"], 15, "{r}");
+    assert_eq!(r["pressure"], 0.4667, "{r}");
+
+    let dir = TempDir::new("unnamed");
+    let (_, out, err) = twreset(&["doctor", "--json", "--all-netns", "--sysctl-dir", dir.0.to_str().unwrap()]);
+    let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("doctor JSON: {e}\nstderr: {err}"));
+    let list: Vec<&Value> = v["namespaces"].as_array().unwrap().iter().filter(|n| n["cookie"] == cookie).collect();
+    assert_eq!(list.len(), 1, "the unnamed namespace once: {v:#}");
+    let n = list[0];
+    assert_eq!(n["ports_per_destination"], 15);
+    let d = &n["destinations"][0];
+    assert_eq!((d["remote"].as_str(), d["remote_port"].as_u64()), (Some("127.0.0.1"), Some(8091)), "{d}");
+    assert_eq!((d["sockets"].as_u64(), d["time_wait"].as_u64()), (Some(7), Some(6)), "{d}");
+    assert_eq!(d["pressure_pct"], 46.7, "7 of 15 ports, as tw's 0.4667");
+    drop(held);
+}

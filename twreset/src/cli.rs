@@ -4,12 +4,6 @@ use clap::{Parser, Subcommand};
 
 use crate::cmd;
 
-// The shared vocabulary lives below the commands; named here too for the commands' callers.
-pub use crate::{
-    cmd::{NetnsArgs, UsageError},
-    scope::{NetnsScope, parse_peer, parse_port, parse_state},
-};
-
 #[derive(Parser, Debug)]
 #[command(name = "twreset", version, about = "Live TIME_WAIT tables and targeted TCP socket kills, with eBPF")]
 pub struct Cli {

@@ -4,7 +4,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use twreset_common::{AF_INET, AF_INET6, Event, kind};
 
-pub use crate::sock::Family;
+use crate::sock::Family;
 use crate::{
     sock::SockKey,
     state::{StateError, TcpState, is_active_close},

@@ -15,6 +15,7 @@ pub mod live;
 pub mod ndjson;
 pub mod output;
 pub mod policy;
+pub mod ports;
 pub mod probe;
 pub mod scope;
 pub mod session;

@@ -3,16 +3,26 @@
 //!
 //! The inputs are parameters so `tw` and `top` run the same way from the kernel or from a test.
 
-use std::{collections::HashMap, error::Error as StdError, path::Path, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    error::Error as StdError,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
 
 use tokio::sync::{broadcast, mpsc};
 
 use crate::{
     crosscheck::{self, Creations, LastEvents, NsCount, Overflows},
-    kernel::netns::{self, Netns, NetnsError},
-    scope::NetnsScope,
+    kernel::{
+        netns::{self, Netns, NetnsError},
+        procfs::{self, ParseError},
+    },
+    ports::{Connected, PortRange, PortSpace, PortSpaces},
+    scope::{self, NetnsScope},
     sock::DiagSocket,
-    table::{By, Connected, Drift, PortRange, PortRanges, Snapshot, Sort, Table, ViewConfig, pressure::PressureError},
+    table::{By, Drift, Snapshot, Sort, Table, ViewConfig},
     tw_event::TwEvent,
 };
 
@@ -39,7 +49,7 @@ pub fn replay(dump: &[DiagSocket], sink: &mut dyn DumpSink) {
 struct Seeding<'a> {
     table: &'a mut Table,
     connected: &'a mut Connected,
-    ranges: &'a PortRanges,
+    ranges: &'a PortSpaces,
     now_ns: u64,
     added: usize,
 }
@@ -59,7 +69,7 @@ impl DumpSink for Seeding<'_> {
 struct Observing<'a> {
     table: &'a mut Table,
     connected: &'a mut Connected,
-    ranges: &'a PortRanges,
+    ranges: &'a PortSpaces,
 }
 
 impl DumpSink for Observing<'_> {
@@ -92,8 +102,8 @@ pub struct Feed {
     /// The kernel's counts just before the event source attached: the baselines of the overflow
     /// counters (`Counters::overflow`).
     pub attached_counts: Vec<NsCount>,
-    /// `ip_local_port_range` per namespace in scope.
-    pub ranges: PortRanges,
+    /// The ephemeral ports of each namespace in scope ([`port_spaces`]).
+    pub ranges: PortSpaces,
     /// The clock event stamps are on (`CLOCK_MONOTONIC` for the kernel: [`monotonic_ns`]); tests
     /// pass one that follows tokio's paused time, so none of them sleeps in real time.
     pub clock: Clock,
@@ -109,17 +119,19 @@ pub enum LiveError {
         #[source]
         source: Box<dyn StdError + Send + Sync>,
     },
-    #[error("cannot read {PORT_RANGE}")]
-    PortRangeRead {
+    #[error("cannot read {}", path.display())]
+    SysctlRead {
+        path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("bad {PORT_RANGE}")]
-    PortRange {
+    #[error("bad {}", path.display())]
+    Sysctl {
+        path: PathBuf,
         #[source]
-        source: PressureError,
+        source: ParseError,
     },
-    #[error("reading the ephemeral port range of a namespace")]
+    #[error("reading the ephemeral ports of a namespace")]
     Netns {
         #[source]
         source: NetnsError,
@@ -128,45 +140,61 @@ pub enum LiveError {
 
 /// The sysctl that sizes the ephemeral port space; /proc/sys/net shows the reading thread's namespace.
 pub const PORT_RANGE: &str = "/proc/sys/net/ipv4/ip_local_port_range";
+/// The ports `connect()` never hands out, in the same namespace.
+pub const RESERVED_PORTS: &str = "/proc/sys/net/ipv4/ip_local_reserved_ports";
 
-pub fn read_port_range() -> Result<PortRange, LiveError> {
-    let text = std::fs::read_to_string(PORT_RANGE).map_err(|source| LiveError::PortRangeRead { source })?;
-    PortRange::parse(&text).map_err(|source| LiveError::PortRange { source })
+fn sysctl<T>(path: &str, parse: impl FnOnce(&str) -> Result<T, ParseError>) -> Result<T, LiveError> {
+    let path = PathBuf::from(path);
+    let text = std::fs::read_to_string(&path).map_err(|source| LiveError::SysctlRead { path: path.clone(), source })?;
+    parse(&text).map_err(|source| LiveError::Sysctl { path, source })
 }
 
-fn range_in(ns: &Netns) -> Result<(u64, PortRange), LiveError> {
+/// The ephemeral ports of the calling thread's namespace: its `ip_local_port_range` and
+/// `ip_local_reserved_ports` (see [`crate::ports`]).
+pub fn read_port_space() -> Result<PortSpace, LiveError> {
+    let range = sysctl(PORT_RANGE, PortRange::parse)?;
+    // Older kernels share it between namespaces, and some have none: no file, nothing reserved.
+    let reserved = match sysctl(RESERVED_PORTS, procfs::reserved_ports) {
+        Err(LiveError::SysctlRead { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        r => r?,
+    };
+    Ok(PortSpace { range, reserved })
+}
+
+fn space_in(ns: &Netns) -> Result<(u64, PortSpace), LiveError> {
     let cookie = ns.cookie().map_err(|source| LiveError::Netns { source })?;
-    let range = ns.run(read_port_range).map_err(|source| LiveError::Netns { source })??;
-    Ok((cookie, range))
+    let space = ns.run(read_port_space).map_err(|source| LiveError::Netns { source })??;
+    Ok((cookie, space))
 }
 
-/// `ip_local_port_range` of every namespace in scope (for `--all-netns`: the named ones; others
-/// get the current namespace's range).
-pub fn port_ranges(scope: &NetnsScope) -> Result<PortRanges, LiveError> {
-    let default = read_port_range()?;
+/// The ephemeral ports of every namespace in scope, each read inside that namespace. With
+/// [`NetnsScope::All`], every namespace `scope::all_in(proc_root)` finds (named or held by a
+/// process, pods included); one created later gets the current namespace's.
+pub fn port_spaces(scope: &NetnsScope, proc_root: &Path) -> Result<PortSpaces, LiveError> {
+    let default = read_port_space()?;
     let mut per_ns = HashMap::new();
     match scope {
         NetnsScope::Current => {
-            per_ns.insert(netns::current_cookie().map_err(|source| LiveError::Netns { source })?, default);
+            per_ns.insert(netns::current_cookie().map_err(|source| LiveError::Netns { source })?, default.clone());
         }
         NetnsScope::Paths(list) => {
             for ns in list {
-                let (cookie, range) = range_in(ns)?;
-                per_ns.insert(cookie, range);
+                let (cookie, space) = space_in(ns)?;
+                per_ns.insert(cookie, space);
             }
         }
         NetnsScope::All => {
-            for (name, _) in netns::named() {
-                // A namespace deleted meanwhile simply keeps the default.
-                if let Ok(ns) = Netns::open(&Path::new(netns::NAMED_DIR).join(name))
-                    && let Ok((cookie, range)) = range_in(&ns)
-                {
-                    per_ns.insert(cookie, range);
+            let current = netns::current_cookie().map_err(|source| LiveError::Netns { source })?;
+            per_ns.insert(current, default.clone());
+            for ns in scope::all_in(proc_root).into_iter().filter_map(|t| t.netns) {
+                // A namespace gone meanwhile simply keeps the default.
+                if let Ok((cookie, space)) = space_in(&ns) {
+                    per_ns.insert(cookie, space);
                 }
             }
         }
     }
-    Ok(PortRanges { default, per_ns })
+    Ok(PortSpaces { default, per_ns })
 }
 
 /// Hand freed heap back to the kernel after a dump: the table's growth and an event burst leave
@@ -212,7 +240,7 @@ pub struct CrosscheckStats {
 pub struct Live {
     pub table: Table,
     pub connected: Connected,
-    pub ranges: PortRanges,
+    pub ranges: PortSpaces,
     pub view: ViewConfig,
     events: mpsc::Receiver<Vec<TwEvent>>,
     dump: DumpFn,

@@ -5,8 +5,9 @@ use std::process::ExitCode;
 use clap::Parser;
 use twreset::{
     api::client::{Agent, ClientError},
-    cli::{Cli, Command, UsageError},
+    cli::{Cli, Command},
     cmd,
+    cmd::UsageError,
 };
 
 /// SIGINT or SIGTERM. The handlers are installed when this is called, not when the future is

@@ -1,9 +1,15 @@
-//! The kernel session in table mode: the one owner of the loaded eBPF object while a live table
-//! runs. [`TableSession::start`] loads, filters and attaches in the order the table relies on
-//! (timer programs, then `sock_ops`: see [`TwFeed::start`]) and streams decoded events into a
-//! channel; its handle changes the namespace filter at run time, reads the full loss breakdown,
-//! and shuts down. Dropping the handle (or [`TableSession::shutdown`]) drops the probe, which
-//! detaches every program and link.
+//! The kernel sessions that attach the eBPF object to watch: table mode here, trace mode in
+//! `session/trace.rs` ([`trace::TraceSession`]); the only code that attaches either mode.
+//!
+//! [`TableSession::start`] loads, filters and attaches in the order the table relies on (timer
+//! programs, then `sock_ops`: see [`TwFeed::start`]) and streams decoded events into a channel;
+//! its handle changes the namespace filter at run time, reads the full loss breakdown, and shuts
+//! down. Dropping the handle (or [`TableSession::shutdown`]) drops the probe, which detaches
+//! every program and link. The per-mode truth table (which programs each mode attaches, in which
+//! order, and who reports each transition) is in `session/trace.rs` and
+//! docs/internals/capture.md.
+
+pub mod trace;
 
 use std::time::Duration;
 
@@ -14,7 +20,7 @@ use tokio::{
 
 use crate::{
     kernel::netns,
-    live::{DumpFn, Feed, LostFn, port_ranges},
+    live::{DumpFn, Feed, LostFn, port_spaces},
     probe::Loss,
     scope::NetnsScope,
     tw_event::TwEvent,
@@ -158,7 +164,7 @@ pub fn kernel_feed(scope: &NetnsScope) -> Result<Feed, FeedError> {
 /// its loss breakdown, its namespace filter and its shutdown. With [`NetnsScope::All`],
 /// processes' namespaces are looked for under `proc_root`.
 pub fn kernel_session(scope: &NetnsScope, proc_root: &std::path::Path) -> Result<(Feed, TableSession), FeedError> {
-    let ranges = port_ranges(scope)?;
+    let ranges = port_spaces(scope, proc_root)?;
     let cookies = match scope {
         NetnsScope::All => None,
         NetnsScope::Current => Some(vec![netns::current_cookie().map_err(FeedError::Netns)?]),

@@ -4,6 +4,9 @@ use std::{fmt, str::FromStr};
 
 use twreset_common::tcp_state as k;
 
+/// TCP_TIMEWAIT_LEN: how long a TIME_WAIT socket lives (no sysctl changes it), in ns.
+pub const TW_LEN_NS: u64 = 60_000_000_000;
+
 /// A TCP state. Converted from the kernel's integer with `TryFrom`; never transmuted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum TcpState {

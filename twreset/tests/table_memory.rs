@@ -10,9 +10,10 @@ use std::{
 };
 
 use twreset::{
+    ports::{Connected, PortSpaces},
     sock::SockKey,
     state::TcpState,
-    table::{By, Connected, PortRanges, Sort, Table, ViewConfig},
+    table::{By, Sort, Table, ViewConfig},
     tw_event::{TwEvent, TwEventKind},
 };
 
@@ -64,7 +65,7 @@ fn per_socket(v6: bool) -> f64 {
     let after = rss_bytes();
     assert_eq!(table.len(), N as usize + 1, "keys must be distinct");
     // Timings are printed for the record, never asserted (machines differ).
-    let (connected, ranges) = (Connected::default(), PortRanges::default());
+    let (connected, ranges) = (Connected::default(), PortSpaces::default());
     let timed = |by| {
         let t = Instant::now();
         let rows =

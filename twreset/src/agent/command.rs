@@ -57,7 +57,7 @@ pub type EventBatch = Arc<[TwEvent]>;
 /// One request to the owner.
 #[derive(Debug)]
 pub enum Command {
-    /// The table grouped `by`, sorted by `sort` (render with `cmd::tw::render::render_json` for
+    /// The table grouped `by`, sorted by `sort` (render with `output::tw::render_json` for
     /// the same document as `tw --json`).
     Tw { by: By, sort: Sort, reply: oneshot::Sender<Snapshot> },
     /// The table as `GET /v1/tw` asks for it: its own prefix lengths, some namespaces only.
@@ -73,7 +73,7 @@ pub enum Command {
     /// Readiness and size.
     Status { reply: oneshot::Sender<Status> },
     /// The relief's status (`GET /v1/relief`), after pausing or resuming it if asked.
-    Relief { action: super::relief::ReliefAction, reply: oneshot::Sender<crate::policy::ReliefStatus> },
+    Relief { action: crate::api::ReliefAction, reply: oneshot::Sender<crate::policy::ReliefStatus> },
     /// The figures `GET /metrics` is built from (see `agent::metrics`).
     Metrics { reply: oneshot::Sender<Arc<super::metrics::Figures>> },
 }
@@ -118,10 +118,7 @@ impl Commands {
     }
 
     /// `GET /v1/relief`, `POST /v1/relief/pause`, `POST /v1/relief/resume`.
-    pub async fn relief(
-        &self,
-        action: super::relief::ReliefAction,
-    ) -> Result<crate::policy::ReliefStatus, CommandError> {
+    pub async fn relief(&self, action: crate::api::ReliefAction) -> Result<crate::policy::ReliefStatus, CommandError> {
         self.ask(|reply| Command::Relief { action, reply }).await
     }
 

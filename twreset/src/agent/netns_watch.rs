@@ -15,9 +15,9 @@ use crate::{
         identity::{IdentityPaths, Kind, Resolver},
         netns::{self, NAMED_DIR, Netns},
     },
-    live::{monotonic_ns, read_port_range},
+    live::{monotonic_ns, read_port_space},
+    ports::PortSpace,
     sock::DiagSocket,
-    table::PortRange,
 };
 
 /// What is known of a namespace's identity; [`netns_label`] is the one place that turns it into
@@ -49,8 +49,8 @@ pub fn netns_label(id: &NsIdentity) -> String {
 #[derive(Debug)]
 pub struct Found {
     pub identity: NsIdentity,
-    /// Its `ip_local_port_range` (None: unreadable, the default applies).
-    pub range: Option<PortRange>,
+    /// Its ephemeral ports (None: unreadable, the default applies).
+    pub range: Option<PortSpace>,
     /// Its sockets, dumped inside it, and when the dump started (CLOCK_MONOTONIC ns). None for
     /// the namespaces of the first scan, which the table's own seed covers.
     pub dump: Option<(u64, Vec<DiagSocket>)>,
@@ -177,7 +177,7 @@ impl Scanner {
         let (cookie, range, dump) = ns
             .run(|| {
                 let cookie = netns::current_cookie().ok()?;
-                let range = read_port_range().ok();
+                let range = read_port_space().ok();
                 let dump = (!first).then(|| {
                     let started = monotonic_ns();
                     let mut all = Vec::new();

@@ -16,11 +16,11 @@ use crate::{
         select::{Selector, StateWord, States, parse_endpoint},
     },
     live::{monotonic_ns, replay},
+    ports::PortSpaces,
     scope::NetnsScope,
     session::SessionStats,
     sock::{DiagSocket, SockKey},
     state::TcpState,
-    table::PortRanges,
     tw_event::{TwEvent, TwEventKind},
 };
 
@@ -65,7 +65,7 @@ fn start() -> Harness {
         lost: Box::new(|| 0),
         tw_counts: Box::new(Vec::new),
         attached_counts: Vec::new(),
-        ranges: PortRanges::default(),
+        ranges: PortSpaces::default(),
         clock: monotonic_ns,
     };
     let (commands, command_rx) = Commands::channel();

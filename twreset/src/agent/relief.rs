@@ -25,7 +25,7 @@ use crate::{
 };
 
 /// What `GET /v1/relief` and the pause switch ask of the owner (the API's vocabulary).
-pub use crate::api::ReliefAction;
+use crate::api::ReliefAction;
 
 /// The policy's input from the live table at `now_ns`: destinations some rule covers (`label`
 /// names their namespaces), with pressure as `tw --by dest` computes it and their TIME_WAIT

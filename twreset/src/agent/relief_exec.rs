@@ -1,7 +1,7 @@
 //! The relief's executor: one thread of its own (never the table's owner) that runs the policy's
-//! kill intents one at a time through the same kill path as `twreset kill` ([`kill::run_here`]
-//! in the destination's namespace: dump, plan oldest first, preflight, SOCK_DESTROY), audited in
-//! the same log with trigger `policy`, and reports what was really killed back to the owner.
+//! kill intents one at a time through the kill path of every caller ([`execute::kill_in`] in the
+//! destination's namespace: dump, plan oldest first, preflight, kill, audit line with trigger
+//! `policy`), and reports what was really killed back to the owner.
 
 use std::{
     collections::HashMap,
@@ -11,7 +11,6 @@ use std::{
         atomic::{AtomicBool, Ordering},
         mpsc as std_mpsc,
     },
-    time::{SystemTime, UNIX_EPOCH},
 };
 
 use serde_json::{Value, json};
@@ -20,9 +19,9 @@ use tokio::sync::mpsc;
 use crate::{
     kernel::netns::{self, Netns, NetnsError},
     kill::{
-        self, Method, NsRun, Options,
-        audit::{Actor, AuditError, AuditLog, Record},
-        exec,
+        Method, Options,
+        audit::{Actor, AuditError, AuditLog},
+        exec, execute,
         report::Totals,
     },
     policy::KillIntent,
@@ -133,16 +132,13 @@ pub fn audit_fields(job: &Job, killed: u64) -> serde_json::Map<String, Value> {
     }
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
-
-/// Kill the intent's oldest TIME_WAIT sockets, then write its audit line (opened first: a kill
-/// that cannot be recorded does not happen).
+/// Kill the intent's oldest TIME_WAIT sockets through the one kill path
+/// ([`execute::kill_in`]: plan, preflight, kill, audit), its audit line carrying the policy's
+/// fields. The log is opened first: a kill that cannot be recorded does not happen.
 fn run(job: &Job, paths: &mut HashMap<u64, PathBuf>) -> Result<Totals, ExecutorError> {
     let i = &job.intent;
     let actor = Actor { argv: vec!["twreset-agent-relief".into()], trigger: "policy", ..Actor::current() };
-    let audit = AuditLog::open_as(&job.audit_log, actor)?;
+    let mut audit = AuditLog::open_as(&job.audit_log, actor)?;
     let target = target(i.dest.netns, &i.netns, paths)?;
     let opts = Options {
         selector: i.selector(),
@@ -151,33 +147,10 @@ fn run(job: &Job, paths: &mut HashMap<u64, PathBuf>) -> Result<Totals, ExecutorE
         dry_run: false,
         progress: false,
     };
-    let run = match &target.netns {
-        None => kill::run_here(&opts),
-        Some(ns) => {
-            ns.run(|| kill::run_here(&opts)).unwrap_or_else(|e| NsRun { error: Some(e.into()), ..Default::default() })
-        }
-    };
-    if let Some(e) = &run.error {
-        return Err(ExecutorError::Kill { label: target.label, message: exec::chain(e) });
+    let fields = |t: &Totals| audit_fields(job, t.killed as u64);
+    let done = execute::kill_in(&target, &opts, None, Some(&mut audit), Some(&fields))?;
+    if let Some(e) = &done.run.error {
+        return Err(ExecutorError::Kill { label: done.label, message: exec::chain(e) });
     }
-    let mut totals = Totals { selected: run.planned.len(), ..Totals::default() };
-    if let Some(o) = &run.outcomes {
-        totals.add(o);
-    }
-    if totals.selected == 0 {
-        return Ok(totals);
-    }
-    let mut audit = audit.with_fields(audit_fields(job, totals.killed as u64));
-    audit.write(&Record {
-        time_ms: now_ms(),
-        netns: i.netns.clone(),
-        netns_cookie: i.dest.netns,
-        method: kill::auto::describe(&run.methods),
-        selector: opts.selector.describe(),
-        selected: totals.selected,
-        killed: totals.killed,
-        gone: totals.gone,
-        failed: totals.failed,
-    })?;
-    Ok(totals)
+    Ok(done.totals)
 }

@@ -82,7 +82,7 @@ impl TryFrom<KillRequest> for KillPlan {
         let ports = each("port", r.port.iter().map(text), parse_port)?;
         let locals = each("local", r.local, |s| select::parse_endpoint(s, true))?;
         let words = each("state", r.state, select::parse_state_word)?;
-        let older_than = each("older_than", r.older_than.as_ref().map(text), select::parse_duration)?.pop();
+        let older_than = each("older_than", r.older_than.as_ref().map(text), crate::duration::parse)?.pop();
         let method = match r.method.as_deref() {
             None | Some("auto") => Method::Auto,
             Some("destroy") => Method::Destroy,

@@ -16,8 +16,8 @@ use crate::{
         client::{Agent, ClientError, for_each_line},
         server::{self, Server},
     },
-    cmd::tw::render::render_json,
     kill::{report::Totals as KillTotals, select::SelectorError},
+    output::tw::render_json,
     sock::SockKey,
     table::{Group, Row, Totals},
     tw_event::TwEventKind,
@@ -222,7 +222,7 @@ async fn cli_tw_through_the_agent() {
     assert_eq!(out, format!("{}\n", render_json(&snapshot(By::Port), &crate::output::NsNames::default())).into_bytes());
     let mut out = Vec::new();
     crate::cmd::tw::via_agent(&r.agent, &args(&[]), &mut out).await.unwrap();
-    let want = crate::cmd::tw::render::render_human(&snapshot(By::Peer), &crate::output::NsNames::default());
+    let want = crate::output::tw::render_human(&snapshot(By::Peer), &crate::output::NsNames::default());
     assert_eq!(String::from_utf8(out).unwrap(), want);
     let q = r.fake.queries.lock().unwrap();
     assert_eq!((q[0].by, q[0].netns.is_none(), q[1].netns.is_some()), (By::Port, true, true));

@@ -15,11 +15,13 @@ use crate::{
     diag::{self, DiagError},
     doctor::{
         model::{ConfigLine, Counters, Settings},
-        parse::{self, ParseError},
         paths, probe,
         report::{self, NsFacts},
     },
-    kernel::netns::{self, Netns, NetnsError},
+    kernel::{
+        netns::{self, Netns, NetnsError},
+        procfs::{self as parse, ParseError},
+    },
     scope::NetnsScope,
     state::{self, TcpState},
 };

@@ -17,6 +17,7 @@ use crate::{
         kill_req::KillRequest,
     },
     cmd::{NetnsArgs, UsageError},
+    duration,
     kill::{
         Method, Options,
         audit::{self, Actor},
@@ -44,7 +45,7 @@ pub struct KillArgs {
     #[arg(long = "state", value_name = "STATE", value_parser = select::parse_state_word)]
     pub states: Vec<StateWord>,
     /// Only TIME_WAIT sockets at least this old (60 s minus the remaining timer), e.g. 30s, 1m.
-    #[arg(long, value_name = "DURATION", value_parser = select::parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = duration::parse)]
     pub older_than: Option<Duration>,
     /// Kill at most N sockets per namespace, oldest first.
     #[arg(long, value_name = "N")]

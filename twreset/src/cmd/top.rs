@@ -19,7 +19,6 @@ use crate::{
         client::{Agent, AgentArgs, ClientError},
         query::{Scope, TwParams},
     },
-    cmd::tw::parse_duration,
     cmd::{NetnsArgs, UsageError},
     live::{Feed, Live, LiveError},
     output::NsNames,
@@ -39,10 +38,10 @@ pub struct TopArgs {
     #[arg(long, value_enum, default_value_t = By::Peer)]
     pub by: By,
     /// Refresh interval (`+`/`-` change it live).
-    #[arg(long, short = 'd', value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
+    #[arg(long, short = 'd', value_name = "DURATION", default_value = "1s", value_parser = crate::duration::parse)]
     pub interval: Duration,
     /// How often to compare the table with a sock_diag dump (drift should stay 0).
-    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = crate::duration::parse)]
     pub reconcile: Duration,
     /// Prefix length of IPv4 rows when grouping by prefix.
     #[arg(long = "prefix-v4", value_name = "LEN", default_value_t = 24, value_parser = clap::value_parser!(u8).range(0..=32))]

@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 use aya::maps::{MapData, RingBuf};
 use clap::Args;
 use ipnet::IpNet;
-use tokio::{io::unix::AsyncFd, time::MissedTickBehavior};
+use tokio::time::MissedTickBehavior;
 
 use crate::{
     cmd::{NetnsArgs, UsageError},
@@ -22,8 +22,9 @@ use crate::{
     },
     ndjson::transition::TransitionLines,
     output::{self, NsNames, WallClock},
-    probe::{DRAIN_EVERY, Filters, Loss, Probe},
+    probe::{DRAIN_EVERY, Loss},
     scope::{NetnsScope, parse_peer, parse_port, parse_state},
+    session::trace::{TraceSession, TraceSpec},
     state::TcpState,
     synrecv::ChildAddrs,
     twfeed,
@@ -82,23 +83,8 @@ pub struct Summary {
     pub events: u64,
     pub decode_errors: u64,
     pub loss: Loss,
-    /// The `sock_ops` source was attached (see [`Probe::attach_sock_ops`]).
+    /// The `sock_ops` source was attached (see [`TraceSession::sock_ops`]).
     pub sock_ops: bool,
-}
-
-fn filters(cfg: &TraceConfig) -> Result<Filters> {
-    let netns = match &cfg.scope {
-        NetnsScope::All => None,
-        NetnsScope::Current => Some(vec![netns::current_cookie()?]),
-        NetnsScope::Paths(list) => Some(list.iter().map(|n| n.cookie()).collect::<Result<_, _>>()?),
-    };
-    Ok(Filters {
-        netns,
-        peers: cfg.peers.clone(),
-        ports: cfg.ports.clone(),
-        states: cfg.states.clone(),
-        tw_table: false,
-    })
 }
 
 fn scope_label(cfg: &TraceConfig) -> String {
@@ -211,27 +197,6 @@ fn render_all(
     out.flush()
 }
 
-/// Give the sockets of the watched namespaces that existed before `trace` to `sock_ops`, then
-/// detach the tracepoint programs: from then on each transition costs one `sock_ops` call
-/// instead of that and two tracepoint programs. `--all-netns` keeps them: a namespace with no
-/// process or name in it cannot be entered, and its older sockets would go unreported.
-fn hand_over(probe: &mut Probe, scope: &NetnsScope) {
-    let handed = match scope {
-        NetnsScope::All => {
-            eprintln!("twreset: --all-netns: the tracepoint programs stay attached for sockets older than this trace");
-            return;
-        }
-        NetnsScope::Current => probe.own_existing().map_err(anyhow::Error::from),
-        NetnsScope::Paths(list) => {
-            list.iter().try_fold(0, |sum, n| -> Result<u64> { Ok(sum + n.run(|| probe.own_existing())??) })
-        }
-    };
-    match handed.and_then(|n| probe.detach_state().map(|()| n).map_err(anyhow::Error::from)) {
-        Ok(n) => tracing::debug!("{n} existing sockets handed to sock_ops; tracepoint programs detached"),
-        Err(e) => eprintln!("twreset: warning: {e:#}; the tracepoint programs stay attached"),
-    }
-}
-
 /// Namespace identities for the session's output, rescanned every [`IDENTITY_SCAN`] with
 /// `--all-netns`. Kept for the whole session: a trace's namespaces are few next to its events.
 struct Identities {
@@ -278,41 +243,17 @@ impl Identities {
 
 /// Run the session until `shutdown` resolves or stdout is closed.
 pub async fn run(cfg: TraceConfig, shutdown: impl Future<Output = ()>) -> Result<Summary> {
-    let mut probe = Probe::load()?;
-    probe.set_filters(&filters(&cfg)?)?;
-    let ring = probe.take_events()?;
-    // SAFETY: the RingBuf owns its map fd for as long as the AsyncFd holds it.
-    let mut ring = unsafe { AsyncFd::register(ring) }
-        .map_err(|e| e.into_parts().1)
-        .context("registering the ring buffer with tokio")?;
-    // Established sockets' transitions from tcp_set_state() itself, which the tracepoint leaves
-    // a few per million of undelivered; without it the tracepoint reports everything. First, so
-    // that the tracepoint programs never run without it (see `Probe::attach_sock_ops`).
-    let sock_ops = match probe.attach_sock_ops() {
-        Ok(()) => true,
-        Err(e) => {
-            let e = anyhow::Error::from(e);
-            eprintln!("twreset: warning: {e:#}; the tracepoint alone may miss a few transitions per million");
-            false
-        }
+    let spec = TraceSpec {
+        scope: &cfg.scope,
+        peers: cfg.peers.clone(),
+        ports: cfg.ports.clone(),
+        states: cfg.states.clone(),
+        timewait: cfg.timewait,
     };
-    // Sockets that connect or listen from now on are sock_ops' from birth; the tracepoint
-    // programs report the others until the older sockets are handed over too (`hand_over`).
-    let own = sock_ops
-        && match probe.attach_own() {
-            Ok(()) => true,
-            Err(e) => {
-                let e = anyhow::Error::from(e);
-                eprintln!("twreset: warning: {e:#}; the tracepoint programs stay attached");
-                false
-            }
-        };
-    probe.attach_state()?;
-    if cfg.timewait {
-        probe.attach_timewait(twfeed::fault_skip())?;
-    }
-    if own {
-        hand_over(&mut probe, &cfg.scope);
+    // The session attaches in the protocol's order and hands older sockets over.
+    let (mut session, mut ring) = TraceSession::start(spec)?;
+    for n in session.notices() {
+        eprintln!("twreset: {n}");
     }
     let hz = twfeed::kernel_hz().unwrap_or(250);
 
@@ -344,8 +285,8 @@ pub async fn run(cfg: TraceConfig, shutdown: impl Future<Output = ()>) -> Result
         let guard = tokio::select! {
             _ = &mut shutdown => break Ok(()),
             _ = tick.tick() => {
-                probe.flush_logs();
-                report_loss(&mut reported, &probe.loss()?);
+                session.flush_logs();
+                report_loss(&mut reported, &session.loss()?);
                 // New pods and containers appear while an --all-netns trace runs.
                 if matches!(cfg.scope, NetnsScope::All) && ids.refresh() {
                     names = ids.names();
@@ -356,7 +297,7 @@ pub async fn run(cfg: TraceConfig, shutdown: impl Future<Output = ()>) -> Result
             _ = drain.tick() => None,
             guard = ring.readable_mut() => Some(guard.context("waiting on the ring buffer")?),
         };
-        let ctx = Render::new(&cfg, &names, &clock, hz, probe.kallsyms());
+        let ctx = Render::new(&cfg, &names, &clock, hz, session.kallsyms());
         let wrote = match guard {
             Some(mut guard) => {
                 let wrote =
@@ -372,13 +313,12 @@ pub async fn run(cfg: TraceConfig, shutdown: impl Future<Output = ()>) -> Result
     };
     // What the kernel sent before the stop and no timer tick collected yet.
     let result = result.and_then(|_| {
-        let ctx = Render::new(&cfg, &names, &clock, hz, probe.kallsyms());
+        let ctx = Render::new(&cfg, &names, &clock, hz, session.kallsyms());
         render_all(&mut out, &mut buf, ring.get_mut(), &ctx, &mut lines, &mut summary, &mut kids)?;
         kids.flush(&mut |ev| render_event(&mut buf, ev, &ctx, &mut lines)).map_err(io::Error::other)?;
         out.write_all(&buf).and_then(|_| out.flush()).map_err(Into::into)
     });
-    summary.loss = probe.loss()?;
-    summary.sock_ops = sock_ops;
-    drop(probe); // detaches the program before the summary is printed
+    summary.sock_ops = session.sock_ops();
+    summary.loss = session.shutdown()?; // detaches the programs before the summary is printed
     result.map(|_| summary)
 }

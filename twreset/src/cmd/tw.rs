@@ -1,8 +1,5 @@
 //! `twreset tw`: a one-shot snapshot of the live TIME_WAIT table (seed, settle, print).
 
-/// The table renderers (they live in `output::tw`, shared with `top`).
-pub use crate::output::tw as render;
-
 use std::{io::Write, time::Duration};
 
 use clap::Args;
@@ -39,7 +36,7 @@ pub struct TwArgs {
     #[arg(long = "prefix-v6", value_name = "LEN", default_value_t = 64, value_parser = clap::value_parser!(u8).range(0..=128))]
     pub prefix_v6: u8,
     /// How long to follow kernel events after the seeding dump before printing (e.g. 200ms, 2s).
-    #[arg(long, value_name = "DURATION", default_value = "200ms", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "200ms", value_parser = crate::duration::parse)]
     pub settle: Duration,
     #[command(flatten)]
     pub agent: AgentArgs,
@@ -60,8 +57,6 @@ pub async fn via_agent(agent: &Agent, a: &TwArgs, out: &mut dyn Write) -> Result
     out.flush()?;
     Ok(())
 }
-
-pub use crate::duration::parse as parse_duration;
 
 /// Identities of namespaces (pods, containers, `ip netns` names), to label destinations.
 pub fn ns_names() -> NsNames {
@@ -140,9 +135,9 @@ mod tests {
 
     use super::*;
     use crate::{
+        ports::PortSpaces,
         sock::{DiagSocket, SockKey},
         state::TcpState,
-        table::PortRanges,
         tw_event::{TwEvent, TwEventKind},
     };
 
@@ -243,7 +238,7 @@ mod tests {
             lost: Box::new(|| 0),
             attached_counts: Vec::new(),
             tw_counts: Box::new(Vec::new),
-            ranges: PortRanges::default(),
+            ranges: PortSpaces::default(),
             clock: crate::live::monotonic_ns,
         };
         let ev = TwEvent {

@@ -5,12 +5,15 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use crate::doctor::{
-    model::{
-        Capabilities, ConfigLine, Counters, DEFAULT_FIN_TIMEOUT, Destination, Finding, Settings, Severity,
-        TIME_WAIT_SECONDS,
+use crate::{
+    doctor::{
+        model::{
+            Capabilities, ConfigLine, Counters, DEFAULT_FIN_TIMEOUT, Destination, Finding, Settings, Severity,
+            TIME_WAIT_SECONDS,
+        },
+        pressure::held,
     },
-    pressure::{held, percent},
+    ports::percent,
 };
 
 use Severity::{Critical, Info, Warning};

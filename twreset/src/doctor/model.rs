@@ -6,6 +6,8 @@ use std::{net::IpAddr, path::PathBuf};
 
 use serde::Serialize;
 
+use crate::ports::{self, PortRange, PortSpace};
+
 /// How bad a finding is. Ordered: `Ok < Info < Warning < Critical`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -72,43 +74,28 @@ pub const TIME_WAIT_SECONDS: u32 = 60;
 pub const DEFAULT_FIN_TIMEOUT: u32 = 60;
 
 impl Settings {
-    /// Ephemeral ports one (local IP, remote IP, remote port) destination can use: the
-    /// range minus the reserved ports inside it.
-    pub fn ports_per_destination(&self) -> Option<u32> {
+    /// The namespace's ephemeral ports, as the one port-pressure model sees them
+    /// ([`crate::ports`]); `None` when the range could not be read.
+    pub fn port_space(&self) -> Option<PortSpace> {
         let (lo, hi) = self.ip_local_port_range?;
-        if hi < lo {
-            return Some(0);
-        }
-        let total = u32::from(hi) - u32::from(lo) + 1;
-        let reserved: u32 = self
-            .ip_local_reserved_ports
-            .iter()
-            .map(|&(a, b)| {
-                let (a, b) = (a.max(lo), b.min(hi));
-                if b >= a { u32::from(b) - u32::from(a) + 1 } else { 0 }
-            })
-            .sum();
-        Some(total.saturating_sub(reserved))
+        Some(PortSpace { range: PortRange { lo, hi }, reserved: self.ip_local_reserved_ports.clone() })
+    }
+
+    /// Ephemeral ports one (local IP, remote IP, remote port) destination can use: the
+    /// range minus the reserved ports inside it ([`PortSpace::ports`]).
+    pub fn ports_per_destination(&self) -> Option<u32> {
+        self.port_space().map(|s| s.ports())
     }
 
     /// True when `port` can be handed out by `connect()` as an ephemeral port.
     pub fn is_ephemeral(&self, port: u16) -> bool {
-        let Some((lo, hi)) = self.ip_local_port_range else {
-            return false;
-        };
-        (lo..=hi).contains(&port) && !self.ip_local_reserved_ports.iter().any(|&(a, b)| (a..=b).contains(&port))
+        self.port_space().is_some_and(|s| s.is_ephemeral(port))
     }
 
-    /// Whether `connect()` from `local` to `remote` may take over a TIME_WAIT socket's port:
-    /// tcp_tw_reuse 1, or 2 when either address is loopback (`tcp_twsk_unique`), and timestamps
-    /// on (the kernel refuses reuse for connections without them).
+    /// Whether `connect()` from `local` to `remote` may take over a TIME_WAIT socket's port
+    /// ([`ports::reuse_applies`]).
     pub fn reuse_applies(&self, local: IpAddr, remote: IpAddr) -> bool {
-        let ts = self.tcp_timestamps.is_some_and(|t| t != 0);
-        ts && match self.tcp_tw_reuse {
-            Some(1) => true,
-            Some(2) => local.is_loopback() || remote.is_loopback(),
-            _ => false,
-        }
+        ports::reuse_applies(self.tcp_tw_reuse, self.tcp_timestamps, local, remote)
     }
 }
 

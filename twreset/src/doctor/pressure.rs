@@ -1,46 +1,27 @@
-//! Ephemeral-port pressure per destination, from a sock_diag dump: pure counting.
+//! Doctor's view of the one port-pressure model ([`crate::ports`]): a namespace's dump counted per
+//! destination (IPv4-mapped addresses folded), busiest first.
 //!
-//! `connect()` runs out of ports per (local IP, remote IP, remote port), not per host: each
-//! socket holding an ephemeral port towards that tuple (in any state, TIME_WAIT included unless
-//! tcp_tw_reuse applies) takes one of the `ports_per_destination` slots.
+//! Which sockets hold a port, the ports per destination and what `tcp_tw_reuse` frees are the
+//! model's; this file only groups one namespace's dump and ranks it for the report.
 
-use std::{
-    collections::HashMap,
-    net::{IpAddr, Ipv6Addr},
-};
+use std::{collections::HashMap, net::IpAddr};
 
 use crate::{
     doctor::model::{Destination, Settings},
+    ports::{self, canonical, percent},
     sock::DiagSocket,
-    state::TcpState,
 };
-
-/// An IPv4-mapped IPv6 address names the same endpoint as the IPv4 one.
-fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
-        v4 => v4,
-    }
-}
-
-fn unspecified(ip: IpAddr) -> bool {
-    ip.is_unspecified() || ip == IpAddr::V6(Ipv6Addr::UNSPECIFIED)
-}
 
 /// The `top` destinations with the most sockets holding an ephemeral port, busiest first (ties
 /// broken by address so the order is stable).
 pub fn destinations(sockets: &[DiagSocket], settings: &Settings, top: usize) -> Vec<Destination> {
-    let Some(slots) = settings.ports_per_destination() else {
+    let Some(space) = settings.port_space() else {
         return Vec::new();
     };
+    let slots = space.ports();
     let mut by: HashMap<(IpAddr, IpAddr, u16), (u64, u64)> = HashMap::new();
-    for s in sockets {
+    for s in sockets.iter().filter(|s| ports::holds_port(s, &space)) {
         let k = &s.key;
-        // Listeners and unconnected sockets hold no port towards a destination; ports outside
-        // the ephemeral range were bound explicitly and do not use up the range.
-        if s.state == TcpState::Listen || unspecified(k.raddr) || k.rport == 0 || !settings.is_ephemeral(k.lport) {
-            continue;
-        }
         let e = by.entry((canonical(k.laddr), canonical(k.raddr), k.rport)).or_default();
         e.0 += 1;
         if s.timewait {
@@ -72,18 +53,9 @@ pub fn destinations(sockets: &[DiagSocket], settings: &Settings, top: usize) -> 
     out
 }
 
-/// Ports of a destination that `connect()` cannot take back (TIME_WAIT ones can be when
-/// tcp_tw_reuse applies).
+/// Ports of a destination that `connect()` cannot take back ([`ports::held`]).
 pub fn held(d: &Destination) -> u64 {
-    if d.reuse_applies { d.sockets - d.time_wait } else { d.sockets }
-}
-
-/// `part / whole` in percent, one decimal; 100 when `whole` is 0 and `part` is not.
-pub fn percent(part: u64, whole: u64) -> f64 {
-    if whole == 0 {
-        return if part == 0 { 0.0 } else { 100.0 };
-    }
-    (part as f64 * 1000.0 / whole as f64).round() / 10.0
+    ports::held(d.sockets, d.time_wait, d.reuse_applies)
 }
 
 #[cfg(test)]
@@ -91,7 +63,7 @@ mod tests {
     use std::net::Ipv4Addr;
 
     use super::*;
-    use crate::sock::SockKey;
+    use crate::{sock::SockKey, state::TcpState};
 
     fn sock(l: &str, lport: u16, r: &str, rport: u16, state: TcpState) -> DiagSocket {
         DiagSocket {
@@ -190,14 +162,5 @@ mod tests {
         assert_eq!((d[0].remote_port, d[0].reuse_applies, held(&d[0])), (443, false, 30));
         assert_eq!((d[1].remote_port, d[1].reuse_applies, held(&d[1])), (8080, true, 0));
         assert_eq!(destinations(&socks, &s, 1)[0].remote_port, 443);
-    }
-
-    #[test]
-    fn percentages() {
-        assert_eq!(percent(95, 100), 95.0);
-        assert_eq!(percent(1, 3), 33.3);
-        assert_eq!(percent(2, 3), 66.7);
-        assert_eq!(percent(0, 0), 0.0);
-        assert_eq!(percent(1, 0), 100.0);
     }
 }

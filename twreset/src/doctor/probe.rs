@@ -8,9 +8,8 @@ use crate::{
     doctor::{
         btf_func::{self, BtfFuncError},
         model::{Capabilities, Capability},
-        parse,
     },
-    kernel::{btf, caps, kallsyms::Kallsyms, tracefs},
+    kernel::{btf, caps, kallsyms::Kallsyms, procfs as parse, tracefs},
 };
 
 const BPF_PROG_LOAD: libc::c_long = 5;

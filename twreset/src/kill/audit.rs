@@ -140,10 +140,9 @@ impl AuditLog {
         Ok(Self { path: path.to_owned(), file, actor, extra: serde_json::Map::new() })
     }
 
-    /// Add `fields` to every line this log writes (a policy kill's rule, destination and pressure).
-    pub fn with_fields(mut self, fields: serde_json::Map<String, Value>) -> Self {
+    /// Replace the fields added to every line from now on.
+    pub fn set_fields(&mut self, fields: serde_json::Map<String, Value>) {
         self.extra = fields;
-        self
     }
 
     /// Append one line (a single `write` on an O_APPEND file, so concurrent runs do not interleave).

@@ -1,6 +1,6 @@
-//! One kill run from start to end for any caller: namespaces resolved, each snapshotted,
-//! planned, preflighted and killed (`run_here`), every batch audited, results written as
-//! `twreset kill` prints them.
+//! One kill run for any caller (CLI, agent API, relief policy): namespaces resolved, each
+//! snapshotted, planned, preflighted and killed (`run_here`), every batch audited ([`kill_in`]),
+//! results written as `twreset kill` prints them.
 
 use std::{
     io::{self, Write},
@@ -15,7 +15,8 @@ use crate::{
         exec::chain,
         report::{self, Totals},
     },
-    scope::{self as targets, NetnsScope, Target},
+    output::NsNames,
+    scope::{self, NetnsScope, Target},
 };
 
 /// What to kill and how to report it.
@@ -40,13 +41,59 @@ fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
-fn run_target(t: &Target, opts: &Options) -> NsRun {
-    match &t.netns {
+/// One namespace's kill as it is recorded: planned, preflighted and killed in `t`'s namespace
+/// ([`kill::run_here`]), then, when anything was attempted, one audit line in `audit`.
+pub struct NsKill {
+    pub run: NsRun,
+    /// The namespace as labelled in the output and the audit line.
+    pub label: String,
+    /// This namespace's totals.
+    pub totals: Totals,
+}
+
+/// Extra fields of an audit line, from the namespace's totals (a policy kill's rule,
+/// destination and pressure after).
+pub type AuditFields<'a> = &'a dyn Fn(&Totals) -> serde_json::Map<String, serde_json::Value>;
+
+/// The one path of every kill, per namespace: [`execute`] takes it for the CLI and the API, the
+/// relief's executor for the policy. `names` labels the namespace by who it belongs to (else
+/// `t.label`); `audit` is `None` for a dry run only.
+pub fn kill_in(
+    t: &Target,
+    opts: &Options,
+    names: Option<&NsNames>,
+    audit: Option<&mut AuditLog>,
+    fields: Option<AuditFields<'_>>,
+) -> Result<NsKill, AuditError> {
+    let run = match &t.netns {
         None => kill::run_here(opts),
         Some(ns) => {
             ns.run(|| kill::run_here(opts)).unwrap_or_else(|e| NsRun { error: Some(e.into()), ..Default::default() })
         }
+    };
+    let identity = names.and_then(|n| n.identity(run.cookie)).filter(|_| run.cookie != 0);
+    let label = identity.map_or_else(|| t.label.clone(), |i| i.label());
+    let mut totals = Totals { selected: run.planned.len(), ..Totals::default() };
+    if let Some(o) = &run.outcomes {
+        totals.add(o);
     }
+    if let (Some(log), Some(_)) = (audit, &run.outcomes) {
+        if let Some(f) = fields {
+            log.set_fields(f(&totals));
+        }
+        log.write(&Record {
+            time_ms: now_ms(),
+            netns: label.clone(),
+            netns_cookie: run.cookie,
+            method: kill::auto::describe(&run.methods),
+            selector: opts.selector.describe(),
+            selected: run.planned.len(),
+            killed: totals.killed,
+            gone: totals.gone,
+            failed: totals.failed,
+        })?;
+    }
+    Ok(NsKill { run, label, totals })
 }
 
 /// Run the kill for `actor` (recorded in the audit log), writing what `twreset kill` prints
@@ -56,22 +103,20 @@ pub fn execute(req: Request<'_>, actor: Actor, out: &mut dyn Write) -> Result<To
     let cfg = req;
     // Opened before anything dies: a kill that cannot be recorded does not happen.
     let mut audit = if cfg.opts.dry_run { None } else { Some(AuditLog::open_as(cfg.audit_log, actor)?) };
-    let targets = targets::resolve(cfg.scope);
+    let targets = scope::resolve(cfg.scope);
     // Who each namespace belongs to, for labels, JSON and the audit log.
-    let names = crate::output::NsNames::resolve();
+    let names = NsNames::resolve();
     let mut totals = Totals::default();
     let mut header = false;
     for t in &targets {
-        let run = run_target(t, cfg.opts);
+        let NsKill { run, label, totals: ns } = kill_in(t, cfg.opts, Some(&names), audit.as_mut(), None)?;
         let identity = names.identity(run.cookie).filter(|_| run.cookie != 0);
-        let label = identity.map_or_else(|| t.label.clone(), |i| i.label());
         let with_identity = |mut v: serde_json::Value| {
             if let (Some(i), Some(o)) = (identity, v.as_object_mut()) {
                 i.insert_into(o);
             }
             v
         };
-        totals.selected += run.planned.len();
         if let Some(w) = &run.warning {
             eprintln!("twreset: warning: netns {}: a real kill would fail: {w}", label);
             if cfg.json {
@@ -87,24 +132,7 @@ pub fn execute(req: Request<'_>, actor: Actor, out: &mut dyn Write) -> Result<To
                 writeln!(out, "{}", with_identity(report::problem_json("error", &label, run.cookie, &msg)))?;
             }
         }
-        if let Some(o) = &run.outcomes {
-            totals.add(o);
-        }
-        if let (Some(log), Some(o)) = (audit.as_mut(), &run.outcomes) {
-            let mut t2 = Totals::default();
-            t2.add(o);
-            log.write(&Record {
-                time_ms: now_ms(),
-                netns: label.clone(),
-                netns_cookie: run.cookie,
-                method: kill::auto::describe(&run.methods),
-                selector: cfg.opts.selector.describe(),
-                selected: run.planned.len(),
-                killed: t2.killed,
-                gone: t2.gone,
-                failed: t2.failed,
-            })?;
-        }
+        totals.merge(&ns);
         if cfg.json {
             for (i, e) in run.planned.iter().enumerate() {
                 let outcome = run.outcomes.as_ref().map(|o| o[i]);

@@ -13,8 +13,6 @@ pub mod replay;
 pub mod report;
 pub mod rst;
 pub mod select;
-/// Namespace discovery (it lives in `scope`, shared with the live table).
-pub use crate::scope as targets;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 

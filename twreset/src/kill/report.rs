@@ -37,6 +37,18 @@ impl Totals {
         }
     }
 
+    /// Add another namespace's totals.
+    pub fn merge(&mut self, o: &Totals) {
+        self.selected += o.selected;
+        self.killed += o.killed;
+        self.gone += o.gone;
+        self.failed += o.failed;
+        for (reason, n) in &o.failures {
+            *self.failures.entry(reason.clone()).or_default() += n;
+        }
+        self.ns_errors += o.ns_errors;
+    }
+
     /// Exit status 1 when any selected socket could not be killed.
     pub fn ok(&self) -> bool {
         self.failed == 0 && self.ns_errors == 0

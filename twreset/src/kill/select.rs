@@ -78,8 +78,6 @@ pub fn parse_endpoint(s: &str, allow_bare_port: bool) -> Result<Endpoint, String
     }
 }
 
-pub use crate::duration::parse as parse_duration;
-
 /// Which states a kill covers.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum States {

@@ -1,7 +1,7 @@
 //! Unit tests of the pure selector rules.
 
 use super::*;
-use crate::sock::SockKey;
+use crate::{duration::parse as parse_duration, sock::SockKey};
 
 pub(crate) fn sock(l: &str, r: &str, state: TcpState, timewait: bool, expires_ms: u32) -> DiagSocket {
     let l: std::net::SocketAddr = l.parse().unwrap();

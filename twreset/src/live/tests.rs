@@ -54,7 +54,7 @@ fn feed(dumps: Vec<Vec<DiagSocket>>, lost: Arc<AtomicU64>) -> (mpsc::Sender<Vec<
         lost: Box::new(move || lost.load(Ordering::Relaxed)),
         attached_counts: Vec::new(),
         tw_counts: Box::new(Vec::new),
-        ranges: PortRanges::default(),
+        ranges: PortSpaces::default(),
         clock: now_ns,
     };
     (tx, feed)
@@ -204,7 +204,7 @@ async fn reconcile_lets_in_flight_events_land() {
         lost: Box::new(move || lost.load(Ordering::Relaxed)),
         attached_counts: Vec::new(),
         tw_counts: Box::new(Vec::new),
-        ranges: PortRanges::default(),
+        ranges: PortSpaces::default(),
         clock: now_ns,
     };
     let mut live = Live::start(feed, ViewConfig::default(), Duration::from_millis(20)).await.unwrap();
@@ -236,7 +236,7 @@ async fn a_failed_dump_leaves_the_table_alone() {
         lost: Box::new(|| 0),
         attached_counts: Vec::new(),
         tw_counts: Box::new(Vec::new),
-        ranges: PortRanges::default(),
+        ranges: PortSpaces::default(),
         clock: now_ns,
     };
     let mut live = Live::start(feed, ViewConfig::default(), Duration::ZERO).await.unwrap();
@@ -270,7 +270,7 @@ async fn dump_errors_surface() {
         lost: Box::new(|| 0),
         attached_counts: Vec::new(),
         tw_counts: Box::new(Vec::new),
-        ranges: PortRanges::default(),
+        ranges: PortSpaces::default(),
         clock: now_ns,
     };
     let e = Live::start(feed, ViewConfig::default(), Duration::ZERO).await.err().unwrap();
@@ -281,11 +281,14 @@ async fn dump_errors_surface() {
 #[test]
 fn port_ranges_of_the_current_namespace() {
     let want = PortRange::parse(&std::fs::read_to_string(PORT_RANGE).unwrap()).unwrap();
-    let r = port_ranges(&NetnsScope::Current).unwrap();
-    assert_eq!(r.default, want);
-    assert_eq!(r.of(netns::current_cookie().unwrap()), want);
+    let reserved = procfs::reserved_ports(&std::fs::read_to_string(RESERVED_PORTS).unwrap()).unwrap();
+    let proc = Path::new("/proc");
+    let r = port_spaces(&NetnsScope::Current, proc).unwrap();
+    assert_eq!(r.default.range, want);
+    assert_eq!(r.default.reserved, reserved);
+    assert_eq!(r.of(netns::current_cookie().unwrap()).range, want);
     let me = Netns::open(Path::new("/proc/self/ns/net")).unwrap();
-    let r = port_ranges(&NetnsScope::Paths(vec![me])).unwrap();
+    let r = port_spaces(&NetnsScope::Paths(vec![me]), proc).unwrap();
     assert_eq!(r.per_ns.len(), 1);
-    assert_eq!(r.of(netns::current_cookie().unwrap()), want);
+    assert_eq!(r.of(netns::current_cookie().unwrap()).range, want);
 }

@@ -4,7 +4,8 @@
 use serde_json::Value;
 
 use crate::{
-    table::{By, Counters, Dest, Group, Pressure, Row, Snapshot, Totals},
+    ports::{Dest, Pressure},
+    table::{By, Counters, Group, Row, Snapshot, Totals},
     tw_event::TwCause,
 };
 

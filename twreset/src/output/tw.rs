@@ -177,7 +177,10 @@ pub fn render_human(snap: &Snapshot, names: &NsNames) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::table::{Counters, Dest, Pressure};
+    use crate::{
+        ports::{Dest, Pressure},
+        table::Counters,
+    };
 
     fn row(group: Group) -> Row {
         Row {

@@ -14,7 +14,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::rule::{NetnsPattern, Ratio, Rule};
-use crate::{duration::parse as parse_duration, scope::parse_peer, table::TW_LEN_NS};
+use crate::{duration::parse as parse_duration, scope::parse_peer, state::TW_LEN_NS};
 
 /// A config refused at load or reload. Displays as `agent.toml:12: reason`.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

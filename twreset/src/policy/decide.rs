@@ -12,7 +12,7 @@ use super::{
 };
 use crate::{
     kill::select::{Endpoint, Selector, States},
-    table::{Dest, Pressure},
+    ports::{Dest, Pressure},
 };
 
 /// TIME_WAIT sockets of one destination at least `min_age` old, for each `min_age` the rules use

@@ -5,8 +5,8 @@ use std::{net::IpAddr, path::Path};
 use super::*;
 use crate::{
     kill::{plan::plan, select::tests::sock},
+    ports::{Dest, Pressure},
     state::TcpState,
-    table::{Dest, Pressure},
 };
 
 pub(super) const S: u64 = 1_000_000_000;

@@ -26,7 +26,7 @@
 //! jump forward simply expires windows and cool-downs. Nothing panics or underflows.
 //!
 //! **Input.** One [`DestSnapshot`] per destination (namespace cookie, local IP, remote IP, remote
-//! port) with its namespace label, its [`crate::table::Pressure`] (`holding` = tw + connected
+//! port) with its namespace label, its [`crate::ports::Pressure`] (`holding` = tw + connected
 //! sockets, `range` = size of its namespace's ephemeral range) and [`OldEnough`]: how many of its
 //! TIME_WAIT sockets are at least each of [`ReliefConfig::min_ages_ns`] old. `peer_sockets` gives
 //! TIME_WAIT sockets per (namespace cookie, remote IP), keyed with the same address form as

@@ -20,7 +20,7 @@ impl Ratio {
         Self { value, ppm: (value.clamp(0.0, 1.0) * Self::PER as f64).round() as u64 }
     }
 
-    /// `holding / range >= self` (a range of 0 counts as 1, like [`crate::table::Pressure`]).
+    /// `holding / range >= self` (a range of 0 counts as 1, like [`crate::ports::Pressure`]).
     pub fn reached_by(&self, holding: u64, range: u32) -> bool {
         u128::from(holding) * u128::from(Self::PER) >= u128::from(self.ppm) * u128::from(range.max(1))
     }

@@ -12,7 +12,7 @@ use super::{
     config::{Mode, ReliefConfig},
     decide::{Decision, KillIntent},
 };
-use crate::table::Dest;
+use crate::ports::Dest;
 
 /// Length of the per-minute budgets' sliding window.
 pub const WINDOW_NS: u64 = 60_000_000_000;

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use super::{Dest, PortRanges, Table, key::DestKey};
+use super::{Dest, PortSpaces, Table, key::DestKey};
 
 impl Table {
     /// For every destination holding ephemeral ports (the sockets [`Table::snapshot`]'s
@@ -14,7 +14,7 @@ impl Table {
         &self,
         now_ns: u64,
         min_ages_ns: &[u64],
-        ranges: &PortRanges,
+        ranges: &PortSpaces,
     ) -> HashMap<Dest, Vec<(u64, u64)>> {
         let mut ages: Vec<u64> = min_ages_ns.to_vec();
         ages.sort_unstable();
@@ -22,7 +22,7 @@ impl Table {
         let ns_ranges: Vec<_> = (0..self.keys.ns_count()).map(|id| ranges.of(self.keys.netns(id))).collect();
         let mut acc: HashMap<DestKey, Vec<u64>> = HashMap::new();
         for (k, s) in &self.map {
-            if s.fin_wait2() || !ns_ranges[k.ns as usize].contains(k.lport) {
+            if s.fin_wait2() || !ns_ranges[k.ns as usize].is_ephemeral(k.lport) {
                 continue;
             }
             let age = now_ns.saturating_sub(s.created_ns);
@@ -76,7 +76,7 @@ mod tests {
         t.apply(&created(1, 40004, "10.0.0.2", TcpState::FinWait2));
         t.apply(&created(1, 80, "10.0.0.2", TcpState::TimeWait)); // not an ephemeral port
         t.apply(&created(2, 40005, "10.0.0.3", TcpState::TimeWait));
-        let ranges = PortRanges::default();
+        let ranges = PortSpaces::default();
         let got = t.old_enough_by_dest(10 * S, &[5 * S, 0, 5 * S, 9 * S], &ranges);
         let dest =
             |r: &str| Dest { netns: 7, laddr: "10.0.0.1".parse().unwrap(), raddr: r.parse().unwrap(), rport: 443 };

@@ -4,7 +4,6 @@
 mod ages;
 mod key;
 pub mod per_ns;
-pub mod pressure;
 mod reconcile;
 pub mod view;
 
@@ -21,17 +20,16 @@ use key::{DestKey, Key, Keys};
 /// in the table. foldhash is randomly seeded per process (keys come from remote peers).
 pub(crate) type FastHash = foldhash::fast::RandomState;
 pub use per_ns::{NsCounters, PeerCount};
-pub use pressure::{Connected, Dest, PortRange, PortRanges, Pressure};
 pub use reconcile::Drift;
 pub use view::{By, Group, Row, Snapshot, Sort, Totals, ViewConfig};
 
 use crate::{
+    ports::{Dest, PortSpaces},
+    state::TW_LEN_NS,
     state::TcpState,
     tw_event::{TwCause, TwEvent, TwEventKind},
 };
 
-/// `TCP_TIMEWAIT_LEN`: hard-coded in the kernel, no sysctl changes it.
-pub const TW_LEN_NS: u64 = 60_000_000_000;
 /// Kernel timers fire late (observed up to 1.5 s): an entry is only overdue well past its expiry.
 pub const OVERDUE_GRACE_NS: u64 = 5_000_000_000;
 /// How long per-destination early-kill counts are kept once a destination stops seeing kills.

@@ -1,7 +1,10 @@
 //! Table behaviour: events, seeding, reconcile, overdue expiry and every view.
 
 use super::*;
-use crate::sock::{DiagSocket, SockKey};
+use crate::{
+    ports::{Connected, PortSpaces},
+    sock::{DiagSocket, SockKey},
+};
 
 const S: u64 = 1_000_000_000;
 const NS: u64 = 4242;
@@ -31,7 +34,7 @@ fn tw(key: SockKey, expires_ms: u32) -> DiagSocket {
 }
 
 fn snap(t: &Table, now_s: u64, by: By) -> Snapshot {
-    t.snapshot(now_s * S, by, Sort::Count, &ViewConfig::default(), &Connected::default(), &PortRanges::default())
+    t.snapshot(now_s * S, by, Sort::Count, &ViewConfig::default(), &Connected::default(), &PortSpaces::default())
 }
 
 #[test]

@@ -12,8 +12,8 @@ use ipnet::IpNet;
 use super::{
     Counters, Table,
     key::{DestKey, unpack},
-    pressure::{Connected, Dest, PortRanges, Pressure},
 };
+use crate::ports::{Connected, Dest, PortSpaces, Pressure};
 
 /// How rows are grouped.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, clap::ValueEnum)]
@@ -254,7 +254,7 @@ impl Table {
         sort: Sort,
         cfg: &ViewConfig,
         connected: &Connected,
-        ranges: &PortRanges,
+        ranges: &PortSpaces,
     ) -> Snapshot {
         self.snapshot_in(now_ns, by, sort, cfg, connected, ranges, None)
     }
@@ -269,7 +269,7 @@ impl Table {
         sort: Sort,
         cfg: &ViewConfig,
         connected: &Connected,
-        ranges: &PortRanges,
+        ranges: &PortSpaces,
         netns: Option<&[u64]>,
     ) -> Snapshot {
         let wanted = |cookie: u64| netns.is_none_or(|l| l.contains(&cookie));
@@ -287,7 +287,7 @@ impl Table {
             }
             count += 1;
             fin_wait2 += u64::from(s.fin_wait2());
-            if by == By::Dest && !ns_ranges[k.ns as usize].contains(k.lport) {
+            if by == By::Dest && !ns_ranges[k.ns as usize].is_ephemeral(k.lport) {
                 continue;
             }
             let a = acc.entry(self.compact(by, &k.dest(), cfg)).or_insert_with(fresh);
@@ -329,7 +329,7 @@ impl Table {
                     Group::Dest(d) => Some(Pressure::compute(
                         a.count,
                         connected.get(&d),
-                        ranges.of(d.netns).size(),
+                        ranges.of(d.netns).ports(),
                         a.recent as f64 / window_s,
                     )),
                     _ => None,

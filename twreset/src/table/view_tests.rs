@@ -3,7 +3,10 @@
 use std::net::IpAddr;
 
 use super::*;
-use crate::sock::{DiagSocket, SockKey};
+use crate::{
+    ports::{Connected, PortRange, PortSpace, PortSpaces},
+    sock::{DiagSocket, SockKey},
+};
 
 const S: u64 = 1_000_000_000;
 const NS: u64 = 4242;
@@ -25,7 +28,7 @@ fn ip(s: &str) -> IpAddr {
 }
 
 fn view(t: &Table, now_s: u64, by: By, sort: Sort, cfg: &ViewConfig) -> Vec<Row> {
-    t.snapshot(now_s * S, by, sort, cfg, &Connected::default(), &PortRanges::default()).rows
+    t.snapshot(now_s * S, by, sort, cfg, &Connected::default(), &PortSpaces::default()).rows
 }
 
 fn groups(rows: &[Row]) -> Vec<(String, u64)> {
@@ -110,8 +113,8 @@ fn dest_pressure_counts_connected_and_rate() {
     let dest = Dest { netns: NS, laddr: ip("10.0.0.1"), raddr: ip("10.0.0.2"), rport: 443 };
     let other = Dest { rport: 8443, ..dest };
     let connected = Connected([(dest, 60), (other, 5)].into_iter().collect());
-    let mut ranges = PortRanges::default();
-    ranges.per_ns.insert(NS, PortRange { lo: 40000, hi: 40199 }); // 200 ports
+    let mut ranges = PortSpaces::default();
+    ranges.per_ns.insert(NS, PortSpace { range: PortRange { lo: 40000, hi: 40199 }, reserved: vec![] }); // 200 ports
     let s = t.snapshot(100 * S, By::Dest, Sort::Count, &ViewConfig::default(), &connected, &ranges);
     assert_eq!(s.rows.len(), 2, "a destination with only connected sockets has a row too");
     let p = s.rows[0].pressure.unwrap();
@@ -123,7 +126,7 @@ fn dest_pressure_counts_connected_and_rate() {
     let r = &s.rows[1];
     assert_eq!((r.count, r.oldest_s, r.pressure.unwrap().holding), (0, None, 5));
     // Sorted by pressure the same order; an 8-port range turns the small one red-hot.
-    ranges.per_ns.insert(NS, PortRange { lo: 40000, hi: 40007 });
+    ranges.per_ns.insert(NS, PortSpace { range: PortRange { lo: 40000, hi: 40007 }, reserved: vec![] });
     let s = t.snapshot(100 * S, By::Dest, Sort::Pressure, &ViewConfig::default(), &connected, &ranges);
     assert_eq!(s.rows.len(), 2, "only ports 40000-40007 are ephemeral now: 8 tw sockets count");
     assert_eq!(s.rows[0].count, 8);
@@ -192,7 +195,7 @@ fn totals_match_table() {
         Sort::Count,
         &ViewConfig::default(),
         &Connected::default(),
-        &PortRanges::default(),
+        &PortSpaces::default(),
     );
     assert_eq!((s.totals.count, s.totals.fin_wait2, s.totals.time_wait()), (8, 1, 7));
     assert_eq!(s.rows.iter().map(|r| r.count).sum::<u64>(), 8);
@@ -207,7 +210,7 @@ fn empty_table() {
         Sort::Pressure,
         &ViewConfig::default(),
         &Connected::default(),
-        &PortRanges::default(),
+        &PortSpaces::default(),
     );
     assert!(s.rows.is_empty());
     assert_eq!(s.totals, Totals::default());
@@ -243,7 +246,7 @@ fn restricted_to_namespaces() {
             Sort::Count,
             &ViewConfig::default(),
             &Connected::default(),
-            &PortRanges::default(),
+            &PortSpaces::default(),
             netns,
         )
     };

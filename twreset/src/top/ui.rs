@@ -12,7 +12,8 @@ use super::state::TopState;
 use crate::{
     output::NsNames,
     output::tw::{age, group_heading, group_label},
-    table::{By, Pressure, Snapshot},
+    ports::Pressure,
+    table::{By, Snapshot},
 };
 
 /// Pressure at or above which a destination turns yellow, and red.

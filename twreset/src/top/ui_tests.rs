@@ -16,9 +16,10 @@ use super::{
 };
 use crate::{
     output::NsNames,
+    ports::{Connected, Dest, PortRange, PortSpace, PortSpaces},
     sock::SockKey,
     state::TcpState,
-    table::{By, Connected, Dest, PortRange, PortRanges, Sort, Table, ViewConfig},
+    table::{By, Sort, Table, ViewConfig},
     tw_event::{TwCause, TwEvent, TwEventKind},
 };
 
@@ -61,7 +62,7 @@ fn text(buf: &Buffer) -> Vec<String> {
     buf.content().chunks(w).map(|row| row.iter().map(|c| c.symbol()).collect()).collect()
 }
 
-fn render(t: &Table, state: &TopState, ranges: &PortRanges, connected: &Connected) -> Buffer {
+fn render(t: &Table, state: &TopState, ranges: &PortSpaces, connected: &Connected) -> Buffer {
     let rows = t.snapshot(30 * S, state.by, state.sort, &ViewConfig::default(), connected, ranges);
     let dests = t.snapshot(30 * S, By::Dest, Sort::Pressure, &ViewConfig::default(), connected, ranges);
     let mut term = Terminal::new(TestBackend::new(80, 24)).unwrap();
@@ -88,7 +89,7 @@ fn shows_peers_counts_and_totals_in_80x24() {
     for n in [3, 5, 8, 11] {
         state.sample(n);
     }
-    let lines = text(&render(&t, &state, &PortRanges::default(), &Connected::default()));
+    let lines = text(&render(&t, &state, &PortSpaces::default(), &Connected::default()));
     assert_eq!(lines.len(), 24);
     assert!(lines[0].starts_with("tw 11  TIME_WAIT 11  FIN_WAIT2 0  overflow 1  lost 0  drift 0"), "{}", lines[0]);
     let peer = words(line_with(&lines, "10.0.0.2 "));
@@ -108,13 +109,13 @@ fn key_press_changes_grouping() {
     let t = fed();
     let mut state = TopState::new(By::Peer, Duration::from_secs(1));
     assert_eq!(state.on_key(KeyEvent::new(KeyCode::Char('g'), KeyModifiers::NONE)), Action::Redraw);
-    let lines = text(&render(&t, &state, &PortRanges::default(), &Connected::default()));
+    let lines = text(&render(&t, &state, &PortSpaces::default(), &Connected::default()));
     line_with(&lines, "by prefix");
     line_with(&lines, "PREFIX");
     assert_eq!(&words(line_with(&lines, "10.0.0.0/24"))[..2], ["10.0.0.0/24", "10"]);
     assert_eq!(&words(line_with(&lines, "fd00::/64"))[..2], ["fd00::/64", "1"]);
     state.on_key(KeyEvent::new(KeyCode::Char('g'), KeyModifiers::NONE));
-    let lines = text(&render(&t, &state, &PortRanges::default(), &Connected::default()));
+    let lines = text(&render(&t, &state, &PortSpaces::default(), &Connected::default()));
     assert!(lines.iter().any(|l| l.contains("RPORT")));
     assert_eq!(&words(line_with(&lines, "│443 "))[..2], ["443", "8"]);
 }
@@ -122,8 +123,8 @@ fn key_press_changes_grouping() {
 #[test]
 fn pressure_colours_near_exhaustion() {
     let t = fed();
-    let mut ranges = PortRanges::default();
-    ranges.per_ns.insert(1, PortRange { lo: 40000, hi: 40009 }); // 10 ports
+    let mut ranges = PortSpaces::default();
+    ranges.per_ns.insert(1, PortSpace { range: PortRange { lo: 40000, hi: 40009 }, reserved: vec![] }); // 10 ports
     let dest = |raddr: &str, rport| Dest {
         netns: 1,
         laddr: "10.0.0.1".parse().unwrap(),
@@ -153,7 +154,7 @@ fn empty_table_still_draws() {
     let lines = text(&render(
         &Table::new(),
         &TopState::new(By::Dest, Duration::from_secs(1)),
-        &PortRanges::default(),
+        &PortSpaces::default(),
         &Connected::default(),
     ));
     assert!(lines[0].starts_with("tw 0"));
@@ -170,7 +171,7 @@ fn tiny_and_huge_terminals_do_not_panic() {
         Sort::Count,
         &ViewConfig::default(),
         &Connected::default(),
-        &PortRanges::default(),
+        &PortSpaces::default(),
     );
     let names = NsNames::default();
     for (w, h) in [(1, 1), (20, 5), (40, 10), (80, 24), (300, 100)] {
@@ -203,7 +204,7 @@ fn the_agents_relief_shows_in_one_line_under_the_totals() {
     // Drawn on the second row, the totals stay on the first.
     let t = fed();
     let state = TopState::new(By::Peer, std::time::Duration::from_secs(1));
-    let (ranges, connected) = (PortRanges::default(), Connected::default());
+    let (ranges, connected) = (PortSpaces::default(), Connected::default());
     let rows = t.snapshot(30 * S, state.by, state.sort, &ViewConfig::default(), &connected, &ranges);
     let mut term = Terminal::new(TestBackend::new(80, 24)).unwrap();
     let names = NsNames::default();
