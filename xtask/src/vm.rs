@@ -69,7 +69,7 @@ fn kernels_dir() -> PathBuf {
 }
 
 /// Debian packages and the PyPI tool a VM run needs, installed only when missing.
-fn ensure_vm_tools() -> Result<()> {
+pub(crate) fn ensure_vm_tools() -> Result<()> {
     crate::bootstrap::ensure_packages(&[("qemu-system-x86", "qemu-system-x86_64"), ("kmod", "depmod")])?;
     if !have("vng") {
         eprintln!("xtask: installing virtme-ng (pip)");
@@ -102,7 +102,7 @@ fn apt(dir: &Path) -> Command {
 }
 
 /// Download and unpack the kernel package once; returns the unpacked root.
-fn fetch(k: &Kernel) -> Result<PathBuf> {
+pub(crate) fn fetch(k: &Kernel) -> Result<PathBuf> {
     let base = kernels_dir();
     let root = base.join("unpacked").join(k.release);
     let done = root.join(".unpacked");
@@ -149,12 +149,12 @@ fn fetch(k: &Kernel) -> Result<PathBuf> {
     Ok(root)
 }
 
-fn kernel_image(root: &Path, k: &Kernel) -> PathBuf {
+pub(crate) fn kernel_image(root: &Path, k: &Kernel) -> PathBuf {
     root.join("boot").join(format!("vmlinuz-{}", k.release))
 }
 
 /// `vng` booting `kimg` with the host's root over 9p, running `script` (a file path).
-fn vng(kimg: &Path, kvm: bool, shared: &Path, script: &Path, cwd: &Path) -> Command {
+pub(crate) fn vng(kimg: &Path, kvm: bool, shared: &Path, script: &Path, cwd: &Path) -> Command {
     let mut cmd = Command::new("nice");
     cmd.args(["-n", "10", "vng", "--run"]).arg(kimg);
     cmd.args(["--force-9p", "--cpus", GUEST_CPUS, "--memory", GUEST_MEMORY, "--verbose"]);
@@ -167,7 +167,7 @@ fn vng(kimg: &Path, kvm: bool, shared: &Path, script: &Path, cwd: &Path) -> Comm
 }
 
 /// Run `cmd` with a wall-clock limit; its output goes to `log`. Ok(None) on timeout (killed).
-fn run_limited(cmd: &mut Command, limit: Duration, log: &Path) -> Result<Option<bool>> {
+pub(crate) fn run_limited(cmd: &mut Command, limit: Duration, log: &Path) -> Result<Option<bool>> {
     let f = std::fs::File::create(log)?;
     let mut child = cmd
         .stdin(Stdio::null())
@@ -196,7 +196,7 @@ use std::os::unix::process::CommandExt;
 
 /// KVM or TCG: KVM only if a guest boots under it within [`KVM_PROBE_TIMEOUT_S`]. The verdict is
 /// cached per host kernel; `TWRESET_VM_ACCEL=kvm|tcg` overrides it.
-fn use_kvm(kimg: &Path, work: &Path) -> Result<bool> {
+pub(crate) fn use_kvm(kimg: &Path, work: &Path) -> Result<bool> {
     match std::env::var("TWRESET_VM_ACCEL").as_deref() {
         Ok("kvm") => return Ok(true),
         Ok("tcg") => return Ok(false),
