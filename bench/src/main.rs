@@ -154,6 +154,27 @@ fn out_dir() -> Result<PathBuf> {
     Ok(dir.parent().unwrap_or(&dir).join("bench"))
 }
 
+/// `git` in the current directory (`cargo xtask` runs from the work tree), trimmed stdout.
+fn git(args: &[&str]) -> Option<String> {
+    let out = std::process::Command::new("git").args(args).output().ok()?;
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// What every recorded run carries (docs/benchmarks.md, "Recorded runs"): the day, the commit of
+/// the work tree (that of the binary when `cargo xtask bench` built it; `-dirty` when the
+/// binary's crates have uncommitted changes) and the mode.
+pub fn provenance(mode: &str) -> serde_json::Value {
+    let date = std::process::Command::new("date")
+        .args(["-u", "+%F"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .ok();
+    let dirty = git(&["status", "--porcelain", "--", "twreset", "twreset-common", "twreset-ebpf"])
+        .is_some_and(|s| !s.is_empty());
+    let commit = git(&["rev-parse", "--short", "HEAD"]).map(|c| if dirty { format!("{c}-dirty") } else { c });
+    serde_json::json!({ "date": date, "commit": commit, "mode": mode })
+}
+
 /// Write `doc` to `out_dir()/name`, pretty-printed; the path written.
 pub fn write_json(name: &str, doc: &serde_json::Value) -> Result<PathBuf> {
     let dir = out_dir()?;
@@ -232,7 +253,15 @@ fn run(args: Args) -> Result<()> {
         load_end: loadavg(),
     };
     print!("{}", r.text());
-    let mut doc = r.json();
+    let mode = match only.as_deref() {
+        Some(o) => format!("{}-only", o.replace(',', "-")),
+        None if quick => "quick".into(),
+        None => "full".into(),
+    };
+    let mut doc = provenance(&mode);
+    if let (Some(d), serde_json::Value::Object(r)) = (doc.as_object_mut(), r.json()) {
+        d.extend(r);
+    }
     doc["twreset_capabilities"] = caps.json();
     write_json("latest.json", &doc)?;
     Ok(())

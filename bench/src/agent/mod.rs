@@ -61,6 +61,8 @@ pub struct Outcome {
     pub agent_ready_s: Option<f64>,
     /// VmRSS 1 s after ready with the bench namespace empty: the base.
     pub rss_base_kib: Option<u64>,
+    /// RssAnon (heap, stacks: no file pages) at the base, seeded and after the scrapes.
+    pub anon_kib: [Option<u64>; 3],
     /// VmRSS 1 s after ready (seeded), after the scrapes, and VmHWM at the end.
     pub rss_seeded_kib: Option<u64>,
     pub rss_after_kib: Option<u64>,
@@ -84,6 +86,7 @@ impl Outcome {
             exporter: Err("skipped".into()),
             agent_ready_s: None,
             rss_base_kib: None,
+            anon_kib: [None; 3],
             rss_seeded_kib: None,
             rss_after_kib: None,
             hwm_kib: None,
@@ -164,11 +167,11 @@ fn start_exporter(ns: &Ns, url: &str) -> Result<Result<Daemon, String>> {
     }
 }
 
-/// The agent's base: its VmRSS 1 s after ready while the bench namespace is still empty.
-fn base_rss(twreset: &Path, caps: &Caps) -> Result<Option<u64>> {
-    let Ok(mut a) = Agent::start(twreset, caps, "agent-base")? else { return Ok(None) };
+/// The agent's base: its VmRSS and RssAnon 1 s after ready while the bench namespace is empty.
+fn base_rss(twreset: &Path, caps: &Caps) -> Result<(Option<u64>, Option<u64>)> {
+    let Ok(mut a) = Agent::start(twreset, caps, "agent-base")? else { return Ok((None, None)) };
     thread::sleep(Duration::from_secs(1));
-    let rss = status_kib(a.daemon.pid(), "VmRSS:");
+    let rss = (status_kib(a.daemon.pid(), "VmRSS:"), status_kib(a.daemon.pid(), "RssAnon:"));
     a.daemon.stop();
     Ok(rss)
 }
@@ -191,18 +194,20 @@ pub fn bench(n: u64, churn_bin: &Path, twreset: &Path, caps: &Caps) -> Result<Ou
         }
     };
     if caps.agent_cmd {
-        o.rss_base_kib = base_rss(twreset, caps)?;
+        (o.rss_base_kib, o.anon_kib[0]) = base_rss(twreset, caps)?;
     }
-    // Server-close: each connection's source address is the next of `peers` (round robin), and
-    // the server's TIME_WAIT socket has it as its remote address. Eight threads over eight server
-    // ports: a million sockets must be made well within the 60 s TIME_WAIT lasts.
+    // Server-close: the server's TIME_WAIT socket has the client's source address as its remote
+    // address. A client thread moves to the next source after each round of the server ports, so
+    // THREADS x PORTS = 20 (sockets per peer) makes each thread walk every peer exactly once:
+    // 20 sockets per peer. Ten threads over two server ports: a million sockets must be made well
+    // within the 60 s TIME_WAIT lasts.
     let started = Instant::now();
     let c = churn::run(
         churn_bin,
         &ns,
         &[
             "--threads",
-            "8",
+            "10",
             "--mode",
             "server",
             "--count",
@@ -210,7 +215,7 @@ pub fn bench(n: u64, churn_bin: &Path, twreset: &Path, caps: &Caps) -> Result<Ou
             "--src",
             &format!("127.1.0.1:{peers}"),
             "--ports",
-            "900:8",
+            "900:2",
         ],
     )?;
     o.churn_s = started.elapsed().as_secs_f64();
@@ -224,6 +229,7 @@ pub fn bench(n: u64, churn_bin: &Path, twreset: &Path, caps: &Caps) -> Result<Ou
                 o.agent_ready_s = Some(a.ready_s);
                 thread::sleep(Duration::from_secs(1));
                 o.rss_seeded_kib = status_kib(a.daemon.pid(), "VmRSS:");
+                o.anon_kib[1] = status_kib(a.daemon.pid(), "RssAnon:");
                 o.agent = Ok(Vec::new());
                 agent = Some(a);
             }
@@ -255,6 +261,7 @@ pub fn bench(n: u64, churn_bin: &Path, twreset: &Path, caps: &Caps) -> Result<Ou
     o.sockets_after = ns.sockstat_tw()?;
     if let Some(mut a) = agent {
         o.rss_after_kib = status_kib(a.daemon.pid(), "VmRSS:");
+        o.anon_kib[2] = status_kib(a.daemon.pid(), "RssAnon:");
         o.hwm_kib = status_kib(a.daemon.pid(), "VmHWM:");
         (o.agent_exit, o.agent_stderr) = a.daemon.stop();
         if o.agent_exit != Some(0) && o.agent.is_ok() {

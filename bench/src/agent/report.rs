@@ -43,15 +43,19 @@ impl Outcome {
     }
 
     /// (RSS - base RSS) / tracked sockets, in bytes.
-    fn per_socket(&self, rss_kib: Option<u64>) -> Option<f64> {
-        let (rss, base) = (rss_kib?, self.rss_base_kib?);
+    fn per_socket(&self, kib: Option<u64>, base_kib: Option<u64>) -> Option<f64> {
+        let (rss, base) = (kib?, base_kib?);
         (self.tracked() > 0).then(|| (rss as f64 - base as f64) * 1024.0 / self.tracked() as f64)
     }
     pub fn bytes_per_socket_seeded(&self) -> Option<f64> {
-        self.per_socket(self.rss_seeded_kib)
+        self.per_socket(self.rss_seeded_kib, self.rss_base_kib)
     }
     pub fn bytes_per_socket_after(&self) -> Option<f64> {
-        self.per_socket(self.rss_after_kib)
+        self.per_socket(self.rss_after_kib, self.rss_base_kib)
+    }
+    /// The same from RssAnon (no file pages), seeded and after the scrapes.
+    pub fn anon_bytes_per_socket(&self) -> [Option<f64>; 2] {
+        [self.per_socket(self.anon_kib[1], self.anon_kib[0]), self.per_socket(self.anon_kib[2], self.anon_kib[0])]
     }
 
     pub fn json(&self) -> Value {
@@ -71,6 +75,8 @@ impl Outcome {
                 "agent_tracked_sockets": self.tracked(),
                 "agent_bytes_per_socket_seeded": self.bytes_per_socket_seeded(),
                 "agent_bytes_per_socket_after_scrapes": self.bytes_per_socket_after(),
+                "agent_rss_anon_kib": { "base": self.anon_kib[0], "seeded": self.anon_kib[1], "after_scrapes": self.anon_kib[2] },
+                "agent_anon_bytes_per_socket": { "seeded": self.anon_bytes_per_socket()[0], "after_scrapes": self.anon_bytes_per_socket()[1] },
                 "agent_exit_status": self.agent_exit, "agent_stderr": self.agent_stderr.trim() })
     }
 
@@ -185,7 +191,10 @@ impl Outcome {
             ],
             [
                 format!("agent: RSS bytes per tracked socket beyond the base, seeded / after scrapes ({at})"),
-                na(&self.agent).unwrap_or_else(|| format!("{} / {}", opt(per_seeded, 1), opt(per_after, 1))),
+                na(&self.agent).unwrap_or_else(|| {
+                    let [a, b] = self.anon_bytes_per_socket();
+                    format!("{} / {} (anon only: {} / {})", opt(per_seeded, 1), opt(per_after, 1), opt(a, 1), opt(b, 1))
+                }),
                 dash(),
                 dash(),
                 if bar { format!("<= ~{BYTES_PER_SOCKET_BAR} (issue, at 1M)") } else { dash() },

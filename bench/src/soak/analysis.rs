@@ -215,10 +215,9 @@ impl Soak<'_> {
     pub fn json(&self) -> Value {
         let f = self.fit();
         let after: Vec<&Sample> = self.samples.iter().filter(|s| s.t_s >= f.from_s).collect();
-        json!({
+        let body = json!({
             "when": std::process::Command::new("date").args(["-u", "+%FT%TZ"]).output()
                 .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned()).unwrap_or_default(),
-            "mode": "soak",
             "machine": { "cpus": std::thread::available_parallelism().map_or(0, |n| n.get()),
                          "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
                          "loadavg_start": self.load_start, "loadavg_end": self.load_end },
@@ -239,7 +238,12 @@ impl Soak<'_> {
             "agent_exit_status": self.agent_exit,
             "agent_stderr": self.agent_stderr.trim(),
             "samples": self.samples.iter().map(Sample::json).collect::<Vec<_>>(),
-        })
+        });
+        let mut doc = crate::provenance("soak");
+        if let (Some(d), Value::Object(b)) = (doc.as_object_mut(), body) {
+            d.extend(b);
+        }
+        doc
     }
 }
 
