@@ -92,8 +92,18 @@ pub fn parse_duration(s: &str) -> Result<Duration> {
 /// One namespace slot: its namespace, the churn in it, and when it is replaced.
 struct Slot {
     ns: Ns,
-    churn: Child,
+    churn: Option<Child>,
     until: Instant,
+}
+
+impl Drop for Slot {
+    /// On an early end (Ctrl-C, an error): no churn outlives the bench in a deleted namespace.
+    fn drop(&mut self) {
+        if let Some(mut c) = self.churn.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
 }
 
 /// Totals of the churns that have ended.
@@ -106,15 +116,16 @@ struct Done {
 
 impl Done {
     /// Wait for a slot's churn (it ends at the slot's end), add its counts, delete its namespace.
-    fn retire(&mut self, slot: Slot) -> Result<()> {
-        let out = slot.churn.wait_with_output().context("waiting for a soak churn")?;
+    fn retire(&mut self, mut slot: Slot) -> Result<()> {
+        let churn = slot.churn.take().context("a slot without its churn")?;
+        let out = churn.wait_with_output().context("waiting for a soak churn")?;
         let line = String::from_utf8_lossy(&out.stdout);
         let v: serde_json::Value = serde_json::from_str(line.lines().last().unwrap_or("").trim())
             .with_context(|| format!("soak churn printed {line:?}: {}", String::from_utf8_lossy(&out.stderr)))?;
         self.connections += v["connections"].as_u64().unwrap_or(0);
         self.errors += v["errors"].as_u64().unwrap_or(0);
         self.namespaces_deleted += 1;
-        drop(slot.ns);
+        drop(slot); // deletes the namespace
         Ok(())
     }
 }
@@ -130,7 +141,7 @@ fn start_slot(cfg: &Cfg, churn_bin: &Path, generation: u64, secs: f64) -> Result
     let mut cmd = ns.cmd(&[bin, "--threads", "2", "--rate", &rate, "--seconds", &format!("{secs:.1}")]);
     cmd.args(["--mode", "mixed", "--ports", "900:8", "--src", &src]);
     let churn = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
-    Ok(Slot { ns, churn, until: Instant::now() + Duration::from_secs_f64(secs) })
+    Ok(Slot { ns, churn: Some(churn), until: Instant::now() + Duration::from_secs_f64(secs) })
 }
 
 /// One look at the agent and the kernel.
