@@ -203,7 +203,9 @@ pub fn run(cfg: &Cfg, churn_bin: &Path, twreset: &Path, caps: &Caps) -> Result<(
         created += 1;
     }
     let mut samples = vec![sample(&agent, &slots, start, &done, created)];
-    let mut next = start + cfg.every;
+    // Half a period off the namespace changes (every life/slots, a whole number of minutes), so
+    // no sample falls on a namespace the agent has not found yet.
+    let mut next = start + cfg.every / 2;
     let mut died = None;
     while Instant::now() < end {
         thread::sleep(Duration::from_millis(500));
