@@ -253,7 +253,8 @@ fn run(args: Args) -> Result<()> {
         load_end: loadavg(),
     };
     print!("{}", r.text());
-    let mode = match only.as_deref() {
+    let mode = match only.as_deref().map(str::trim) {
+        Some("trace") => "tracing-only".into(), // the name earlier recorded runs use
         Some(o) => format!("{}-only", o.replace(',', "-")),
         None if quick => "quick".into(),
         None => "full".into(),
