@@ -1,7 +1,8 @@
 //! Build steps: the eBPF object on the pinned nightly, the release binary on the pinned stable,
-//! and the commands that use them (run, test, lint).
+//! and the commands that use them (run, test, lint, bench).
 
 use std::{
+    os::unix::process::CommandExt,
     path::{Path, PathBuf},
     process::Command,
 };
@@ -59,6 +60,27 @@ pub fn run_tool(t: &Tools, args: &[String]) -> Result<()> {
     let bin = release(t)?;
     let status = Command::new(&bin).args(args).status().with_context(|| format!("running {}", bin.display()))?;
     std::process::exit(status.code().unwrap_or(1));
+}
+
+/// The bench (the `twreset-bench` crate, with the churn generator) built on the pinned stable
+/// next to the binary it measures (`TWRESET_BENCH_BIN` names another one, used as it is), the
+/// Debian packages only the bench uses, then the bench itself with `args`: xtask's process
+/// becomes the bench's, so Ctrl-C reaches it as before.
+pub fn bench(t: &Tools, args: &[String]) -> Result<()> {
+    let help = args.iter().any(|a| a == "-h" || a == "--help");
+    let twreset = match std::env::var_os("TWRESET_BENCH_BIN") {
+        Some(p) => PathBuf::from(p),
+        None if help => target_dir(&t.root).join("release/twreset"),
+        None => release(t)?,
+    };
+    run(cargo(&t.stable).current_dir(&t.root).args(["build", "--release", "--package", "twreset-bench"]))
+        .context("building the bench")?;
+    if !help {
+        crate::bootstrap::ensure_bench_packages();
+    }
+    let bin = target_dir(&t.root).join("release/twreset-bench");
+    let err = Command::new(&bin).args(args).env("TWRESET_BENCH_BIN", &twreset).exec();
+    Err(err).with_context(|| format!("running {}", bin.display()))
 }
 
 /// Lints (rustfmt, clippy with warnings denied), unit tests, then integration tests against the

@@ -2,7 +2,6 @@
 //!
 //! Builds on the machine's default stable (1.95); installs and invokes the pinned toolchains itself.
 
-mod bench;
 mod bootstrap;
 mod build;
 mod deps;
@@ -53,11 +52,14 @@ enum Cmd {
     KernelTable,
     /// Lints: rustfmt check and clippy with warnings denied, userspace and eBPF.
     Lint,
-    /// Benchmarks against the peers (bpftrace, ss -K) in namespaces of its own; see docs/guide/bench.md.
+    /// Benchmarks against the peers (bpftrace, ss -K, node-exporter): builds twreset and the
+    /// `twreset-bench` crate, then runs it with these arguments (`bench --help` lists them; see
+    /// docs/guide/bench.md).
+    #[command(disable_help_flag = true)]
     Bench {
-        /// One short run per figure (10k sockets for kill and table) instead of 3 runs and 200k.
-        #[arg(long)]
-        quick: bool,
+        /// Arguments of the bench binary, e.g. `--quick`, `--agent-sockets 1000000`, `--soak 30m`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
     },
 }
 
@@ -75,7 +77,7 @@ fn main() -> ExitCode {
         }),
         Cmd::KernelTable => matrix::render(&bootstrap::workspace_root()),
         Cmd::Lint => bootstrap::all().and_then(|t| build::lint(&t)),
-        Cmd::Bench { quick } => bootstrap::all().and_then(|t| bench::run(&t, quick)),
+        Cmd::Bench { args } => bootstrap::all().and_then(|t| build::bench(&t, &args)),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,5 +1,5 @@
-//! Mount namespaces of xtask's own: the test suite runs without tracefs and debugfs, as on a
-//! fresh machine, and the bench mounts tracefs for its peers; neither changes the host's mounts.
+//! A mount namespace of xtask's own: the test suite runs without tracefs and debugfs, as on a
+//! fresh machine, without changing the host's mounts.
 
 use std::ffi::CString;
 
@@ -62,21 +62,5 @@ pub fn without_tracefs() -> Result<()> {
         bail!("still mounted in the test's mount namespace: {left:?}");
     }
     eprintln!("xtask: tests run in a mount namespace of their own, without tracefs and debugfs");
-    Ok(())
-}
-
-/// tracefs mounted at /sys/kernel/tracing for the bench's peers (bpftrace resolves tracepoints
-/// there), in a mount namespace of the bench's own when the host has none mounted.
-pub fn with_tracefs() -> Result<()> {
-    if !mounted("tracefs").is_empty() {
-        return Ok(());
-    }
-    private_namespace()?;
-    let (src, target, fstype) = (cstr("nodev"), cstr("/sys/kernel/tracing"), cstr("tracefs"));
-    // SAFETY: mount with valid C strings and no data.
-    if unsafe { libc::mount(src.as_ptr(), target.as_ptr(), fstype.as_ptr(), 0, std::ptr::null()) } != 0 {
-        return Err(std::io::Error::last_os_error()).context("mounting tracefs at /sys/kernel/tracing");
-    }
-    eprintln!("xtask: tracefs mounted at /sys/kernel/tracing for the bench (in its own mount namespace)");
     Ok(())
 }

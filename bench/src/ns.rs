@@ -66,6 +66,13 @@ impl Ns {
         Ok(self.output(&["ss", "-Htan", "state", "time-wait", "dst", dst])?.lines().count() as u64)
     }
 
+    /// The namespace's tw sockets as the kernel counts them (`tw` of /proc/net/sockstat: one
+    /// read, where `ss` would list a million lines).
+    pub fn sockstat_tw(&self) -> Result<u64> {
+        let text = self.output(&["cat", "/proc/net/sockstat"])?;
+        sockstat_tw(&text).context("no `TCP: ... tw N` in /proc/net/sockstat")
+    }
+
     /// All TIME_WAIT sockets of the namespace.
     pub fn time_wait_all(&self) -> Result<u64> {
         Ok(self.output(&["ss", "-Htan", "state", "time-wait"])?.lines().count() as u64)
@@ -76,6 +83,12 @@ impl Drop for Ns {
     fn drop(&mut self) {
         let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
     }
+}
+
+fn sockstat_tw(text: &str) -> Option<u64> {
+    let tcp = text.lines().find(|l| l.starts_with("TCP:"))?;
+    let f: Vec<&str> = tcp.split_whitespace().collect();
+    f.iter().position(|&x| x == "tw").and_then(|i| f.get(i + 1)?.parse().ok())
 }
 
 /// Delete namespaces left by an earlier bench that was killed hard (its pid is gone).
@@ -89,5 +102,15 @@ pub fn remove_stale() {
             eprintln!("bench: deleting stale namespace {name}");
             let _ = Command::new("ip").args(["netns", "del", name]).output();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn sockstat_tw() {
+        let t = "sockets: used 5\nTCP: inuse 3 orphan 0 tw 200012 alloc 4 mem 1\nUDP: inuse 0 mem 0\n";
+        assert_eq!(super::sockstat_tw(t), Some(200_012));
+        assert_eq!(super::sockstat_tw("UDP: inuse 0"), None);
     }
 }

@@ -1,29 +1,9 @@
-//! Building and running the churn generator (`xtask/src/bin/churn.rs`) inside a bench namespace.
-
-use std::{path::PathBuf, process::Command};
+//! Running the churn generator (`bin/churn.rs`, built next to the bench) inside a bench namespace.
 
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
 use super::{mean, ns::Ns, sys};
-use crate::build::target_dir;
-
-/// The churn generator, built in release mode with the default stable toolchain (the one running
-/// xtask), so it needs none of the pinned toolchains.
-pub fn build(root: &std::path::Path) -> Result<PathBuf> {
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    crate::bootstrap::run(Command::new(cargo).current_dir(root).args([
-        "build",
-        "--quiet",
-        "--release",
-        "-p",
-        "xtask",
-        "--bin",
-        "churn",
-    ]))
-    .context("building the churn generator")?;
-    Ok(target_dir(root).join("release/churn"))
-}
 
 /// What one churn run reports (its JSON line).
 #[derive(Debug, Clone, Default)]

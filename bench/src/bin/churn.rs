@@ -4,7 +4,7 @@
 //! ports (0.0.0.0), and `--threads` client threads connect from `--src` source addresses (bound
 //! with IP_BIND_ADDRESS_NO_PORT so the kernel picks the port per 4-tuple, not per source address)
 //! to `--dst`, round-robin over sources and ports, until `--seconds` have passed or `--count`
-//! connections are done. Even-indexed ports are client-close (the client ends in TIME_WAIT),
+//! connections are done, as fast as it can or paced at `--rate` connections per second overall. Even-indexed ports are client-close (the client ends in TIME_WAIT),
 //! odd-indexed ports server-close (the server ends in TIME_WAIT); `--mode client|server` makes
 //! every port one kind. Each connection waits for the other side's FIN before it is dropped, so
 //! every connection has completed its close (and made its TIME_WAIT socket) when it is counted.
@@ -23,8 +23,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-const USAGE: &str = "usage: churn [--threads N] [--seconds S | --count N] [--ports BASE:COUNT] \
-[--src FIRST_IP:COUNT] [--dst IP] [--mode mixed|client|server]";
+const USAGE: &str = "usage: churn [--threads N] [--seconds S | --count N] [--rate CONN_PER_S] \
+[--ports BASE:COUNT] [--src FIRST_IP:COUNT] [--dst IP] [--mode mixed|client|server]";
 
 #[derive(Clone, Copy, PartialEq, Debug)]
 enum Mode {
@@ -38,6 +38,8 @@ struct Opts {
     threads: usize,
     seconds: f64,
     count: Option<u64>,
+    /// Connections per second over all threads (paced), or as fast as possible.
+    rate: Option<f64>,
     port_base: u16,
     ports: u16,
     src_first: Ipv4Addr,
@@ -51,6 +53,7 @@ fn parse(args: &[String]) -> Result<Opts, String> {
         threads: 4,
         seconds: 5.0,
         count: None,
+        rate: None,
         port_base: 900,
         ports: 8,
         src_first: Ipv4Addr::new(127, 0, 1, 1),
@@ -66,6 +69,10 @@ fn parse(args: &[String]) -> Result<Opts, String> {
             "--threads" => o.threads = val.parse().map_err(|_| bad("not a number"))?,
             "--seconds" => o.seconds = val.parse().map_err(|_| bad("not a number"))?,
             "--count" => o.count = Some(val.parse().map_err(|_| bad("not a number"))?),
+            "--rate" => match val.parse::<f64>() {
+                Ok(r) if r > 0.0 => o.rate = Some(r),
+                _ => return Err(bad("not a positive number")),
+            },
             "--ports" => {
                 let (b, n) = val.split_once(':').ok_or_else(|| bad("expected BASE:COUNT"))?;
                 o.port_base = b.parse().map_err(|_| bad("bad base port"))?;
@@ -185,11 +192,22 @@ struct Counters {
     server_close: AtomicU64,
     errors: AtomicU64,
     issued: AtomicU64,
+    /// Connection slots taken so far when paced: the n-th starts n / rate seconds after the start.
+    paced: AtomicU64,
 }
 
-fn client(o: &Opts, id: usize, c: &Counters, deadline: Instant) {
+fn client(o: &Opts, id: usize, c: &Counters, start: Instant, deadline: Instant) {
     let mut k = 0u64;
     loop {
+        if let Some(rate) = o.rate {
+            let at = start + Duration::from_secs_f64(c.paced.fetch_add(1, Ordering::Relaxed) as f64 / rate);
+            if o.count.is_none() && at >= deadline {
+                return;
+            }
+            if let Some(wait) = at.checked_duration_since(Instant::now()) {
+                thread::sleep(wait);
+            }
+        }
         if let Some(n) = o.count {
             if c.issued.fetch_add(1, Ordering::Relaxed) >= n {
                 return;
@@ -243,13 +261,14 @@ fn run(o: Opts) -> io::Result<()> {
         server_close: AtomicU64::new(0),
         errors: AtomicU64::new(0),
         issued: AtomicU64::new(0),
+        paced: AtomicU64::new(0),
     };
     let start = Instant::now();
     let deadline = start + Duration::from_secs_f64(o.seconds);
     thread::scope(|s| {
         for id in 0..o.threads {
             let (o, c) = (&o, &c);
-            s.spawn(move || client(o, id, c, deadline));
+            s.spawn(move || client(o, id, c, start, deadline));
         }
     });
     let secs = start.elapsed().as_secs_f64();
@@ -321,6 +340,8 @@ mod tests {
         assert!(parse(&args("--mode sideways")).is_err());
         assert!(parse(&args("--threads")).unwrap_err().contains("needs a value"));
         assert!(parse(&args("--bogus 1")).unwrap_err().contains("unknown"));
+        assert_eq!(parse(&args("--rate 2000")).unwrap().rate, Some(2000.0));
+        assert!(parse(&args("--rate 0")).is_err());
     }
 
     #[test]

@@ -1,0 +1,269 @@
+//! What a soak showed: the minute samples, the slopes of RSS and table size after the warm-up
+//! (least squares), whether RSS grew beyond what the table's own growth explains, the printed
+//! table and the JSON.
+
+use std::fmt::Write as _;
+
+use serde_json::{Value, json};
+
+use super::Cfg;
+
+/// RSS per tracked socket the verdict allows for the table's own growth: the project's target
+/// (`docs/benchmarks.md`), above the ~53 B measured, so table growth is never taken for a leak.
+const BYTES_PER_SOCKET: f64 = 100.0;
+/// Growth over the fitted stretch below this is noise (allocator arenas, metrics buffers).
+const TOLERANCE_KIB: f64 = 1024.0;
+
+/// One minute's look at the agent and the kernel.
+#[derive(Debug, Default, Clone)]
+pub struct Sample {
+    /// Seconds since the agent was ready.
+    pub t_s: f64,
+    pub rss_kib: Option<u64>,
+    pub anon_kib: Option<u64>,
+    /// Tw sockets in the agent's table, every namespace (`twreset_timewait_sockets` summed).
+    pub table: Option<u64>,
+    /// The agent's count of the live bench namespaces, and the kernel's (sockstat `tw`).
+    pub agent_tw: Option<u64>,
+    pub kernel_tw: Option<u64>,
+    pub lost: Option<u64>,
+    pub drift: Option<u64>,
+    pub resyncs: Option<u64>,
+    pub scrape_ms: Option<f64>,
+    pub series: Option<u64>,
+    pub namespaces_created: u64,
+    pub namespaces_deleted: u64,
+    /// Connections of the churns that have ended so far.
+    pub connections_done: u64,
+    pub loadavg: String,
+    pub error: Option<String>,
+}
+
+fn o<T: ToString>(v: Option<T>) -> String {
+    v.map_or_else(|| "n/a".into(), |v| v.to_string())
+}
+
+impl Sample {
+    /// The agent's count minus the kernel's for the live bench namespaces, at this instant.
+    pub fn diff(&self) -> Option<i64> {
+        Some(self.agent_tw? as i64 - self.kernel_tw? as i64)
+    }
+
+    pub fn line(&self) -> String {
+        format!(
+            "t={:.0}s rss={} KiB anon={} KiB table={} bench ns: agent {} kernel {} lost={} drift={} resyncs={} load {}",
+            self.t_s,
+            o(self.rss_kib),
+            o(self.anon_kib),
+            o(self.table),
+            o(self.agent_tw),
+            o(self.kernel_tw),
+            o(self.lost),
+            o(self.drift),
+            o(self.resyncs),
+            self.loadavg
+        )
+    }
+
+    fn json(&self) -> Value {
+        json!({ "t_s": self.t_s, "rss_kib": self.rss_kib, "anon_kib": self.anon_kib, "table_sockets": self.table,
+                "bench_ns_agent_tw": self.agent_tw, "bench_ns_kernel_tw": self.kernel_tw, "events_lost": self.lost,
+                "bench_ns_agent_minus_kernel": self.diff(), "drift_sockets": self.drift, "resyncs": self.resyncs,
+                "scrape_ms": self.scrape_ms, "series": self.series,
+                "namespaces_created": self.namespaces_created, "namespaces_deleted": self.namespaces_deleted,
+                "connections_done": self.connections_done, "loadavg": self.loadavg, "error": self.error })
+    }
+}
+
+/// Least-squares slope of y over x; `None` under 3 points.
+pub fn slope(points: &[(f64, f64)]) -> Option<f64> {
+    if points.len() < 3 {
+        return None;
+    }
+    let n = points.len() as f64;
+    let (mx, my) = (points.iter().map(|p| p.0).sum::<f64>() / n, points.iter().map(|p| p.1).sum::<f64>() / n);
+    let sxx: f64 = points.iter().map(|p| (p.0 - mx).powi(2)).sum();
+    let sxy: f64 = points.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum();
+    (sxx > 0.0).then(|| sxy / sxx)
+}
+
+pub struct Soak<'a> {
+    pub cfg: &'a Cfg,
+    pub samples: Vec<Sample>,
+    pub connections: u64,
+    pub connect_errors: u64,
+    pub namespaces_created: u64,
+    pub agent_exit: Option<i32>,
+    pub agent_stderr: String,
+    pub load_start: String,
+    pub load_end: String,
+}
+
+/// The fitted stretch: slopes per hour and what they mean.
+#[derive(Debug, Default)]
+pub struct Fit {
+    pub from_s: f64,
+    pub to_s: f64,
+    pub points: usize,
+    pub rss_kib_per_h: Option<f64>,
+    pub anon_kib_per_h: Option<f64>,
+    pub table_per_h: Option<f64>,
+    /// RSS slope less what the table's growth explains at [`BYTES_PER_SOCKET`].
+    pub beyond_table_kib_per_h: Option<f64>,
+}
+
+impl Fit {
+    /// Growth beyond the table over the fitted stretch, in KiB.
+    pub fn beyond_table_kib(&self) -> Option<f64> {
+        Some(self.beyond_table_kib_per_h? * (self.to_s - self.from_s) / 3600.0)
+    }
+
+    pub fn verdict(&self) -> String {
+        match self.beyond_table_kib() {
+            None => "n/a (too few samples after the warm-up)".into(),
+            Some(k) if k <= TOLERANCE_KIB => {
+                format!("no growth beyond the table's ({k:.0} KiB over the stretch, tolerance {TOLERANCE_KIB:.0})")
+            }
+            Some(k) => format!("RSS grew {k:.0} KiB beyond the table's growth over the stretch"),
+        }
+    }
+}
+
+impl Soak<'_> {
+    pub fn fit(&self) -> Fit {
+        let after: Vec<&Sample> = self.samples.iter().filter(|s| s.t_s >= self.cfg.warmup.as_secs_f64()).collect();
+        let per_h = |f: &dyn Fn(&Sample) -> Option<u64>| {
+            let pts: Vec<(f64, f64)> =
+                after.iter().filter_map(|s| Some((s.t_s / 3600.0, f(s)? as f64))).collect::<Vec<_>>();
+            slope(&pts)
+        };
+        let rss = per_h(&|s| s.rss_kib);
+        let table = per_h(&|s| s.table);
+        Fit {
+            from_s: after.first().map_or(0.0, |s| s.t_s),
+            to_s: after.last().map_or(0.0, |s| s.t_s),
+            points: after.len(),
+            rss_kib_per_h: rss,
+            anon_kib_per_h: per_h(&|s| s.anon_kib),
+            table_per_h: table,
+            beyond_table_kib_per_h: rss.map(|r| r - table.unwrap_or(0.0).max(0.0) * BYTES_PER_SOCKET / 1024.0),
+        }
+    }
+
+    fn last(&self) -> Option<&Sample> {
+        self.samples.last()
+    }
+
+    pub fn text(&self) -> String {
+        let f = self.fit();
+        let mut s = String::new();
+        let secs = self.last().map_or(0.0, |l| l.t_s);
+        let _ = writeln!(
+            s,
+            "\n## twreset soak: {:.1} min at {} conn/s ({} connections, {} connect errors), {} namespaces made \
+             and deleted in turn ({} at a time, {} s each); load average {} at start, {} at end\n",
+            secs / 60.0,
+            self.cfg.rate,
+            self.connections,
+            self.connect_errors,
+            self.namespaces_created,
+            self.cfg.slots,
+            self.cfg.ns_life.as_secs(),
+            self.load_start,
+            self.load_end
+        );
+        s += "| min | RSS MiB | anon MiB | table | bench ns agent / kernel | lost | drift | resyncs | scrape ms | load |\n";
+        s += "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n";
+        let step = self.samples.len().div_ceil(60).max(1);
+        let mib = |k: Option<u64>| k.map_or("n/a".into(), |k| format!("{:.1}", k as f64 / 1024.0));
+        for x in self.samples.iter().step_by(step) {
+            let _ = writeln!(
+                s,
+                "| {:.0} | {} | {} | {} | {} / {} | {} | {} | {} | {} | {} |",
+                x.t_s / 60.0,
+                mib(x.rss_kib),
+                mib(x.anon_kib),
+                o(x.table),
+                o(x.agent_tw),
+                o(x.kernel_tw),
+                o(x.lost),
+                o(x.drift),
+                o(x.resyncs),
+                x.scrape_ms.map_or("n/a".into(), |m| format!("{m:.1}")),
+                x.loadavg
+            );
+        }
+        let per_h = |v: Option<f64>, unit: &str| v.map_or("n/a".into(), |v| format!("{v:+.1} {unit}/h"));
+        let _ = writeln!(
+            s,
+            "\nAfter the {} s warm-up ({} samples, {:.0}-{:.0} s): RSS {}, RssAnon {}, table {}; beyond the \
+             table's own growth (at {BYTES_PER_SOCKET} B per socket): {}. Verdict: {}. Agent exit on SIGTERM: {:?}.",
+            self.cfg.warmup.as_secs(),
+            f.points,
+            f.from_s,
+            f.to_s,
+            per_h(f.rss_kib_per_h, "KiB"),
+            per_h(f.anon_kib_per_h, "KiB"),
+            per_h(f.table_per_h, "sockets"),
+            per_h(f.beyond_table_kib_per_h, "KiB"),
+            f.verdict(),
+            self.agent_exit
+        );
+        s
+    }
+
+    pub fn json(&self) -> Value {
+        let f = self.fit();
+        let after: Vec<&Sample> = self.samples.iter().filter(|s| s.t_s >= f.from_s).collect();
+        let body = json!({
+            "when": std::process::Command::new("date").args(["-u", "+%FT%TZ"]).output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned()).unwrap_or_default(),
+            "machine": { "cpus": std::thread::available_parallelism().map_or(0, |n| n.get()),
+                         "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
+                         "loadavg_start": self.load_start, "loadavg_end": self.load_end },
+            "soak": { "duration_s": self.last().map_or(0.0, |l| l.t_s), "planned_s": self.cfg.duration.as_secs(),
+                      "rate_conn_per_s": self.cfg.rate, "connections": self.connections,
+                      "connect_errors": self.connect_errors, "namespaces_created": self.namespaces_created,
+                      "namespaces_at_once": self.cfg.slots, "namespace_life_s": self.cfg.ns_life.as_secs(),
+                      "peers_per_namespace": self.cfg.peers_per_ns, "sample_every_s": self.cfg.every.as_secs(),
+                      "warmup_s": self.cfg.warmup.as_secs() },
+            "fit": { "from_s": f.from_s, "to_s": f.to_s, "points": f.points,
+                     "rss_kib_per_h": f.rss_kib_per_h, "anon_kib_per_h": f.anon_kib_per_h,
+                     "table_sockets_per_h": f.table_per_h, "bytes_per_socket_allowed": BYTES_PER_SOCKET,
+                     "beyond_table_kib_per_h": f.beyond_table_kib_per_h, "beyond_table_kib": f.beyond_table_kib(),
+                     "tolerance_kib": TOLERANCE_KIB, "verdict": f.verdict(),
+                     "rss_kib_first": after.first().and_then(|s| s.rss_kib), "rss_kib_last": after.last().and_then(|s| s.rss_kib),
+                     "rss_kib_min": after.iter().filter_map(|s| s.rss_kib).min(),
+                     "rss_kib_max": after.iter().filter_map(|s| s.rss_kib).max() },
+            "agent_exit_status": self.agent_exit,
+            "agent_stderr": self.agent_stderr.trim(),
+            "samples": self.samples.iter().map(Sample::json).collect::<Vec<_>>(),
+        });
+        let mut doc = crate::provenance("soak");
+        if let (Some(d), Value::Object(b)) = (doc.as_object_mut(), body) {
+            d.extend(b);
+        }
+        doc
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn least_squares() {
+        assert_eq!(slope(&[(0.0, 1.0), (1.0, 3.0)]), None);
+        let s = slope(&[(0.0, 1.0), (1.0, 3.0), (2.0, 5.0), (3.0, 7.0)]).unwrap();
+        assert!((s - 2.0).abs() < 1e-9);
+        assert_eq!(slope(&[(1.0, 1.0), (1.0, 2.0), (1.0, 3.0)]), None);
+    }
+
+    #[test]
+    fn growth_beyond_the_table() {
+        let fit = |beyond| Fit { from_s: 0.0, to_s: 3600.0, beyond_table_kib_per_h: Some(beyond), ..Fit::default() };
+        assert!(fit(500.0).verdict().starts_with("no growth"));
+        assert!(fit(5000.0).verdict().starts_with("RSS grew 5000 KiB"));
+        assert!(Fit::default().verdict().starts_with("n/a"));
+    }
+}
