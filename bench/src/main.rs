@@ -149,7 +149,11 @@ fn exe_dir() -> Result<PathBuf> {
 }
 
 /// Where results go: `target/bench` (the `target` above `release`).
+/// `target/bench/`, or `TWRESET_BENCH_OUT` (a VM's shared directory: `cargo xtask bench --kernel`).
 fn out_dir() -> Result<PathBuf> {
+    if let Some(dir) = std::env::var_os("TWRESET_BENCH_OUT") {
+        return Ok(PathBuf::from(dir));
+    }
     let dir = exe_dir()?;
     Ok(dir.parent().unwrap_or(&dir).join("bench"))
 }

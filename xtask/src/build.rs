@@ -66,7 +66,7 @@ pub fn run_tool(t: &Tools, args: &[String]) -> Result<()> {
 /// next to the binary it measures (`TWRESET_BENCH_BIN` names another one, used as it is), the
 /// Debian packages only the bench uses, then the bench itself with `args`: xtask's process
 /// becomes the bench's, so Ctrl-C reaches it as before.
-pub fn bench(t: &Tools, args: &[String]) -> Result<()> {
+pub fn bench(t: &Tools, kernel: Option<&str>, args: &[String]) -> Result<()> {
     let help = args.iter().any(|a| a == "-h" || a == "--help");
     let twreset = match std::env::var_os("TWRESET_BENCH_BIN") {
         Some(p) => PathBuf::from(p),
@@ -79,6 +79,9 @@ pub fn bench(t: &Tools, args: &[String]) -> Result<()> {
         crate::bootstrap::ensure_bench_packages();
     }
     let bin = target_dir(&t.root).join("release/twreset-bench");
+    if let Some(k) = kernel {
+        return crate::vm_bench::bench(t, k, &twreset, &bin, args);
+    }
     let err = Command::new(&bin).args(args).env("TWRESET_BENCH_BIN", &twreset).exec();
     Err(err).with_context(|| format!("running {}", bin.display()))
 }

@@ -9,6 +9,7 @@ mod layout;
 mod matrix;
 mod mounts;
 mod vm;
+mod vm_bench;
 
 use std::process::ExitCode;
 
@@ -57,6 +58,10 @@ enum Cmd {
     /// docs/guide/bench.md).
     #[command(disable_help_flag = true)]
     Bench {
+        /// Run the bench inside a qemu VM on a Debian kernel of the matrix (5.10, 6.1, 6.12; see
+        /// docs/internals/kernels.md), by default its tracing section only (`TWRESET_BENCH_ONLY`).
+        #[arg(long, value_name = "KERNEL")]
+        kernel: Option<String>,
         /// Arguments of the bench binary, e.g. `--quick`, `--agent-sockets 1000000`, `--soak 30m`.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
@@ -77,7 +82,7 @@ fn main() -> ExitCode {
         }),
         Cmd::KernelTable => matrix::render(&bootstrap::workspace_root()),
         Cmd::Lint => bootstrap::all().and_then(|t| build::lint(&t)),
-        Cmd::Bench { args } => bootstrap::all().and_then(|t| build::bench(&t, &args)),
+        Cmd::Bench { kernel, args } => bootstrap::all().and_then(|t| build::bench(&t, kernel.as_deref(), &args)),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,

@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 
 use crate::{
     bootstrap::Tools,
@@ -70,12 +70,15 @@ pub fn bench(t: &Tools, spec: &str, twreset: &Path, bench: &Path, args: &[String
             if kvm { "kvm" } else { "tcg" }
         );
         let t0 = Instant::now();
-        let status = vm::run_limited(&mut vm::vng(&kimg, kvm, &out, &script, &t.root), BENCH_TIMEOUT, &out.join("console.log"))?;
+        let status =
+            vm::run_limited(&mut vm::vng(&kimg, kvm, &out, &script, &t.root), BENCH_TIMEOUT, &out.join("console.log"))?;
         let table = std::fs::read_to_string(out.join("bench.txt")).unwrap_or_default();
         print!("{table}");
         let rc = std::fs::read_to_string(out.join("rc")).ok().and_then(|s| s.trim().parse::<i32>().ok());
         match (status, rc) {
-            (None, _) => bail!("{}: the VM timed out after {} s (logs in {})", k.short, t0.elapsed().as_secs(), out.display()),
+            (None, _) => {
+                bail!("{}: the VM timed out after {} s (logs in {})", k.short, t0.elapsed().as_secs(), out.display())
+            }
             (_, Some(0)) => eprintln!(
                 "xtask: bench on {} done in {} s: {}",
                 k.short,
@@ -110,7 +113,12 @@ mod tests {
             &["--quick".into()],
             "trace",
         );
-        assert!(s.contains("export TWRESET_BENCH_OUT=\"$OUT\" TWRESET_BENCH_BIN='/t/release/twreset' TWRESET_BENCH_ONLY='trace'"), "{s}");
+        assert!(
+            s.contains(
+                "export TWRESET_BENCH_OUT=\"$OUT\" TWRESET_BENCH_BIN='/t/release/twreset' TWRESET_BENCH_ONLY='trace'"
+            ),
+            "{s}"
+        );
         assert!(s.contains("'/t/release/twreset-bench' '--quick' > \"$OUT/bench.txt\""), "{s}");
         assert!(s.trim_end().ends_with("echo done > \"$OUT/finished\""), "{s}");
     }
