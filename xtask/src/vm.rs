@@ -39,9 +39,14 @@ pub const KERNELS: &[Kernel] = &[
     Kernel { short: "6.12", release: "6.12.85+deb12-amd64", suite: "bookworm-backports" },
 ];
 
-/// Guest size: the suite's namespaces and socket churn fit in 2 GiB; 2 vCPUs like the host.
+/// Guest size: the suite's namespaces and socket churn fit in 2 GiB; 2 vCPUs like the host under
+/// KVM. Under TCG one: with two, qemu's multi-threaded TCG let a vCPU run a kernel text that the
+/// other was live-patching (the static key a cgroup connect hook turns on), and Debian's 6.12
+/// died on the breakpoint of the patch ("Oops: int3" in `tcp_v6_pre_connect`): a fault of the
+/// emulator, not of the kernel or of twreset, and not seen with one vCPU.
 const GUEST_MEMORY: &str = "2G";
-const GUEST_CPUS: &str = "2";
+const GUEST_CPUS_KVM: &str = "2";
+const GUEST_CPUS_TCG: &str = "1";
 /// A whole kernel's run, host side (TCG is 10-40x slower than native).
 const VM_TIMEOUT: Duration = Duration::from_secs(40 * 60);
 /// One test binary inside the guest.
@@ -157,7 +162,8 @@ pub(crate) fn kernel_image(root: &Path, k: &Kernel) -> PathBuf {
 pub(crate) fn vng(kimg: &Path, kvm: bool, shared: &Path, script: &Path, cwd: &Path) -> Command {
     let mut cmd = Command::new("nice");
     cmd.args(["-n", "10", "vng", "--run"]).arg(kimg);
-    cmd.args(["--force-9p", "--cpus", GUEST_CPUS, "--memory", GUEST_MEMORY, "--verbose"]);
+    let cpus = if kvm { GUEST_CPUS_KVM } else { GUEST_CPUS_TCG };
+    cmd.args(["--force-9p", "--cpus", cpus, "--memory", GUEST_MEMORY, "--verbose"]);
     if !kvm {
         cmd.arg("--disable-kvm");
     }
