@@ -20,7 +20,7 @@ use tokio::sync::mpsc;
 use super::relief_exec::{self, Done, Job};
 use crate::{
     live::Live,
-    policy::{self, Decision, DestSnapshot, Input, OldEnough, PolicyState, ReliefConfig, ReliefStatus, Verdict},
+    policy::{self, Decision, DestSnapshot, Input, Mode, OldEnough, PolicyState, ReliefConfig, ReliefStatus, Verdict},
     table::{By, Group, Sort},
 };
 
@@ -71,7 +71,8 @@ impl Relief {
     /// The relief on `config`; its executor thread starts now and reports to `done`.
     pub fn new(config: ReliefConfig, done: mpsc::UnboundedSender<Done>) -> Self {
         let paused = Arc::new(AtomicBool::new(false));
-        let jobs = relief_exec::spawn(paused.clone(), done)
+        let warm = config.mode == Mode::Enforce && !config.rules.is_empty();
+        let jobs = relief_exec::spawn(paused.clone(), done, warm)
             .inspect_err(|e| tracing::error!("cannot start the relief's executor, relief disabled: {e}"))
             .ok();
         Self { config, state: PolicyState::new(), decisions: BTreeMap::new(), paused, jobs }

@@ -61,10 +61,22 @@ pub struct Done {
 }
 
 /// Start the executor thread. Jobs queued while `paused` is set are dropped (reported with no
-/// kills), so a pause takes effect before the next kill even for intents already decided.
-pub fn spawn(paused: Arc<AtomicBool>, done: mpsc::UnboundedSender<Done>) -> std::io::Result<std_mpsc::Sender<Job>> {
+/// kills), so a pause takes effect before the next kill even for intents already decided. With
+/// `warm` (an enforcing relief) on a kernel whose TIME_WAIT sockets only an RST kills, the RST's
+/// iterator is loaded first, so the first kill does not wait for it.
+pub fn spawn(
+    paused: Arc<AtomicBool>,
+    done: mpsc::UnboundedSender<Done>,
+    warm: bool,
+) -> std::io::Result<std_mpsc::Sender<Job>> {
     let (tx, rx) = std_mpsc::channel::<Job>();
     std::thread::Builder::new().name("twreset-relief".into()).spawn(move || {
+        if warm
+            && crate::kill::rst::needed_for_time_wait()
+            && let Err(e) = crate::kill::rst::preload()
+        {
+            tracing::warn!("relief: the RST iterator could not be loaded ahead of the first kill: {}", exec::chain(&e));
+        }
         let mut paths = HashMap::new();
         for job in rx {
             let totals = if paused.load(Ordering::SeqCst) {

@@ -102,6 +102,23 @@ fn load_iter() -> Result<Ebpf, KillError> {
     Ok(ebpf)
 }
 
+/// Load the iterator now, so the first kill does not wait for it (the agent's relief, on kernels
+/// whose TIME_WAIT sockets only an RST can kill: [`needed_for_time_wait`]).
+pub fn preload() -> Result<(), KillError> {
+    let mut loaded = LOADED.lock().unwrap_or_else(|e| e.into_inner());
+    if loaded.is_none() {
+        *loaded = Some(load_iter()?);
+    }
+    Ok(())
+}
+
+/// Before Linux 6.0 SOCK_DESTROY cannot kill a TIME_WAIT socket: `--method auto` sends the RST
+/// (the kill itself still finds out by trying, see `kill::auto`).
+pub fn needed_for_time_wait() -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    crate::kernel::procfs::kernel_version(release.trim()).is_some_and(|v| v < (6, 0))
+}
+
 /// Run the iterator in the calling thread's namespace (the iterator walks the namespace that is
 /// current when its file is created).
 fn read_sequences() -> Result<HashMap<Tuple4, (u32, u32)>, KillError> {
