@@ -159,7 +159,6 @@ const COMMANDS: &[(&str, &[&str])] = &[
     ("agent API and the CLI through it", &["api"]),
     ("auto-relief", &["relief"]),
     ("pods and containers", &["identity"]),
-    ("deploy files (systemd, Kubernetes, alerts)", &["deploy"]),
     ("unit tests reading the kernel", &["twreset-lib-unit"]),
 ];
 
