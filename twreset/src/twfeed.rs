@@ -227,8 +227,7 @@ const ALL_NETNS_COUNT_EVERY: Duration = Duration::from_secs(10);
 /// creation count is read there; sockstat's `tw` and `TCPTimeWaitOverflow` are per namespace on
 /// every kernel of the matrix.
 pub(crate) fn tw_counts(paths: Option<Vec<std::path::PathBuf>>, proc_root: std::path::PathBuf) -> CountFn {
-    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let creations_counted = crate::kernel::procfs::kernel_version(release.trim()).is_some_and(|v| v >= (6, 1));
+    let creations_counted = crate::kernel::procfs::running_version().is_some_and(|v| v >= (6, 1));
     // Every namespace of the host means a /proc walk and a thread per namespace: not every second.
     let mut next_all = std::time::Instant::now();
     Box::new(move || {

@@ -93,6 +93,11 @@ pub fn sysctl_conf_sets(text: &str, key: &str) -> Vec<(usize, String)> {
         .collect()
 }
 
+/// (major, minor) of the running kernel (`/proc/sys/kernel/osrelease`), None if unreadable.
+pub fn running_version() -> Option<(u32, u32)> {
+    kernel_version(std::fs::read_to_string("/proc/sys/kernel/osrelease").ok()?.trim())
+}
+
 /// (major, minor) of a kernel release string (`"6.18.44-fc-v445"` -> (6, 18)).
 pub fn kernel_version(release: &str) -> Option<(u32, u32)> {
     let mut it = release.split(|c: char| !c.is_ascii_digit());

@@ -115,8 +115,7 @@ pub fn preload() -> Result<(), KillError> {
 /// Before Linux 6.0 SOCK_DESTROY cannot kill a TIME_WAIT socket: `--method auto` sends the RST
 /// (the kill itself still finds out by trying, see `kill::auto`).
 pub fn needed_for_time_wait() -> bool {
-    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    crate::kernel::procfs::kernel_version(release.trim()).is_some_and(|v| v < (6, 0))
+    crate::kernel::procfs::running_version().is_some_and(|v| v < (6, 0))
 }
 
 /// Run the iterator in the calling thread's namespace (the iterator walks the namespace that is
