@@ -51,8 +51,9 @@ pub static HANDLED: PerCpuArray<Handled> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 pub static SOCK_OPS_NOTE: PerCpuArray<[u64; 2]> = PerCpuArray::with_max_entries(1, 0);
 
-/// Socket cookies of sockets whose first transition the tracepoint reported (`filter::OWN`): a
-/// listener's `CLOSE -> LISTEN`, a child's `LISTEN -> SYN_RECV`. The `sock_ops` program, called
+/// Sockets whose first transition the tracepoint reported (`filter::OWN`): a listener's
+/// `CLOSE -> LISTEN` by socket cookie, a child's `LISTEN -> SYN_RECV` by address
+/// (`programs::state::child_key` says why). The `sock_ops` program, called
 /// after it (`TCP_LISTEN_CB`, `PASSIVE_ESTABLISHED_CB`) and otherwise making that transition up,
 /// takes the entry out and does not report it again; a move to CLOSE before that callback
 /// clears it. LRU: an entry whose callback or close never comes through here (the tracepoint

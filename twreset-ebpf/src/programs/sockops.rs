@@ -35,7 +35,7 @@ use aya_ebpf::{
 use twreset_common::{Event, FilterConfig, filter, kind, stat, tcp_state};
 
 use super::state::{
-    Transition, born_substate, handle_sock_ops, local_port, note_for_tracepoint, sock_ops_may_report, state_filter,
+    Transition, born_substate, child_key, handle_sock_ops, local_port, note_for_tracepoint, sock_ops_may_report, state_filter,
     take_last_tw,
 };
 use crate::{
@@ -112,20 +112,19 @@ fn passive_established(ctx: &SockOpsContext) {
     if config().flags & filter::OWN == 0 {
         return;
     }
+    let Some(tp) = tcp_sock(ctx) else { return };
     // The note first, so that none stays behind. There is one when the tracepoint reported the
     // child, whatever the flag says now (another tool's `sock_ops`, called before this one, may
     // have turned it on). Without one, a flag that was already on was inherited.
-    if reported_by_tracepoint(ctx) || was_off {
+    if tp_first_take(|| child_key(tp)) || was_off {
         return;
     }
-    if let Some(tp) = tcp_sock(ctx)
-        && is_child(tp)
-    {
+    if is_child(tp) {
         synthesize(Transition { sk: tp, old: tcp_state::LISTEN, new: tcp_state::SYN_RECV });
     }
 }
 
-/// Did the tracepoint report the context's socket's first transition (`state::note_first`)?
+/// Did the tracepoint report the context's listener's `CLOSE -> LISTEN` (`state::note_first`)?
 /// Takes the note out. By socket cookie: `listen()` may move to another CPU between the two.
 #[inline(always)]
 fn reported_by_tracepoint(ctx: &SockOpsContext) -> bool {

@@ -177,6 +177,12 @@ fn handle(t: &Transition, cfg: &FilterConfig) {
     // walks (and never refuses) `note_first`'s helper.
     let own = off!(own_possible) != 0 && cfg.flags & filter::OWN != 0;
     if cfg.flags & filter::SOCK_OPS != 0 && sock_ops_has(t, own) {
+        if own && t.old == tcp_state::LISTEN && t.new == tcp_state::SYN_RECV {
+            // A child that inherited the flag: `sock_ops` reports its birth. A note left under
+            // this address by an earlier child (one that died where no program saw it) would
+            // stop that, so it goes.
+            tp_first_take(|| child_key(t.sk));
+        }
         return;
     }
     if own {
@@ -188,18 +194,34 @@ fn handle(t: &Transition, cfg: &FilterConfig) {
 /// With `filter::OWN`: the first transition of a socket without the flag, which this side
 /// reports and `sock_ops` would otherwise make up (`CLOSE -> LISTEN` at `TCP_LISTEN_CB`, a
 /// child's `LISTEN -> SYN_RECV` at `PASSIVE_ESTABLISHED_CB`), is noted for it in
-/// `maps::TP_FIRST` by socket cookie, which no later socket reuses. Another tool's `sock_ops`,
-/// called before ours, may turn the flag on in between, so `sock_ops` goes by the note, not the
-/// flag. A move to CLOSE before that callback (a failed `listen()`, a listener older than
-/// `trace`, a child torn down early) clears it.
+/// `maps::TP_FIRST`: a listener by socket cookie, which no later socket reuses, a child by its
+/// address ([`child_key`]). Another tool's `sock_ops`, called before ours, may turn the flag on
+/// in between, so `sock_ops` goes by the note, not the flag. A move to CLOSE before that
+/// callback (a failed `listen()`, a listener older than `trace`, a child torn down early)
+/// clears it.
 #[inline(always)]
 fn note_first(t: &Transition) {
-    let first = t.new == tcp_state::LISTEN || (t.old == tcp_state::LISTEN && t.new == tcp_state::SYN_RECV);
-    if first {
+    if t.new == tcp_state::LISTEN {
         tp_first_note(socket_cookie(t.sk));
-    } else if t.new == tcp_state::CLOSE && (t.old == tcp_state::LISTEN || t.old == tcp_state::SYN_RECV) {
+    } else if t.old == tcp_state::LISTEN && t.new == tcp_state::SYN_RECV {
+        tp_first_note(child_key(t.sk));
+    } else if t.new == tcp_state::CLOSE && t.old == tcp_state::LISTEN {
         tp_first_take(|| socket_cookie(t.sk));
+    } else if t.new == tcp_state::CLOSE && t.old == tcp_state::SYN_RECV {
+        tp_first_take(|| child_key(t.sk));
     }
+}
+
+/// A listener's child's key in `maps::TP_FIRST`: its address, not its cookie. Until 6.12 (at
+/// least) the clone fires the tracepoint before it copies the request's cookie over its own
+/// (`inet_csk_clone_lock()`), so a cookie taken there is gone by `PASSIVE_ESTABLISHED_CB`
+/// (measured on Debian's 6.12). The address lasts the child's life; a kernel address has its
+/// top bit set, which no cookie (a count from 1) reaches, so the two kinds of key never meet.
+/// A note an earlier child left under the same address is cleared at the next child's birth
+/// (`handle`).
+#[inline(always)]
+pub(crate) fn child_key(sk: u64) -> u64 {
+    sk
 }
 
 /// The socket cookie of `sk` (a BTF-typed socket pointer).
