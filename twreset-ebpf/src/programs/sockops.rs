@@ -35,8 +35,8 @@ use aya_ebpf::{
 use twreset_common::{Event, FilterConfig, filter, kind, stat, tcp_state};
 
 use super::state::{
-    Transition, born_substate, child_key, handle_sock_ops, local_port, note_for_tracepoint, sock_ops_may_report, state_filter,
-    take_last_tw,
+    Transition, born_substate, child_key, handle_sock_ops, local_port, note_for_tracepoint, sock_ops_may_report,
+    state_filter, take_last_tw,
 };
 use crate::{
     maps::{config, count, netns_kept, send, tp_first_take},
