@@ -1,4 +1,5 @@
-//! Memory per tracked socket: 200k TIME_WAIT entries into a fresh table. The budget is checked on
+//! Memory per tracked socket: a million TIME_WAIT entries into a fresh table (a hash map's
+//! buckets come in powers of two, and a million lies just past a step: about the worst case). The budget is checked on
 //! the table's own accounting of its map (capacity times entry size: the same on every machine);
 //! the growth of the resident set (/proc/self/statm) is printed for the record only, since it
 //! depends on the allocator and the machine (the bench measures it). Each family runs in a fresh
@@ -17,9 +18,10 @@ use twreset::{
     tw_event::{TwEvent, TwEventKind},
 };
 
-const N: u32 = 200_000;
-/// The budget per tracked socket, beyond the table's fixed base.
-const MAX_BYTES_PER_SOCKET: f64 = 100.0;
+const N: u32 = 1_000_000;
+/// The budget per tracked socket, beyond the table's fixed base: IPv4 (the agent's bar at a
+/// million sockets), IPv6 (a 16-byte remote address in every key).
+const MAX_BYTES_PER_SOCKET: [(&str, f64); 2] = [("v4", 53.0), ("v6", 80.0)];
 
 fn rss_bytes() -> u64 {
     let statm = std::fs::read_to_string("/proc/self/statm").expect("read /proc/self/statm");
@@ -124,8 +126,8 @@ fn run_child(family: &str) -> f64 {
 
 #[test]
 fn bytes_per_tracked_socket() {
-    for family in ["v4", "v6"] {
+    for (family, max) in MAX_BYTES_PER_SOCKET {
         let figure = run_child(family);
-        assert!(figure <= MAX_BYTES_PER_SOCKET, "{family}: the map takes {figure:.1} bytes per tracked socket");
+        assert!(figure <= max, "{family}: the map takes {figure:.1} bytes per tracked socket (budget {max})");
     }
 }

@@ -7,6 +7,7 @@
 pub mod api_owner;
 pub mod command;
 pub mod config;
+pub mod heap;
 pub mod http;
 pub mod metrics;
 pub mod netns_watch;

@@ -19,6 +19,7 @@ use tokio::{
 
 use super::{
     command::{Caller, Command, CommandError, KillReply, KillRequest, Status},
+    heap,
     metrics::{DestFigure, Figures, NsFigures, PeerFigure},
     netns_watch::{Change, NsIdentity, netns_label},
     relief::{self, Relief},
@@ -78,6 +79,7 @@ struct Owner {
 /// Seed, then serve until `stop` resolves or the kernel feed closes.
 pub async fn run(feed: Feed, mut inputs: Inputs, stop: impl Future<Output = ()>) -> Result<(), LiveError> {
     let mut live = Live::start(feed, ViewConfig::default(), SETTLE).await?;
+    heap::trim();
     let (tap, _) = broadcast::channel(1024);
     live.set_tap(tap.clone());
     let settings = inputs.settings.borrow_and_update().clone();
@@ -138,6 +140,7 @@ pub async fn run(feed: Feed, mut inputs: Inputs, stop: impl Future<Output = ()>)
                     Ok(_) => {}
                     Err(e) => tracing::warn!("reconcile failed: {:#}", anyhow::Error::from(e)),
                 }
+                heap::trim();
             }
             _ = owner.live.next_events() => {
                 if owner.live.closed() {
@@ -176,10 +179,12 @@ impl Owner {
     }
 
     /// Answer `first` and every command already queued behind it from one moment of the table;
-    /// the metrics figures are built at most once for the lot.
+    /// the metrics figures are built at most once for the lot. A batch that made a pass over the
+    /// table gives the heap it freed back ([`heap::trim`]).
     fn commands(&mut self, first: Command, queue: &mut mpsc::Receiver<Command>) {
         self.live.pump();
         let mut figures: Option<Arc<Figures>> = None;
+        let mut passes = 0;
         let mut next = Some(first);
         while let Some(cmd) = next {
             match cmd {
@@ -188,9 +193,11 @@ impl Owner {
                     let _ = reply.send(f.clone());
                 }
                 Command::Tw { by, sort, reply } => {
+                    passes += 1;
                     let _ = reply.send(self.live.snapshot(by, sort));
                 }
                 Command::TwIn { query: q, reply } => {
+                    passes += 1;
                     let _ = reply.send(self.live.snapshot_in(q.by, q.sort, &q.view, q.netns.as_deref()));
                 }
                 Command::Killed { trigger, totals } => {
@@ -211,6 +218,9 @@ impl Owner {
                 Command::Kill { req, caller, reply } => self.kill(*req, caller, reply),
             }
             next = queue.try_recv().ok();
+        }
+        if passes > 0 || figures.is_some() {
+            heap::trim();
         }
     }
 

@@ -21,11 +21,12 @@ impl Table {
         ages.dedup();
         let ns_ranges: Vec<_> = (0..self.keys.ns_count()).map(|id| ranges.of(self.keys.netns(id))).collect();
         let mut acc: HashMap<DestKey, Vec<u64>> = HashMap::new();
-        for (k, s) in &self.map {
+        let epoch = self.map.epoch();
+        for (k, s) in self.map.iter() {
             if s.fin_wait2() || !ns_ranges[k.ns as usize].is_ephemeral(k.lport) {
                 continue;
             }
-            let age = now_ns.saturating_sub(s.created_ns);
+            let age = now_ns.saturating_sub(s.created_ns(epoch));
             let counts = acc.entry(k.dest()).or_insert_with(|| vec![0; ages.len()]);
             for (n, min) in counts.iter_mut().zip(&ages) {
                 *n += u64::from(age >= *min);

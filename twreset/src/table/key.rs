@@ -1,7 +1,7 @@
 //! Compact table keys: namespace cookies and local addresses interned to u32, remote address packed.
 //!
-//! A [`SockKey`] is 48 bytes (two `IpAddr`s and a u64); the table stores 28 bytes per key instead,
-//! which is most of what keeps a tracked socket under 100 bytes.
+//! A [`SockKey`] is 48 bytes (two `IpAddr`s and a u64); a [`Key`] is 28, and the table stores an
+//! IPv4 socket's in 16 (`store.rs`). A local address's id carries its family ([`LOCAL_V6`]).
 
 use std::{
     collections::HashMap,
@@ -62,6 +62,10 @@ pub(crate) fn unpack(raw: [u8; 16], v4: bool) -> IpAddr {
     if v4 { IpAddr::V4(Ipv4Addr::new(raw[12], raw[13], raw[14], raw[15])) } else { IpAddr::V6(Ipv6Addr::from(raw)) }
 }
 
+/// The bit of a local address id that says it is an IPv6 address (the socket's family: both ends
+/// of a socket share one). Ids below it are dense.
+pub(crate) const LOCAL_V6: u32 = 1 << 31;
+
 /// A tracked socket's identity inside the table (28 bytes, alignment 4).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub(crate) struct Key {
@@ -82,6 +86,11 @@ pub(crate) struct DestKey {
 }
 
 impl Key {
+    /// An IPv4 socket (its remote address is stored IPv4-mapped)?
+    pub fn is_v4(&self) -> bool {
+        self.laddr & LOCAL_V6 == 0
+    }
+
     pub fn dest(&self) -> DestKey {
         DestKey { ns: self.ns, laddr: self.laddr, raddr: self.raddr, rport: self.rport }
     }
@@ -97,9 +106,11 @@ pub(crate) struct Keys {
 impl Keys {
     /// The compact key, interning new namespaces and local addresses.
     pub fn intern(&mut self, k: &SockKey) -> Key {
+        let laddr = self.local.intern(k.laddr);
+        assert!(laddr < LOCAL_V6, "2^31 local addresses");
         Key {
             ns: self.ns.intern(k.netns_cookie),
-            laddr: self.local.intern(k.laddr),
+            laddr: laddr | family_bit(k.laddr),
             raddr: pack(k.raddr),
             lport: k.lport,
             rport: k.rport,
@@ -110,7 +121,7 @@ impl Keys {
     pub fn lookup(&self, k: &SockKey) -> Option<Key> {
         Some(Key {
             ns: self.ns.get(&k.netns_cookie)?,
-            laddr: self.local.get(&k.laddr)?,
+            laddr: self.local.get(&k.laddr)? | family_bit(k.laddr),
             raddr: pack(k.raddr),
             lport: k.lport,
             rport: k.rport,
@@ -127,11 +138,11 @@ impl Keys {
     }
 
     pub fn local(&self, id: u32) -> IpAddr {
-        self.local.value(id)
+        self.local.value(id & !LOCAL_V6)
     }
 
     pub fn remote(&self, laddr: u32, raddr: [u8; 16]) -> IpAddr {
-        unpack(raddr, self.local(laddr).is_ipv4())
+        unpack(raddr, laddr & LOCAL_V6 == 0)
     }
 
     pub fn sock_key(&self, k: &Key) -> SockKey {
@@ -143,6 +154,10 @@ impl Keys {
             rport: k.rport,
         }
     }
+}
+
+fn family_bit(laddr: IpAddr) -> u32 {
+    if laddr.is_ipv4() { 0 } else { LOCAL_V6 }
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@ mod ages;
 mod key;
 pub mod per_ns;
 mod reconcile;
+mod store;
 pub mod view;
 
 #[cfg(test)]
@@ -12,9 +13,10 @@ mod tests;
 #[cfg(test)]
 mod view_tests;
 
-use std::collections::{HashMap, HashSet, hash_map::Entry};
+use std::collections::{HashMap, HashSet};
 
 use key::{DestKey, Key, Keys};
+use store::{Slot, Store};
 
 /// The hasher of the per-socket maps: SipHash was a third of the time a 200k-socket seed spent
 /// in the table. foldhash is randomly seeded per process (keys come from remote peers).
@@ -26,7 +28,6 @@ pub use view::{By, Group, Row, Snapshot, Sort, Totals, ViewConfig};
 use crate::{
     ports::{Dest, PortSpaces},
     state::TW_LEN_NS,
-    state::TcpState,
     tw_event::{TwCause, TwEvent, TwEventKind},
 };
 
@@ -36,63 +37,6 @@ pub const OVERDUE_GRACE_NS: u64 = 5_000_000_000;
 pub const KILL_MEMORY_NS: u64 = 15 * 60 * 1_000_000_000;
 
 const NS_PER_MS: u64 = 1_000_000;
-
-/// One tracked socket (12 bytes, alignment 4, so a map entry is 40 bytes with its [`Key`]):
-/// expiry as an offset keeps it small without a wrapping clock, and the flags share its word.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(C, packed(4))]
-pub(crate) struct Slot {
-    /// When it entered TIME_WAIT (estimated from the timer for seeded sockets).
-    pub created_ns: u64,
-    /// Timer expiry in ms after `created_ns` (low 30 bits, saturating: ~12 days, far beyond any
-    /// tw timer) plus [`Slot::FIN_WAIT2`] and [`Slot::SEEN`].
-    bits: u32,
-}
-
-impl Slot {
-    const MS_MASK: u32 = (1 << 30) - 1;
-    /// Substate FIN_WAIT2 (an orphaned FIN_WAIT2 kept as a tw socket), else TIME_WAIT.
-    const FIN_WAIT2: u32 = 1 << 30;
-    /// Listed by the dump of the reconcile in progress (cleared when it ends).
-    const SEEN: u32 = 1 << 31;
-
-    fn new(created_ns: u64, expires_ns: u64, substate: TcpState) -> Self {
-        let mut s = Self { created_ns, bits: 0 };
-        s.rearm(expires_ns, substate);
-        s
-    }
-
-    fn rearm(&mut self, expires_ns: u64, substate: TcpState) {
-        let ms = expires_ns.saturating_sub(self.created_ns) / NS_PER_MS;
-        let ms = u32::try_from(ms).unwrap_or(u32::MAX).min(Self::MS_MASK);
-        let fin_wait2 = if substate == TcpState::FinWait2 { Self::FIN_WAIT2 } else { 0 };
-        self.bits = ms | fin_wait2 | (self.bits & Self::SEEN);
-    }
-
-    pub fn expire_ms(&self) -> u32 {
-        self.bits & Self::MS_MASK
-    }
-
-    pub fn fin_wait2(&self) -> bool {
-        self.bits & Self::FIN_WAIT2 != 0
-    }
-
-    fn substate(&self) -> TcpState {
-        if self.fin_wait2() { TcpState::FinWait2 } else { TcpState::TimeWait }
-    }
-
-    fn seen(&self) -> bool {
-        self.bits & Self::SEEN != 0
-    }
-
-    fn set_seen(&mut self, seen: bool) {
-        self.bits = if seen { self.bits | Self::SEEN } else { self.bits & !Self::SEEN };
-    }
-
-    pub fn expires_ns(&self) -> u64 {
-        self.created_ns.saturating_add(u64::from(self.expire_ms()) * NS_PER_MS)
-    }
-}
 
 /// Early kills of one destination, remembered for [`KILL_MEMORY_NS`] after the last one.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -145,7 +89,7 @@ struct Watch {
 #[derive(Debug, Default)]
 pub struct Table {
     keys: Keys,
-    map: HashMap<Key, Slot, FastHash>,
+    map: Store,
     kills: HashMap<DestKey, Kills>,
     counters: Counters,
     watch: Option<Watch>,
@@ -166,19 +110,17 @@ impl Table {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.map.len() == 0
     }
 
     pub fn counters(&self) -> &Counters {
         &self.counters
     }
 
-    /// Bytes of the socket map's allocation: a power-of-two bucket count (at most 7/8 full) of
-    /// one entry plus one control byte each. Interners and kill counts are per namespace or
-    /// destination, not per socket.
+    /// Bytes of the socket maps' allocations (see `store.rs`). Interners and kill counts are
+    /// per namespace or destination, not per socket.
     pub fn approx_bytes(&self) -> usize {
-        let buckets = (self.map.capacity() * 8 / 7).next_power_of_two();
-        buckets * (size_of::<(Key, Slot)>() + 1)
+        self.map.approx_bytes()
     }
 
     /// Record the probe's cumulative lost-event count. True when it grew: the table may now be
@@ -192,7 +134,7 @@ impl Table {
     /// Entries per namespace cookie (one pass over the table).
     pub fn counts_by_netns(&self) -> HashMap<u64, usize, FastHash> {
         let mut per_id = vec![0usize; self.keys.ns_count() as usize];
-        self.map.keys().for_each(|k| per_id[k.ns as usize] += 1);
+        self.map.iter().for_each(|(k, _)| per_id[k.ns as usize] += 1);
         per_id.into_iter().enumerate().map(|(id, n)| (self.keys.netns(id as u32), n)).collect()
     }
 
@@ -223,17 +165,12 @@ impl Table {
                 let k = self.keys.intern(&ev.key);
                 self.touch(ts, k);
                 let expires = ts.saturating_add(u64::from(timeout_ms) * NS_PER_MS);
-                let slot = Slot::new(ts, expires, substate);
-                match self.map.entry(k) {
-                    // A replaced entry that the reconcile's dump listed stays listed.
-                    Entry::Occupied(mut e) => {
-                        let seen = e.get().seen();
-                        e.insert(slot);
-                        e.get_mut().set_seen(seen);
-                    }
-                    Entry::Vacant(e) => {
-                        e.insert(slot);
-                    }
+                let slot = self.map.slot(ts, expires, substate);
+                // A replaced entry that the reconcile's dump listed stays listed.
+                if self.map.insert(k, slot).is_some_and(|old| old.seen())
+                    && let Some(s) = self.map.get_mut(&k)
+                {
+                    s.set_seen(true);
                 }
                 self.counters.created += 1;
                 self.ns_counters_mut(k.ns).created += 1;
@@ -247,7 +184,8 @@ impl Table {
                     return false;
                 }
                 self.touch(ts, k);
-                self.map.insert(k, Slot::new(ts, ts.saturating_add(TW_LEN_NS), substate));
+                let slot = self.map.slot(ts, ts.saturating_add(TW_LEN_NS), substate);
+                self.map.insert(k, slot);
                 self.counters.created += 1;
                 self.counters.born += 1;
                 self.ns_counters_mut(k.ns).created += 1;
@@ -257,12 +195,14 @@ impl Table {
                 let k = self.keys.intern(&ev.key);
                 self.touch(ts, k);
                 let expires = ts.saturating_add(u64::from(timeout_ms) * NS_PER_MS);
+                let epoch = self.map.epoch();
                 match self.map.get_mut(&k) {
-                    Some(slot) => slot.rearm(expires, substate),
+                    Some(slot) => slot.rearm(epoch, expires, substate),
                     None => {
                         // Its creation was lost or predates the seed: it exists now, so track it.
                         self.counters.stray += 1;
-                        self.map.insert(k, Slot::new(ts, expires, substate));
+                        let slot = self.map.slot(ts, expires, substate);
+                        self.map.insert(k, slot);
                     }
                 }
                 self.counters.rearmed += 1;
@@ -307,8 +247,8 @@ impl Table {
     /// Safety net for lost expiry events: drop entries well past their timer, and forget kill
     /// counts of destinations quiet for [`KILL_MEMORY_NS`]. Returns the entries dropped.
     pub fn expire_overdue(&mut self, now_ns: u64) -> usize {
-        let before = self.map.len();
-        self.map.retain(|_, s| s.expires_ns().saturating_add(OVERDUE_GRACE_NS) >= now_ns);
+        let (before, epoch) = (self.map.len(), self.map.epoch());
+        self.map.retain(|_, s| s.expires_ns(epoch).saturating_add(OVERDUE_GRACE_NS) >= now_ns);
         let dropped = before - self.map.len();
         self.counters.overdue += dropped as u64;
         self.kills.retain(|_, k| k.last_ns.saturating_add(KILL_MEMORY_NS) > now_ns);

@@ -44,8 +44,8 @@ impl Table {
         // (namespace id, IPv4, packed remote) -> (TIME_WAIT, FIN_WAIT2)
         type Peer = (u32, bool, [u8; 16]);
         let mut acc: HashMap<Peer, (u64, u64), FastHash> = HashMap::default();
-        for (k, s) in &self.map {
-            let v4 = self.keys.local(k.laddr).is_ipv4();
+        for (k, s) in self.map.iter() {
+            let v4 = k.is_v4();
             let e = acc.entry((k.ns, v4, k.raddr)).or_default();
             if s.fin_wait2() {
                 e.1 += 1;

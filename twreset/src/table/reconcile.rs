@@ -11,8 +11,6 @@
 //! meanwhile each listed socket is marked in its entry (`Slot::SEEN`), and the few
 //! the table lacks (or loses before the end) wait in a side list.
 
-use std::collections::hash_map::Entry;
-
 use super::{Key, Slot, TW_LEN_NS, Table, Watch};
 use crate::{sock::DiagSocket, state::TcpState};
 
@@ -73,9 +71,7 @@ impl Table {
     /// Give back a map far larger than its entries: a sizing hint that was too high (a kernel
     /// whose sockstat counts the tw sockets of every namespace) must not stay resident.
     pub fn shrink_if_sparse(&mut self) {
-        if self.map.capacity() > 4 * self.map.len().max(1024) {
-            self.map.shrink_to_fit();
-        }
+        self.map.shrink_if_sparse();
     }
 
     /// Add the tw sockets of a dump taken at `now_ns` (see [`Table::seed_one`]). Returns how many
@@ -92,16 +88,14 @@ impl Table {
         }
         let k = self.keys.intern(&d.key);
         let expires = now_ns.saturating_add(u64::from(d.expires_ms) * NS_PER_MS);
-        match self.map.entry(k) {
-            Entry::Occupied(mut e) => {
-                e.get_mut().rearm(expires, substate(d));
-                false
-            }
-            Entry::Vacant(e) => {
-                e.insert(Slot::new(estimated_created(now_ns, expires), expires, substate(d)));
-                true
-            }
+        let epoch = self.map.epoch();
+        if let Some(slot) = self.map.get_mut(&k) {
+            slot.rearm(epoch, expires, substate(d));
+            return false;
         }
+        let slot = self.map.slot(estimated_created(now_ns, expires), expires, substate(d));
+        self.map.insert(k, slot);
+        true
     }
 
     /// Mark the start of a dump: events with `ts_ns >= now_ns` applied from here until
@@ -132,9 +126,10 @@ impl Table {
             return;
         }
         let expires_ns = since.saturating_add(u64::from(d.expires_ms) * NS_PER_MS);
+        let epoch = self.map.epoch();
         match self.map.get_mut(&key) {
             Some(slot) => {
-                slot.rearm(expires_ns, substate(d));
+                slot.rearm(epoch, expires_ns, substate(d));
                 slot.set_seen(true);
             }
             None => w.unmarked.push(Listed { key, expires_ns, substate: substate(d) }),
@@ -144,7 +139,8 @@ impl Table {
     /// An event removed a listed entry while the reconcile waits: the dump still lists it.
     pub(super) fn keep_listed(&mut self, key: Key, slot: Slot) {
         if let Some(w) = &mut self.watch {
-            w.unmarked.push(Listed { key, expires_ns: slot.expires_ns(), substate: slot.substate() });
+            let expires_ns = slot.expires_ns(self.map.epoch());
+            w.unmarked.push(Listed { key, expires_ns, substate: slot.substate() });
         }
     }
 
@@ -160,11 +156,13 @@ impl Table {
             if touched.contains(&l.key) {
                 continue;
             }
+            let epoch = self.map.epoch();
             match self.map.get_mut(&l.key) {
-                Some(slot) => slot.rearm(l.expires_ns, l.substate),
+                Some(slot) => slot.rearm(epoch, l.expires_ns, l.substate),
                 None => {
                     let created = estimated_created(since_ns, l.expires_ns);
-                    self.map.insert(l.key, Slot::new(created, l.expires_ns, l.substate));
+                    let slot = self.map.slot(created, l.expires_ns, l.substate);
+                    self.map.insert(l.key, slot);
                     drift.missing += 1;
                     if self.drift_samples.len() < DRIFT_SAMPLES {
                         self.drift_samples.push((DriftKind::Missing, self.keys.sock_key(&l.key)));
@@ -173,10 +171,10 @@ impl Table {
             }
             self.map.get_mut(&l.key).expect("just placed").set_seen(true);
         }
-        let before = self.map.len();
+        let (before, epoch) = (self.map.len(), self.map.epoch());
         let (keys, samples) = (&self.keys, &mut self.drift_samples);
         self.map.retain(|k, s| {
-            let keep = s.seen() || touched.contains(k) || s.created_ns > since_ns;
+            let keep = s.seen() || touched.contains(k) || s.created_ns(epoch) > since_ns;
             s.set_seen(false);
             if !keep && samples.len() < 2 * DRIFT_SAMPLES {
                 samples.push((DriftKind::Extra, keys.sock_key(k)));

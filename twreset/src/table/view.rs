@@ -281,7 +281,8 @@ impl Table {
         let mut acc: HashMap<Compact, Acc> = HashMap::new();
         let mut fin_wait2 = 0;
         let window_start = now_ns.saturating_sub(cfg.rate_window_ns);
-        for (k, s) in &self.map {
+        let epoch = self.map.epoch();
+        for (k, s) in self.map.iter() {
             if !keep[k.ns as usize] {
                 continue;
             }
@@ -293,9 +294,10 @@ impl Table {
             let a = acc.entry(self.compact(by, &k.dest(), cfg)).or_insert_with(fresh);
             a.count += 1;
             a.fin_wait2 += u64::from(s.fin_wait2());
-            a.first_ns = a.first_ns.min(s.created_ns);
-            a.last_ns = a.last_ns.max(s.created_ns);
-            a.recent += u64::from(s.created_ns > window_start && s.created_ns <= now_ns);
+            let created = s.created_ns(epoch);
+            a.first_ns = a.first_ns.min(created);
+            a.last_ns = a.last_ns.max(created);
+            a.recent += u64::from(created > window_start && created <= now_ns);
         }
         for (d, kills) in &self.kills {
             if !keep[d.ns as usize] {

@@ -6,6 +6,7 @@ use super::*;
 use crate::{
     ports::{Connected, PortRange, PortSpace, PortSpaces},
     sock::{DiagSocket, SockKey},
+    state::TcpState,
 };
 
 const S: u64 = 1_000_000_000;
