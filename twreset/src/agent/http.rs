@@ -19,6 +19,7 @@ use tokio::{net::TcpListener, sync::Semaphore};
 
 use super::{
     command::{Command, Commands},
+    heap,
     metrics::{CONTENT_TYPE, exposition},
 };
 
@@ -93,7 +94,14 @@ async fn respond(
     }
     Ok(match req.uri().path() {
         "/metrics" => match shared.commands.ask(|reply| Command::Metrics { reply }).await {
-            Ok(figures) => text(StatusCode::OK, CONTENT_TYPE, exposition(&figures)),
+            Ok(figures) => {
+                let body = exposition(&figures);
+                // The figures hold every peer until the exposition has picked the top ones: what
+                // they and the rendering freed goes back now (this thread's arena).
+                drop(figures);
+                heap::trim();
+                text(StatusCode::OK, CONTENT_TYPE, body)
+            }
             Err(e) => text(StatusCode::SERVICE_UNAVAILABLE, PLAIN, format!("{e}\n")),
         },
         "/healthz" => text(StatusCode::OK, PLAIN, "ok\n"),

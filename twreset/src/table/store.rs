@@ -1,10 +1,13 @@
-//! The socket map's storage: IPv4 sockets under 16-byte keys, IPv6 ones under 28, each with an
+//! The socket map's storage: IPv4 sockets under 12-byte keys, IPv6 ones under 28, each with an
 //! 8-byte [`Slot`] whose times count milliseconds from the store's epoch.
 //!
 //! A hash map's buckets come in powers of two, at most 7/8 full, so a map just past a step is
 //! half empty: at one million sockets the buckets are 2^21 whatever the entry. What a socket
-//! costs is therefore the entry's size, paid about twice. An IPv4 entry is 24 bytes plus a
-//! control byte (52 bytes a socket at worst, 29 just before a step); an IPv6 one 36 plus one.
+//! costs is therefore the entry's size, paid about twice. An IPv4 entry is 20 bytes plus a
+//! control byte (44 bytes a socket at a million, 24 just before a step); an IPv6 one 36 plus one.
+//! An IPv4 key names its (namespace, local address) pair by one id of the store's own: those
+//! pairs are few (a namespace has a handful of addresses), and like the namespaces themselves
+//! they are never forgotten.
 
 use std::collections::HashMap;
 
@@ -61,27 +64,50 @@ impl Slot {
     }
 }
 
-/// An IPv4 socket's key: [`Key`] with the remote address's four bytes only.
+/// An IPv4 socket's key: its (namespace, local address) pair's id in [`Locals`], the remote
+/// address's four bytes, the ports.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 struct Key4 {
-    ns: u32,
-    laddr: u32,
+    local: u32,
     raddr: [u8; 4],
     lport: u16,
     rport: u16,
 }
 
-impl Key4 {
-    /// The short form of an IPv4 socket's key (its remote address is stored IPv4-mapped).
-    fn of(k: &Key) -> Option<Self> {
-        let [.., a, b, c, d] = k.raddr;
-        k.is_v4().then_some(Self { ns: k.ns, laddr: k.laddr, raddr: [a, b, c, d], lport: k.lport, rport: k.rport })
+/// The (namespace id, local address id) pairs of IPv4 keys, each given a dense id.
+#[derive(Debug, Default)]
+struct Locals {
+    ids: HashMap<(u32, u32), u32, FastHash>,
+    pairs: Vec<(u32, u32)>,
+}
+
+impl Locals {
+    fn get(&self, k: &Key) -> Option<u32> {
+        self.ids.get(&(k.ns, k.laddr)).copied()
     }
 
-    fn key(&self) -> Key {
+    fn intern(&mut self, k: &Key) -> u32 {
+        if let Some(id) = self.get(k) {
+            return id;
+        }
+        let id = u32::try_from(self.pairs.len()).expect("2^32 (namespace, local address) pairs");
+        self.pairs.push((k.ns, k.laddr));
+        self.ids.insert((k.ns, k.laddr), id);
+        id
+    }
+
+    /// The short form of an IPv4 socket's key (its remote address is stored IPv4-mapped), given
+    /// its pair's id.
+    fn short(k: &Key, local: u32) -> Key4 {
+        let [.., a, b, c, d] = k.raddr;
+        Key4 { local, raddr: [a, b, c, d], lport: k.lport, rport: k.rport }
+    }
+
+    fn key(&self, k: &Key4) -> Key {
+        let (ns, laddr) = self.pairs[k.local as usize];
         let mut raddr = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0, 0, 0, 0];
-        raddr[12..].copy_from_slice(&self.raddr);
-        Key { ns: self.ns, laddr: self.laddr, raddr, lport: self.lport, rport: self.rport }
+        raddr[12..].copy_from_slice(&k.raddr);
+        Key { ns, laddr, raddr, lport: k.lport, rport: k.rport }
     }
 }
 
@@ -96,6 +122,7 @@ const REBASE_AFTER_MS: u64 = 1 << 31;
 pub(crate) struct Store {
     v4: HashMap<Key4, Slot, FastHash>,
     v6: HashMap<Key, Slot, FastHash>,
+    locals: Locals,
     /// A whole number of ms; set by the first slot made.
     epoch_ns: Option<u64>,
 }
@@ -143,17 +170,17 @@ impl Store {
     }
 
     pub fn get(&self, k: &Key) -> Option<&Slot> {
-        match Key4::of(k) {
-            Some(k4) => self.v4.get(&k4),
-            None => self.v6.get(k),
+        if !k.is_v4() {
+            return self.v6.get(k);
         }
+        self.v4.get(&Locals::short(k, self.locals.get(k)?))
     }
 
     pub fn get_mut(&mut self, k: &Key) -> Option<&mut Slot> {
-        match Key4::of(k) {
-            Some(k4) => self.v4.get_mut(&k4),
-            None => self.v6.get_mut(k),
+        if !k.is_v4() {
+            return self.v6.get_mut(k);
         }
+        self.v4.get_mut(&Locals::short(k, self.locals.get(k)?))
     }
 
     pub fn contains_key(&self, k: &Key) -> bool {
@@ -162,22 +189,24 @@ impl Store {
 
     /// Insert or replace; returns the slot replaced.
     pub fn insert(&mut self, k: Key, s: Slot) -> Option<Slot> {
-        match Key4::of(&k) {
-            Some(k4) => self.v4.insert(k4, s),
-            None => self.v6.insert(k, s),
+        if !k.is_v4() {
+            return self.v6.insert(k, s);
         }
+        let local = self.locals.intern(&k);
+        self.v4.insert(Locals::short(&k, local), s)
     }
 
     pub fn remove(&mut self, k: &Key) -> Option<Slot> {
-        match Key4::of(k) {
-            Some(k4) => self.v4.remove(&k4),
-            None => self.v6.remove(k),
+        if !k.is_v4() {
+            return self.v6.remove(k);
         }
+        self.v4.remove(&Locals::short(k, self.locals.get(k)?))
     }
 
     /// Every entry, IPv4 first.
     pub fn iter(&self) -> impl Iterator<Item = (Key, &Slot)> {
-        self.v4.iter().map(|(k, s)| (k.key(), s)).chain(self.v6.iter().map(|(k, s)| (*k, s)))
+        let locals = &self.locals;
+        self.v4.iter().map(|(k, s)| (locals.key(k), s)).chain(self.v6.iter().map(|(k, s)| (*k, s)))
     }
 
     pub fn values_mut(&mut self) -> impl Iterator<Item = &mut Slot> {
@@ -185,7 +214,8 @@ impl Store {
     }
 
     pub fn retain(&mut self, mut keep: impl FnMut(&Key, &mut Slot) -> bool) {
-        self.v4.retain(|k, s| keep(&k.key(), s));
+        let locals = &self.locals;
+        self.v4.retain(|k, s| keep(&locals.key(k), s));
         self.v6.retain(|k, s| keep(k, s));
     }
 
@@ -239,7 +269,7 @@ mod tests {
     #[test]
     fn entries_are_small() {
         assert_eq!(size_of::<Slot>(), 8);
-        assert_eq!(size_of::<(Key4, Slot)>(), 24);
+        assert_eq!(size_of::<(Key4, Slot)>(), 20);
         assert_eq!(size_of::<(Key, Slot)>(), 36);
     }
 
@@ -261,6 +291,31 @@ mod tests {
         assert_eq!(keys, want);
         assert!(st.contains_key(&mapped6) && !st.contains_key(&v4(9)));
         assert!(st.remove(&v4(2)).is_some() && st.get(&v4(2)).is_none());
+    }
+
+    #[test]
+    fn ipv4_keys_keep_namespace_and_local_address_apart() {
+        let mut st = Store::default();
+        let keys: Vec<Key> =
+            [(3, 0), (4, 0), (3, 1), (4, 1)].into_iter().map(|(ns, laddr)| Key { ns, laddr, ..v4(7) }).collect();
+        for (n, k) in keys.iter().enumerate() {
+            let s = st.slot(n as u64 * S, 60 * S, TcpState::TimeWait);
+            assert_eq!(st.insert(*k, s), None);
+        }
+        assert_eq!((st.v4.len(), st.locals.pairs.len()), (4, 4));
+        for (n, k) in keys.iter().enumerate() {
+            assert_eq!(st.get(k).map(|s| s.created_ns(st.epoch())), Some(n as u64 * S));
+        }
+        // A pair never seen is no socket, and asking does not add it.
+        assert!(st.get(&Key { ns: 5, ..v4(7) }).is_none() && st.remove(&Key { ns: 5, ..v4(7) }).is_none());
+        assert_eq!(st.locals.pairs.len(), 4);
+        let mut listed: Vec<Key> = st.iter().map(|(k, _)| k).collect();
+        listed.sort();
+        let mut want = keys.clone();
+        want.sort();
+        assert_eq!(listed, want);
+        st.retain(|k, _| k.ns == 4);
+        assert!(st.iter().all(|(k, _)| k.ns == 4) && st.len() == 2);
     }
 
     #[test]
