@@ -184,7 +184,8 @@ pub struct KernelOffsets {
     /// `[start, end)` of `inet_twsk_deschedule_put`.
     pub desched_start: u64,
     pub desched_end: u64,
-    /// `[start, end)` of `timer_shutdown_sync` (fallback if deschedule is inlined).
+    /// `[start, end)` of the timer function under the cancel (fallback if deschedule is
+    /// inlined; userspace's `probe::SHUTDOWN_SYMBOLS` says which).
     pub shutdown_start: u64,
     pub shutdown_end: u64,
     /// `struct sock_common` members.

@@ -574,10 +574,15 @@ pub fn own_possible() -> bool {
 
 /// The TIME_WAIT programs need these kernel functions' addresses.
 pub const TIMEWAIT_SYMBOLS: [&str; 2] = ["tw_timer_handler", "inet_twsk_deschedule_put"];
-/// The timer function `inet_twsk_deschedule_put` cancels with, in case it is inlined into its
-/// caller: `timer_shutdown_sync` (6.2, and some 6.1 stable kernels), else `timer_delete_sync`
-/// or `del_timer_sync` (5.10). The first one the kernel has is used; none is fine (no fallback).
-pub const SHUTDOWN_SYMBOLS: [&str; 3] = ["timer_shutdown_sync", "timer_delete_sync", "del_timer_sync"];
+/// The timer function on the stack under `inet_twsk_deschedule_put`'s cancel, for when that is
+/// inlined into its caller (Debian's 6.1 inlines it into `inet_twsk_purge`): the caller is then
+/// the frame above this one. `__timer_delete_sync` where the kernel has it out of line (6.1
+/// stable kernels with the timer-shutdown backport, whose `timer_delete_sync` and
+/// `timer_shutdown_sync` are tail calls into it and never on the stack), else
+/// `timer_shutdown_sync` (6.2 on), `timer_delete_sync` or `del_timer_sync` (5.10). The first one
+/// the kernel has is used; none is fine (no fallback).
+pub const SHUTDOWN_SYMBOLS: [&str; 4] =
+    ["__timer_delete_sync", "timer_shutdown_sync", "timer_delete_sync", "del_timer_sync"];
 
 /// Fill the function addresses the TIME_WAIT programs need.
 fn timewait_symbols(k: &Kallsyms, off: &mut KernelOffsets) -> Result<(), KallsymsError> {

@@ -210,7 +210,8 @@ fn try_timer_cancel(ctx: &BtfTracePointContext) -> Result<u32, u32> {
         return Ok(0);
     }
     // Re-arms (__mod_timer) and expiries (expire_timers) also detach the timer: only a cancel
-    // from inet_twsk_deschedule_put (or, if that is inlined, timer_shutdown_sync) is a kill.
+    // from inet_twsk_deschedule_put (or, if that is inlined, the timer function it cancels with,
+    // `offsets.shutdown_*`) is a kill.
     let mut caller = 0u64;
     let mut i = 0;
     while i + 1 < FRAMES {
