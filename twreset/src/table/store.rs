@@ -11,7 +11,10 @@
 
 use std::collections::HashMap;
 
-use super::{FastHash, NS_PER_MS, key::Key};
+use super::{
+    FastHash, NS_PER_MS,
+    key::{Interner, Key},
+};
 use crate::state::TcpState;
 
 /// One tracked socket: when it entered TIME_WAIT, in ms after the store's epoch (rounded up),
@@ -75,40 +78,21 @@ struct Key4 {
 }
 
 /// The (namespace id, local address id) pairs of IPv4 keys, each given a dense id.
-#[derive(Debug, Default)]
-struct Locals {
-    ids: HashMap<(u32, u32), u32, FastHash>,
-    pairs: Vec<(u32, u32)>,
+type Locals = Interner<(u32, u32)>;
+
+/// The short form of an IPv4 socket's key (its remote address is stored IPv4-mapped), given its
+/// pair's id.
+fn short(k: &Key, local: u32) -> Key4 {
+    let [.., a, b, c, d] = k.raddr;
+    Key4 { local, raddr: [a, b, c, d], lport: k.lport, rport: k.rport }
 }
 
-impl Locals {
-    fn get(&self, k: &Key) -> Option<u32> {
-        self.ids.get(&(k.ns, k.laddr)).copied()
-    }
-
-    fn intern(&mut self, k: &Key) -> u32 {
-        if let Some(id) = self.get(k) {
-            return id;
-        }
-        let id = u32::try_from(self.pairs.len()).expect("2^32 (namespace, local address) pairs");
-        self.pairs.push((k.ns, k.laddr));
-        self.ids.insert((k.ns, k.laddr), id);
-        id
-    }
-
-    /// The short form of an IPv4 socket's key (its remote address is stored IPv4-mapped), given
-    /// its pair's id.
-    fn short(k: &Key, local: u32) -> Key4 {
-        let [.., a, b, c, d] = k.raddr;
-        Key4 { local, raddr: [a, b, c, d], lport: k.lport, rport: k.rport }
-    }
-
-    fn key(&self, k: &Key4) -> Key {
-        let (ns, laddr) = self.pairs[k.local as usize];
-        let mut raddr = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0, 0, 0, 0];
-        raddr[12..].copy_from_slice(&k.raddr);
-        Key { ns, laddr, raddr, lport: k.lport, rport: k.rport }
-    }
+/// The full key of an IPv4 entry.
+fn long(locals: &Locals, k: &Key4) -> Key {
+    let (ns, laddr) = locals.value(k.local);
+    let mut raddr = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0, 0, 0, 0];
+    raddr[12..].copy_from_slice(&k.raddr);
+    Key { ns, laddr, raddr, lport: k.lport, rport: k.rport }
 }
 
 /// How far before the first time it stores the epoch is put, so that a slightly older one (a
@@ -173,14 +157,14 @@ impl Store {
         if !k.is_v4() {
             return self.v6.get(k);
         }
-        self.v4.get(&Locals::short(k, self.locals.get(k)?))
+        self.v4.get(&short(k, self.locals.get(&(k.ns, k.laddr))?))
     }
 
     pub fn get_mut(&mut self, k: &Key) -> Option<&mut Slot> {
         if !k.is_v4() {
             return self.v6.get_mut(k);
         }
-        self.v4.get_mut(&Locals::short(k, self.locals.get(k)?))
+        self.v4.get_mut(&short(k, self.locals.get(&(k.ns, k.laddr))?))
     }
 
     pub fn contains_key(&self, k: &Key) -> bool {
@@ -192,21 +176,21 @@ impl Store {
         if !k.is_v4() {
             return self.v6.insert(k, s);
         }
-        let local = self.locals.intern(&k);
-        self.v4.insert(Locals::short(&k, local), s)
+        let local = self.locals.intern((k.ns, k.laddr));
+        self.v4.insert(short(&k, local), s)
     }
 
     pub fn remove(&mut self, k: &Key) -> Option<Slot> {
         if !k.is_v4() {
             return self.v6.remove(k);
         }
-        self.v4.remove(&Locals::short(k, self.locals.get(k)?))
+        self.v4.remove(&short(k, self.locals.get(&(k.ns, k.laddr))?))
     }
 
     /// Every entry, IPv4 first.
     pub fn iter(&self) -> impl Iterator<Item = (Key, &Slot)> {
         let locals = &self.locals;
-        self.v4.iter().map(|(k, s)| (locals.key(k), s)).chain(self.v6.iter().map(|(k, s)| (*k, s)))
+        self.v4.iter().map(|(k, s)| (long(locals, k), s)).chain(self.v6.iter().map(|(k, s)| (*k, s)))
     }
 
     pub fn values_mut(&mut self) -> impl Iterator<Item = &mut Slot> {
@@ -215,7 +199,7 @@ impl Store {
 
     pub fn retain(&mut self, mut keep: impl FnMut(&Key, &mut Slot) -> bool) {
         let locals = &self.locals;
-        self.v4.retain(|k, s| keep(&locals.key(k), s));
+        self.v4.retain(|k, s| keep(&long(locals, k), s));
         self.v6.retain(|k, s| keep(k, s));
     }
 
@@ -302,13 +286,13 @@ mod tests {
             let s = st.slot(n as u64 * S, 60 * S, TcpState::TimeWait);
             assert_eq!(st.insert(*k, s), None);
         }
-        assert_eq!((st.v4.len(), st.locals.pairs.len()), (4, 4));
+        assert_eq!((st.v4.len(), st.locals.len()), (4, 4));
         for (n, k) in keys.iter().enumerate() {
             assert_eq!(st.get(k).map(|s| s.created_ns(st.epoch())), Some(n as u64 * S));
         }
         // A pair never seen is no socket, and asking does not add it.
         assert!(st.get(&Key { ns: 5, ..v4(7) }).is_none() && st.remove(&Key { ns: 5, ..v4(7) }).is_none());
-        assert_eq!(st.locals.pairs.len(), 4);
+        assert_eq!(st.locals.len(), 4);
         let mut listed: Vec<Key> = st.iter().map(|(k, _)| k).collect();
         listed.sort();
         let mut want = keys.clone();
