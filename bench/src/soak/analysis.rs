@@ -110,6 +110,43 @@ pub struct Fit {
     pub table_per_h: Option<f64>,
     /// RSS slope less what the table's growth explains at [`BYTES_PER_SOCKET`].
     pub beyond_table_kib_per_h: Option<f64>,
+    /// The fitted stretch cut in two halves by time: the highest RSS and table of each. A heap
+    /// that grows in steps (a map doubling, an arena) has a slope but settles; one that keeps
+    /// growing reaches a new high in the second half.
+    pub halves: Option<Halves>,
+}
+
+/// The highest RSS (KiB) and table size of each half of the fitted stretch.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Halves {
+    pub rss_max_kib: [u64; 2],
+    pub table_max: [u64; 2],
+}
+
+impl Halves {
+    /// Samples after the warm-up, cut at the middle of their time span; `None` unless each half has
+    /// at least two samples with RSS and table.
+    pub fn of(after: &[&Sample]) -> Option<Self> {
+        let pts: Vec<(f64, u64, u64)> = after.iter().filter_map(|s| Some((s.t_s, s.rss_kib?, s.table?))).collect();
+        let (from, to) = (pts.first()?.0, pts.last()?.0);
+        let mid = from + (to - from) / 2.0;
+        let (a, b): (Vec<_>, Vec<_>) = pts.iter().partition(|p| p.0 < mid);
+        if a.len() < 2 || b.len() < 2 {
+            return None;
+        }
+        let max = |v: &[(f64, u64, u64)], f: fn(&(f64, u64, u64)) -> u64| v.iter().map(f).max().unwrap_or(0);
+        Some(Self {
+            rss_max_kib: [max(&a, |p| p.1), max(&b, |p| p.1)],
+            table_max: [max(&a, |p| p.2), max(&b, |p| p.2)],
+        })
+    }
+
+    /// How far the second half's RSS high passed the first's, less what a larger table explains
+    /// at [`BYTES_PER_SOCKET`]; KiB, negative when it stayed below.
+    pub fn new_high_kib(&self) -> f64 {
+        let table = self.table_max[1].saturating_sub(self.table_max[0]) as f64 * BYTES_PER_SOCKET / 1024.0;
+        self.rss_max_kib[1] as f64 - self.rss_max_kib[0] as f64 - table
+    }
 }
 
 impl Fit {
@@ -118,13 +155,26 @@ impl Fit {
         Some(self.beyond_table_kib_per_h? * (self.to_s - self.from_s) / 3600.0)
     }
 
+    /// "No growth" when the slope explains at most [`TOLERANCE_KIB`] beyond the table; else
+    /// "levelled off" when the second half set no new RSS high beyond the tolerance (the growth was
+    /// steps that settled); else "grew".
     pub fn verdict(&self) -> String {
-        match self.beyond_table_kib() {
-            None => "n/a (too few samples after the warm-up)".into(),
-            Some(k) if k <= TOLERANCE_KIB => {
+        let halves = self.halves.map(|h| h.new_high_kib());
+        match (self.beyond_table_kib(), halves) {
+            (None, _) => "n/a (too few samples after the warm-up)".into(),
+            (Some(k), _) if k <= TOLERANCE_KIB => {
                 format!("no growth beyond the table's ({k:.0} KiB over the stretch, tolerance {TOLERANCE_KIB:.0})")
             }
-            Some(k) => format!("RSS grew {k:.0} KiB beyond the table's growth over the stretch"),
+            (Some(k), Some(h)) if h <= TOLERANCE_KIB => format!(
+                "levelled off: RSS grew {k:.0} KiB beyond the table's by the slope, in steps, but its high in the \
+                 second half is {h:+.0} KiB from the first half's (tolerance {TOLERANCE_KIB:.0})"
+            ),
+            (Some(k), h) => format!(
+                "RSS grew {k:.0} KiB beyond the table's growth over the stretch{}",
+                h.map_or(String::new(), |h| format!(
+                    ", and its high in the second half passed the first's by {h:.0} KiB"
+                ))
+            ),
         }
     }
 }
@@ -147,6 +197,7 @@ impl Soak<'_> {
             anon_kib_per_h: per_h(&|s| s.anon_kib),
             table_per_h: table,
             beyond_table_kib_per_h: rss.map(|r| r - table.unwrap_or(0.0).max(0.0) * BYTES_PER_SOCKET / 1024.0),
+            halves: Halves::of(&after),
         }
     }
 
@@ -197,7 +248,8 @@ impl Soak<'_> {
         let _ = writeln!(
             s,
             "\nAfter the {} s warm-up ({} samples, {:.0}-{:.0} s): RSS {}, RssAnon {}, table {}; beyond the \
-             table's own growth (at {BYTES_PER_SOCKET} B per socket): {}. Verdict: {}. Agent exit on SIGTERM: {:?}.",
+             table's own growth (at {BYTES_PER_SOCKET} B per socket): {}. Highest RSS in the first and second \
+             half of the stretch: {} (table {}). Verdict: {}. Agent exit on SIGTERM: {:?}.",
             self.cfg.warmup.as_secs(),
             f.points,
             f.from_s,
@@ -206,6 +258,12 @@ impl Soak<'_> {
             per_h(f.anon_kib_per_h, "KiB"),
             per_h(f.table_per_h, "sockets"),
             per_h(f.beyond_table_kib_per_h, "KiB"),
+            f.halves.map_or("n/a".into(), |h| format!(
+                "{:.1} / {:.1} MiB",
+                h.rss_max_kib[0] as f64 / 1024.0,
+                h.rss_max_kib[1] as f64 / 1024.0
+            )),
+            f.halves.map_or("n/a".into(), |h| format!("{} / {}", h.table_max[0], h.table_max[1])),
             f.verdict(),
             self.agent_exit
         );
@@ -232,6 +290,8 @@ impl Soak<'_> {
                      "table_sockets_per_h": f.table_per_h, "bytes_per_socket_allowed": BYTES_PER_SOCKET,
                      "beyond_table_kib_per_h": f.beyond_table_kib_per_h, "beyond_table_kib": f.beyond_table_kib(),
                      "tolerance_kib": TOLERANCE_KIB, "verdict": f.verdict(),
+                     "halves_rss_max_kib": f.halves.map(|h| h.rss_max_kib), "halves_table_max": f.halves.map(|h| h.table_max),
+                     "second_half_new_high_kib": f.halves.map(|h| h.new_high_kib()),
                      "rss_kib_first": after.first().and_then(|s| s.rss_kib), "rss_kib_last": after.last().and_then(|s| s.rss_kib),
                      "rss_kib_min": after.iter().filter_map(|s| s.rss_kib).min(),
                      "rss_kib_max": after.iter().filter_map(|s| s.rss_kib).max() },
@@ -265,5 +325,48 @@ mod tests {
         assert!(fit(500.0).verdict().starts_with("no growth"));
         assert!(fit(5000.0).verdict().starts_with("RSS grew 5000 KiB"));
         assert!(Fit::default().verdict().starts_with("n/a"));
+    }
+
+    fn sample(t_s: f64, rss_kib: u64, table: u64) -> Sample {
+        Sample { t_s, rss_kib: Some(rss_kib), table: Some(table), ..Sample::default() }
+    }
+
+    #[test]
+    fn steps_that_settle_level_off_and_a_creep_does_not() {
+        // A step of 10 MiB early in the stretch, then flat: a slope, but no new high later.
+        let stepped: Vec<Sample> =
+            (0..20).map(|m| sample(m as f64 * 60.0, if m < 4 { 50_000 } else { 60_240 }, 100_000)).collect();
+        let refs: Vec<&Sample> = stepped.iter().collect();
+        let h = Halves::of(&refs).unwrap();
+        assert_eq!(h.rss_max_kib, [60_240, 60_240]);
+        let fit = Fit {
+            from_s: 0.0,
+            to_s: 1140.0,
+            beyond_table_kib_per_h: Some(20_000.0),
+            halves: Some(h),
+            ..Fit::default()
+        };
+        assert!(fit.verdict().starts_with("levelled off"), "{}", fit.verdict());
+
+        // A steady creep of 200 KiB a minute: the second half's high is far above the first's.
+        let creep: Vec<Sample> = (0..20).map(|m| sample(m as f64 * 60.0, 50_000 + m * 200, 100_000)).collect();
+        let refs: Vec<&Sample> = creep.iter().collect();
+        let h = Halves::of(&refs).unwrap();
+        assert!(h.new_high_kib() > 1900.0, "{h:?}");
+        let fit = Fit {
+            from_s: 0.0,
+            to_s: 1140.0,
+            beyond_table_kib_per_h: Some(12_000.0),
+            halves: Some(h),
+            ..Fit::default()
+        };
+        assert!(fit.verdict().starts_with("RSS grew"), "{}", fit.verdict());
+
+        // A table that grows explains RSS that grows with it, at 100 B a socket.
+        let grown: Vec<Sample> =
+            (0..20).map(|m| sample(m as f64 * 60.0, 50_000 + m * 100, 100_000 + m * 1024)).collect();
+        let refs: Vec<&Sample> = grown.iter().collect();
+        assert!(Halves::of(&refs).unwrap().new_high_kib() <= 0.0);
+        assert!(Halves::of(&refs[..3]).is_none());
     }
 }
