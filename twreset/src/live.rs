@@ -88,6 +88,9 @@ pub type CountFn = Box<dyn FnMut() -> Vec<NsCount> + Send>;
 
 /// How often [`Live::tick`] compares quiet namespaces with the kernel's count.
 const CROSSCHECK_EVERY_NS: u64 = 1_000_000_000;
+/// How often [`Live::tick`] looks for entries whose expiry event never came (a pass over the
+/// whole table): as often as their grace, so one is dropped at most twice the grace late.
+const OVERDUE_SWEEP_EVERY_NS: u64 = crate::table::OVERDUE_GRACE_NS;
 /// How long a suspected difference waits for in-flight events before it counts.
 const CROSSCHECK_SETTLE: Duration = Duration::from_millis(100);
 
@@ -250,6 +253,7 @@ pub struct Live {
     creations: Creations,
     overflows: Overflows,
     next_check_ns: u64,
+    next_sweep_ns: u64,
     /// How long to keep applying events after a dump before trusting it (ring-buffer latency).
     settle: Duration,
     clock: Clock,
@@ -286,6 +290,7 @@ impl Live {
             creations: Creations::default(),
             overflows,
             next_check_ns: 0,
+            next_sweep_ns: 0,
             settle,
             clock,
             closed: false,
@@ -517,8 +522,13 @@ impl Live {
     }
 
     fn mismatches(&self, kernel: &[NsCount], read_ns: u64) -> Vec<crosscheck::Mismatch> {
-        let table = self.table.counts_by_netns();
         let since = read_ns.saturating_sub(crosscheck::QUIET_NS);
+        // Only quiet namespaces are compared: the table is counted (a pass over it) only when
+        // there is one.
+        if !kernel.iter().any(|c| self.last_events.quiet_since(c.netns, since)) {
+            return Vec::new();
+        }
+        let table = self.table.counts_by_netns();
         crosscheck::mismatches(
             kernel,
             |ns| table.get(&ns).copied().unwrap_or(0),
@@ -531,7 +541,11 @@ impl Live {
     pub async fn tick(&mut self) -> Result<Option<Drift>, LiveError> {
         self.pump();
         let now = (self.clock)();
-        self.table.expire_overdue(now);
+        // A pass over the whole table: no more often than the grace it allows.
+        if now >= self.next_sweep_ns {
+            self.next_sweep_ns = now + OVERDUE_SWEEP_EVERY_NS;
+            self.table.expire_overdue(now);
+        }
         if now >= self.next_check_ns {
             self.next_check_ns = now + CROSSCHECK_EVERY_NS;
             self.crosscheck().await;

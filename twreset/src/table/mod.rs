@@ -90,7 +90,7 @@ struct Watch {
 pub struct Table {
     keys: Keys,
     map: Store,
-    kills: HashMap<DestKey, Kills>,
+    kills: HashMap<DestKey, Kills, FastHash>,
     counters: Counters,
     watch: Option<Watch>,
     /// Some of the sockets the last reconcile found wrong (see [`Table::drift_samples`]).
