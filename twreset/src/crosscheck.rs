@@ -36,6 +36,8 @@ pub struct NsCount {
 pub struct Overflows {
     /// Per namespace: (baseline, last reading).
     per_ns: HashMap<u64, (u64, u64), RandomState>,
+    /// Overflows of the namespaces forgotten ([`Overflows::forget`]), so the sum never goes back.
+    retired: u64,
 }
 
 impl Overflows {
@@ -47,7 +49,14 @@ impl Overflows {
                 e.1 = e.1.max(v);
             }
         }
-        self.per_ns.values().map(|&(base, last)| last - base).sum()
+        self.retired + self.per_ns.values().map(|&(base, last)| last - base).sum::<u64>()
+    }
+
+    /// A namespace that is gone: its overflows stay in the sum, its entry goes.
+    pub fn forget(&mut self, netns: u64) {
+        if let Some((base, last)) = self.per_ns.remove(&netns) {
+            self.retired += last - base;
+        }
     }
 
     /// A namespace made after the probe attached: its counter started at 0 then, so every
@@ -80,6 +89,12 @@ impl Creations {
     /// `n` creation events of namespace `netns` applied.
     pub fn applied(&mut self, netns: u64, n: u64) {
         *self.ours.entry(netns).or_default() += n;
+    }
+
+    /// A namespace that is gone.
+    pub fn forget(&mut self, netns: u64) {
+        self.ours.remove(&netns);
+        self.seen.remove(&netns);
     }
 
     /// Take a baseline for the namespaces of `kernel` not seen before.
@@ -130,6 +145,11 @@ impl LastEvents {
     pub fn saw(&mut self, netns: u64, ts_ns: u64) {
         let t = self.newest.entry(netns).or_default();
         *t = (*t).max(ts_ns);
+    }
+
+    /// A namespace that is gone.
+    pub fn forget(&mut self, netns: u64) {
+        self.newest.remove(&netns);
     }
 
     /// No event of `netns` stamped at or after `since_ns`.
@@ -241,5 +261,23 @@ mod tests {
         assert_eq!(o.read(&[c(5, Some(6))]), 16);
         o.from_zero(4);
         assert_eq!(o.read(&[]), 16 + 9);
+        // A namespace forgotten: its entry goes, its overflows stay in the sum.
+        o.forget(2);
+        o.forget(99);
+        assert_eq!(o.read(&[]), 25);
+        assert!(o.per_ns().all(|(ns, _)| ns != 2));
+    }
+
+    #[test]
+    fn a_forgotten_namespace_leaves_no_note() {
+        let mut l = LastEvents::default();
+        l.saw(7, 100);
+        l.forget(7);
+        assert!(l.quiet_since(7, 0));
+        let mut c = Creations::default();
+        c.applied(7, 3);
+        c.baseline(&[NsCount { netns: 7, tw: 0, created: Some(10), overflow: None }]);
+        c.forget(7);
+        assert!(c.ours.is_empty() && c.seen.is_empty());
     }
 }

@@ -23,7 +23,7 @@ use crate::{
     scope::{self, NetnsScope},
     sock::DiagSocket,
     table::{By, Drift, Snapshot, Sort, Table, ViewConfig},
-    tw_event::TwEvent,
+    tw_event::{TwCause, TwEvent, TwEventKind},
 };
 
 /// Where a dump puts the sockets it reads, one at a time as they arrive: nothing is collected,
@@ -370,6 +370,10 @@ impl Live {
         let mut run: Option<(u64, u64, u64)> = None;
         for ev in batch {
             let created = u64::from(self.table.apply(ev));
+            // A deleted namespace's purge, maybe after it was forgotten: no note of it again.
+            if matches!(ev.kind, TwEventKind::Killed { cause: TwCause::NetnsGone }) {
+                continue;
+            }
             match &mut run {
                 Some((ns, ts, n)) if *ns == ev.key.netns_cookie => {
                     *ts = (*ts).max(ev.ts_ns);
@@ -418,6 +422,16 @@ impl Live {
             self.connected.add(d, &self.ranges);
         }
         Some(added)
+    }
+
+    /// Forget a namespace that is gone: its entries ([`Table::drop_netns`]), its port range and
+    /// what the cross-checks noted of it. Returns the entries dropped.
+    pub fn forget_netns(&mut self, netns: u64) -> usize {
+        self.ranges.per_ns.remove(&netns);
+        self.last_events.forget(netns);
+        self.creations.forget(netns);
+        self.overflows.forget(netns);
+        self.table.drop_netns(netns)
     }
 
     /// The kernel's overflow counts per namespace since the table started.
@@ -545,6 +559,7 @@ impl Live {
         if now >= self.next_sweep_ns {
             self.next_sweep_ns = now + OVERDUE_SWEEP_EVERY_NS;
             self.table.expire_overdue(now);
+            self.table.collect();
         }
         if now >= self.next_check_ns {
             self.next_check_ns = now + CROSSCHECK_EVERY_NS;

@@ -29,6 +29,9 @@ pub struct Sample {
     pub lost: Option<u64>,
     pub drift: Option<u64>,
     pub resyncs: Option<u64>,
+    /// Ids the agent's table holds (`twreset_table_interned`): namespaces, local addresses,
+    /// (namespace, local address) pairs; None from an agent without the series.
+    pub interned: [Option<u64>; 3],
     pub scrape_ms: Option<f64>,
     pub series: Option<u64>,
     pub namespaces_created: u64,
@@ -51,11 +54,14 @@ impl Sample {
 
     pub fn line(&self) -> String {
         format!(
-            "t={:.0}s rss={} KiB anon={} KiB table={} bench ns: agent {} kernel {} lost={} drift={} resyncs={} load {}",
+            "t={:.0}s rss={} KiB anon={} KiB table={} interned ns/addr/pairs={}/{}/{} bench ns: agent {} kernel {} lost={} drift={} resyncs={} load {}",
             self.t_s,
             o(self.rss_kib),
             o(self.anon_kib),
             o(self.table),
+            o(self.interned[0]),
+            o(self.interned[1]),
+            o(self.interned[2]),
             o(self.agent_tw),
             o(self.kernel_tw),
             o(self.lost),
@@ -69,6 +75,7 @@ impl Sample {
         json!({ "t_s": self.t_s, "rss_kib": self.rss_kib, "anon_kib": self.anon_kib, "table_sockets": self.table,
                 "bench_ns_agent_tw": self.agent_tw, "bench_ns_kernel_tw": self.kernel_tw, "events_lost": self.lost,
                 "bench_ns_agent_minus_kernel": self.diff(), "drift_sockets": self.drift, "resyncs": self.resyncs,
+                "interned_namespaces": self.interned[0], "interned_addresses": self.interned[1], "interned_pairs": self.interned[2],
                 "scrape_ms": self.scrape_ms, "series": self.series,
                 "namespaces_created": self.namespaces_created, "namespaces_deleted": self.namespaces_deleted,
                 "connections_done": self.connections_done, "loadavg": self.loadavg, "error": self.error })
@@ -223,18 +230,21 @@ impl Soak<'_> {
             self.load_start,
             self.load_end
         );
-        s += "| min | RSS MiB | anon MiB | table | bench ns agent / kernel | lost | drift | resyncs | scrape ms | load |\n";
-        s += "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n";
+        s += "| min | RSS MiB | anon MiB | table | interned ns / addresses / pairs | bench ns agent / kernel | lost | drift | resyncs | scrape ms | load |\n";
+        s += "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n";
         let step = self.samples.len().div_ceil(60).max(1);
         let mib = |k: Option<u64>| k.map_or("n/a".into(), |k| format!("{:.1}", k as f64 / 1024.0));
         for x in self.samples.iter().step_by(step) {
             let _ = writeln!(
                 s,
-                "| {:.0} | {} | {} | {} | {} / {} | {} | {} | {} | {} | {} |",
+                "| {:.0} | {} | {} | {} | {} / {} / {} | {} / {} | {} | {} | {} | {} | {} |",
                 x.t_s / 60.0,
                 mib(x.rss_kib),
                 mib(x.anon_kib),
                 o(x.table),
+                o(x.interned[0]),
+                o(x.interned[1]),
+                o(x.interned[2]),
                 o(x.agent_tw),
                 o(x.kernel_tw),
                 o(x.lost),

@@ -166,6 +166,8 @@ fn sample(agent: &Agent, slots: &[Slot], start: Instant, done: &Done, created: u
             s.lost = sum(&text, "twreset_events_lost", &[]);
             s.drift = sum(&text, "twreset_table_drift_sockets", &[]);
             s.resyncs = sum(&text, "twreset_table_resyncs", &[]);
+            let interned = |k: &str| sum(&text, "twreset_table_interned", &[&format!("kind=\"{k}\"")]);
+            s.interned = [interned("namespaces"), interned("addresses"), interned("pairs")];
             let of = |sl: &Slot| sum(&text, "twreset_timewait_sockets", &[&format!("netns=\"{}\"", sl.ns.name)]);
             s.agent_tw = slots.iter().map(of).sum();
         }

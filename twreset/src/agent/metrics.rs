@@ -78,6 +78,9 @@ pub struct Figures {
     pub lost: Vec<(&'static str, u64)>,
     pub drift: u64,
     pub resyncs: u64,
+    /// What the table has interned now: namespaces, local addresses, (namespace, local address)
+    /// pairs. Flat over time when what goes is forgotten.
+    pub interned: [(&'static str, u64); 3],
     /// Kills by (trigger, result).
     pub kills: Vec<(&'static str, &'static str, u64)>,
     /// Relief decisions by (rule, decision).
@@ -278,6 +281,12 @@ pub fn exposition(f: &Figures) -> String {
         [(Labels::new(), f.drift)],
     );
     counter(&mut reg, "twreset_table_resyncs", "Reconciles forced by lost events", [(Labels::new(), f.resyncs)]);
+    gauge(
+        &mut reg,
+        "twreset_table_interned",
+        "Namespaces, local addresses and (namespace, local address) pairs the table holds ids for",
+        f.interned.iter().map(|(k, v)| (labels(&[("kind", *k)]), i64::try_from(*v).unwrap_or(i64::MAX))),
+    );
     counter(
         &mut reg,
         "twreset_kills",

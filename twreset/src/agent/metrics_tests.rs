@@ -23,6 +23,7 @@ fn sum(text: &str, name: &str, filter: &str) -> f64 {
 
 fn figures(top_n: usize) -> Figures {
     let mut f = Figures { version: "0.1.0".into(), kernel: "6.18.0".into(), top_n, ..Figures::default() };
+    f.interned = [("namespaces", 5), ("addresses", 4), ("pairs", 6)];
     // 5 namespaces of 10..50 sockets; each with as many peers as tens.
     for k in 1..=5u64 {
         let name = format!("ns{k}");
@@ -95,6 +96,7 @@ fn every_contract_family_is_there() {
         "twreset_events_lost counter",
         "twreset_table_drift_sockets counter",
         "twreset_table_resyncs counter",
+        "twreset_table_interned gauge",
         "twreset_kills counter",
         "twreset_build_info gauge",
     ] {
@@ -105,6 +107,7 @@ fn every_contract_family_is_there() {
     assert!(text.contains("twreset_kills_total{trigger=\"api\",result=\"killed\"} 3\n"));
     assert!(text.contains("twreset_timewait_killed_total{netns=\"ns1\",cause=\"netns_gone\"} 0\n"));
     assert!(text.contains("twreset_table_resyncs_total 0\n"));
+    assert!(text.contains("twreset_table_interned{kind=\"addresses\"} 4\n"), "{text}");
     assert!(text.ends_with("# EOF\n"));
     // A family without rows (no relief policy yet) is left out whole.
     assert!(!text.contains("twreset_relief_decisions"));

@@ -291,8 +291,7 @@ impl Owner {
                     self.names.insert(id.cookie, id);
                 }
                 Change::Gone { cookie } => {
-                    let dropped = self.live.table.drop_netns(cookie);
-                    self.live.ranges.per_ns.remove(&cookie);
+                    let dropped = self.live.forget_netns(cookie);
                     if let Some(id) = self.names.remove(&cookie) {
                         tracing::info!("namespace {} is gone; {dropped} sockets dropped with it", netns_label(&id));
                     }
@@ -384,6 +383,10 @@ impl Owner {
             ],
             drift: c.drift,
             resyncs: c.resyncs,
+            interned: {
+                let i = table.interned();
+                [("namespaces", i.namespaces as u64), ("addresses", i.addresses as u64), ("pairs", i.pairs as u64)]
+            },
             kills,
             relief: self.relief.decision_counts(),
             owners: self.names.values().filter_map(|id| id.owner.as_ref().map(|(_, fields)| fields.clone())).collect(),

@@ -11,17 +11,20 @@ use std::{
 
 use crate::sock::SockKey;
 
-/// Values seen so far, each given a stable small id. Never shrinks: namespaces and local
-/// addresses are few, so the ids stay small and the table keys stay compact.
+/// Values seen so far, each given a small id that stays the value's until it is released. Ids are
+/// dense: a released id goes to the next new value, so the ids, and the table keys that hold them,
+/// stay small however many namespaces and addresses come and go.
 #[derive(Debug, Clone)]
 pub(crate) struct Interner<T> {
     ids: HashMap<T, u32, super::FastHash>,
     vals: Vec<T>,
+    /// Released ids, reused first.
+    free: Vec<u32>,
 }
 
 impl<T> Default for Interner<T> {
     fn default() -> Self {
-        Self { ids: HashMap::default(), vals: Vec::new() }
+        Self { ids: HashMap::default(), vals: Vec::new(), free: Vec::new() }
     }
 }
 
@@ -30,8 +33,16 @@ impl<T: Hash + Eq + Copy> Interner<T> {
         if let Some(id) = self.ids.get(&v) {
             return *id;
         }
-        let id = self.vals.len() as u32;
-        self.vals.push(v);
+        let id = match self.free.pop() {
+            Some(id) => {
+                self.vals[id as usize] = v;
+                id
+            }
+            None => {
+                self.vals.push(v);
+                (self.vals.len() - 1) as u32
+            }
+        };
         self.ids.insert(v, id);
         id
     }
@@ -40,12 +51,61 @@ impl<T: Hash + Eq + Copy> Interner<T> {
         self.ids.get(v).copied()
     }
 
+    /// The bound of the ids given so far: every live id is below it (some below may be free).
     pub fn len(&self) -> usize {
         self.vals.len()
     }
 
+    /// Values interned and not released.
+    pub fn live_len(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// Whether `id` names a value now (not released, not beyond [`Interner::len`]).
+    pub fn is_live(&self, id: u32) -> bool {
+        self.vals.get(id as usize).is_some_and(|v| self.ids.get(v) == Some(&id))
+    }
+
+    /// The value of a live id (of a released one: the value it last had).
     pub fn value(&self, id: u32) -> T {
         self.vals[id as usize]
+    }
+
+    /// Release every live id for which `keep` is false; returns how many. The caller must hold
+    /// no key with such an id: the next new value gets it.
+    pub fn release_unless(&mut self, keep: impl Fn(u32) -> bool) -> usize {
+        let before = self.ids.len();
+        let free = &mut self.free;
+        self.ids.retain(|_, id| {
+            let k = keep(*id);
+            if !k {
+                free.push(*id);
+            }
+            k
+        });
+        // Lowest ids first: the ids in use stay dense.
+        self.free.sort_unstable_by(|a, b| b.cmp(a));
+        before - self.ids.len()
+    }
+}
+
+/// Which ids of an interner are held by keys: one bit per id, set while walking the keys.
+#[derive(Debug, Default)]
+pub(crate) struct Marks(Vec<u64>);
+
+impl Marks {
+    pub fn new(len: usize) -> Self {
+        Self(vec![0; len.div_ceil(64)])
+    }
+
+    pub fn set(&mut self, id: u32) {
+        if let Some(w) = self.0.get_mut(id as usize / 64) {
+            *w |= 1 << (id % 64);
+        }
+    }
+
+    pub fn get(&self, id: u32) -> bool {
+        self.0.get(id as usize / 64).is_some_and(|w| w & (1 << (id % 64)) != 0)
     }
 }
 
@@ -128,9 +188,36 @@ impl Keys {
         })
     }
 
-    /// Namespaces interned so far; their ids are `0..ns_count()`.
+    /// The bound of the namespace ids: every live one is below it ([`Keys::ns_live`]).
     pub fn ns_count(&self) -> u32 {
         self.ns.len() as u32
+    }
+
+    /// Whether namespace id `id` names a namespace now (ids below [`Keys::ns_count`] may have been
+    /// released).
+    pub fn ns_live(&self, id: u32) -> bool {
+        self.ns.is_live(id)
+    }
+
+    /// The id of a namespace, if interned.
+    pub fn ns_id(&self, cookie: u64) -> Option<u32> {
+        self.ns.get(&cookie)
+    }
+
+    /// The bound of the local address ids (their family bit cleared).
+    pub fn local_count(&self) -> usize {
+        self.local.len()
+    }
+
+    /// Namespaces and local addresses interned now (not released).
+    pub fn live_counts(&self) -> (usize, usize) {
+        (self.ns.live_len(), self.local.live_len())
+    }
+
+    /// Release the namespaces `ns_keep` refuses and the local addresses (id without the family
+    /// bit) no key holds. Returns how many of each.
+    pub fn release(&mut self, ns_keep: impl Fn(u32) -> bool, local_held: &Marks) -> (usize, usize) {
+        (self.ns.release_unless(ns_keep), self.local.release_unless(|id| local_held.get(id)))
     }
 
     pub fn netns(&self, id: u32) -> u64 {
@@ -212,5 +299,32 @@ mod tests {
         assert_eq!(i.intern(5u64), 0);
         assert_eq!(i.value(1), 9);
         assert_eq!(i.get(&3), None);
+    }
+
+    #[test]
+    fn released_ids_go_to_new_values_lowest_first() {
+        let mut i = Interner::default();
+        for v in 10u64..15 {
+            i.intern(v);
+        }
+        assert_eq!(i.release_unless(|id| id == 2), 4);
+        assert_eq!((i.live_len(), i.len()), (1, 5));
+        assert!(i.is_live(2) && !i.is_live(0) && !i.is_live(4) && !i.is_live(9));
+        assert_eq!(i.get(&10), None);
+        assert_eq!(i.intern(12), 2, "a live value keeps its id");
+        assert_eq!(i.intern(20), 0);
+        assert_eq!(i.intern(21), 1);
+        assert_eq!(i.intern(22), 3);
+        assert_eq!((i.value(0), i.get(&20), i.len()), (20, Some(0), 5));
+        assert_eq!(i.release_unless(|_| true), 0);
+    }
+
+    #[test]
+    fn marks() {
+        let mut m = Marks::new(130);
+        m.set(0);
+        m.set(129);
+        m.set(500); // beyond: ignored
+        assert!(m.get(0) && m.get(129) && !m.get(1) && !m.get(128) && !m.get(500));
     }
 }

@@ -21,7 +21,7 @@ use store::{Slot, Store};
 /// The hasher of the per-socket maps: SipHash was a third of the time a 200k-socket seed spent
 /// in the table. foldhash is randomly seeded per process (keys come from remote peers).
 pub(crate) type FastHash = foldhash::fast::RandomState;
-pub use per_ns::{NsCounters, PeerCount};
+pub use per_ns::{Collected, NsCounters, PeerCount};
 pub use reconcile::Drift;
 pub use view::{By, Group, Row, Snapshot, Sort, Totals, ViewConfig};
 
@@ -97,6 +97,8 @@ pub struct Table {
     drift_samples: Vec<(reconcile::DriftKind, crate::sock::SockKey)>,
     /// Lifecycle counters per interned namespace id (see [`per_ns`]).
     ns_counters: Vec<NsCounters>,
+    /// Ids of namespaces dropped as gone, released by [`Table::collect`] once no key holds them.
+    dropped_ns: Vec<u32>,
 }
 
 impl Table {
@@ -135,7 +137,8 @@ impl Table {
     pub fn counts_by_netns(&self) -> HashMap<u64, usize, FastHash> {
         let mut per_id = vec![0usize; self.keys.ns_count() as usize];
         self.map.iter().for_each(|(k, _)| per_id[k.ns as usize] += 1);
-        per_id.into_iter().enumerate().map(|(id, n)| (self.keys.netns(id as u32), n)).collect()
+        let live = |id: &(usize, usize)| self.keys.ns_live(id.0 as u32);
+        per_id.into_iter().enumerate().filter(live).map(|(id, n)| (self.keys.netns(id as u32), n)).collect()
     }
 
     /// Count `n` more unseen changes (see [`Counters::unseen`]).
@@ -216,11 +219,18 @@ impl Table {
             }
             TwEventKind::Killed { cause } => {
                 self.counters.killed[cause.index()] += 1;
-                let k = self.keys.intern(&ev.key);
-                self.ns_counters_mut(k.ns).killed[cause.index()] += 1;
-                let kills = self.kills.entry(k.dest()).or_default();
-                kills.by_cause[cause.index()] = kills.by_cause[cause.index()].saturating_add(1);
-                kills.last_ns = kills.last_ns.max(ts);
+                // A deleted namespace's purge may come after the namespace was dropped: it must
+                // not bring the namespace and its addresses back.
+                let k = match cause {
+                    TwCause::NetnsGone => self.keys.lookup(&ev.key),
+                    _ => Some(self.keys.intern(&ev.key)),
+                };
+                if let Some(k) = k {
+                    self.ns_counters_mut(k.ns).killed[cause.index()] += 1;
+                    let kills = self.kills.entry(k.dest()).or_default();
+                    kills.by_cause[cause.index()] = kills.by_cause[cause.index()].saturating_add(1);
+                    kills.last_ns = kills.last_ns.max(ts);
+                }
                 self.remove(ts, &ev.key);
             }
             // Counted from the kernel's own counter ([`Table::set_overflow`]); a table's probe

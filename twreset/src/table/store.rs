@@ -6,14 +6,14 @@
 //! costs is therefore the entry's size, paid about twice. An IPv4 entry is 20 bytes plus a
 //! control byte (44 bytes a socket at a million, 24 just before a step); an IPv6 one 36 plus one.
 //! An IPv4 key names its (namespace, local address) pair by one id of the store's own: those
-//! pairs are few (a namespace has a handful of addresses), and like the namespaces themselves
-//! they are never forgotten.
+//! pairs are few (a namespace has a handful of addresses); a pair no key holds is released by
+//! [`Store::mark_held`], as the table's interners release namespaces and addresses.
 
 use std::collections::HashMap;
 
 use super::{
     FastHash, NS_PER_MS,
-    key::{Interner, Key},
+    key::{Interner, Key, LOCAL_V6, Marks},
 };
 use crate::state::TcpState;
 
@@ -201,6 +201,31 @@ impl Store {
         let locals = &self.locals;
         self.v4.retain(|k, s| keep(&long(locals, k), s));
         self.v6.retain(|k, s| keep(k, s));
+    }
+
+    /// Release the (namespace, local address) pairs no IPv4 key holds, then mark in `ns` and
+    /// `local` the namespace and local address ids (family bit cleared) that the keys hold. One
+    /// pass over the keys.
+    pub fn mark_held(&mut self, ns: &mut Marks, local: &mut Marks) {
+        let mut pairs = Marks::new(self.locals.len());
+        self.v4.keys().for_each(|k| pairs.set(k.local));
+        self.locals.release_unless(|id| pairs.get(id));
+        for id in 0..self.locals.len() as u32 {
+            if pairs.get(id) {
+                let (n, l) = self.locals.value(id);
+                ns.set(n);
+                local.set(l & !LOCAL_V6);
+            }
+        }
+        for k in self.v6.keys() {
+            ns.set(k.ns);
+            local.set(k.laddr & !LOCAL_V6);
+        }
+    }
+
+    /// (namespace, local address) pairs interned now.
+    pub fn pairs(&self) -> usize {
+        self.locals.live_len()
     }
 
     /// Room for `additional` more IPv4 entries (a dump's expected size; IPv6 ones, rarer, grow
