@@ -3,6 +3,7 @@
 
 mod ages;
 mod key;
+mod map;
 pub mod per_ns;
 mod reconcile;
 mod store;

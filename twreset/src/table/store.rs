@@ -9,11 +9,10 @@
 //! pairs are few (a namespace has a handful of addresses); a pair no key holds is released by
 //! [`Store::mark_held`], as the table's interners release namespaces and addresses.
 
-use std::collections::HashMap;
-
 use super::{
-    FastHash, NS_PER_MS,
+    NS_PER_MS,
     key::{Interner, Key, LOCAL_V6, Marks},
+    map::Map,
 };
 use crate::state::TcpState;
 
@@ -104,8 +103,8 @@ const REBASE_AFTER_MS: u64 = 1 << 31;
 /// The IPv4 and IPv6 maps and the epoch their slots count from.
 #[derive(Debug, Default)]
 pub(crate) struct Store {
-    v4: HashMap<Key4, Slot, FastHash>,
-    v6: HashMap<Key, Slot, FastHash>,
+    v4: Map<Key4, Slot>,
+    v6: Map<Key, Slot>,
     locals: Locals,
     /// A whole number of ms; set by the first slot made.
     epoch_ns: Option<u64>,
@@ -236,21 +235,13 @@ impl Store {
 
     /// Give back a map far larger than its entries (see `Table::shrink_if_sparse`).
     pub fn shrink_if_sparse(&mut self) {
-        if self.v4.capacity() > 4 * self.v4.len().max(1024) {
-            self.v4.shrink_to_fit();
-        }
-        if self.v6.capacity() > 4 * self.v6.len().max(1024) {
-            self.v6.shrink_to_fit();
-        }
+        self.v4.shrink_if_sparse();
+        self.v6.shrink_if_sparse();
     }
 
-    /// Bytes of the two maps' bucket arrays: a power-of-two bucket count (at most 7/8 full) of
-    /// one entry plus one control byte each.
+    /// Bytes of the two maps' bucket arrays (see [`Map::approx_bytes`]).
     pub fn approx_bytes(&self) -> usize {
-        fn bytes(capacity: usize, entry: usize) -> usize {
-            if capacity == 0 { 0 } else { (capacity * 8 / 7).next_power_of_two() * (entry + 1) }
-        }
-        bytes(self.v4.capacity(), size_of::<(Key4, Slot)>()) + bytes(self.v6.capacity(), size_of::<(Key, Slot)>())
+        self.v4.approx_bytes() + self.v6.approx_bytes()
     }
 }
 
