@@ -48,7 +48,7 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Render docs/internals/kernels.md's kernel x command table from docs/kernels/*.json (what
+    /// Render docs/internals/kernels.md's kernel x command tables from docs/kernels/{ci,full}/*.json (what
     /// `test --kernel` does after a run).
     KernelTable,
     /// Lints: rustfmt check and clippy with warnings denied, userspace and eBPF.
