@@ -341,42 +341,43 @@ mod tests {
         Sample { t_s, rss_kib: Some(rss_kib), table: Some(table), ..Sample::default() }
     }
 
+    /// RSS (KiB) and table size of minute `m`, for 20 minutes.
+    fn minutes(at: impl Fn(u64) -> (u64, u64)) -> Vec<Sample> {
+        (0..20).map(|m| sample(m as f64 * 60.0, at(m).0, at(m).1)).collect()
+    }
+
+    fn halves(samples: &[Sample]) -> Option<Halves> {
+        Halves::of(&samples.iter().collect::<Vec<_>>())
+    }
+
+    /// A fit of those 20 minutes with this slope beyond the table and these halves.
+    fn fit_of(beyond_kib_per_h: f64, h: Halves) -> Fit {
+        Fit {
+            from_s: 0.0,
+            to_s: 1140.0,
+            beyond_table_kib_per_h: Some(beyond_kib_per_h),
+            halves: Some(h),
+            ..Fit::default()
+        }
+    }
+
     #[test]
     fn steps_that_settle_level_off_and_a_creep_does_not() {
         // A step of 10 MiB early in the stretch, then flat: a slope, but no new high later.
-        let stepped: Vec<Sample> =
-            (0..20).map(|m| sample(m as f64 * 60.0, if m < 4 { 50_000 } else { 60_240 }, 100_000)).collect();
-        let refs: Vec<&Sample> = stepped.iter().collect();
-        let h = Halves::of(&refs).unwrap();
+        let h = halves(&minutes(|m| (if m < 4 { 50_000 } else { 60_240 }, 100_000))).unwrap();
         assert_eq!(h.rss_max_kib, [60_240, 60_240]);
-        let fit = Fit {
-            from_s: 0.0,
-            to_s: 1140.0,
-            beyond_table_kib_per_h: Some(20_000.0),
-            halves: Some(h),
-            ..Fit::default()
-        };
+        let fit = fit_of(20_000.0, h);
         assert!(fit.verdict().starts_with("levelled off"), "{}", fit.verdict());
 
         // A steady creep of 200 KiB a minute: the second half's high is far above the first's.
-        let creep: Vec<Sample> = (0..20).map(|m| sample(m as f64 * 60.0, 50_000 + m * 200, 100_000)).collect();
-        let refs: Vec<&Sample> = creep.iter().collect();
-        let h = Halves::of(&refs).unwrap();
+        let h = halves(&minutes(|m| (50_000 + m * 200, 100_000))).unwrap();
         assert!(h.new_high_kib() > 1900.0, "{h:?}");
-        let fit = Fit {
-            from_s: 0.0,
-            to_s: 1140.0,
-            beyond_table_kib_per_h: Some(12_000.0),
-            halves: Some(h),
-            ..Fit::default()
-        };
+        let fit = fit_of(12_000.0, h);
         assert!(fit.verdict().starts_with("RSS grew"), "{}", fit.verdict());
 
         // A table that grows explains RSS that grows with it, at 100 B a socket.
-        let grown: Vec<Sample> =
-            (0..20).map(|m| sample(m as f64 * 60.0, 50_000 + m * 100, 100_000 + m * 1024)).collect();
-        let refs: Vec<&Sample> = grown.iter().collect();
-        assert!(Halves::of(&refs).unwrap().new_high_kib() <= 0.0);
-        assert!(Halves::of(&refs[..3]).is_none());
+        let grown = minutes(|m| (50_000 + m * 100, 100_000 + m * 1024));
+        assert!(halves(&grown).unwrap().new_high_kib() <= 0.0);
+        assert!(halves(&grown[..3]).is_none());
     }
 }
